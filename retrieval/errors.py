@@ -1,0 +1,23 @@
+"""Errors of the retrieval package."""
+
+from __future__ import annotations
+
+
+class RetrievalError(Exception):
+    """Root of the retrieval package's errors."""
+
+
+class DocumentFormatError(RetrievalError):
+    """A document's content cannot be parsed in the format it claims."""
+
+
+class UnsupportedDocumentTypeError(RetrievalError):
+    """The document type is not one the ingester reads."""
+
+
+class UnknownPolicyError(RetrievalError):
+    """No retrieval policy is registered under that name."""
+
+
+class IndexStateError(RetrievalError):
+    """The persisted index cannot be read or does not match the embedder."""

@@ -1,0 +1,157 @@
+"""Read text, markdown and JSONL (the shared/data QA format, or one document a line) into Documents."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from retrieval.documents import Document
+from retrieval.errors import DocumentFormatError, UnsupportedDocumentTypeError
+
+logger = logging.getLogger(__name__)
+
+DocumentType = Literal["text", "markdown", "jsonl"]
+DOCUMENT_TYPES: tuple[DocumentType, ...] = ("text", "markdown", "jsonl")
+
+_SUFFIXES: dict[str, DocumentType] = {
+    ".txt": "text",
+    ".text": "text",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+}
+_MEDIA_TYPES: dict[str, DocumentType] = {
+    "text/plain": "text",
+    "text/markdown": "markdown",
+    "text/x-markdown": "markdown",
+    "application/jsonl": "jsonl",
+    "application/x-jsonlines": "jsonl",
+    "application/x-ndjson": "jsonl",
+    "application/jsonlines": "jsonl",
+}
+
+
+def check_type(doc_type: str) -> DocumentType:
+    if doc_type not in DOCUMENT_TYPES:
+        raise UnsupportedDocumentTypeError(
+            f"unsupported document type {doc_type!r}; supported: {', '.join(DOCUMENT_TYPES)}"
+        )
+    return cast(DocumentType, doc_type)
+
+
+def type_for_media(media_type: str) -> DocumentType:
+    base = media_type.split(";", 1)[0].strip().lower()
+    if base not in _MEDIA_TYPES:
+        raise UnsupportedDocumentTypeError(
+            f"unsupported content type {base!r}; send application/json, or the raw document as "
+            f"{', '.join(sorted(_MEDIA_TYPES))}"
+        )
+    return _MEDIA_TYPES[base]
+
+
+def type_for_path(path: Path) -> DocumentType:
+    suffix = path.suffix.lower()
+    if suffix not in _SUFFIXES:
+        raise UnsupportedDocumentTypeError(
+            f"{path.name}: unsupported file type {suffix or '(none)'}; supported: {', '.join(sorted(_SUFFIXES))}"
+        )
+    return _SUFFIXES[suffix]
+
+
+def _markdown_title(text: str) -> str:
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("# "):
+            return stripped[2:].strip()
+    return ""
+
+
+def parse(
+    content: str,
+    doc_type: str,
+    *,
+    title: str = "",
+    doc_id: str = "",
+    source: str = "",
+    metadata: dict[str, Any] | None = None,
+) -> list[Document]:
+    """Parse one uploaded payload into documents."""
+    kind = check_type(doc_type)
+    if kind == "jsonl":
+        return parse_jsonl(content, source=source)
+    if not content.strip():
+        raise DocumentFormatError("the document is empty")
+    if kind == "markdown" and not title:
+        title = _markdown_title(content)
+    return [Document(id=doc_id, title=title, text=content, source=source, metadata=metadata or {})]
+
+
+def parse_jsonl(content: str, *, source: str = "") -> list[Document]:
+    """One JSON object a line: a QA row with ``contexts`` (each context becomes a document, the same
+    title and text once), or a document with ``text`` (and optional ``id``, ``title``, ``metadata``)."""
+    docs: dict[str, Document] = {}
+    for lineno, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DocumentFormatError(f"line {lineno}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(row, dict):
+            raise DocumentFormatError(f"line {lineno}: expected a JSON object")
+        if "contexts" in row:
+            contexts = row["contexts"]
+            if not isinstance(contexts, list):
+                raise DocumentFormatError(f"line {lineno}: 'contexts' must be a list")
+            for n, ctx in enumerate(contexts):
+                if not isinstance(ctx, dict) or not isinstance(ctx.get("text"), str) or not ctx["text"].strip():
+                    raise DocumentFormatError(f"line {lineno}: contexts[{n}] needs a non-empty 'text'")
+                title = ctx.get("title", "")
+                if not isinstance(title, str):
+                    raise DocumentFormatError(f"line {lineno}: contexts[{n}].title must be a string")
+                doc = Document(title=title, text=ctx["text"], source=source)
+                docs.setdefault(doc.id, doc)
+        elif "text" in row:
+            text, title, did = row["text"], row.get("title", ""), row.get("id", "")
+            if not isinstance(text, str) or not text.strip():
+                raise DocumentFormatError(f"line {lineno}: 'text' must be a non-empty string")
+            if not isinstance(title, str) or not isinstance(did, str | int):
+                raise DocumentFormatError(f"line {lineno}: 'title' must be a string and 'id' a string")
+            meta = row.get("metadata") or {}
+            if not isinstance(meta, dict):
+                raise DocumentFormatError(f"line {lineno}: 'metadata' must be an object")
+            doc = Document(id=str(did), title=title, text=text, source=source, metadata=meta)
+            docs[doc.id] = doc
+        else:
+            raise DocumentFormatError(f"line {lineno}: expected 'contexts' (QA format) or 'text' (a document)")
+    if not docs:
+        raise DocumentFormatError("the JSONL payload holds no documents")
+    return list(docs.values())
+
+
+def load_path(path: str | Path) -> list[Document]:
+    """Documents from a file, or from every supported file under a folder (sorted, recursive)."""
+    root = Path(path)
+    if root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in _SUFFIXES)
+    elif root.is_file():
+        files = [root]
+    else:
+        raise FileNotFoundError(f"{root} does not exist")
+    out: list[Document] = []
+    for file in files:
+        kind = type_for_path(file)
+        text = file.read_text(encoding="utf-8")
+        if not text.strip():
+            logger.warning("%s is empty; skipped", file)
+            continue
+        title = "" if kind != "text" else file.stem
+        # A file's id is its path relative to the folder, so an edited file replaces its old version.
+        rel = file.relative_to(root).as_posix() if root.is_dir() else file.name
+        doc_id = "" if kind == "jsonl" else f"file:{rel}"
+        for doc in parse(text, kind, title=title, doc_id=doc_id, source=str(file)):
+            out.append(doc if doc.title else doc.model_copy(update={"title": file.stem}))
+    return out

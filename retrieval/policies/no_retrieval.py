@@ -1,0 +1,12 @@
+"""`none`: the model answers from what it knows (Adaptive-RAG's class A)."""
+
+from __future__ import annotations
+
+from retrieval.policies.base import PolicyContext, Prepared, Question, final_messages
+
+
+class NoRetrievalPolicy:
+    name = "none"
+
+    async def prepare(self, question: Question, ctx: PolicyContext) -> Prepared:
+        return Prepared(final_messages(question, None, ctx), [], [], retrieval_steps=0, retrieve_s=0.0)

@@ -1,0 +1,16 @@
+"""`single`: retrieve top-k once for the question, then answer (Adaptive-RAG's class B)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from retrieval.policies.base import PolicyContext, Prepared, Question, final_messages, retrieve_step
+
+
+class SingleStepPolicy:
+    name = "single"
+
+    async def prepare(self, question: Question, ctx: PolicyContext) -> Prepared:
+        steps: list[dict[str, Any]] = []
+        passages, spent = await retrieve_step(question.text, ctx, steps)
+        return Prepared(final_messages(question, passages, ctx), passages, steps, retrieval_steps=1, retrieve_s=spent)

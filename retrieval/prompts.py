@@ -1,0 +1,73 @@
+"""Prompts that put retrieved passages in front of the model."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from retrieval.documents import Passage
+from services.workers.engine import ChatMessage
+
+AnswerStyle = Literal["chat", "short"]
+
+# The engine counts tokens exactly; here a cheap bound is enough to keep passages inside the budget.
+# SmolLM2's and Llama-style tokenizers average about 4 characters a token on English prose.
+CHARS_PER_TOKEN = 3.5
+
+SYSTEM_RAG = (
+    "You are Ragyard, a question answering assistant. Answer from the numbered passages below. "
+    "Cite the passages you use like [1]. If they do not hold the answer, say that you do not know."
+)
+SYSTEM_PLAIN = "You are Ragyard, a helpful question answering assistant. Answer accurately and concisely."
+SHORT_RAG = (
+    "Answer the question using the passages. Reply with the answer only: a few words, no sentence. "
+    "For a yes/no question reply yes or no."
+)
+SHORT_PLAIN = (
+    "Answer the question. Reply with the answer only: a few words, no sentence. For a yes/no question reply yes or no."
+)
+
+
+def fit_passages(passages: list[Passage], max_context_tokens: int) -> list[Passage]:
+    budget = int(max_context_tokens * CHARS_PER_TOKEN)
+    kept: list[Passage] = []
+    used = 0
+    for p in passages:
+        cost = len(p.chunk.text) + len(p.chunk.title) + 8
+        if kept and used + cost > budget:
+            break
+        kept.append(p)
+        used += cost
+    return kept
+
+
+def format_passages(passages: list[Passage]) -> str:
+    return "\n\n".join(
+        f"[{n}] {p.chunk.title}\n{p.chunk.text}" if p.chunk.title else f"[{n}] {p.chunk.text}"
+        for n, p in enumerate(passages, start=1)
+    )
+
+
+def build_messages(
+    question: str,
+    passages: list[Passage] | None,
+    *,
+    style: AnswerStyle = "chat",
+    history: list[ChatMessage] | None = None,
+    system: str | None = None,
+) -> list[ChatMessage]:
+    """Messages for the final answer. ``passages=None`` means no retrieval (the model answers alone)."""
+    with_passages = passages is not None and len(passages) > 0
+    if style == "short":
+        base = SHORT_RAG if with_passages else SHORT_PLAIN
+    else:
+        base = SYSTEM_RAG if with_passages else SYSTEM_PLAIN
+    sys_text = base if not system else f"{base}\n\n{system}"
+    out = [ChatMessage(role="system", content=sys_text)]
+    out.extend(history or [])
+    if with_passages:
+        assert passages is not None
+        user = f"Passages:\n{format_passages(passages)}\n\nQuestion: {question}"
+    else:
+        user = question if style == "chat" else f"Question: {question}"
+    out.append(ChatMessage(role="user", content=user))
+    return out

@@ -1,0 +1,113 @@
+"""The retriever: chunk, embed and index documents; embed queries and search."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from retrieval.chunking import Chunker
+from retrieval.documents import Document, IngestReport, Passage
+from retrieval.errors import DocumentFormatError
+from retrieval.store import VectorStore
+
+if TYPE_CHECKING:
+    from retrieval.embedder import Embedder
+
+logger = logging.getLogger(__name__)
+
+
+class Retriever:
+    def __init__(self, embedder: Embedder, store: VectorStore, chunker: Chunker) -> None:
+        self.embedder = embedder
+        self.store = store
+        self.chunker = chunker
+        # Ingests are serialised so two uploads of one document cannot both add it.
+        self._ingest_lock = threading.Lock()
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        index_dir: str | Path | None,
+        chunk_tokens: int = 200,
+        chunk_overlap_tokens: int = 40,
+        embedder: Embedder | None = None,
+        embedder_path: str | None = None,
+        device: str = "cpu",
+        batch_size: int = 32,
+    ) -> Retriever:
+        from retrieval.embedder import Embedder
+
+        emb = embedder or Embedder(embedder_path, device=device, batch_size=batch_size)
+        if index_dir is None:
+            store = VectorStore(emb.dim, emb.name)
+        else:
+            store = VectorStore.open(emb.dim, emb.name, index_dir)
+        return cls(emb, store, Chunker(emb.tokenizer, chunk_tokens, chunk_overlap_tokens))
+
+    def ingest(self, docs: list[Document]) -> IngestReport:
+        report = IngestReport()
+        with self._ingest_lock:
+            pending: list[tuple[Document, list[tuple[int, str]]]] = []
+            seen: set[str] = set()
+            for doc in docs:
+                if not doc.text.strip():
+                    raise DocumentFormatError(f"document {doc.id!r} has no text")
+                if doc.id in seen:
+                    continue
+                seen.add(doc.id)
+                if self.store.fingerprint(doc.id) == doc.fingerprint:
+                    report.unchanged.append(doc.id)
+                    continue
+                pending.append((doc, self.chunker.split(doc)))
+            # All chunks of the batch are embedded before the index changes: a failure leaves it as it was.
+            texts = [self._embed_text(doc, text) for doc, pieces in pending for _, text in pieces]
+            vectors = self.embedder.encode(texts)
+            offset = 0
+            for doc, pieces in pending:
+                outcome = self.store.upsert(doc, pieces, vectors[offset : offset + len(pieces)])
+                offset += len(pieces)
+                (report.added if outcome == "added" else report.updated).append(doc.id)
+                report.chunks_added += len(pieces)
+            if pending:
+                self.store.save()
+        return report
+
+    @staticmethod
+    def _embed_text(doc: Document, text: str) -> str:
+        # The title is part of what a chunk is about (HotpotQA paragraphs rarely repeat their subject).
+        return f"{doc.title}\n{text}" if doc.title and not text.startswith(doc.title) else text
+
+    def remove(self, doc_id: str) -> bool:
+        with self._ingest_lock:
+            removed = self.store.remove(doc_id)
+            if removed:
+                self.store.save()
+            return removed
+
+    def embed_query(self, query: str) -> np.ndarray:
+        return self.embedder.encode([query])[0]
+
+    def search(self, query: str, k: int) -> list[Passage]:
+        return self.search_vectors(self.embedder.encode([query]), k)[0]
+
+    def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[Passage]]:
+        return self.store.search(vectors, k)
+
+    def timed_search(self, query: str, k: int) -> tuple[list[Passage], float]:
+        start = time.perf_counter()
+        passages = self.search(query, k)
+        return passages, time.perf_counter() - start
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "documents": len(self.store.docs),
+            "chunks": len(self.store),
+            "generation": self.store.generation,
+            "embedder": self.store.embedder_name,
+        }

@@ -1,0 +1,24 @@
+"""A Plan: everything decided about how to answer one question."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Plan(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    policy: str = Field(description="Retrieval policy name.")
+    top_k: int = Field(gt=0, description="Passages per retrieval step.")
+    model: str = Field(description="Model id of the worker that answers.")
+    max_tokens: int = Field(gt=0, description="Completion token cap.")
+    use_response_cache: bool = Field(description="Whether a cached answer may be served.")
+
+    def label(self) -> str:
+        """A short, bounded-cardinality name for metrics."""
+        return f"{self.policy}/{self.model}"
+
+
+class RouteDecision(BaseModel):
+    plan: Plan
+    reason: str

@@ -1,0 +1,86 @@
+"""The Ray Serve application: deployments wrapping the plain classes, bound into one graph.
+
+``build_app`` is the Serve ``import_path`` (``services.app:build_app``); its ``args`` are the app
+config (inline sections, and/or ``config_path`` naming a YAML file).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from services.config import AppConfig, load_config
+
+logger = logging.getLogger(__name__)
+
+
+class GatewayDeployment:
+    """The HTTP ingress. Its FastAPI app is built on the replica, over handles to the other deployments."""
+
+    def __init__(self, config: dict[str, Any], retriever: Any, workers: dict[str, Any]) -> None:
+        from services.clients import HandleRetriever, HandleWorker, WorkerClient
+        from services.rag import RagService, build_cache
+
+        self.config = load_config(config)
+        clients: dict[str, WorkerClient] = {mid: HandleWorker(h) for mid, h in workers.items()}
+        self.service = RagService(self.config, HandleRetriever(retriever), clients, cache=build_cache(self.config))
+
+    def __serve_build_asgi_app__(self) -> Any:
+        from services.gateway import create_app
+
+        return create_app(
+            self.service, max_body_bytes=self.config.server.max_body_bytes, api_keys=self.config.server.api_keys
+        )
+
+
+def _config_from_args(args: dict[str, Any] | None) -> AppConfig:
+    args = dict(args or {})
+    path = args.pop("config_path", None)
+    if path is not None:
+        base = load_config(path).model_dump(mode="json")
+        for section, value in args.items():
+            if isinstance(value, dict) and isinstance(base.get(section), dict):
+                base[section] = {**base[section], **value}
+            else:
+                base[section] = value
+        return load_config(base)
+    return load_config(args)
+
+
+def deployment_name(model_id: str) -> str:
+    return "worker-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in model_id)
+
+
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    from services.retriever_service import RetrieverService
+    from services.worker import Worker
+
+    config = _config_from_args(args)
+    plain = config.model_dump(mode="json")
+    ray_cfg = config.ray
+    retriever = serve.deployment(
+        name="retriever",
+        num_replicas=ray_cfg.retriever_replicas,
+        ray_actor_options={"num_cpus": 0.25},
+        max_ongoing_requests=64,
+    )(RetrieverService).bind(plain)
+    workers = {
+        m.id: serve.deployment(
+            name=deployment_name(m.id),
+            num_replicas=ray_cfg.worker_replicas,
+            ray_actor_options={"num_cpus": 1, **({"num_gpus": 1} if m.device.startswith("cuda") else {})},
+            # Concurrent streams interleave token by token inside one replica.
+            max_ongoing_requests=32,
+        )(Worker).bind(plain, m.id)
+        for m in config.models
+    }
+    gateway = serve.deployment(
+        name="gateway",
+        num_replicas=ray_cfg.gateway_replicas,
+        ray_actor_options={"num_cpus": 0.25},
+        max_ongoing_requests=256,
+    )(serve.ingress()(GatewayDeployment))
+    return gateway.bind(plain, retriever, workers)

@@ -1,0 +1,187 @@
+"""`ragyard`: serve, ingest, ask, eval."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from services.config import load_config
+from services.errors import RagyardError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _quiet_libraries() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from services import serving
+
+    config = load_config(args.config)
+    overrides: dict[str, Any] = {}
+    if args.host:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    if overrides:
+        config = config.model_copy(update={"server": config.server.model_copy(update=overrides)})
+    url = f"http://{config.server.host}:{config.server.port}"
+    print(
+        f"Ragyard: starting Ray Serve on {url} (Ray temp dir {Path(config.ray.temp_dir).resolve()}); "
+        "the first start converts the model, about 30 s",
+        flush=True,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        serving.start(config)
+        ready = serving.wait_ready(url, 10)
+        models = ", ".join(ready.get("workers", {}))
+        docs = ready.get("retriever", {}).get("documents", "?")
+        print(
+            f"Ragyard: ready at {url}  (OpenAI base URL {url}/v1; model auto -> {models}; "
+            f"{docs} documents indexed). Ctrl-C stops it.",
+            flush=True,
+        )
+        stop.wait()
+    finally:
+        print("Ragyard: stopping", flush=True)
+        serving.stop()
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from retrieval.ingest import load_path
+
+    docs = [d for p in args.paths for d in load_path(p)]
+    if args.url:
+        import httpx
+
+        payload = {"documents": [{"id": d.id, "title": d.title, "text": d.text, "metadata": d.metadata} for d in docs]}
+        resp = httpx.post(f"{args.url.rstrip('/')}/v1/documents", json=payload, timeout=600)
+        print(json.dumps(resp.json(), indent=2))
+        return 0 if resp.status_code == 200 else 1
+    from services.retriever_service import RetrieverService
+
+    config = load_config(args.config)
+    config = config.model_copy(update={"corpus": config.corpus.model_copy(update={"ingest_on_start": False})})
+    service = RetrieverService(config)
+    report = service.retriever.ingest(docs)
+    print(json.dumps({**report.as_dict(), **service.retriever.stats()}, indent=2))
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from retrieval.policies.base import Question
+    from services.rag import AnswerRequest, build_local
+
+    config = load_config(args.config)
+    service = build_local(config)
+    record = asyncio.run(
+        service.answer(
+            AnswerRequest(
+                question=Question(text=args.question, style=args.style),
+                policy=args.policy,
+                top_k=args.top_k,
+                max_tokens=args.max_tokens,
+            )
+        )
+    )
+    if args.json:
+        print(json.dumps(record, indent=2))
+        return 0
+    print(record["answer"])
+    for n, c in enumerate(record["citations"], start=1):
+        print(f"  [{n}] {c['title']} (document {c['document_id']}, chunk {c['chunk']}, score {c['score']})")
+    t = record["timings"]
+    print(
+        f"  plan: {record['plan']['policy']} on {record['plan']['model']}; retrieve {t['retrieve_s']:.2f}s, "
+        f"prefill {t['prefill_s']:.2f}s, decode {t['decode_s']:.2f}s, total {t['total_s']:.2f}s"
+    )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from services.evaluation.harness import Evaluator, write_outputs
+
+    config = load_config(args.config)
+    evaluator = Evaluator(config)
+    metrics, predictions = evaluator.run(
+        args.data, args.policy, limit=args.limit, max_tokens=args.max_tokens, top_k=args.top_k, progress=True
+    )
+    write_outputs(args.out, metrics, predictions)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ragyard", description="Adaptive RAG question answering.")
+    parser.add_argument("--config", help="YAML config file (default: $RAGYARD_CONFIG or built-in defaults)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="serve the app through Ray Serve (local Ray unless ray.address)")
+    p.add_argument("--host", help="bind address (default 127.0.0.1; HOST)")
+    p.add_argument("--port", type=int, help="port (default 8000; PORT)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("ingest", help="index text, markdown or JSONL files or folders")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--url", help="send to a running server (e.g. http://127.0.0.1:8000) instead")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("ask", help="answer one question in this process (no Ray)")
+    p.add_argument("question")
+    p.add_argument("--policy", help="retrieval policy (default: config)")
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--max-tokens", type=int)
+    p.add_argument("--style", choices=["chat", "short"], default="chat")
+    p.add_argument("--json", action="store_true", help="print the whole record")
+    p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("eval", help="answer and score a QA JSONL file (shared/data format)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--policy", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--limit", type=int, help="first N questions only")
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--top-k", type=int)
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    _quiet_libraries()
+    try:
+        return int(args.func(args))
+    except RagyardError as exc:
+        print(f"ragyard: {exc.message}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"ragyard: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

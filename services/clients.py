@@ -1,0 +1,92 @@
+"""How the gateway reaches the retriever and the workers: in-process objects (the library path) or
+Serve DeploymentHandles. Both expose the same async surface, so the QA logic never knows which."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from retrieval.documents import Document, Passage
+from services.workers.engine import ChatMessage, GenerationChunk, GenerationResult, SamplingParams
+
+
+class RetrieverClient(Protocol):
+    async def search(self, query: str, k: int) -> list[Passage]: ...
+
+    async def ingest(self, docs: list[Document]) -> dict[str, Any]: ...
+
+    async def stats(self) -> dict[str, Any]: ...
+
+    async def ready(self) -> dict[str, Any]: ...
+
+
+class WorkerClient(Protocol):
+    async def generate(self, messages: list[ChatMessage], params: SamplingParams) -> GenerationResult: ...
+
+    def stream(self, messages: list[ChatMessage], params: SamplingParams) -> AsyncIterator[GenerationChunk]: ...
+
+    async def ready(self) -> dict[str, Any]: ...
+
+
+class LocalRetriever:
+    def __init__(self, service: Any) -> None:
+        self.service = service
+
+    async def search(self, query: str, k: int) -> list[Passage]:
+        return await self.service.search(query, k)
+
+    async def ingest(self, docs: list[Document]) -> dict[str, Any]:
+        return await self.service.ingest(docs)
+
+    async def stats(self) -> dict[str, Any]:
+        return await self.service.stats()
+
+    async def ready(self) -> dict[str, Any]:
+        return self.service.ready()
+
+
+class LocalWorker:
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+
+    async def generate(self, messages: list[ChatMessage], params: SamplingParams) -> GenerationResult:
+        return await self.worker.generate(messages, params)
+
+    def stream(self, messages: list[ChatMessage], params: SamplingParams) -> AsyncIterator[GenerationChunk]:
+        return self.worker.stream(messages, params)
+
+    async def ready(self) -> dict[str, Any]:
+        return self.worker.ready()
+
+
+class HandleRetriever:
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def search(self, query: str, k: int) -> list[Passage]:
+        return await self.handle.search.remote(query, k)
+
+    async def ingest(self, docs: list[Document]) -> dict[str, Any]:
+        return await self.handle.ingest.remote(docs)
+
+    async def stats(self) -> dict[str, Any]:
+        return await self.handle.stats.remote()
+
+    async def ready(self) -> dict[str, Any]:
+        return await asyncio.wait_for(self.handle.ready.remote(), timeout=5.0)
+
+
+class HandleWorker:
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def generate(self, messages: list[ChatMessage], params: SamplingParams) -> GenerationResult:
+        return await self.handle.generate.remote(messages, params)
+
+    async def stream(self, messages: list[ChatMessage], params: SamplingParams) -> AsyncIterator[GenerationChunk]:
+        async for chunk in self.handle.options(stream=True).stream.remote(messages, params):
+            yield chunk
+
+    async def ready(self) -> dict[str, Any]:
+        return await asyncio.wait_for(self.handle.ready.remote(), timeout=5.0)

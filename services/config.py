@@ -1,0 +1,209 @@
+"""The application config: one pydantic model, loaded from YAML with environment overrides.
+
+Precedence, highest first: environment (``RAGYARD_<SECTION>__<FIELD>``, plus the short ``HOST``,
+``PORT`` and ``REDIS_URL``), the YAML file, the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from services.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL_ID = "smollm2-135m-instruct"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Section):
+    id: str = Field(DEFAULT_MODEL_ID, min_length=1, description="Name clients pass as `model`.")
+    path: str | None = Field(
+        None,
+        description="Local HF model folder. None means the packaged SmolLM2-135M-Instruct, "
+        "converted from its GGUF on first use and cached.",
+    )
+    engine: Literal["torch"] = Field("torch", description="Engine that runs the model.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype.")
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, ...")
+    max_model_len: int = Field(2048, gt=0, description="Prompt plus completion tokens, at most.")
+    max_tokens_limit: int = Field(1024, gt=0, description="Largest `max_tokens` a request may ask for.")
+    default_max_tokens: int = Field(256, gt=0, description="`max_tokens` when a request gives none.")
+    torch_threads: int | None = Field(None, gt=0, description="torch intra-op threads; None = torch's.")
+
+    @model_validator(mode="after")
+    def _limits(self) -> ModelConfig:
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise ValueError("default_max_tokens must not exceed max_tokens_limit")
+        if self.max_tokens_limit >= self.max_model_len:
+            raise ValueError("max_tokens_limit must be smaller than max_model_len")
+        return self
+
+
+class EmbedderConfig(_Section):
+    path: str | None = Field(None, description="sentence-transformers folder; None = packaged MiniLM.")
+    device: str = Field("cpu", description="torch device for the embedder.")
+    batch_size: int = Field(32, gt=0, description="Texts per embedding batch.")
+
+
+class IndexConfig(_Section):
+    dir: str = Field(".ragyard/index", description="Where the FAISS index and doc store persist.")
+    chunk_tokens: int = Field(200, ge=32, le=512, description="Chunk size in embedder tokens.")
+    chunk_overlap_tokens: int = Field(40, ge=0, description="Overlap between neighbouring chunks.")
+
+    @model_validator(mode="after")
+    def _overlap(self) -> IndexConfig:
+        if self.chunk_overlap_tokens >= self.chunk_tokens:
+            raise ValueError("chunk_overlap_tokens must be smaller than chunk_tokens")
+        return self
+
+
+class RetrievalConfig(_Section):
+    default_policy: str = Field("single", description="Policy the router picks when none is asked.")
+    top_k: int = Field(4, gt=0, description="Passages retrieved per step.")
+    max_top_k: int = Field(20, gt=0, description="Largest top_k a request may ask for.")
+    max_context_tokens: int = Field(1200, gt=0, description="Model tokens of passages in one prompt.")
+
+
+class CacheConfig(_Section):
+    response_cache_url: str = Field(
+        "memory://", description="memory:// or redis://host:port/db; REDIS_URL overrides it."
+    )
+    ttl_s: int = Field(3600, gt=0, description="Response cache entry lifetime in seconds.")
+    max_entries: int = Field(1024, gt=0, description="In-memory response cache capacity.")
+    enabled: bool = Field(True, description="Serve repeated greedy questions from the cache.")
+
+
+class ServerConfig(_Section):
+    host: str = Field("127.0.0.1", description="HTTP bind address; HOST overrides it.")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port; PORT overrides it.")
+    max_body_bytes: int = Field(1 << 20, gt=0, description="Largest request body accepted.")
+    api_keys: list[str] = Field(default_factory=list, description="Bearer keys; empty = no auth.")
+
+
+class CorpusConfig(_Section):
+    paths: list[str] = Field(
+        default_factory=lambda: [str(PROJECT_ROOT / "README.md"), str(PROJECT_ROOT / "docs")],
+        description="Files or folders indexed at startup (the bundled sample corpus).",
+    )
+    ingest_on_start: bool = Field(True, description="Index `paths` when the retriever starts.")
+
+
+class RayConfig(_Section):
+    address: str | None = Field(None, description="Ray cluster to join; None starts a local one.")
+    temp_dir: str = Field(".tmp/ray", description="Ray's temp dir (sessions, logs, sockets).")
+    num_cpus: int | None = Field(None, gt=0, description="CPUs a local Ray may use.")
+    worker_replicas: int = Field(1, gt=0, description="Replicas of each model worker.")
+    retriever_replicas: int = Field(1, gt=0, description="Replicas of the retriever.")
+    gateway_replicas: int = Field(1, gt=0, description="Replicas of the HTTP gateway.")
+
+
+class AppConfig(BaseSettings):
+    """Everything Ragyard reads at startup."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RAGYARD_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    cache_dir: str = Field(str(Path.home() / ".cache" / "ragyard"), description="Converted models and other caches.")
+    models: list[ModelConfig] = Field(
+        default_factory=lambda: [ModelConfig()], min_length=1, description="Models the service runs."
+    )
+    embedder: EmbedderConfig = Field(default_factory=EmbedderConfig, description="Query/passage embedder.")
+    index: IndexConfig = Field(default_factory=IndexConfig, description="FAISS index and doc store.")
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig, description="Retrieval policies.")
+    cache: CacheConfig = Field(default_factory=CacheConfig, description="Response cache.")
+    server: ServerConfig = Field(default_factory=ServerConfig, description="HTTP edge.")
+    corpus: CorpusConfig = Field(default_factory=CorpusConfig, description="Sample corpus.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Ray and Serve placement.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment beats the YAML file (passed as init kwargs), which beats the defaults.
+        return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> AppConfig:
+        ids = [m.id for m in self.models]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"model ids must be unique, got {ids}")
+        if "auto" in ids:
+            raise ValueError("'auto' is reserved for the router's choice; rename that model")
+        if self.retrieval.top_k > self.retrieval.max_top_k:
+            raise ValueError("retrieval.top_k must not exceed retrieval.max_top_k")
+        from retrieval.policies.registry import available_policies
+
+        if self.retrieval.default_policy not in available_policies():
+            raise ValueError(
+                f"retrieval.default_policy {self.retrieval.default_policy!r} is unknown; "
+                f"valid: {', '.join(available_policies())}"
+            )
+        return self
+
+    def model(self, model_id: str) -> ModelConfig:
+        for m in self.models:
+            if m.id == model_id:
+                return m
+        raise KeyError(model_id)
+
+    @property
+    def default_model(self) -> ModelConfig:
+        return self.models[0]
+
+
+_SHORT_ENV = {"HOST": ("server", "host"), "PORT": ("server", "port"), "REDIS_URL": ("cache", "response_cache_url")}
+
+
+def load_config(source: AppConfig | dict[str, Any] | str | Path | None = None) -> AppConfig:
+    """Build the config from a model, a dict or a YAML path (None: `RAGYARD_CONFIG` or defaults)."""
+    if isinstance(source, AppConfig):
+        return source
+    data: dict[str, Any]
+    if source is None:
+        env_path = os.environ.get("RAGYARD_CONFIG")
+        source = Path(env_path) if env_path else None
+    if source is None:
+        data = {}
+    elif isinstance(source, dict):
+        data = dict(source)
+    else:
+        path = Path(source)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        data = loaded
+    for var, (section, key) in _SHORT_ENV.items():
+        value = os.environ.get(var)
+        if value:
+            sect = dict(data.get(section) or {})
+            sect[key] = value
+            data[section] = sect
+    try:
+        return AppConfig(**data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from exc

@@ -1,0 +1,69 @@
+"""Errors of the serving layer. HTTP statuses are attached only here, at the gateway's edge."""
+
+from __future__ import annotations
+
+
+class RagyardError(Exception):
+    """Root of every error Ragyard raises on purpose."""
+
+    status_code = 500
+    error_type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    # Errors cross Ray actor boundaries: keep them picklable with their keyword fields.
+    def __reduce__(self):
+        return (_rebuild, (type(self), self.message, self.param, self.code))
+
+
+def _rebuild(cls: type[RagyardError], message: str, param: str | None, code: str | None) -> RagyardError:
+    return cls(message, param=param, code=code)
+
+
+class ConfigError(RagyardError):
+    """The configuration is invalid."""
+
+    code = "invalid_config"
+
+
+class InvalidRequestError(RagyardError):
+    """The client sent something the service cannot accept."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class NotFoundError(InvalidRequestError):
+    """The client named something that does not exist (a model, a route)."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class PayloadTooLargeError(InvalidRequestError):
+    """The request body is larger than the configured limit."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaTypeError(InvalidRequestError):
+    """The document type is not one Ragyard can ingest."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class NotReadyError(RagyardError):
+    """A component is still loading."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "not_ready"

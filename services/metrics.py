@@ -1,0 +1,23 @@
+"""Prometheus metrics of the gateway (requests, plans, stages, tokens)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
+
+HTTP_REQUESTS = Counter(
+    "ragyard_http_requests_total", "HTTP requests by route, method and status.", ["route", "method", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "ragyard_http_request_seconds", "HTTP request latency by route.", ["route"], buckets=_LATENCY_BUCKETS
+)
+PLAN_REQUESTS = Counter("ragyard_plan_requests_total", "Questions answered by plan.", ["plan", "cache"])
+PLAN_LATENCY = Histogram(
+    "ragyard_plan_seconds", "End-to-end answer latency by plan.", ["plan"], buckets=_LATENCY_BUCKETS
+)
+STAGE_LATENCY = Histogram(
+    "ragyard_stage_seconds", "Time per stage (retrieve, prefill, decode).", ["stage"], buckets=_LATENCY_BUCKETS
+)
+TTFT = Histogram("ragyard_ttft_seconds", "Time to first token by model.", ["model"], buckets=_LATENCY_BUCKETS)
+TOKENS = Counter("ragyard_tokens_total", "Tokens by model and kind (prompt, completion).", ["model", "kind"])

@@ -1,0 +1,263 @@
+"""Answering a question: route, (maybe) serve from the response cache, run the retrieval policy,
+generate, account. Used by the HTTP gateway and by the library path (`ragyard ask`, `eval`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from cache.response_cache import ResponseCache
+from retrieval.policies.base import PolicyContext, Question, run_policy
+from retrieval.policies.registry import get_policy
+from router.plan import RouteDecision
+from router.router import ConfigRouter
+from services import metrics
+from services.clients import RetrieverClient, WorkerClient
+from services.config import AppConfig
+from services.errors import InvalidRequestError
+from services.workers.engine import GenerationStats, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AnswerRequest:
+    question: Question
+    model: str | None = None
+    policy: str | None = None
+    top_k: int | None = None
+    max_tokens: int | None = None
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass
+class StreamEvent:
+    """A text delta, or (last) the whole answer's record with ``done`` set."""
+
+    text: str = ""
+    done: bool = False
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+class RagService:
+    def __init__(
+        self,
+        config: AppConfig,
+        retriever: RetrieverClient,
+        workers: dict[str, WorkerClient],
+        *,
+        router: ConfigRouter | None = None,
+        cache: ResponseCache | None = None,
+    ) -> None:
+        self.config = config
+        self.retriever = retriever
+        self.workers = workers
+        self.router = router or ConfigRouter(config)
+        self.cache = cache
+
+    # -- planning ------------------------------------------------------------------------------
+    def decide(self, req: AnswerRequest) -> tuple[RouteDecision, SamplingParams]:
+        if req.top_k is not None and req.top_k > self.config.retrieval.max_top_k:
+            raise InvalidRequestError(
+                f"top_k {req.top_k} is over the limit of {self.config.retrieval.max_top_k}", param="top_k"
+            )
+        decision = self.router.route(
+            req.question.text,
+            model=req.model,
+            policy=req.policy,
+            top_k=req.top_k,
+            max_tokens=req.max_tokens,
+            cacheable=req.temperature == 0.0,
+        )
+        limit = self.config.model(decision.plan.model).max_tokens_limit
+        if decision.plan.max_tokens > limit:
+            raise InvalidRequestError(
+                f"max_tokens {decision.plan.max_tokens} is over this model's limit of {limit}", param="max_tokens"
+            )
+        params = SamplingParams(
+            max_tokens=decision.plan.max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            stop=req.stop,
+            seed=req.seed,
+        )
+        return decision, params
+
+    def _context(self, decision: RouteDecision) -> PolicyContext:
+        worker = self.workers[decision.plan.model]
+        return PolicyContext(
+            retrieve=self.retriever.search,
+            generate=worker.generate,
+            stream=worker.stream,
+            top_k=decision.plan.top_k,
+            max_context_tokens=self.config.retrieval.max_context_tokens,
+        )
+
+    async def _cache_key(self, req: AnswerRequest, decision: RouteDecision, params: SamplingParams) -> str | None:
+        if self.cache is None or not decision.plan.use_response_cache:
+            return None
+        generation = (await self.retriever.stats()).get("generation", 0)
+        q = req.question
+        return ResponseCache.key(
+            question=q.text,
+            history=[m.model_dump() for m in q.history],
+            system=q.system,
+            style=q.style,
+            plan=decision.plan.model_dump(),
+            stop=list(params.stop),
+            index_generation=generation,
+        )
+
+    # -- answering -----------------------------------------------------------------------------
+    async def answer(self, req: AnswerRequest) -> dict[str, Any]:
+        started = time.perf_counter()
+        decision, params = self.decide(req)
+        key = await self._cache_key(req, decision, params)
+        if key is not None and (cached := self.cache.get(key) if self.cache else None) is not None:
+            return self._from_cache(cached, started)
+        policy = get_policy(decision.plan.policy)
+        result = await run_policy(policy, req.question, self._context(decision), params)
+        timings = {k: round(v, 4) for k, v in result.timings.items()}
+        record = {
+            "id": "qa-" + uuid.uuid4().hex[:24],
+            "answer": result.answer,
+            "finish_reason": result.finish_reason,
+            "model": decision.plan.model,
+            "citations": [p.citation() for p in result.passages],
+            "plan": {**decision.plan.model_dump(), "reason": decision.reason},
+            "timings": timings,
+            "usage": _usage(result.prompt_tokens, result.completion_tokens),
+            "retrieval_steps": result.retrieval_steps,
+            "llm_calls": result.llm_calls,
+            "trace": result.steps,
+            "cache": {"response": "miss" if key else "bypass"},
+        }
+        self._observe(decision, record, result.timings)
+        if key is not None and self.cache is not None and result.finish_reason in ("stop", "length"):
+            self.cache.put(key, record)
+        return record
+
+    async def stream(self, req: AnswerRequest) -> AsyncIterator[StreamEvent]:
+        """Text deltas of the final answer as they are generated, then the record."""
+        started = time.perf_counter()
+        decision, params = self.decide(req)
+        key = await self._cache_key(req, decision, params)
+        if key is not None and (cached := self.cache.get(key) if self.cache else None) is not None:
+            record = self._from_cache(cached, started)
+            yield StreamEvent(text=record["answer"])
+            yield StreamEvent(done=True, record=record)
+            return
+        ctx = self._context(decision)
+        prepared = await get_policy(decision.plan.policy).prepare(req.question, ctx)
+        parts: list[str] = []
+        stats = GenerationStats()
+        finish = "length"
+        # Leading whitespace is dropped, as `answer` strips it.
+        async for chunk in ctx.stream(prepared.messages, params):
+            text = chunk.text if parts else chunk.text.lstrip()
+            if text:
+                parts.append(text)
+                yield StreamEvent(text=text)
+            if chunk.finish_reason is not None:
+                finish = chunk.finish_reason
+            if chunk.stats is not None:
+                stats = chunk.stats
+        answer = "".join(parts).rstrip()
+        timings = {
+            "retrieve_s": prepared.retrieve_s,
+            "queue_s": stats.queue_s,
+            "prefill_s": stats.prefill_s,
+            "decode_s": stats.decode_s,
+            "ttft_s": stats.ttft_s,
+            "total_s": time.perf_counter() - started,
+        }
+        record = {
+            "id": "qa-" + uuid.uuid4().hex[:24],
+            "answer": answer,
+            "finish_reason": finish,
+            "model": decision.plan.model,
+            "citations": [p.citation() for p in prepared.passages],
+            "plan": {**decision.plan.model_dump(), "reason": decision.reason},
+            "timings": {k: round(v, 4) for k, v in timings.items()},
+            "usage": _usage(
+                prepared.prompt_tokens_before + stats.prompt_tokens,
+                prepared.completion_tokens_before + stats.completion_tokens,
+            ),
+            "retrieval_steps": prepared.retrieval_steps,
+            "llm_calls": prepared.llm_calls_before + 1,
+            "trace": prepared.steps,
+            "cache": {"response": "miss" if key else "bypass"},
+        }
+        self._observe(decision, record, timings)
+        if key is not None and self.cache is not None:
+            self.cache.put(key, record)
+        yield StreamEvent(done=True, record=record)
+
+    def _from_cache(self, cached: dict[str, Any], started: float) -> dict[str, Any]:
+        record = dict(cached)
+        record["id"] = "qa-" + uuid.uuid4().hex[:24]
+        record["cache"] = {"response": "hit"}
+        record["timings"] = {
+            "retrieve_s": 0.0,
+            "queue_s": 0.0,
+            "prefill_s": 0.0,
+            "decode_s": 0.0,
+            "ttft_s": 0.0,
+            "total_s": round(time.perf_counter() - started, 4),
+        }
+        plan = record.get("plan", {})
+        metrics.PLAN_REQUESTS.labels(f"{plan.get('policy')}/{plan.get('model')}", "hit").inc()
+        return record
+
+    def _observe(self, decision: RouteDecision, record: dict[str, Any], timings: dict[str, float]) -> None:
+        label = decision.plan.label()
+        metrics.PLAN_REQUESTS.labels(label, record["cache"]["response"]).inc()
+        metrics.PLAN_LATENCY.labels(label).observe(timings["total_s"])
+        for stage in ("retrieve", "prefill", "decode"):
+            metrics.STAGE_LATENCY.labels(stage).observe(timings[f"{stage}_s"])
+        metrics.TTFT.labels(decision.plan.model).observe(timings["ttft_s"])
+        usage = record["usage"]
+        metrics.TOKENS.labels(decision.plan.model, "prompt").inc(usage["prompt_tokens"])
+        metrics.TOKENS.labels(decision.plan.model, "completion").inc(usage["completion_tokens"])
+
+    async def ingest(self, docs: list[Any]) -> dict[str, Any]:
+        return await self.retriever.ingest(docs)
+
+    async def readiness(self) -> dict[str, Any]:
+        """Each component's readiness; raises when one is not reachable."""
+        out: dict[str, Any] = {"retriever": await self.retriever.ready()}
+        out["workers"] = {mid: await w.ready() for mid, w in self.workers.items()}
+        return out
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def build_local(config: AppConfig) -> RagService:
+    """The library path: every component in this process, no Ray."""
+    from services.clients import LocalRetriever, LocalWorker
+    from services.retriever_service import RetrieverService
+    from services.worker import Worker
+
+    retriever = LocalRetriever(RetrieverService(config))
+    workers: dict[str, WorkerClient] = {m.id: LocalWorker(Worker(config, m.id)) for m in config.models}
+    return RagService(config, retriever, workers, cache=build_cache(config))
+
+
+def build_cache(config: AppConfig) -> ResponseCache | None:
+    from cache.backends import open_backend
+
+    if not config.cache.enabled:
+        return None
+    backend = open_backend(
+        config.cache.response_cache_url, max_entries=config.cache.max_entries, ttl_s=config.cache.ttl_s
+    )
+    return ResponseCache(backend, ttl_s=config.cache.ttl_s)

@@ -1,0 +1,61 @@
+"""The retriever as a service: loads the index, indexes the sample corpus, answers searches."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from retrieval.documents import Document, Passage
+from retrieval.ingest import load_path
+from retrieval.retriever import Retriever
+from services.config import AppConfig, load_config
+
+logger = logging.getLogger(__name__)
+
+
+class RetrieverService:
+    def __init__(self, config: AppConfig | dict[str, Any] | str, *, retriever: Retriever | None = None) -> None:
+        self.config = load_config(config)
+        idx = self.config.index
+        emb = self.config.embedder
+        self.retriever = retriever or Retriever.create(
+            index_dir=idx.dir,
+            chunk_tokens=idx.chunk_tokens,
+            chunk_overlap_tokens=idx.chunk_overlap_tokens,
+            embedder_path=emb.path,
+            device=emb.device,
+            batch_size=emb.batch_size,
+        )
+        if self.config.corpus.ingest_on_start:
+            self.ingest_paths(self.config.corpus.paths)
+
+    def ingest_paths(self, paths: list[str]) -> dict[str, Any]:
+        docs: list[Document] = []
+        for path in paths:
+            if not Path(path).exists():
+                logger.warning("corpus path %s does not exist; skipped", path)
+                continue
+            docs.extend(load_path(path))
+        report = self.retriever.ingest(docs)
+        logger.info(
+            "sample corpus: %d added, %d updated, %d unchanged",
+            len(report.added),
+            len(report.updated),
+            len(report.unchanged),
+        )
+        return report.as_dict()
+
+    def ready(self) -> dict[str, Any]:
+        return {"ready": True, **self.retriever.stats()}
+
+    async def search(self, query: str, k: int) -> list[Passage]:
+        return await asyncio.to_thread(self.retriever.search, query, k)
+
+    async def ingest(self, docs: list[Document]) -> dict[str, Any]:
+        report = await asyncio.to_thread(self.retriever.ingest, docs)
+        return {**report.as_dict(), "generation": self.retriever.store.generation}
+
+    async def stats(self) -> dict[str, Any]:
+        return self.retriever.stats()

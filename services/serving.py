@@ -1,0 +1,86 @@
+"""Start and stop a local Ray with Serve on loopback: used by `ragyard serve`, benches and tests."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from services.config import AppConfig
+
+logger = logging.getLogger(__name__)
+
+APP_NAME = "ragyard"
+
+
+def start_ray(config: AppConfig) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if ray.is_initialized():
+        return
+    if config.ray.address:
+        ray.init(address=config.ray.address, logging_level=logging.WARNING)
+        return
+    temp = Path(config.ray.temp_dir).resolve()
+    temp.mkdir(parents=True, exist_ok=True)
+    ray.init(
+        num_cpus=config.ray.num_cpus or max(2, os.cpu_count() or 2),
+        include_dashboard=False,
+        _temp_dir=str(temp),
+        object_store_memory=256 * 1024 * 1024,
+        logging_level=logging.WARNING,
+        runtime_env={
+            "env_vars": {
+                "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+                "RAY_USAGE_STATS_ENABLED": "0",
+            }
+        },
+    )
+
+
+def start(config: AppConfig, *, wait_ready_s: float = 600.0) -> str:
+    """Deploy the app on a local Ray (or ``ray.address``); return its base URL once /readyz is ready."""
+    from ray import serve
+
+    from services.app import build_app
+
+    start_ray(config)
+    host, port = config.server.host, config.server.port
+    serve.start(http_options={"host": host, "port": port}, detached=False)
+    serve.run(build_app(config.model_dump(mode="json")), name=APP_NAME, route_prefix="/", blocking=False)
+    url = f"http://{host}:{port}"
+    wait_ready(url, wait_ready_s)
+    return url
+
+
+def wait_ready(url: str, timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            resp = httpx.get(f"{url}/readyz", timeout=10.0)
+            if resp.status_code == 200:
+                return resp.json()
+            last = resp.text
+        except httpx.HTTPError as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} was not ready after {timeout_s:.0f}s: {last}")
+
+
+def stop() -> None:
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()

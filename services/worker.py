@@ -1,0 +1,54 @@
+"""The model worker: one engine, chat rendering, and limits. A plain class; Serve wraps it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from services.config import AppConfig, load_config
+from services.errors import InvalidRequestError
+from services.workers.engine import (
+    ChatMessage,
+    Engine,
+    GenerationChunk,
+    GenerationResult,
+    SamplingParams,
+    build_engine,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(
+        self, config: AppConfig | dict[str, Any] | str, model_id: str | None = None, *, engine: Engine | None = None
+    ) -> None:
+        self.config = load_config(config)
+        self.model_config = self.config.model(model_id) if model_id else self.config.default_model
+        if engine is None and self.model_config.torch_threads is None and self.model_config.device == "cpu":
+            # Ray sets OMP_NUM_THREADS to the actor's CPU share (often 1); decode wants every core.
+            import torch
+
+            torch.set_num_threads(max(1, os.cpu_count() or 1))
+        self.engine = engine or build_engine(self.model_config, self.config.cache_dir)
+
+    def check(self, params: SamplingParams) -> None:
+        if params.max_tokens > self.model_config.max_tokens_limit:
+            raise InvalidRequestError(
+                f"max_tokens {params.max_tokens} is over this model's limit of {self.model_config.max_tokens_limit}",
+                param="max_tokens",
+            )
+
+    def ready(self) -> dict[str, Any]:
+        return {"model": self.model_config.id, "engine": self.model_config.engine, "ready": True}
+
+    async def generate(self, messages: list[ChatMessage], params: SamplingParams) -> GenerationResult:
+        self.check(params)
+        return await self.engine.generate(self.engine.render_chat(messages), params)
+
+    async def stream(self, messages: list[ChatMessage], params: SamplingParams) -> AsyncIterator[GenerationChunk]:
+        self.check(params)
+        async for chunk in self.engine.stream(self.engine.render_chat(messages), params):
+            yield chunk

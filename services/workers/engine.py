@@ -1,0 +1,128 @@
+"""The engine interface every model engine implements (torch now, vLLM next).
+
+An engine turns chat messages or a prompt into tokens. It knows nothing about retrieval or HTTP.
+A new engine is one new module registered in ``ENGINES``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from services.config import ModelConfig
+
+FinishReason = Literal["stop", "length"]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class SamplingParams(BaseModel):
+    """How to pick tokens. temperature 0 is greedy (and then deterministic)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_tokens: int = Field(256, gt=0)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class GenerationChunk:
+    """One streamed piece: new text, and on the last chunk the finish reason and the stats."""
+
+    text: str
+    finish_reason: FinishReason | None = None
+    stats: GenerationStats | None = None
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    ttft_s: float = 0.0
+    queue_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    finish_reason: FinishReason
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+
+class Engine(Protocol):
+    """What the worker needs from a model engine."""
+
+    model_id: str
+    max_model_len: int
+
+    def render_chat(self, messages: list[ChatMessage]) -> str:
+        """The prompt text the model's chat template makes of these messages."""
+
+    def count_tokens(self, text: str) -> int:
+        """Model tokens in ``text`` (no special tokens added)."""
+
+    def truncate_to_tokens(self, text: str, max_tokens: int) -> str:
+        """``text`` cut to at most ``max_tokens`` model tokens."""
+
+    def stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[GenerationChunk]:
+        """Stream the completion of ``prompt``; the last chunk carries finish reason and stats."""
+
+    async def generate(self, prompt: str, params: SamplingParams) -> GenerationResult:
+        """The whole completion at once."""
+
+    def close(self) -> None:
+        """Free the model."""
+
+
+async def collect(chunks: AsyncIterator[GenerationChunk]) -> GenerationResult:
+    """Drain a stream into one result (engines use it for ``generate``)."""
+    parts: list[str] = []
+    finish: FinishReason = "length"
+    stats = GenerationStats()
+    async for chunk in chunks:
+        parts.append(chunk.text)
+        if chunk.finish_reason is not None:
+            finish = chunk.finish_reason
+        if chunk.stats is not None:
+            stats = chunk.stats
+    return GenerationResult(text="".join(parts), finish_reason=finish, stats=stats)
+
+
+ENGINES: dict[str, str] = {
+    "torch": "services.workers.engines.torch_engine:TorchEngine",
+}
+
+
+def load_engine_class(name: str) -> type:
+    try:
+        target = ENGINES[name]
+    except KeyError:
+        raise ValueError(f"unknown engine {name!r}; valid: {', '.join(sorted(ENGINES))}") from None
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def build_engine(config: ModelConfig, cache_dir: str) -> Engine:
+    return load_engine_class(config.engine)(config, cache_dir=cache_dir)

@@ -1,0 +1,257 @@
+"""HF transformers on CPU or GPU: the embedded default engine.
+
+The decode loop is ours rather than ``model.generate`` because the worker needs per-stage
+timings, stop strings applied to streamed text, fair interleaving of concurrent requests and,
+in later work, direct access to the KV cache (chunk-KV reuse, speculative drafts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Generator
+from typing import TYPE_CHECKING, Any
+
+from services.errors import InvalidRequestError
+from services.workers.engine import (
+    ChatMessage,
+    FinishReason,
+    GenerationChunk,
+    GenerationResult,
+    GenerationStats,
+    SamplingParams,
+    collect,
+)
+from services.workers.model_store import resolve_model_path
+
+if TYPE_CHECKING:
+    import torch
+
+    from services.config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+class TorchEngine:
+    def __init__(self, config: ModelConfig, *, cache_dir: str) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
+        path = resolve_model_path(config.path, cache_dir)
+        self.model_id = config.id
+        self.max_model_len = config.max_model_len
+        self.device = torch.device(config.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, _DTYPES[config.dtype]))
+        self.model: Any = model.to(self.device).eval()
+        self.eos_ids = self._eos_ids()
+        # One forward pass at a time: concurrent requests interleave step by step instead of
+        # fighting over the same cores.
+        self._lock = threading.Lock()
+        logger.info("torch engine loaded %s from %s on %s", self.model_id, path, self.device)
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
+        for value in (gen_eos, self.tokenizer.eos_token_id):
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, list):
+                ids.update(v for v in value if isinstance(v, int))
+        end_turn = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if isinstance(end_turn, int) and end_turn != self.tokenizer.unk_token_id:
+            ids.add(end_turn)
+        return ids
+
+    # -- text helpers --------------------------------------------------------------------------
+    def render_chat(self, messages: list[ChatMessage]) -> str:
+        rendered = self.tokenizer.apply_chat_template(
+            [m.model_dump() for m in messages], tokenize=False, add_generation_prompt=True
+        )
+        return str(rendered)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode(text))
+
+    def truncate_to_tokens(self, text: str, max_tokens: int) -> str:
+        ids = self.encode(text)
+        if len(ids) <= max_tokens:
+            return text
+        return str(self.tokenizer.decode(ids[:max_tokens], skip_special_tokens=True))
+
+    # -- generation ----------------------------------------------------------------------------
+    def _check_prompt(self, prompt_ids: list[int], params: SamplingParams) -> int:
+        if not prompt_ids:
+            raise InvalidRequestError("the prompt is empty", param="messages")
+        room = self.max_model_len - len(prompt_ids)
+        if room <= 0:
+            raise InvalidRequestError(
+                f"the prompt is {len(prompt_ids)} tokens; this model takes at most "
+                f"{self.max_model_len - 1} prompt tokens",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        return min(params.max_tokens, room)
+
+    def _sample(self, logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> int:
+        import torch
+
+        if params.greedy:
+            return int(torch.argmax(logits).item())
+        probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+        if params.top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, descending=True)
+            keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < params.top_p
+            sorted_probs = sorted_probs * keep
+            probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+        return int(torch.multinomial(probs, 1, generator=gen).item())
+
+    def iter_tokens(self, prompt_ids: list[int], params: SamplingParams) -> Generator[tuple[int, float], None, None]:
+        """Yield (token id, seconds the forward pass took). Stops at max_tokens or EOS (yielded)."""
+        import torch
+        from transformers import DynamicCache
+
+        max_new = self._check_prompt(prompt_ids, params)
+        gen: torch.Generator | None = None
+        if not params.greedy:
+            gen = torch.Generator(device="cpu")
+            gen.manual_seed(params.seed if params.seed is not None else int(time.time_ns() % (2**63)))
+        cache = DynamicCache()
+        inputs = torch.tensor([prompt_ids], device=self.device)
+        for _ in range(max_new):
+            with self._lock, torch.inference_mode():
+                start = time.perf_counter()
+                out = self.model(input_ids=inputs, past_key_values=cache, use_cache=True)
+                logits = out.logits[0, -1].to("cpu")
+                spent = time.perf_counter() - start
+            token = self._sample(logits, params, gen)
+            yield token, spent
+            if token in self.eos_ids:
+                return
+            inputs = torch.tensor([[token]], device=self.device)
+
+    def stream_sync(self, prompt: str, params: SamplingParams) -> Generator[GenerationChunk, None, None]:
+        """The synchronous stream (the library path and the async wrapper both use it)."""
+        started = time.perf_counter()
+        prompt_ids = self.encode(prompt)
+        stats = GenerationStats(prompt_tokens=len(prompt_ids))
+        detok = _StopAwareDetokenizer(self.tokenizer, params.stop)
+        finish: FinishReason = "length"
+        steps = self.iter_tokens(prompt_ids, params)
+        try:
+            for token, spent in steps:
+                if stats.completion_tokens == 0:
+                    stats.ttft_s = time.perf_counter() - started
+                    stats.prefill_s = spent
+                    stats.queue_s = max(0.0, stats.ttft_s - spent)
+                else:
+                    stats.decode_s += spent
+                if token in self.eos_ids:
+                    finish = "stop"
+                    break
+                stats.completion_tokens += 1
+                delta, stopped = detok.push(token)
+                if stopped:
+                    finish = "stop"
+                    if delta:
+                        yield GenerationChunk(delta)
+                    break
+                if delta:
+                    yield GenerationChunk(delta)
+        finally:
+            steps.close()
+        yield GenerationChunk(detok.flush() if finish == "length" or not detok.stopped else "", finish, stats)
+
+    async def stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[GenerationChunk]:
+        it = self.stream_sync(prompt, params)
+        done = object()
+        try:
+            while True:
+                # Each step runs in a thread: torch releases the GIL, the event loop keeps serving.
+                chunk: Any = await asyncio.to_thread(next, it, done)
+                if chunk is done:
+                    return
+                yield chunk
+        finally:
+            it.close()
+
+    async def generate(self, prompt: str, params: SamplingParams) -> GenerationResult:
+        return await collect(self.stream(prompt, params))
+
+    def generate_sync(self, prompt: str, params: SamplingParams) -> GenerationResult:
+        parts, last = [], None
+        for chunk in self.stream_sync(prompt, params):
+            parts.append(chunk.text)
+            last = chunk
+        assert last is not None and last.finish_reason is not None
+        return GenerationResult("".join(parts), last.finish_reason, last.stats or GenerationStats())
+
+    def close(self) -> None:
+        self.model = None
+
+
+class _StopAwareDetokenizer:
+    """Turns token ids into text deltas, holding back text that may still become a stop string.
+
+    Decoding the whole completion each step keeps multi-byte characters split across tokens
+    intact (a trailing U+FFFD means "wait for the next token").
+    """
+
+    def __init__(self, tokenizer: Any, stop: tuple[str, ...]) -> None:
+        self.tokenizer = tokenizer
+        self.stop = tuple(s for s in stop if s)
+        self.ids: list[int] = []
+        self.emitted = 0
+        self.stopped = False
+
+    def _text(self) -> str:
+        return str(self.tokenizer.decode(self.ids, skip_special_tokens=True))
+
+    def push(self, token: int) -> tuple[str, bool]:
+        self.ids.append(token)
+        text = self._text()
+        if text.endswith("\ufffd"):
+            return "", False
+        if self.stop:
+            # A stop string may straddle earlier text: search from the oldest place it could begin.
+            longest = max(len(s) for s in self.stop)
+            window_start = max(0, self.emitted - longest)
+            hits = [p for p in (text.find(s, window_start) for s in self.stop) if p != -1]
+            if hits:
+                cut = min(hits)
+                self.stopped = True
+                delta = text[self.emitted : cut] if cut > self.emitted else ""
+                self.emitted = max(self.emitted, cut)
+                return delta, True
+            hold = self._held_suffix(text)
+            safe_end = len(text) - hold
+        else:
+            safe_end = len(text)
+        delta = text[self.emitted : safe_end] if safe_end > self.emitted else ""
+        self.emitted = max(self.emitted, safe_end)
+        return delta, False
+
+    def _held_suffix(self, text: str) -> int:
+        """Length of the longest suffix of ``text`` that begins some stop string."""
+        best = 0
+        for s in self.stop:
+            for n in range(min(len(s) - 1, len(text)), 0, -1):
+                if text.endswith(s[:n]):
+                    best = max(best, n)
+                    break
+        return best
+
+    def flush(self) -> str:
+        text = self._text().rstrip("\ufffd")
+        delta = text[self.emitted :]
+        self.emitted = len(text)
+        return delta
