@@ -16,12 +16,19 @@ class Chunker:
             chunk_size=chunk_tokens,
             chunk_overlap=overlap_tokens,
             separators=["\n## ", "\n### ", "\n\n", "\n", ". ", " ", ""],
-            add_start_index=True,
             strip_whitespace=True,
         )
 
     def split(self, doc: Document) -> list[tuple[int, str]]:
         """(start offset, text) of each chunk of the document, in order."""
-        pieces = self._splitter.create_documents([doc.text])
-        out = [(int(p.metadata.get("start_index", 0)), p.page_content) for p in pieces if p.page_content.strip()]
+        out: list[tuple[int, str]] = []
+        cursor = 0
+        for piece in self._splitter.split_text(doc.text):
+            if not piece.strip():
+                continue
+            # Offsets are found here: langchain's add_start_index reports -1 for some overlapping chunks.
+            found = doc.text.find(piece, cursor)
+            start = found if found != -1 else cursor
+            out.append((start, piece))
+            cursor = start + 1
         return out or [(0, doc.text.strip() or doc.title)]

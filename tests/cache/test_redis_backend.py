@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from cache.backends import open_backend
+from cache.errors import BackendUnavailableError
+from cache.redis_backend import RedisBackend
+from cache.response_cache import ResponseCache
+
+pytestmark = [pytest.mark.integration, pytest.mark.redis]
+
+
+@pytest.fixture
+def backend(redis_url: str) -> RedisBackend:
+    b = open_backend(redis_url, prefix=f"test-{uuid.uuid4().hex[:8]}:")
+    assert isinstance(b, RedisBackend)
+    return b
+
+
+def test_same_interface_as_memory(backend: RedisBackend) -> None:
+    assert backend.ping()
+    backend.put("k", b"v")
+    assert backend.contains("k") and backend.get("k") == b"v"
+    backend.put_many({"a": b"1", "b": b"2"})
+    assert backend.get_many(["a", "missing", "b"]) == [b"1", None, b"2"]
+    assert backend.remove("k") and not backend.remove("k") and backend.get("k") is None
+
+
+def test_ttl_is_enforced_by_redis(backend: RedisBackend) -> None:
+    backend.put("short", b"v", ttl_s=1)
+    assert backend.client.ttl(backend.prefix + "short") in (0, 1)
+    time.sleep(1.2)
+    assert backend.get("short") is None
+
+
+def test_response_cache_over_redis_and_corrupt_entry(backend: RedisBackend) -> None:
+    cache = ResponseCache(backend, ttl_s=30)
+    cache.put("answer", {"answer": "Paris", "citations": []})
+    assert cache.get("answer") == {"answer": "Paris", "citations": []}
+    backend.put("garbled", b"{truncated")
+    assert cache.get("garbled") is None and not backend.contains("garbled")
+    assert cache.get("answer") == {"answer": "Paris", "citations": []}
+
+
+def test_unreachable_redis_is_a_backend_error() -> None:
+    from tests.conftest import free_port
+
+    b = RedisBackend(f"redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(BackendUnavailableError):
+        b.get("k")
+    assert ResponseCache(b).get("k") is None

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import pytest
+
+from cache.errors import BackendUnavailableError
+from cache.memory_backend import MemoryBackend
+from cache.response_cache import ResponseCache
+
+pytestmark = pytest.mark.unit
+
+
+def test_key_normalises_question_and_covers_the_plan() -> None:
+    k1 = ResponseCache.key(question="What is  Ragyard?", plan={"policy": "single"}, index_generation=1)
+    k2 = ResponseCache.key(question="what is ragyard?", plan={"policy": "single"}, index_generation=1)
+    k3 = ResponseCache.key(question="what is ragyard?", plan={"policy": "none"}, index_generation=1)
+    k4 = ResponseCache.key(question="what is ragyard?", plan={"policy": "single"}, index_generation=2)
+    assert k1 == k2 and len({k2, k3, k4}) == 3
+
+
+def test_round_trip_and_corrupt_entry_dropped() -> None:
+    backend = MemoryBackend()
+    cache = ResponseCache(backend, ttl_s=60)
+    cache.put("k", {"answer": "42"})
+    assert cache.get("k") == {"answer": "42"}
+    backend.put("bad", b"\xff not json")
+    assert cache.get("bad") is None
+    assert not backend.contains("bad")
+    backend.put("list", b"[1, 2]")
+    assert cache.get("list") is None
+
+
+class _Broken(MemoryBackend):
+    def get(self, key: str) -> bytes | None:
+        raise BackendUnavailableError("down")
+
+    def put(self, key: str, value: bytes, ttl_s: int | None = None) -> None:
+        raise BackendUnavailableError("down")
+
+
+def test_failing_backend_is_a_miss_not_an_error() -> None:
+    cache = ResponseCache(_Broken())
+    cache.put("k", {"a": 1})
+    assert cache.get("k") is None

@@ -1,0 +1,124 @@
+"""Shared fixtures. Scopes are explicit: models, Redis and Ray Serve start once per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = (ROOT.parent / "shared" / "data").resolve()
+TMP = ROOT / ".tmp" / "tests"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "dev_hotpotqa.jsonl").exists():
+        pytest.fail(f"the shared QA sets are missing at {SHARED_DATA} (CI keeps shared/ beside the clone)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def session_tmp() -> Iterator[Path]:
+    TMP.mkdir(parents=True, exist_ok=True)
+    path = TMP / f"run-{os.getpid()}"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def base_config(session_tmp: Path) -> dict[str, Any]:
+    """Config sections for tests: their own index dir; the bundled corpus; in-memory cache."""
+    return {
+        "index": {"dir": str(session_tmp / "index")},
+        "ray": {"temp_dir": str(TMP / "ray"), "num_cpus": 2},
+        "cache": {"response_cache_url": "memory://"},
+    }
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Any:
+    from retrieval.embedder import Embedder
+
+    return Embedder()
+
+
+@pytest.fixture(scope="session")
+def engine() -> Any:
+    from services.config import ModelConfig, load_config
+    from services.workers.engines.torch_engine import TorchEngine
+
+    return TorchEngine(ModelConfig(), cache_dir=load_config({}).cache_dir)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real redis-server: the one .ci/run started (RAGYARD_TEST_REDIS_URL), or one of our own."""
+    given = os.environ.get("RAGYARD_TEST_REDIS_URL")
+    if given:
+        yield given
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed; `make test` installs it (Debian package redis-server)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.05)
+    client.close()
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def local_service(base_config: dict[str, Any], engine: Any, embedder: Any, session_tmp: Path) -> Any:
+    """The library path (no Ray) over the session's model and embedder, indexing the bundled corpus."""
+    from retrieval.retriever import Retriever
+    from services.clients import LocalRetriever, LocalWorker
+    from services.config import load_config
+    from services.rag import RagService, build_cache
+    from services.retriever_service import RetrieverService
+    from services.worker import Worker
+
+    config = load_config({**base_config, "index": {"dir": str(session_tmp / "local-index")}})
+    retriever = Retriever.create(index_dir=config.index.dir, embedder=embedder)
+    rsvc = RetrieverService(config, retriever=retriever)
+    worker = Worker(config, engine=engine)
+    return RagService(config, LocalRetriever(rsvc), {config.default_model.id: LocalWorker(worker)},
+                      cache=build_cache(config))

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from retrieval.documents import Document
+from retrieval.errors import DocumentFormatError
+from retrieval.ingest import parse_jsonl
+from retrieval.langchain_adapter import RagyardRetriever
+from retrieval.retriever import Retriever
+
+pytestmark = [pytest.mark.integration, pytest.mark.model]
+
+
+@pytest.fixture
+def retriever(embedder: Any, tmp_path: Path) -> Retriever:
+    return Retriever.create(index_dir=tmp_path / "idx", embedder=embedder, chunk_tokens=64, chunk_overlap_tokens=16)
+
+
+def test_embedder_is_normalised(embedder: Any) -> None:
+    v = embedder.encode(["a sentence", "another"])
+    assert v.shape == (2, 384)
+    assert abs(float((v[0] ** 2).sum()) - 1.0) < 1e-4
+    assert len(embedder.embed_query("x")) == 384
+
+
+def test_chunking_overlaps_long_documents(retriever: Retriever) -> None:
+    text = " ".join(f"Sentence number {i} talks about topic {i % 7}." for i in range(120))
+    pieces = retriever.chunker.split(Document(title="Long", text=text))
+    assert len(pieces) > 3
+    starts = [s for s, _ in pieces]
+    assert starts == sorted(starts)
+    # Overlap: each chunk begins before the previous one ends.
+    assert all(starts[i + 1] < starts[i] + len(pieces[i][1]) for i in range(len(pieces) - 1))
+
+
+def test_real_questions_find_their_gold_passages(retriever: Retriever, shared_data: Path) -> None:
+    import json
+
+    path = shared_data / "dev_hotpotqa.jsonl"
+    retriever.ingest(parse_jsonl(path.read_text()))
+    rows = [json.loads(line) for line in path.read_text().splitlines()[:10]]
+    found = 0
+    for row in rows:
+        titles = {p.chunk.title for p in retriever.search(row["question"], 5)}
+        found += bool(titles & {c["title"] for c in row["contexts"]})
+    assert found >= 8
+
+
+def test_reingest_does_not_duplicate_and_survives_restart(retriever: Retriever, embedder: Any, tmp_path: Path) -> None:
+    doc = Document(title="Quux", text="Zorblat is the capital of the kingdom of Quux.")
+    first = retriever.ingest([doc])
+    assert first.added == [doc.id]
+    again = retriever.ingest([doc, doc])
+    assert again.unchanged == [doc.id] and again.chunks_added == 0
+    assert len(retriever.store) == 1
+    hit = retriever.search("What is the capital of Quux?", 1)[0]
+    assert hit.chunk.doc_id == doc.id and hit.score > 0.5
+    reopened = Retriever.create(index_dir=tmp_path / "idx", embedder=embedder)
+    assert len(reopened.store) == 1
+    assert reopened.search("capital of Quux", 1)[0].chunk.text == hit.chunk.text
+
+
+def test_new_version_replaces_old(retriever: Retriever) -> None:
+    retriever.ingest([Document(id="policy", title="Policy", text="Refunds take 30 days.")])
+    report = retriever.ingest([Document(id="policy", title="Policy", text="Refunds take 14 days.")])
+    assert report.updated == ["policy"]
+    texts = [c.text for c in retriever.store.chunks.values()]
+    assert texts == ["Refunds take 14 days."]
+
+
+def test_bad_document_leaves_index_unchanged(retriever: Retriever) -> None:
+    retriever.ingest([Document(title="Keep", text="This stays.")])
+    before = retriever.stats()
+    with pytest.raises(DocumentFormatError):
+        retriever.ingest([Document(title="New", text="fine"), Document(title="Empty", text="   ")])
+    assert retriever.stats() == before
+
+
+def test_langchain_retriever_adapter(retriever: Retriever) -> None:
+    retriever.ingest([Document(title="Quux", text="Zorblat is the capital of Quux."),
+                      Document(title="Other", text="Bananas are yellow.")])
+    docs = RagyardRetriever(retriever=retriever, k=1).invoke("capital of Quux")
+    assert len(docs) == 1 and docs[0].metadata["title"] == "Quux" and "Zorblat" in docs[0].page_content

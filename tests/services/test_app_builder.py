@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.app import build_app, deployment_name
+from services.config import load_config
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_example_config_matches_the_defaults() -> None:
+    shipped = load_config(ROOT / "services" / "ragyard.yaml")
+    defaults = load_config({})
+    assert shipped.model_dump(exclude={"cache_dir", "corpus"}) == defaults.model_dump(exclude={"cache_dir", "corpus"})
+
+
+def test_serve_config_builds_the_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    serve_cfg = yaml.safe_load((ROOT / "services" / "serve_config.yaml").read_text())
+    [app_cfg] = serve_cfg["applications"]
+    assert app_cfg["import_path"] == "services.app:build_app"
+    app = build_app(app_cfg["args"])
+    ingress = app._bound_deployment
+    assert ingress.name == "gateway"
+    _, retriever, workers = ingress.init_args
+    assert retriever._bound_deployment.name == "retriever"
+    assert [w._bound_deployment.name for w in workers.values()] == ["worker-smollm2-135m-instruct"]
+
+
+def test_deployment_names_are_safe() -> None:
+    assert deployment_name("org/model:7b") == "worker-org-model-7b"

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.cli import main
+
+pytestmark = [pytest.mark.integration, pytest.mark.model]
+
+
+def test_eval_writes_metrics_and_predictions(shared_data: Path, tmp_path: Path, capsys: Any,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAGYARD_CACHE_DIR", str(Path.home() / ".cache" / "ragyard"))
+    out = tmp_path / "eval"
+    assert main(["eval", "--data", str(shared_data / "dev_boolq.jsonl"), "--policy", "single", "--out", str(out),
+                 "--limit", "3", "--max-tokens", "8"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("n", "em", "f1", "mean_latency_s", "p50_latency_s", "p95_latency_s", "retrieval_steps_mean",
+                "llm_calls_mean", "prompt_tokens_mean", "completion_tokens_mean"):
+        assert key in metrics
+    assert metrics["n"] == 3 and metrics["retrieval_steps_mean"] == 1.0
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 3 and all(p["scored_as"] in ("yes", "no", "") for p in preds)
+
+
+def test_ask_and_ingest_in_process(tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAGYARD_INDEX__DIR", str(tmp_path / "idx"))
+    note = tmp_path / "note.md"
+    note.write_text("# Quux\n\nZorblat is the capital of the kingdom of Quux.")
+    assert main(["ingest", str(note)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["added"] == ["file:note.md"]
+    assert main(["ask", "What is the capital of Quux?", "--max-tokens", "12", "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["answer"] and any(c["title"] == "Quux" for c in rec["citations"])
+
+
+def test_cli_reports_bad_config(tmp_path: Path, capsys: Any) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server:\n  port: -1\n")
+    assert main(["--config", str(bad), "ask", "hi"]) == 2
+    assert "server.port" in capsys.readouterr().err

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.config import AppConfig, load_config
+from services.errors import ConfigError
+
+pytestmark = pytest.mark.unit
+
+
+def test_defaults_are_valid() -> None:
+    cfg = load_config({})
+    assert cfg.server.host == "127.0.0.1"
+    assert cfg.server.port == 8000
+    assert cfg.default_model.engine == "torch"
+    assert cfg.cache.response_cache_url == "memory://"
+
+
+def test_yaml_file_and_env_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "ragyard.yaml"
+    path.write_text("server:\n  port: 9001\nretrieval:\n  top_k: 3\n")
+    assert load_config(path).server.port == 9001
+    monkeypatch.setenv("PORT", "9100")
+    monkeypatch.setenv("HOST", "127.0.0.2")
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6390/0")
+    monkeypatch.setenv("RAGYARD_RETRIEVAL__TOP_K", "5")
+    cfg = load_config(path)
+    assert (cfg.server.host, cfg.server.port) == ("127.0.0.2", 9100)
+    assert cfg.cache.response_cache_url == "redis://127.0.0.1:6390/0"
+    assert cfg.retrieval.top_k == 5
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        ({"server": {"port": 70000}}, "server.port"),
+        ({"retrieval": {"default_policy": "psychic"}}, "unknown; valid: none, single"),
+        ({"models": [{"engine": "tensorflow"}]}, "models.0.engine"),
+        ({"models": [{"default_max_tokens": 4000}]}, "default_max_tokens must not exceed"),
+        ({"index": {"chunk_tokens": 64, "chunk_overlap_tokens": 64}}, "chunk_overlap_tokens"),
+        ({"models": [{"id": "auto"}]}, "'auto' is reserved"),
+        ({"models": [{"id": "a"}, {"id": "a"}]}, "unique"),
+        ({"serverr": {}}, "serverr"),
+        ({"retrieval": {"top_k": 30}}, "top_k must not exceed"),
+    ],
+)
+def test_invalid_config_names_the_path(data: dict, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(data)
+    assert fragment in str(info.value)
+
+
+def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 1\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(listed)
+
+
+def test_model_lookup() -> None:
+    cfg = AppConfig()
+    assert cfg.model(cfg.default_model.id) is cfg.default_model
+    with pytest.raises(KeyError):
+        cfg.model("missing")

@@ -1,0 +1,87 @@
+"""The whole app on a real local Ray Serve (loopback, project temp dir), driven by the openai client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.ray, pytest.mark.e2e, pytest.mark.model]
+
+
+@pytest.fixture(scope="module")
+def served(base_config: dict[str, Any], session_tmp: Path) -> Iterator[str]:
+    from services import serving
+    from services.config import load_config
+
+    config = load_config({**base_config, "index": {"dir": str(session_tmp / "serve-index")},
+                          "server": {"host": "127.0.0.1", "port": free_port()}})
+    try:
+        url = serving.start(config, wait_ready_s=300)
+        yield url
+    finally:
+        serving.stop()
+
+
+@pytest.fixture(scope="module")
+def oai(served: str) -> Any:
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{served}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_models_and_health(served: str, oai: Any) -> None:
+    assert [m.id for m in oai.models.list().data] == ["auto", "smollm2-135m-instruct"]
+    assert httpx.get(f"{served}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{served}/readyz").json()
+    assert ready["status"] == "ready" and ready["workers"]["smollm2-135m-instruct"]["ready"]
+
+
+def test_openai_client_non_streamed(oai: Any) -> None:
+    resp = oai.chat.completions.create(model="auto", max_tokens=16,
+                                       messages=[{"role": "user", "content": "What does Ragyard do?"}])
+    assert resp.choices[0].message.content
+    assert resp.choices[0].finish_reason in ("stop", "length")
+    u = resp.usage
+    assert u.prompt_tokens > 0 and 0 < u.completion_tokens <= 16 and u.total_tokens == u.prompt_tokens + u.completion_tokens
+
+
+def test_openai_client_streamed_with_usage(oai: Any) -> None:
+    stream = oai.chat.completions.create(
+        model="auto", max_tokens=12, stream=True, stream_options={"include_usage": True}, temperature=0.7, seed=5,
+        messages=[{"role": "user", "content": "How do I run the tests?"}])
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    assert sum(1 for c in chunks if c.choices and c.choices[0].finish_reason) == 1
+
+
+def test_openai_errors_surface_as_openai_exceptions(oai: Any) -> None:
+    import openai
+
+    with pytest.raises(openai.NotFoundError) as nf:
+        oai.chat.completions.create(model="gpt-nope", messages=[{"role": "user", "content": "hi"}])
+    assert "does not exist" in nf.value.message
+    with pytest.raises(openai.BadRequestError):
+        oai.chat.completions.create(model="auto", max_tokens=100000, messages=[{"role": "user", "content": "hi"}])
+
+
+def test_qa_documents_metrics_over_http(served: str) -> None:
+    doc = {"title": "Quux", "text": "Zorblat is the capital of the kingdom of Quux."}
+    added = httpx.post(f"{served}/v1/documents", json={"documents": [doc]}, timeout=60).json()
+    assert len(added["added"]) == 1
+    assert httpx.post(f"{served}/v1/documents", json={"documents": [doc]}, timeout=60).json()["added"] == []
+    rec = httpx.post(f"{served}/v1/qa", json={"question": "What is the capital of Quux?", "max_tokens": 12},
+                     timeout=120).json()
+    assert rec["answer"] and rec["citations"][0]["title"] == "Quux"
+    assert {"retrieve_s", "prefill_s", "decode_s", "total_s"} <= set(rec["timings"])
+    bad = httpx.post(f"{served}/v1/qa", content=b"{", headers={"content-type": "application/json"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
+    metrics = httpx.get(f"{served}/metrics").text
+    assert "ragyard_plan_seconds_bucket" in metrics and "ragyard_ttft_seconds_bucket" in metrics
