@@ -326,9 +326,7 @@ def HTTP_count(route: str, method: str, status: int, start: float) -> None:  # n
 def _chat_to_answer(body: ChatCompletionRequest) -> AnswerRequest:
     systems = [m.text() for m in body.messages if m.role in ("system", "developer") and m.text().strip()]
     history = [
-        ChatMessage(role=m.role, content=m.text())
-        for m in body.messages[:-1]
-        if m.role in ("user", "assistant")
+        ChatMessage(role=m.role, content=m.text()) for m in body.messages[:-1] if m.role in ("user", "assistant")
     ]
     question = Question(text=body.messages[-1].text().strip(), history=history, system="\n".join(systems) or None)
     return AnswerRequest(

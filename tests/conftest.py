@@ -120,5 +120,6 @@ def local_service(base_config: dict[str, Any], engine: Any, embedder: Any, sessi
     retriever = Retriever.create(index_dir=config.index.dir, embedder=embedder)
     rsvc = RetrieverService(config, retriever=retriever)
     worker = Worker(config, engine=engine)
-    return RagService(config, LocalRetriever(rsvc), {config.default_model.id: LocalWorker(worker)},
-                      cache=build_cache(config))
+    return RagService(
+        config, LocalRetriever(rsvc), {config.default_model.id: LocalWorker(worker)}, cache=build_cache(config)
+    )

@@ -27,8 +27,11 @@ def test_each_policy_end_to_end_on_real_questions(policy: str, shared_data: Path
     rows = [json.loads(line) for line in (shared_data / "dev_hotpotqa.jsonl").read_text().splitlines()[:2]]
     asyncio.run(local_service.ingest([d for r in rows for d in _contexts(r)]))
     for row in rows:
-        rec = asyncio.run(local_service.answer(AnswerRequest(
-            question=Question(text=row["question"], style="short"), policy=policy, max_tokens=16)))
+        rec = asyncio.run(
+            local_service.answer(
+                AnswerRequest(question=Question(text=row["question"], style="short"), policy=policy, max_tokens=16)
+            )
+        )
         assert rec["answer"]
         assert rec["plan"]["policy"] == policy
         steps = [s["step"] for s in rec["trace"]]

@@ -80,7 +80,11 @@ def test_bad_document_leaves_index_unchanged(retriever: Retriever) -> None:
 
 
 def test_langchain_retriever_adapter(retriever: Retriever) -> None:
-    retriever.ingest([Document(title="Quux", text="Zorblat is the capital of Quux."),
-                      Document(title="Other", text="Bananas are yellow.")])
+    retriever.ingest(
+        [
+            Document(title="Quux", text="Zorblat is the capital of Quux."),
+            Document(title="Other", text="Bananas are yellow."),
+        ]
+    )
     docs = RagyardRetriever(retriever=retriever, k=1).invoke("capital of Quux")
     assert len(docs) == 1 and docs[0].metadata["title"] == "Quux" and "Zorblat" in docs[0].page_content

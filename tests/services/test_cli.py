@@ -11,15 +11,42 @@ from services.cli import main
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 
 
-def test_eval_writes_metrics_and_predictions(shared_data: Path, tmp_path: Path, capsys: Any,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_eval_writes_metrics_and_predictions(
+    shared_data: Path, tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("RAGYARD_CACHE_DIR", str(Path.home() / ".cache" / "ragyard"))
     out = tmp_path / "eval"
-    assert main(["eval", "--data", str(shared_data / "dev_boolq.jsonl"), "--policy", "single", "--out", str(out),
-                 "--limit", "3", "--max-tokens", "8"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--data",
+                str(shared_data / "dev_boolq.jsonl"),
+                "--policy",
+                "single",
+                "--out",
+                str(out),
+                "--limit",
+                "3",
+                "--max-tokens",
+                "8",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("n", "em", "f1", "mean_latency_s", "p50_latency_s", "p95_latency_s", "retrieval_steps_mean",
-                "llm_calls_mean", "prompt_tokens_mean", "completion_tokens_mean"):
+    for key in (
+        "n",
+        "em",
+        "f1",
+        "mean_latency_s",
+        "p50_latency_s",
+        "p95_latency_s",
+        "retrieval_steps_mean",
+        "llm_calls_mean",
+        "prompt_tokens_mean",
+        "completion_tokens_mean",
+    ):
         assert key in metrics
     assert metrics["n"] == 3 and metrics["retrieval_steps_mean"] == 1.0
     preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]

@@ -14,4 +14,9 @@ def test_errors_pickle_with_their_fields(cls: type[InvalidRequestError]) -> None
     err = cls("bad thing", param="max_tokens", code="custom")
     back = pickle.loads(pickle.dumps(err))
     assert type(back) is cls
-    assert (back.message, back.param, back.code, back.status_code) == ("bad thing", "max_tokens", "custom", err.status_code)
+    assert (back.message, back.param, back.code, back.status_code) == (
+        "bad thing",
+        "max_tokens",
+        "custom",
+        err.status_code,
+    )

@@ -111,12 +111,18 @@ def test_documents_are_searchable_at_once_and_not_duplicated(client: TestClient)
     assert again["added"] == [] and again["unchanged"] == first["added"]
     rec = client.post("/v1/qa", json={"question": "What is the capital of Quux?", "max_tokens": 16}).json()
     assert rec["citations"][0]["title"] == "Quux"
-    md = client.post("/v1/documents?id=notes", content=b"# Notes\n\nThe Lim river floods in May.",
-                     headers={"content-type": "text/markdown"}).json()
+    md = client.post(
+        "/v1/documents?id=notes",
+        content=b"# Notes\n\nThe Lim river floods in May.",
+        headers={"content-type": "text/markdown"},
+    ).json()
     assert md["added"] == ["notes"]
-    jl = client.post("/v1/documents", content=b'{"question": "q", "answers": ["a"], "contexts": '
-                     b'[{"title": "Lim", "text": "The Lim is 40 km long."}]}\n',
-                     headers={"content-type": "application/x-ndjson"}).json()
+    jl = client.post(
+        "/v1/documents",
+        content=b'{"question": "q", "answers": ["a"], "contexts": '
+        b'[{"title": "Lim", "text": "The Lim is 40 km long."}]}\n',
+        headers={"content-type": "application/x-ndjson"},
+    ).json()
     assert len(jl["added"]) == 1
 
 
@@ -128,13 +134,19 @@ BAD_CHAT = [
     (b'{"model": "auto", "messages": [{"role": "wizard", "content": "hi"}]}', 400, "messages.0.role"),
     (b'{"model": "auto", "messages": [{"role": "user", "content": 5}]}', 400, "content must be a string"),
     (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}', 400, "max_tokens"),
-    (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 99999}', 400,
-     "over this model's limit"),
+    (
+        b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 99999}',
+        400,
+        "over this model's limit",
+    ),
     (b'{"model": "auto", "messages": [{"role": "assistant", "content": "hi"}]}', 400, "last message must"),
     (b'{"model": "auto", "messages": [{"role": "user", "content": "  "}]}', 400, "empty"),
     (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "n": 2}', 400, "n:"),
-    (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "policy": "psychic"}', 400,
-     "unknown retrieval policy"),
+    (
+        b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "policy": "psychic"}',
+        400,
+        "unknown retrieval policy",
+    ),
     (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "top_k": 500}', 400, "top_k"),
 ]
 
@@ -150,14 +162,22 @@ def test_bad_qa_documents_and_size(client: TestClient) -> None:
     _assert_openai_error(client.post("/v1/qa", json={}), 400, "question: field required")
     _assert_openai_error(client.post("/v1/qa", json={"question": "q", "max_tokens": -1}), 400, "max_tokens")
     big = json.dumps({"question": "x" * (70 * 1024)}).encode()
-    _assert_openai_error(client.post("/v1/qa", content=big, headers={"content-type": "application/json"}), 413,
-                         "over the limit")
-    _assert_openai_error(client.post("/v1/documents", json={"documents": [{"text": "x", "type": "pdf"}]}), 415,
-                         "unsupported document type")
-    _assert_openai_error(client.post("/v1/documents", content=b"%PDF-1.4",
-                                     headers={"content-type": "application/pdf"}), 415, "unsupported content type")
-    _assert_openai_error(client.post("/v1/documents", content=b"{bad\n",
-                                     headers={"content-type": "application/jsonl"}), 400, "line 1")
+    _assert_openai_error(
+        client.post("/v1/qa", content=big, headers={"content-type": "application/json"}), 413, "over the limit"
+    )
+    _assert_openai_error(
+        client.post("/v1/documents", json={"documents": [{"text": "x", "type": "pdf"}]}),
+        415,
+        "unsupported document type",
+    )
+    _assert_openai_error(
+        client.post("/v1/documents", content=b"%PDF-1.4", headers={"content-type": "application/pdf"}),
+        415,
+        "unsupported content type",
+    )
+    _assert_openai_error(
+        client.post("/v1/documents", content=b"{bad\n", headers={"content-type": "application/jsonl"}), 400, "line 1"
+    )
     _assert_openai_error(client.post("/v1/documents", json={"documents": []}), 400, "documents")
     _assert_openai_error(client.get("/v1/nothing"), 404, "no route")
     _assert_openai_error(client.get(CHAT), 405, "not allowed")
@@ -174,8 +194,14 @@ def test_service_still_answers_after_bad_input(client: TestClient) -> None:
 def test_metrics_expose_routes_plans_ttft_tokens(client: TestClient) -> None:
     client.post(CHAT, json=_chat(max_tokens=4))
     text = client.get("/metrics").text
-    for name in ("ragyard_http_requests_total", "ragyard_http_request_seconds_bucket", "ragyard_plan_seconds_bucket",
-                 "ragyard_ttft_seconds_bucket", "ragyard_tokens_total", "ragyard_stage_seconds_bucket"):
+    for name in (
+        "ragyard_http_requests_total",
+        "ragyard_http_request_seconds_bucket",
+        "ragyard_plan_seconds_bucket",
+        "ragyard_ttft_seconds_bucket",
+        "ragyard_tokens_total",
+        "ragyard_stage_seconds_bucket",
+    ):
         assert name in text
     assert 'route="/v1/chat/completions"' in text and 'plan="single/smollm2-135m-instruct"' in text
 
@@ -191,11 +217,24 @@ def test_chat_history_and_system_reach_the_prompt(local_service: Any) -> None:
     from services.gateway import _chat_to_answer
     from services.schemas import ChatCompletionRequest
 
-    req = _chat_to_answer(ChatCompletionRequest.model_validate({
-        "model": "auto",
-        "messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"},
-                     {"role": "assistant", "content": "Hello"},
-                     {"role": "user", "content": [{"type": "text", "text": "Who "}, {"type": "text", "text": "are you?"}]}],
-    }))
+    req = _chat_to_answer(
+        ChatCompletionRequest.model_validate(
+            {
+                "model": "auto",
+                "messages": [
+                    {"role": "system", "content": "Be terse."},
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello"},
+                    {
+                        "role": "user",
+                        "content": [{"type": "text", "text": "Who "}, {"type": "text", "text": "are you?"}],
+                    },
+                ],
+            }
+        )
+    )
     assert req.question.text == "Who are you?" and req.question.system == "Be terse."
-    assert req.question.history == [ChatMessage(role="user", content="Hi"), ChatMessage(role="assistant", content="Hello")]
+    assert req.question.history == [
+        ChatMessage(role="user", content="Hi"),
+        ChatMessage(role="assistant", content="Hello"),
+    ]

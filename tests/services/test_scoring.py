@@ -35,10 +35,24 @@ def test_f1_yes_no_must_match_exactly() -> None:
 
 def test_summary_fields() -> None:
     preds = [
-        {"em": 1.0, "f1": 1.0, "latency_s": 1.0, "retrieval_steps": 1, "llm_calls": 1, "prompt_tokens": 10,
-         "completion_tokens": 2},
-        {"em": 0.0, "f1": 0.5, "latency_s": 3.0, "retrieval_steps": 0, "llm_calls": 1, "prompt_tokens": 20,
-         "completion_tokens": 4},
+        {
+            "em": 1.0,
+            "f1": 1.0,
+            "latency_s": 1.0,
+            "retrieval_steps": 1,
+            "llm_calls": 1,
+            "prompt_tokens": 10,
+            "completion_tokens": 2,
+        },
+        {
+            "em": 0.0,
+            "f1": 0.5,
+            "latency_s": 3.0,
+            "retrieval_steps": 0,
+            "llm_calls": 1,
+            "prompt_tokens": 20,
+            "completion_tokens": 4,
+        },
     ]
     m = summarise(preds, policy="single", data="x.jsonl")
     assert m["n"] == 2 and m["em"] == 0.5 and m["f1"] == 0.75

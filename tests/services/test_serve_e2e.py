@@ -19,8 +19,13 @@ def served(base_config: dict[str, Any], session_tmp: Path) -> Iterator[str]:
     from services import serving
     from services.config import load_config
 
-    config = load_config({**base_config, "index": {"dir": str(session_tmp / "serve-index")},
-                          "server": {"host": "127.0.0.1", "port": free_port()}})
+    config = load_config(
+        {
+            **base_config,
+            "index": {"dir": str(session_tmp / "serve-index")},
+            "server": {"host": "127.0.0.1", "port": free_port()},
+        }
+    )
     try:
         url = serving.start(config, wait_ready_s=300)
         yield url
@@ -43,18 +48,29 @@ def test_models_and_health(served: str, oai: Any) -> None:
 
 
 def test_openai_client_non_streamed(oai: Any) -> None:
-    resp = oai.chat.completions.create(model="auto", max_tokens=16,
-                                       messages=[{"role": "user", "content": "What does Ragyard do?"}])
+    resp = oai.chat.completions.create(
+        model="auto", max_tokens=16, messages=[{"role": "user", "content": "What does Ragyard do?"}]
+    )
     assert resp.choices[0].message.content
     assert resp.choices[0].finish_reason in ("stop", "length")
     u = resp.usage
-    assert u.prompt_tokens > 0 and 0 < u.completion_tokens <= 16 and u.total_tokens == u.prompt_tokens + u.completion_tokens
+    assert (
+        u.prompt_tokens > 0
+        and 0 < u.completion_tokens <= 16
+        and u.total_tokens == u.prompt_tokens + u.completion_tokens
+    )
 
 
 def test_openai_client_streamed_with_usage(oai: Any) -> None:
     stream = oai.chat.completions.create(
-        model="auto", max_tokens=12, stream=True, stream_options={"include_usage": True}, temperature=0.7, seed=5,
-        messages=[{"role": "user", "content": "How do I run the tests?"}])
+        model="auto",
+        max_tokens=12,
+        stream=True,
+        stream_options={"include_usage": True},
+        temperature=0.7,
+        seed=5,
+        messages=[{"role": "user", "content": "How do I run the tests?"}],
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text
@@ -77,8 +93,9 @@ def test_qa_documents_metrics_over_http(served: str) -> None:
     added = httpx.post(f"{served}/v1/documents", json={"documents": [doc]}, timeout=60).json()
     assert len(added["added"]) == 1
     assert httpx.post(f"{served}/v1/documents", json={"documents": [doc]}, timeout=60).json()["added"] == []
-    rec = httpx.post(f"{served}/v1/qa", json={"question": "What is the capital of Quux?", "max_tokens": 12},
-                     timeout=120).json()
+    rec = httpx.post(
+        f"{served}/v1/qa", json={"question": "What is the capital of Quux?", "max_tokens": 12}, timeout=120
+    ).json()
     assert rec["answer"] and rec["citations"][0]["title"] == "Quux"
     assert {"retrieve_s", "prefill_s", "decode_s", "total_s"} <= set(rec["timings"])
     bad = httpx.post(f"{served}/v1/qa", content=b"{", headers={"content-type": "application/json"})

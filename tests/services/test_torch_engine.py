@@ -61,8 +61,9 @@ def test_sampling_is_seeded(engine: Any) -> None:
     prompt = _prompt(engine, "Tell me a fun fact.")
     p = SamplingParams(max_tokens=10, temperature=1.0, top_p=0.9, seed=7)
     assert engine.generate_sync(prompt, p).text == engine.generate_sync(prompt, p).text
-    texts = {engine.generate_sync(prompt, SamplingParams(max_tokens=10, temperature=1.0, seed=s)).text
-             for s in range(4)}
+    texts = {
+        engine.generate_sync(prompt, SamplingParams(max_tokens=10, temperature=1.0, seed=s)).text for s in range(4)
+    }
     assert len(texts) > 1
 
 
