@@ -44,9 +44,12 @@ def error_body(message: str, err_type: str, param: str | None = None, code: str 
     return {"error": {"message": message, "type": err_type, "param": param, "code": code}}
 
 
-def _as_ragyard(exc: Exception) -> RagyardError:
-    """Convert other packages' errors at the boundary."""
-    if isinstance(exc, RagyardError):
+def _as_ragyard(exc: BaseException) -> RagyardError:
+    """Convert other packages' errors at the boundary (unwrapping errors that crossed a Ray actor)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException) and cause is not exc:
+        return _as_ragyard(cause)
+    if isinstance(exc, RagyardError) and hasattr(exc, "message"):
         return exc
     if isinstance(exc, UnknownModelError):
         return NotFoundError(str(exc), param="model", code="model_not_found")

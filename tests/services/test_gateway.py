@@ -183,6 +183,18 @@ def test_bad_qa_documents_and_size(client: TestClient) -> None:
     _assert_openai_error(client.get(CHAT), 405, "not allowed")
 
 
+def test_prompt_over_the_context_is_a_400(client: TestClient) -> None:
+    long_question = "word " * 1550
+    _assert_openai_error(client.post("/v1/qa", json={"question": long_question, "max_tokens": 4}), 400,
+                         "prompt tokens")
+    body = _chat(long_question, stream=True)
+    with client.stream("POST", CHAT, json=body) as resp:
+        assert resp.status_code == 200
+        events = [line[6:] for line in resp.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["error"]["code"] == "context_length_exceeded"
+
+
 def test_service_still_answers_after_bad_input(client: TestClient) -> None:
     for body, _, _ in BAD_CHAT:
         client.post(CHAT, content=body, headers={"content-type": "application/json"})

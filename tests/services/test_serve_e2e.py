@@ -100,5 +100,7 @@ def test_qa_documents_metrics_over_http(served: str) -> None:
     assert {"retrieve_s", "prefill_s", "decode_s", "total_s"} <= set(rec["timings"])
     bad = httpx.post(f"{served}/v1/qa", content=b"{", headers={"content-type": "application/json"})
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
+    too_long = httpx.post(f"{served}/v1/qa", json={"question": "word " * 1550, "max_tokens": 4}, timeout=120)
+    assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "context_length_exceeded"
     metrics = httpx.get(f"{served}/metrics").text
     assert "ragyard_plan_seconds_bucket" in metrics and "ragyard_ttft_seconds_bucket" in metrics
