@@ -185,8 +185,7 @@ def test_bad_qa_documents_and_size(client: TestClient) -> None:
 
 def test_prompt_over_the_context_is_a_400(client: TestClient) -> None:
     long_question = "word " * 1550
-    _assert_openai_error(client.post("/v1/qa", json={"question": long_question, "max_tokens": 4}), 400,
-                         "prompt tokens")
+    _assert_openai_error(client.post("/v1/qa", json={"question": long_question, "max_tokens": 4}), 400, "prompt tokens")
     body = _chat(long_question, stream=True)
     with client.stream("POST", CHAT, json=body) as resp:
         assert resp.status_code == 200
