@@ -11,8 +11,13 @@ class Chunker:
     def __init__(self, tokenizer: Any, chunk_tokens: int, overlap_tokens: int) -> None:
         from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-        self._splitter = RecursiveCharacterTextSplitter.from_huggingface_tokenizer(
-            tokenizer,
+        def n_tokens(text: str) -> int:
+            # verbose=False: whole documents are measured too, and the "longer than the model's
+            # maximum" warning would be noise here.
+            return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+        self._splitter = RecursiveCharacterTextSplitter(
+            length_function=n_tokens,
             chunk_size=chunk_tokens,
             chunk_overlap=overlap_tokens,
             separators=["\n## ", "\n### ", "\n\n", "\n", ". ", " ", ""],

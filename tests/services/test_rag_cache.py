@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+
+from retrieval.policies.base import Question
+from services.config import load_config
+from services.rag import AnswerRequest, RagService, build_cache
+
+pytestmark = [pytest.mark.integration, pytest.mark.model, pytest.mark.redis]
+
+
+def test_redis_response_cache_is_shared_between_gateways(local_service: Any, redis_url: str) -> None:
+    """Two RagService instances (as two gateway replicas would be) share answers through Redis."""
+    config = load_config({"cache": {"response_cache_url": redis_url}})
+    first = RagService(config, local_service.retriever, local_service.workers, cache=build_cache(config))
+    second = RagService(config, local_service.retriever, local_service.workers, cache=build_cache(config))
+    question = f"What port does Ragyard listen on? ({uuid.uuid4().hex[:6]})"
+    req = AnswerRequest(question=Question(text=question), max_tokens=8)
+    a = asyncio.run(first.answer(req))
+    b = asyncio.run(second.answer(req))
+    assert a["cache"] == {"response": "miss"} and b["cache"] == {"response": "hit"}
+    assert a["answer"] == b["answer"] and a["citations"] == b["citations"]
+
+
+def test_new_documents_invalidate_cached_answers(local_service: Any) -> None:
+    req = AnswerRequest(question=Question(text="Who maintains the Lim bridge?"), max_tokens=8)
+    asyncio.run(local_service.answer(req))
+    assert asyncio.run(local_service.answer(req))["cache"]["response"] == "hit"
+    from retrieval.documents import Document
+
+    asyncio.run(local_service.ingest([Document(title="Lim bridge", text="The Lim bridge is maintained by Quux.")]))
+    assert asyncio.run(local_service.answer(req))["cache"]["response"] == "miss"
