@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from retrieval.documents import Document, Passage
-from services.workers.engine import ChatMessage, GenerationChunk, GenerationResult, SamplingParams
+from services.workers.engine import ChatMessage, GenerationChunk, GenerationResult, SamplingParams, SignalResult
 
 
 class RetrieverClient(Protocol):
@@ -22,9 +22,17 @@ class RetrieverClient(Protocol):
 
 
 class WorkerClient(Protocol):
-    async def generate(self, messages: list[ChatMessage], params: SamplingParams) -> GenerationResult: ...
+    async def generate(
+        self, messages: list[ChatMessage], params: SamplingParams, assistant_prefix: str = ""
+    ) -> GenerationResult: ...
 
-    def stream(self, messages: list[ChatMessage], params: SamplingParams) -> AsyncIterator[GenerationChunk]: ...
+    def stream(
+        self, messages: list[ChatMessage], params: SamplingParams, assistant_prefix: str = ""
+    ) -> AsyncIterator[GenerationChunk]: ...
+
+    async def generate_with_signals(
+        self, messages: list[ChatMessage], params: SamplingParams, assistant_prefix: str = ""
+    ) -> SignalResult: ...
 
     async def ready(self) -> dict[str, Any]: ...
 
@@ -50,11 +58,20 @@ class LocalWorker:
     def __init__(self, worker: Any) -> None:
         self.worker = worker
 
-    async def generate(self, messages: list[ChatMessage], params: SamplingParams) -> GenerationResult:
-        return await self.worker.generate(messages, params)
+    async def generate(
+        self, messages: list[ChatMessage], params: SamplingParams, assistant_prefix: str = ""
+    ) -> GenerationResult:
+        return await self.worker.generate(messages, params, assistant_prefix)
 
-    def stream(self, messages: list[ChatMessage], params: SamplingParams) -> AsyncIterator[GenerationChunk]:
-        return self.worker.stream(messages, params)
+    def stream(
+        self, messages: list[ChatMessage], params: SamplingParams, assistant_prefix: str = ""
+    ) -> AsyncIterator[GenerationChunk]:
+        return self.worker.stream(messages, params, assistant_prefix)
+
+    async def generate_with_signals(
+        self, messages: list[ChatMessage], params: SamplingParams, assistant_prefix: str = ""
+    ) -> SignalResult:
+        return await self.worker.generate_with_signals(messages, params, assistant_prefix)
 
     async def ready(self) -> dict[str, Any]:
         return self.worker.ready()
@@ -81,12 +98,21 @@ class HandleWorker:
     def __init__(self, handle: Any) -> None:
         self.handle = handle
 
-    async def generate(self, messages: list[ChatMessage], params: SamplingParams) -> GenerationResult:
-        return await self.handle.generate.remote(messages, params)
+    async def generate(
+        self, messages: list[ChatMessage], params: SamplingParams, assistant_prefix: str = ""
+    ) -> GenerationResult:
+        return await self.handle.generate.remote(messages, params, assistant_prefix)
 
-    async def stream(self, messages: list[ChatMessage], params: SamplingParams) -> AsyncIterator[GenerationChunk]:
-        async for chunk in self.handle.options(stream=True).stream.remote(messages, params):
+    async def stream(
+        self, messages: list[ChatMessage], params: SamplingParams, assistant_prefix: str = ""
+    ) -> AsyncIterator[GenerationChunk]:
+        async for chunk in self.handle.options(stream=True).stream.remote(messages, params, assistant_prefix):
             yield chunk
+
+    async def generate_with_signals(
+        self, messages: list[ChatMessage], params: SamplingParams, assistant_prefix: str = ""
+    ) -> SignalResult:
+        return await self.handle.generate_with_signals.remote(messages, params, assistant_prefix)
 
     async def ready(self) -> dict[str, Any]:
         return await asyncio.wait_for(self.handle.ready.remote(), timeout=5.0)

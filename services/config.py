@@ -71,6 +71,13 @@ class RetrievalConfig(_Section):
     top_k: int = Field(4, gt=0, description="Passages retrieved per step.")
     max_top_k: int = Field(20, gt=0, description="Largest top_k a request may ask for.")
     max_context_tokens: int = Field(1200, gt=0, description="Model tokens of passages in one prompt.")
+    multi_max_steps: int = Field(4, ge=1, le=16, description="multi: retrieval steps at most.")
+    multi_step_tokens: int = Field(40, gt=0, description="multi: tokens of one reasoning sentence.")
+    dragin_threshold: float = Field(
+        0.3, gt=0, description="dragin: RIND score (entropy x attention received) that triggers retrieval."
+    )
+    dragin_query_tokens: int = Field(8, gt=0, description="dragin: context tokens QFS puts in the query.")
+    dragin_max_retrievals: int = Field(3, ge=1, le=10, description="dragin: retrievals per question at most.")
 
 
 class CacheConfig(_Section):

@@ -19,7 +19,7 @@ from services import metrics
 from services.clients import RetrieverClient, WorkerClient
 from services.config import AppConfig
 from services.errors import InvalidRequestError
-from services.workers.engine import GenerationStats, SamplingParams
+from services.workers.engine import GenerationChunk, GenerationResult, GenerationStats, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -90,14 +90,17 @@ class RagService:
         )
         return decision, params
 
-    def _context(self, decision: RouteDecision) -> PolicyContext:
+    def _context(self, decision: RouteDecision, params: SamplingParams) -> PolicyContext:
         worker = self.workers[decision.plan.model]
         return PolicyContext(
             retrieve=self.retriever.search,
             generate=worker.generate,
             stream=worker.stream,
+            generate_with_signals=worker.generate_with_signals,
             top_k=decision.plan.top_k,
             max_context_tokens=self.config.retrieval.max_context_tokens,
+            settings=self.config.retrieval,
+            params=params,
         )
 
     async def _cache_key(self, req: AnswerRequest, decision: RouteDecision, params: SamplingParams) -> str | None:
@@ -123,7 +126,7 @@ class RagService:
         if key is not None and (cached := self.cache.get(key) if self.cache else None) is not None:
             return self._from_cache(cached, started)
         policy = get_policy(decision.plan.policy)
-        result = await run_policy(policy, req.question, self._context(decision), params)
+        result = await run_policy(policy, req.question, self._context(decision, params), params)
         timings = {k: round(v, 4) for k, v in result.timings.items()}
         record = {
             "id": "qa-" + uuid.uuid4().hex[:24],
@@ -154,13 +157,20 @@ class RagService:
             yield StreamEvent(text=record["answer"])
             yield StreamEvent(done=True, record=record)
             return
-        ctx = self._context(decision)
+        ctx = self._context(decision, params)
         prepared = await get_policy(decision.plan.policy).prepare(req.question, ctx)
         parts: list[str] = []
         stats = GenerationStats()
         finish = "length"
+        if prepared.answer is not None:
+            chunks = _single_chunk(prepared.answer)
+        else:
+            chunks = ctx.stream(prepared.messages, params, prepared.assistant_prefix)
+            if prepared.assistant_prefix.strip():
+                parts.append(prepared.assistant_prefix.lstrip())
+                yield StreamEvent(text=parts[0])
         # Leading whitespace is dropped, as `answer` strips it.
-        async for chunk in ctx.stream(prepared.messages, params):
+        async for chunk in chunks:
             text = chunk.text if parts else chunk.text.lstrip()
             if text:
                 parts.append(text)
@@ -169,6 +179,11 @@ class RagService:
                 finish = chunk.finish_reason
             if chunk.stats is not None:
                 stats = chunk.stats
+        if prepared.answer is not None:
+            # Its tokens are already counted in the *_before figures.
+            stats = GenerationStats(
+                queue_s=stats.queue_s, prefill_s=stats.prefill_s, decode_s=stats.decode_s, ttft_s=stats.ttft_s
+            )
         answer = "".join(parts).rstrip()
         timings = {
             "retrieve_s": prepared.retrieve_s,
@@ -191,7 +206,7 @@ class RagService:
                 prepared.completion_tokens_before + stats.completion_tokens,
             ),
             "retrieval_steps": prepared.retrieval_steps,
-            "llm_calls": prepared.llm_calls_before + 1,
+            "llm_calls": prepared.llm_calls_before + (0 if prepared.answer is not None else 1),
             "trace": prepared.steps,
             "cache": {"response": "miss" if key else "bypass"},
         }
@@ -235,6 +250,10 @@ class RagService:
         out: dict[str, Any] = {"retriever": await self.retriever.ready()}
         out["workers"] = {mid: await w.ready() for mid, w in self.workers.items()}
         return out
+
+
+async def _single_chunk(result: GenerationResult) -> AsyncIterator[GenerationChunk]:
+    yield GenerationChunk(result.text, result.finish_reason, result.stats)
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:

@@ -15,6 +15,7 @@ from services.workers.engine import (
     GenerationChunk,
     GenerationResult,
     SamplingParams,
+    SignalResult,
     build_engine,
 )
 
@@ -44,11 +45,25 @@ class Worker:
     def ready(self) -> dict[str, Any]:
         return {"model": self.model_config.id, "engine": self.model_config.engine, "ready": True}
 
-    async def generate(self, messages: list[ChatMessage], params: SamplingParams) -> GenerationResult:
-        self.check(params)
-        return await self.engine.generate(self.engine.render_chat(messages), params)
+    def prompt(self, messages: list[ChatMessage], assistant_prefix: str = "") -> str:
+        """The chat template's prompt; ``assistant_prefix`` is text the answer continues from."""
+        return self.engine.render_chat(messages) + assistant_prefix
 
-    async def stream(self, messages: list[ChatMessage], params: SamplingParams) -> AsyncIterator[GenerationChunk]:
+    async def generate(
+        self, messages: list[ChatMessage], params: SamplingParams, assistant_prefix: str = ""
+    ) -> GenerationResult:
         self.check(params)
-        async for chunk in self.engine.stream(self.engine.render_chat(messages), params):
+        return await self.engine.generate(self.prompt(messages, assistant_prefix), params)
+
+    async def stream(
+        self, messages: list[ChatMessage], params: SamplingParams, assistant_prefix: str = ""
+    ) -> AsyncIterator[GenerationChunk]:
+        self.check(params)
+        async for chunk in self.engine.stream(self.prompt(messages, assistant_prefix), params):
             yield chunk
+
+    async def generate_with_signals(
+        self, messages: list[ChatMessage], params: SamplingParams, assistant_prefix: str = ""
+    ) -> SignalResult:
+        self.check(params)
+        return await self.engine.generate_with_signals(self.prompt(messages, assistant_prefix), params)

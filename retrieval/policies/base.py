@@ -5,11 +5,15 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from services.config import RetrievalConfig
+    from services.workers.engine import ChatMessage, GenerationChunk, SignalResult
 
 from retrieval.documents import Passage
 from retrieval.prompts import AnswerStyle, build_messages, fit_passages
-from services.workers.engine import ChatMessage, GenerationChunk, GenerationResult, SamplingParams
+from services.workers.engine import GenerationResult, SamplingParams
 
 
 @dataclass
@@ -17,10 +21,15 @@ class PolicyContext:
     """What a policy may call. The library path passes local objects, the Serve path handles."""
 
     retrieve: Callable[[str, int], Awaitable[list[Passage]]]
-    generate: Callable[[list[ChatMessage], SamplingParams], Awaitable[GenerationResult]]
-    stream: Callable[[list[ChatMessage], SamplingParams], AsyncIterator[GenerationChunk]]
+    # (messages, params, assistant_prefix="") -> ...; the prefix is text the answer continues from.
+    generate: Callable[..., Awaitable[GenerationResult]]
+    stream: Callable[..., AsyncIterator[GenerationChunk]]
+    generate_with_signals: Callable[..., Awaitable[SignalResult]] | None = None
     top_k: int = 4
     max_context_tokens: int = 1200
+    settings: RetrievalConfig | None = None
+    # The request's sampling for the final answer (policies that draft the answer themselves use it).
+    params: SamplingParams | None = None
 
 
 @dataclass
@@ -43,6 +52,11 @@ class Prepared:
     llm_calls_before: int = 0
     prompt_tokens_before: int = 0
     completion_tokens_before: int = 0
+    # The final answer continues from this text (DRAGIN keeps what it had before a retrieval).
+    assistant_prefix: str = ""
+    # Set when preparing already produced the final answer (no further generation needed).
+    answer: GenerationResult | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -95,10 +109,24 @@ async def run_policy(
     """Prepare, then generate the final answer in one piece."""
     started = time.perf_counter()
     prepared = await policy.prepare(question, ctx)
-    result = await ctx.generate(prepared.messages, params)
-    prepared.steps.append(
-        {"step": "generate", "completion_tokens": result.stats.completion_tokens, "finish_reason": result.finish_reason}
-    )
+    if prepared.answer is not None:
+        # Preparing produced the answer; its call is already counted in the *_before figures.
+        result = prepared.answer
+        llm_calls = prepared.llm_calls_before
+        prompt_tokens, completion_tokens = prepared.prompt_tokens_before, prepared.completion_tokens_before
+    else:
+        result = await ctx.generate(prepared.messages, params, prepared.assistant_prefix)
+        result = GenerationResult(prepared.assistant_prefix + result.text, result.finish_reason, result.stats)
+        llm_calls = prepared.llm_calls_before + 1
+        prompt_tokens = prepared.prompt_tokens_before + result.stats.prompt_tokens
+        completion_tokens = prepared.completion_tokens_before + result.stats.completion_tokens
+        prepared.steps.append(
+            {
+                "step": "generate",
+                "completion_tokens": result.stats.completion_tokens,
+                "finish_reason": result.finish_reason,
+            }
+        )
     s = result.stats
     return PolicyResult(
         answer=result.text.strip(),
@@ -106,9 +134,9 @@ async def run_policy(
         passages=prepared.passages,
         steps=prepared.steps,
         retrieval_steps=prepared.retrieval_steps,
-        llm_calls=prepared.llm_calls_before + 1,
-        prompt_tokens=prepared.prompt_tokens_before + s.prompt_tokens,
-        completion_tokens=prepared.completion_tokens_before + s.completion_tokens,
+        llm_calls=llm_calls,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
         timings={
             "retrieve_s": prepared.retrieve_s,
             "queue_s": s.queue_s,

@@ -8,6 +8,8 @@ from retrieval.errors import UnknownPolicyError
 from retrieval.policies.base import RetrievalPolicy
 
 POLICIES: dict[str, str] = {
+    "dragin": "retrieval.policies.dragin:DraginPolicy",
+    "multi": "retrieval.policies.multi_step:MultiStepPolicy",
     "none": "retrieval.policies.no_retrieval:NoRetrievalPolicy",
     "single": "retrieval.policies.single_step:SingleStepPolicy",
 }

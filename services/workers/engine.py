@@ -71,6 +71,26 @@ class GenerationResult:
     stats: GenerationStats = field(default_factory=GenerationStats)
 
 
+@dataclass
+class SignalResult:
+    """A completion with the per-token signals DRAGIN reads.
+
+    ``entropies[i]`` is the entropy (nats) of the distribution token i was drawn from.
+    ``attention`` (None when the engine cannot expose it) has one row per generated token over every
+    position of prompt plus completion: last layer, averaged over heads. ``tokens`` holds the text of
+    every position (prompt first, then completion), ``prompt_len`` where the completion starts.
+    """
+
+    text: str
+    finish_reason: FinishReason
+    token_ids: list[int]
+    tokens: list[str]
+    prompt_len: int
+    entropies: list[float]
+    attention: Any = None
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+
 class Engine(Protocol):
     """What the worker needs from a model engine."""
 
@@ -91,6 +111,9 @@ class Engine(Protocol):
 
     async def generate(self, prompt: str, params: SamplingParams) -> GenerationResult:
         """The whole completion at once."""
+
+    async def generate_with_signals(self, prompt: str, params: SamplingParams) -> SignalResult:
+        """The completion plus per-token entropies and (where the engine can) attentions."""
 
     def close(self) -> None:
         """Free the model."""

@@ -16,13 +16,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.model]
 
 
 def test_registry_lists_and_refuses() -> None:
-    assert available_policies() == ["none", "single"]
+    assert available_policies() == ["dragin", "multi", "none", "single"]
     assert get_policy("single").name == "single"
-    with pytest.raises(UnknownPolicyError, match="valid: none, single"):
+    with pytest.raises(UnknownPolicyError, match="valid: dragin, multi, none, single"):
         get_policy("nope")
 
 
-@pytest.mark.parametrize("policy", ["none", "single"])
+@pytest.mark.parametrize("policy", ["none", "single", "multi", "dragin"])
 def test_each_policy_end_to_end_on_real_questions(policy: str, shared_data: Path, local_service: Any) -> None:
     rows = [json.loads(line) for line in (shared_data / "dev_hotpotqa.jsonl").read_text().splitlines()[:2]]
     asyncio.run(local_service.ingest([d for r in rows for d in _contexts(r)]))
@@ -35,8 +35,17 @@ def test_each_policy_end_to_end_on_real_questions(policy: str, shared_data: Path
         assert rec["answer"]
         assert rec["plan"]["policy"] == policy
         steps = [s["step"] for s in rec["trace"]]
+        retrieves = steps.count("retrieve")
+        assert rec["retrieval_steps"] == retrieves
         if policy == "none":
             assert rec["citations"] == [] and rec["retrieval_steps"] == 0 and steps == ["generate"]
+        elif policy == "multi":
+            assert steps[0] == "retrieve" and steps[-1] == "generate" and "reason" in steps
+            assert 1 <= retrieves <= 4 and rec["llm_calls"] == steps.count("reason") + 1
+        elif policy == "dragin":
+            assert steps[0] == "generate" and rec["trace"][0]["signals"] == "entropy x attention"
+            assert rec["llm_calls"] == steps.count("generate")
+            assert retrieves == sum(1 for s in rec["trace"] if s["step"] == "generate" and s["trigger"])
         else:
             assert rec["retrieval_steps"] == 1 and steps == ["retrieve", "generate"]
             titles = {c["title"] for c in rec["citations"]}
@@ -49,3 +58,51 @@ def _contexts(row: dict[str, Any]) -> list[Any]:
     from retrieval.documents import Document
 
     return [Document(title=c["title"], text=c["text"]) for c in row["contexts"]]
+
+
+def test_dragin_without_attention_runs_on_entropy() -> None:
+    """An engine that exposes no attention: RIND falls back to entropy and the trace says so."""
+    from retrieval.policies.base import PolicyContext, run_policy
+    from services.workers.engine import GenerationResult, GenerationStats, SamplingParams, SignalResult
+    from tests.utils.factories import passage
+
+    calls: list[str] = []
+
+    async def retrieve(query: str, k: int) -> list[Any]:
+        calls.append(query)
+        return [passage("Zorblat is the capital of Quux.", title="Quux")]
+
+    async def signals(messages: Any, params: SamplingParams, prefix: str = "") -> SignalResult:
+        has_passages = "Zorblat" in messages[-1].content
+        toks = [" The", " capital", " is", " Zorblat"] if has_passages else [" The", " capital", " is", " Blorp"]
+        ent = [0.1, 0.2, 0.1, 0.3 if has_passages else 5.0]
+        return SignalResult(
+            "".join(toks),
+            "stop",
+            [1, 2, 3, 4],
+            ["<q>", *toks],
+            1,
+            ent,
+            None,
+            GenerationStats(prompt_tokens=10, completion_tokens=4),
+        )
+
+    async def unused(*args: Any, **kw: Any) -> GenerationResult:
+        raise AssertionError("dragin drafts with signals only")
+
+    ctx = PolicyContext(
+        retrieve=retrieve,
+        generate=unused,
+        stream=unused,  # type: ignore[arg-type]
+        generate_with_signals=signals,
+        params=SamplingParams(max_tokens=8),
+    )
+    result = asyncio.run(
+        run_policy(
+            get_policy("dragin"), Question(text="What is the capital of Quux?"), ctx, SamplingParams(max_tokens=8)
+        )
+    )
+    assert result.answer == "The capital is Zorblat"
+    assert result.retrieval_steps == 1 and result.llm_calls == 2 and result.prompt_tokens == 20
+    assert all(s["signals"] == "entropy only (no attention)" for s in result.steps if s["step"] == "generate")
+    assert calls and "capital" in calls[0]

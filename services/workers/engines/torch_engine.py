@@ -22,6 +22,7 @@ from services.workers.engine import (
     GenerationResult,
     GenerationStats,
     SamplingParams,
+    SignalResult,
     collect,
 )
 from services.workers.model_store import resolve_model_path
@@ -115,8 +116,11 @@ class TorchEngine:
             probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
         return int(torch.multinomial(probs, 1, generator=gen).item())
 
-    def iter_tokens(self, prompt_ids: list[int], params: SamplingParams) -> Generator[tuple[int, float], None, None]:
-        """Yield (token id, seconds the forward pass took). Stops at max_tokens or EOS (yielded)."""
+    def iter_tokens(
+        self, prompt_ids: list[int], params: SamplingParams, entropies: list[float] | None = None
+    ) -> Generator[tuple[int, float], None, None]:
+        """Yield (token id, seconds the forward pass took). Stops at max_tokens or EOS (yielded).
+        With ``entropies``, the entropy of each step's distribution is appended to it."""
         import torch
         from transformers import DynamicCache
 
@@ -134,6 +138,9 @@ class TorchEngine:
                 logits = out.logits[0, -1].to("cpu")
                 spent = time.perf_counter() - start
             token = self._sample(logits, params, gen)
+            if entropies is not None:
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                entropies.append(float(-(logp.exp() * logp).sum()))
             yield token, spent
             if token in self.eos_ids:
                 return
@@ -194,6 +201,71 @@ class TorchEngine:
             last = chunk
         assert last is not None and last.finish_reason is not None
         return GenerationResult("".join(parts), last.finish_reason, last.stats or GenerationStats())
+
+    def generate_with_signals_sync(self, prompt: str, params: SamplingParams) -> SignalResult:
+        import torch
+
+        started = time.perf_counter()
+        prompt_ids = self.encode(prompt)
+        entropies: list[float] = []
+        ids: list[int] = []
+        stats = GenerationStats(prompt_tokens=len(prompt_ids))
+        finish: FinishReason = "length"
+        detok = _StopAwareDetokenizer(self.tokenizer, params.stop)
+        steps = self.iter_tokens(prompt_ids, params, entropies)
+        text_parts: list[str] = []
+        try:
+            for token, spent in steps:
+                if not ids and stats.completion_tokens == 0:
+                    stats.ttft_s = time.perf_counter() - started
+                    stats.prefill_s = spent
+                else:
+                    stats.decode_s += spent
+                if token in self.eos_ids:
+                    finish = "stop"
+                    entropies.pop()
+                    break
+                ids.append(token)
+                stats.completion_tokens += 1
+                delta, stopped = detok.push(token)
+                text_parts.append(delta)
+                if stopped:
+                    finish = "stop"
+                    break
+        finally:
+            steps.close()
+        if finish == "length" or not detok.stopped:
+            text_parts.append(detok.flush())
+        attention = None
+        if ids:
+            # The decode loop runs SDPA, which cannot return attention weights; one eager pass over
+            # prompt + completion gives the last layer's weights for the completion rows.
+            full = torch.tensor([prompt_ids + ids], device=self.device)
+            with self._lock, torch.inference_mode():
+                start = time.perf_counter()
+                previous = self.model.config._attn_implementation
+                self.model.set_attn_implementation("eager")
+                try:
+                    out = self.model(input_ids=full, output_attentions=True, use_cache=False)
+                finally:
+                    self.model.set_attn_implementation(previous)
+                last = out.attentions[-1][0].mean(dim=0)  # (T, T), heads averaged
+                attention = last[len(prompt_ids) :].float().cpu().numpy()
+                stats.decode_s += time.perf_counter() - start
+        tokens = [str(self.tokenizer.decode([t])) for t in prompt_ids + ids]
+        return SignalResult(
+            text="".join(text_parts),
+            finish_reason=finish,
+            token_ids=ids,
+            tokens=tokens,
+            prompt_len=len(prompt_ids),
+            entropies=entropies[: len(ids)],
+            attention=attention,
+            stats=stats,
+        )
+
+    async def generate_with_signals(self, prompt: str, params: SamplingParams) -> SignalResult:
+        return await asyncio.to_thread(self.generate_with_signals_sync, prompt, params)
 
     def close(self) -> None:
         self.model = None
