@@ -20,13 +20,19 @@ logger = logging.getLogger(__name__)
 class GatewayDeployment:
     """The HTTP ingress. Its FastAPI app is built on the replica, over handles to the other deployments."""
 
-    def __init__(self, config: dict[str, Any], retriever: Any, workers: dict[str, Any]) -> None:
-        from services.clients import HandleRetriever, HandleWorker, WorkerClient
+    def __init__(self, config: dict[str, Any], router: Any, retriever: Any, workers: dict[str, Any]) -> None:
+        from services.clients import HandleRetriever, HandleRouter, HandleWorker, WorkerClient
         from services.rag import RagService, build_cache
 
         self.config = load_config(config)
         clients: dict[str, WorkerClient] = {mid: HandleWorker(h) for mid, h in workers.items()}
-        self.service = RagService(self.config, HandleRetriever(retriever), clients, cache=build_cache(self.config))
+        self.service = RagService(
+            self.config,
+            HandleRetriever(retriever),
+            clients,
+            router=HandleRouter(router),
+            cache=build_cache(self.config),
+        )
 
     def __serve_build_asgi_app__(self) -> Any:
         from services.gateway import create_app
@@ -56,6 +62,7 @@ def deployment_name(model_id: str) -> str:
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
     from services.retriever_service import RetrieverService
+    from services.router_service import RouterService
     from services.worker import Worker
 
     config = _config_from_args(args)
@@ -67,6 +74,12 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         ray_actor_options={"num_cpus": 0.25},
         max_ongoing_requests=64,
     )(RetrieverService).bind(plain)
+    router = serve.deployment(
+        name="router",
+        num_replicas=1,
+        ray_actor_options={"num_cpus": 0.1},
+        max_ongoing_requests=256,
+    )(RouterService).bind(plain)
     workers = {
         m.id: serve.deployment(
             name=deployment_name(m.id),
@@ -83,4 +96,4 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         ray_actor_options={"num_cpus": 0.25},
         max_ongoing_requests=256,
     )(serve.ingress()(GatewayDeployment))
-    return gateway.bind(plain, retriever, workers)
+    return gateway.bind(plain, router, retriever, workers)

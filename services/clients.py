@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from retrieval.documents import Document, Passage
+from router.plan import RouteDecision
 from services.workers.engine import ChatMessage, GenerationChunk, GenerationResult, SamplingParams, SignalResult
 
 
@@ -35,6 +36,34 @@ class WorkerClient(Protocol):
     ) -> SignalResult: ...
 
     async def ready(self) -> dict[str, Any]: ...
+
+
+class RouterClient(Protocol):
+    async def route(self, question: str, **choices: Any) -> RouteDecision: ...
+
+    async def ready(self) -> dict[str, Any]: ...
+
+
+class LocalRouter:
+    def __init__(self, service: Any) -> None:
+        self.service = service
+
+    async def route(self, question: str, **choices: Any) -> RouteDecision:
+        return await self.service.route(question, **choices)
+
+    async def ready(self) -> dict[str, Any]:
+        return self.service.ready()
+
+
+class HandleRouter:
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def route(self, question: str, **choices: Any) -> RouteDecision:
+        return await self.handle.route.remote(question, **choices)
+
+    async def ready(self) -> dict[str, Any]:
+        return await asyncio.wait_for(self.handle.ready.remote(), timeout=5.0)
 
 
 class LocalRetriever:

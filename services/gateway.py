@@ -272,7 +272,7 @@ def create_app(
                 }
             )
         # Plan (and fail on a bad model or limit) before the 200 and the first byte go out.
-        decision, _ = service.decide(req)
+        decision, _ = await service.decide(req)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
             _sse(service, req, cid, created, decision.plan.model, include_usage),

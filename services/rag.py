@@ -14,9 +14,8 @@ from cache.response_cache import ResponseCache
 from retrieval.policies.base import PolicyContext, Question, run_policy
 from retrieval.policies.registry import get_policy
 from router.plan import RouteDecision
-from router.router import ConfigRouter
 from services import metrics
-from services.clients import RetrieverClient, WorkerClient
+from services.clients import LocalRouter, RetrieverClient, RouterClient, WorkerClient
 from services.config import AppConfig
 from services.errors import InvalidRequestError
 from services.workers.engine import GenerationChunk, GenerationResult, GenerationStats, SamplingParams
@@ -53,22 +52,26 @@ class RagService:
         retriever: RetrieverClient,
         workers: dict[str, WorkerClient],
         *,
-        router: ConfigRouter | None = None,
+        router: RouterClient | None = None,
         cache: ResponseCache | None = None,
     ) -> None:
         self.config = config
         self.retriever = retriever
         self.workers = workers
-        self.router = router or ConfigRouter(config)
+        if router is None:
+            from services.router_service import RouterService
+
+            router = LocalRouter(RouterService(config))
+        self.router = router
         self.cache = cache
 
     # -- planning ------------------------------------------------------------------------------
-    def decide(self, req: AnswerRequest) -> tuple[RouteDecision, SamplingParams]:
+    async def decide(self, req: AnswerRequest) -> tuple[RouteDecision, SamplingParams]:
         if req.top_k is not None and req.top_k > self.config.retrieval.max_top_k:
             raise InvalidRequestError(
                 f"top_k {req.top_k} is over the limit of {self.config.retrieval.max_top_k}", param="top_k"
             )
-        decision = self.router.route(
+        decision = await self.router.route(
             req.question.text,
             model=req.model,
             policy=req.policy,
@@ -121,7 +124,7 @@ class RagService:
     # -- answering -----------------------------------------------------------------------------
     async def answer(self, req: AnswerRequest) -> dict[str, Any]:
         started = time.perf_counter()
-        decision, params = self.decide(req)
+        decision, params = await self.decide(req)
         key = await self._cache_key(req, decision, params)
         if key is not None and (cached := self.cache.get(key) if self.cache else None) is not None:
             return self._from_cache(cached, started)
@@ -150,7 +153,7 @@ class RagService:
     async def stream(self, req: AnswerRequest) -> AsyncIterator[StreamEvent]:
         """Text deltas of the final answer as they are generated, then the record."""
         started = time.perf_counter()
-        decision, params = self.decide(req)
+        decision, params = await self.decide(req)
         key = await self._cache_key(req, decision, params)
         if key is not None and (cached := self.cache.get(key) if self.cache else None) is not None:
             record = self._from_cache(cached, started)
@@ -247,7 +250,7 @@ class RagService:
 
     async def readiness(self) -> dict[str, Any]:
         """Each component's readiness; raises when one is not reachable."""
-        out: dict[str, Any] = {"retriever": await self.retriever.ready()}
+        out: dict[str, Any] = {"retriever": await self.retriever.ready(), "router": await self.router.ready()}
         out["workers"] = {mid: await w.ready() for mid, w in self.workers.items()}
         return out
 

@@ -27,7 +27,8 @@ def test_serve_config_builds_the_graph(monkeypatch: pytest.MonkeyPatch) -> None:
     app = build_app(app_cfg["args"])
     ingress = app._bound_deployment
     assert ingress.name == "gateway"
-    _, retriever, workers = ingress.init_args
+    _, router, retriever, workers = ingress.init_args
+    assert router._bound_deployment.name == "router"
     assert retriever._bound_deployment.name == "retriever"
     assert [w._bound_deployment.name for w in workers.values()] == ["worker-smollm2-135m-instruct"]
 
