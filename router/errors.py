@@ -9,3 +9,7 @@ class RouterError(Exception):
 
 class UnknownModelError(RouterError):
     """The request names a model the service does not run."""
+
+
+class RouterArtifactError(RouterError):
+    """The trained classifier artifact is missing, corrupt or does not fit the embedder."""

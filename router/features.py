@@ -9,13 +9,39 @@ import numpy as np
 
 _WH = ("who", "what", "when", "where", "which", "how", "why", "whose")
 _AUX = ("is", "are", "was", "were", "do", "does", "did", "can", "has", "have", "will", "could", "should")
-_COMPARE = ("both", "same", "older", "younger", "first", "earlier", "later", "larger", "more", "less",
-            "longer", "shorter", "either", "also", "than")
+_COMPARE = (
+    "both",
+    "same",
+    "older",
+    "younger",
+    "first",
+    "earlier",
+    "later",
+    "larger",
+    "more",
+    "less",
+    "longer",
+    "shorter",
+    "either",
+    "also",
+    "than",
+)
 _TOKEN = re.compile(r"[A-Za-z0-9']+")
 
 LEXICAL_NAMES: tuple[str, ...] = (
-    "log_words", "capitalised_ratio", "capitalised_count", "digits", "quotes", "commas", "and_count",
-    "of_count", "compare_words", "starts_aux", "wh_first", "wh_anywhere", "question_mark",
+    "log_words",
+    "capitalised_ratio",
+    "capitalised_count",
+    "digits",
+    "quotes",
+    "commas",
+    "and_count",
+    "of_count",
+    "compare_words",
+    "starts_aux",
+    "wh_first",
+    "wh_anywhere",
+    "question_mark",
 )
 
 

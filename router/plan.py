@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -13,6 +15,9 @@ class Plan(BaseModel):
     model: str = Field(description="Model id of the worker that answers.")
     max_tokens: int = Field(gt=0, description="Completion token cap.")
     use_response_cache: bool = Field(description="Whether a cached answer may be served.")
+    complexity: dict[str, Any] | None = Field(
+        None, description="For `adaptive`: the class, its probabilities and the policy it runs."
+    )
 
     def label(self) -> str:
         """A short, bounded-cardinality name for metrics."""

@@ -130,6 +130,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_router(args: argparse.Namespace) -> int:
+    from services.evaluation.train_router import train_router
+
+    config = load_config(args.config)
+    metrics = train_router(
+        config,
+        args.data,
+        args.out,
+        seed=args.seed,
+        train_fraction=args.train_fraction,
+        limit=args.limit,
+        max_tokens=args.max_tokens,
+        version=args.version,
+    )
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from services.evaluation.bench import run_bench
+
+    config = load_config(args.config)
+    result = run_bench(args.what, config, args)
+    print(result)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ragyard", description="Adaptive RAG question answering.")
     parser.add_argument("--config", help="YAML config file (default: $RAGYARD_CONFIG or built-in defaults)")
@@ -163,6 +190,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--top-k", type=int)
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("train-router", help="collect labels and train the complexity classifier")
+    p.add_argument("--data", action="append", required=True, help="QA JSONL file (repeatable)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/test split")
+    p.add_argument("--train-fraction", type=float, default=0.5)
+    p.add_argument("--limit", type=int, help="label only the first N training questions of each file")
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--version", default="complexity-v1", help="artifact name and version")
+    p.set_defaults(func=cmd_train_router)
+
+    p = sub.add_parser("bench", help="benchmarks: results as JSON plus a markdown table")
+    p.add_argument("what", choices=["router"])
+    p.add_argument("--data", action="append", help="QA JSONL file (repeatable)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--repeats", type=int, default=200)
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

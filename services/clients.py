@@ -15,6 +15,8 @@ from services.workers.engine import ChatMessage, GenerationChunk, GenerationResu
 class RetrieverClient(Protocol):
     async def search(self, query: str, k: int) -> list[Passage]: ...
 
+    async def embed(self, text: str) -> list[float]: ...
+
     async def ingest(self, docs: list[Document]) -> dict[str, Any]: ...
 
     async def stats(self) -> dict[str, Any]: ...
@@ -41,6 +43,8 @@ class WorkerClient(Protocol):
 class RouterClient(Protocol):
     async def route(self, question: str, **choices: Any) -> RouteDecision: ...
 
+    async def needs_embedding(self, policy: str | None) -> bool: ...
+
     async def ready(self) -> dict[str, Any]: ...
 
 
@@ -50,6 +54,9 @@ class LocalRouter:
 
     async def route(self, question: str, **choices: Any) -> RouteDecision:
         return await self.service.route(question, **choices)
+
+    async def needs_embedding(self, policy: str | None) -> bool:
+        return self.service.needs_embedding(policy)
 
     async def ready(self) -> dict[str, Any]:
         return self.service.ready()
@@ -62,6 +69,9 @@ class HandleRouter:
     async def route(self, question: str, **choices: Any) -> RouteDecision:
         return await self.handle.route.remote(question, **choices)
 
+    async def needs_embedding(self, policy: str | None) -> bool:
+        return await self.handle.needs_embedding.remote(policy)
+
     async def ready(self) -> dict[str, Any]:
         return await asyncio.wait_for(self.handle.ready.remote(), timeout=5.0)
 
@@ -72,6 +82,9 @@ class LocalRetriever:
 
     async def search(self, query: str, k: int) -> list[Passage]:
         return await self.service.search(query, k)
+
+    async def embed(self, text: str) -> list[float]:
+        return await self.service.embed(text)
 
     async def ingest(self, docs: list[Document]) -> dict[str, Any]:
         return await self.service.ingest(docs)
@@ -112,6 +125,9 @@ class HandleRetriever:
 
     async def search(self, query: str, k: int) -> list[Passage]:
         return await self.handle.search.remote(query, k)
+
+    async def embed(self, text: str) -> list[float]:
+        return await self.handle.embed.remote(text)
 
     async def ingest(self, docs: list[Document]) -> dict[str, Any]:
         return await self.handle.ingest.remote(docs)

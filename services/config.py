@@ -80,6 +80,19 @@ class RetrievalConfig(_Section):
     dragin_max_retrievals: int = Field(3, ge=1, le=10, description="dragin: retrievals per question at most.")
 
 
+class RouterConfig(_Section):
+    artifact: str | None = Field(
+        str(PROJECT_ROOT / "router" / "artifacts" / "complexity-v1.npz"),
+        description="Trained complexity classifier (.npz); None disables classification.",
+    )
+    multi_hop_policy: Literal["multi", "dragin"] = Field(
+        "multi", description="Policy `adaptive` runs for class C (multi-step) questions."
+    )
+    fallback_policy: Literal["none", "single", "multi", "dragin"] = Field(
+        "single", description="Policy `adaptive` runs when the classifier is unavailable (missing or corrupt)."
+    )
+
+
 class CacheConfig(_Section):
     response_cache_url: str = Field(
         "memory://", description="memory:// or redis://host:port/db; REDIS_URL overrides it."
@@ -127,6 +140,7 @@ class AppConfig(BaseSettings):
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig, description="Query/passage embedder.")
     index: IndexConfig = Field(default_factory=IndexConfig, description="FAISS index and doc store.")
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig, description="Retrieval policies.")
+    router: RouterConfig = Field(default_factory=RouterConfig, description="Complexity router.")
     cache: CacheConfig = Field(default_factory=CacheConfig, description="Response cache.")
     server: ServerConfig = Field(default_factory=ServerConfig, description="HTTP edge.")
     corpus: CorpusConfig = Field(default_factory=CorpusConfig, description="Sample corpus.")

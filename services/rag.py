@@ -71,8 +71,12 @@ class RagService:
             raise InvalidRequestError(
                 f"top_k {req.top_k} is over the limit of {self.config.retrieval.max_top_k}", param="top_k"
             )
+        embedding = None
+        if await self.router.needs_embedding(req.policy):
+            embedding = await self.retriever.embed(req.question.text)
         decision = await self.router.route(
             req.question.text,
+            embedding=embedding,
             model=req.model,
             policy=req.policy,
             top_k=req.top_k,
@@ -104,6 +108,7 @@ class RagService:
             max_context_tokens=self.config.retrieval.max_context_tokens,
             settings=self.config.retrieval,
             params=params,
+            complexity=decision.plan.complexity,
         )
 
     async def _cache_key(self, req: AnswerRequest, decision: RouteDecision, params: SamplingParams) -> str | None:

@@ -53,6 +53,11 @@ class RetrieverService:
     async def search(self, query: str, k: int) -> list[Passage]:
         return await asyncio.to_thread(self.retriever.search, query, k)
 
+    async def embed(self, text: str) -> list[float]:
+        """The query embedding (the router's classifier reads it too)."""
+        vec = await asyncio.to_thread(self.retriever.embed_query, text)
+        return [float(v) for v in vec]
+
     async def ingest(self, docs: list[Document]) -> dict[str, Any]:
         report = await asyncio.to_thread(self.retriever.ingest, docs)
         return {**report.as_dict(), "generation": self.retriever.store.generation}

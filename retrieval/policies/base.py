@@ -30,6 +30,8 @@ class PolicyContext:
     settings: RetrievalConfig | None = None
     # The request's sampling for the final answer (policies that draft the answer themselves use it).
     params: SamplingParams | None = None
+    # The router's classification, for `adaptive`.
+    complexity: dict[str, Any] | None = None
 
 
 @dataclass

@@ -8,6 +8,7 @@ from retrieval.errors import UnknownPolicyError
 from retrieval.policies.base import RetrievalPolicy
 
 POLICIES: dict[str, str] = {
+    "adaptive": "retrieval.policies.adaptive:AdaptivePolicy",
     "dragin": "retrieval.policies.dragin:DraginPolicy",
     "multi": "retrieval.policies.multi_step:MultiStepPolicy",
     "none": "retrieval.policies.no_retrieval:NoRetrievalPolicy",

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from retrieval.errors import UnknownPolicyError
@@ -16,9 +17,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.model]
 
 
 def test_registry_lists_and_refuses() -> None:
-    assert available_policies() == ["dragin", "multi", "none", "single"]
+    assert available_policies() == ["adaptive", "dragin", "multi", "none", "single"]
     assert get_policy("single").name == "single"
-    with pytest.raises(UnknownPolicyError, match="valid: dragin, multi, none, single"):
+    with pytest.raises(UnknownPolicyError, match="valid: adaptive, dragin, multi, none, single"):
         get_policy("nope")
 
 
@@ -106,3 +107,54 @@ def test_dragin_without_attention_runs_on_entropy() -> None:
     assert result.retrieval_steps == 1 and result.llm_calls == 2 and result.prompt_tokens == 20
     assert all(s["signals"] == "entropy only (no attention)" for s in result.steps if s["step"] == "generate")
     assert calls and "capital" in calls[0]
+
+
+def test_adaptive_runs_the_classified_policy(shared_data: Path, local_service: Any, embedder: Any) -> None:
+    """A classifier fitted on real question embeddings (multi-hop → C, BoolQ → B, chit-chat → A)
+    routes a held-out multi-hop question to `multi` through the whole service."""
+    from router.classifier import ComplexityClassifier
+    from router.features import feature_vector
+    from router.router import ConfigRouter
+    from router.training import fit
+    from services.clients import LocalRouter
+    from services.rag import RagService
+    from services.router_service import RouterService
+
+    hot = [json.loads(line)["question"] for line in (shared_data / "dev_hotpotqa.jsonl").read_text().splitlines()]
+    boolq = [json.loads(line)["question"] for line in (shared_data / "dev_boolq.jsonl").read_text().splitlines()]
+    chat = [
+        "Hello!",
+        "Thanks a lot.",
+        "What is two plus two?",
+        "Say hi.",
+        "How are you today?",
+        "Tell me a joke.",
+        "What is 3 times 3?",
+        "Good morning!",
+        "Spell cat.",
+        "Count to three.",
+    ]
+    qs = hot[1:21] + boolq[:20] + chat
+    labels = ["C"] * 20 + ["B"] * 20 + ["A"] * 10
+    x = np.stack([feature_vector(v, q) for v, q in zip(embedder.encode(qs), qs, strict=True)])
+    clf: ComplexityClassifier = fit(x, labels)[0]
+    router_service = RouterService(local_service.config)
+    router_service.router = ConfigRouter(local_service.config, classifier=clf)
+    service = RagService(
+        local_service.config,
+        local_service.retriever,
+        local_service.workers,
+        router=LocalRouter(router_service),
+        cache=None,
+    )
+    rec = asyncio.run(
+        service.answer(AnswerRequest(question=Question(text=hot[0], style="short"), policy="adaptive", max_tokens=16))
+    )
+    complexity = rec["plan"]["complexity"]
+    assert complexity["class"] == "C" and complexity["policy"] == "multi"
+    assert rec["trace"][0]["step"] == "classify" and rec["trace"][0]["probabilities"]["C"] > 0.5
+    assert rec["retrieval_steps"] >= 1 and rec["answer"]
+    rec = asyncio.run(
+        service.answer(AnswerRequest(question=Question(text="Good evening!"), policy="adaptive", max_tokens=8))
+    )
+    assert rec["plan"]["complexity"]["policy"] == "none" and rec["retrieval_steps"] == 0

@@ -22,7 +22,7 @@ def test_request_choices_win_and_are_checked() -> None:
     router = ConfigRouter(load_config({}))
     d = router.route("q", policy="single", top_k=7, max_tokens=9, cacheable=False)
     assert (d.plan.policy, d.plan.top_k, d.plan.max_tokens, d.plan.use_response_cache) == ("single", 7, 9, False)
-    with pytest.raises(UnknownPolicyError, match="valid: dragin, multi, none, single"):
+    with pytest.raises(UnknownPolicyError, match="valid: adaptive, dragin, multi, none, single"):
         router.route("q", policy="psychic")
     with pytest.raises(UnknownModelError, match="available: auto, smollm2-135m-instruct"):
         router.route("q", model="gpt-9")

@@ -36,7 +36,7 @@ def test_yaml_file_and_env_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyP
     ("data", "fragment"),
     [
         ({"server": {"port": 70000}}, "server.port"),
-        ({"retrieval": {"default_policy": "psychic"}}, "unknown; valid: dragin, multi, none, single"),
+        ({"retrieval": {"default_policy": "psychic"}}, "unknown; valid: adaptive, dragin, multi, none, single"),
         ({"models": [{"engine": "tensorflow"}]}, "models.0.engine"),
         ({"models": [{"default_max_tokens": 4000}]}, "default_max_tokens must not exceed"),
         ({"index": {"chunk_tokens": 64, "chunk_overlap_tokens": 64}}, "chunk_overlap_tokens"),

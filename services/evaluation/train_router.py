@@ -1,0 +1,100 @@
+"""`ragyard train-router`: collect Adaptive-RAG labels on the training half of each file, train the
+complexity classifier, write the artifact with its metrics. One command reproduces the shipped
+artifact; label collection resumes from ``OUT/labels.jsonl`` when rerun."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.policies.base import Question
+from router.features import feature_vector
+from router.labels import collect, split_rows
+from router.training import fit
+from services.config import AppConfig
+from services.evaluation.harness import Evaluator, read_rows
+from services.rag import AnswerRequest, RagService
+
+
+def split_ids(rows: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps([r.get("id") for r in rows]).encode()).hexdigest()[:16]
+
+
+def train_router(
+    config: AppConfig,
+    data: list[str],
+    out: str | Path,
+    *,
+    seed: int = 0,
+    train_fraction: float = 0.5,
+    limit: int | None = None,
+    max_tokens: int = 32,
+    version: str = "complexity-v1",
+    evaluator: Evaluator | None = None,
+) -> dict[str, Any]:
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    evaluator = evaluator or Evaluator(config)
+    labelled: list[dict[str, Any]] = []
+    splits: dict[str, Any] = {}
+    started = time.perf_counter()
+    for path in data:
+        rows = read_rows(path)
+        train, test = split_rows(rows, seed, train_fraction)
+        if limit is not None:
+            train = train[:limit]
+        splits[Path(path).name] = {
+            "train": len(train),
+            "test": len(test),
+            "train_ids": split_ids(train),
+            "test_ids": split_ids(test),
+        }
+        service = evaluator.service_for(path)
+        labelled += asyncio.run(_label(service, train, out_dir / "labels.jsonl", max_tokens, Path(path).name))
+    vectors = evaluator.embedder.encode([r["question"] for r in labelled])
+    x = np.stack([feature_vector(v, r["question"]) for v, r in zip(vectors, labelled, strict=True)])
+    clf, metrics = fit(x, [r["label"] for r in labelled], seed=seed)
+    metrics.update(
+        {
+            "splits": splits,
+            "seed": seed,
+            "train_fraction": train_fraction,
+            "label_sources": _count(r["source"] for r in labelled),
+            "labelling_seconds": round(time.perf_counter() - started, 1),
+        }
+    )
+    clf.header.update({"version": version, "metrics": metrics, "embedder": evaluator.embedder.name})
+    clf.save(out_dir / f"{version}.npz")
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return metrics
+
+
+def _count(values: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out
+
+
+async def _label(
+    service: RagService, rows: list[dict[str, Any]], out: Path, max_tokens: int, name: str
+) -> list[dict[str, Any]]:
+    async def answer(question: str, policy: str) -> str:
+        rec = await service.answer(
+            AnswerRequest(
+                question=Question(text=question, style="short"), policy=policy, max_tokens=max_tokens, stop=("\n",)
+            )
+        )
+        return str(rec["answer"])
+
+    def progress(n: int, total: int) -> None:
+        if n % 10 == 0 or n == total:
+            print(f"  labels {name}: {n}/{total}", flush=True)  # noqa: T201
+
+    return await collect(rows, answer, out, progress)
