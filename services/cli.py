@@ -201,10 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_router)
 
     p = sub.add_parser("bench", help="benchmarks: results as JSON plus a markdown table")
-    p.add_argument("what", choices=["router"])
+    p.add_argument("what", choices=["router", "policies"])
     p.add_argument("--data", action="append", help="QA JSONL file (repeatable)")
     p.add_argument("--out", required=True)
-    p.add_argument("--repeats", type=int, default=200)
+    p.add_argument("--repeats", type=int, default=200, help="router: timing repeats")
+    p.add_argument("--seed", type=int, default=0, help="policies: seed of the train/test split")
+    p.add_argument("--limit", type=int, help="policies: first N test questions of each file only")
+    p.add_argument("--max-tokens", type=int, default=32)
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -17,6 +17,10 @@ from services.evaluation.harness import percentile, read_rows
 def run_bench(what: str, config: AppConfig, args: argparse.Namespace) -> str:
     if what == "router":
         return bench_router(config, args.data or [], args.out, repeats=args.repeats)
+    if what == "policies":
+        if not args.data:
+            raise ValueError("bench policies needs --data FILE (repeatable)")
+        return bench_policies(config, args.data, args.out, seed=args.seed, limit=args.limit, max_tokens=args.max_tokens)
     raise ValueError(f"unknown benchmark {what!r}")
 
 
@@ -77,6 +81,97 @@ def bench_router(config: AppConfig, data: list[str], out: str | Path, *, repeats
     )
     (out_dir / "router.md").write_text(table, encoding="utf-8")
     return table
+
+
+POLICY_ORDER = ("none", "single", "multi", "dragin", "adaptive")
+
+
+def bench_policies(
+    config: AppConfig,
+    data: list[str],
+    out: str | Path,
+    *,
+    seed: int = 0,
+    limit: int | None = None,
+    max_tokens: int = 32,
+    policies: tuple[str, ...] = POLICY_ORDER,
+) -> str:
+    """Every policy on the held-out half of each file (the router trained on the other half), one model."""
+    from router.labels import split_rows
+    from services.evaluation.harness import Evaluator, summarise
+
+    evaluator = Evaluator(config)
+    per_file: dict[str, dict[str, Any]] = {}
+    all_preds: dict[str, list[dict[str, Any]]] = {p: [] for p in policies}
+    for path in data:
+        _, test = split_rows(read_rows(path), seed)
+        if limit is not None:
+            test = test[:limit]
+        service = evaluator.service_for(path)
+        name = Path(path).name
+        per_file[name] = {}
+        for policy in policies:
+            metrics, preds = evaluator.run(
+                path, policy, max_tokens=max_tokens, rows=test, service=service, progress=True
+            )
+            per_file[name][policy] = metrics
+            all_preds[policy] += preds
+    combined = {p: summarise(all_preds[p], policy=p, data="+".join(Path(d).name for d in data)) for p in policies}
+    result = {
+        "model": config.default_model.id,
+        "router": {"artifact": config.router.artifact, "multi_hop_policy": config.router.multi_hop_policy},
+        "split": {"seed": seed, "half": "test"},
+        "policies": combined,
+        "per_file": per_file,
+        "targets": _policy_targets(combined, per_file),
+    }
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "policies.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    table = policy_table(combined)
+    (out_dir / "policies.md").write_text(table, encoding="utf-8")
+    return table
+
+
+def policy_table(combined: dict[str, dict[str, Any]]) -> str:
+    """Adaptive-RAG's Table 1 shape: EM, F1, retrieval steps, time relative to `single`."""
+    base = combined.get("single", {}).get("mean_latency_s") or 1.0
+    lines = [
+        "| policy | EM | F1 | retrieval steps | LLM calls | time (vs single) | mean s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, m in combined.items():
+        lines.append(
+            f"| {name} | {m['em']:.3f} | {m['f1']:.3f} | {m['retrieval_steps_mean']:.2f} | "
+            f"{m['llm_calls_mean']:.2f} | {m['mean_latency_s'] / base:.2f} | {m['mean_latency_s']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _policy_targets(combined: dict[str, Any], per_file: dict[str, Any]) -> dict[str, Any]:
+    fixed = {p: m for p, m in combined.items() if p != "adaptive"}
+    out: dict[str, Any] = {}
+    if fixed and "adaptive" in combined:
+        best = max(fixed, key=lambda p: fixed[p]["f1"])
+        ada = combined["adaptive"]
+        f1_ratio = ada["f1"] / fixed[best]["f1"] if fixed[best]["f1"] else 0.0
+        time_ratio = ada["mean_latency_s"] / fixed[best]["mean_latency_s"] if fixed[best]["mean_latency_s"] else 0.0
+        out["adaptive_vs_best_fixed"] = {
+            "best_fixed": best,
+            "f1_ratio": round(f1_ratio, 4),
+            "time_ratio": round(time_ratio, 4),
+            "met": f1_ratio >= 0.97 and time_ratio <= 0.40,
+        }
+    multi_hop = [f for f in per_file if "hotpot" in f]
+    for f in multi_hop:
+        m, d = per_file[f].get("multi"), per_file[f].get("dragin")
+        if m and d:
+            out[f"dragin_vs_multi_{f}"] = {
+                "retrieval_steps": [d["retrieval_steps_mean"], m["retrieval_steps_mean"]],
+                "f1": [d["f1"], m["f1"]],
+                "met": d["retrieval_steps_mean"] < m["retrieval_steps_mean"] and d["f1"] >= m["f1"],
+            }
+    return out
 
 
 def _classes(router: Any, questions: list[str], vectors: list[Any]) -> dict[str, int]:

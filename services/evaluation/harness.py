@@ -112,9 +112,12 @@ class Evaluator:
         max_tokens: int = 32,
         top_k: int | None = None,
         progress: bool = False,
+        rows: list[dict[str, Any]] | None = None,
+        service: RagService | None = None,
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        rows = read_rows(data, limit)
-        service = self.service_for(data)
+        """Answer and score ``rows`` (default: the file's, up to ``limit``) against the file's corpus."""
+        rows = rows if rows is not None else read_rows(data, limit)
+        service = service or self.service_for(data)
         return asyncio.run(self._run(service, rows, policy, max_tokens, top_k, progress, str(data)))
 
     async def _run(

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from services.evaluation.bench import _policy_targets, bench_policies, bench_router, policy_table
+
+
+def _m(f1: float, lat: float, steps: float = 1.0) -> dict[str, Any]:
+    return {"em": f1 / 2, "f1": f1, "retrieval_steps_mean": steps, "llm_calls_mean": 1.0, "mean_latency_s": lat}
+
+
+@pytest.mark.unit
+def test_table_and_targets() -> None:
+    combined = {
+        "none": _m(0.1, 1.0, 0),
+        "single": _m(0.2, 2.0),
+        "multi": _m(0.3, 10.0, 3),
+        "dragin": _m(0.31, 5.0, 1),
+        "adaptive": _m(0.305, 1.9, 1),
+    }
+    table = policy_table(combined)
+    assert table.splitlines()[0].startswith("| policy | EM | F1 | retrieval steps")
+    assert "| multi | 0.150 | 0.300 | 3.00 | 1.00 | 5.00 | 10.00 |" in table
+    per_file = {"dev_hotpotqa.jsonl": {"multi": _m(0.3, 10.0, 3), "dragin": _m(0.31, 5.0, 1)}}
+    targets = _policy_targets(combined, per_file)
+    assert targets["adaptive_vs_best_fixed"]["best_fixed"] == "dragin"
+    assert targets["adaptive_vs_best_fixed"]["f1_ratio"] == pytest.approx(0.305 / 0.31, abs=1e-4)
+    assert targets["adaptive_vs_best_fixed"]["met"] is True
+    assert targets["dragin_vs_multi_dev_hotpotqa.jsonl"]["met"] is True
+
+
+@pytest.mark.unit
+def test_bench_router_writes_json_and_table(tmp_path: Path) -> None:
+    from router.features import LEXICAL_NAMES
+    from router.training import fit
+    from services.config import load_config
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 384 + len(LEXICAL_NAMES)))
+    clf, _ = fit(x, [("A", "B", "C")[i % 3] for i in range(60)])
+    clf.header["version"] = "bench-test"
+    artifact = clf.save(tmp_path / "r.npz")
+    config = load_config({"router": {"artifact": str(artifact)}})
+    table = bench_router(config, [], tmp_path / "out", repeats=20)
+    result = json.loads((tmp_path / "out" / "router.json").read_text())
+    assert result["classifier"] == "bench-test" and result["questions"] == 2
+    assert result["decision_ms"]["p50"] > 0 and "router decision" in table
+    assert sum(result["class_counts"].values()) == 2
+
+
+@pytest.mark.integration
+@pytest.mark.model
+def test_bench_policies_on_one_held_out_question(shared_data: Path, tmp_path: Path) -> None:
+    from services.config import load_config
+
+    table = bench_policies(load_config({}), [str(shared_data / "dev_hotpotqa.jsonl")], tmp_path, limit=1, max_tokens=12)
+    result = json.loads((tmp_path / "policies.json").read_text())
+    assert set(result["policies"]) == {"none", "single", "multi", "dragin", "adaptive"}
+    assert result["per_file"]["dev_hotpotqa.jsonl"]["multi"]["n"] == 1
+    assert "dragin_vs_multi_dev_hotpotqa.jsonl" in result["targets"]
+    assert table.count("\n") == 7
