@@ -185,13 +185,13 @@ def create_app(
                     ),
                     status_code=401,
                 )
-                HTTP_count(route, request.method, 401, start)
+                _count_http(route, request.method, 401, start)
                 return resp
         try:
             resp = await call_next(request)
         except PayloadTooLargeError as exc:
             resp = _json_error(exc)
-        HTTP_count(route, request.method, resp.status_code, start)
+        _count_http(route, request.method, resp.status_code, start)
         return resp
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
@@ -321,7 +321,7 @@ def create_app(
 _KNOWN_ROUTES = {"/healthz", "/readyz", "/metrics", "/v1/models", "/v1/qa", "/v1/chat/completions", "/v1/documents"}
 
 
-def HTTP_count(route: str, method: str, status: int, start: float) -> None:  # noqa: N802
+def _count_http(route: str, method: str, status: int, start: float) -> None:
     metrics.HTTP_REQUESTS.labels(route, method, str(status)).inc()
     metrics.HTTP_LATENCY.labels(route).observe(time.perf_counter() - start)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cache.response_cache import ResponseCache
-from retrieval.policies.base import PolicyContext, Question, run_policy
+from retrieval.policies.base import PolicyContext, PolicyResult, Question, run_policy
 from retrieval.policies.registry import get_policy
 from router.plan import RouteDecision
 from services import metrics
@@ -135,21 +135,7 @@ class RagService:
             return self._from_cache(cached, started)
         policy = get_policy(decision.plan.policy)
         result = await run_policy(policy, req.question, self._context(decision, params), params)
-        timings = {k: round(v, 4) for k, v in result.timings.items()}
-        record = {
-            "id": "qa-" + uuid.uuid4().hex[:24],
-            "answer": result.answer,
-            "finish_reason": result.finish_reason,
-            "model": decision.plan.model,
-            "citations": [p.citation() for p in result.passages],
-            "plan": {**decision.plan.model_dump(), "reason": decision.reason},
-            "timings": timings,
-            "usage": _usage(result.prompt_tokens, result.completion_tokens),
-            "retrieval_steps": result.retrieval_steps,
-            "llm_calls": result.llm_calls,
-            "trace": result.steps,
-            "cache": {"response": "miss" if key else "bypass"},
-        }
+        record = self._record(decision, result, key)
         self._observe(decision, record, result.timings)
         if key is not None and self.cache is not None and result.finish_reason in ("stop", "length"):
             self.cache.put(key, record)
@@ -192,36 +178,46 @@ class RagService:
             stats = GenerationStats(
                 queue_s=stats.queue_s, prefill_s=stats.prefill_s, decode_s=stats.decode_s, ttft_s=stats.ttft_s
             )
-        answer = "".join(parts).rstrip()
-        timings = {
-            "retrieve_s": prepared.retrieve_s,
-            "queue_s": stats.queue_s,
-            "prefill_s": stats.prefill_s,
-            "decode_s": stats.decode_s,
-            "ttft_s": stats.ttft_s,
-            "total_s": time.perf_counter() - started,
-        }
-        record = {
-            "id": "qa-" + uuid.uuid4().hex[:24],
-            "answer": answer,
-            "finish_reason": finish,
-            "model": decision.plan.model,
-            "citations": [p.citation() for p in prepared.passages],
-            "plan": {**decision.plan.model_dump(), "reason": decision.reason},
-            "timings": {k: round(v, 4) for k, v in timings.items()},
-            "usage": _usage(
-                prepared.prompt_tokens_before + stats.prompt_tokens,
-                prepared.completion_tokens_before + stats.completion_tokens,
-            ),
-            "retrieval_steps": prepared.retrieval_steps,
-            "llm_calls": prepared.llm_calls_before + (0 if prepared.answer is not None else 1),
-            "trace": prepared.steps,
-            "cache": {"response": "miss" if key else "bypass"},
-        }
-        self._observe(decision, record, timings)
+        result = PolicyResult(
+            answer="".join(parts).rstrip(),
+            finish_reason=finish,
+            passages=prepared.passages,
+            steps=prepared.steps,
+            retrieval_steps=prepared.retrieval_steps,
+            llm_calls=prepared.llm_calls_before + (0 if prepared.answer is not None else 1),
+            prompt_tokens=prepared.prompt_tokens_before + stats.prompt_tokens,
+            completion_tokens=prepared.completion_tokens_before + stats.completion_tokens,
+            timings={
+                "retrieve_s": prepared.retrieve_s,
+                "queue_s": stats.queue_s,
+                "prefill_s": stats.prefill_s,
+                "decode_s": stats.decode_s,
+                "ttft_s": stats.ttft_s,
+                "total_s": time.perf_counter() - started,
+            },
+        )
+        record = self._record(decision, result, key)
+        self._observe(decision, record, result.timings)
         if key is not None and self.cache is not None:
             self.cache.put(key, record)
         yield StreamEvent(done=True, record=record)
+
+    @staticmethod
+    def _record(decision: RouteDecision, result: PolicyResult, key: str | None) -> dict[str, Any]:
+        return {
+            "id": "qa-" + uuid.uuid4().hex[:24],
+            "answer": result.answer,
+            "finish_reason": result.finish_reason,
+            "model": decision.plan.model,
+            "citations": [p.citation() for p in result.passages],
+            "plan": {**decision.plan.model_dump(), "reason": decision.reason},
+            "timings": {k: round(v, 4) for k, v in result.timings.items()},
+            "usage": _usage(result.prompt_tokens, result.completion_tokens),
+            "retrieval_steps": result.retrieval_steps,
+            "llm_calls": result.llm_calls,
+            "trace": result.steps,
+            "cache": {"response": "miss" if key else "bypass"},
+        }
 
     def _from_cache(self, cached: dict[str, Any], started: float) -> dict[str, Any]:
         record = dict(cached)
