@@ -103,3 +103,13 @@ def test_router_without_artifact_falls_back(tmp_path: Path) -> None:
     d = router.route("q", policy="adaptive")
     assert d.plan.complexity == {"class": None, "policy": "single", "fallback": d.plan.complexity["fallback"]}  # type: ignore[index]
     assert "router.fallback_policy" in d.reason
+
+
+def test_shipped_artifact_loads_with_its_metrics() -> None:
+    config = load_config({})
+    assert config.router.artifact is not None
+    clf = ComplexityClassifier.load(config.router.artifact, expected_dim=384)
+    assert clf.header["version"] == "complexity-v1"
+    metrics = clf.header["metrics"]
+    assert metrics["n"] == sum(metrics["label_counts"].values()) and "cv_accuracy" in metrics
+    assert set(metrics["splits"]) == {"dev_hotpotqa.jsonl", "dev_boolq.jsonl"}
