@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,11 +97,6 @@ class Retriever:
 
     def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[Passage]]:
         return self.store.search(vectors, k)
-
-    def timed_search(self, query: str, k: int) -> tuple[list[Passage], float]:
-        start = time.perf_counter()
-        passages = self.search(query, k)
-        return passages, time.perf_counter() - start
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -8,7 +8,6 @@ under a millisecond. Training (scikit-learn) lives in ``router.training``. The a
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +120,3 @@ class ComplexityClassifier:
             CLASSES,
             header,
         )
-
-
-def file_digest(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]

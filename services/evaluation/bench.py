@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -67,7 +68,7 @@ def bench_router(config: AppConfig, data: list[str], out: str | Path, *, repeats
             "p95": round(percentile(embed_times, 0.95) * 1000, 3),
         },
         "class_counts": _classes(router, questions, vectors),
-        "machine": {"cpus": _cpus(), "python": platform.python_version(), "numpy": np.__version__},
+        "machine": {"cpus": os.cpu_count() or 0, "python": platform.python_version(), "numpy": np.__version__},
         "target": "decision p50 under 2 ms beyond the shared embedding",
     }
     out_dir = Path(out)
@@ -180,9 +181,3 @@ def _classes(router: Any, questions: list[str], vectors: list[Any]) -> dict[str,
         label = router.classify(q, v)["class"]
         counts[label] = counts.get(label, 0) + 1
     return counts
-
-
-def _cpus() -> int:
-    import os
-
-    return os.cpu_count() or 0

@@ -103,9 +103,6 @@ class Engine(Protocol):
     def count_tokens(self, text: str) -> int:
         """Model tokens in ``text`` (no special tokens added)."""
 
-    def truncate_to_tokens(self, text: str, max_tokens: int) -> str:
-        """``text`` cut to at most ``max_tokens`` model tokens."""
-
     def stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[GenerationChunk]:
         """Stream the completion of ``prompt``; the last chunk carries finish reason and stats."""
 

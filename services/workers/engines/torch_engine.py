@@ -83,12 +83,6 @@ class TorchEngine:
     def count_tokens(self, text: str) -> int:
         return len(self.encode(text))
 
-    def truncate_to_tokens(self, text: str, max_tokens: int) -> str:
-        ids = self.encode(text)
-        if len(ids) <= max_tokens:
-            return text
-        return str(self.tokenizer.decode(ids[:max_tokens], skip_special_tokens=True))
-
     # -- generation ----------------------------------------------------------------------------
     def _check_prompt(self, prompt_ids: list[int], params: SamplingParams) -> int:
         if not prompt_ids:
