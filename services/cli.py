@@ -148,6 +148,21 @@ def cmd_train_router(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate_dragin(args: argparse.Namespace) -> int:
+    from services.evaluation.calibrate import calibrate_dragin
+
+    config = load_config(args.config)
+    try:
+        thresholds = [float(t) for t in args.thresholds.split(",") if t.strip()]
+    except ValueError as exc:
+        raise ValueError(f"--thresholds must be comma-separated numbers: {exc}") from exc
+    table = calibrate_dragin(
+        config, args.data, args.out, thresholds, seed=args.seed, limit=args.limit, max_tokens=args.max_tokens
+    )
+    print(table)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from services.evaluation.bench import run_bench
 
@@ -199,6 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--version", default="complexity-v1", help="artifact name and version")
     p.set_defaults(func=cmd_train_router)
+
+    p = sub.add_parser("calibrate-dragin", help="choose DRAGIN's threshold on the training half")
+    p.add_argument("--data", action="append", required=True, help="multi-hop QA JSONL file (repeatable)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--thresholds", default="0.05,0.1,0.2,0.3,0.5", help="comma-separated candidates")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/test split")
+    p.add_argument("--limit", type=int, help="first N training questions of each file only")
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.set_defaults(func=cmd_calibrate_dragin)
 
     p = sub.add_parser("bench", help="benchmarks: results as JSON plus a markdown table")
     p.add_argument("what", choices=["router", "policies"])

@@ -97,7 +97,13 @@ def bench_policies(
     max_tokens: int = 32,
     policies: tuple[str, ...] = POLICY_ORDER,
 ) -> str:
-    """Every policy on the held-out half of each file (the router trained on the other half), one model."""
+    """Every policy on the held-out half of each file (the router trained on the other half), one model.
+
+    Policies are interleaved question by question (the order rotating), so a slow spell on this shared
+    machine lands on every policy alike and the time ratios stay side by side.
+    """
+    import asyncio
+
     from router.labels import split_rows
     from services.evaluation.harness import Evaluator, summarise
 
@@ -110,13 +116,27 @@ def bench_policies(
             test = test[:limit]
         service = evaluator.service_for(path)
         name = Path(path).name
-        per_file[name] = {}
-        for policy in policies:
-            metrics, preds = evaluator.run(
-                path, policy, max_tokens=max_tokens, rows=test, service=service, progress=True
-            )
-            per_file[name][policy] = metrics
-            all_preds[policy] += preds
+        preds: dict[str, list[dict[str, Any]]] = {p: [] for p in policies}
+
+        async def run_file(
+            rows: list[dict[str, Any]], service: Any = service, preds: Any = preds, name: str = name
+        ) -> None:
+            for n, row in enumerate(rows, start=1):
+                shift = n % len(policies)
+                for policy in policies[shift:] + policies[:shift]:
+                    preds[policy].append(await evaluator.answer_row(service, row, policy, max_tokens=max_tokens, n=n))
+                if n % 10 == 0 or n == len(rows):
+                    line = " ".join(
+                        f"{p}={statistics.fmean(x['f1'] for x in preds[p]):.3f}/"
+                        f"{statistics.fmean(x['latency_s'] for x in preds[p]):.1f}s"
+                        for p in policies
+                    )
+                    print(f"  {name} {n}/{len(rows)} f1/mean s: {line}", flush=True)  # noqa: T201
+
+        asyncio.run(run_file(test))
+        per_file[name] = {p: summarise(preds[p], policy=p, data=name) for p in policies}
+        for p in policies:
+            all_preds[p] += preds[p]
     combined = {p: summarise(all_preds[p], policy=p, data="+".join(Path(d).name for d in data)) for p in policies}
     result = {
         "model": config.default_model.id,
@@ -129,6 +149,10 @@ def bench_policies(
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "policies.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    with open(out_dir / "predictions.jsonl", "w", encoding="utf-8") as fh:
+        for p in policies:
+            for pred in all_preds[p]:
+                fh.write(json.dumps({"policy": p, **pred}) + "\n")
     table = policy_table(combined)
     (out_dir / "policies.md").write_text(table, encoding="utf-8")
     return table

@@ -132,37 +132,7 @@ class Evaluator:
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         predictions: list[dict[str, Any]] = []
         for n, row in enumerate(rows, start=1):
-            started = time.perf_counter()
-            record = await service.answer(
-                AnswerRequest(
-                    question=Question(text=row["question"], style="short"),
-                    policy=policy,
-                    top_k=top_k,
-                    max_tokens=max_tokens,
-                    stop=("\n",),
-                )
-            )
-            latency = time.perf_counter() - started
-            em, f, scored = score(record["answer"], row["answers"])
-            predictions.append(
-                {
-                    "id": row.get("id", str(n)),
-                    "question": row["question"],
-                    "answers": row["answers"],
-                    "prediction": record["answer"],
-                    "scored_as": scored,
-                    "em": em,
-                    "f1": round(f, 4),
-                    "hops": row.get("hops"),
-                    "latency_s": round(latency, 4),
-                    "retrieval_steps": record["retrieval_steps"],
-                    "llm_calls": record["llm_calls"],
-                    "prompt_tokens": record["usage"]["prompt_tokens"],
-                    "completion_tokens": record["usage"]["completion_tokens"],
-                    "citations": [{"title": c["title"], "score": c["score"]} for c in record["citations"]],
-                    "timings": record["timings"],
-                }
-            )
+            predictions.append(await self.answer_row(service, row, policy, max_tokens=max_tokens, top_k=top_k, n=n))
             if progress and (n % 25 == 0 or n == len(rows)):
                 done = predictions
                 print(
@@ -172,6 +142,48 @@ class Evaluator:
                     flush=True,
                 )
         return summarise(predictions, policy=policy, data=data), predictions
+
+    async def answer_row(
+        self,
+        service: RagService,
+        row: dict[str, Any],
+        policy: str,
+        *,
+        max_tokens: int = 32,
+        top_k: int | None = None,
+        n: int = 0,
+    ) -> dict[str, Any]:
+        """Answer one QA row with one policy and score it: the prediction record the outputs hold."""
+        started = time.perf_counter()
+        record = await service.answer(
+            AnswerRequest(
+                question=Question(text=row["question"], style="short"),
+                policy=policy,
+                top_k=top_k,
+                max_tokens=max_tokens,
+                stop=("\n",),
+            )
+        )
+        latency = time.perf_counter() - started
+        em, f, scored = score(record["answer"], row["answers"])
+        return {
+            "id": row.get("id", str(n)),
+            "question": row["question"],
+            "answers": row["answers"],
+            "prediction": record["answer"],
+            "scored_as": scored,
+            "em": em,
+            "f1": round(f, 4),
+            "hops": row.get("hops"),
+            "latency_s": round(latency, 4),
+            "retrieval_steps": record["retrieval_steps"],
+            "llm_calls": record["llm_calls"],
+            "prompt_tokens": record["usage"]["prompt_tokens"],
+            "completion_tokens": record["usage"]["completion_tokens"],
+            "citations": [{"title": c["title"], "score": c["score"]} for c in record["citations"]],
+            "timings": record["timings"],
+            "plan": record.get("plan"),
+        }
 
 
 def summarise(predictions: list[dict[str, Any]], *, policy: str, data: str) -> dict[str, Any]:

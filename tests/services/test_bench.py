@@ -64,3 +64,6 @@ def test_bench_policies_on_one_held_out_question(shared_data: Path, tmp_path: Pa
     assert result["per_file"]["dev_hotpotqa.jsonl"]["multi"]["n"] == 1
     assert "dragin_vs_multi_dev_hotpotqa.jsonl" in result["targets"]
     assert table.count("\n") == 7
+    preds = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(p["policy"] for p in preds) == sorted(result["policies"])
+    assert all(p["plan"]["policy"] for p in preds)
