@@ -24,6 +24,36 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class SpeculativeConfig(_Section):
+    """A worker's draft pair (field names follow vLLM's ``speculative_config`` where they overlap)."""
+
+    method: Literal["ngram", "draft_model", "self_draft"] = Field(
+        ...,
+        description="ngram: prompt lookup; draft_model: a smaller model with the same tokenizer; "
+        "self_draft: the target's first layers with its head.",
+    )
+    num_speculative_tokens: int = Field(4, ge=1, le=16, description="Drafted tokens per round, at most (K).")
+    adaptive: bool = Field(False, description="SpecDec++: stop drafting early when a rejection gets likely.")
+    stop_threshold: float = Field(
+        0.5, gt=0, lt=1, description="adaptive: stop once P(some drafted token is rejected) passes this."
+    )
+    predictor: str | None = Field(
+        None, description="adaptive: acceptance predictor JSON fitted by `ragyard bench spec`; None = prior."
+    )
+    model: str | None = Field(None, description="draft_model: local HF folder; None = the packaged SmolLM2.")
+    self_draft_layers: int = Field(8, ge=1, description="self_draft: target layers the draft runs.")
+    prompt_lookup_max: int = Field(3, ge=1, le=16, description="ngram: longest suffix n-gram matched.")
+    prompt_lookup_min: int = Field(1, ge=1, le=16, description="ngram: shortest suffix n-gram matched.")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> SpeculativeConfig:
+        if self.prompt_lookup_min > self.prompt_lookup_max:
+            raise ValueError("prompt_lookup_min must not exceed prompt_lookup_max")
+        if self.predictor is not None and not self.adaptive:
+            raise ValueError("predictor is only used with adaptive: true")
+        return self
+
+
 class ModelConfig(_Section):
     id: str = Field(DEFAULT_MODEL_ID, min_length=1, description="Name clients pass as `model`.")
     path: str | None = Field(
@@ -38,6 +68,7 @@ class ModelConfig(_Section):
     max_tokens_limit: int = Field(1024, gt=0, description="Largest `max_tokens` a request may ask for.")
     default_max_tokens: int = Field(256, gt=0, description="`max_tokens` when a request gives none.")
     torch_threads: int | None = Field(None, gt=0, description="torch intra-op threads; None = torch's.")
+    speculative: SpeculativeConfig | None = Field(None, description="Draft pair for speculative decoding.")
 
     @model_validator(mode="after")
     def _limits(self) -> ModelConfig:

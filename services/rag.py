@@ -195,6 +195,7 @@ class RagService:
                 "ttft_s": stats.ttft_s,
                 "total_s": time.perf_counter() - started,
             },
+            speculative=stats.speculative,
         )
         record = self._record(decision, result, key)
         self._observe(decision, record, result.timings)
@@ -217,6 +218,7 @@ class RagService:
             "llm_calls": result.llm_calls,
             "trace": result.steps,
             "cache": {"response": "miss" if key else "bypass"},
+            **({"speculative": result.speculative} if result.speculative else {}),
         }
 
     def _from_cache(self, cached: dict[str, Any], started: float) -> dict[str, Any]:

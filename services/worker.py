@@ -43,7 +43,13 @@ class Worker:
             )
 
     def ready(self) -> dict[str, Any]:
-        return {"model": self.model_config.id, "engine": self.model_config.engine, "ready": True}
+        spec = getattr(self.engine, "spec", None)
+        return {
+            "model": self.model_config.id,
+            "engine": self.model_config.engine,
+            "speculative": spec.describe() if spec is not None else None,
+            "ready": True,
+        }
 
     def prompt(self, messages: list[ChatMessage], assistant_prefix: str = "") -> str:
         """The chat template's prompt; ``assistant_prefix`` is text the answer continues from."""

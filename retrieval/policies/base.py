@@ -72,6 +72,8 @@ class PolicyResult:
     prompt_tokens: int
     completion_tokens: int
     timings: dict[str, float]
+    # The final generation's speculative-decoding figures, when the worker ran a draft pair.
+    speculative: dict[str, Any] | None = None
 
 
 class RetrievalPolicy(Protocol):

@@ -59,9 +59,14 @@ class GenerationStats:
     decode_s: float = 0.0
     ttft_s: float = 0.0
     queue_s: float = 0.0
+    # Speculative decoding's figures (drafter, K, drafted, accepted, mean accepted length) when it ran.
+    speculative: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        if out["speculative"] is None:
+            del out["speculative"]
+        return out
 
 
 @dataclass

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import torch
 
     from services.config import ModelConfig
+    from services.workers.spec.decode import SpecSetup, SpecStats
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,11 @@ class TorchEngine:
         model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, _DTYPES[config.dtype]))
         self.model: Any = model.to(self.device).eval()
         self.eos_ids = self._eos_ids()
+        self.spec: SpecSetup | None = None
+        if config.speculative is not None:
+            from services.workers.spec.decode import build_setup
+
+            self.spec = build_setup(config.speculative, self.model, self.device, cache_dir)
         # One forward pass at a time: concurrent requests interleave step by step instead of
         # fighting over the same cores.
         self._lock = threading.Lock()
@@ -111,10 +117,17 @@ class TorchEngine:
         return int(torch.multinomial(probs, 1, generator=gen).item())
 
     def iter_tokens(
-        self, prompt_ids: list[int], params: SamplingParams, entropies: list[float] | None = None
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        entropies: list[float] | None = None,
+        *,
+        spec: SpecSetup | None = None,
+        spec_stats: SpecStats | None = None,
     ) -> Generator[tuple[int, float], None, None]:
         """Yield (token id, seconds the forward pass took). Stops at max_tokens or EOS (yielded).
-        With ``entropies``, the entropy of each step's distribution is appended to it."""
+        With ``entropies``, the entropy of each step's distribution is appended to it (the plain loop
+        runs then). With ``spec`` (a draft pair) and ``spec_stats``, decoding is speculative."""
         import torch
         from transformers import DynamicCache
 
@@ -123,6 +136,13 @@ class TorchEngine:
         if not params.greedy:
             gen = torch.Generator(device="cpu")
             gen.manual_seed(params.seed if params.seed is not None else int(time.time_ns() % (2**63)))
+        if spec is not None and spec_stats is not None and entropies is None:
+            from services.workers.spec.decode import speculative_steps
+
+            yield from speculative_steps(
+                self.model, self.device, self._lock, prompt_ids, max_new, params, gen, spec, self.eos_ids, spec_stats
+            )
+            return
         cache = DynamicCache()
         inputs = torch.tensor([prompt_ids], device=self.device)
         for _ in range(max_new):
@@ -140,14 +160,23 @@ class TorchEngine:
                 return
             inputs = torch.tensor([[token]], device=self.device)
 
-    def stream_sync(self, prompt: str, params: SamplingParams) -> Generator[GenerationChunk, None, None]:
-        """The synchronous stream (the library path and the async wrapper both use it)."""
+    def stream_sync(
+        self, prompt: str, params: SamplingParams, *, spec: SpecSetup | None | bool = True
+    ) -> Generator[GenerationChunk, None, None]:
+        """The synchronous stream (the library path and the async wrapper both use it).
+
+        ``spec``: True uses the worker's configured draft pair (if any), False or None decodes plainly,
+        a ``SpecSetup`` uses that pair (benchmarks compare pairs in one process)."""
+        from services.workers.spec.decode import SpecStats
+
         started = time.perf_counter()
         prompt_ids = self.encode(prompt)
         stats = GenerationStats(prompt_tokens=len(prompt_ids))
         detok = _StopAwareDetokenizer(self.tokenizer, params.stop)
         finish: FinishReason = "length"
-        steps = self.iter_tokens(prompt_ids, params)
+        setup = self.spec if spec is True else (spec or None)
+        spec_stats = SpecStats() if setup is not None else None
+        steps = self.iter_tokens(prompt_ids, params, spec=setup, spec_stats=spec_stats)
         try:
             for token, spent in steps:
                 if stats.completion_tokens == 0:
@@ -170,6 +199,8 @@ class TorchEngine:
                     yield GenerationChunk(delta)
         finally:
             steps.close()
+        if setup is not None and spec_stats is not None:
+            stats.speculative = {**setup.describe(), **spec_stats.as_dict()}
         yield GenerationChunk(detok.flush() if finish == "length" or not detok.stopped else "", finish, stats)
 
     async def stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[GenerationChunk]:
@@ -188,9 +219,11 @@ class TorchEngine:
     async def generate(self, prompt: str, params: SamplingParams) -> GenerationResult:
         return await collect(self.stream(prompt, params))
 
-    def generate_sync(self, prompt: str, params: SamplingParams) -> GenerationResult:
+    def generate_sync(
+        self, prompt: str, params: SamplingParams, *, spec: SpecSetup | None | bool = True
+    ) -> GenerationResult:
         parts, last = [], None
-        for chunk in self.stream_sync(prompt, params):
+        for chunk in self.stream_sync(prompt, params, spec=spec):
             parts.append(chunk.text)
             last = chunk
         assert last is not None and last.finish_reason is not None

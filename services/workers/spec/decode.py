@@ -1,0 +1,191 @@
+"""The speculative decode loop of the torch engine, and building a draft pair from config.
+
+One round: the drafter proposes up to K tokens after the accepted sequence; the target scores the last
+accepted token plus all drafts in one forward pass; verification keeps a prefix of the drafts and adds
+the target's own next token; the target's KV cache is cut back to the accepted sequence (rejected drafts'
+entries removed) and the drafter re-syncs its own cache on its next proposal.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from services.workers.spec.adaptive import AcceptancePredictor, CandidateLength
+from services.workers.spec.base import Draft, Drafter
+from services.workers.spec.draft_model import rollback
+from services.workers.spec.verify import target_probs, verify_greedy, verify_sampling
+
+if TYPE_CHECKING:
+    import torch
+
+    from services.config import SpeculativeConfig
+    from services.workers.engine import SamplingParams
+
+
+@dataclass
+class SpecStats:
+    rounds: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    draft_s: float = 0.0
+    verify_s: float = 0.0
+    # (features, accepted?) for every drafted token the target judged, for fitting the predictor.
+    samples: list[tuple[list[float], bool]] = field(default_factory=list)
+    record_samples: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rounds": self.rounds,
+            "drafted": self.drafted,
+            "accepted": self.accepted,
+            "acceptance_rate": round(self.accepted / self.drafted, 4) if self.drafted else 0.0,
+            "mean_accepted_len": round(self.accepted / self.rounds, 4) if self.rounds else 0.0,
+            "draft_s": round(self.draft_s, 6),
+            "verify_s": round(self.verify_s, 6),
+        }
+
+
+@dataclass
+class SpecSetup:
+    """A draft pair's settings: a fresh drafter per request (drafters keep per-sequence caches) and
+    the candidate-length rule."""
+
+    label: str
+    new_drafter: Callable[[], Drafter]
+    max_k: int
+    threshold: float | None = None
+    predictor: AcceptancePredictor | None = None
+
+    def length_rule(self, drafter: Drafter) -> CandidateLength:
+        return CandidateLength(self.max_k, self.threshold, self.predictor, prior=drafter.prior_acceptance)
+
+    def describe(self) -> dict[str, Any]:
+        return {"drafter": self.label, **CandidateLength(self.max_k, self.threshold, self.predictor).describe()}
+
+
+def speculative_steps(
+    model: Any,
+    device: Any,
+    lock: Any,
+    prompt_ids: list[int],
+    max_new: int,
+    params: SamplingParams,
+    gen: torch.Generator | None,
+    setup: SpecSetup,
+    eos_ids: set[int],
+    stats: SpecStats,
+) -> Generator[tuple[int, float], None, None]:
+    """Yield (token, seconds) like the plain loop; a round's time goes to its first token."""
+    import torch
+    from transformers import DynamicCache
+
+    drafter = setup.new_drafter()
+    length = setup.length_rule(drafter)
+    cache = DynamicCache()
+    ids = list(prompt_ids)
+    with lock, torch.inference_mode():
+        start = time.perf_counter()
+        out = model(input_ids=torch.tensor([ids], device=device), past_key_values=cache, use_cache=True)
+        first = out.logits[0, -1].float().cpu()
+        spent = time.perf_counter() - start
+    token = int(torch.argmax(first).item()) if params.greedy else _draw(first, params, gen)
+    produced = 1
+    yield token, spent
+    ids.append(token)
+    while produced < max_new and token not in eos_ids:
+        # The target's own token always comes out of a round, so k drafts fit when k + 1 <= room.
+        k = min(setup.max_k, max_new - produced - 1)
+        with lock, torch.inference_mode():
+            start = time.perf_counter()
+            length.start()
+            draft = drafter.propose(ids, k, params, gen, length.keep_going) if k > 0 else Draft()
+            verify_start = time.perf_counter()
+            inputs = torch.tensor([[ids[-1], *draft.tokens]], device=device)
+            logits = model(input_ids=inputs, past_key_values=cache, use_cache=True).logits[0].float().cpu()
+            if params.greedy:
+                verdict = verify_greedy(logits, draft.tokens)
+            else:
+                verdict = verify_sampling(target_probs(logits, params), draft.q, draft.tokens, gen)
+            rollback(cache, len(ids) + verdict.accepted)
+            end = time.perf_counter()
+        stats.rounds += 1
+        stats.drafted += len(draft.tokens)
+        stats.accepted += verdict.accepted
+        stats.draft_s += verify_start - start
+        stats.verify_s += end - verify_start
+        if stats.record_samples:
+            judged = draft.features[: verdict.accepted + 1]  # tokens after the first rejection were never judged
+            stats.samples += [(f, i < verdict.accepted) for i, f in enumerate(judged)]
+        spent = end - start
+        for token in [*draft.tokens[: verdict.accepted], verdict.next_token]:
+            yield token, spent
+            spent = 0.0
+            ids.append(token)
+            produced += 1
+            if token in eos_ids or produced >= max_new:
+                return
+
+
+def _draw(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> int:
+    import torch
+
+    return int(torch.multinomial(target_probs(logits, params), 1, generator=gen).item())
+
+
+def build_setup(spec: SpeculativeConfig, target: Any, device: Any, cache_dir: str) -> SpecSetup:
+    """The draft pair a worker's config asks for (validated by the config model already)."""
+    from services.workers.spec.draft_model import DraftModelDrafter
+    from services.workers.spec.ngram import NgramDrafter
+    from services.workers.spec.self_draft import SelfDrafter
+
+    new_drafter: Callable[[], Drafter]
+    if spec.method == "ngram":
+        label = f"ngram({spec.prompt_lookup_min}-{spec.prompt_lookup_max})"
+
+        def new_drafter() -> Drafter:
+            return NgramDrafter(spec.prompt_lookup_max, spec.prompt_lookup_min)
+
+        names: tuple[str, ...] = NgramDrafter.feature_names
+    elif spec.method == "self_draft":
+        probe = SelfDrafter(target, device, spec.self_draft_layers)  # validates the layer count once
+        shallow, label = probe.model, probe.label
+
+        def new_drafter() -> Drafter:
+            return DraftModelDrafter(shallow, device, label=label)
+
+        names = DraftModelDrafter.feature_names
+    else:
+        draft = load_draft_model(spec.model, target, device, cache_dir)
+        label = f"draft_model({spec.model or 'packaged SmolLM2-135M'})"
+
+        def new_drafter() -> Drafter:
+            return DraftModelDrafter(draft, device, label=label)
+
+        names = DraftModelDrafter.feature_names
+    predictor = None
+    if spec.adaptive and spec.predictor:
+        predictor = AcceptancePredictor.load(spec.predictor, spec.method, names)
+    threshold = spec.stop_threshold if spec.adaptive else None
+    return SpecSetup(label, new_drafter, spec.num_speculative_tokens, threshold, predictor)
+
+
+def load_draft_model(path: str | None, target: Any, device: Any, cache_dir: str) -> Any:
+    """A draft model must share the target's vocabulary (token ids are compared one to one)."""
+    from transformers import AutoModelForCausalLM
+
+    from services.workers.model_store import resolve_model_path
+
+    folder = resolve_model_path(path, cache_dir)
+    model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=target.dtype).to(device).eval()
+    draft_vocab = model.get_output_embeddings().weight.shape[0]
+    target_vocab = target.get_output_embeddings().weight.shape[0]
+    if draft_vocab != target_vocab:
+        raise ValueError(
+            f"draft model {Path(folder).name} has a vocabulary of {draft_vocab}, the target {target_vocab}: "
+            "a draft model needs the target's tokenizer"
+        )
+    return model
