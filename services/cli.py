@@ -225,13 +225,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_calibrate_dragin)
 
     p = sub.add_parser("bench", help="benchmarks: results as JSON plus a markdown table")
-    p.add_argument("what", choices=["router", "policies"])
+    p.add_argument("what", choices=["router", "policies", "spec"])
     p.add_argument("--data", action="append", help="QA JSONL file (repeatable)")
     p.add_argument("--out", required=True)
     p.add_argument("--repeats", type=int, default=200, help="router: timing repeats")
     p.add_argument("--seed", type=int, default=0, help="policies: seed of the train/test split")
-    p.add_argument("--limit", type=int, help="policies: first N test questions of each file only")
-    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--limit", type=int, help="policies, spec: first N test questions of each file only (spec: 8)")
+    p.add_argument("--max-tokens", type=int, help="completion tokens (policies: 32, spec: 64)")
+    p.add_argument("--calibration-limit", type=int, default=4, help="spec: training prompts per file for predictors")
+    p.add_argument("--k", default="2,4,6", help="spec: fixed candidate lengths to compare")
+    p.add_argument("--threshold", type=float, default=0.5, help="spec: adaptive stop threshold")
+    p.add_argument("--drafters", default="ngram,self_draft,draft_model", help="spec: drafters to compare")
+    p.add_argument("--self-draft-layers", type=int, default=8, help="spec: layers of the self-draft")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -21,8 +21,35 @@ def run_bench(what: str, config: AppConfig, args: argparse.Namespace) -> str:
     if what == "policies":
         if not args.data:
             raise ValueError("bench policies needs --data FILE (repeatable)")
-        return bench_policies(config, args.data, args.out, seed=args.seed, limit=args.limit, max_tokens=args.max_tokens)
+        return bench_policies(
+            config, args.data, args.out, seed=args.seed, limit=args.limit, max_tokens=args.max_tokens or 32
+        )
+    if what == "spec":
+        from services.evaluation.bench_spec import bench_spec
+
+        if not args.data:
+            raise ValueError("bench spec needs --data FILE (repeatable)")
+        return bench_spec(
+            config,
+            args.data,
+            args.out,
+            seed=args.seed,
+            limit=args.limit or 8,
+            calibration_limit=args.calibration_limit,
+            max_tokens=args.max_tokens or 64,
+            ks=_ints(args.k),
+            threshold=args.threshold,
+            drafters=tuple(d.strip() for d in args.drafters.split(",") if d.strip()),
+            self_draft_layers=args.self_draft_layers,
+        )
     raise ValueError(f"unknown benchmark {what!r}")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise ValueError(f"--k must be comma-separated integers: {exc}") from exc
 
 
 def bench_router(config: AppConfig, data: list[str], out: str | Path, *, repeats: int = 200) -> str:

@@ -36,7 +36,7 @@ def rag_prompts(engine: Any, shared_data: Path, n: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def prompts(engine: Any, shared_data: Path) -> list[str]:
-    return rag_prompts(engine, shared_data, 3)
+    return rag_prompts(engine, shared_data, 1)
 
 
 def _setup(engine: Any, **spec: Any) -> SpecSetup:
@@ -48,14 +48,13 @@ def _setup(engine: Any, **spec: Any) -> SpecSetup:
     [
         {"method": "ngram", "num_speculative_tokens": 4},
         {"method": "ngram", "num_speculative_tokens": 6, "adaptive": True, "stop_threshold": 0.6},
-        {"method": "self_draft", "self_draft_layers": 6, "num_speculative_tokens": 3},
-        {"method": "self_draft", "self_draft_layers": 20, "num_speculative_tokens": 5, "adaptive": True},
+        {"method": "self_draft", "self_draft_layers": 20, "num_speculative_tokens": 3, "adaptive": True},
     ],
-    ids=["ngram", "ngram-adaptive", "self-draft", "self-draft-adaptive"],
+    ids=["ngram", "ngram-adaptive", "self-draft-adaptive"],
 )
 def test_greedy_output_is_identical_with_every_drafter(engine: Any, prompts: list[str], spec: dict[str, Any]) -> None:
     setup = _setup(engine, **spec)
-    params = SamplingParams(max_tokens=24)
+    params = SamplingParams(max_tokens=20)
     drafted = 0
     for prompt in prompts:
         plain = engine.generate_sync(prompt, params, spec=False)
@@ -109,11 +108,11 @@ class _WrongDrafter:
 
 def test_forced_rejections_roll_the_kv_cache_back(engine: Any, prompts: list[str]) -> None:
     setup = SpecSetup("wrong", lambda: _WrongDrafter(engine), max_k=3)  # type: ignore[arg-type,return-value]
-    params = SamplingParams(max_tokens=12)
+    params = SamplingParams(max_tokens=8)
     out = engine.generate_sync(prompts[1], params, spec=setup)
     assert out.text == engine.generate_sync(prompts[1], params, spec=False).text
     figures = out.stats.speculative
-    assert figures["accepted"] == 0 and figures["drafted"] > 0 and figures["rounds"] >= 11
+    assert figures["accepted"] == 0 and figures["drafted"] > 0 and figures["rounds"] >= 7
 
 
 def test_rollback_matches_a_cache_built_without_the_rejected_tokens(engine: Any) -> None:

@@ -1,0 +1,198 @@
+"""`ragyard bench spec`: speculative decoding on real RAG prompts, with and without, side by side.
+
+Prompts are the chat-style answer prompts the `single` policy builds: a question of the given files and
+its top-5 retrieved passages. The acceptance predictors for adaptive K are fitted on prompts of the
+training half; speed is measured on the held-out half. For every prompt, plain decoding and every draft
+setup run back to back (order rotating), so a slow spell on this shared machine hits them alike; the
+speedup is the median over prompts of the per-prompt decode tokens/s ratio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from services.config import AppConfig, SpeculativeConfig
+from services.evaluation.harness import read_rows
+from services.workers.engine import SamplingParams
+
+DRAFTERS = ("ngram", "self_draft", "draft_model")
+
+
+def rag_prompts(engine: Any, service: Any, rows: list[dict[str, Any]], top_k: int) -> list[str]:
+    from retrieval.prompts import build_messages
+
+    async def build() -> list[str]:
+        out = []
+        for row in rows:
+            passages = await service.retriever.search(row["question"], top_k)
+            out.append(engine.render_chat(build_messages(row["question"], passages, style="chat")))
+        return out
+
+    return asyncio.run(build())
+
+
+def decode(engine: Any, prompt: str, params: SamplingParams, setup: Any) -> dict[str, Any]:
+    """Token ids and decode time (every token after the first) of one greedy completion."""
+    from services.workers.spec.decode import SpecStats
+
+    stats = SpecStats(record_samples=True)
+    ids: list[int] = []
+    decode_s = 0.0
+    started = time.perf_counter()
+    for token, spent in engine.iter_tokens(engine.encode(prompt), params, spec=setup, spec_stats=stats):
+        if ids:
+            decode_s += spent
+        ids.append(token)
+        if token in engine.eos_ids:
+            break
+    return {"ids": ids, "decode_s": decode_s, "total_s": time.perf_counter() - started, "stats": stats}
+
+
+def bench_spec(
+    config: AppConfig,
+    data: list[str],
+    out: str | Path,
+    *,
+    seed: int = 0,
+    limit: int = 8,
+    calibration_limit: int = 4,
+    max_tokens: int = 64,
+    ks: tuple[int, ...] = (2, 4, 6),
+    threshold: float = 0.5,
+    drafters: tuple[str, ...] = DRAFTERS,
+    self_draft_layers: int = 8,
+    top_k: int = 5,
+) -> str:
+    from router.labels import split_rows
+    from services.evaluation.harness import Evaluator
+    from services.workers.spec.adaptive import fit_predictor
+    from services.workers.spec.decode import SpecSetup, build_setup
+
+    unknown = set(drafters) - set(DRAFTERS)
+    if unknown or not drafters:
+        raise ValueError(f"--drafters takes {', '.join(DRAFTERS)}; got {', '.join(sorted(unknown)) or 'none'}")
+    if not ks or min(ks) < 1:
+        raise ValueError("--k needs positive candidate lengths, e.g. 2,4,6")
+    evaluator = Evaluator(config)
+    engine: Any = evaluator.worker.engine
+    if not hasattr(engine, "iter_tokens"):
+        raise ValueError("bench spec measures the torch engine; configure models[0].engine: torch")
+    calib_prompts: list[str] = []
+    test_prompts: list[str] = []
+    for path in data:
+        train, test = split_rows(read_rows(path), seed)
+        service = evaluator.service_for(path)
+        calib_prompts += rag_prompts(engine, service, train[:calibration_limit], top_k)
+        test_prompts += rag_prompts(engine, service, test[:limit], top_k)
+    params = SamplingParams(max_tokens=max_tokens)
+
+    def spec_config(method: str, **extra: Any) -> SpeculativeConfig:
+        return SpeculativeConfig.model_validate({"method": method, "self_draft_layers": self_draft_layers, **extra})
+
+    # Fit each drafter's acceptance predictor on the training prompts at the largest K.
+    setups: dict[str, SpecSetup] = {}
+    predictors: dict[str, Any] = {}
+    out_dir = Path(out)
+    for method in drafters:
+        probe = build_setup(
+            spec_config(method, num_speculative_tokens=max(ks)), engine.model, engine.device, config.cache_dir
+        )
+        samples: list[tuple[list[float], bool]] = []
+        for prompt in calib_prompts:
+            samples += decode(engine, prompt, params, probe)["stats"].samples
+        names = probe.new_drafter().feature_names
+        predictor = fit_predictor(method, names, [f for f, _ in samples], [a for _, a in samples])
+        predictor.save(out_dir / "predictors" / f"{method}.json")
+        predictors[method] = {
+            "samples": len(samples),
+            "accept_rate": round(sum(a for _, a in samples) / len(samples), 4) if samples else 0.0,
+            "weights": dict(zip(names, [round(w, 4) for w in predictor.weights], strict=True)),
+            "bias": round(predictor.bias, 4),
+        }
+        for k in ks:
+            s = build_setup(
+                spec_config(method, num_speculative_tokens=k), engine.model, engine.device, config.cache_dir
+            )
+            setups[f"{method} K={k}"] = s
+        adaptive = build_setup(
+            spec_config(method, num_speculative_tokens=max(ks), adaptive=True, stop_threshold=threshold),
+            engine.model,
+            engine.device,
+            config.cache_dir,
+        )
+        adaptive.predictor = predictor
+        setups[f"{method} adaptive"] = adaptive
+
+    runs: dict[str, list[dict[str, Any]]] = {"plain": [], **{name: [] for name in setups}}
+    order = ["plain", *setups]
+    for n, prompt in enumerate(test_prompts, start=1):
+        shift = n % len(order)
+        for name in order[shift:] + order[:shift]:
+            runs[name].append(decode(engine, prompt, params, None if name == "plain" else setups[name]))
+        print(f"  spec {n}/{len(test_prompts)}", flush=True)  # noqa: T201
+
+    def tps(run: dict[str, Any]) -> float:
+        return (len(run["ids"]) - 1) / run["decode_s"] if run["decode_s"] > 0 and len(run["ids"]) > 1 else 0.0
+
+    plain = runs["plain"]
+    results: dict[str, Any] = {}
+    for name, setup in setups.items():
+        rs = runs[name]
+        ratios = [tps(r) / tps(p) for r, p in zip(rs, plain, strict=True) if tps(p) > 0 and tps(r) > 0]
+        drafted = sum(r["stats"].drafted for r in rs)
+        accepted = sum(r["stats"].accepted for r in rs)
+        rounds = sum(r["stats"].rounds for r in rs)
+        results[name] = {
+            "setup": setup.describe(),
+            "speedup": round(statistics.median(ratios), 4) if ratios else 0.0,
+            "acceptance_rate": round(accepted / drafted, 4) if drafted else 0.0,
+            "mean_accepted_len": round(accepted / rounds, 4) if rounds else 0.0,
+            "identical_greedy": round(sum(r["ids"] == p["ids"] for r, p in zip(rs, plain, strict=True)) / len(rs), 4),
+            "decode_tokens_per_s_median": round(statistics.median(tps(r) for r in rs), 2),
+        }
+    fixed = {k: v for k, v in results.items() if "adaptive" not in k}
+    best_fixed = max(fixed, key=lambda k: fixed[k]["speedup"])
+    best_adaptive = max((k for k in results if "adaptive" in k), key=lambda k: results[k]["speedup"])
+    best_method = best_fixed.split()[0]
+    same_method_adaptive = f"{best_method} adaptive"
+    summary = {
+        "best_fixed": best_fixed,
+        "best_fixed_speedup": results[best_fixed]["speedup"],
+        "best_adaptive": best_adaptive,
+        "adaptive_vs_best_fixed": round(results[same_method_adaptive]["speedup"] / results[best_fixed]["speedup"], 4)
+        if results[best_fixed]["speedup"]
+        else 0.0,
+        "targets": {
+            "best_drafter_2x": results[best_fixed]["speedup"] >= 2.0 or results[best_adaptive]["speedup"] >= 2.0,
+            "adaptive_5pct_over_best_fixed_k": results[same_method_adaptive]["speedup"]
+            >= 1.05 * results[best_fixed]["speedup"],
+        },
+    }
+    result = {
+        "model": config.default_model.id,
+        "prompts": {"measured": len(test_prompts), "calibration": len(calib_prompts), "top_k": top_k},
+        "max_tokens": max_tokens,
+        "plain_decode_tokens_per_s_median": round(statistics.median(tps(p) for p in plain), 2),
+        "predictors": predictors,
+        "engines": {"torch": {"setups": results, "summary": summary}},
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "spec.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    lines = [
+        "| engine | setup | speedup | acceptance | mean accepted | identical greedy | decode tok/s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| torch | plain | 1.00 | - | - | - | {result['plain_decode_tokens_per_s_median']} |",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| torch | {name} | {r['speedup']:.2f} | {r['acceptance_rate']:.2f} | {r['mean_accepted_len']:.2f} | "
+            f"{r['identical_greedy']:.2f} | {r['decode_tokens_per_s_median']} |"
+        )
+    table = "\n".join(lines) + "\n"
+    (out_dir / "spec.md").write_text(table, encoding="utf-8")
+    return table
