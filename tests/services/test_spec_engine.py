@@ -142,3 +142,22 @@ def test_sampling_with_speculation_is_seeded_and_well_formed(engine: Any, prompt
 def test_self_draft_layer_count_is_checked(engine: Any) -> None:
     with pytest.raises(ValueError, match="between 1 and 29"):
         _setup(engine, method="self_draft", self_draft_layers=30)
+
+
+def test_a_configured_draft_pair_runs_on_every_request_and_is_reported(engine: Any, prompts: list[str]) -> None:
+    import asyncio
+
+    from services.config import ModelConfig
+    from services.worker import Worker
+    from services.workers.engines.torch_engine import TorchEngine
+
+    model = ModelConfig(speculative=SpeculativeConfig(method="ngram", num_speculative_tokens=3))
+    spec_engine = TorchEngine(model, cache_dir=engine_cache_dir())
+    worker = Worker({"models": [model.model_dump()]}, engine=spec_engine)
+    assert worker.ready()["speculative"]["drafter"] == "ngram(1-3)"
+    params = SamplingParams(max_tokens=12)
+    result = asyncio.run(spec_engine.generate(prompts[0], params))
+    assert result.text == engine.generate_sync(prompts[0], params, spec=False).text
+    assert result.stats.speculative["k"] == 3 and result.stats.speculative["rounds"] > 0
+    assert "speculative" in result.stats.as_dict()
+    assert "speculative" not in engine.generate_sync(prompts[0], params).stats.as_dict()
