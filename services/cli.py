@@ -149,13 +149,11 @@ def cmd_train_router(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate_dragin(args: argparse.Namespace) -> int:
+    from services.evaluation.bench import number_list
     from services.evaluation.calibrate import calibrate_dragin
 
     config = load_config(args.config)
-    try:
-        thresholds = [float(t) for t in args.thresholds.split(",") if t.strip()]
-    except ValueError as exc:
-        raise ValueError(f"--thresholds must be comma-separated numbers: {exc}") from exc
+    thresholds = number_list(args.thresholds, float, "--thresholds")
     table = calibrate_dragin(
         config, args.data, args.out, thresholds, seed=args.seed, limit=args.limit, max_tokens=args.max_tokens
     )

@@ -37,7 +37,7 @@ def run_bench(what: str, config: AppConfig, args: argparse.Namespace) -> str:
             limit=args.limit or 8,
             calibration_limit=args.calibration_limit,
             max_tokens=args.max_tokens or 64,
-            ks=_ints(args.k),
+            ks=tuple(number_list(args.k, int, "--k")),
             threshold=args.threshold,
             drafters=tuple(d.strip() for d in args.drafters.split(",") if d.strip()),
             self_draft_layers=args.self_draft_layers,
@@ -45,11 +45,12 @@ def run_bench(what: str, config: AppConfig, args: argparse.Namespace) -> str:
     raise ValueError(f"unknown benchmark {what!r}")
 
 
-def _ints(text: str) -> tuple[int, ...]:
+def number_list(text: str, kind: type[int] | type[float], flag: str) -> list[Any]:
+    """A comma-separated option (``--k 2,4,6``, ``--thresholds 0.1,0.3``) as numbers."""
     try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
+        return [kind(v) for v in text.split(",") if v.strip()]
     except ValueError as exc:
-        raise ValueError(f"--k must be comma-separated integers: {exc}") from exc
+        raise ValueError(f"{flag} must be comma-separated numbers: {exc}") from exc
 
 
 def bench_router(config: AppConfig, data: list[str], out: str | Path, *, repeats: int = 200) -> str:

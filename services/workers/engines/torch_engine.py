@@ -26,6 +26,7 @@ from services.workers.engine import (
     collect,
 )
 from services.workers.model_store import resolve_model_path
+from services.workers.spec.verify import sample_token
 
 if TYPE_CHECKING:
     import torch
@@ -103,19 +104,6 @@ class TorchEngine:
             )
         return min(params.max_tokens, room)
 
-    def _sample(self, logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> int:
-        import torch
-
-        if params.greedy:
-            return int(torch.argmax(logits).item())
-        probs = torch.softmax(logits.float() / params.temperature, dim=-1)
-        if params.top_p < 1.0:
-            sorted_probs, order = torch.sort(probs, descending=True)
-            keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < params.top_p
-            sorted_probs = sorted_probs * keep
-            probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-        return int(torch.multinomial(probs, 1, generator=gen).item())
-
     def iter_tokens(
         self,
         prompt_ids: list[int],
@@ -151,7 +139,7 @@ class TorchEngine:
                 out = self.model(input_ids=inputs, past_key_values=cache, use_cache=True)
                 logits = out.logits[0, -1].to("cpu")
                 spent = time.perf_counter() - start
-            token = self._sample(logits, params, gen)
+            token = sample_token(logits, params, gen)
             if entropies is not None:
                 logp = torch.log_softmax(logits.float(), dim=-1)
                 entropies.append(float(-(logp.exp() * logp).sum()))

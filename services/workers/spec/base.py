@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     import torch
@@ -22,7 +22,6 @@ class Draft:
     q: list[torch.Tensor | None] = field(default_factory=list)
     # Per-token features the adaptive candidate length predicts acceptance from.
     features: list[list[float]] = field(default_factory=list)
-    seconds: float = 0.0
 
 
 class Drafter(Protocol):
@@ -44,7 +43,3 @@ class Drafter(Protocol):
 
     def reset(self) -> None:
         """Forget per-sequence state (a new request starts)."""
-
-
-def describe(drafter: Any) -> str:
-    return str(getattr(drafter, "label", drafter.name))

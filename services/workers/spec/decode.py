@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from services.workers.spec.adaptive import AcceptancePredictor, CandidateLength
 from services.workers.spec.base import Draft, Drafter
 from services.workers.spec.draft_model import rollback
-from services.workers.spec.verify import target_probs, verify_greedy, verify_sampling
+from services.workers.spec.verify import sample_token, target_probs, verify_greedy, verify_sampling
 
 if TYPE_CHECKING:
     import torch
@@ -92,7 +92,7 @@ def speculative_steps(
         out = model(input_ids=torch.tensor([ids], device=device), past_key_values=cache, use_cache=True)
         first = out.logits[0, -1].float().cpu()
         spent = time.perf_counter() - start
-    token = int(torch.argmax(first).item()) if params.greedy else _draw(first, params, gen)
+    token = sample_token(first, params, gen)
     produced = 1
     yield token, spent
     ids.append(token)
@@ -128,12 +128,6 @@ def speculative_steps(
             produced += 1
             if token in eos_ids or produced >= max_new:
                 return
-
-
-def _draw(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> int:
-    import torch
-
-    return int(torch.multinomial(target_probs(logits, params), 1, generator=gen).item())
 
 
 def build_setup(spec: SpeculativeConfig, target: Any, device: Any, cache_dir: str) -> SpecSetup:

@@ -8,7 +8,6 @@ shares with the context (rejected drafts leave it), and the missing tokens are f
 from __future__ import annotations
 
 import math
-import time
 from typing import TYPE_CHECKING, Any
 
 from services.workers.spec.base import Draft, KeepGoing
@@ -74,7 +73,6 @@ class DraftModelDrafter:
         import torch
         from transformers import DynamicCache
 
-        started = time.perf_counter()
         draft = Draft()
         if max_k <= 0:
             return draft
@@ -104,5 +102,4 @@ class DraftModelDrafter:
                 if position + 1 == max_k or not keep_going(features):
                     break
                 logits = self._feed([token])
-        draft.seconds = time.perf_counter() - started
         return draft

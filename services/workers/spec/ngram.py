@@ -4,7 +4,6 @@ free (no model runs)."""
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 from services.workers.spec.base import Draft, KeepGoing
@@ -53,7 +52,6 @@ class NgramDrafter:
         gen: torch.Generator | None,
         keep_going: KeepGoing,
     ) -> Draft:
-        started = time.perf_counter()
         draft = Draft()
         follow, n = lookup(context, self.max_n, self.min_n, max_k) if max_k > 0 else ([], 0)
         for position, token in enumerate(follow):
@@ -63,5 +61,4 @@ class NgramDrafter:
             draft.features.append(features)
             if not keep_going(features):
                 break
-        draft.seconds = time.perf_counter() - started
         return draft

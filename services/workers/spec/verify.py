@@ -33,6 +33,16 @@ def target_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     return probs
 
 
+def sample_token(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> int:
+    """The engine's token choice from one step's logits: argmax when greedy, else a draw from
+    ``target_probs``."""
+    import torch
+
+    if params.greedy:
+        return int(torch.argmax(logits).item())
+    return int(torch.multinomial(target_probs(logits, params), 1, generator=gen).item())
+
+
 @dataclass(frozen=True)
 class Verdict:
     accepted: int  # drafted tokens kept
