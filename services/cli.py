@@ -235,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5, help="spec: adaptive stop threshold")
     p.add_argument("--drafters", default="ngram,self_draft,draft_model", help="spec: drafters to compare")
     p.add_argument("--self-draft-layers", type=int, default=8, help="spec: layers of the self-draft")
+    p.add_argument("--no-vllm", action="store_true", help="spec: torch engine only (vLLM is skipped if missing)")
+    p.add_argument("--vllm-k", type=int, default=4, help="spec: vLLM ngram candidate length")
     p.set_defaults(func=cmd_bench)
     return parser
 

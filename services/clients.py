@@ -39,6 +39,8 @@ class WorkerClient(Protocol):
 
     async def ready(self) -> dict[str, Any]: ...
 
+    async def metrics_text(self) -> str: ...
+
 
 class RouterClient(Protocol):
     async def route(self, question: str, **choices: Any) -> RouteDecision: ...
@@ -118,6 +120,10 @@ class LocalWorker:
     async def ready(self) -> dict[str, Any]:
         return self.worker.ready()
 
+    async def metrics_text(self) -> str:
+        # Same process: the engine's families are in this process's registry already.
+        return ""
+
 
 class HandleRetriever:
     def __init__(self, handle: Any) -> None:
@@ -161,3 +167,7 @@ class HandleWorker:
 
     async def ready(self) -> dict[str, Any]:
         return await asyncio.wait_for(self.handle.ready.remote(), timeout=5.0)
+
+    async def metrics_text(self) -> str:
+        # One replica answers; with several replicas each scrape sees one of them (label: replica pid).
+        return await asyncio.wait_for(self.handle.metrics_text.remote(), timeout=5.0)

@@ -54,6 +54,25 @@ class SpeculativeConfig(_Section):
         return self
 
 
+class VllmConfig(_Section):
+    """Settings of the vLLM engine (``engine: vllm``); the model, dtype and lengths come from the model."""
+
+    enforce_eager: bool = Field(
+        True, description="Skip torch.compile and CUDA graphs: starts in ~25 s on CPU; off decodes faster."
+    )
+    enable_prefix_caching: bool = Field(True, description="Automatic prefix caching of shared prompt prefixes.")
+    max_num_seqs: int = Field(16, gt=0, description="Requests batched together at most.")
+    max_logprobs: int = Field(
+        20, ge=1, le=100, description="Top log-probabilities per token (DRAGIN's entropies are taken from them)."
+    )
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="GPU hosts: share of GPU memory vLLM takes.")
+    cpu_kv_cache_gib: int = Field(2, ge=1, description="CPU hosts: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE).")
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Further vLLM AsyncEngineArgs, passed as they are (checked against vLLM when it starts).",
+    )
+
+
 class ModelConfig(_Section):
     id: str = Field(DEFAULT_MODEL_ID, min_length=1, description="Name clients pass as `model`.")
     path: str | None = Field(
@@ -61,7 +80,9 @@ class ModelConfig(_Section):
         description="Local HF model folder. None means the packaged SmolLM2-135M-Instruct, "
         "converted from its GGUF on first use and cached.",
     )
-    engine: Literal["torch"] = Field("torch", description="Engine that runs the model.")
+    engine: Literal["torch", "vllm"] = Field(
+        "torch", description="Engine that runs the model: torch (embedded default) or vllm (`make install-vllm`)."
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype.")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, ...")
     max_model_len: int = Field(2048, gt=0, description="Prompt plus completion tokens, at most.")
@@ -69,9 +90,21 @@ class ModelConfig(_Section):
     default_max_tokens: int = Field(256, gt=0, description="`max_tokens` when a request gives none.")
     torch_threads: int | None = Field(None, gt=0, description="torch intra-op threads; None = torch's.")
     speculative: SpeculativeConfig | None = Field(None, description="Draft pair for speculative decoding.")
+    vllm: VllmConfig = Field(default_factory=VllmConfig, description="vLLM engine settings (engine: vllm).")
 
     @model_validator(mode="after")
     def _limits(self) -> ModelConfig:
+        spec = self.speculative
+        if self.engine == "vllm" and spec is not None:
+            if spec.method == "self_draft":
+                raise ValueError(
+                    "speculative.method self_draft runs on the torch engine only; vllm takes ngram or draft_model"
+                )
+            if spec.adaptive:
+                raise ValueError(
+                    "speculative.adaptive (SpecDec++ candidate length) runs on the torch engine only; "
+                    "vllm drafts a fixed num_speculative_tokens"
+                )
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError("default_max_tokens must not exceed max_tokens_limit")
         if self.max_tokens_limit >= self.max_model_len:

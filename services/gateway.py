@@ -212,7 +212,13 @@ def create_app(
 
     @app.get("/metrics")
     async def prometheus() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        body = generate_latest()
+        try:
+            # Engines in other processes (Serve replicas running vLLM) report through their workers.
+            body += metrics.merge_exposition(await (await svc()).worker_metrics())
+        except Exception as exc:  # noqa: BLE001 - the gateway's own metrics are still worth serving
+            logger.warning("worker metrics unavailable: %s", exc)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from prometheus_client import Counter, Histogram
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import CollectorRegistry
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
 
@@ -21,3 +26,33 @@ STAGE_LATENCY = Histogram(
 )
 TTFT = Histogram("ragyard_ttft_seconds", "Time to first token by model.", ["model"], buckets=_LATENCY_BUCKETS)
 TOKENS = Counter("ragyard_tokens_total", "Tokens by model and kind (prompt, completion).", ["model", "kind"])
+
+
+def merge_exposition(texts: Iterable[str]) -> bytes:
+    """One valid exposition of the families in several texts (workers' vLLM metrics).
+
+    Families of the same name (each worker's ``vllm:...`` with its own ``model_name`` label) are
+    merged, so every family has one HELP and one TYPE line, as Prometheus requires.
+    """
+    from prometheus_client import generate_latest
+
+    merged: dict[str, Any] = {}
+    for text in texts:
+        if not text:
+            continue
+        for family in text_string_to_metric_families(text):
+            seen = merged.get(family.name)
+            if seen is None:
+                merged[family.name] = family
+            else:
+                seen.samples.extend(family.samples)
+    if not merged:
+        return b""
+
+    class _Families:
+        def collect(self) -> list[Any]:
+            return list(merged.values())
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families())
+    return generate_latest(registry)

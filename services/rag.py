@@ -3,6 +3,7 @@ generate, account. Used by the HTTP gateway and by the library path (`ragyard as
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -250,6 +251,17 @@ class RagService:
 
     async def ingest(self, docs: list[Any]) -> dict[str, Any]:
         return await self.retriever.ingest(docs)
+
+    async def worker_metrics(self) -> list[str]:
+        """The workers' engine metrics (vLLM's families) in Prometheus text form."""
+        texts = await asyncio.gather(*(w.metrics_text() for w in self.workers.values()), return_exceptions=True)
+        out = []
+        for mid, text in zip(self.workers, texts, strict=True):
+            if isinstance(text, BaseException):
+                logger.warning("metrics of worker %s unavailable: %s", mid, text)
+            else:
+                out.append(text)
+        return out
 
     async def readiness(self) -> dict[str, Any]:
         """Each component's readiness; raises when one is not reachable."""

@@ -51,6 +51,11 @@ class Worker:
             "ready": True,
         }
 
+    def metrics_text(self) -> str:
+        """The engine's own Prometheus families (vLLM's), for the gateway's /metrics; "" when none."""
+        engine_metrics = getattr(self.engine, "metrics_text", None)
+        return engine_metrics() if engine_metrics is not None else ""
+
     def prompt(self, messages: list[ChatMessage], assistant_prefix: str = "") -> str:
         """The chat template's prompt; ``assistant_prefix`` is text the answer continues from."""
         return self.engine.render_chat(messages) + assistant_prefix

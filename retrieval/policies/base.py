@@ -149,4 +149,5 @@ async def run_policy(
             "ttft_s": s.ttft_s,
             "total_s": time.perf_counter() - started,
         },
+        speculative=s.speculative,
     )

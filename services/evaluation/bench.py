@@ -41,6 +41,8 @@ def run_bench(what: str, config: AppConfig, args: argparse.Namespace) -> str:
             threshold=args.threshold,
             drafters=tuple(d.strip() for d in args.drafters.split(",") if d.strip()),
             self_draft_layers=args.self_draft_layers,
+            vllm=not args.no_vllm,
+            vllm_k=args.vllm_k,
         )
     raise ValueError(f"unknown benchmark {what!r}")
 

