@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from services.config import AppConfig, SpeculativeConfig
-from services.evaluation.harness import read_rows
 from services.workers.engine import SamplingParams
 
 DRAFTERS = ("ngram", "self_draft", "draft_model")
@@ -71,15 +70,9 @@ def bench_spec(
     vllm_k: int = 4,
 ) -> str:
     from router.labels import split_rows
-    from services.evaluation.harness import Evaluator
-    from services.workers.spec.adaptive import fit_predictor
-    from services.workers.spec.decode import SpecSetup, build_setup
+    from services.evaluation.harness import Evaluator, read_rows
 
-    unknown = set(drafters) - set(DRAFTERS)
-    if unknown or not drafters:
-        raise ValueError(f"--drafters takes {', '.join(DRAFTERS)}; got {', '.join(sorted(unknown)) or 'none'}")
-    if not ks or min(ks) < 1:
-        raise ValueError("--k needs positive candidate lengths, e.g. 2,4,6")
+    check_arguments(ks, drafters)
     if vllm_k < 1:
         raise ValueError("--vllm-k needs a positive candidate length")
     evaluator = Evaluator(config)
@@ -93,19 +86,86 @@ def bench_spec(
         service = evaluator.service_for(path)
         calib_prompts += rag_prompts(engine, service, train[:calibration_limit], top_k)
         test_prompts += rag_prompts(engine, service, test[:limit], top_k)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # The prompts as measured: `python -m services.evaluation.bench_spec --prompts` replays them elsewhere.
+    prompts = {"calibration": calib_prompts, "measured": test_prompts, "top_k": top_k}
+    (out_dir / "prompts.json").write_text(json.dumps(prompts) + "\n", encoding="utf-8")
     params = SamplingParams(max_tokens=max_tokens)
+    torch_block = measure_torch(
+        engine,
+        calib_prompts,
+        test_prompts,
+        params,
+        ks,
+        threshold,
+        drafters,
+        self_draft_layers,
+        config.cache_dir,
+        out_dir,
+    )
+    result: dict[str, Any] = {
+        "model": config.default_model.id,
+        "prompts": {"measured": len(test_prompts), "calibration": len(calib_prompts), "top_k": top_k},
+        "max_tokens": max_tokens,
+        "plain_decode_tokens_per_s_median": torch_block.pop("plain_decode_tokens_per_s_median"),
+        "predictors": torch_block.pop("predictors"),
+        "engines": {"torch": torch_block},
+    }
+    if vllm:
+        result["engines"]["vllm"] = bench_vllm(config, test_prompts, params, vllm_k)
+    return write_result(result, out_dir)
+
+
+def check_arguments(ks: tuple[int, ...], drafters: tuple[str, ...]) -> None:
+    unknown = set(drafters) - set(DRAFTERS)
+    if unknown or not drafters:
+        raise ValueError(f"--drafters takes {', '.join(DRAFTERS)}; got {', '.join(sorted(unknown)) or 'none'}")
+    if not ks or min(ks) < 1:
+        raise ValueError("--k needs positive candidate lengths, e.g. 2,4,6")
+
+
+def write_result(result: dict[str, Any], out_dir: Path) -> str:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "spec.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    table = spec_table(result)
+    (out_dir / "spec.md").write_text(table, encoding="utf-8")
+    return table
+
+
+def tokens_per_s(run: dict[str, Any]) -> float:
+    """Decode tokens/s of one run: every token after the first, over the time they took."""
+    return (len(run["ids"]) - 1) / run["decode_s"] if run["decode_s"] > 0 and len(run["ids"]) > 1 else 0.0
+
+
+def measure_torch(
+    engine: Any,
+    calib_prompts: list[str],
+    test_prompts: list[str],
+    params: SamplingParams,
+    ks: tuple[int, ...],
+    threshold: float,
+    drafters: tuple[str, ...],
+    self_draft_layers: int,
+    cache_dir: str,
+    out_dir: Path,
+    *,
+    draft_model: str | None = None,
+) -> dict[str, Any]:
+    """The torch engine plain and with every drafter at every K and adaptive K, side by side per prompt."""
+    from services.workers.spec.adaptive import fit_predictor
+    from services.workers.spec.decode import SpecSetup, build_setup
 
     def spec_config(method: str, **extra: Any) -> SpeculativeConfig:
+        if method == "draft_model":
+            extra["model"] = draft_model
         return SpeculativeConfig.model_validate({"method": method, "self_draft_layers": self_draft_layers, **extra})
 
     # Fit each drafter's acceptance predictor on the training prompts at the largest K.
     setups: dict[str, SpecSetup] = {}
     predictors: dict[str, Any] = {}
-    out_dir = Path(out)
     for method in drafters:
-        probe = build_setup(
-            spec_config(method, num_speculative_tokens=max(ks)), engine.model, engine.device, config.cache_dir
-        )
+        probe = build_setup(spec_config(method, num_speculative_tokens=max(ks)), engine.model, engine.device, cache_dir)
         samples: list[tuple[list[float], bool]] = []
         for prompt in calib_prompts:
             samples += decode(engine, prompt, params, probe)["stats"].samples
@@ -119,15 +179,14 @@ def bench_spec(
             "bias": round(predictor.bias, 4),
         }
         for k in ks:
-            s = build_setup(
-                spec_config(method, num_speculative_tokens=k), engine.model, engine.device, config.cache_dir
+            setups[f"{method} K={k}"] = build_setup(
+                spec_config(method, num_speculative_tokens=k), engine.model, engine.device, cache_dir
             )
-            setups[f"{method} K={k}"] = s
         adaptive = build_setup(
             spec_config(method, num_speculative_tokens=max(ks), adaptive=True, stop_threshold=threshold),
             engine.model,
             engine.device,
-            config.cache_dir,
+            cache_dir,
         )
         adaptive.predictor = predictor
         setups[f"{method} adaptive"] = adaptive
@@ -140,9 +199,7 @@ def bench_spec(
             runs[name].append(decode(engine, prompt, params, None if name == "plain" else setups[name]))
         print(f"  spec {n}/{len(test_prompts)}", flush=True)  # noqa: T201
 
-    def tps(run: dict[str, Any]) -> float:
-        return (len(run["ids"]) - 1) / run["decode_s"] if run["decode_s"] > 0 and len(run["ids"]) > 1 else 0.0
-
+    tps = tokens_per_s
     plain = runs["plain"]
     results: dict[str, Any] = {}
     for name, setup in setups.items():
@@ -162,8 +219,7 @@ def bench_spec(
     fixed = {k: v for k, v in results.items() if "adaptive" not in k}
     best_fixed = max(fixed, key=lambda k: fixed[k]["speedup"])
     best_adaptive = max((k for k in results if "adaptive" in k), key=lambda k: results[k]["speedup"])
-    best_method = best_fixed.split()[0]
-    same_method_adaptive = f"{best_method} adaptive"
+    same_method_adaptive = f"{best_fixed.split()[0]} adaptive"
     summary = {
         "best_fixed": best_fixed,
         "best_fixed_speedup": results[best_fixed]["speedup"],
@@ -177,21 +233,13 @@ def bench_spec(
             >= 1.05 * results[best_fixed]["speedup"],
         },
     }
-    result: dict[str, Any] = {
-        "model": config.default_model.id,
-        "prompts": {"measured": len(test_prompts), "calibration": len(calib_prompts), "top_k": top_k},
-        "max_tokens": max_tokens,
+    return {
+        "device": str(engine.device),
         "plain_decode_tokens_per_s_median": round(statistics.median(tps(p) for p in plain), 2),
         "predictors": predictors,
-        "engines": {"torch": {"setups": results, "summary": summary}},
+        "setups": results,
+        "summary": summary,
     }
-    if vllm:
-        result["engines"]["vllm"] = bench_vllm(config, test_prompts, params, vllm_k)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "spec.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    table = spec_table(result)
-    (out_dir / "spec.md").write_text(table, encoding="utf-8")
-    return table
 
 
 def spec_table(result: dict[str, Any]) -> str:
@@ -284,3 +332,69 @@ def _vllm_package() -> str:
         except PackageNotFoundError:
             continue
     return "vllm"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Replay a bench's prompts on another host (a GPU machine without the serving stack):
+
+    python -m services.evaluation.bench_spec --prompts results/spec/prompts.json --model-path DIR \\
+        --device cuda --out DIR2
+    """
+    import argparse
+
+    from services.config import ModelConfig
+    from services.workers.engines.torch_engine import TorchEngine
+
+    ap = argparse.ArgumentParser(prog="python -m services.evaluation.bench_spec")
+    ap.add_argument("--prompts", required=True, help="prompts.json written by `ragyard bench spec`")
+    ap.add_argument("--model-path", required=True, help="HF folder of the target model")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--k", default="2,4,6")
+    ap.add_argument("--threshold", type=float, default=0.5)
+    ap.add_argument("--drafters", default=",".join(DRAFTERS))
+    ap.add_argument("--self-draft-layers", type=int, default=8)
+    ap.add_argument("--draft-model", help="draft_model drafter's HF folder (default: the target itself)")
+    args = ap.parse_args(argv)
+    try:
+        ks = tuple(int(k) for k in args.k.split(","))
+    except ValueError:
+        ap.error(f"--k takes comma-separated integers, got {args.k!r}")
+    drafters = tuple(d.strip() for d in args.drafters.split(",") if d.strip())
+    check_arguments(ks, drafters)
+    prompts = json.loads(Path(args.prompts).read_text(encoding="utf-8"))
+    model = ModelConfig(path=args.model_path, device=args.device, dtype=args.dtype)
+    engine = TorchEngine(model, cache_dir=str(Path(args.out) / "cache"))
+    # Unmeasured warm-up: the first passes on a GPU pay for kernel selection and allocator growth.
+    decode(engine, prompts["measured"][0], SamplingParams(max_tokens=8), None)
+    params = SamplingParams(max_tokens=args.max_tokens)
+    block = measure_torch(
+        engine,
+        prompts["calibration"],
+        prompts["measured"],
+        params,
+        ks,
+        args.threshold,
+        drafters,
+        args.self_draft_layers,
+        str(Path(args.out) / "cache"),
+        Path(args.out),
+        draft_model=args.draft_model or args.model_path,
+    )
+    result = {
+        "model": args.model_path,
+        "prompts": {"measured": len(prompts["measured"]), "calibration": len(prompts["calibration"])},
+        "max_tokens": args.max_tokens,
+        "dtype": args.dtype,
+        "plain_decode_tokens_per_s_median": block.pop("plain_decode_tokens_per_s_median"),
+        "predictors": block.pop("predictors"),
+        "engines": {"torch": block},
+    }
+    print(write_result(result, Path(args.out)))  # noqa: T201
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

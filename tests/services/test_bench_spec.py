@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +22,7 @@ def test_bench_spec_rejects_bad_arguments(tmp_path: Path) -> None:
 @pytest.mark.integration
 @pytest.mark.model
 def test_bench_spec_on_one_prompt(shared_data: Path, tmp_path: Path) -> None:
+    """Both engines: the torch drafters and vLLM's ngram (two vLLM engines start, one after the other)."""
     table = bench_spec(
         load_config({}),
         [str(shared_data / "dev_hotpotqa.jsonl")],
@@ -38,3 +41,37 @@ def test_bench_spec_on_one_prompt(shared_data: Path, tmp_path: Path) -> None:
         assert figures["speedup"] > 0 and 0 <= figures["acceptance_rate"] <= 1
     assert (tmp_path / "predictors" / "ngram.json").exists()
     assert "| torch | plain |" in table
+    vllm = result["engines"]["vllm"]
+    if "skipped" in vllm:
+        assert os.environ.get("RAGYARD_REQUIRE_VLLM") != "1", vllm["skipped"]
+    else:
+        figures = vllm["setups"]["ngram K=4"]
+        assert figures["identical_greedy"] == 1.0 and figures["speedup"] > 0
+        assert vllm["package"].startswith("vllm")
+        assert "| vllm | ngram K=4 |" in table
+    prompts = json.loads((tmp_path / "prompts.json").read_text())
+    assert len(prompts["measured"]) == 1 and len(prompts["calibration"]) == 1
+
+
+@pytest.mark.integration
+@pytest.mark.model
+def test_bench_spec_replays_saved_prompts_without_the_serving_stack(engine: Any, tmp_path: Path) -> None:
+    """`python -m services.evaluation.bench_spec` (for a GPU host): prompts from a file, the model from a folder."""
+    from services.evaluation.bench_spec import main
+    from services.workers.engine import ChatMessage
+    from services.workers.model_store import resolve_model_path
+
+    prompt = engine.render_chat([ChatMessage(role="user", content="Repeat: the quick brown fox jumps over the dog.")])
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"calibration": [prompt], "measured": [prompt]}))
+    folder = str(resolve_model_path(None, load_config({}).cache_dir))
+    out = tmp_path / "out"
+    args = ["--prompts", str(prompts), "--model-path", folder, "--device", "cpu", "--out", str(out)]
+    assert main([*args, "--k", "2", "--drafters", "ngram,draft_model", "--max-tokens", "8"]) == 0
+    result = json.loads((out / "spec.json").read_text())
+    setups = result["engines"]["torch"]["setups"]
+    assert set(setups) == {"ngram K=2", "ngram adaptive", "draft_model K=2", "draft_model adaptive"}
+    assert all(f["identical_greedy"] == 1.0 for f in setups.values())
+    assert result["engines"]["torch"]["device"] == "cpu"
+    with pytest.raises(SystemExit):
+        main([*args, "--k", "two"])
