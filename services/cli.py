@@ -232,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, help="completion tokens (policies: 32, spec: 64)")
     p.add_argument("--calibration-limit", type=int, default=4, help="spec: training prompts per file for predictors")
     p.add_argument("--k", default="2,4,6", help="spec: fixed candidate lengths to compare")
-    p.add_argument("--threshold", type=float, default=0.5, help="spec: adaptive stop threshold")
+    p.add_argument(
+        "--thresholds", default="0.3,0.5,0.7,0.9", help="spec: adaptive stop thresholds tried on calibration prompts"
+    )
     p.add_argument("--drafters", default="ngram,self_draft,draft_model", help="spec: drafters to compare")
     p.add_argument("--self-draft-layers", type=int, default=8, help="spec: layers of the self-draft")
     p.add_argument("--no-vllm", action="store_true", help="spec: torch engine only (vLLM is skipped if missing)")

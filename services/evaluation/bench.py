@@ -38,7 +38,7 @@ def run_bench(what: str, config: AppConfig, args: argparse.Namespace) -> str:
             calibration_limit=args.calibration_limit,
             max_tokens=args.max_tokens or 64,
             ks=tuple(number_list(args.k, int, "--k")),
-            threshold=args.threshold,
+            thresholds=tuple(number_list(args.thresholds, float, "--thresholds")),
             drafters=tuple(d.strip() for d in args.drafters.split(",") if d.strip()),
             self_draft_layers=args.self_draft_layers,
             vllm=not args.no_vllm,

@@ -20,6 +20,8 @@ from services.config import AppConfig, SpeculativeConfig
 from services.workers.engine import SamplingParams
 
 DRAFTERS = ("ngram", "self_draft", "draft_model")
+# Stop thresholds of adaptive K tried on the calibration prompts; the fastest is measured.
+THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
 
 
 def rag_prompts(engine: Any, service: Any, rows: list[dict[str, Any]], top_k: int) -> list[str]:
@@ -62,7 +64,7 @@ def bench_spec(
     calibration_limit: int = 4,
     max_tokens: int = 64,
     ks: tuple[int, ...] = (2, 4, 6),
-    threshold: float = 0.5,
+    thresholds: tuple[float, ...] = THRESHOLDS,
     drafters: tuple[str, ...] = DRAFTERS,
     self_draft_layers: int = 8,
     top_k: int = 5,
@@ -72,7 +74,7 @@ def bench_spec(
     from router.labels import split_rows
     from services.evaluation.harness import Evaluator, read_rows
 
-    check_arguments(ks, drafters)
+    check_arguments(ks, drafters, thresholds)
     if vllm_k < 1:
         raise ValueError("--vllm-k needs a positive candidate length")
     evaluator = Evaluator(config)
@@ -98,7 +100,7 @@ def bench_spec(
         test_prompts,
         params,
         ks,
-        threshold,
+        thresholds,
         drafters,
         self_draft_layers,
         config.cache_dir,
@@ -117,7 +119,9 @@ def bench_spec(
     return write_result(result, out_dir)
 
 
-def check_arguments(ks: tuple[int, ...], drafters: tuple[str, ...]) -> None:
+def check_arguments(ks: tuple[int, ...], drafters: tuple[str, ...], thresholds: tuple[float, ...] = THRESHOLDS) -> None:
+    if not thresholds or not all(0 < t < 1 for t in thresholds):
+        raise ValueError("--thresholds takes stop thresholds between 0 and 1, e.g. 0.3,0.5,0.7,0.9")
     unknown = set(drafters) - set(DRAFTERS)
     if unknown or not drafters:
         raise ValueError(f"--drafters takes {', '.join(DRAFTERS)}; got {', '.join(sorted(unknown)) or 'none'}")
@@ -144,7 +148,7 @@ def measure_torch(
     test_prompts: list[str],
     params: SamplingParams,
     ks: tuple[int, ...],
-    threshold: float,
+    thresholds: tuple[float, ...],
     drafters: tuple[str, ...],
     self_draft_layers: int,
     cache_dir: str,
@@ -161,9 +165,13 @@ def measure_torch(
             extra["model"] = draft_model
         return SpeculativeConfig.model_validate({"method": method, "self_draft_layers": self_draft_layers, **extra})
 
-    # Fit each drafter's acceptance predictor on the training prompts at the largest K.
+    # Fit each drafter's acceptance predictor on the training prompts at the largest K, then pick the stop
+    # threshold that decodes fastest on those prompts. SpecDec++'s rule stops at P(some draft rejected) > h;
+    # the best h depends on what one more drafted token costs (nearly nothing for prompt lookup, a forward
+    # pass of the draft for a model), so it is measured per drafter rather than fixed.
     setups: dict[str, SpecSetup] = {}
     predictors: dict[str, Any] = {}
+    calib_plain = [decode(engine, prompt, params, None) for prompt in calib_prompts] if len(thresholds) > 1 else []
     for method in drafters:
         probe = build_setup(spec_config(method, num_speculative_tokens=max(ks)), engine.model, engine.device, cache_dir)
         samples: list[tuple[list[float], bool]] = []
@@ -172,24 +180,43 @@ def measure_torch(
         names = probe.new_drafter().feature_names
         predictor = fit_predictor(method, names, [f for f, _ in samples], [a for _, a in samples])
         predictor.save(out_dir / "predictors" / f"{method}.json")
+
+        def adaptive_setup(threshold: float, method: str = method, predictor: Any = predictor) -> SpecSetup:
+            setup = build_setup(
+                spec_config(method, num_speculative_tokens=max(ks), adaptive=True, stop_threshold=threshold),
+                engine.model,
+                engine.device,
+                cache_dir,
+            )
+            setup.predictor = predictor
+            return setup
+
+        grid: dict[str, float] = {}
+        if len(thresholds) > 1:
+            for threshold in thresholds:
+                trial = adaptive_setup(threshold)
+                ratios = []
+                for prompt, plain_run in zip(calib_prompts, calib_plain, strict=True):
+                    run = decode(engine, prompt, params, trial)
+                    if tokens_per_s(plain_run) > 0 and tokens_per_s(run) > 0:
+                        ratios.append(tokens_per_s(run) / tokens_per_s(plain_run))
+                grid[str(threshold)] = round(statistics.median(ratios), 4) if ratios else 0.0
+            chosen = float(max(grid, key=lambda t: grid[t]))
+        else:
+            chosen = thresholds[0]
         predictors[method] = {
             "samples": len(samples),
             "accept_rate": round(sum(a for _, a in samples) / len(samples), 4) if samples else 0.0,
             "weights": dict(zip(names, [round(w, 4) for w in predictor.weights], strict=True)),
             "bias": round(predictor.bias, 4),
+            "threshold_speedups_on_calibration": grid,
+            "stop_threshold": chosen,
         }
         for k in ks:
             setups[f"{method} K={k}"] = build_setup(
                 spec_config(method, num_speculative_tokens=k), engine.model, engine.device, cache_dir
             )
-        adaptive = build_setup(
-            spec_config(method, num_speculative_tokens=max(ks), adaptive=True, stop_threshold=threshold),
-            engine.model,
-            engine.device,
-            cache_dir,
-        )
-        adaptive.predictor = predictor
-        setups[f"{method} adaptive"] = adaptive
+        setups[f"{method} adaptive"] = adaptive_setup(chosen)
 
     runs: dict[str, list[dict[str, Any]]] = {"plain": [], **{name: [] for name in setups}}
     order = ["plain", *setups]
@@ -353,17 +380,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--k", default="2,4,6")
-    ap.add_argument("--threshold", type=float, default=0.5)
+    ap.add_argument("--thresholds", default=",".join(str(t) for t in THRESHOLDS))
     ap.add_argument("--drafters", default=",".join(DRAFTERS))
     ap.add_argument("--self-draft-layers", type=int, default=8)
     ap.add_argument("--draft-model", help="draft_model drafter's HF folder (default: the target itself)")
     args = ap.parse_args(argv)
     try:
         ks = tuple(int(k) for k in args.k.split(","))
+        thresholds = tuple(float(t) for t in args.thresholds.split(","))
     except ValueError:
-        ap.error(f"--k takes comma-separated integers, got {args.k!r}")
+        ap.error(f"--k takes integers and --thresholds numbers, comma-separated; got {args.k!r}, {args.thresholds!r}")
     drafters = tuple(d.strip() for d in args.drafters.split(",") if d.strip())
-    check_arguments(ks, drafters)
+    check_arguments(ks, drafters, thresholds)
     prompts = json.loads(Path(args.prompts).read_text(encoding="utf-8"))
     model = ModelConfig(path=args.model_path, device=args.device, dtype=args.dtype)
     engine = TorchEngine(model, cache_dir=str(Path(args.out) / "cache"))
@@ -376,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         prompts["measured"],
         params,
         ks,
-        args.threshold,
+        thresholds,
         drafters,
         args.self_draft_layers,
         str(Path(args.out) / "cache"),

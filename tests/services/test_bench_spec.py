@@ -17,6 +17,8 @@ def test_bench_spec_rejects_bad_arguments(tmp_path: Path) -> None:
         bench_spec(load_config({}), [], tmp_path, drafters=("medusa",))
     with pytest.raises(ValueError, match="--k"):
         bench_spec(load_config({}), [], tmp_path, ks=(0,))
+    with pytest.raises(ValueError, match="--thresholds"):
+        bench_spec(load_config({}), [], tmp_path, thresholds=(0.5, 1.5))
 
 
 @pytest.mark.integration
@@ -40,6 +42,13 @@ def test_bench_spec_on_one_prompt(shared_data: Path, tmp_path: Path) -> None:
         assert figures["identical_greedy"] == 1.0
         assert figures["speedup"] > 0 and 0 <= figures["acceptance_rate"] <= 1
     assert (tmp_path / "predictors" / "ngram.json").exists()
+    ngram = result["predictors"]["ngram"]
+    assert set(ngram["threshold_speedups_on_calibration"]) == {"0.3", "0.5", "0.7", "0.9"}
+    assert ngram["stop_threshold"] == max(
+        (float(t) for t in ngram["threshold_speedups_on_calibration"]),
+        key=lambda t: ngram["threshold_speedups_on_calibration"][str(t)],
+    )
+    assert setups["ngram adaptive"]["setup"]["threshold"] == ngram["stop_threshold"]
     assert "| torch | plain |" in table
     vllm = result["engines"]["vllm"]
     if "skipped" in vllm:
