@@ -318,6 +318,7 @@ def bench_vllm(config: AppConfig, prompts: list[str], params: SamplingParams, k:
                 ids, res = asyncio.run(engines[label].generate_ids(prompt, params))
                 runs[label].append({"ids": ids, "stats": res.stats})
             print(f"  vllm {n}/{len(prompts)}", flush=True)  # noqa: T201
+        described = engines[name].spec.describe()
     finally:
         for engine in engines.values():
             engine.close()
@@ -337,7 +338,7 @@ def bench_vllm(config: AppConfig, prompts: list[str], params: SamplingParams, k:
         "plain_decode_tokens_per_s_median": round(statistics.median(tps(p) for p in plain), 2),
         "setups": {
             name: {
-                "setup": {"engine": "vllm", "speculative_config": ngram},
+                "setup": described,
                 "speedup": round(statistics.median(ratios), 4) if ratios else 0.0,
                 "acceptance_rate": round(accepted / drafted, 4) if drafted else 0.0,
                 "mean_accepted_len": round(accepted / rounds, 4) if rounds else 0.0,

@@ -14,9 +14,7 @@ import time
 from collections.abc import AsyncIterator, Generator
 from typing import TYPE_CHECKING, Any
 
-from services.errors import InvalidRequestError
 from services.workers.engine import (
-    ChatMessage,
     FinishReason,
     GenerationChunk,
     GenerationResult,
@@ -27,6 +25,7 @@ from services.workers.engine import (
 )
 from services.workers.model_store import resolve_model_path
 from services.workers.spec.verify import sample_token
+from services.workers.text import TokenizerMixin
 
 if TYPE_CHECKING:
     import torch
@@ -39,7 +38,7 @@ logger = logging.getLogger(__name__)
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
-class TorchEngine:
+class TorchEngine(TokenizerMixin):
     def __init__(self, config: ModelConfig, *, cache_dir: str) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -53,7 +52,7 @@ class TorchEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, _DTYPES[config.dtype]))
         self.model: Any = model.to(self.device).eval()
-        self.eos_ids = self._eos_ids()
+        self.eos_ids = self.end_ids(getattr(self.model.generation_config, "eos_token_id", None))
         self.spec: SpecSetup | None = None
         if config.speculative is not None:
             from services.workers.spec.decode import build_setup
@@ -63,46 +62,6 @@ class TorchEngine:
         # fighting over the same cores.
         self._lock = threading.Lock()
         logger.info("torch engine loaded %s from %s on %s", self.model_id, path, self.device)
-
-    def _eos_ids(self) -> set[int]:
-        ids: set[int] = set()
-        gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
-        for value in (gen_eos, self.tokenizer.eos_token_id):
-            if isinstance(value, int):
-                ids.add(value)
-            elif isinstance(value, list):
-                ids.update(v for v in value if isinstance(v, int))
-        end_turn = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        if isinstance(end_turn, int) and end_turn != self.tokenizer.unk_token_id:
-            ids.add(end_turn)
-        return ids
-
-    # -- text helpers --------------------------------------------------------------------------
-    def render_chat(self, messages: list[ChatMessage]) -> str:
-        rendered = self.tokenizer.apply_chat_template(
-            [m.model_dump() for m in messages], tokenize=False, add_generation_prompt=True
-        )
-        return str(rendered)
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.encode(text))
-
-    # -- generation ----------------------------------------------------------------------------
-    def _check_prompt(self, prompt_ids: list[int], params: SamplingParams) -> int:
-        if not prompt_ids:
-            raise InvalidRequestError("the prompt is empty", param="messages")
-        room = self.max_model_len - len(prompt_ids)
-        if room <= 0:
-            raise InvalidRequestError(
-                f"the prompt is {len(prompt_ids)} tokens; this model takes at most "
-                f"{self.max_model_len - 1} prompt tokens",
-                param="messages",
-                code="context_length_exceeded",
-            )
-        return min(params.max_tokens, room)
 
     def iter_tokens(
         self,

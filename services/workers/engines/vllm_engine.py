@@ -25,9 +25,7 @@ from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from services.errors import InvalidRequestError
 from services.workers.engine import (
-    ChatMessage,
     FinishReason,
     GenerationChunk,
     GenerationResult,
@@ -37,6 +35,7 @@ from services.workers.engine import (
     collect,
 )
 from services.workers.model_store import resolve_model_path
+from services.workers.text import TokenizerMixin
 
 if TYPE_CHECKING:
     from services.config import ModelConfig, SpeculativeConfig
@@ -116,7 +115,7 @@ class VllmDraftPair:
         return {"engine": "vllm", "speculative_config": dict(self.args)}
 
 
-class VllmEngine:
+class VllmEngine(TokenizerMixin):
     def __init__(self, config: ModelConfig, *, cache_dir: str) -> None:
         prepare_environment(config, cache_dir)
         from transformers import AutoTokenizer
@@ -126,7 +125,13 @@ class VllmEngine:
         self.max_model_len = config.max_model_len
         self.path = str(resolve_model_path(config.path, cache_dir))
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        self.eos_ids = self._eos_ids()
+        from transformers import GenerationConfig
+
+        try:
+            generation_eos = GenerationConfig.from_pretrained(self.path).eos_token_id
+        except OSError:  # a folder without generation_config.json
+            generation_eos = None
+        self.eos_ids = self.end_ids(generation_eos)
         self.spec_args = speculative_config(config.speculative, cache_dir) if config.speculative else None
         self.spec = VllmDraftPair(config.speculative, self.spec_args) if config.speculative and self.spec_args else None
         self._loop = asyncio.new_event_loop()
@@ -182,13 +187,6 @@ class VllmEngine:
 
         return AsyncLLM.from_engine_args(self.engine_args())
 
-    def _eos_ids(self) -> set[int]:
-        ids = {i for i in (self.tokenizer.eos_token_id,) if isinstance(i, int)}
-        end_turn = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        if isinstance(end_turn, int) and end_turn != self.tokenizer.unk_token_id:
-            ids.add(end_turn)
-        return ids
-
     # -- the engine's own loop -----------------------------------------------------------------
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the engine loop and wait (for start-up and shutdown, not per request)."""
@@ -201,32 +199,6 @@ class VllmEngine:
         if self._loop.is_running():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
-
-    # -- text helpers --------------------------------------------------------------------------
-    def render_chat(self, messages: list[ChatMessage]) -> str:
-        rendered = self.tokenizer.apply_chat_template(
-            [m.model_dump() for m in messages], tokenize=False, add_generation_prompt=True
-        )
-        return str(rendered)
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.encode(text))
-
-    def _check_prompt(self, prompt_ids: list[int], params: SamplingParams) -> int:
-        if not prompt_ids:
-            raise InvalidRequestError("the prompt is empty", param="messages")
-        room = self.max_model_len - len(prompt_ids)
-        if room <= 0:
-            raise InvalidRequestError(
-                f"the prompt is {len(prompt_ids)} tokens; this model takes at most "
-                f"{self.max_model_len - 1} prompt tokens",
-                param="messages",
-                code="context_length_exceeded",
-            )
-        return min(params.max_tokens, room)
 
     def sampling_params(self, params: SamplingParams, max_new: int, *, logprobs: int | None = None) -> Any:
         from vllm.sampling_params import RequestOutputKind
