@@ -196,7 +196,21 @@ class VllmEngine(TokenizerMixin):
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
 
     def _stop_loop(self) -> None:
-        if self._loop.is_running():
+        if not self._loop.is_running():
+            return
+
+        async def cancel_the_rest() -> None:
+            # vLLM's client leaves socket-reading tasks on this loop; end them before the loop stops.
+            current = asyncio.current_task()
+            rest = [t for t in asyncio.all_tasks() if t is not current]
+            for task in rest:
+                task.cancel()
+            if rest:
+                await asyncio.wait(rest, timeout=5)
+
+        try:
+            self._call(cancel_the_rest())
+        finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
 
