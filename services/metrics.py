@@ -34,8 +34,6 @@ def merge_exposition(texts: Iterable[str]) -> bytes:
     Families of the same name (each worker's ``vllm:...`` with its own ``model_name`` label) are
     merged, so every family has one HELP and one TYPE line, as Prometheus requires.
     """
-    from prometheus_client import generate_latest
-
     merged: dict[str, Any] = {}
     for text in texts:
         if not text:
@@ -46,12 +44,16 @@ def merge_exposition(texts: Iterable[str]) -> bytes:
                 merged[family.name] = family
             else:
                 seen.samples.extend(family.samples)
-    if not merged:
-        return b""
+    return exposition(list(merged.values())) if merged else b""
+
+
+def exposition(families: list[Any]) -> bytes:
+    """Prometheus text of metric families that live outside any registry."""
+    from prometheus_client import generate_latest
 
     class _Families:
         def collect(self) -> list[Any]:
-            return list(merged.values())
+            return families
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families())

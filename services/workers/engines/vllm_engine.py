@@ -118,22 +118,23 @@ class VllmDraftPair:
 class VllmEngine(TokenizerMixin):
     def __init__(self, config: ModelConfig, *, cache_dir: str) -> None:
         prepare_environment(config, cache_dir)
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer, GenerationConfig
 
         self.config = config
         self.model_id = config.id
         self.max_model_len = config.max_model_len
         self.path = str(resolve_model_path(config.path, cache_dir))
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        from transformers import GenerationConfig
-
         try:
             generation_eos = GenerationConfig.from_pretrained(self.path).eos_token_id
         except OSError:  # a folder without generation_config.json
             generation_eos = None
         self.eos_ids = self.end_ids(generation_eos)
-        self.spec_args = speculative_config(config.speculative, cache_dir) if config.speculative else None
-        self.spec = VllmDraftPair(config.speculative, self.spec_args) if config.speculative and self.spec_args else None
+        self.spec = (
+            VllmDraftPair(config.speculative, speculative_config(config.speculative, cache_dir))
+            if config.speculative
+            else None
+        )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine-loop", daemon=True)
         self._thread.start()
@@ -148,7 +149,7 @@ class VllmEngine(TokenizerMixin):
             self.model_id,
             self.path,
             time.perf_counter() - started,
-            self.spec_args,
+            self.spec.args if self.spec else None,
         )
 
     def engine_args(self) -> Any:
@@ -176,8 +177,8 @@ class VllmEngine(TokenizerMixin):
         }
         if self.config.device != "cpu":
             kwargs["gpu_memory_utilization"] = v.gpu_memory_utilization
-        if self.spec_args is not None:
-            kwargs["speculative_config"] = self.spec_args
+        if self.spec is not None:
+            kwargs["speculative_config"] = self.spec.args
             kwargs["per_request_spec_decode_metrics"] = "summary"
         kwargs.update(v.engine_args)
         return AsyncEngineArgs(**kwargs)
@@ -191,9 +192,6 @@ class VllmEngine(TokenizerMixin):
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the engine loop and wait (for start-up and shutdown, not per request)."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
-    async def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
 
     def _stop_loop(self) -> None:
         if not self._loop.is_running():
@@ -285,9 +283,15 @@ class VllmEngine(TokenizerMixin):
         return engine_input
 
     async def _run(
-        self, prompt_ids: list[int], sampling: Any, ids_out: list[int] | None = None
+        self,
+        prompt_ids: list[int],
+        sampling: Any,
+        ids_out: list[int] | None = None,
+        entropies_out: list[float] | None = None,
     ) -> AsyncIterator[GenerationChunk]:
-        """On the engine loop: one request, as GenerationChunks, the last with finish reason and stats."""
+        """On the engine loop: one request, as GenerationChunks, the last with finish reason and stats.
+        ``ids_out`` collects the token ids, ``entropies_out`` each token's entropy (the sampling params
+        must ask for logprobs then)."""
         started = time.perf_counter()
         stats = GenerationStats(prompt_tokens=len(prompt_ids))
         finish: FinishReason = "length"
@@ -306,6 +310,10 @@ class VllmEngine(TokenizerMixin):
             last_ids = new_ids or last_ids
             if ids_out is not None:
                 ids_out.extend(new_ids)
+            if entropies_out is not None:
+                entropies_out.extend(
+                    entropy_from_top([lp.logprob for lp in top.values()]) for top in completion.logprobs
+                )
             if completion.finish_reason is not None:
                 finish = "length" if completion.finish_reason == "length" else "stop"
                 if completion.finish_reason == "abort":
@@ -314,9 +322,8 @@ class VllmEngine(TokenizerMixin):
                     stats.completion_tokens -= 1  # the end-of-turn token is not part of the answer
                 if first_at is not None:
                     stats.decode_s = now - first_at
-                metrics = getattr(completion, "spec_decode_metrics", None)
-                if self.spec_args is not None:
-                    stats.speculative = self.describe_spec(metrics)
+                if self.spec is not None:
+                    stats.speculative = self.describe_spec(getattr(completion, "spec_decode_metrics", None))
                 yield GenerationChunk(completion.text, finish, stats)
                 return
             if completion.text:
@@ -346,59 +353,30 @@ class VllmEngine(TokenizerMixin):
         prompt_ids = self.encode(prompt)
         max_new = self._check_prompt(prompt_ids, params)
         sampling = self.sampling_params(params, max_new, logprobs=self.config.vllm.max_logprobs)
-        return await self._on_loop(self._signals(prompt_ids, sampling))
-
-    async def _signals(self, prompt_ids: list[int], sampling: Any) -> SignalResult:
-        started = time.perf_counter()
-        stats = GenerationStats(prompt_tokens=len(prompt_ids))
         ids: list[int] = []
         entropies: list[float] = []
-        text: list[str] = []
-        finish: FinishReason = "length"
-        first_at: float | None = None
-        request_id = f"ragyard-{uuid.uuid4().hex}"
-        async for out in self.llm.generate(self._engine_input(prompt_ids), sampling, request_id):
-            completion = out.outputs[0]
-            now = time.perf_counter()
-            if completion.token_ids and first_at is None:
-                first_at = now
-                stats.ttft_s = stats.prefill_s = now - started
-            for token, top in zip(completion.token_ids, completion.logprobs or [], strict=False):
-                ids.append(int(token))
-                entropies.append(entropy_from_top([lp.logprob for lp in top.values()]))
-            text.append(completion.text)
-            if completion.finish_reason is not None:
-                finish = "length" if completion.finish_reason == "length" else "stop"
-                if first_at is not None:
-                    stats.decode_s = now - first_at
+        result = await collect(self._bridge(self._run(prompt_ids, sampling, ids, entropies)))
         if ids and ids[-1] in self.eos_ids:
             ids.pop()
             entropies.pop()
-        stats.completion_tokens = len(ids)
-        tokens = [str(self.tokenizer.decode([t])) for t in prompt_ids + ids]
         return SignalResult(
-            text="".join(text),
-            finish_reason=finish,
+            text=result.text,
+            finish_reason=result.finish_reason,
             token_ids=ids,
-            tokens=tokens,
+            tokens=[str(self.tokenizer.decode([t])) for t in prompt_ids + ids],
             prompt_len=len(prompt_ids),
             entropies=entropies,
             attention=None,
-            stats=stats,
+            stats=result.stats,
         )
 
     def metrics_text(self) -> str:
         """vLLM's own Prometheus families (TTFT, ITL, spec-decode drafts/accepted, ...) in text form."""
-        from prometheus_client import REGISTRY, generate_latest
-        from prometheus_client.registry import CollectorRegistry
+        from prometheus_client import REGISTRY
 
-        class _Only:
-            def collect(self) -> Any:
-                return [m for m in REGISTRY.collect() if m.name.startswith(METRIC_PREFIX)]
+        from services.metrics import exposition
 
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Only())
-        return generate_latest(registry).decode()
+        return exposition([m for m in REGISTRY.collect() if m.name.startswith(METRIC_PREFIX)]).decode()
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)
