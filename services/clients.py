@@ -169,5 +169,5 @@ class HandleWorker:
         return await asyncio.wait_for(self.handle.ready.remote(), timeout=5.0)
 
     async def metrics_text(self) -> str:
-        # One replica answers; with several replicas each scrape sees one of them (label: replica pid).
+        # One replica answers: with several replicas, each scrape shows the series of the one that answered.
         return await asyncio.wait_for(self.handle.metrics_text.remote(), timeout=5.0)
