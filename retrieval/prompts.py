@@ -40,11 +40,22 @@ def fit_passages(passages: list[Passage], max_context_tokens: int) -> list[Passa
     return kept
 
 
+def passage_body(p: Passage) -> str:
+    """A passage as the prompt shows it after its number: the chunk the chunk-KV cache stores."""
+    return f"{p.chunk.title}\n{p.chunk.text}" if p.chunk.title else p.chunk.text
+
+
+def chunk_texts(passages: list[Passage]) -> list[str]:
+    return [passage_body(p) for p in passages]
+
+
+def canonical_order(passages: list[Passage]) -> list[Passage]:
+    """Document order: the same set of chunks always makes the same text, whatever their scores."""
+    return sorted(passages, key=lambda p: (p.chunk.doc_id, p.chunk.chunk_index))
+
+
 def format_passages(passages: list[Passage]) -> str:
-    return "\n\n".join(
-        f"[{n}] {p.chunk.title}\n{p.chunk.text}" if p.chunk.title else f"[{n}] {p.chunk.text}"
-        for n, p in enumerate(passages, start=1)
-    )
+    return "\n\n".join(f"[{n}] {passage_body(p)}" for n, p in enumerate(passages, start=1))
 
 
 def build_messages(

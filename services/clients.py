@@ -26,11 +26,19 @@ class RetrieverClient(Protocol):
 
 class WorkerClient(Protocol):
     async def generate(
-        self, messages: list[ChatMessage], params: SamplingParams, assistant_prefix: str = ""
+        self,
+        messages: list[ChatMessage],
+        params: SamplingParams,
+        assistant_prefix: str = "",
+        chunks: list[str] | None = None,
     ) -> GenerationResult: ...
 
     def stream(
-        self, messages: list[ChatMessage], params: SamplingParams, assistant_prefix: str = ""
+        self,
+        messages: list[ChatMessage],
+        params: SamplingParams,
+        assistant_prefix: str = "",
+        chunks: list[str] | None = None,
     ) -> AsyncIterator[GenerationChunk]: ...
 
     async def generate_with_signals(
@@ -103,14 +111,22 @@ class LocalWorker:
         self.worker = worker
 
     async def generate(
-        self, messages: list[ChatMessage], params: SamplingParams, assistant_prefix: str = ""
+        self,
+        messages: list[ChatMessage],
+        params: SamplingParams,
+        assistant_prefix: str = "",
+        chunks: list[str] | None = None,
     ) -> GenerationResult:
-        return await self.worker.generate(messages, params, assistant_prefix)
+        return await self.worker.generate(messages, params, assistant_prefix, chunks)
 
     def stream(
-        self, messages: list[ChatMessage], params: SamplingParams, assistant_prefix: str = ""
+        self,
+        messages: list[ChatMessage],
+        params: SamplingParams,
+        assistant_prefix: str = "",
+        chunks: list[str] | None = None,
     ) -> AsyncIterator[GenerationChunk]:
-        return self.worker.stream(messages, params, assistant_prefix)
+        return self.worker.stream(messages, params, assistant_prefix, chunks)
 
     async def generate_with_signals(
         self, messages: list[ChatMessage], params: SamplingParams, assistant_prefix: str = ""
@@ -122,7 +138,7 @@ class LocalWorker:
 
     async def metrics_text(self) -> str:
         # Same process: the engine's families are in this process's registry already.
-        return ""
+        return str(self.worker.metrics_text(include_engine=False))
 
 
 class HandleRetriever:
@@ -150,14 +166,23 @@ class HandleWorker:
         self.handle = handle
 
     async def generate(
-        self, messages: list[ChatMessage], params: SamplingParams, assistant_prefix: str = ""
+        self,
+        messages: list[ChatMessage],
+        params: SamplingParams,
+        assistant_prefix: str = "",
+        chunks: list[str] | None = None,
     ) -> GenerationResult:
-        return await self.handle.generate.remote(messages, params, assistant_prefix)
+        return await self.handle.generate.remote(messages, params, assistant_prefix, chunks)
 
     async def stream(
-        self, messages: list[ChatMessage], params: SamplingParams, assistant_prefix: str = ""
+        self,
+        messages: list[ChatMessage],
+        params: SamplingParams,
+        assistant_prefix: str = "",
+        chunks: list[str] | None = None,
     ) -> AsyncIterator[GenerationChunk]:
-        async for chunk in self.handle.options(stream=True).stream.remote(messages, params, assistant_prefix):
+        stream = self.handle.options(stream=True).stream.remote(messages, params, assistant_prefix, chunks)
+        async for chunk in stream:
             yield chunk
 
     async def generate_with_signals(

@@ -73,6 +73,25 @@ class VllmConfig(_Section):
     )
 
 
+class ChunkCacheConfig(_Section):
+    """Chunk-KV reuse (Cache-Craft, CacheBlend) in the torch engine: the KV of retrieved chunks is stored
+    once and reused, with a fraction of chunk tokens recomputed so chunks see each other."""
+
+    enabled: bool = Field(False, description="Reuse stored chunk KV at prefill (answers may differ slightly).")
+    recompute_fraction: float = Field(
+        0.15, ge=0.0, le=1.0, description="Share of reused chunk tokens recomputed (0 = plain reuse, 1 = full prefill)."
+    )
+    memory_bytes: int = Field(1 << 30, ge=0, description="Bytes of chunk KV the worker keeps in memory.")
+    eviction: Literal["craft", "lru"] = Field(
+        "craft", description="Memory tier eviction: craft (reuse frequency, recency, recompute cost) or lru."
+    )
+    backend_url: str | None = Field(
+        None, description="Second tier, redis://host:port/db; None = REDIS_URL when set, else memory only."
+    )
+    ttl_s: int = Field(7 * 86400, gt=0, description="Lifetime of entries in the second tier, seconds.")
+    min_chunk_tokens: int = Field(8, ge=1, description="Chunks shorter than this are computed, not stored.")
+
+
 class ModelConfig(_Section):
     id: str = Field(DEFAULT_MODEL_ID, min_length=1, description="Name clients pass as `model`.")
     path: str | None = Field(
@@ -91,6 +110,9 @@ class ModelConfig(_Section):
     torch_threads: int | None = Field(None, gt=0, description="torch intra-op threads; None = torch's.")
     speculative: SpeculativeConfig | None = Field(None, description="Draft pair for speculative decoding.")
     vllm: VllmConfig = Field(default_factory=VllmConfig, description="vLLM engine settings (engine: vllm).")
+    chunk_cache: ChunkCacheConfig = Field(
+        default_factory=ChunkCacheConfig, description="Chunk-KV reuse (torch engine)."
+    )
 
     @model_validator(mode="after")
     def _limits(self) -> ModelConfig:
@@ -105,6 +127,11 @@ class ModelConfig(_Section):
                     "speculative.adaptive (SpecDec++ candidate length) runs on the torch engine only; "
                     "vllm drafts a fixed num_speculative_tokens"
                 )
+        if self.engine == "vllm" and self.chunk_cache.enabled:
+            raise ValueError(
+                "chunk_cache runs on the torch engine; vllm reuses shared prefixes with "
+                "vllm.enable_prefix_caching (set retrieval.canonical_chunk_order to make repeated chunk sets hit)"
+            )
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError("default_max_tokens must not exceed max_tokens_limit")
         if self.max_tokens_limit >= self.max_model_len:
@@ -145,6 +172,11 @@ class RetrievalConfig(_Section):
     )
     dragin_query_tokens: int = Field(8, gt=0, description="dragin: context tokens QFS puts in the query.")
     dragin_max_retrievals: int = Field(3, ge=1, le=10, description="dragin: retrievals per question at most.")
+    canonical_chunk_order: bool = Field(
+        False,
+        description="Put passages in document order instead of relevance order, so a repeated set of chunks "
+        "makes the same prompt and hits a prefix cache (vLLM's).",
+    )
 
 
 class RouterConfig(_Section):

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cache.response_cache import ResponseCache
-from retrieval.policies.base import PolicyContext, PolicyResult, Question, run_policy
+from retrieval.policies.base import PolicyContext, PolicyResult, Question, prompt_cache_record, run_policy
 from retrieval.policies.registry import get_policy
+from retrieval.prompts import chunk_texts
 from router.plan import RouteDecision
 from services import metrics
 from services.clients import LocalRouter, RetrieverClient, RouterClient, WorkerClient
@@ -160,7 +161,7 @@ class RagService:
         if prepared.answer is not None:
             chunks = _single_chunk(prepared.answer)
         else:
-            chunks = ctx.stream(prepared.messages, params, prepared.assistant_prefix)
+            chunks = ctx.stream(prepared.messages, params, prepared.assistant_prefix, chunk_texts(prepared.passages))
             if prepared.assistant_prefix.strip():
                 parts.append(prepared.assistant_prefix.lstrip())
                 yield StreamEvent(text=parts[0])
@@ -197,6 +198,7 @@ class RagService:
                 "total_s": time.perf_counter() - started,
             },
             speculative=stats.speculative,
+            prompt_cache=prompt_cache_record(stats),
         )
         record = self._record(decision, result, key)
         self._observe(decision, record, result.timings)
@@ -218,7 +220,7 @@ class RagService:
             "retrieval_steps": result.retrieval_steps,
             "llm_calls": result.llm_calls,
             "trace": result.steps,
-            "cache": {"response": "miss" if key else "bypass"},
+            "cache": {"response": "miss" if key else "bypass", **(result.prompt_cache or {})},
             **({"speculative": result.speculative} if result.speculative else {}),
         }
 

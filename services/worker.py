@@ -44,33 +44,53 @@ class Worker:
 
     def ready(self) -> dict[str, Any]:
         spec = getattr(self.engine, "spec", None)
+        reuse = getattr(self.engine, "chunk_reuse", None)
         return {
             "model": self.model_config.id,
             "engine": self.model_config.engine,
             "speculative": spec.describe() if spec is not None else None,
+            "chunk_cache": reuse.describe() if reuse is not None else None,
             "ready": True,
         }
 
-    def metrics_text(self) -> str:
-        """The engine's own Prometheus families (vLLM's), for the gateway's /metrics; "" when none."""
+    def metrics_text(self, include_engine: bool = True) -> str:
+        """Prometheus families the gateway's registry does not hold: the engine's own (vLLM's, unless
+        ``include_engine`` is False: in one process they are in the default registry already) and the
+        chunk-KV cache's."""
+        parts = []
         engine_metrics = getattr(self.engine, "metrics_text", None)
-        return engine_metrics() if engine_metrics is not None else ""
+        if include_engine and engine_metrics is not None:
+            parts.append(engine_metrics())
+        if getattr(self.engine, "chunk_reuse", None) is not None:
+            from cache.chunk_kv import metrics_text
+
+            parts.append(metrics_text())
+        return "".join(parts)
 
     def prompt(self, messages: list[ChatMessage], assistant_prefix: str = "") -> str:
         """The chat template's prompt; ``assistant_prefix`` is text the answer continues from."""
         return self.engine.render_chat(messages) + assistant_prefix
 
     async def generate(
-        self, messages: list[ChatMessage], params: SamplingParams, assistant_prefix: str = ""
+        self,
+        messages: list[ChatMessage],
+        params: SamplingParams,
+        assistant_prefix: str = "",
+        chunks: list[str] | None = None,
     ) -> GenerationResult:
+        """``chunks``: the retrieved texts inside the messages (the chunk-KV cache reuses their KV)."""
         self.check(params)
-        return await self.engine.generate(self.prompt(messages, assistant_prefix), params)
+        return await self.engine.generate(self.prompt(messages, assistant_prefix), params, chunks)
 
     async def stream(
-        self, messages: list[ChatMessage], params: SamplingParams, assistant_prefix: str = ""
+        self,
+        messages: list[ChatMessage],
+        params: SamplingParams,
+        assistant_prefix: str = "",
+        chunks: list[str] | None = None,
     ) -> AsyncIterator[GenerationChunk]:
         self.check(params)
-        async for chunk in self.engine.stream(self.prompt(messages, assistant_prefix), params):
+        async for chunk in self.engine.stream(self.prompt(messages, assistant_prefix), params, chunks):
             yield chunk
 
     async def generate_with_signals(

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from services.workers.engine import ChatMessage, GenerationChunk, SignalResult
 
 from retrieval.documents import Passage
-from retrieval.prompts import AnswerStyle, build_messages, fit_passages
+from retrieval.prompts import AnswerStyle, build_messages, canonical_order, chunk_texts, fit_passages
 from services.workers.engine import GenerationResult, SamplingParams
 
 
@@ -74,6 +74,8 @@ class PolicyResult:
     timings: dict[str, float]
     # The final generation's speculative-decoding figures, when the worker ran a draft pair.
     speculative: dict[str, Any] | None = None
+    # The final generation's prompt-cache figures: chunk-KV reuse (torch) or prefix-cache hits (vLLM).
+    prompt_cache: dict[str, Any] | None = None
 
 
 class RetrievalPolicy(Protocol):
@@ -104,6 +106,8 @@ async def retrieve_step(query: str, ctx: PolicyContext, steps: list[dict[str, An
 
 def final_messages(question: Question, passages: list[Passage] | None, ctx: PolicyContext) -> list[ChatMessage]:
     kept = None if passages is None else fit_passages(passages, ctx.max_context_tokens)
+    if kept and ctx.settings is not None and ctx.settings.canonical_chunk_order:
+        kept = canonical_order(kept)
     return build_messages(question.text, kept, style=question.style, history=question.history, system=question.system)
 
 
@@ -119,7 +123,9 @@ async def run_policy(
         llm_calls = prepared.llm_calls_before
         prompt_tokens, completion_tokens = prepared.prompt_tokens_before, prepared.completion_tokens_before
     else:
-        result = await ctx.generate(prepared.messages, params, prepared.assistant_prefix)
+        result = await ctx.generate(
+            prepared.messages, params, prepared.assistant_prefix, chunk_texts(prepared.passages)
+        )
         result = GenerationResult(prepared.assistant_prefix + result.text, result.finish_reason, result.stats)
         llm_calls = prepared.llm_calls_before + 1
         prompt_tokens = prepared.prompt_tokens_before + result.stats.prompt_tokens
@@ -150,4 +156,15 @@ async def run_policy(
             "total_s": time.perf_counter() - started,
         },
         speculative=s.speculative,
+        prompt_cache=prompt_cache_record(s),
     )
+
+
+def prompt_cache_record(stats: Any) -> dict[str, Any] | None:
+    """The trace's record of how the final prompt's KV was obtained (None when no cache was involved)."""
+    out: dict[str, Any] = {}
+    if stats.chunk_cache is not None:
+        out["chunk_kv"] = stats.chunk_cache
+    if stats.cached_prompt_tokens is not None:
+        out["prefix_cached_tokens"] = stats.cached_prompt_tokens
+    return out or None

@@ -62,12 +62,13 @@ class GenerationStats:
     queue_s: float = 0.0
     # Speculative decoding's figures (drafter, K, drafted, accepted, mean accepted length) when it ran.
     speculative: dict[str, Any] | None = None
+    # Chunk-KV reuse's figures (hits per tier, tokens reused and recomputed, bytes) when it ran.
+    chunk_cache: dict[str, Any] | None = None
+    # Prompt tokens whose KV came from the engine's prefix cache (vLLM), when it says.
+    cached_prompt_tokens: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        out = dict(self.__dict__)
-        if out["speculative"] is None:
-            del out["speculative"]
-        return out
+        return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
 @dataclass
@@ -109,10 +110,13 @@ class Engine(Protocol):
     def count_tokens(self, text: str) -> int:
         """Model tokens in ``text`` (no special tokens added)."""
 
-    def stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[GenerationChunk]:
-        """Stream the completion of ``prompt``; the last chunk carries finish reason and stats."""
+    def stream(
+        self, prompt: str, params: SamplingParams, chunks: list[str] | None = None
+    ) -> AsyncIterator[GenerationChunk]:
+        """Stream the completion of ``prompt``; the last chunk carries finish reason and stats.
+        ``chunks``: retrieved texts inside the prompt (engines with a chunk-KV cache reuse their KV)."""
 
-    async def generate(self, prompt: str, params: SamplingParams) -> GenerationResult:
+    async def generate(self, prompt: str, params: SamplingParams, chunks: list[str] | None = None) -> GenerationResult:
         """The whole completion at once."""
 
     async def generate_with_signals(self, prompt: str, params: SamplingParams) -> SignalResult:

@@ -30,6 +30,7 @@ from services.workers.text import TokenizerMixin
 if TYPE_CHECKING:
     import torch
 
+    from cache.chunk_reuse import ChunkReuse, Prefilled, ReuseMode
     from services.config import ModelConfig
     from services.workers.spec.decode import SpecSetup, SpecStats
 
@@ -58,6 +59,9 @@ class TorchEngine(TokenizerMixin):
             from services.workers.spec.decode import build_setup
 
             self.spec = build_setup(config.speculative, self.model, self.device, cache_dir)
+        self.chunk_reuse: ChunkReuse | None = None
+        if config.chunk_cache.enabled:
+            self.chunk_reuse = _build_chunk_reuse(config, self.model, self.tokenizer)
         # One forward pass at a time: concurrent requests interleave step by step instead of
         # fighting over the same cores.
         self._lock = threading.Lock()
@@ -71,10 +75,12 @@ class TorchEngine(TokenizerMixin):
         *,
         spec: SpecSetup | None = None,
         spec_stats: SpecStats | None = None,
+        prefilled: Prefilled | None = None,
     ) -> Generator[tuple[int, float], None, None]:
         """Yield (token id, seconds the forward pass took). Stops at max_tokens or EOS (yielded).
         With ``entropies``, the entropy of each step's distribution is appended to it (the plain loop
-        runs then). With ``spec`` (a draft pair) and ``spec_stats``, decoding is speculative."""
+        runs then). With ``spec`` (a draft pair) and ``spec_stats``, decoding is speculative. ``prefilled``
+        holds the prompt's KV and first logits when chunk-KV reuse computed them."""
         import torch
         from transformers import DynamicCache
 
@@ -87,17 +93,30 @@ class TorchEngine(TokenizerMixin):
             from services.workers.spec.decode import speculative_steps
 
             yield from speculative_steps(
-                self.model, self.device, self._lock, prompt_ids, max_new, params, gen, spec, self.eos_ids, spec_stats
+                self.model,
+                self.device,
+                self._lock,
+                prompt_ids,
+                max_new,
+                params,
+                gen,
+                spec,
+                self.eos_ids,
+                spec_stats,
+                prefilled,
             )
             return
         cache = DynamicCache()
         inputs = torch.tensor([prompt_ids], device=self.device)
-        for _ in range(max_new):
-            with self._lock, torch.inference_mode():
-                start = time.perf_counter()
-                out = self.model(input_ids=inputs, past_key_values=cache, use_cache=True)
-                logits = out.logits[0, -1].to("cpu")
-                spent = time.perf_counter() - start
+        for step in range(max_new):
+            if step == 0 and prefilled is not None:
+                cache, logits, spent = prefilled.cache, prefilled.logits.to("cpu"), prefilled.seconds
+            else:
+                with self._lock, torch.inference_mode():
+                    start = time.perf_counter()
+                    out = self.model(input_ids=inputs, past_key_values=cache, use_cache=True)
+                    logits = out.logits[0, -1].to("cpu")
+                    spent = time.perf_counter() - start
             token = sample_token(logits, params, gen)
             if entropies is not None:
                 logp = torch.log_softmax(logits.float(), dim=-1)
@@ -108,12 +127,21 @@ class TorchEngine(TokenizerMixin):
             inputs = torch.tensor([[token]], device=self.device)
 
     def stream_sync(
-        self, prompt: str, params: SamplingParams, *, spec: SpecSetup | None | bool = True
+        self,
+        prompt: str,
+        params: SamplingParams,
+        *,
+        spec: SpecSetup | None | bool = True,
+        chunks: list[str] | None = None,
+        reuse: ReuseMode | None = None,
+        fraction: float | None = None,
     ) -> Generator[GenerationChunk, None, None]:
         """The synchronous stream (the library path and the async wrapper both use it).
 
         ``spec``: True uses the worker's configured draft pair (if any), False or None decodes plainly,
-        a ``SpecSetup`` uses that pair (benchmarks compare pairs in one process)."""
+        a ``SpecSetup`` uses that pair (benchmarks compare pairs in one process). ``chunks``: the
+        retrieved texts in the prompt, whose stored KV the chunk-KV cache reuses when it is on;
+        ``reuse`` (blend, prefix) and ``fraction`` override its mode and recompute fraction (benchmarks)."""
         from services.workers.spec.decode import SpecStats
 
         started = time.perf_counter()
@@ -123,7 +151,16 @@ class TorchEngine(TokenizerMixin):
         finish: FinishReason = "length"
         setup = self.spec if spec is True else (spec or None)
         spec_stats = SpecStats() if setup is not None else None
-        steps = self.iter_tokens(prompt_ids, params, spec=setup, spec_stats=spec_stats)
+        prefilled = None
+        if self.chunk_reuse is not None and chunks:
+            import torch
+
+            self._check_prompt(prompt_ids, params)
+            with self._lock, torch.inference_mode():
+                prefilled = self.chunk_reuse.prefill(prompt, chunks, mode=reuse or "blend", fraction=fraction)
+            prompt_ids = prefilled.prompt_ids
+            stats.chunk_cache = prefilled.report
+        steps = self.iter_tokens(prompt_ids, params, spec=setup, spec_stats=spec_stats, prefilled=prefilled)
         try:
             for token, spent in steps:
                 if stats.completion_tokens == 0:
@@ -146,12 +183,17 @@ class TorchEngine(TokenizerMixin):
                     yield GenerationChunk(delta)
         finally:
             steps.close()
+            if prefilled is not None and prefilled.after is not None:
+                with self._lock:
+                    prefilled.after()
         if setup is not None and spec_stats is not None:
             stats.speculative = {**setup.describe(), **spec_stats.as_dict()}
         yield GenerationChunk(detok.flush() if finish == "length" or not detok.stopped else "", finish, stats)
 
-    async def stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[GenerationChunk]:
-        it = self.stream_sync(prompt, params)
+    async def stream(
+        self, prompt: str, params: SamplingParams, chunks: list[str] | None = None
+    ) -> AsyncIterator[GenerationChunk]:
+        it = self.stream_sync(prompt, params, chunks=chunks)
         done = object()
         try:
             while True:
@@ -163,14 +205,21 @@ class TorchEngine(TokenizerMixin):
         finally:
             it.close()
 
-    async def generate(self, prompt: str, params: SamplingParams) -> GenerationResult:
-        return await collect(self.stream(prompt, params))
+    async def generate(self, prompt: str, params: SamplingParams, chunks: list[str] | None = None) -> GenerationResult:
+        return await collect(self.stream(prompt, params, chunks))
 
     def generate_sync(
-        self, prompt: str, params: SamplingParams, *, spec: SpecSetup | None | bool = True
+        self,
+        prompt: str,
+        params: SamplingParams,
+        *,
+        spec: SpecSetup | None | bool = True,
+        chunks: list[str] | None = None,
+        reuse: ReuseMode | None = None,
+        fraction: float | None = None,
     ) -> GenerationResult:
         parts, last = [], None
-        for chunk in self.stream_sync(prompt, params, spec=spec):
+        for chunk in self.stream_sync(prompt, params, spec=spec, chunks=chunks, reuse=reuse, fraction=fraction):
             parts.append(chunk.text)
             last = chunk
         assert last is not None and last.finish_reason is not None
@@ -242,7 +291,37 @@ class TorchEngine(TokenizerMixin):
         return await asyncio.to_thread(self.generate_with_signals_sync, prompt, params)
 
     def close(self) -> None:
+        if self.chunk_reuse is not None:
+            self.chunk_reuse.store.close()
         self.model = None
+
+
+def _build_chunk_reuse(config: ModelConfig, model: Any, tokenizer: Any) -> ChunkReuse:
+    import os
+
+    from cache.backends import open_backend
+    from cache.chunk_kv import model_fingerprint
+    from cache.chunk_reuse import ChunkReuse
+    from cache.kv_blend import UnsupportedModelError
+    from services.errors import ConfigError
+
+    cc = config.chunk_cache
+    url = cc.backend_url or os.environ.get("REDIS_URL") or None
+    backend = open_backend(url) if url and not url.startswith("memory:") else None
+    try:
+        return ChunkReuse(
+            model,
+            tokenizer,
+            fingerprint=model_fingerprint(config.id, model.config, config.dtype),
+            memory_bytes=cc.memory_bytes,
+            policy=cc.eviction,
+            backend=backend,
+            ttl_s=cc.ttl_s,
+            recompute_fraction=cc.recompute_fraction,
+            min_chunk_tokens=cc.min_chunk_tokens,
+        )
+    except UnsupportedModelError as exc:
+        raise ConfigError(f"models[{config.id}].chunk_cache: {exc}") from exc
 
 
 class _StopAwareDetokenizer:

@@ -229,7 +229,10 @@ class VllmEngine(TokenizerMixin):
         )
 
     # -- generation ----------------------------------------------------------------------------
-    async def stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[GenerationChunk]:
+    async def stream(
+        self, prompt: str, params: SamplingParams, chunks: list[str] | None = None
+    ) -> AsyncIterator[GenerationChunk]:
+        # ``chunks`` needs nothing here: vLLM's prefix cache finds shared prompt prefixes on its own.
         prompt_ids = self.encode(prompt)
         max_new = self._check_prompt(prompt_ids, params)
         async for chunk in self._bridge(self._run(prompt_ids, self.sampling_params(params, max_new))):
@@ -324,6 +327,8 @@ class VllmEngine(TokenizerMixin):
                     stats.decode_s = now - first_at
                 if self.spec is not None:
                     stats.speculative = self.describe_spec(getattr(completion, "spec_decode_metrics", None))
+                cached = getattr(out, "num_cached_tokens", None)
+                stats.cached_prompt_tokens = int(cached) if isinstance(cached, int) else None
                 yield GenerationChunk(completion.text, finish, stats)
                 return
             if completion.text:
@@ -344,8 +349,8 @@ class VllmEngine(TokenizerMixin):
             )
         return out
 
-    async def generate(self, prompt: str, params: SamplingParams) -> GenerationResult:
-        return await collect(self.stream(prompt, params))
+    async def generate(self, prompt: str, params: SamplingParams, chunks: list[str] | None = None) -> GenerationResult:
+        return await collect(self.stream(prompt, params, chunks))
 
     async def generate_with_signals(self, prompt: str, params: SamplingParams) -> SignalResult:
         """The completion with per-token entropies from vLLM's top log-probabilities; vLLM does not

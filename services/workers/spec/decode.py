@@ -22,6 +22,7 @@ from services.workers.spec.verify import sample_token, target_probs, verify_gree
 if TYPE_CHECKING:
     import torch
 
+    from cache.chunk_reuse import Prefilled
     from services.config import SpeculativeConfig
     from services.workers.engine import SamplingParams
 
@@ -78,20 +79,25 @@ def speculative_steps(
     setup: SpecSetup,
     eos_ids: set[int],
     stats: SpecStats,
+    prefilled: Prefilled | None = None,
 ) -> Generator[tuple[int, float], None, None]:
-    """Yield (token, seconds) like the plain loop; a round's time goes to its first token."""
+    """Yield (token, seconds) like the plain loop; a round's time goes to its first token.
+    ``prefilled``: the prompt's KV and first logits already computed (chunk-KV reuse)."""
     import torch
     from transformers import DynamicCache
 
     drafter = setup.new_drafter()
     length = setup.length_rule(drafter)
-    cache = DynamicCache()
     ids = list(prompt_ids)
-    with lock, torch.inference_mode():
-        start = time.perf_counter()
-        out = model(input_ids=torch.tensor([ids], device=device), past_key_values=cache, use_cache=True)
-        first = out.logits[0, -1].float().cpu()
-        spent = time.perf_counter() - start
+    if prefilled is not None:
+        cache, first, spent = prefilled.cache, prefilled.logits.float().cpu(), prefilled.seconds
+    else:
+        cache = DynamicCache()
+        with lock, torch.inference_mode():
+            start = time.perf_counter()
+            out = model(input_ids=torch.tensor([ids], device=device), past_key_values=cache, use_cache=True)
+            first = out.logits[0, -1].float().cpu()
+            spent = time.perf_counter() - start
     token = sample_token(first, params, gen)
     produced = 1
     yield token, spent
