@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from cache.chunk_kv import TOKENS, ChunkKV, ChunkKVStore, Lookup, chunk_key
+from cache.chunk_kv import MEMORY_BYTES, TOKENS, ChunkKV, ChunkKVStore, Lookup, chunk_key
 from cache.kv_blend import BlendResult, KVBlender, to_dynamic_cache
 
 if TYPE_CHECKING:
@@ -153,6 +153,19 @@ class ChunkReuse:
             _, made = self._chunk_entry(prefix.entry, ids[s.start : s.end])
             counts["computed"] += int(made)
         return counts
+
+    def drop_from_memory(self, prompt: str, chunks: list[str]) -> int:
+        """Remove this prompt's prefix and chunk entries from the memory tier (the next lookups go to the
+        second tier); returns how many were there."""
+        ids, spans = self.tokenize(prompt, chunks)
+        if not spans:
+            return 0
+        prefix_ids = ids[: spans[0].start]
+        keys = [chunk_key(self.fingerprint, [], prefix_ids)]
+        keys += [chunk_key(self.fingerprint, prefix_ids, ids[s.start : s.end]) for s in spans]
+        dropped = sum(self.store.memory.remove(k) for k in keys)
+        MEMORY_BYTES.set(self.store.memory.used_bytes)
+        return dropped
 
     # -- prefill ---------------------------------------------------------------------------------
 

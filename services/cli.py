@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_calibrate_dragin)
 
     p = sub.add_parser("bench", help="benchmarks: results as JSON plus a markdown table")
-    p.add_argument("what", choices=["router", "policies", "spec"])
+    p.add_argument("what", choices=["router", "policies", "spec", "kvcache"])
     p.add_argument("--data", action="append", help="QA JSONL file (repeatable)")
     p.add_argument("--out", required=True)
     p.add_argument("--repeats", type=int, default=200, help="router: timing repeats")
@@ -237,8 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--drafters", default="ngram,self_draft,draft_model", help="spec: drafters to compare")
     p.add_argument("--self-draft-layers", type=int, default=8, help="spec: layers of the self-draft")
-    p.add_argument("--no-vllm", action="store_true", help="spec: torch engine only (vLLM is skipped if missing)")
+    p.add_argument(
+        "--no-vllm", action="store_true", help="spec, kvcache: torch engine only (vLLM is skipped if missing)"
+    )
     p.add_argument("--vllm-k", type=int, default=4, help="spec: vLLM ngram candidate length")
+    p.add_argument("--fraction", type=float, help="kvcache: recompute fraction (default: the model's chunk_cache)")
+    p.add_argument("--sweep", help="kvcache: further recompute fractions measured side by side, e.g. 0.3,0.5")
+    p.add_argument("--redis-url", help="kvcache: Redis tier (default: $REDIS_URL; none: memory tier only)")
+    p.add_argument("--zipf-requests", type=int, default=20000, help="kvcache: requests of the eviction replay")
+    p.add_argument("--vllm-prompts", type=int, default=20, help="kvcache: chunk sets for the vLLM prefix-cache run")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -44,6 +44,28 @@ def run_bench(what: str, config: AppConfig, args: argparse.Namespace) -> str:
             vllm=not args.no_vllm,
             vllm_k=args.vllm_k,
         )
+    if what == "kvcache":
+        from services.evaluation.bench_kvcache import bench_kvcache
+
+        if not args.data:
+            raise ValueError("bench kvcache needs --data FILE (repeatable)")
+        fractions = [args.fraction] if args.fraction is not None else []
+        fractions += number_list(args.sweep, float, "--sweep") if args.sweep else []
+        if any(not 0.0 <= f <= 1.0 for f in fractions):
+            raise ValueError("--fraction and --sweep take fractions between 0 and 1")
+        return bench_kvcache(
+            config,
+            args.data,
+            args.out,
+            limit=args.limit or 50,
+            max_tokens=args.max_tokens or 32,
+            fraction=args.fraction,
+            redis_url=args.redis_url,
+            zipf_requests=args.zipf_requests,
+            seed=args.seed,
+            vllm_prompts=0 if args.no_vllm else args.vllm_prompts,
+            sweep=tuple(number_list(args.sweep, float, "--sweep")) if args.sweep else (),
+        )
     raise ValueError(f"unknown benchmark {what!r}")
 
 

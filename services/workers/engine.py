@@ -66,6 +66,8 @@ class GenerationStats:
     chunk_cache: dict[str, Any] | None = None
     # Prompt tokens whose KV came from the engine's prefix cache (vLLM), when it says.
     cached_prompt_tokens: int | None = None
+    # The first token's id (the torch engine reports it; benchmarks compare first tokens across modes).
+    first_token: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}

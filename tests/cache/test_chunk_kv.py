@@ -308,3 +308,35 @@ def test_single_flight_in_one_store() -> None:
     for t in threads:
         t.join()
     assert computed == [1]
+
+
+def test_the_service_reports_chunk_reuse_in_trace_ready_and_metrics(chunk_engine: Any, local_service: Any) -> None:
+    import asyncio
+
+    from retrieval.policies.base import Question
+    from services.clients import LocalWorker
+    from services.rag import AnswerRequest, RagService
+    from services.worker import Worker
+
+    config = local_service.config
+    worker = Worker(config, engine=chunk_engine)
+    service = RagService(config, local_service.retriever, {config.default_model.id: LocalWorker(worker)}, cache=None)
+    req = AnswerRequest(question=Question(text="Which engine is the embedded default?"), policy="single", max_tokens=8)
+    first = asyncio.run(service.answer(req))
+    second = asyncio.run(service.answer(req))
+    kv = second["cache"]["chunk_kv"]
+    assert first["cache"]["chunk_kv"]["chunks"] == kv["chunks"] > 0
+    assert kv["chunk_hits"]["memory"] == kv["chunks"] and kv["chunk_misses"] == 0
+    assert 0 < kv["chunk_tokens_recomputed"] < kv["chunk_tokens"]
+    assert worker.ready()["chunk_cache"]["recompute_fraction"] == 0.15
+    texts = asyncio.run(service.worker_metrics())
+    joined = "".join(texts)
+    assert 'ragyard_chunk_kv_lookups_total{result="hit",tier="memory"}' in joined
+    assert 'ragyard_chunk_kv_tokens_total{kind="reused"}' in joined
+    # Streaming goes through the same reuse.
+    events = asyncio.run(_collect(service.stream(req)))
+    assert events[-1].record["cache"]["chunk_kv"]["chunk_hits"]["memory"] == kv["chunks"]
+
+
+async def _collect(stream: Any) -> list[Any]:
+    return [e async for e in stream]

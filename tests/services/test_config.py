@@ -44,6 +44,10 @@ def test_yaml_file_and_env_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyP
         ({"models": [{"id": "a"}, {"id": "a"}]}, "unique"),
         ({"serverr": {}}, "serverr"),
         ({"retrieval": {"top_k": 30}}, "top_k must not exceed"),
+        ({"models": [{"chunk_cache": {"recompute_fraction": 1.5}}]}, "models.0.chunk_cache.recompute_fraction"),
+        ({"models": [{"chunk_cache": {"eviction": "fifo"}}]}, "models.0.chunk_cache.eviction"),
+        ({"models": [{"chunk_cache": {"memory_bytes": -1}}]}, "models.0.chunk_cache.memory_bytes"),
+        ({"models": [{"engine": "vllm", "chunk_cache": {"enabled": True}}]}, "chunk_cache runs on the torch engine"),
     ],
 )
 def test_invalid_config_names_the_path(data: dict, fragment: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,6 +198,36 @@ def test_plain_greedy_outputs(engines: Engines, prompts: list[str], plain_output
         result = asyncio.run(engine.generate(prompt, GREEDY))
         assert result.text
         plain_outputs[prompt] = _ids(engine, result.text)
+
+
+def test_canonical_chunk_order_makes_a_repeated_chunk_set_hit_the_prefix_cache(
+    engines: Engines, shared_data: Path
+) -> None:
+    """The same five chunks, ranked differently for two questions: in relevance order the second prompt
+    shares only the text before the first chunk with the first; in canonical order all chunks."""
+    from retrieval.documents import Chunk, Passage
+    from retrieval.prompts import build_messages, canonical_order
+
+    engine = engines.get("plain")
+    row = json.loads((shared_data / "dev_boolq.jsonl").read_text(encoding="utf-8").splitlines()[7])
+    passages = [
+        Passage(Chunk(i, f"doc-{i}", c["title"], c["text"], 0, 0), 1.0) for i, c in enumerate(row["contexts"][:5])
+    ]
+    params = SamplingParams(max_tokens=2)
+
+    def second_hit(order: Any) -> tuple[int, int]:
+        asyncio.run(engine.generate(engine.render_chat(build_messages(row["question"], order(passages))), params))
+        follow_up = row["question"] + " Answer in one word."
+        prompt = engine.render_chat(build_messages(follow_up, order(list(reversed(passages)))))
+        res = asyncio.run(engine.generate(prompt, params))
+        assert res.stats.cached_prompt_tokens is not None
+        return res.stats.cached_prompt_tokens, res.stats.prompt_tokens
+
+    relevance, total = second_hit(list)
+    canonical, _ = second_hit(canonical_order)
+    question_part = engine.count_tokens("Question: " + row["question"] + " Answer in one word.") + 8
+    assert canonical >= total - question_part - 16  # everything but the question (16-token blocks)
+    assert relevance < total / 2 < canonical
 
 
 def test_the_gateway_reports_speculation_and_serves_vllm_metrics(engines: Engines, local_service: Any) -> None:

@@ -163,8 +163,9 @@ class TorchEngine(TokenizerMixin):
         steps = self.iter_tokens(prompt_ids, params, spec=setup, spec_stats=spec_stats, prefilled=prefilled)
         try:
             for token, spent in steps:
-                if stats.completion_tokens == 0:
+                if stats.completion_tokens == 0 and stats.first_token is None:
                     stats.ttft_s = time.perf_counter() - started
+                    stats.first_token = token
                     stats.prefill_s = spent
                     stats.queue_s = max(0.0, stats.ttft_s - spent)
                 else:
