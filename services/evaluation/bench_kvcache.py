@@ -358,6 +358,8 @@ def zipf_table(
 
 
 def kvcache_table(result: dict[str, Any]) -> str:
+    """The markdown summary of a ``kvcache.json`` (``python -m services.evaluation.bench_kvcache FILE``
+    prints it again)."""
     med = result["ttft_s_median"]
     lines = [
         f"Chunk-KV reuse, {result['prompts']} prompts (question + top-{result['top_k']} chunks), "
@@ -379,6 +381,21 @@ def kvcache_table(result: dict[str, Any]) -> str:
         "",
         f"recomputed chunk tokens: {result['recompute_fraction']:.3f}; first-token agreement with full prefill: "
         f"{result['first_token_agreement']:.3f}; F1 change: {result['f1_delta_points']:+.2f} points",
+    ]
+    if result.get("fraction_sweep"):
+        lines += [
+            "",
+            "| recompute fraction | TTFT speedup | F1 | F1 change (points) | first-token agreement |",
+            "| --- | --- | --- | --- | --- |",
+            f"| {result['recompute_fraction']:.2f} | {result['ttft_speedup']:.2f} | {result['f1_reuse']:.3f} "
+            f"| {result['f1_delta_points']:+.2f} | {result['first_token_agreement']:.3f} |",
+        ]
+        for f in result["fraction_sweep"].values():
+            lines.append(
+                f"| {f['recompute_fraction']:.2f} | {f['ttft_speedup']:.2f} | {f['f1']:.3f} "
+                f"| {f['f1_delta_points']:+.2f} | {f['first_token_agreement']:.3f} |"
+            )
+    lines += [
         "",
         "| file | n | F1 full | F1 reuse | change (points) | TTFT speedup |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -414,3 +431,9 @@ def kvcache_table(result: dict[str, Any]) -> str:
             f"| {craft['hit_rate']:.3f} / {craft['compute_saved']:.3f} |"
         )
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(kvcache_table(json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))))  # noqa: T201

@@ -55,6 +55,7 @@ def test_bench_kvcache_on_two_prompts(shared_data: Path, tmp_path: Path, redis_u
     assert "| chunk-KV reuse (Redis) |" in table
     half = result["fraction_sweep"]["0.5"]
     assert 0.45 < half["recompute_fraction"] < 0.6 and half["ttft_speedup"] > 0
+    assert "| recompute fraction |" in table
     assert (tmp_path / "kvcache.md").read_text().strip() == table
     vp = result["vllm_prefix_cache"]
     if "skipped" in vp:
