@@ -191,12 +191,8 @@ class ChunkReuse:
         prefix: ChunkKV | None = None
         if spans:
             prefix_ids = ids[: spans[0].start]
-            found = self.store.get(chunk_key(self.fingerprint, [], prefix_ids), prefix_ids)
-            if found.entry is None:
-                found, _ = self._prefix_entry(prefix_ids)
-                prefix_tier = "miss"
-            else:
-                prefix_tier = found.tier
+            found, computed_now = self._prefix_entry(prefix_ids)
+            prefix_tier = "miss" if computed_now else found.tier
             prefix = found.entry
             assert prefix is not None
             bytes_read += found.bytes_read

@@ -209,7 +209,7 @@ def test_canonical_chunk_order_makes_a_repeated_chunk_set_hit_the_prefix_cache(
     from retrieval.prompts import build_messages, canonical_order
 
     engine = engines.get("plain")
-    row = json.loads((shared_data / "dev_boolq.jsonl").read_text(encoding="utf-8").splitlines()[7])
+    row = json.loads((shared_data / "dev_hotpotqa.jsonl").read_text(encoding="utf-8").splitlines()[3])
     passages = [
         Passage(Chunk(i, f"doc-{i}", c["title"], c["text"], 0, 0), 1.0) for i, c in enumerate(row["contexts"][:5])
     ]
@@ -226,7 +226,8 @@ def test_canonical_chunk_order_makes_a_repeated_chunk_set_hit_the_prefix_cache(
     relevance, total = second_hit(list)
     canonical, _ = second_hit(canonical_order)
     question_part = engine.count_tokens("Question: " + row["question"] + " Answer in one word.") + 8
-    assert canonical >= total - question_part - 16  # everything but the question (16-token blocks)
+    # Everything but the question, down to a whole KV block (128 tokens on the CPU backend).
+    assert canonical >= total - question_part - 128
     assert relevance < total / 2 < canonical
 
 
