@@ -108,16 +108,13 @@ class ChunkKV:
 
 
 def _digest(*tensors: torch.Tensor) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    for t in tensors:
-        h.update(t.contiguous().view(-1).view(dtype=_byte_dtype()).numpy().tobytes())
-    return h.hexdigest()
-
-
-def _byte_dtype() -> Any:
     import torch
 
-    return torch.uint8
+    h = hashlib.blake2b(digest_size=16)
+    for t in tensors:
+        # Raw bytes via uint8, so dtypes numpy lacks (bfloat16) hash too.
+        h.update(t.contiguous().view(-1).view(dtype=torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def serialize(entry: ChunkKV) -> bytes:
