@@ -18,6 +18,8 @@ class Plan(BaseModel):
     complexity: dict[str, Any] | None = Field(
         None, description="For `adaptive`: the class, its probabilities and the policy it runs."
     )
+    speculative: bool = Field(True, description="Decode with the worker's draft pair, if it has one.")
+    chunk_cache: bool = Field(True, description="Reuse stored chunk KV, if the worker has the cache on.")
 
     def label(self) -> str:
         """A short, bounded-cardinality name for metrics."""
@@ -27,3 +29,6 @@ class Plan(BaseModel):
 class RouteDecision(BaseModel):
     plan: Plan
     reason: str
+    sla: dict[str, Any] | None = Field(
+        None, description="The SLA controller's admission: ticket, tier, targets, candidates considered."
+    )

@@ -55,6 +55,12 @@ class RouterClient(Protocol):
 
     async def needs_embedding(self, policy: str | None) -> bool: ...
 
+    async def finish(self, ticket: int, outcome: dict[str, Any]) -> dict[str, Any] | None: ...
+
+    async def sla(self, tenant: str | None = None) -> dict[str, Any]: ...
+
+    async def metrics_text(self) -> str: ...
+
     async def ready(self) -> dict[str, Any]: ...
 
 
@@ -67,6 +73,15 @@ class LocalRouter:
 
     async def needs_embedding(self, policy: str | None) -> bool:
         return self.service.needs_embedding(policy)
+
+    async def finish(self, ticket: int, outcome: dict[str, Any]) -> dict[str, Any] | None:
+        return self.service.finish(ticket, outcome)
+
+    async def sla(self, tenant: str | None = None) -> dict[str, Any]:
+        return self.service.sla(tenant)
+
+    async def metrics_text(self) -> str:
+        return self.service.metrics_text()
 
     async def ready(self) -> dict[str, Any]:
         return self.service.ready()
@@ -81,6 +96,15 @@ class HandleRouter:
 
     async def needs_embedding(self, policy: str | None) -> bool:
         return await self.handle.needs_embedding.remote(policy)
+
+    async def finish(self, ticket: int, outcome: dict[str, Any]) -> dict[str, Any] | None:
+        return await self.handle.finish.remote(ticket, outcome)
+
+    async def sla(self, tenant: str | None = None) -> dict[str, Any]:
+        return await self.handle.sla.remote(tenant)
+
+    async def metrics_text(self) -> str:
+        return await self.handle.metrics_text.remote()
 
     async def ready(self) -> dict[str, Any]:
         return await asyncio.wait_for(self.handle.ready.remote(), timeout=5.0)

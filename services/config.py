@@ -201,6 +201,23 @@ class CacheConfig(_Section):
     enabled: bool = Field(True, description="Serve repeated greedy questions from the cache.")
 
 
+class SlaConfig(_Section):
+    """The SLA budget controller (router/controller.py) and its policy file (router/sla.py)."""
+
+    enabled: bool = Field(
+        False,
+        description="Plan each request within its tier's SLO and its tenant's budget; shed with 429 under overload.",
+    )
+    policy_path: str | None = Field(
+        None, description="SLA policy YAML (tiers, tenants, prices); None = the built-in three tiers, no tenants."
+    )
+    reload_interval_s: float = Field(2.0, gt=0, description="How often the policy file is checked for changes.")
+    budget_url: str | None = Field(
+        None, description="Budget store: memory:// or redis://host:port/db; None = REDIS_URL when set, else memory."
+    )
+    budget_prefix: str = Field("ragyard:budget:", min_length=1, description="Redis key prefix of the budgets.")
+
+
 class ServerConfig(_Section):
     host: str = Field("127.0.0.1", description="HTTP bind address; HOST overrides it.")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port; PORT overrides it.")
@@ -241,6 +258,7 @@ class AppConfig(BaseSettings):
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig, description="Retrieval policies.")
     router: RouterConfig = Field(default_factory=RouterConfig, description="Complexity router.")
     cache: CacheConfig = Field(default_factory=CacheConfig, description="Response cache.")
+    sla: SlaConfig = Field(default_factory=SlaConfig, description="SLA policies and the budget controller.")
     server: ServerConfig = Field(default_factory=ServerConfig, description="HTTP edge.")
     corpus: CorpusConfig = Field(default_factory=CorpusConfig, description="Sample corpus.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray and Serve placement.")
@@ -320,6 +338,10 @@ def load_config(source: AppConfig | dict[str, Any] | str | Path | None = None) -
             sect = dict(data.get(section) or {})
             sect[key] = value
             data[section] = sect
+    redis_url = os.environ.get("REDIS_URL")
+    if redis_url and not (data.get("sla") or {}).get("budget_url"):
+        # Budgets go where the response cache goes, so replicas share them.
+        data["sla"] = {**(data.get("sla") or {}), "budget_url": redis_url}
     try:
         return AppConfig(**data)
     except ValidationError as exc:

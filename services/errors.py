@@ -67,3 +67,35 @@ class NotReadyError(RagyardError):
     status_code = 503
     error_type = "service_unavailable"
     code = "not_ready"
+
+
+class PermissionDeniedError(InvalidRequestError):
+    """The client may not ask for this (an SLA override above its tier)."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "permission_denied"
+
+
+class RateLimitError(InvalidRequestError):
+    """Shed under overload; `retry_after` says when to come back."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+    retry_after: int | None = None
+
+
+class QuotaExceededError(RateLimitError):
+    """The tenant's budget for the period is spent."""
+
+    error_type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class ServiceUnavailableError(RagyardError):
+    """A store the request needs (the budget store) cannot be reached."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "service_unavailable"

@@ -20,17 +20,32 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cache.errors import BackendUnavailableError
 from retrieval.errors import DocumentFormatError, UnknownPolicyError, UnsupportedDocumentTypeError
 from retrieval.ingest import parse, type_for_media
 from retrieval.policies.base import Question
-from router.errors import UnknownModelError
+from router.errors import (
+    BudgetExhaustedError,
+    OverloadedError,
+    PlanUnavailableError,
+    SlaHeaderError,
+    SlaOverrideError,
+    SlaRequestError,
+    UnknownModelError,
+)
 from router.router import AUTO_MODEL
+from router.sla import HEADERS as SLA_HEADERS
+from router.sla import PolicyStore
 from services import metrics
 from services.errors import (
     InvalidRequestError,
     NotFoundError,
     PayloadTooLargeError,
+    PermissionDeniedError,
+    QuotaExceededError,
     RagyardError,
+    RateLimitError,
+    ServiceUnavailableError,
     UnsupportedMediaTypeError,
 )
 from services.rag import AnswerRequest, RagService
@@ -59,11 +74,39 @@ def _as_ragyard(exc: BaseException) -> RagyardError:
         return UnsupportedMediaTypeError(str(exc), param="type", code="unsupported_document_type")
     if isinstance(exc, DocumentFormatError):
         return InvalidRequestError(str(exc), param="documents", code="invalid_document")
+    if isinstance(exc, SlaRequestError):
+        return _sla_error(exc)
+    if isinstance(exc, BackendUnavailableError):
+        return ServiceUnavailableError(str(exc), code="budget_store_unavailable")
     return RagyardError("internal error; the server log has the details", code="internal_error")
 
 
+def _sla_error(exc: SlaRequestError) -> RagyardError:
+    out: RagyardError
+    if isinstance(exc, SlaOverrideError):
+        out = PermissionDeniedError(exc.message, param=exc.param, code="sla_override_not_allowed")
+    elif isinstance(exc, SlaHeaderError):
+        out = InvalidRequestError(exc.message, param=exc.param, code="invalid_sla_header")
+    elif isinstance(exc, PlanUnavailableError):
+        out = InvalidRequestError(exc.message, param=exc.param, code="no_plan_fits")
+    elif isinstance(exc, BudgetExhaustedError):
+        out = QuotaExceededError(exc.message)
+        out.retry_after = exc.retry_after
+    elif isinstance(exc, OverloadedError):
+        out = RateLimitError(exc.message)
+        out.retry_after = exc.retry_after
+    else:
+        out = InvalidRequestError(exc.message, param=exc.param)
+    return out
+
+
 def _json_error(exc: RagyardError) -> JSONResponse:
-    return JSONResponse(error_body(exc.message, exc.error_type, exc.param, exc.code), status_code=exc.status_code)
+    retry = getattr(exc, "retry_after", None)
+    return JSONResponse(
+        error_body(exc.message, exc.error_type, exc.param, exc.code),
+        status_code=exc.status_code,
+        headers={"Retry-After": str(retry)} if retry else None,
+    )
 
 
 class BodyLimitMiddleware:
@@ -103,11 +146,20 @@ def create_app(
     *,
     max_body_bytes: int = 1 << 20,
     api_keys: list[str] | None = None,
+    sla_policy: PolicyStore | None = None,
 ) -> FastAPI:
-    """The FastAPI app over a RagService (or a coroutine that builds one, awaited on first use)."""
+    """The FastAPI app over a RagService (or a coroutine that builds one, awaited on first use).
+
+    ``sla_policy``: the SLA policy store (when the controller is on); its tenants' API keys are
+    accepted besides ``api_keys``, and each request is tagged with its tenant."""
     app = FastAPI(title="Ragyard", version="0.1.0", docs_url="/docs", redoc_url=None)
     state: dict[str, RagService] = {}
     keys = set(api_keys or [])
+    if sla_policy is None and isinstance(service_or_factory, RagService) and service_or_factory.config.sla.enabled:
+        cfg = service_or_factory.config
+        sla_policy = PolicyStore(
+            cfg.sla.policy_path, reload_interval_s=cfg.sla.reload_interval_s, models=[m.id for m in cfg.models]
+        )
 
     async def svc() -> RagService:
         if "svc" not in state:
@@ -164,7 +216,15 @@ def create_app(
         return _json_error(converted)
 
     # Other packages' errors have handlers of their own class so Starlette never treats them as 500s.
-    for cls in (RagyardError, UnknownModelError, UnknownPolicyError, DocumentFormatError, UnsupportedDocumentTypeError):
+    for cls in (
+        RagyardError,
+        UnknownModelError,
+        UnknownPolicyError,
+        DocumentFormatError,
+        UnsupportedDocumentTypeError,
+        SlaRequestError,
+        BackendUnavailableError,
+    ):
         app.add_exception_handler(cls, _any)
 
     # -- middleware ----------------------------------------------------------------------------
@@ -172,10 +232,13 @@ def create_app(
     async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         start = time.perf_counter()
         route = request.url.path if request.url.path in _KNOWN_ROUTES else "other"
-        if keys and request.url.path.startswith("/v1/"):
-            auth = request.headers.get("authorization", "")
-            token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-            if token not in keys:
+        auth = request.headers.get("authorization", "")
+        token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        policy = sla_policy.policy if sla_policy is not None else None
+        request.state.tenant = policy.tenant_for_key(token) if policy is not None else None
+        valid = keys | (policy.api_keys() if policy is not None else set())
+        if valid and request.url.path.startswith("/v1/"):
+            if token not in valid:
                 resp: Response = JSONResponse(
                     error_body(
                         "a valid API key is required: Authorization: Bearer <key>",
@@ -213,12 +276,31 @@ def create_app(
     @app.get("/metrics")
     async def prometheus() -> Response:
         body = generate_latest()
+        service = await svc()
+        texts = []
         try:
             # Engines in other processes (Serve replicas running vLLM) report through their workers.
-            body += metrics.merge_exposition(await (await svc()).worker_metrics())
+            texts += await service.worker_metrics()
         except Exception as exc:  # noqa: BLE001 - the gateway's own metrics are still worth serving
             logger.warning("worker metrics unavailable: %s", exc)
+        try:
+            # The SLA controller lives in the router (its own replica on Serve).
+            texts.append(await service.router_metrics())
+        except Exception as exc:  # noqa: BLE001 - as above
+            logger.warning("router metrics unavailable: %s", exc)
+        body += metrics.merge_exposition(texts)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/sla")
+    async def sla(request: Request) -> dict[str, Any]:
+        # A tenant sees its own budget; an operator key (server.api_keys) or an open server sees all.
+        return {"object": "sla.status", **await (await svc()).sla(getattr(request.state, "tenant", None))}
+
+    def sla_context(request: Request) -> dict[str, Any] | None:
+        if sla_policy is None:
+            return None
+        headers = {h: request.headers[h] for h in SLA_HEADERS if h in request.headers}
+        return {"tenant": getattr(request.state, "tenant", None), "headers": headers}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -239,7 +321,7 @@ def create_app(
         return {"object": "list", "data": data}
 
     @app.post("/v1/qa")
-    async def qa(body: QARequest) -> dict[str, Any]:
+    async def qa(body: QARequest, request: Request) -> dict[str, Any]:
         service = await svc()
         req = AnswerRequest(
             question=Question(text=body.question, style=body.style),
@@ -248,13 +330,15 @@ def create_app(
             top_k=body.top_k,
             max_tokens=body.max_tokens,
             temperature=body.temperature,
+            sla=sla_context(request),
         )
         return await service.answer(req)
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat(body: ChatCompletionRequest) -> JSONResponse | StreamingResponse:
+    async def chat(body: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
         service = await svc()
         req = _chat_to_answer(body)
+        req.sla = sla_context(request)
         created = int(time.time())
         cid = "chatcmpl-" + uuid.uuid4().hex[:24]
         if not body.stream:
@@ -278,10 +362,10 @@ def create_app(
                 }
             )
         # Plan (and fail on a bad model or limit) before the 200 and the first byte go out.
-        decision, _ = await service.decide(req)
+        decided = await service.decide(req)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            _sse(service, req, cid, created, decision.plan.model, include_usage),
+            _sse(service, req, decided, cid, created, include_usage),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -324,7 +408,16 @@ def create_app(
     return app
 
 
-_KNOWN_ROUTES = {"/healthz", "/readyz", "/metrics", "/v1/models", "/v1/qa", "/v1/chat/completions", "/v1/documents"}
+_KNOWN_ROUTES = {
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/v1/models",
+    "/v1/qa",
+    "/v1/chat/completions",
+    "/v1/documents",
+    "/v1/sla",
+}
 
 
 def _count_http(route: str, method: str, status: int, start: float) -> None:
@@ -352,12 +445,19 @@ def _chat_to_answer(body: ChatCompletionRequest) -> AnswerRequest:
 
 
 def _extension(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: record[k] for k in ("citations", "plan", "timings", "retrieval_steps", "cache") if k in record}
+    return {k: record[k] for k in ("citations", "plan", "timings", "retrieval_steps", "cache", "sla") if k in record}
 
 
 async def _sse(
-    service: RagService, req: AnswerRequest, cid: str, created: int, model: str, include_usage: bool
+    service: RagService,
+    req: AnswerRequest,
+    decided: tuple[Any, Any],
+    cid: str,
+    created: int,
+    include_usage: bool,
 ) -> AsyncIterator[bytes]:
+    model = decided[0].plan.model
+
     def event(payload: dict[str, Any]) -> bytes:
         return f"data: {json.dumps(payload)}\n\n".encode()
 
@@ -376,7 +476,7 @@ async def _sse(
 
     yield event(chunk({"role": "assistant", "content": ""}))
     try:
-        async for ev in service.stream(req):
+        async for ev in service.stream(req, decided):
             if not ev.done:
                 yield event(chunk({"content": ev.text}))
                 continue

@@ -36,6 +36,8 @@ class AnswerRequest:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # The SLA context from the HTTP edge: {"tenant": name or None, "headers": {x-sla-tier: ..., ...}}.
+    sla: dict[str, Any] | None = None
 
 
 @dataclass
@@ -84,9 +86,11 @@ class RagService:
             top_k=req.top_k,
             max_tokens=req.max_tokens,
             cacheable=req.temperature == 0.0,
+            **({"sla": req.sla} if req.sla is not None or self.config.sla.enabled else {}),
         )
         limit = self.config.model(decision.plan.model).max_tokens_limit
         if decision.plan.max_tokens > limit:
+            await self.finish(decision, None, time.perf_counter())
             raise InvalidRequestError(
                 f"max_tokens {decision.plan.max_tokens} is over this model's limit of {limit}", param="max_tokens"
             )
@@ -96,8 +100,35 @@ class RagService:
             top_p=req.top_p,
             stop=req.stop,
             seed=req.seed,
+            speculative=decision.plan.speculative,
+            chunk_cache=decision.plan.chunk_cache,
         )
         return decision, params
+
+    async def finish(
+        self, decision: RouteDecision, record: dict[str, Any] | None, started: float, ttft_s: float | None = None
+    ) -> None:
+        """Tell the SLA controller how an admitted request ended (record None: it failed)."""
+        if decision.sla is None:
+            return
+        latency = time.perf_counter() - started
+        outcome: dict[str, Any] = {"ok": record is not None, "latency_s": latency}
+        if record is not None:
+            usage = record["usage"]
+            timings = record.get("timings", {})
+            outcome.update(
+                prompt_tokens=usage["prompt_tokens"],
+                completion_tokens=usage["completion_tokens"],
+                cache_hit=record.get("cache", {}).get("response") == "hit",
+                ttft_s=ttft_s if ttft_s is not None else max(0.0, latency - timings.get("decode_s", 0.0)),
+            )
+        try:
+            settled = await self.router.finish(decision.sla["ticket"], outcome)
+        except Exception:  # noqa: BLE001 - the answer stands; the ticket expires and releases its reservation
+            logger.exception("could not report SLA ticket %s", decision.sla.get("ticket"))
+            return
+        if record is not None and settled is not None:
+            record.setdefault("sla", {})["budget_after"] = settled.get("budget")
 
     def _context(self, decision: RouteDecision, params: SamplingParams) -> PolicyContext:
         worker = self.workers[decision.plan.model]
@@ -132,24 +163,49 @@ class RagService:
     async def answer(self, req: AnswerRequest) -> dict[str, Any]:
         started = time.perf_counter()
         decision, params = await self.decide(req)
-        key = await self._cache_key(req, decision, params)
-        if key is not None and (cached := self.cache.get(key) if self.cache else None) is not None:
-            return self._from_cache(cached, started)
-        policy = get_policy(decision.plan.policy)
-        result = await run_policy(policy, req.question, self._context(decision, params), params)
-        record = self._record(decision, result, key)
-        self._observe(decision, record, result.timings)
-        if key is not None and self.cache is not None and result.finish_reason in ("stop", "length"):
-            self.cache.put(key, record)
-        return record
+        record: dict[str, Any] | None = None
+        try:
+            key = await self._cache_key(req, decision, params)
+            if key is not None and (cached := self.cache.get(key) if self.cache else None) is not None:
+                record = self._from_cache(cached, started, decision)
+                return record
+            policy = get_policy(decision.plan.policy)
+            result = await run_policy(policy, req.question, self._context(decision, params), params)
+            record = self._record(decision, result, key)
+            self._observe(decision, record, result.timings)
+            if key is not None and self.cache is not None and result.finish_reason in ("stop", "length"):
+                self.cache.put(key, {k: v for k, v in record.items() if k != "sla"})
+            return record
+        finally:
+            await self.finish(decision, record, started)
 
-    async def stream(self, req: AnswerRequest) -> AsyncIterator[StreamEvent]:
-        """Text deltas of the final answer as they are generated, then the record."""
+    async def stream(
+        self, req: AnswerRequest, decided: tuple[RouteDecision, SamplingParams] | None = None
+    ) -> AsyncIterator[StreamEvent]:
+        """Text deltas of the final answer as they are generated, then the record. ``decided``: the
+        plan, when the caller has made it already (the gateway plans before it sends the 200)."""
         started = time.perf_counter()
-        decision, params = await self.decide(req)
+        decision, params = decided or await self.decide(req)
+        first: float | None = None
+        reported = False
+        try:
+            async for ev in self._stream(req, decision, params, started):
+                if first is None:
+                    first = time.perf_counter() - started
+                if ev.done:
+                    reported = True
+                    await self.finish(decision, ev.record, started, first)
+                yield ev
+        finally:
+            if not reported:  # failed, or the client went away
+                await self.finish(decision, None, started)
+
+    async def _stream(
+        self, req: AnswerRequest, decision: RouteDecision, params: SamplingParams, started: float
+    ) -> AsyncIterator[StreamEvent]:
         key = await self._cache_key(req, decision, params)
         if key is not None and (cached := self.cache.get(key) if self.cache else None) is not None:
-            record = self._from_cache(cached, started)
+            record = self._from_cache(cached, started, decision)
             yield StreamEvent(text=record["answer"])
             yield StreamEvent(done=True, record=record)
             return
@@ -203,7 +259,7 @@ class RagService:
         record = self._record(decision, result, key)
         self._observe(decision, record, result.timings)
         if key is not None and self.cache is not None:
-            self.cache.put(key, record)
+            self.cache.put(key, {k: v for k, v in record.items() if k != "sla"})
         yield StreamEvent(done=True, record=record)
 
     @staticmethod
@@ -222,12 +278,16 @@ class RagService:
             "trace": result.steps,
             "cache": {"response": "miss" if key else "bypass", **(result.prompt_cache or {})},
             **({"speculative": result.speculative} if result.speculative else {}),
+            **({"sla": {**decision.sla, "reason": decision.reason}} if decision.sla is not None else {}),
         }
 
-    def _from_cache(self, cached: dict[str, Any], started: float) -> dict[str, Any]:
+    def _from_cache(self, cached: dict[str, Any], started: float, decision: RouteDecision) -> dict[str, Any]:
         record = dict(cached)
         record["id"] = "qa-" + uuid.uuid4().hex[:24]
         record["cache"] = {"response": "hit"}
+        record.pop("sla", None)
+        if decision.sla is not None:
+            record["sla"] = {**decision.sla, "reason": decision.reason}
         record["timings"] = {
             "retrieve_s": 0.0,
             "queue_s": 0.0,
@@ -264,6 +324,12 @@ class RagService:
             else:
                 out.append(text)
         return out
+
+    async def sla(self, tenant: str | None = None) -> dict[str, Any]:
+        return await self.router.sla(tenant)
+
+    async def router_metrics(self) -> str:
+        return await self.router.metrics_text()
 
     async def readiness(self) -> dict[str, Any]:
         """Each component's readiness; raises when one is not reachable."""

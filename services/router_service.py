@@ -1,12 +1,17 @@
 """The router as a service: picks each question's plan. A plain class; Serve wraps it as the
-`router` deployment, and the gateway asks it through a handle (or directly on the library path)."""
+`router` deployment, and the gateway asks it through a handle (or directly on the library path).
+
+With `sla.enabled`, the SLA controller plans within the request's tier and its tenant's budget, and
+it is told when each admitted request ends (`finish`). One router replica sees every admission, so
+its view of the load is the whole app's; budgets live in the shared budget store.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from router.plan import RouteDecision
-from router.router import ConfigRouter
+from router.router import ADAPTIVE, AUTO_MODEL, ConfigRouter
 from services.config import AppConfig, load_config
 
 # all-MiniLM-L6-v2, the embedder the retriever runs; the classifier is checked against it at load.
@@ -17,16 +22,84 @@ class RouterService:
     def __init__(self, config: AppConfig | dict[str, Any] | str, *, embedding_dim: int = EMBEDDING_DIM) -> None:
         self.config = load_config(config)
         self.router = ConfigRouter(self.config, embedding_dim=embedding_dim)
+        self.controller = None
+        if self.config.sla.enabled:
+            from router.budgets import open_ledger
+            from router.controller import SlaController
+            from router.sla import PolicyStore
+
+            sla = self.config.sla
+            store = PolicyStore(
+                sla.policy_path, reload_interval_s=sla.reload_interval_s, models=[m.id for m in self.config.models]
+            )
+            self.controller = SlaController(
+                self.config, store, open_ledger(sla.budget_url, prefix=sla.budget_prefix), class_prior=self._prior()
+            )
+
+    def _prior(self) -> dict[str, float] | None:
+        header = self.router.classifier.header if self.router.classifier else {}
+        counts = (header.get("metrics") or {}).get("label_counts")
+        if not counts:
+            return None
+        total = sum(counts.values())
+        return {c: n / total for c, n in counts.items()}
 
     def needs_embedding(self, policy: str | None) -> bool:
+        if self.controller is not None:
+            return self.router.classifier is not None and policy in (None, ADAPTIVE)
         return self.router.needs_embedding(policy)
 
-    async def route(self, question: str, **choices: Any) -> RouteDecision:
-        return self.router.route(question, **choices)
+    async def route(self, question: str, *, sla: dict[str, Any] | None = None, **choices: Any) -> RouteDecision:
+        if self.controller is None:
+            return self.router.route(question, **choices)
+        policy = choices.get("policy")
+        model = choices.get("model")
+        if model not in (None, AUTO_MODEL):
+            self.router.resolve_model(model)  # refuses an unknown model
+        if policy is not None and policy != ADAPTIVE:
+            from retrieval.errors import UnknownPolicyError
+            from retrieval.policies.registry import available_policies
+
+            if policy not in available_policies():
+                raise UnknownPolicyError(
+                    f"unknown retrieval policy {policy!r}; valid: {', '.join(available_policies())}"
+                )
+        pinned = policy if policy not in (None, ADAPTIVE) else None
+        complexity = None
+        if pinned is None and choices.get("embedding") is not None:
+            complexity = self.router.classify(question, choices["embedding"])
+        sla = sla or {}
+        return self.controller.decide(
+            tenant=sla.get("tenant"),
+            headers=sla.get("headers") or {},
+            complexity=complexity,
+            pinned_policy=pinned,
+            pinned_model=None if model in (None, AUTO_MODEL) else model,
+            top_k=choices.get("top_k") or self.config.retrieval.top_k,
+            max_tokens=choices.get("max_tokens"),
+            cacheable=choices.get("cacheable", True),
+            use_response_cache=self.config.cache.enabled,
+        )
+
+    def finish(self, ticket: int, outcome: dict[str, Any]) -> dict[str, Any] | None:
+        return None if self.controller is None else self.controller.finish(ticket, outcome)
+
+    def sla(self, tenant: str | None = None) -> dict[str, Any]:
+        if self.controller is None:
+            return {"enabled": False, "detail": "the SLA controller is off (sla.enabled: false)"}
+        return self.controller.snapshot(tenant)
+
+    def metrics_text(self) -> str:
+        if self.controller is None:
+            return ""
+        from router.controller import metrics_text
+
+        return metrics_text()
 
     def ready(self) -> dict[str, Any]:
         return {
             "ready": True,
             "classifier": None if self.router.classifier is None else self.router.classifier.header.get("version"),
             "classifier_error": self.router.classifier_error,
+            "sla": None if self.controller is None else {"policy_version": self.controller.store.version},
         }

@@ -37,6 +37,9 @@ class SamplingParams(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # The plan's switches: off turns the worker's draft pair / chunk-KV reuse off for this request.
+    speculative: bool = True
+    chunk_cache: bool = True
 
     @property
     def greedy(self) -> bool:

@@ -149,10 +149,10 @@ class TorchEngine(TokenizerMixin):
         stats = GenerationStats(prompt_tokens=len(prompt_ids))
         detok = _StopAwareDetokenizer(self.tokenizer, params.stop)
         finish: FinishReason = "length"
-        setup = self.spec if spec is True else (spec or None)
+        setup = (self.spec if params.speculative else None) if spec is True else (spec or None)
         spec_stats = SpecStats() if setup is not None else None
         prefilled = None
-        if self.chunk_reuse is not None and chunks:
+        if self.chunk_reuse is not None and chunks and params.chunk_cache:
             import torch
 
             self._check_prompt(prompt_ids, params)

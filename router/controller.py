@@ -1,0 +1,536 @@
+"""The SLA budget controller: for each request, the plan with the best expected quality whose
+predicted latency, TTFT and cost fit the request's SLO and its tenant's remaining budget (ties go to
+the cheaper plan); under overload it degrades lower tiers first, then sheds with 429 + Retry-After.
+
+Inputs per plan (policy × model × speculation, with the chunk-KV cache where the worker has it):
+  - latency and TTFT p95 service times and token means from `Estimator` (per query class),
+  - the queue wait the requests in flight add (`LoadModel`, processor sharing per model pool),
+  - expected quality: the router's class probabilities × a per-policy, per-class F1 table,
+  - worst-case tokens (LLM calls at most × max_model_len), what a budget reservation must cover.
+
+Every decision explains itself in the trace (`plan.sla`): the candidates with their predictions and
+why each was or was not eligible.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from router.budgets import MICRO, BudgetLedger, seconds_to_reset
+from router.errors import BudgetExhaustedError, OverloadedError, PlanUnavailableError
+from router.estimates import Estimate, Estimator, LoadModel, PlanKey
+from router.plan import Plan, RouteDecision
+from router.sla import POLICY_RANK, PolicyStore, RequestSlo, SlaPolicy, TierPolicy, resolve
+
+if TYPE_CHECKING:
+    from services.config import AppConfig
+
+logger = logging.getLogger(__name__)
+
+CLASSES = ("A", "B", "C")
+CHOOSABLE = ("none", "single", "multi", "dragin")
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+SLA_REQUESTS = Counter(
+    "ragyard_sla_requests_total",
+    "Admitted requests by tier and outcome (met: within latency and TTFT targets; missed; failed).",
+    ["tier", "outcome"],
+    registry=REGISTRY,
+)
+SLA_ATTAINMENT = Gauge(
+    "ragyard_sla_slo_attainment",
+    "Share of the tier's last 200 admitted requests that met the SLO.",
+    ["tier"],
+    registry=REGISTRY,
+)
+DECISIONS = Counter("ragyard_sla_decisions_total", "Plans chosen by tier.", ["tier", "plan"], registry=REGISTRY)
+DEGRADED = Counter(
+    "ragyard_sla_degraded_total",
+    "Requests given a cheaper plan than they would get unloaded.",
+    ["tier"],
+    registry=REGISTRY,
+)
+SHED = Counter("ragyard_sla_shed_total", "Requests refused with 429, by reason.", ["tier", "reason"], registry=REGISTRY)
+SPENT_TOKENS = Counter(
+    "ragyard_sla_budget_spent_tokens_total", "Tokens charged by tenant.", ["tenant"], registry=REGISTRY
+)
+SPENT_COST = Counter("ragyard_sla_budget_spent_cost_total", "Money charged by tenant.", ["tenant"], registry=REGISTRY)
+IN_FLIGHT = Gauge("ragyard_sla_in_flight", "Admitted requests not finished, by model.", ["model"], registry=REGISTRY)
+POLICY_VERSION = Gauge("ragyard_sla_policy_version", "Version of the SLA policy in force.", registry=REGISTRY)
+
+
+def metrics_text() -> str:
+    return generate_latest(REGISTRY).decode()
+
+
+def measured_quality(labels_path: Path) -> dict[str, dict[str, float]]:
+    """Mean F1 per policy and complexity class on the router's training labels (each question's
+    class, with the F1 of the policies its labelling tried). A cell never tried falls back to the
+    policy's mean over every question it was tried on."""
+    sums: dict[tuple[str, str], list[float]] = {}
+    overall: dict[str, list[float]] = {}
+    with labels_path.open(encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            for policy, result in row.get("tried", {}).items():
+                sums.setdefault((policy, row["label"]), []).append(float(result["f1"]))
+                overall.setdefault(policy, []).append(float(result["f1"]))
+    table: dict[str, dict[str, float]] = {}
+    for policy, values in overall.items():
+        mean = sum(values) / len(values)
+        table[policy] = {
+            c: round(sum(v) / len(v), 4) if (v := sums.get((policy, c))) else round(mean, 4) for c in CLASSES
+        }
+    return table
+
+
+@dataclass
+class Candidate:
+    key: PlanKey
+    est: Estimate
+    quality: float
+    expected_tokens: float
+    expected_cost: float
+    worst_tokens: int
+    worst_micros: int
+    pred_latency: float = 0.0
+    pred_ttft: float = 0.0
+    why_not: str | None = None
+
+    def label(self) -> str:
+        return f"{self.key.policy}/{self.key.model}" + ("+spec" if self.key.speculative else "")
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "plan": self.label(),
+            "quality": round(self.quality, 4),
+            "latency_p95_s": round(self.est.latency_s, 3),
+            "predicted_latency_s": round(self.pred_latency, 3),
+            "predicted_ttft_s": round(self.pred_ttft, 3),
+            "expected_tokens": round(self.expected_tokens, 1),
+            "worst_case_tokens": self.worst_tokens,
+            "estimate_from": self.est.source,
+            "eligible": self.why_not is None,
+            **({"why_not": self.why_not} if self.why_not else {}),
+        }
+
+
+@dataclass
+class _Ticket:
+    slo: RequestSlo
+    key: PlanKey
+    cls: str | None
+    period: str | None
+    reserved_tokens: int
+    reserved_micros: int
+    job_id: int
+
+
+class SlaController:
+    def __init__(
+        self,
+        config: AppConfig,
+        store: PolicyStore,
+        ledger: BudgetLedger,
+        *,
+        quality: dict[str, dict[str, float]] | None = None,
+        class_prior: dict[str, float] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.ledger = ledger
+        self.measured_quality = quality if quality is not None else self._default_quality(config)
+        self.class_prior = class_prior or dict.fromkeys(CLASSES, 1 / 3)
+        settings = store.policy.controller
+        self.estimator = Estimator(window=settings.window, min_observations=settings.min_observations)
+        self.load = LoadModel({m.id: config.ray.worker_replicas for m in config.models})
+        self._tickets: dict[int, _Ticket] = {}
+        self._recent: dict[str, deque[bool]] = {}
+        self._lock = threading.RLock()
+        POLICY_VERSION.set(store.version)
+
+    @staticmethod
+    def _default_quality(config: AppConfig) -> dict[str, dict[str, float]]:
+        if config.router.artifact:
+            labels = Path(config.router.artifact).with_name("labels.jsonl")
+            if labels.exists():
+                return measured_quality(labels)
+        return {}
+
+    # -- planning ------------------------------------------------------------------------------
+    def quality_table(self, policy: SlaPolicy) -> dict[str, dict[str, float]]:
+        return policy.quality if policy.quality is not None else self.measured_quality
+
+    def _candidates(
+        self,
+        policy: SlaPolicy,
+        slo: RequestSlo,
+        probs: dict[str, float],
+        cls: str | None,
+        pinned_policy: str | None,
+        pinned_model: str | None,
+    ) -> list[Candidate]:
+        table = self.quality_table(policy)
+        policies = [pinned_policy] if pinned_policy else [p for p in CHOOSABLE if p in table]
+        policies = [p for p in policies if POLICY_RANK.get(p, 0) >= POLICY_RANK[slo.floor.min_policy] or pinned_policy]
+        out = []
+        for m in self.config.models:
+            if pinned_model and m.id != pinned_model:
+                continue
+            if not pinned_model and slo.floor.models is not None and m.id not in slo.floor.models:
+                continue
+            spec_options = [False]
+            if m.speculative is not None:
+                spec_options = [True] if m.engine == "vllm" else [True, False]
+            price = policy.price(m.id)
+            dearest = max(price.prompt_per_1m, price.completion_per_1m)
+            for p in policies:
+                worst = self._max_calls(p) * m.max_model_len
+                for spec in spec_options:
+                    key = PlanKey(p, m.id, spec, m.chunk_cache.enabled and m.engine == "torch")
+                    est = self.estimator.predict(key, cls)
+                    by_class = table.get(p, {})
+                    quality = sum(probs.get(c, 0.0) * by_class.get(c, 0.0) for c in CLASSES)
+                    out.append(
+                        Candidate(
+                            key=key,
+                            est=est,
+                            quality=quality,
+                            expected_tokens=est.prompt_tokens + est.completion_tokens,
+                            expected_cost=price.cost(int(est.prompt_tokens), int(est.completion_tokens)),
+                            worst_tokens=worst,
+                            worst_micros=math.ceil(worst * dearest),
+                        )
+                    )
+        return out
+
+    def _max_calls(self, policy: str) -> int:
+        r = self.config.retrieval
+        return {"none": 1, "single": 1, "multi": r.multi_max_steps + 1, "dragin": r.dragin_max_retrievals + 2}.get(
+            policy, r.multi_max_steps + 1
+        )
+
+    def _fastest_for(self, tier: TierPolicy, model: str) -> float:
+        """The p95 service time of the quickest plan a tier may run on a model (its fully degraded plan)."""
+        floor = POLICY_RANK[tier.quality_floor.min_policy]
+        best = math.inf
+        for p in CHOOSABLE:
+            if POLICY_RANK[p] >= floor:
+                m = self.config.model(model)
+                spec = m.speculative is not None
+                key = PlanKey(p, model, spec, m.chunk_cache.enabled and m.engine == "torch")
+                best = min(best, self.estimator.predict(key, None).latency_s)
+        return best
+
+    @staticmethod
+    def _rank(c: Candidate) -> tuple[float, float, float]:
+        # Best quality; qualities within 0.005 tie, and the tie goes to the cheaper, then the faster plan.
+        return (round(c.quality / 0.005), -c.expected_cost - c.expected_tokens * 1e-9, -c.pred_latency)
+
+    def decide(
+        self,
+        *,
+        tenant: str | None,
+        headers: dict[str, str],
+        complexity: dict[str, Any] | None,
+        pinned_policy: str | None,
+        pinned_model: str | None,
+        top_k: int,
+        max_tokens: int | None,
+        cacheable: bool,
+        use_response_cache: bool,
+    ) -> RouteDecision:
+        policy = self.store.policy
+        POLICY_VERSION.set(self.store.version)
+        slo = resolve(policy, tenant, headers)
+        probs = dict(complexity["probabilities"]) if complexity and complexity.get("class") else self.class_prior
+        cls = complexity.get("class") if complexity else None
+        with self._lock:
+            self._expire()
+            self.load.advance()
+            for _attempt in range(3):
+                chosen, info = self._choose(policy, slo, probs, cls, pinned_policy, pinned_model)
+                period, granted = self._reserve(policy, slo, chosen)
+                if granted:
+                    break
+            else:
+                SHED.labels(slo.tier, "budget").inc()
+                raise BudgetExhaustedError(
+                    f"tenant {tenant!r} has no budget left for any allowed plan this {period}",
+                    retry_after=seconds_to_reset(period or "day"),
+                )
+            job = self.load.admit(chosen.key.model, slo.priority, chosen.est.median_s)
+            IN_FLIGHT.labels(chosen.key.model).set(
+                sum(1 for j in self.load.jobs.values() if j.model == chosen.key.model)
+            )
+            self._tickets[job.id] = _Ticket(
+                slo,
+                chosen.key,
+                cls,
+                period,
+                chosen.worst_tokens if period else 0,
+                chosen.worst_micros if period else 0,
+                job.id,
+            )
+        DECISIONS.labels(slo.tier, chosen.label()).inc()
+        if info["degraded"]:
+            DEGRADED.labels(slo.tier).inc()
+        m = self.config.model(chosen.key.model)
+        plan = Plan(
+            policy=chosen.key.policy,
+            top_k=top_k,
+            model=chosen.key.model,
+            max_tokens=max_tokens or m.default_max_tokens,
+            use_response_cache=use_response_cache and cacheable,
+            complexity=complexity,
+            speculative=chosen.key.speculative,
+            chunk_cache=chosen.key.chunk_cache,
+        )
+        reason = (
+            f"tier {slo.tier!r}: {chosen.label()} has the best expected quality ({chosen.quality:.3f}) "
+            f"within {slo.latency_ms} ms (predicted {chosen.pred_latency:.2f} s)"
+        )
+        if info["degraded"]:
+            reason += f"; degraded under load from {info['unloaded']}"
+        if info.get("best_effort"):
+            reason = (
+                f"tier {slo.tier!r}: no plan meets {slo.latency_ms} ms even unloaded; the fastest, {chosen.label()}"
+            )
+        sla = {
+            "ticket": job.id,
+            **slo.describe(),
+            "class": cls,
+            "degraded": info["degraded"],
+            "queue_wait_s": round(chosen.pred_latency - chosen.est.latency_s, 3),
+            "candidates": info["candidates"],
+            "policy_version": self.store.version,
+        }
+        return RouteDecision(plan=plan, reason=reason, sla=sla)
+
+    def _choose(
+        self,
+        policy: SlaPolicy,
+        slo: RequestSlo,
+        probs: dict[str, float],
+        cls: str | None,
+        pinned_policy: str | None,
+        pinned_model: str | None,
+    ) -> tuple[Candidate, dict[str, Any]]:
+        cands = self._candidates(policy, slo, probs, cls, pinned_policy, pinned_model)
+        if not cands:
+            raise PlanUnavailableError(
+                f"tier {slo.tier!r} allows no plan for this request (quality floor {slo.floor.min_policy!r}"
+                + (f", models {slo.floor.models}" if slo.floor.models else "")
+                + ")"
+            )
+        latency_s = slo.latency_ms / 1000
+        ttft_s = slo.ttft_ms / 1000 if slo.ttft_ms else None
+        remaining_t, remaining_c, period = self._remaining(policy, slo)
+        higher = [(n, t) for n, t in policy.tiers.items() if t.priority > slo.priority]
+        headroom = policy.controller.headroom
+        unloaded: list[Candidate] = []
+        eligible: list[Candidate] = []
+        capped = budgeted = 0
+        for c in cands:
+            model = c.key.model
+            c.pred_latency = c.est.latency_s + self.load.wait(model, c.est.latency_s)
+            c.pred_ttft = c.est.ttft_s + self.load.wait(model, c.est.ttft_s)
+            if slo.max_tokens is not None and c.worst_tokens > slo.max_tokens:
+                c.why_not = f"worst case {c.worst_tokens} tokens is over the cap of {slo.max_tokens}"
+                continue
+            if slo.max_cost is not None and c.worst_micros > slo.max_cost * MICRO:
+                c.why_not = f"worst case cost {c.worst_micros / MICRO:.6f} is over the cap of {slo.max_cost}"
+                continue
+            capped += 1
+            if (remaining_t is not None and c.worst_tokens > remaining_t) or (
+                remaining_c is not None and c.worst_micros > remaining_c
+            ):
+                c.why_not = f"worst case {c.worst_tokens} tokens is over the tenant's remaining budget"
+                continue
+            budgeted += 1
+            if c.est.latency_s <= latency_s and (ttft_s is None or c.est.ttft_s <= ttft_s):
+                unloaded.append(c)
+            if c.pred_latency > latency_s:
+                c.why_not = f"predicted latency {c.pred_latency:.2f} s is over {latency_s:g} s"
+                continue
+            if ttft_s is not None and c.pred_ttft > ttft_s:
+                c.why_not = f"predicted TTFT {c.pred_ttft:.2f} s is over {ttft_s:g} s"
+                continue
+            for name, tier in higher:
+                probe = self._fastest_for(tier, model)
+                after = probe + self.load.wait(model, probe, extra=c.est.median_s)
+                if after > headroom * tier.latency_ms / 1000:
+                    c.why_not = (
+                        f"would leave higher tier {name!r} {after:.2f} s, over {headroom:g} x its {tier.latency_ms} ms"
+                    )
+                    break
+            if c.why_not is None:
+                eligible.append(c)
+        info: dict[str, Any] = {"candidates": [c.describe() for c in cands], "degraded": False}
+        if not capped:
+            raise PlanUnavailableError(
+                "every allowed plan's worst case is over this request's cost cap (x-budget-tokens or the "
+                f"tier's max per request); the smallest is {min(c.worst_tokens for c in cands)} tokens"
+            )
+        if not budgeted:
+            SHED.labels(slo.tier, "budget").inc()
+            raise BudgetExhaustedError(
+                f"tenant {slo.tenant!r} has no budget left for any allowed plan this {period}",
+                retry_after=seconds_to_reset(period or "day"),
+            )
+        if eligible:
+            chosen = max(eligible, key=self._rank)
+            best_unloaded = max(unloaded, key=self._rank) if unloaded else chosen
+            if best_unloaded.key != chosen.key:
+                info["degraded"] = True
+                info["unloaded"] = best_unloaded.label()
+            return chosen, info
+        if not unloaded:
+            # No plan meets the target even alone: run the fastest unless that would hurt a higher tier.
+            within = [c for c in cands if c.why_not is None or c.why_not.startswith("predicted")]
+            fastest = min(within or cands, key=lambda c: c.pred_latency)
+            if fastest.why_not is None or self.load.backlog(fastest.key.model) < fastest.est.latency_s:
+                info["best_effort"] = True
+                fastest.why_not = None
+                return fastest, info
+        SHED.labels(slo.tier, "overload").inc()
+        wait = min(c.pred_latency - latency_s for c in (unloaded or cands))
+        retry = int(min(policy.controller.max_retry_after_s, max(1, math.ceil(wait))))
+        raise OverloadedError(
+            f"overloaded: every plan tier {slo.tier!r} allows is predicted to miss {slo.latency_ms} ms "
+            f"(queue wait {self.load.backlog(cands[0].key.model):.1f} s); retry after {retry} s",
+            retry_after=retry,
+        )
+
+    # -- budgets -------------------------------------------------------------------------------
+    def _remaining(self, policy: SlaPolicy, slo: RequestSlo) -> tuple[int | None, int | None, str | None]:
+        tenant = policy.tenants.get(slo.tenant) if slo.tenant else None
+        if tenant is None or tenant.budget is None:
+            return None, None, None
+        b = tenant.budget
+        usage = self.ledger.usage(slo.tenant, b.period)  # type: ignore[arg-type]
+        rt = None if b.tokens is None else b.tokens - usage.spent_tokens - usage.reserved_tokens
+        rc = None if b.cost is None else round(b.cost * MICRO) - usage.spent_micros - usage.reserved_micros
+        return rt, rc, b.period
+
+    def _reserve(self, policy: SlaPolicy, slo: RequestSlo, c: Candidate) -> tuple[str | None, bool]:
+        tenant = policy.tenants.get(slo.tenant) if slo.tenant else None
+        if tenant is None or tenant.budget is None:
+            return None, True
+        b = tenant.budget
+        granted, _usage = self.ledger.reserve(
+            slo.tenant,  # type: ignore[arg-type]
+            b.period,
+            c.worst_tokens,
+            c.worst_micros,
+            b.tokens,
+            None if b.cost is None else round(b.cost * MICRO),
+        )
+        return b.period, granted
+
+    # -- feedback ------------------------------------------------------------------------------
+    def finish(self, ticket_id: int, outcome: dict[str, Any]) -> dict[str, Any] | None:
+        """Settle a request: charge its actual tokens, learn its service time, count its SLO."""
+        with self._lock:
+            ticket = self._tickets.pop(ticket_id, None)
+            if ticket is None:
+                return None
+            job = self.load.finish(ticket.job_id)
+            IN_FLIGHT.labels(ticket.key.model).set(
+                sum(1 for j in self.load.jobs.values() if j.model == ticket.key.model)
+            )
+        ok = bool(outcome.get("ok"))
+        prompt = int(outcome.get("prompt_tokens", 0)) if ok else 0
+        completion = int(outcome.get("completion_tokens", 0)) if ok else 0
+        latency = float(outcome.get("latency_s", 0.0))
+        ttft = float(outcome.get("ttft_s", latency))
+        price = self.store.policy.price(ticket.key.model)
+        micros = math.ceil(prompt * price.prompt_per_1m + completion * price.completion_per_1m)
+        charged = None
+        if ticket.period is not None and ticket.slo.tenant is not None:
+            # A request can never use more than its reservation (its worst case); the min is a guard.
+            tokens = min(prompt + completion, ticket.reserved_tokens)
+            usage = self.ledger.settle(
+                ticket.slo.tenant,
+                ticket.period,
+                ticket.reserved_tokens,
+                ticket.reserved_micros,
+                tokens,
+                min(micros, ticket.reserved_micros),
+            )
+            charged = usage.as_dict()
+        if ticket.slo.tenant is not None and ok:
+            SPENT_TOKENS.labels(ticket.slo.tenant).inc(prompt + completion)
+            SPENT_COST.labels(ticket.slo.tenant).inc(micros / MICRO)
+        if ok and not outcome.get("cache_hit") and job is not None and latency > 0:
+            share = min(1.0, job.attained / latency) if job.attained > 0 else 1.0
+            self.estimator.observe(ticket.key, ticket.cls, job.attained or latency, ttft * share, prompt, completion)
+        met = (
+            ok
+            and latency * 1000 <= ticket.slo.latency_ms
+            and (ticket.slo.ttft_ms is None or ttft * 1000 <= ticket.slo.ttft_ms)
+        )
+        SLA_REQUESTS.labels(ticket.slo.tier, "met" if met else ("missed" if ok else "failed")).inc()
+        recent = self._recent.setdefault(ticket.slo.tier, deque(maxlen=200))
+        recent.append(met)
+        SLA_ATTAINMENT.labels(ticket.slo.tier).set(sum(recent) / len(recent))
+        return {"met": met, "budget": charged}
+
+    def _expire(self) -> None:
+        """Drop tickets whose gateway never reported back (a crashed replica, a lost stream),
+        releasing their reservations without charging them."""
+        for job in self.load.expire(older_than_s=900.0):
+            ticket = self._tickets.pop(job.id, None)
+            if ticket is not None and ticket.period is not None and ticket.slo.tenant is not None:
+                self.ledger.settle(
+                    ticket.slo.tenant, ticket.period, ticket.reserved_tokens, ticket.reserved_micros, 0, 0
+                )
+                logger.warning("SLA ticket %d expired without a report; its reservation is released", job.id)
+
+    # -- reporting -----------------------------------------------------------------------------
+    def snapshot(self, tenant: str | None = None) -> dict[str, Any]:
+        """What is in force. For a tenant caller, only its own entry and usage (others' stay private)."""
+        policy = self.store.policy
+        tenants = {}
+        for name, t in policy.tenants.items():
+            if tenant is not None and name != tenant:
+                continue
+            entry: dict[str, Any] = {"tier": t.tier, "budget": t.budget.model_dump() if t.budget else None}
+            if t.budget is not None:
+                usage = self.ledger.usage(name, t.budget.period)
+                entry["usage"] = usage.as_dict()
+                if t.budget.tokens is not None:
+                    entry["remaining_tokens"] = t.budget.tokens - usage.spent_tokens - usage.reserved_tokens
+                entry["resets_in_s"] = seconds_to_reset(t.budget.period)
+            tenants[name] = entry
+        with self._lock:
+            self.load.advance()
+            in_flight = len(self.load.jobs)
+            backlog = {m: round(self.load.backlog(m), 3) for m in self.load.servers}
+        public = policy.public()
+        if tenant is not None:
+            public["tenants"] = {n: v for n, v in public["tenants"].items() if n == tenant}
+        return {
+            "enabled": True,
+            "caller": tenant,
+            "policy": public,
+            "policy_status": self.store.status(),
+            "tenants": tenants,
+            "budget_store": self.ledger.name,
+            "quality_table": self.quality_table(policy),
+            "estimates": self.estimator.table(),
+            "in_flight": in_flight,
+            "backlog_s": backlog,
+            "slo_attainment": {t: round(sum(r) / len(r), 4) for t, r in self._recent.items() if r},
+            "observed_at": time.time(),
+        }

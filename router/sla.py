@@ -1,0 +1,376 @@
+"""SLA policies: named tiers (latency and TTFT targets, cost caps, a quality floor, a priority), tenants
+(API keys mapped to a tier and a budget per period), a price table, and per-request header overrides
+that can only tighten what the tenant's tier allows.
+
+The policy is a YAML file validated with pydantic at load; `PolicyStore` re-reads it when it changes
+and keeps the last good policy in force when a new version does not validate.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from router.errors import SlaHeaderError, SlaOverrideError, SlaPolicyError
+
+logger = logging.getLogger(__name__)
+
+# How much retrieval a policy does, for the quality floor: `min_policy: single` admits single, dragin
+# (which retrieves when the model is unsure) and multi, but not `none`.
+POLICY_RANK = {"none": 0, "single": 1, "dragin": 1, "multi": 2}
+HEADERS = ("x-sla-tier", "x-slo-latency-ms", "x-slo-ttft-ms", "x-budget-tokens")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Price(_Strict):
+    prompt_per_1m: float = Field(0.0, ge=0, description="Money per million prompt tokens.")
+    completion_per_1m: float = Field(0.0, ge=0, description="Money per million completion tokens.")
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.prompt_per_1m + completion_tokens * self.completion_per_1m) / 1e6
+
+
+class QualityFloor(_Strict):
+    min_policy: Literal["none", "single", "dragin", "multi"] = Field(
+        "none", description="Least retrieval a plan may do (none < single = dragin < multi)."
+    )
+    models: list[str] | None = Field(None, description="Models a plan may use; None = all.")
+
+
+class TierPolicy(_Strict):
+    priority: int = Field(ge=0, le=100, description="Higher is served first; lower tiers degrade and shed first.")
+    latency_ms: int = Field(gt=0, description="End-to-end latency target (p95), milliseconds.")
+    ttft_ms: int | None = Field(None, gt=0, description="Time-to-first-token target, milliseconds.")
+    max_tokens_per_request: int | None = Field(
+        None, gt=0, description="Cost cap: tokens one request may reserve (its worst case)."
+    )
+    max_cost_per_request: float | None = Field(None, gt=0, description="Cost cap in money (needs `prices`).")
+    quality_floor: QualityFloor = Field(default_factory=QualityFloor)
+
+    @model_validator(mode="after")
+    def _ttft(self) -> TierPolicy:
+        if self.ttft_ms is not None and self.ttft_ms > self.latency_ms:
+            raise ValueError("ttft_ms must not exceed latency_ms")
+        return self
+
+
+class Budget(_Strict):
+    period: Literal["day", "month"] = Field("day", description="Budgets reset at the start of each UTC period.")
+    tokens: int | None = Field(None, gt=0, description="Tokens per period.")
+    cost: float | None = Field(None, gt=0, description="Money per period (needs `prices`).")
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> Budget:
+        if self.tokens is None and self.cost is None:
+            raise ValueError("a budget needs `tokens`, `cost` or both")
+        return self
+
+
+class Tenant(_Strict):
+    api_keys: list[str] = Field(min_length=1, description="Bearer keys that identify this tenant.")
+    tier: str = Field(description="The tier this tenant's requests get by default.")
+    allowed_tiers: list[str] | None = Field(
+        None, description="Tiers `x-sla-tier` may pick; None = the tenant's tier and every tier of lower priority."
+    )
+    budget: Budget | None = Field(None, description="Spending limit per period; None = unlimited.")
+
+
+class ControllerSettings(_Strict):
+    window: int = Field(512, ge=16, description="Observations per plan the latency sketches remember.")
+    min_observations: int = Field(3, ge=1, description="Observations before a plan's own figures replace the prior.")
+    headroom: float = Field(
+        0.85, gt=0, le=1, description="Share of a higher tier's target a lower tier's admission may leave it."
+    )
+    max_retry_after_s: int = Field(60, ge=1, description="Largest Retry-After sent with a shed request.")
+
+
+class SlaPolicy(_Strict):
+    """The whole policy file."""
+
+    default_tier: str = Field("standard", description="Tier of requests from no known tenant.")
+    tiers: dict[str, TierPolicy] = Field(min_length=1)
+    tenants: dict[str, Tenant] = Field(default_factory=dict)
+    prices: dict[str, Price] = Field(default_factory=dict, description="Per model id; a model not listed costs 0.")
+    quality: dict[str, dict[str, float]] | None = Field(
+        None,
+        description="Expected F1 per policy and query class (A, B, C); None = measured on the router's "
+        "training labels.",
+    )
+    controller: ControllerSettings = Field(default_factory=ControllerSettings)
+
+    @model_validator(mode="after")
+    def _references(self) -> SlaPolicy:
+        if self.default_tier not in self.tiers:
+            raise ValueError(f"default_tier {self.default_tier!r} is not a tier ({', '.join(self.tiers)})")
+        seen: dict[str, str] = {}
+        for name, tenant in self.tenants.items():
+            for tier in [tenant.tier, *(tenant.allowed_tiers or [])]:
+                if tier not in self.tiers:
+                    raise ValueError(f"tenants.{name}: tier {tier!r} does not exist ({', '.join(self.tiers)})")
+            for key in tenant.api_keys:
+                if key in seen:
+                    raise ValueError(f"tenants.{name}: an API key is also tenant {seen[key]!r}'s")
+                seen[key] = name
+            if tenant.budget is not None and tenant.budget.cost is not None and not self.prices:
+                raise ValueError(f"tenants.{name}.budget.cost needs a `prices` table")
+        for tier_name, tier_policy in self.tiers.items():
+            if tier_policy.max_cost_per_request is not None and not self.prices:
+                raise ValueError(f"tiers.{tier_name}.max_cost_per_request needs a `prices` table")
+        if self.quality is not None:
+            for policy, by_class in self.quality.items():
+                if policy not in POLICY_RANK:
+                    raise ValueError(f"quality.{policy}: not a policy ({', '.join(POLICY_RANK)})")
+                for cls, value in by_class.items():
+                    if cls not in ("A", "B", "C") or not 0 <= value <= 1:
+                        raise ValueError(f"quality.{policy}.{cls}: classes are A, B, C and values lie in [0, 1]")
+        return self
+
+    def tenant_for_key(self, key: str | None) -> str | None:
+        if not key:
+            return None
+        for name, tenant in self.tenants.items():
+            if key in tenant.api_keys:
+                return name
+        return None
+
+    def api_keys(self) -> set[str]:
+        return {k for t in self.tenants.values() for k in t.api_keys}
+
+    def price(self, model: str) -> Price:
+        return self.prices.get(model, Price())
+
+    def public(self) -> dict[str, Any]:
+        """The policy as `GET /v1/sla` shows it: API keys are never echoed."""
+        out = self.model_dump(mode="json")
+        for tenant in out["tenants"].values():
+            tenant["api_keys"] = f"{len(tenant['api_keys'])} key(s)"
+        return out
+
+
+DEFAULT_POLICY: dict[str, Any] = {
+    "default_tier": "standard",
+    "tiers": {
+        "interactive": {"priority": 3, "latency_ms": 8000, "ttft_ms": 3000},
+        "standard": {"priority": 2, "latency_ms": 20000, "ttft_ms": 8000},
+        "batch": {"priority": 1, "latency_ms": 120000},
+    },
+}
+
+
+def parse_policy(data: Any, *, source: str = "policy", models: list[str] | None = None) -> SlaPolicy:
+    """Validate a policy; `SlaPolicyError` names every failing path."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise SlaPolicyError(f"{source}: the SLA policy must be a mapping at the top level")
+    try:
+        policy = SlaPolicy.model_validate(dict(data))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
+        )
+        raise SlaPolicyError(f"{source}: invalid SLA policy: {problems}") from exc
+    if models is not None:
+        unknown = sorted(
+            {m for m in policy.prices if m not in models}
+            | {m for t in policy.tiers.values() for m in (t.quality_floor.models or []) if m not in models}
+        )
+        if unknown:
+            raise SlaPolicyError(f"{source}: invalid SLA policy: unknown model(s) {unknown}; configured: {models}")
+    return policy
+
+
+def load_policy_file(path: str | Path, *, models: list[str] | None = None) -> SlaPolicy:
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise SlaPolicyError(f"SLA policy file {p} does not exist") from exc
+    except yaml.YAMLError as exc:
+        raise SlaPolicyError(f"SLA policy file {p} is not valid YAML: {exc}") from exc
+    return parse_policy(data, source=str(p), models=models)
+
+
+class PolicyStore:
+    """The policy in force. With a file, a change is picked up on the next access after
+    `reload_interval_s`; a file that fails validation is logged and reported, and the last good
+    policy stays in force."""
+
+    def __init__(
+        self, path: str | Path | None = None, *, reload_interval_s: float = 2.0, models: list[str] | None = None
+    ) -> None:
+        self.path = Path(path) if path else None
+        self.reload_interval_s = reload_interval_s
+        self.models = models
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int] | None = None
+        self._checked = 0.0
+        self.version = 0
+        self.loaded_at = time.time()
+        self.last_error: str | None = None
+        self.reloads = {"ok": 0, "rejected": 0}
+        if self.path is None:
+            self._policy = parse_policy(DEFAULT_POLICY, source="built-in", models=models)
+        else:
+            self._policy = load_policy_file(self.path, models=models)  # a bad file at start is fatal
+            self._stamp = self._file_stamp()
+        self.version = 1
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat() if self.path else None
+        except OSError:
+            return None
+        return None if st is None else (st.st_mtime_ns, st.st_size)
+
+    @property
+    def policy(self) -> SlaPolicy:
+        if self.path is not None and time.monotonic() - self._checked >= self.reload_interval_s:
+            self.maybe_reload()
+        return self._policy
+
+    def maybe_reload(self) -> bool:
+        """Re-read the file if it changed; True when a new policy came into force."""
+        with self._lock:
+            self._checked = time.monotonic()
+            stamp = self._file_stamp()
+            if stamp is None or stamp == self._stamp:
+                return False
+            self._stamp = stamp
+            try:
+                policy = load_policy_file(self.path, models=self.models)  # type: ignore[arg-type]
+            except SlaPolicyError as exc:
+                self.last_error = str(exc)
+                self.reloads["rejected"] += 1
+                logger.error("SLA policy reload rejected, the previous policy stays in force: %s", exc)
+                return False
+            self._policy = policy
+            self.version += 1
+            self.loaded_at = time.time()
+            self.last_error = None
+            self.reloads["ok"] += 1
+            logger.info("SLA policy version %d in force from %s", self.version, self.path)
+            return True
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "source": str(self.path) if self.path else "built-in",
+            "version": self.version,
+            "loaded_at": self.loaded_at,
+            "last_reload_error": self.last_error,
+            "reloads": dict(self.reloads),
+        }
+
+
+@dataclass(frozen=True)
+class RequestSlo:
+    """What one request is held to, after the tenant's tier and the header overrides."""
+
+    tenant: str | None
+    tier: str
+    priority: int
+    latency_ms: int
+    ttft_ms: int | None
+    max_tokens: int | None
+    max_cost: float | None
+    floor: QualityFloor
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "tenant": self.tenant,
+            "tier": self.tier,
+            "latency_ms": self.latency_ms,
+            "ttft_ms": self.ttft_ms,
+            "max_tokens_per_request": self.max_tokens,
+            "max_cost_per_request": self.max_cost,
+            **({"overrides": self.overrides} if self.overrides else {}),
+        }
+
+
+def _positive_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError as exc:
+        raise SlaHeaderError(f"header {name} must be a positive integer, got {raw!r}", param=name) from exc
+    if value <= 0:
+        raise SlaHeaderError(f"header {name} must be a positive integer, got {raw!r}", param=name)
+    return value
+
+
+def resolve(policy: SlaPolicy, tenant: str | None, headers: Mapping[str, str]) -> RequestSlo:
+    """The request's SLO: the tenant's tier (or `x-sla-tier`, if the tenant may use it), then each
+    numeric override, which must not loosen the tier's value."""
+    headers = {k.lower(): v for k, v in headers.items() if k.lower() in HEADERS}
+    t = policy.tenants.get(tenant) if tenant else None
+    own = t.tier if t else policy.default_tier
+    tier_name = own
+    overrides: dict[str, Any] = {}
+    asked = headers.get("x-sla-tier", "").strip()
+    if asked:
+        if asked not in policy.tiers:
+            raise SlaHeaderError(
+                f"x-sla-tier {asked!r} is not a tier; tiers: {', '.join(policy.tiers)}", param="x-sla-tier"
+            )
+        allowed = (
+            set(t.allowed_tiers)
+            if t is not None and t.allowed_tiers is not None
+            else {n for n, tp in policy.tiers.items() if tp.priority <= policy.tiers[own].priority}
+        ) | {own}
+        if asked not in allowed:
+            raise SlaOverrideError(
+                f"x-sla-tier {asked!r} is above what this tenant's tier {own!r} allows "
+                f"(allowed: {', '.join(sorted(allowed))})",
+                param="x-sla-tier",
+            )
+        tier_name = asked
+        overrides["tier"] = asked
+    tier = policy.tiers[tier_name]
+    latency, ttft, max_tokens = tier.latency_ms, tier.ttft_ms, tier.max_tokens_per_request
+    for name, current in (
+        ("x-slo-latency-ms", latency),
+        ("x-slo-ttft-ms", ttft if ttft is not None else latency),
+        ("x-budget-tokens", max_tokens if max_tokens is not None else math.inf),
+    ):
+        raw = headers.get(name)
+        if raw is None or not raw.strip():
+            continue
+        value = _positive_int(name, raw)
+        if value > current:
+            raise SlaOverrideError(
+                f"{name} {value} would loosen tier {tier_name!r}'s limit of {current}; an override can only tighten",
+                param=name,
+            )
+        overrides[name] = value
+        if name == "x-slo-latency-ms":
+            latency = value
+        elif name == "x-slo-ttft-ms":
+            ttft = value
+        else:
+            max_tokens = value
+    if ttft is not None and ttft > latency:
+        ttft = latency
+    return RequestSlo(
+        tenant=tenant,
+        tier=tier_name,
+        priority=tier.priority,
+        latency_ms=latency,
+        ttft_ms=ttft,
+        max_tokens=max_tokens,
+        max_cost=tier.max_cost_per_request,
+        floor=tier.quality_floor,
+        overrides=overrides,
+    )

@@ -1,0 +1,311 @@
+"""SLA policies, header overrides, hot reload, estimates and the controller's decision rule."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from router.budgets import MemoryLedger
+from router.controller import SlaController, measured_quality
+from router.errors import (
+    BudgetExhaustedError,
+    OverloadedError,
+    PlanUnavailableError,
+    SlaHeaderError,
+    SlaOverrideError,
+    SlaPolicyError,
+)
+from router.estimates import Estimator, LoadModel, PlanKey
+from router.sla import PolicyStore, parse_policy, resolve
+from services.config import load_config
+
+pytestmark = pytest.mark.unit
+
+MODEL = "smollm2-135m-instruct"
+POLICY: dict[str, Any] = {
+    "default_tier": "standard",
+    "tiers": {
+        "interactive": {"priority": 3, "latency_ms": 6000, "ttft_ms": 3000},
+        "standard": {"priority": 2, "latency_ms": 20000},
+        "batch": {"priority": 1, "latency_ms": 60000, "max_tokens_per_request": 5000},
+    },
+    "tenants": {
+        "acme": {"api_keys": ["k1"], "tier": "interactive", "budget": {"tokens": 100_000}},
+        "tiny": {"api_keys": ["k2"], "tier": "batch", "budget": {"tokens": 3000}},
+    },
+}
+QUALITY = {
+    "none": {"A": 0.9, "B": 0.1, "C": 0.05},
+    "single": {"A": 0.5, "B": 0.6, "C": 0.2},
+    "multi": {"A": 0.5, "B": 0.55, "C": 0.5},
+}
+
+
+def _errors(data: dict[str, Any]) -> str:
+    with pytest.raises(SlaPolicyError) as info:
+        parse_policy(data, models=[MODEL])
+    return str(info.value)
+
+
+def test_policy_validation_names_the_failing_path() -> None:
+    assert "tiers.fast.latency_ms" in _errors({"tiers": {"fast": {"priority": 1, "latency_ms": -5}}})
+    assert "default_tier 'standard' is not a tier" in _errors({"tiers": {"fast": {"priority": 1, "latency_ms": 5}}})
+    bad_tenant = {**POLICY, "tenants": {"x": {"api_keys": ["a"], "tier": "gold"}}}
+    assert "tenants.x: tier 'gold' does not exist" in _errors(bad_tenant)
+    dup = {**POLICY, "tenants": {"x": {"api_keys": ["a"], "tier": "batch"}, "y": {"api_keys": ["a"], "tier": "batch"}}}
+    assert "tenants.y: an API key is also tenant 'x'" in _errors(dup)
+    assert "ttft_ms must not exceed latency_ms" in _errors(
+        {"default_tier": "t", "tiers": {"t": {"priority": 1, "latency_ms": 100, "ttft_ms": 200}}}
+    )
+    assert "tiers.t.colour" in _errors(
+        {"default_tier": "t", "tiers": {"t": {"priority": 1, "latency_ms": 9, "colour": 1}}}
+    )
+    assert "budget" in _errors({**POLICY, "tenants": {"x": {"api_keys": ["a"], "tier": "batch", "budget": {}}}})
+    assert "needs a `prices` table" in _errors(
+        {**POLICY, "tenants": {"x": {"api_keys": ["a"], "tier": "batch", "budget": {"cost": 5}}}}
+    )
+    assert "unknown model(s) ['gpt-9']" in _errors({**POLICY, "prices": {"gpt-9": {"prompt_per_1m": 1}}})
+    assert "quality.magic" in _errors({**POLICY, "quality": {"magic": {"A": 0.5}}})
+    assert "mapping" in _errors([1, 2])  # type: ignore[arg-type]
+
+
+def test_overrides_only_tighten() -> None:
+    policy = parse_policy(POLICY)
+    slo = resolve(policy, "acme", {"X-SLO-Latency-Ms": "4000", "x-slo-ttft-ms": "1500", "x-budget-tokens": "900"})
+    assert (slo.tier, slo.latency_ms, slo.ttft_ms, slo.max_tokens) == ("interactive", 4000, 1500, 900)
+    with pytest.raises(SlaOverrideError, match="loosen"):
+        resolve(policy, "acme", {"x-slo-latency-ms": "6001"})
+    with pytest.raises(SlaOverrideError, match="loosen"):
+        resolve(policy, "acme", {"x-slo-ttft-ms": "3001"})
+    with pytest.raises(SlaOverrideError, match="loosen"):
+        resolve(policy, "tiny", {"x-budget-tokens": "5001"})
+    # A lower tier is always allowed; a higher one is not.
+    assert resolve(policy, "acme", {"x-sla-tier": "batch"}).tier == "batch"
+    with pytest.raises(SlaOverrideError, match="above what"):
+        resolve(policy, "tiny", {"x-sla-tier": "interactive"})
+    with pytest.raises(SlaOverrideError):
+        resolve(policy, None, {"x-sla-tier": "interactive"})  # anonymous: the default tier, standard
+    with pytest.raises(SlaHeaderError, match="not a tier"):
+        resolve(policy, "acme", {"x-sla-tier": "gold"})
+    for bad in ("soon", "-4", "0", "1.5"):
+        with pytest.raises(SlaHeaderError, match="positive integer"):
+            resolve(policy, "acme", {"x-slo-latency-ms": bad})
+    # A tightened latency also caps the TTFT target.
+    assert resolve(policy, "acme", {"x-slo-latency-ms": "2000"}).ttft_ms == 2000
+
+
+def test_reload_keeps_the_last_good_policy(tmp_path: Path) -> None:
+    path = tmp_path / "sla.yaml"
+    path.write_text(yaml.safe_dump(POLICY))
+    store = PolicyStore(path, reload_interval_s=0.0, models=[MODEL])
+    assert store.policy.tiers["interactive"].latency_ms == 6000 and store.version == 1
+
+    def rewrite(text: str) -> None:
+        path.write_text(text)
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a new mtime even on coarse clocks
+
+    changed = {**POLICY, "tiers": {**POLICY["tiers"], "interactive": {"priority": 3, "latency_ms": 5000}}}
+    rewrite(yaml.safe_dump(changed))
+    assert store.policy.tiers["interactive"].latency_ms == 5000 and store.version == 2
+    rewrite("tiers: {interactive: {priority: 3, latency_ms: soon}}\n")
+    assert store.policy.tiers["interactive"].latency_ms == 5000  # the bad file is rejected
+    assert store.version == 2 and "latency_ms" in (store.last_error or "")
+    rewrite("tiers: [unclosed\n")
+    assert store.policy.tiers["interactive"].latency_ms == 5000 and "not valid YAML" in (store.last_error or "")
+    path.unlink()
+    assert store.policy.tiers["interactive"].latency_ms == 5000  # a deleted file keeps the policy too
+    rewrite(yaml.safe_dump(POLICY))
+    assert store.policy.tiers["interactive"].latency_ms == 6000 and store.last_error is None
+    assert store.status()["reloads"] == {"ok": 2, "rejected": 2}
+    with pytest.raises(SlaPolicyError, match="does not exist"):
+        PolicyStore(tmp_path / "missing.yaml")
+
+
+def test_estimator_learns_p95_per_class_and_falls_back() -> None:
+    est = Estimator(window=64, min_observations=3)
+    key = PlanKey("single", MODEL, False, False)
+    assert est.predict(key, "B").source == "prior"
+    for i in range(40):
+        est.observe(key, "B", 1.0 + (i % 20) / 10, 0.5, 500, 20)  # 1.0 .. 2.9 s
+    got = est.predict(key, "B")
+    assert got.source == "class" and 2.6 <= got.latency_s <= 2.95 and 1.8 <= got.median_s <= 2.1
+    assert est.predict(key, "C").source == "plan"  # no class C data: the plan's figures
+    # The window forgets: after slow observations the p95 moves up.
+    for _ in range(64):
+        est.observe(key, "B", 8.0, 0.5, 500, 20)
+    assert est.predict(key, "B").latency_s > 7.5
+
+
+def test_load_model_shares_the_worker() -> None:
+    now = [0.0]
+    load = LoadModel({MODEL: 1}, clock=lambda: now[0])
+    a = load.admit(MODEL, 1, 4.0)
+    b = load.admit(MODEL, 1, 4.0)
+    now[0] = 2.0
+    load.advance()
+    assert a.attained == pytest.approx(1.0) and b.attained == pytest.approx(1.0)  # half the worker each
+    assert load.wait(MODEL, 2.0) == pytest.approx(4.0)  # each shares min(3, 2) seconds
+    assert load.backlog(MODEL) == pytest.approx(6.0)
+    load.finish(a.id)
+    now[0] = 3.0
+    load.advance()
+    assert b.attained == pytest.approx(2.0)
+
+
+def _controller(policy: dict[str, Any] = POLICY, **cfg: Any) -> SlaController:
+    config = load_config({"sla": {"enabled": True}, **cfg})
+    store = PolicyStore(None)
+    store._policy = parse_policy(policy)  # the store's file handling is tested above
+    return SlaController(config, store, MemoryLedger(), quality=QUALITY)
+
+
+def _decide(ctl: SlaController, tenant: str | None = "acme", cls: str | None = "B", **kw: Any) -> Any:
+    probs = {"A": 0.0, "B": 0.0, "C": 0.0}
+    if cls:
+        probs[cls] = 1.0
+    args: dict[str, Any] = {
+        "tenant": tenant,
+        "headers": {},
+        "complexity": {"class": cls, "probabilities": probs} if cls else None,
+        "pinned_policy": None,
+        "pinned_model": None,
+        "top_k": 4,
+        "max_tokens": 32,
+        "cacheable": True,
+        "use_response_cache": True,
+    }
+    args.update(kw)
+    return ctl.decide(**args)
+
+
+def _teach(ctl: SlaController, policy: str, seconds: float, cls: str | None = None, n: int = 5) -> None:
+    for _ in range(n):
+        ctl.estimator.observe(PlanKey(policy, MODEL, False, False), cls, seconds, seconds / 2, 500, 20)
+
+
+def test_decision_rule_best_quality_that_fits() -> None:
+    ctl = _controller()
+    _teach(ctl, "none", 1.0)
+    _teach(ctl, "single", 3.0)
+    _teach(ctl, "multi", 9.0)
+    # Class B: single is best and fits interactive's 6 s.
+    d = _decide(ctl, cls="B")
+    assert d.plan.policy == "single" and not d.sla["degraded"]
+    ctl.finish(
+        d.sla["ticket"], {"ok": True, "latency_s": 3.0, "ttft_s": 1.0, "prompt_tokens": 5, "completion_tokens": 5}
+    )
+    # Class C: multi is best but breaks 6 s, so single; for the standard tier (20 s) multi fits.
+    assert _decide(ctl, cls="C").plan.policy == "single"
+    ctl.load.jobs.clear()
+    ctl._tickets.clear()
+    d = _decide(ctl, tenant=None, cls="C")
+    assert d.plan.policy == "multi"
+    multi = next(c for c in d.sla["candidates"] if c["plan"].startswith("multi"))
+    assert multi["eligible"] and multi["predicted_latency_s"] == pytest.approx(9.0, rel=0.02)
+    ctl.load.jobs.clear()
+    ctl._tickets.clear()
+    # A TTFT override rules out the plans whose TTFT does not fit.
+    d = _decide(ctl, tenant=None, cls="C", headers={"x-slo-ttft-ms": "2000"})
+    assert d.plan.policy == "single"
+    # Ties go to the cheaper plan.
+    tie = _controller()
+    tie.measured_quality = tie_q = {p: {"A": 0.5, "B": 0.5, "C": 0.5} for p in QUALITY}
+    assert tie.quality_table(tie.store.policy) is tie_q
+    _teach(tie, "none", 1.0)
+    _teach(tie, "single", 3.0)
+    assert _decide(tie, cls="B").plan.policy == "none"
+    # A pinned policy is kept; a floor removes plans below it.
+    ctl.load.jobs.clear()
+    assert _decide(ctl, cls="A", pinned_policy="multi", tenant=None).plan.policy == "multi"
+    ctl.load.jobs.clear()
+    floor = {
+        **POLICY,
+        "tiers": {
+            **POLICY["tiers"],
+            "standard": {"priority": 2, "latency_ms": 20000, "quality_floor": {"min_policy": "single"}},
+        },
+    }
+    fl = _controller(
+        floor,
+    )
+    fl.measured_quality = QUALITY
+    _teach(fl, "none", 1.0)
+    _teach(fl, "single", 3.0)
+    d = _decide(fl, tenant=None, cls="A")
+    assert d.plan.policy == "single" and all(not c["plan"].startswith("none") for c in d.sla["candidates"])
+
+
+def test_overload_degrades_lower_tiers_first_then_sheds() -> None:
+    ctl = _controller()
+    _teach(ctl, "none", 1.0)
+    _teach(ctl, "single", 3.0)
+    _teach(ctl, "multi", 9.0)
+    # Four single requests in flight: ~12 s of backlog.
+    for _ in range(4):
+        ctl.load.admit(MODEL, 2, 3.0)
+    # The interactive tier degrades to `none` (1 s + 4 x 1 s shared = 5 s < 6 s) rather than miss.
+    d = _decide(ctl, cls="B")
+    assert d.plan.policy == "none" and d.sla["degraded"] and "degraded under load" in d.reason
+    # A batch request would push the interactive tier past 0.85 x its target: shed, with Retry-After.
+    with pytest.raises(OverloadedError) as info:
+        _decide(ctl, tenant="tiny", cls="B")
+    assert 1 <= info.value.retry_after <= 60  # type: ignore[operator]
+    # More load: the interactive tier is shed too, once even its fastest plan cannot make 6 s.
+    for _ in range(4):
+        ctl.load.admit(MODEL, 2, 3.0)
+    with pytest.raises(OverloadedError):
+        _decide(ctl, cls="B")
+    # Unloaded, a target no plan can meet alone runs the fastest plan as best effort, not a 429.
+    quiet = _controller()
+    _teach(quiet, "none", 1.0)
+    d = _decide(quiet, cls="B", headers={"x-slo-latency-ms": "100"})
+    assert d.plan.policy == "none" and "even unloaded" in d.reason
+
+
+def test_budget_and_caps() -> None:
+    ctl = _controller()
+    _teach(ctl, "none", 1.0)
+    # tiny has 3000 tokens: the first request reserves 2048 (one call x max_model_len) ...
+    first = _decide(ctl, tenant="tiny", cls="A")
+    assert first.sla["tier"] == "batch"
+    assert ctl.ledger.usage("tiny", "day").reserved_tokens == 2048
+    # ... so a second cannot be reserved until the first settles.
+    with pytest.raises(BudgetExhaustedError) as info:
+        _decide(ctl, tenant="tiny", cls="A")
+    assert info.value.retry_after is not None and info.value.retry_after > 0
+    ctl.finish(first.sla["ticket"], {"ok": True, "latency_s": 1, "prompt_tokens": 100, "completion_tokens": 20})
+    usage = ctl.ledger.usage("tiny", "day")
+    assert (usage.spent_tokens, usage.reserved_tokens) == (120, 0)
+    second = _decide(ctl, tenant="tiny", cls="A")
+    ctl.finish(second.sla["ticket"], {"ok": False, "latency_s": 1})  # a failure is not charged
+    assert ctl.ledger.usage("tiny", "day").spent_tokens == 120
+    # A per-request cap below every plan's worst case is the client's mistake (400), not a 429.
+    with pytest.raises(PlanUnavailableError, match="smallest is 2048"):
+        _decide(ctl, tenant="acme", cls="A", headers={"x-budget-tokens": "1000"})
+    # multi's worst case (5 calls x 2048) is over batch's 5000-token cap: never a candidate there.
+    d = _decide(ctl, tenant="tiny", cls="C", pinned_policy=None)
+    multi = next(c for c in d.sla["candidates"] if c["plan"].startswith("multi"))
+    assert not multi["eligible"] and "over the cap" in multi["why_not"]
+
+
+def test_measured_quality_table_from_router_labels() -> None:
+    table = measured_quality(Path(__file__).resolve().parents[2] / "router" / "artifacts" / "labels.jsonl")
+    assert set(table) >= {"none", "single", "multi"}
+    assert table["none"]["A"] > table["single"]["A"]  # class A: no retrieval needed
+    assert table["multi"]["C"] > table["none"]["C"]  # class C: multi-step pays
+
+
+def test_expired_tickets_release_their_reservations() -> None:
+    ctl = _controller()
+    _teach(ctl, "none", 1.0)
+    d = _decide(ctl, tenant="tiny", cls="A")
+    job = ctl.load.jobs[d.sla["ticket"]]
+    job.started = time.monotonic() - 10_000
+    ctl._expire()
+    assert ctl.ledger.usage("tiny", "day").reserved_tokens == 0 and not ctl._tickets
