@@ -134,6 +134,7 @@ class _Ticket:
     reserved_tokens: int
     reserved_micros: int
     job_id: int
+    predicted_s: float = 0.0
 
 
 class SlaController:
@@ -156,6 +157,10 @@ class SlaController:
         self.load = LoadModel({m.id: config.ray.worker_replicas for m in config.models})
         self._tickets: dict[int, _Ticket] = {}
         self._recent: dict[str, deque[bool]] = {}
+        # Observed / predicted latency of recent answers. The load model is an idealisation (the worker
+        # slows down beyond fair sharing as requests pile up on two cores); its errors are corrected by
+        # scaling predictions with the 90th percentile of this ratio, never below 1.
+        self._ratios: deque[float] = deque(maxlen=100)
         self._lock = threading.RLock()
         POLICY_VERSION.set(store.version)
 
@@ -232,6 +237,12 @@ class SlaController:
                 best = min(best, self.estimator.predict(key, None).latency_s)
         return best
 
+    def calibration(self) -> float:
+        if len(self._ratios) < 10:
+            return 1.0
+        ordered = sorted(self._ratios)
+        return min(4.0, max(1.0, ordered[int(0.9 * (len(ordered) - 1))]))
+
     @staticmethod
     def _rank(c: Candidate) -> tuple[float, float, float]:
         # Best quality; qualities within 0.005 tie, and the tie goes to the cheaper, then the faster plan.
@@ -269,7 +280,7 @@ class SlaController:
                     f"tenant {tenant!r} has no budget left for any allowed plan this {period}",
                     retry_after=seconds_to_reset(period or "day"),
                 )
-            job = self.load.admit(chosen.key.model, slo.priority, chosen.est.median_s)
+            job = self.load.admit(chosen.key.model, slo.priority, chosen.est.median_s, slo.latency_ms / 1000)
             IN_FLIGHT.labels(chosen.key.model).set(
                 sum(1 for j in self.load.jobs.values() if j.model == chosen.key.model)
             )
@@ -281,6 +292,7 @@ class SlaController:
                 chosen.worst_tokens if period else 0,
                 chosen.worst_micros if period else 0,
                 job.id,
+                chosen.pred_latency,
             )
         DECISIONS.labels(slo.tier, chosen.label()).inc()
         if info["degraded"]:
@@ -311,7 +323,8 @@ class SlaController:
             **slo.describe(),
             "class": cls,
             "degraded": info["degraded"],
-            "queue_wait_s": round(chosen.pred_latency - chosen.est.latency_s, 3),
+            "queue_wait_s": round(max(0.0, chosen.pred_latency - chosen.est.latency_s), 3),
+            "calibration": round(self.calibration(), 3),
             "candidates": info["candidates"],
             "policy_version": self.store.version,
         }
@@ -338,13 +351,21 @@ class SlaController:
         remaining_t, remaining_c, period = self._remaining(policy, slo)
         higher = [(n, t) for n, t in policy.tiers.items() if t.priority > slo.priority]
         headroom = policy.controller.headroom
+        scale = self.calibration()
+        now = self.load.now()
+        # Admitted requests of this priority or higher that are on track: a new one must not make them miss.
+        on_track = [
+            j
+            for j in self.load.jobs.values()
+            if j.priority >= slo.priority and now + scale * self.load.finish_in(j) <= j.deadline
+        ]
         unloaded: list[Candidate] = []
         eligible: list[Candidate] = []
         capped = budgeted = 0
         for c in cands:
             model = c.key.model
-            c.pred_latency = c.est.latency_s + self.load.wait(model, c.est.latency_s)
-            c.pred_ttft = c.est.ttft_s + self.load.wait(model, c.est.ttft_s)
+            c.pred_latency = scale * (c.est.latency_s + self.load.wait(model, c.est.latency_s))
+            c.pred_ttft = scale * (c.est.ttft_s + self.load.wait(model, c.est.ttft_s))
             if slo.max_tokens is not None and c.worst_tokens > slo.max_tokens:
                 c.why_not = f"worst case {c.worst_tokens} tokens is over the cap of {slo.max_tokens}"
                 continue
@@ -366,9 +387,15 @@ class SlaController:
             if ttft_s is not None and c.pred_ttft > ttft_s:
                 c.why_not = f"predicted TTFT {c.pred_ttft:.2f} s is over {ttft_s:g} s"
                 continue
+            for j in on_track:
+                if j.model == model and now + scale * self.load.finish_in(j, extra=c.est.median_s) > j.deadline:
+                    c.why_not = "would make an admitted request of equal or higher priority miss its target"
+                    break
+            if c.why_not is not None:
+                continue
             for name, tier in higher:
                 probe = self._fastest_for(tier, model)
-                after = probe + self.load.wait(model, probe, extra=c.est.median_s)
+                after = scale * (probe + self.load.wait(model, probe, extra=c.est.median_s))
                 if after > headroom * tier.latency_ms / 1000:
                     c.why_not = (
                         f"would leave higher tier {name!r} {after:.2f} s, over {headroom:g} x its {tier.latency_ms} ms"
@@ -472,6 +499,8 @@ class SlaController:
         if ticket.slo.tenant is not None and ok:
             SPENT_TOKENS.labels(ticket.slo.tenant).inc(prompt + completion)
             SPENT_COST.labels(ticket.slo.tenant).inc(micros / MICRO)
+        if ok and not outcome.get("cache_hit") and ticket.predicted_s > 0:
+            self._ratios.append(latency / ticket.predicted_s)
         if ok and not outcome.get("cache_hit") and job is not None and latency > 0:
             share = min(1.0, job.attained / latency) if job.attained > 0 else 1.0
             self.estimator.observe(ticket.key, ticket.cls, job.attained or latency, ttft * share, prompt, completion)
@@ -530,6 +559,7 @@ class SlaController:
             "quality_table": self.quality_table(policy),
             "estimates": self.estimator.table(),
             "in_flight": in_flight,
+            "calibration": round(self.calibration(), 3),
             "backlog_s": backlog,
             "slo_attainment": {t: round(sum(r) / len(r), 4) for t, r in self._recent.items() if r},
             "observed_at": time.time(),

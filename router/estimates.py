@@ -158,6 +158,7 @@ class Job:
     priority: int
     service_s: float  # predicted service time (the plan's median)
     started: float
+    deadline: float = float("inf")  # started + the request's latency target
     attained: float = 0.0
 
 
@@ -201,9 +202,21 @@ class LoadModel:
         servers = self.servers.get(model, 1)
         return sum(self.remaining(j) for j in self.jobs.values() if j.model == model) / servers
 
-    def admit(self, model: str, priority: int, service_s: float) -> Job:
+    def finish_in(self, job: Job, *, extra: float = 0.0) -> float:
+        """Seconds until `job` ends under processor sharing (plus a new job of `extra` seconds)."""
+        r = self.remaining(job)
+        shared = sum(min(self.remaining(k), r) for k in self.jobs.values() if k.model == job.model)
+        if extra:
+            shared += min(extra, r)
+        return shared / self.servers.get(job.model, 1)
+
+    def now(self) -> float:
+        return self._clock()
+
+    def admit(self, model: str, priority: int, service_s: float, target_s: float = float("inf")) -> Job:
         self.advance()
-        job = Job(next(self._ids), model, priority, service_s, self._clock())
+        now = self._clock()
+        job = Job(next(self._ids), model, priority, service_s, now, deadline=now + target_s)
         self.jobs[job.id] = job
         return job
 

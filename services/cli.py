@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_calibrate_dragin)
 
     p = sub.add_parser("bench", help="benchmarks: results as JSON plus a markdown table")
-    p.add_argument("what", choices=["router", "policies", "spec", "kvcache"])
+    p.add_argument("what", choices=["router", "policies", "spec", "kvcache", "sla"])
     p.add_argument("--data", action="append", help="QA JSONL file (repeatable)")
     p.add_argument("--out", required=True)
     p.add_argument("--repeats", type=int, default=200, help="router: timing repeats")
@@ -243,7 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vllm-k", type=int, default=4, help="spec: vLLM ngram candidate length")
     p.add_argument("--fraction", type=float, help="kvcache: recompute fraction (default: the model's chunk_cache)")
     p.add_argument("--sweep", help="kvcache: further recompute fractions measured side by side, e.g. 0.3,0.5")
-    p.add_argument("--redis-url", help="kvcache: Redis tier (default: $REDIS_URL; none: memory tier only)")
+    p.add_argument(
+        "--redis-url", help="kvcache: Redis tier (default: $REDIS_URL; none: memory only); sla: the budget store"
+    )
+    p.add_argument("--url", help="sla: measure this running server (its SLA policy must hold the bench tenants)")
+    p.add_argument("--mode", default="controller", help="sla with --url: what the server runs (the label)")
+    p.add_argument("--policy", help="sla: SLA policy file (default: services/evaluation/sla_bench.yaml)")
+    p.add_argument("--duration", type=float, default=60.0, help="sla: seconds of arrivals per load")
+    p.add_argument("--drain", type=float, default=90.0, help="sla: seconds to wait for answers after arrivals end")
+    p.add_argument("--capacity-seconds", type=float, default=60.0, help="sla: closed-loop capacity measurement")
+    p.add_argument("--capacity", type=float, help="sla: capacity in requests/s (skips measuring it)")
+    p.add_argument("--loads", default="0.5,1,2", help="sla: loads as multiples of capacity")
+    p.add_argument("--burst", type=int, default=1000, help="sla: concurrent requests of the budget burst (0: none)")
     p.add_argument("--zipf-requests", type=int, default=20000, help="kvcache: requests of the eviction replay")
     p.add_argument("--vllm-prompts", type=int, default=20, help="kvcache: chunk sets for the vLLM prefix-cache run")
     p.set_defaults(func=cmd_bench)

@@ -430,7 +430,12 @@ def _chat_to_answer(body: ChatCompletionRequest) -> AnswerRequest:
     history = [
         ChatMessage(role=m.role, content=m.text()) for m in body.messages[:-1] if m.role in ("user", "assistant")
     ]
-    question = Question(text=body.messages[-1].text().strip(), history=history, system="\n".join(systems) or None)
+    question = Question(
+        text=body.messages[-1].text().strip(),
+        history=history,
+        system="\n".join(systems) or None,
+        style=body.style,
+    )
     return AnswerRequest(
         question=question,
         model=body.model,

@@ -66,6 +66,7 @@ class ChatCompletionRequest(BaseModel):
     # Ragyard extensions (the openai client sends them through `extra_body`).
     policy: str | None = Field(None, description="Retrieval policy; default: the router's choice.")
     top_k: int | None = Field(None, gt=0, description="Passages per retrieval step.")
+    style: Literal["chat", "short"] = Field("chat", description="'short' asks for the bare answer.")
 
     @field_validator("stop")
     @classmethod

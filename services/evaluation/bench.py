@@ -66,6 +66,30 @@ def run_bench(what: str, config: AppConfig, args: argparse.Namespace) -> str:
             vllm_prompts=0 if args.no_vllm else args.vllm_prompts,
             sweep=tuple(number_list(args.sweep, float, "--sweep")) if args.sweep else (),
         )
+    if what == "sla":
+        from services.evaluation.bench_sla import MODES, bench_sla
+
+        if not args.data:
+            raise ValueError("bench sla needs --data FILE (repeatable)")
+        if args.mode not in MODES:
+            raise ValueError(f"--mode must be one of {', '.join(MODES)}")
+        return bench_sla(
+            config,
+            args.data,
+            args.out,
+            url=args.url,
+            mode=args.mode,
+            policy_path=args.policy,
+            duration_s=args.duration,
+            drain_s=args.drain,
+            capacity_s=args.capacity_seconds,
+            capacity=args.capacity,
+            loads=tuple(number_list(args.loads, float, "--loads")),
+            burst=args.burst,
+            max_tokens=args.max_tokens or 32,
+            seed=args.seed,
+            redis_url=args.redis_url,
+        )
     raise ValueError(f"unknown benchmark {what!r}")
 
 

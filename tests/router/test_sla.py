@@ -309,3 +309,38 @@ def test_expired_tickets_release_their_reservations() -> None:
     job.started = time.monotonic() - 10_000
     ctl._expire()
     assert ctl.ledger.usage("tiny", "day").reserved_tokens == 0 and not ctl._tickets
+
+
+def test_shipped_policies_validate() -> None:
+    root = Path(__file__).resolve().parents[2]
+    for path in (root / "services" / "sla.example.yaml", root / "services" / "evaluation" / "sla_bench.yaml"):
+        policy = PolicyStore(path, models=[MODEL]).policy
+        assert {"interactive", "standard", "batch"} <= set(policy.tiers)
+
+
+def test_admitted_requests_are_protected_and_errors_calibrate() -> None:
+    ctl = _controller()
+    _teach(ctl, "none", 1.0)
+    _teach(ctl, "single", 3.0)
+    # An admitted interactive request with 4 s of work left and a 6 s target.
+    ctl.load.admit(MODEL, 3, 4.0, 6.0)
+    d = _decide(ctl, tenant="tiny", cls="B")  # batch would prefer single (3 s): 4 + 3 > 6 for the admitted one
+    assert d.plan.policy == "none" and d.sla["degraded"]
+    single = next(c for c in d.sla["candidates"] if c["plan"].startswith("single"))
+    assert "admitted request" in single["why_not"]
+    # Observed latencies twice the predictions: predictions are scaled by the 90th percentile ratio.
+    quiet = _controller()
+    _teach(quiet, "none", 1.0)
+    _teach(quiet, "single", 3.0)
+    base = _decide(quiet, cls="B").sla
+    quiet.load.jobs.clear()
+    quiet._ratios.extend([2.0] * 20)
+    assert quiet.calibration() == 2.0
+    scaled = _decide(quiet, cls="B").sla
+    assert scaled["calibration"] == 2.0
+    first = {c["plan"]: c["predicted_latency_s"] for c in base["candidates"]}
+    for c in scaled["candidates"]:
+        assert c["predicted_latency_s"] == pytest.approx(2 * first[c["plan"]], rel=0.01)
+    quiet._ratios.clear()
+    quiet._ratios.extend([0.5] * 20)
+    assert quiet.calibration() == 1.0  # never below 1

@@ -161,3 +161,6 @@ def test_a_configured_draft_pair_runs_on_every_request_and_is_reported(engine: A
     assert result.stats.speculative["k"] == 3 and result.stats.speculative["rounds"] > 0
     assert "speculative" in result.stats.as_dict()
     assert "speculative" not in engine.generate_sync(prompts[0], params).stats.as_dict()
+    # A plan with speculation off (the SLA controller's switch) decodes plainly on the same worker.
+    plain = asyncio.run(spec_engine.generate(prompts[0], params.model_copy(update={"speculative": False})))
+    assert plain.text == result.text and plain.stats.speculative is None

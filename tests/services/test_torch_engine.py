@@ -98,3 +98,29 @@ def test_detokenizer_flush_releases_held_text() -> None:
     for c in "hiE":
         d.push(ord(c))
     assert d.flush() == "E"
+
+
+def test_abandoned_stream_closes_after_its_step(engine: Any) -> None:
+    """A consumer cancelled while a decode step runs in its thread: no error, and the generator is
+    closed once that step returns (the engine's lock is free for the next request)."""
+    prompt = _prompt(engine, "Write a long story about a dragon.")
+
+    async def main() -> str:
+        got: list[str] = []
+
+        async def consume() -> None:
+            async for chunk in engine.stream(prompt, SamplingParams(max_tokens=200)):
+                got.append(chunk.text)
+
+        task = asyncio.create_task(consume())
+        while len(got) < 3:
+            await asyncio.sleep(0.005)
+        task.cancel()  # almost surely mid-step: the next step is already in its thread
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.5)
+        return (await engine.generate(prompt, SamplingParams(max_tokens=4))).text
+
+    assert asyncio.run(main())
+    assert engine._lock.acquire(timeout=5)
+    engine._lock.release()

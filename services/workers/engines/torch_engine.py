@@ -196,15 +196,24 @@ class TorchEngine(TokenizerMixin):
     ) -> AsyncIterator[GenerationChunk]:
         it = self.stream_sync(prompt, params, chunks=chunks)
         done = object()
+        step: asyncio.Future[Any] | None = None
         try:
             while True:
                 # Each step runs in a thread: torch releases the GIL, the event loop keeps serving.
-                chunk: Any = await asyncio.to_thread(next, it, done)
+                step = asyncio.ensure_future(asyncio.to_thread(next, it, done))
+                # Shielded: if the caller goes away mid-step, the step still ends before the generator closes.
+                chunk: Any = await asyncio.shield(step)
+                step = None
                 if chunk is done:
                     return
                 yield chunk
         finally:
-            it.close()
+            if step is not None and not step.done():
+                # A thread is inside the generator: close it once that step returns (closing it now raises
+                # "generator already executing" and leaves it open).
+                step.add_done_callback(lambda _f: asyncio.ensure_future(asyncio.to_thread(it.close)))
+            else:
+                it.close()
 
     async def generate(self, prompt: str, params: SamplingParams, chunks: list[str] | None = None) -> GenerationResult:
         return await collect(self.stream(prompt, params, chunks))
