@@ -116,10 +116,12 @@ class RagService:
         if record is not None:
             usage = record["usage"]
             timings = record.get("timings", {})
+            hit = record.get("cache", {}).get("response") == "hit"
             outcome.update(
-                prompt_tokens=usage["prompt_tokens"],
-                completion_tokens=usage["completion_tokens"],
-                cache_hit=record.get("cache", {}).get("response") == "hit",
+                # A cached answer ran no model: it is not charged.
+                prompt_tokens=0 if hit else usage["prompt_tokens"],
+                completion_tokens=0 if hit else usage["completion_tokens"],
+                cache_hit=hit,
                 ttft_s=ttft_s if ttft_s is not None else max(0.0, latency - timings.get("decode_s", 0.0)),
             )
         try:
@@ -154,7 +156,9 @@ class RagService:
             history=[m.model_dump() for m in q.history],
             system=q.system,
             style=q.style,
-            plan=decision.plan.model_dump(),
+            # The classifier's output is not part of the key: it varies run to run (its timing) and only
+            # matters through the policy it picked, which is.
+            plan=decision.plan.model_dump(exclude={"complexity"}),
             stop=list(params.stop),
             index_generation=generation,
         )

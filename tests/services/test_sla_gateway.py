@@ -172,3 +172,34 @@ def test_controller_off_reports_so(local_service: Any) -> None:
     with TestClient(create_app(local_service)) as client:
         body = client.get("/v1/sla").json()
     assert body["enabled"] is False and "sla.enabled" in body["detail"]
+
+
+def test_cached_answers_are_not_charged(local_service: Any, base_config: dict[str, Any], tmp_path: Path) -> None:
+    from services.rag import build_cache
+
+    path = tmp_path / "sla.yaml"
+    path.write_text(yaml.safe_dump(POLICY))
+    config = load_config(
+        {
+            **base_config,
+            "index": local_service.config.index.model_dump(),
+            "sla": {"enabled": True, "policy_path": str(path)},
+        }
+    )
+    router = RouterService(config)
+    service = RagService(
+        config, local_service.retriever, local_service.workers, router=LocalRouter(router), cache=build_cache(config)
+    )
+    ctl = router.controller
+    assert ctl is not None
+    with TestClient(create_app(service)) as client:
+        ask = {"question": "Which port does make run serve on?", "style": "short", "max_tokens": 6}
+        auth = {"authorization": "Bearer k-acme"}
+        first = client.post("/v1/qa", json=ask, headers=auth).json()
+        spent = ctl.ledger.usage("acme", "day").spent_tokens
+        again = client.post("/v1/qa", json=ask, headers=auth).json()
+    assert first["cache"]["response"] == "miss" and again["cache"]["response"] == "hit"
+    assert spent == first["usage"]["total_tokens"] > 0
+    assert ctl.ledger.usage("acme", "day").spent_tokens == spent  # the hit ran no model
+    assert again["sla"]["tier"] == "interactive" and again["sla"]["ticket"] != first["sla"]["ticket"]
+    assert not ctl._tickets
