@@ -8,8 +8,10 @@ and keeps the last good policy in force when a new version does not validate.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from router.errors import SlaHeaderError, SlaOverrideError, SlaPolicyError
 
@@ -78,13 +80,34 @@ class Budget(_Strict):
         return self
 
 
+KEY_HASH_PREFIX = "sha256:"
+
+
+def hash_api_key(key: str) -> str:
+    """The form a key may take in a policy file that must not hold it in clear (a Kubernetes ConfigMap)."""
+    return KEY_HASH_PREFIX + hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
 class Tenant(_Strict):
-    api_keys: list[str] = Field(min_length=1, description="Bearer keys that identify this tenant.")
+    api_keys: list[str] = Field(
+        min_length=1,
+        description="Bearer keys that identify this tenant, in clear or as `sha256:<64 hex digits>` of the key.",
+    )
     tier: str = Field(description="The tier this tenant's requests get by default.")
     allowed_tiers: list[str] | None = Field(
         None, description="Tiers `x-sla-tier` may pick; None = the tenant's tier and every tier of lower priority."
     )
     budget: Budget | None = Field(None, description="Spending limit per period; None = unlimited.")
+
+    @field_validator("api_keys")
+    @classmethod
+    def _key_forms(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            if not key.strip():
+                raise ValueError("an API key must not be empty")
+            if key.startswith(KEY_HASH_PREFIX) and not re.fullmatch(r"[0-9a-f]{64}", key[len(KEY_HASH_PREFIX) :]):
+                raise ValueError("a hashed API key is `sha256:` and 64 lowercase hex digits")
+        return keys
 
 
 class ControllerSettings(_Strict):
@@ -120,9 +143,10 @@ class SlaPolicy(_Strict):
                 if tier not in self.tiers:
                     raise ValueError(f"tenants.{name}: tier {tier!r} does not exist ({', '.join(self.tiers)})")
             for key in tenant.api_keys:
-                if key in seen:
-                    raise ValueError(f"tenants.{name}: an API key is also tenant {seen[key]!r}'s")
-                seen[key] = name
+                digest = key if key.startswith(KEY_HASH_PREFIX) else hash_api_key(key)
+                if digest in seen:
+                    raise ValueError(f"tenants.{name}: an API key is also tenant {seen[digest]!r}'s")
+                seen[digest] = name
             if tenant.budget is not None and tenant.budget.cost is not None and not self.prices:
                 raise ValueError(f"tenants.{name}.budget.cost needs a `prices` table")
         for tier_name, tier_policy in self.tiers.items():
@@ -138,15 +162,17 @@ class SlaPolicy(_Strict):
         return self
 
     def tenant_for_key(self, key: str | None) -> str | None:
+        """The tenant a bearer key belongs to, matched in clear or by its SHA-256."""
         if not key:
             return None
+        hashed = hash_api_key(key)
         for name, tenant in self.tenants.items():
-            if key in tenant.api_keys:
-                return name
+            for stored in tenant.api_keys:
+                # A stored digest is matched by the key it hashes, never by itself: reading the policy
+                # (a ConfigMap) must not be enough to get in.
+                if stored == hashed or (stored == key and not stored.startswith(KEY_HASH_PREFIX)):
+                    return name
         return None
-
-    def api_keys(self) -> set[str]:
-        return {k for t in self.tenants.values() for k in t.api_keys}
 
     def price(self, model: str) -> Price:
         return self.prices.get(model, Price())

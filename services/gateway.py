@@ -236,9 +236,9 @@ def create_app(
         token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
         policy = sla_policy.policy if sla_policy is not None else None
         request.state.tenant = policy.tenant_for_key(token) if policy is not None else None
-        valid = keys | (policy.api_keys() if policy is not None else set())
-        if valid and request.url.path.startswith("/v1/"):
-            if token not in valid:
+        required = bool(keys) or (policy is not None and bool(policy.tenants))
+        if required and request.url.path.startswith("/v1/"):
+            if token not in keys and request.state.tenant is None:
                 resp: Response = JSONResponse(
                     error_body(
                         "a valid API key is required: Authorization: Bearer <key>",

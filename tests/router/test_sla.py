@@ -74,6 +74,19 @@ def test_policy_validation_names_the_failing_path() -> None:
     assert "mapping" in _errors([1, 2])  # type: ignore[arg-type]
 
 
+def test_tenant_keys_may_be_stored_hashed() -> None:
+    from router.sla import hash_api_key
+
+    hashed = hash_api_key("s3cret")
+    assert hashed.startswith("sha256:") and len(hashed) == 7 + 64
+    policy = parse_policy({**POLICY, "tenants": {"h": {"api_keys": [hashed], "tier": "batch"}}})
+    assert policy.tenant_for_key("s3cret") == "h"
+    assert policy.tenant_for_key(hashed) is None  # the digest itself is not a key
+    assert "64 lowercase hex" in _errors({**POLICY, "tenants": {"h": {"api_keys": ["sha256:abc"], "tier": "batch"}}})
+    clash = {"x": {"api_keys": ["s3cret"], "tier": "batch"}, "y": {"api_keys": [hashed], "tier": "batch"}}
+    assert "tenants.y: an API key is also tenant 'x'" in _errors({**POLICY, "tenants": clash})
+
+
 def test_overrides_only_tighten() -> None:
     policy = parse_policy(POLICY)
     slo = resolve(policy, "acme", {"X-SLO-Latency-Ms": "4000", "x-slo-ttft-ms": "1500", "x-budget-tokens": "900"})
@@ -313,7 +326,7 @@ def test_expired_tickets_release_their_reservations() -> None:
 
 def test_shipped_policies_validate() -> None:
     root = Path(__file__).resolve().parents[2]
-    for path in (root / "services" / "sla.example.yaml", root / "services" / "evaluation" / "sla_bench.yaml"):
+    for path in (root / "services" / "sla" / "policy.yaml", root / "services" / "evaluation" / "sla_bench.yaml"):
         policy = PolicyStore(path, models=[MODEL]).policy
         assert {"interactive", "standard", "batch"} <= set(policy.tiers)
 
