@@ -19,7 +19,7 @@ import logging
 import math
 import threading
 import time
-from collections import deque
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -154,13 +154,18 @@ class SlaController:
         self.class_prior = class_prior or dict.fromkeys(CLASSES, 1 / 3)
         settings = store.policy.controller
         self.estimator = Estimator(window=settings.window, min_observations=settings.min_observations)
-        self.load = LoadModel({m.id: config.ray.worker_replicas for m in config.models})
+        self.load = LoadModel(
+            {m.id: config.ray.worker_replicas for m in config.models},
+            # The torch engine's step lock serves higher priorities first; vLLM batches without them.
+            strict_priority={m.id for m in config.models if m.engine == "torch"},
+        )
         self._tickets: dict[int, _Ticket] = {}
         self._recent: dict[str, deque[bool]] = {}
-        # Observed / predicted latency of recent answers. The load model is an idealisation (the worker
-        # slows down beyond fair sharing as requests pile up on two cores); its errors are corrected by
-        # scaling predictions with the 90th percentile of this ratio, never below 1.
-        self._ratios: deque[float] = deque(maxlen=100)
+        # Observed / predicted latency of recent answers, per priority. The load model is an idealisation
+        # (fair sharing, while the worker serves higher priorities first and slows down beyond fair sharing
+        # as requests pile up on two cores); its errors are corrected by scaling a priority's predictions
+        # with the 90th percentile of its ratio (all priorities pooled until it has 10), never below 1.
+        self._ratios: dict[int, deque[float]] = defaultdict(lambda: deque(maxlen=100))
         self._lock = threading.RLock()
         POLICY_VERSION.set(store.version)
 
@@ -237,10 +242,12 @@ class SlaController:
                 best = min(best, self.estimator.predict(key, None).latency_s)
         return best
 
-    def calibration(self) -> float:
-        if len(self._ratios) < 10:
+    def calibration(self, priority: int | None = None) -> float:
+        own = self._ratios.get(priority) if priority is not None else None
+        ratios = list(own) if own is not None and len(own) >= 10 else [r for q in self._ratios.values() for r in q]
+        if len(ratios) < 10:
             return 1.0
-        ordered = sorted(self._ratios)
+        ordered = sorted(ratios)
         return min(4.0, max(1.0, ordered[int(0.9 * (len(ordered) - 1))]))
 
     @staticmethod
@@ -324,7 +331,7 @@ class SlaController:
             "class": cls,
             "degraded": info["degraded"],
             "queue_wait_s": round(max(0.0, chosen.pred_latency - chosen.est.latency_s), 3),
-            "calibration": round(self.calibration(), 3),
+            "calibration": round(self.calibration(slo.priority), 3),
             "candidates": info["candidates"],
             "policy_version": self.store.version,
         }
@@ -351,21 +358,21 @@ class SlaController:
         remaining_t, remaining_c, period = self._remaining(policy, slo)
         higher = [(n, t) for n, t in policy.tiers.items() if t.priority > slo.priority]
         headroom = policy.controller.headroom
-        scale = self.calibration()
+        scale = self.calibration(slo.priority)
         now = self.load.now()
         # Admitted requests of this priority or higher that are on track: a new one must not make them miss.
         on_track = [
             j
             for j in self.load.jobs.values()
-            if j.priority >= slo.priority and now + scale * self.load.finish_in(j) <= j.deadline
+            if j.priority >= slo.priority and now + self.calibration(j.priority) * self.load.finish_in(j) <= j.deadline
         ]
         unloaded: list[Candidate] = []
         eligible: list[Candidate] = []
         capped = budgeted = 0
         for c in cands:
             model = c.key.model
-            c.pred_latency = scale * (c.est.latency_s + self.load.wait(model, c.est.latency_s))
-            c.pred_ttft = scale * (c.est.ttft_s + self.load.wait(model, c.est.ttft_s))
+            c.pred_latency = scale * (c.est.latency_s + self.load.wait(model, c.est.latency_s, priority=slo.priority))
+            c.pred_ttft = scale * (c.est.ttft_s + self.load.wait(model, c.est.ttft_s, priority=slo.priority))
             if slo.max_tokens is not None and c.worst_tokens > slo.max_tokens:
                 c.why_not = f"worst case {c.worst_tokens} tokens is over the cap of {slo.max_tokens}"
                 continue
@@ -388,17 +395,23 @@ class SlaController:
                 c.why_not = f"predicted TTFT {c.pred_ttft:.2f} s is over {ttft_s:g} s"
                 continue
             for j in on_track:
-                if j.model == model and now + scale * self.load.finish_in(j, extra=c.est.median_s) > j.deadline:
+                late = now + self.calibration(j.priority) * self.load.finish_in(
+                    j, extra=c.est.median_s, extra_priority=slo.priority
+                )
+                if j.model == model and late > j.deadline:
                     c.why_not = "would make an admitted request of equal or higher priority miss its target"
                     break
             if c.why_not is not None:
                 continue
             for name, tier in higher:
                 probe = self._fastest_for(tier, model)
-                after = scale * (probe + self.load.wait(model, probe, extra=c.est.median_s))
+                wait = self.load.wait(
+                    model, probe, priority=tier.priority, extra=c.est.median_s, extra_priority=slo.priority
+                )
+                after = self.calibration(tier.priority) * (probe + wait)
                 if after > headroom * tier.latency_ms / 1000:
                     c.why_not = (
-                        f"would leave higher tier {name!r} {after:.2f} s, over {headroom:g} x its {tier.latency_ms} ms"
+                        f"higher tier {name!r} would be at {after:.2f} s, over {headroom:g} x its {tier.latency_ms} ms"
                     )
                     break
             if c.why_not is None:
@@ -500,7 +513,7 @@ class SlaController:
             SPENT_TOKENS.labels(ticket.slo.tenant).inc(prompt + completion)
             SPENT_COST.labels(ticket.slo.tenant).inc(micros / MICRO)
         if ok and not outcome.get("cache_hit") and ticket.predicted_s > 0:
-            self._ratios.append(latency / ticket.predicted_s)
+            self._ratios[ticket.slo.priority].append(latency / ticket.predicted_s)
         if ok and not outcome.get("cache_hit") and job is not None and latency > 0:
             share = min(1.0, job.attained / latency) if job.attained > 0 else 1.0
             self.estimator.observe(ticket.key, ticket.cls, job.attained or latency, ttft * share, prompt, completion)
@@ -560,6 +573,7 @@ class SlaController:
             "estimates": self.estimator.table(),
             "in_flight": in_flight,
             "calibration": round(self.calibration(), 3),
+            "calibration_by_priority": {p: round(self.calibration(p), 3) for p in sorted(self._ratios)},
             "backlog_s": backlog,
             "slo_attainment": {t: round(sum(r) / len(r), 4) for t, r in self._recent.items() if r},
             "observed_at": time.time(),

@@ -163,10 +163,21 @@ class Job:
 
 
 class LoadModel:
-    """Fluid processor sharing per model pool: `servers` replicas share the work in flight equally."""
+    """Fluid model of the work in flight per model pool (`servers` replicas).
 
-    def __init__(self, servers: dict[str, int], *, clock: Callable[[], float] | None = None) -> None:
+    A model in ``strict_priority`` (the torch engine: its step lock serves higher SLA priorities first)
+    gives its servers to the highest priority in flight, shared equally within it; lower priorities wait.
+    Other models (vLLM batches without priorities) share their servers equally among all jobs."""
+
+    def __init__(
+        self,
+        servers: dict[str, int],
+        *,
+        strict_priority: set[str] | frozenset[str] = frozenset(),
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.servers = dict(servers)
+        self.strict = set(strict_priority)
         self.jobs: dict[int, Job] = {}
         self._ids = itertools.count(1)
         self._clock = clock or time.monotonic
@@ -178,37 +189,73 @@ class LoadModel:
         self._last = now
         if dt == 0 or not self.jobs:
             return
-        counts: dict[str, int] = {}
+        by_model: dict[str, list[Job]] = {}
         for job in self.jobs.values():
-            counts[job.model] = counts.get(job.model, 0) + 1
-        for job in self.jobs.values():
-            share = min(1.0, self.servers.get(job.model, 1) / counts[job.model])
-            job.attained += dt * share
+            by_model.setdefault(job.model, []).append(job)
+        for model, jobs in by_model.items():
+            free = float(self.servers.get(model, 1))
+            levels = sorted({j.priority for j in jobs}, reverse=True) if model in self.strict else [None]
+            for level in levels:
+                group = [j for j in jobs if level is None or j.priority == level]
+                share = min(1.0, free / len(group))
+                for job in group:
+                    job.attained += dt * share
+                free -= share * len(group)
+                if free <= 1e-9:
+                    break
 
     def remaining(self, job: Job) -> float:
         # A job past its prediction is assumed to be nearly done, not finished.
         return max(0.1 * job.service_s, job.service_s - job.attained)
 
-    def wait(self, model: str, service_s: float, *, extra: float = 0.0) -> float:
-        """Extra seconds a new job of `service_s` on `model` would take because of the jobs in flight
-        (each shares the worker until it ends or the new job does), plus a hypothetical job of `extra`."""
+    def _weight(self, model: str, ahead: int, behind: int | None) -> str:
+        """How a job of priority `ahead` delays one of priority `behind`: all of it, shared, or not."""
+        if behind is None or model not in self.strict or ahead == behind:
+            return "shared"
+        return "all" if ahead > behind else "none"
+
+    def _delay(self, model: str, other: float, other_priority: int, own: float, priority: int | None) -> float:
+        how = self._weight(model, other_priority, priority)
+        return min(other, own) if how == "shared" else other if how == "all" else 0.0
+
+    def wait(
+        self,
+        model: str,
+        service_s: float,
+        *,
+        priority: int | None = None,
+        extra: float = 0.0,
+        extra_priority: int | None = None,
+    ) -> float:
+        """Extra seconds a new job of `service_s` (and `priority`) on `model` would take because of the jobs
+        in flight, plus a hypothetical job of `extra` seconds (and `extra_priority`, default the same)."""
         servers = self.servers.get(model, 1)
-        shared = sum(min(self.remaining(j), service_s) for j in self.jobs.values() if j.model == model)
+        delay = sum(
+            self._delay(model, self.remaining(j), j.priority, service_s, priority)
+            for j in self.jobs.values()
+            if j.model == model
+        )
         if extra:
-            shared += min(extra, service_s)
-        return shared / servers
+            xp = priority if extra_priority is None else extra_priority
+            delay += self._delay(model, extra, xp if xp is not None else 0, service_s, priority)
+        return delay / servers
 
     def backlog(self, model: str) -> float:
         servers = self.servers.get(model, 1)
         return sum(self.remaining(j) for j in self.jobs.values() if j.model == model) / servers
 
-    def finish_in(self, job: Job, *, extra: float = 0.0) -> float:
-        """Seconds until `job` ends under processor sharing (plus a new job of `extra` seconds)."""
+    def finish_in(self, job: Job, *, extra: float = 0.0, extra_priority: int | None = None) -> float:
+        """Seconds until `job` ends (plus a new job of `extra` seconds and `extra_priority`, default the job's)."""
         r = self.remaining(job)
-        shared = sum(min(self.remaining(k), r) for k in self.jobs.values() if k.model == job.model)
+        total = sum(
+            self._delay(job.model, self.remaining(k), k.priority, r, job.priority)
+            for k in self.jobs.values()
+            if k.model == job.model
+        )
         if extra:
-            shared += min(extra, r)
-        return shared / self.servers.get(job.model, 1)
+            xp = job.priority if extra_priority is None else extra_priority
+            total += self._delay(job.model, extra, xp, r, job.priority)
+        return total / self.servers.get(job.model, 1)
 
     def now(self) -> float:
         return self._clock()

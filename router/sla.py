@@ -319,6 +319,7 @@ class RequestSlo:
         return {
             "tenant": self.tenant,
             "tier": self.tier,
+            "priority": self.priority,
             "latency_ms": self.latency_ms,
             "ttft_ms": self.ttft_ms,
             "max_tokens_per_request": self.max_tokens,

@@ -102,6 +102,7 @@ class RagService:
             seed=req.seed,
             speculative=decision.plan.speculative,
             chunk_cache=decision.plan.chunk_cache,
+            priority=int((decision.sla or {}).get("priority", 0)),
         )
         return decision, params
 

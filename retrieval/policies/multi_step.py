@@ -54,7 +54,9 @@ class MultiStepPolicy:
         retrieve_s = spent
         reasoning: list[str] = []
         calls = prompt_tokens = completion_tokens = 0
-        reason_params = SamplingParams(max_tokens=settings.multi_step_tokens, stop=("\n",))
+        reason_params = SamplingParams(
+            max_tokens=settings.multi_step_tokens, stop=("\n",), priority=ctx.params.priority if ctx.params else 0
+        )
         while len(per_step) < settings.multi_max_steps:
             passages = round_robin(per_step)
             messages = [

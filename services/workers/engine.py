@@ -40,6 +40,8 @@ class SamplingParams(BaseModel):
     # The plan's switches: off turns the worker's draft pair / chunk-KV reuse off for this request.
     speculative: bool = True
     chunk_cache: bool = True
+    # The SLA tier's priority: the torch engine runs waiting steps of higher priority first.
+    priority: int = Field(0, ge=0, le=100)
 
     @property
     def greedy(self) -> bool:

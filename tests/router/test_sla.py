@@ -171,6 +171,34 @@ def test_load_model_shares_the_worker() -> None:
     assert b.attained == pytest.approx(2.0)
 
 
+def test_load_model_serves_higher_priorities_first_on_strict_models() -> None:
+    now = [0.0]
+    load = LoadModel({MODEL: 1}, strict_priority={MODEL}, clock=lambda: now[0])
+    low = load.admit(MODEL, 1, 4.0)
+    high_a = load.admit(MODEL, 3, 2.0)
+    high_b = load.admit(MODEL, 3, 2.0)
+    now[0] = 2.0
+    load.advance()
+    assert high_a.attained == high_b.attained == pytest.approx(1.0) and low.attained == 0.0
+    # A new top-priority job shares with its peers only; a low one waits for all higher work.
+    assert load.wait(MODEL, 1.0, priority=3) == pytest.approx(2.0)
+    assert load.wait(MODEL, 1.0, priority=1) == pytest.approx(1.0 + 1.0 + 1.0)
+    assert load.wait(MODEL, 1.0, priority=3, extra=5.0, extra_priority=1) == pytest.approx(2.0)
+    assert load.finish_in(low) == pytest.approx(4.0 + 1.0 + 1.0)
+    assert load.finish_in(high_a, extra=3.0, extra_priority=0) == pytest.approx(2.0)
+    assert load.finish_in(high_a, extra=3.0, extra_priority=5) == pytest.approx(5.0)
+    load.finish(high_a.id)
+    load.finish(high_b.id)
+    now[0] = 3.0
+    load.advance()
+    assert low.attained == pytest.approx(1.0)
+    # Without strict priority (vLLM), everyone shares as before.
+    fair = LoadModel({MODEL: 1}, clock=lambda: now[0])
+    fair.admit(MODEL, 1, 4.0)
+    fair.admit(MODEL, 3, 4.0)
+    assert fair.wait(MODEL, 2.0, priority=3) == pytest.approx(4.0)
+
+
 def _controller(policy: dict[str, Any] = POLICY, **cfg: Any) -> SlaController:
     config = load_config({"sla": {"enabled": True}, **cfg})
     store = PolicyStore(None)
@@ -259,21 +287,38 @@ def test_overload_degrades_lower_tiers_first_then_sheds() -> None:
     _teach(ctl, "none", 1.0)
     _teach(ctl, "single", 3.0)
     _teach(ctl, "multi", 9.0)
-    # Four single requests in flight: ~12 s of backlog.
+    # Four interactive single requests in flight: 12 s of work at the top priority.
     for _ in range(4):
-        ctl.load.admit(MODEL, 2, 3.0)
-    # The interactive tier degrades to `none` (1 s + 4 x 1 s shared = 5 s < 6 s) rather than miss.
+        ctl.load.admit(MODEL, 3, 3.0, 60.0)
+    # The standard tier waits for all of that higher work: multi (9 + 12 s) would miss 20 s, single fits.
+    d = _decide(ctl, tenant=None, cls="C")
+    assert d.plan.policy == "single" and d.sla["degraded"]
+    multi = next(c for c in d.sla["candidates"] if c["plan"].startswith("multi"))
+    assert multi["predicted_latency_s"] == pytest.approx(21.0, rel=0.02)
+    # Another interactive one shares the worker with its peers only: single would take 3 + 4 x 3 = 15 s > 6 s,
+    # so it degrades to `none` (1 + 4 x 1 = 5 s) rather than miss.
     d = _decide(ctl, cls="B")
     assert d.plan.policy == "none" and d.sla["degraded"] and "degraded under load" in d.reason
-    # A batch request would push the interactive tier past 0.85 x its target: shed, with Retry-After.
+    # Now the interactive tier's quickest plan would take 6 s, over 0.85 x its 6 s: lower tiers are shed
+    # (they still take CPU outside the model's step lock), with Retry-After.
     with pytest.raises(OverloadedError) as info:
         _decide(ctl, tenant="tiny", cls="B")
     assert 1 <= info.value.retry_after <= 60  # type: ignore[operator]
     # More load: the interactive tier is shed too, once even its fastest plan cannot make 6 s.
     for _ in range(4):
-        ctl.load.admit(MODEL, 2, 3.0)
+        ctl.load.admit(MODEL, 3, 3.0, 60.0)
     with pytest.raises(OverloadedError):
         _decide(ctl, cls="B")
+    # Lower-priority work does not slow a higher tier: the torch worker serves higher priorities first.
+    busy = _controller()
+    _teach(busy, "none", 1.0)
+    _teach(busy, "single", 3.0)
+    for _ in range(6):
+        busy.load.admit(MODEL, 1, 3.0, 60.0)
+    d = _decide(busy, cls="B")
+    assert d.plan.policy == "single" and not d.sla["degraded"]
+    single = next(c for c in d.sla["candidates"] if c["plan"].startswith("single"))
+    assert single["predicted_latency_s"] == pytest.approx(3.0, rel=0.05)
     # Unloaded, a target no plan can meet alone runs the fastest plan as best effort, not a 429.
     quiet = _controller()
     _teach(quiet, "none", 1.0)
@@ -335,9 +380,11 @@ def test_admitted_requests_are_protected_and_errors_calibrate() -> None:
     ctl = _controller()
     _teach(ctl, "none", 1.0)
     _teach(ctl, "single", 3.0)
-    # An admitted interactive request with 4 s of work left and a 6 s target.
-    ctl.load.admit(MODEL, 3, 4.0, 6.0)
-    d = _decide(ctl, tenant="tiny", cls="B")  # batch would prefer single (3 s): 4 + 3 > 6 for the admitted one
+    # An admitted standard request with 4 s of work left and 6 s to its deadline.
+    ctl.load.admit(MODEL, 2, 4.0, 6.0)
+    # Another standard one would prefer single (3 + 3 shared = 6 s, well within its 20 s), but the admitted
+    # one would then need 4 + 3 = 7 s: it gets `none` (4 + 1 = 5 s for the admitted one).
+    d = _decide(ctl, tenant=None, cls="B")
     assert d.plan.policy == "none" and d.sla["degraded"]
     single = next(c for c in d.sla["candidates"] if c["plan"].startswith("single"))
     assert "admitted request" in single["why_not"]
@@ -347,13 +394,15 @@ def test_admitted_requests_are_protected_and_errors_calibrate() -> None:
     _teach(quiet, "single", 3.0)
     base = _decide(quiet, cls="B").sla
     quiet.load.jobs.clear()
-    quiet._ratios.extend([2.0] * 20)
-    assert quiet.calibration() == 2.0
+    quiet._ratios[3].extend([2.0] * 20)  # acme is interactive: priority 3
+    assert quiet.calibration(3) == 2.0 and quiet.calibration() == 2.0  # pooled while others have none
     scaled = _decide(quiet, cls="B").sla
     assert scaled["calibration"] == 2.0
     first = {c["plan"]: c["predicted_latency_s"] for c in base["candidates"]}
     for c in scaled["candidates"]:
         assert c["predicted_latency_s"] == pytest.approx(2 * first[c["plan"]], rel=0.01)
+    quiet._ratios[1].extend([3.0] * 20)
+    assert quiet.calibration(1) == 3.0 and quiet.calibration(3) == 2.0  # each priority its own
     quiet._ratios.clear()
-    quiet._ratios.extend([0.5] * 20)
-    assert quiet.calibration() == 1.0  # never below 1
+    quiet._ratios[3].extend([0.5] * 20)
+    assert quiet.calibration(3) == 1.0  # never below 1

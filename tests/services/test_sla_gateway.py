@@ -112,8 +112,8 @@ def test_header_errors_and_auth(sla_env: Any) -> None:
 
 def test_overload_sheds_with_retry_after(sla_env: Any) -> None:
     client, ctl, _ = sla_env
-    for _ in range(40):  # a deep backlog: 40 requests of ~20 s each in flight
-        ctl.load.admit(MODEL, 1, 20.0)
+    for _ in range(40):  # a deep backlog: 40 interactive requests of ~20 s each in flight, served first
+        ctl.load.admit(MODEL, 3, 20.0)
     try:
         resp = _qa(client, "k-tiny")
         err = _error(resp, 429, "rate_limit_exceeded")

@@ -124,3 +124,31 @@ def test_abandoned_stream_closes_after_its_step(engine: Any) -> None:
     assert asyncio.run(main())
     assert engine._lock.acquire(timeout=5)
     engine._lock.release()
+
+
+def test_higher_priority_streams_take_the_steps(engine: Any) -> None:
+    """A request of a higher SLA priority arriving mid-way gets every decode step until it is done: the
+    lower one advances at most by the step in progress (plain interleaving would alternate them)."""
+    prompt = _prompt(engine, "Write a long story about a dragon who learns to sing.")
+
+    async def main() -> list[str]:
+        events: list[str] = []
+
+        async def run(tag: str, priority: int, max_tokens: int) -> None:
+            params = SamplingParams(max_tokens=max_tokens, priority=priority)
+            async for chunk in engine.stream(prompt, params):
+                if chunk.text:
+                    events.append(tag)
+            events.append(tag + "-done")
+
+        low = asyncio.create_task(run("low", 0, 80))
+        while events.count("low") < 3:
+            await asyncio.sleep(0.005)
+        await run("high", 3, 24)
+        await low
+        return events
+
+    events = asyncio.run(main())
+    first, last = events.index("high"), events.index("high-done")
+    assert last - first >= 10  # the high stream really streamed
+    assert events[first:last].count("low") <= 2, events

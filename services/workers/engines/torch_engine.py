@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Generator
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ from services.workers.engine import (
     SignalResult,
     collect,
 )
+from services.workers.engines.priority_lock import PriorityLock, run_with_priority
 from services.workers.model_store import resolve_model_path
 from services.workers.spec.verify import sample_token
 from services.workers.text import TokenizerMixin
@@ -63,8 +63,8 @@ class TorchEngine(TokenizerMixin):
         if config.chunk_cache.enabled:
             self.chunk_reuse = _build_chunk_reuse(config, self.model, self.tokenizer)
         # One forward pass at a time: concurrent requests interleave step by step instead of
-        # fighting over the same cores.
-        self._lock = threading.Lock()
+        # fighting over the same cores, the highest priority (SLA tier) first.
+        self._lock = PriorityLock()
         logger.info("torch engine loaded %s from %s on %s", self.model_id, path, self.device)
 
     def iter_tokens(
@@ -197,10 +197,12 @@ class TorchEngine(TokenizerMixin):
         it = self.stream_sync(prompt, params, chunks=chunks)
         done = object()
         step: asyncio.Future[Any] | None = None
+        active = self._lock.active(params.priority)
+        active.__enter__()
         try:
             while True:
                 # Each step runs in a thread: torch releases the GIL, the event loop keeps serving.
-                step = asyncio.ensure_future(asyncio.to_thread(next, it, done))
+                step = asyncio.ensure_future(asyncio.to_thread(run_with_priority, params.priority, next, it, done))
                 # Shielded: if the caller goes away mid-step, the step still ends before the generator closes.
                 chunk: Any = await asyncio.shield(step)
                 step = None
@@ -208,6 +210,7 @@ class TorchEngine(TokenizerMixin):
                     return
                 yield chunk
         finally:
+            active.__exit__(None, None, None)
             if step is not None and not step.done():
                 # A thread is inside the generator: close it once that step returns (closing it now raises
                 # "generator already executing" and leaves it open).
@@ -298,7 +301,9 @@ class TorchEngine(TokenizerMixin):
         )
 
     async def generate_with_signals(self, prompt: str, params: SamplingParams) -> SignalResult:
-        return await asyncio.to_thread(self.generate_with_signals_sync, prompt, params)
+        run = self.generate_with_signals_sync
+        with self._lock.active(params.priority):
+            return await asyncio.to_thread(run_with_priority, params.priority, run, prompt, params)
 
     def close(self) -> None:
         if self.chunk_reuse is not None:
