@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 CLASSES = ("A", "B", "C")
 CHOOSABLE = ("none", "single", "multi", "dragin")
+RATIO_TTL_S = 120.0  # how long an observed / predicted latency ratio counts for calibration
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 SLA_REQUESTS = Counter(
@@ -105,6 +106,7 @@ class Candidate:
     worst_micros: int
     pred_latency: float = 0.0
     pred_ttft: float = 0.0
+    pred_raw: float = 0.0  # the prediction before calibration: what observed latencies are compared with
     why_not: str | None = None
 
     def label(self) -> str:
@@ -165,7 +167,9 @@ class SlaController:
         # (fair sharing, while the worker serves higher priorities first and slows down beyond fair sharing
         # as requests pile up on two cores); its errors are corrected by scaling a priority's predictions
         # with the 90th percentile of its ratio (all priorities pooled until it has 10), never below 1.
-        self._ratios: dict[int, deque[float]] = defaultdict(lambda: deque(maxlen=100))
+        # A ratio counts for RATIO_TTL_S: when every request is shed no new ones arrive, and an old burst
+        # of misses must not keep the factor up (and the tier shed) for ever.
+        self._ratios: dict[int, deque[tuple[float, float]]] = defaultdict(lambda: deque(maxlen=100))
         self._lock = threading.RLock()
         POLICY_VERSION.set(store.version)
 
@@ -243,8 +247,10 @@ class SlaController:
         return best
 
     def calibration(self, priority: int | None = None) -> float:
-        own = self._ratios.get(priority) if priority is not None else None
-        ratios = list(own) if own is not None and len(own) >= 10 else [r for q in self._ratios.values() for r in q]
+        since = time.monotonic() - RATIO_TTL_S
+        recent = {p: [r for t, r in q if t >= since] for p, q in self._ratios.items()}
+        own = recent.get(priority) if priority is not None else None
+        ratios = own if own is not None and len(own) >= 10 else [r for q in recent.values() for r in q]
         if len(ratios) < 10:
             return 1.0
         ordered = sorted(ratios)
@@ -299,7 +305,7 @@ class SlaController:
                 chosen.worst_tokens if period else 0,
                 chosen.worst_micros if period else 0,
                 job.id,
-                chosen.pred_latency,
+                chosen.pred_raw,
             )
         DECISIONS.labels(slo.tier, chosen.label()).inc()
         if info["degraded"]:
@@ -371,8 +377,13 @@ class SlaController:
         capped = budgeted = 0
         for c in cands:
             model = c.key.model
-            c.pred_latency = scale * (c.est.latency_s + self.load.wait(model, c.est.latency_s, priority=slo.priority))
-            c.pred_ttft = scale * (c.est.ttft_s + self.load.wait(model, c.est.ttft_s, priority=slo.priority))
+            wait = self.load.wait(model, c.est.latency_s, priority=slo.priority)
+            c.pred_raw = c.est.latency_s + wait
+            # Calibration corrects the load model; with nothing in flight on the model there is no load to
+            # correct, and the plan's own p95 stands (a high factor must never shed requests on an idle worker).
+            factor = scale if self.load.backlog(model) > 0 else 1.0
+            c.pred_latency = factor * c.pred_raw
+            c.pred_ttft = factor * (c.est.ttft_s + self.load.wait(model, c.est.ttft_s, priority=slo.priority))
             if slo.max_tokens is not None and c.worst_tokens > slo.max_tokens:
                 c.why_not = f"worst case {c.worst_tokens} tokens is over the cap of {slo.max_tokens}"
                 continue
@@ -513,7 +524,7 @@ class SlaController:
             SPENT_TOKENS.labels(ticket.slo.tenant).inc(prompt + completion)
             SPENT_COST.labels(ticket.slo.tenant).inc(micros / MICRO)
         if ok and not outcome.get("cache_hit") and ticket.predicted_s > 0:
-            self._ratios[ticket.slo.priority].append(latency / ticket.predicted_s)
+            self._ratios[ticket.slo.priority].append((time.monotonic(), latency / ticket.predicted_s))
         if ok and not outcome.get("cache_hit") and job is not None and latency > 0:
             share = min(1.0, job.attained / latency) if job.attained > 0 else 1.0
             self.estimator.observe(ticket.key, ticket.cls, job.attained or latency, ttft * share, prompt, completion)

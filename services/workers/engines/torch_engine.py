@@ -8,10 +8,12 @@ in later work, direct access to the KV cache (chunk-KV reuse, speculative drafts
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Generator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Generator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from services.workers.engine import (
     FinishReason,
@@ -35,6 +37,10 @@ if TYPE_CHECKING:
     from services.workers.spec.decode import SpecSetup, SpecStats
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# Threads for the decode steps of one engine: more than the requests a worker replica takes at once.
+STEP_THREADS = 64
 
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -65,6 +71,12 @@ class TorchEngine(TokenizerMixin):
         # One forward pass at a time: concurrent requests interleave step by step instead of
         # fighting over the same cores, the highest priority (SLA tier) first.
         self._lock = PriorityLock()
+        # The steps' threads. Each in-flight request's next step waits on the lock in a thread of its own:
+        # with asyncio's default pool (min(32, CPUs + 4) threads, 6 here) the steps queued first-come
+        # first-served in the pool before they ever reached the lock, so priority could not act, and a
+        # higher request's next step could be stuck behind lower ones holding every thread. Blocked
+        # threads cost nothing; the worker accepts 32 requests at a time (services/app.py).
+        self._steps = ThreadPoolExecutor(max_workers=STEP_THREADS, thread_name_prefix=f"torch-{config.id}")
         logger.info("torch engine loaded %s from %s on %s", self.model_id, path, self.device)
 
     def iter_tokens(
@@ -202,7 +214,7 @@ class TorchEngine(TokenizerMixin):
         try:
             while True:
                 # Each step runs in a thread: torch releases the GIL, the event loop keeps serving.
-                step = asyncio.ensure_future(asyncio.to_thread(run_with_priority, params.priority, next, it, done))
+                step = asyncio.ensure_future(self._in_thread(params.priority, next, it, done))
                 # Shielded: if the caller goes away mid-step, the step still ends before the generator closes.
                 chunk: Any = await asyncio.shield(step)
                 step = None
@@ -214,7 +226,7 @@ class TorchEngine(TokenizerMixin):
             if step is not None and not step.done():
                 # A thread is inside the generator: close it once that step returns (closing it now raises
                 # "generator already executing" and leaves it open).
-                step.add_done_callback(lambda _f: asyncio.ensure_future(asyncio.to_thread(it.close)))
+                step.add_done_callback(lambda _f: asyncio.ensure_future(self._in_thread(0, it.close)))
             else:
                 it.close()
 
@@ -301,11 +313,16 @@ class TorchEngine(TokenizerMixin):
         )
 
     async def generate_with_signals(self, prompt: str, params: SamplingParams) -> SignalResult:
-        run = self.generate_with_signals_sync
         with self._lock.active(params.priority):
-            return await asyncio.to_thread(run_with_priority, params.priority, run, prompt, params)
+            return await self._in_thread(params.priority, self.generate_with_signals_sync, prompt, params)
+
+    async def _in_thread(self, priority: int, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on one of the engine's step threads, its lock acquisitions at ``priority``."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._steps, functools.partial(run_with_priority, priority, fn, *args))
 
     def close(self) -> None:
+        self._steps.shutdown(wait=False, cancel_futures=True)
         if self.chunk_reuse is not None:
             self.chunk_reuse.store.close()
         self.model = None
