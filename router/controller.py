@@ -14,6 +14,7 @@ why each was or was not eligible.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -364,13 +365,15 @@ class SlaController:
         remaining_t, remaining_c, period = self._remaining(policy, slo)
         higher = [(n, t) for n, t in policy.tiers.items() if t.priority > slo.priority]
         headroom = policy.controller.headroom
-        scale = self.calibration(slo.priority)
+        # One factor per priority for this decision (each sorts the recent ratios; the loops below ask often).
+        factor_of = functools.cache(self.calibration)
+        scale = factor_of(slo.priority)
         now = self.load.now()
         # Admitted requests of this priority or higher that are on track: a new one must not make them miss.
         on_track = [
             j
             for j in self.load.jobs.values()
-            if j.priority >= slo.priority and now + self.calibration(j.priority) * self.load.finish_in(j) <= j.deadline
+            if j.priority >= slo.priority and now + factor_of(j.priority) * self.load.finish_in(j) <= j.deadline
         ]
         unloaded: list[Candidate] = []
         eligible: list[Candidate] = []
@@ -406,7 +409,7 @@ class SlaController:
                 c.why_not = f"predicted TTFT {c.pred_ttft:.2f} s is over {ttft_s:g} s"
                 continue
             for j in on_track:
-                late = now + self.calibration(j.priority) * self.load.finish_in(
+                late = now + factor_of(j.priority) * self.load.finish_in(
                     j, extra=c.est.median_s, extra_priority=slo.priority
                 )
                 if j.model == model and late > j.deadline:
@@ -419,7 +422,7 @@ class SlaController:
                 wait = self.load.wait(
                     model, probe, priority=tier.priority, extra=c.est.median_s, extra_priority=slo.priority
                 )
-                after = self.calibration(tier.priority) * (probe + wait)
+                after = factor_of(tier.priority) * (probe + wait)
                 if after > headroom * tier.latency_ms / 1000:
                     c.why_not = (
                         f"higher tier {name!r} would be at {after:.2f} s, over {headroom:g} x its {tier.latency_ms} ms"

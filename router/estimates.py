@@ -208,15 +208,12 @@ class LoadModel:
         # A job past its prediction is assumed to be nearly done, not finished.
         return max(0.1 * job.service_s, job.service_s - job.attained)
 
-    def _weight(self, model: str, ahead: int, behind: int | None) -> str:
-        """How a job of priority `ahead` delays one of priority `behind`: all of it, shared, or not."""
-        if behind is None or model not in self.strict or ahead == behind:
-            return "shared"
-        return "all" if ahead > behind else "none"
-
     def _delay(self, model: str, other: float, other_priority: int, own: float, priority: int | None) -> float:
-        how = self._weight(model, other_priority, priority)
-        return min(other, own) if how == "shared" else other if how == "all" else 0.0
+        """How much `other` seconds of work at `other_priority` delay `own` seconds of work at `priority`:
+        all of it (served first), a fair share (min of the two), or nothing (served after)."""
+        if priority is None or model not in self.strict or other_priority == priority:
+            return min(other, own)
+        return other if other_priority > priority else 0.0
 
     def wait(
         self,
@@ -236,7 +233,7 @@ class LoadModel:
             if j.model == model
         )
         if extra:
-            xp = priority if extra_priority is None else extra_priority
+            xp = extra_priority if extra_priority is not None else priority
             delay += self._delay(model, extra, xp if xp is not None else 0, service_s, priority)
         return delay / servers
 

@@ -209,20 +209,19 @@ class TorchEngine(TokenizerMixin):
         it = self.stream_sync(prompt, params, chunks=chunks)
         done = object()
         step: asyncio.Future[Any] | None = None
-        active = self._lock.active(params.priority)
-        active.__enter__()
         try:
-            while True:
-                # Each step runs in a thread: torch releases the GIL, the event loop keeps serving.
-                step = asyncio.ensure_future(self._in_thread(params.priority, next, it, done))
-                # Shielded: if the caller goes away mid-step, the step still ends before the generator closes.
-                chunk: Any = await asyncio.shield(step)
-                step = None
-                if chunk is done:
-                    return
-                yield chunk
+            with self._lock.active(params.priority):
+                while True:
+                    # Each step runs in a thread: torch releases the GIL, the event loop keeps serving.
+                    step = asyncio.ensure_future(self._in_thread(params.priority, next, it, done))
+                    # Shielded: if the caller goes away mid-step, the step still ends before the generator
+                    # closes.
+                    chunk: Any = await asyncio.shield(step)
+                    step = None
+                    if chunk is done:
+                        return
+                    yield chunk
         finally:
-            active.__exit__(None, None, None)
             if step is not None and not step.done():
                 # A thread is inside the generator: close it once that step returns (closing it now raises
                 # "generator already executing" and leaves it open).
