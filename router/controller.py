@@ -31,6 +31,7 @@ from router.budgets import MICRO, BudgetLedger, seconds_to_reset
 from router.errors import BudgetExhaustedError, OverloadedError, PlanUnavailableError
 from router.estimates import Estimate, Estimator, LoadModel, PlanKey
 from router.plan import Plan, RouteDecision
+from router.quality import QualityTable
 from router.sla import POLICY_RANK, PolicyStore, RequestSlo, SlaPolicy, TierPolicy, resolve
 
 if TYPE_CHECKING:
@@ -149,11 +150,15 @@ class SlaController:
         *,
         quality: dict[str, dict[str, float]] | None = None,
         class_prior: dict[str, float] | None = None,
+        model_quality: QualityTable | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.ledger = ledger
         self.measured_quality = quality if quality is not None else self._default_quality(config)
+        # The router's model x policy x class table, when it has one: a stronger model can win on quality
+        # and a cheaper one on latency and cost, as with the controller off.
+        self.model_quality = model_quality
         self.class_prior = class_prior or dict.fromkeys(CLASSES, 1 / 3)
         settings = store.policy.controller
         self.estimator = Estimator(window=settings.window, min_observations=settings.min_observations)
@@ -183,8 +188,21 @@ class SlaController:
         return {}
 
     # -- planning ------------------------------------------------------------------------------
-    def quality_table(self, policy: SlaPolicy) -> dict[str, dict[str, float]]:
-        return policy.quality if policy.quality is not None else self.measured_quality
+    def quality_table(self, policy: SlaPolicy) -> dict[str, Any]:
+        """The table in force: the SLA policy's own (policy x class), else the model x policy x class table,
+        else the per-policy table measured from the classifier's labels."""
+        if policy.quality is not None:
+            return policy.quality
+        if self.model_quality is not None:
+            return {"by_model": self.model_quality.table, "version": self.model_quality.version}
+        return self.measured_quality
+
+    def _by_class(self, policy: SlaPolicy, model: str, name: str) -> dict[str, float] | None:
+        if policy.quality is not None:
+            return policy.quality.get(name)
+        if self.model_quality is not None and model in self.model_quality.table:
+            return self.model_quality.table[model].get(name)
+        return self.measured_quality.get(name)
 
     def _candidates(
         self,
@@ -195,8 +213,11 @@ class SlaController:
         pinned_policy: str | None,
         pinned_model: str | None,
     ) -> list[Candidate]:
-        table = self.quality_table(policy)
-        policies = [pinned_policy] if pinned_policy else [p for p in CHOOSABLE if p in table]
+        policies = (
+            [pinned_policy]
+            if pinned_policy
+            else [p for p in CHOOSABLE if any(self._by_class(policy, m.id, p) is not None for m in self.config.models)]
+        )
         policies = [p for p in policies if POLICY_RANK.get(p, 0) >= POLICY_RANK[slo.floor.min_policy] or pinned_policy]
         out = []
         for m in self.config.models:
@@ -214,7 +235,7 @@ class SlaController:
                 for spec in spec_options:
                     key = PlanKey(p, m.id, spec, m.chunk_cache.enabled and m.engine == "torch")
                     est = self.estimator.predict(key, cls)
-                    by_class = table.get(p, {})
+                    by_class = self._by_class(policy, m.id, p) or {}
                     quality = sum(probs.get(c, 0.0) * by_class.get(c, 0.0) for c in CLASSES)
                     out.append(
                         Candidate(
@@ -274,7 +295,10 @@ class SlaController:
         max_tokens: int | None,
         cacheable: bool,
         use_response_cache: bool,
+        dry_run: bool = False,
     ) -> RouteDecision:
+        """Admit a request with the best plan that fits. ``dry_run`` (POST /v1/plan): the same choice,
+        but nothing is reserved, admitted or counted, and the decision carries no ticket."""
         policy = self.store.policy
         POLICY_VERSION.set(self.store.version)
         slo = resolve(policy, tenant, headers)
@@ -285,6 +309,9 @@ class SlaController:
             self.load.advance()
             for _attempt in range(3):
                 chosen, info = self._choose(policy, slo, probs, cls, pinned_policy, pinned_model)
+                if dry_run:
+                    period, granted = None, True
+                    break
                 period, granted = self._reserve(policy, slo, chosen)
                 if granted:
                     break
@@ -294,23 +321,27 @@ class SlaController:
                     f"tenant {tenant!r} has no budget left for any allowed plan this {period}",
                     retry_after=seconds_to_reset(period or "day"),
                 )
-            job = self.load.admit(chosen.key.model, slo.priority, chosen.est.median_s, slo.latency_ms / 1000)
-            IN_FLIGHT.labels(chosen.key.model).set(
-                sum(1 for j in self.load.jobs.values() if j.model == chosen.key.model)
-            )
-            self._tickets[job.id] = _Ticket(
-                slo,
-                chosen.key,
-                cls,
-                period,
-                chosen.worst_tokens if period else 0,
-                chosen.worst_micros if period else 0,
-                job.id,
-                chosen.pred_raw,
-            )
-        DECISIONS.labels(slo.tier, chosen.label()).inc()
-        if info["degraded"]:
-            DEGRADED.labels(slo.tier).inc()
+            ticket: int | None = None
+            if not dry_run:
+                job = self.load.admit(chosen.key.model, slo.priority, chosen.est.median_s, slo.latency_ms / 1000)
+                ticket = job.id
+                IN_FLIGHT.labels(chosen.key.model).set(
+                    sum(1 for j in self.load.jobs.values() if j.model == chosen.key.model)
+                )
+                self._tickets[job.id] = _Ticket(
+                    slo,
+                    chosen.key,
+                    cls,
+                    period,
+                    chosen.worst_tokens if period else 0,
+                    chosen.worst_micros if period else 0,
+                    job.id,
+                    chosen.pred_raw,
+                )
+        if not dry_run:
+            DECISIONS.labels(slo.tier, chosen.label()).inc()
+            if info["degraded"]:
+                DEGRADED.labels(slo.tier).inc()
         m = self.config.model(chosen.key.model)
         plan = Plan(
             policy=chosen.key.policy,
@@ -333,7 +364,7 @@ class SlaController:
                 f"tier {slo.tier!r}: no plan meets {slo.latency_ms} ms even unloaded; the fastest, {chosen.label()}"
             )
         sla = {
-            "ticket": job.id,
+            "ticket": ticket,
             **slo.describe(),
             "class": cls,
             "degraded": info["degraded"],

@@ -18,6 +18,11 @@ class Plan(BaseModel):
     complexity: dict[str, Any] | None = Field(
         None, description="For `adaptive`: the class, its probabilities and the policy it runs."
     )
+    routing: dict[str, Any] | None = Field(
+        None,
+        description="For `auto`/`adaptive` with a quality table: the (model, policy) chosen, the expected quality "
+        "and latency of every candidate, and why each other one lost.",
+    )
     speculative: bool = Field(True, description="Decode with the worker's draft pair, if it has one.")
     chunk_cache: bool = Field(True, description="Reuse stored chunk KV, if the worker has the cache on.")
 

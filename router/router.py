@@ -1,5 +1,8 @@
 """Picks the plan for a question: the request's explicit choices, the configured defaults, and for
-`adaptive` the complexity classifier's class (A → none, B → single, C → multi or dragin)."""
+`adaptive` and `model: auto` the measured quality table (router/quality.py): the cheapest
+(model, policy) whose expected quality under the classifier's class probabilities is within
+``router.quality_margin`` of the best. Without a table, `adaptive` maps the class to a policy
+(A → none, B → single, C → multi or dragin) and `auto` is the first configured model."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from retrieval.policies.registry import available_policies
 from router.classifier import ComplexityClassifier
 from router.errors import RouterArtifactError, UnknownModelError
 from router.plan import Plan, RouteDecision
+from router.quality import QualityTable
 
 if TYPE_CHECKING:
     from services.config import AppConfig
@@ -26,7 +30,12 @@ ADAPTIVE = "adaptive"
 
 class ConfigRouter:
     def __init__(
-        self, config: AppConfig, classifier: ComplexityClassifier | None = None, *, embedding_dim: int | None = None
+        self,
+        config: AppConfig,
+        classifier: ComplexityClassifier | None = None,
+        *,
+        embedding_dim: int | None = None,
+        quality: QualityTable | None = None,
     ) -> None:
         self.config = config
         self.model_ids = [m.id for m in config.models]
@@ -45,10 +54,30 @@ class ConfigRouter:
                 )
         elif classifier is None:
             self.classifier_error = "router.artifact is not set"
+        self.quality = quality
+        self.quality_error: str | None = None
+        if quality is None and config.router.quality_table:
+            try:
+                self.quality = QualityTable.load(config.router.quality_table)
+            except RouterArtifactError as exc:
+                # Documented fallback: `auto` is the first model and `adaptive` maps classes to policies.
+                self.quality_error = str(exc)
+                logger.error("quality table unavailable, auto picks the first model: %s", exc)
+        elif quality is None:
+            self.quality_error = "router.quality_table is not set"
 
-    def needs_embedding(self, policy: str | None) -> bool:
+    def _routed_models(self) -> list[str]:
+        """Configured models the quality table knows (only those can be compared)."""
+        if self.quality is None:
+            return []
+        return [m for m in self.model_ids if m in self.quality.table]
+
+    def routes_models(self, model: str | None) -> bool:
+        return model in (None, AUTO_MODEL) and len(self._routed_models()) > 1
+
+    def needs_embedding(self, policy: str | None, model: str | None = None) -> bool:
         chosen = policy or self.config.retrieval.default_policy
-        return chosen == ADAPTIVE and self.classifier is not None
+        return self.classifier is not None and (chosen == ADAPTIVE or self.routes_models(model))
 
     def resolve_model(self, model: str | None) -> str:
         if model is None or model == AUTO_MODEL:
@@ -66,6 +95,15 @@ class ConfigRouter:
                 "class": None,
                 "policy": cfg.fallback_policy,
                 "fallback": f"classifier unavailable: {self.classifier_error}",
+            }
+        if embedding is None and self.quality is not None:
+            # Model routing asked without an embedding (a pinned policy, no classifier input): the
+            # class prior of the table's training labels stands in for the classifier.
+            return {
+                "class": None,
+                "probabilities": self.quality.prior(),
+                "policy": cfg.fallback_policy,
+                "fallback": "no embedding: the training labels' class prior",
             }
         if embedding is None:
             raise ValueError("adaptive routing needs the question's embedding")
@@ -103,9 +141,25 @@ class ConfigRouter:
                     f"unknown retrieval policy {policy!r}; valid: {', '.join(available_policies())}"
                 )
             reasons.append(f"policy {policy!r} requested")
-        complexity = None
-        if policy == ADAPTIVE:
+        complexity: dict[str, Any] | None = None
+        routing = None
+        if policy == ADAPTIVE or self.routes_models(model):
             complexity = self.classify(question, embedding)
+            routing = self._route_by_quality(complexity, model_id if not self.routes_models(model) else None, policy)
+        if routing is not None and complexity is not None:
+            chosen = routing["chosen"]
+            model_id = chosen["model"]
+            mcfg = self.config.model(model_id)
+            complexity["policy"] = chosen["policy"]
+            cls = complexity.get("class")
+            probs = complexity.get("probabilities") or {}
+            reasons.append(
+                (f"class {cls} (p={probs[cls]:.2f})" if cls else "class prior (no classifier)")
+                + f": {chosen['model']}/{chosen['policy']} is the cheapest of {len(routing['candidates'])} "
+                f"candidates within {routing['margin']:g} of the best expected quality "
+                f"({chosen['expected_quality']:.3f} vs {routing['best_quality']:.3f}, table {routing['table']})"
+            )
+        elif policy == ADAPTIVE and complexity is not None:
             if complexity["class"] is None:
                 reasons.append(f"classifier unavailable, so {complexity['policy']!r} (router.fallback_policy)")
             else:
@@ -113,7 +167,11 @@ class ConfigRouter:
                 reasons.append(
                     f"class {complexity['class']} (p={probs[complexity['class']]:.2f}) runs {complexity['policy']!r}"
                 )
-        reasons.append(f"model {model_id!r}" + (" chosen for 'auto'" if model in (None, AUTO_MODEL) else ""))
+        if model in (None, AUTO_MODEL) and routing is None:
+            why = self.quality_error or "the quality table knows fewer than two configured models"
+            reasons.append(f"model {model_id!r}, the first configured, for 'auto' ({why})")
+        elif routing is None or model not in (None, AUTO_MODEL):
+            reasons.append(f"model {model_id!r}" + (" requested" if model not in (None, AUTO_MODEL) else ""))
         plan = Plan(
             policy=policy,
             top_k=top_k or self.config.retrieval.top_k,
@@ -121,5 +179,35 @@ class ConfigRouter:
             max_tokens=max_tokens or mcfg.default_max_tokens,
             use_response_cache=self.config.cache.enabled and cacheable,
             complexity=complexity,
+            routing=routing,
         )
         return RouteDecision(plan=plan, reason="; ".join(reasons))
+
+    def _route_by_quality(
+        self, complexity: dict[str, Any], pinned_model: str | None, policy: str
+    ) -> dict[str, Any] | None:
+        """The quality table's choice among the candidate (model, policy) pairs, or None without one."""
+        if self.quality is None:
+            return None
+        probs = complexity.get("probabilities")
+        if not probs:
+            if complexity.get("class") is None and policy == ADAPTIVE:
+                return None  # the classifier is unavailable: the documented fallback policy runs
+            probs = self.quality.prior()
+        models = [pinned_model] if pinned_model else self._routed_models()
+        registered = [p for p in available_policies() if p != ADAPTIVE]
+        policies = (
+            [p for p in registered if any(self.quality.has(m, p) for m in models)] if policy == ADAPTIVE else [policy]
+        )
+        try:
+            chosen, pairs = self.quality.choose(models, policies, probs, self.config.router.quality_margin)
+        except ValueError:
+            return None
+        return {
+            "table": self.quality.version,
+            "margin": self.config.router.quality_margin,
+            "probabilities": probs,
+            "best_quality": round(max(c.quality for c in pairs), 4),
+            "chosen": chosen.describe(),
+            "candidates": [c.describe() for c in pairs],
+        }

@@ -67,10 +67,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    """Put every model the config needs in place (the container image runs this at build time)."""
-    from services.workers.model_store import embedder_dir, resolve_model_path
+    """Put every model the config needs in place (the container image runs this at build time);
+    ``--model NAME`` converts only those packaged models."""
+    from services.workers.model_store import embedder_dir, ensure_packaged, resolve_model_path
 
     config = load_config(args.config)
+    if args.model:
+        for name in args.model:
+            print(f"model {name}: {ensure_packaged(name, config.cache_dir)}", flush=True)
+        return 0
     for model in config.models:
         print(f"model {model.id}: {resolve_model_path(model.path, config.cache_dir)}", flush=True)
         spec = model.speculative
@@ -138,12 +143,52 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from services.evaluation.harness import Evaluator, write_outputs
 
     config = load_config(args.config)
-    evaluator = Evaluator(config)
+    evaluator = Evaluator(config, models=[args.model] if args.model else None)
     metrics, predictions = evaluator.run(
         args.data, args.policy, limit=args.limit, max_tokens=args.max_tokens, top_k=args.top_k, progress=True
     )
+    metrics["model"] = next(iter(evaluator.workers))
     write_outputs(args.out, metrics, predictions)
     print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_collect_ladder(args: argparse.Namespace) -> int:
+    from services.evaluation.ladder import collect_ladder
+
+    config = load_config(args.config)
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    summary = collect_ladder(
+        config,
+        args.out,
+        data=args.data or [],
+        train_data=args.train_data or [],
+        models=models,
+        seed=args.seed,
+        limit=args.limit,
+        max_tokens=args.max_tokens,
+        budget_s=args.budget_s,
+    )
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_build_quality(args: argparse.Namespace) -> int:
+    from router.quality import QualityTable, build_table
+    from services.evaluation.ladder import read_runs
+
+    content = build_table(list(read_runs(Path(args.runs)).values()), version=args.version)
+    QualityTable.from_content(content).save(args.out)
+    print(json.dumps({k: content[k] for k in ("models", "table", "label_counts", "questions")}, indent=2))
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from services.evaluation.plans import write_plans
+
+    config = load_config(args.config)
+    summary = write_plans(config, args.data, args.out, policy=args.policy, model=args.model, limit=args.limit)
+    print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -199,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("prepare", help="convert and check every model the config needs, then exit")
+    p.add_argument("--model", action="append", help="only this packaged model (catalog name; repeatable)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("ingest", help="index text, markdown or JSONL files or folders")
@@ -222,7 +268,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="first N questions only")
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--top-k", type=int)
+    p.add_argument("--model", help="model id that answers (default: the config's first)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("collect-ladder", help="answer training questions with every model x policy (resumable)")
+    p.add_argument("--data", action="append", help="QA JSONL file whose training half is used (repeatable)")
+    p.add_argument("--train-data", action="append", help="QA JSONL file used whole, for training (repeatable)")
+    p.add_argument("--out", required=True, help="folder of runs.jsonl (appended; a rerun resumes)")
+    p.add_argument("--models", help="comma-separated model ids (default: every configured model)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/test split")
+    p.add_argument("--limit", type=int, help="first N questions (round robin across files) only")
+    p.add_argument("--budget-s", type=float, help="stop after this many seconds (rerun to go on)")
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.set_defaults(func=cmd_collect_ladder)
+
+    p = sub.add_parser("build-quality", help="build the model x policy x class quality table from ladder runs")
+    p.add_argument("--runs", required=True, help="runs.jsonl written by collect-ladder")
+    p.add_argument("--out", required=True, help="artifact path, e.g. router/artifacts/quality-v1.json")
+    p.add_argument("--version", default="quality-v1")
+    p.set_defaults(func=cmd_build_quality)
+
+    p = sub.add_parser("plan", help="the plan /v1/qa would run for each question of a file, without answering")
+    p.add_argument("--data", required=True, help='QA JSONL file (a line needs "question"; "id" is kept)')
+    p.add_argument("--out", required=True, help="folder; writes plans.jsonl")
+    p.add_argument("--policy", default="adaptive", help="policy asked for (default adaptive)")
+    p.add_argument("--model", default="auto", help="model asked for (default auto)")
+    p.add_argument("--limit", type=int)
+    p.set_defaults(func=cmd_plan)
+
     p = sub.add_parser("train-router", help="collect labels and train the complexity classifier")
     p.add_argument("--data", action="append", required=True, help="QA JSONL file (repeatable)")
     p.add_argument("--out", required=True)

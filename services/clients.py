@@ -53,7 +53,7 @@ class WorkerClient(Protocol):
 class RouterClient(Protocol):
     async def route(self, question: str, **choices: Any) -> RouteDecision: ...
 
-    async def needs_embedding(self, policy: str | None) -> bool: ...
+    async def needs_embedding(self, policy: str | None, model: str | None = None) -> bool: ...
 
     async def finish(self, ticket: int, outcome: dict[str, Any]) -> dict[str, Any] | None: ...
 
@@ -71,8 +71,8 @@ class LocalRouter:
     async def route(self, question: str, **choices: Any) -> RouteDecision:
         return await self.service.route(question, **choices)
 
-    async def needs_embedding(self, policy: str | None) -> bool:
-        return self.service.needs_embedding(policy)
+    async def needs_embedding(self, policy: str | None, model: str | None = None) -> bool:
+        return self.service.needs_embedding(policy, model)
 
     async def finish(self, ticket: int, outcome: dict[str, Any]) -> dict[str, Any] | None:
         return self.service.finish(ticket, outcome)
@@ -94,8 +94,8 @@ class HandleRouter:
     async def route(self, question: str, **choices: Any) -> RouteDecision:
         return await self.handle.route.remote(question, **choices)
 
-    async def needs_embedding(self, policy: str | None) -> bool:
-        return await self.handle.needs_embedding.remote(policy)
+    async def needs_embedding(self, policy: str | None, model: str | None = None) -> bool:
+        return await self.handle.needs_embedding.remote(policy, model)
 
     async def finish(self, ticket: int, outcome: dict[str, Any]) -> dict[str, Any] | None:
         return await self.handle.finish.remote(ticket, outcome)

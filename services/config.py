@@ -18,6 +18,8 @@ from services.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
+# The embedded default is a ladder of packaged models, cheapest first: `model: auto` routes between them.
+DEFAULT_LADDER = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
 
 
 class _Section(BaseModel):
@@ -40,7 +42,9 @@ class SpeculativeConfig(_Section):
     predictor: str | None = Field(
         None, description="adaptive: acceptance predictor JSON fitted by `ragyard bench spec`; None = prior."
     )
-    model: str | None = Field(None, description="draft_model: local HF folder; None = the packaged SmolLM2.")
+    model: str | None = Field(
+        None, description="draft_model: package:<catalog name> or a local HF folder; None = the packaged SmolLM2."
+    )
     self_draft_layers: int = Field(8, ge=1, description="self_draft: target layers the draft runs.")
     prompt_lookup_max: int = Field(3, ge=1, le=16, description="ngram: longest suffix n-gram matched.")
     prompt_lookup_min: int = Field(1, ge=1, le=16, description="ngram: shortest suffix n-gram matched.")
@@ -95,9 +99,10 @@ class ChunkCacheConfig(_Section):
 class ModelConfig(_Section):
     id: str = Field(DEFAULT_MODEL_ID, min_length=1, description="Name clients pass as `model`.")
     path: str | None = Field(
-        None,
-        description="Local HF model folder. None means the packaged SmolLM2-135M-Instruct, "
-        "converted from its GGUF on first use and cached.",
+        "package:" + DEFAULT_MODEL_ID,
+        description="package:<name> picks a packaged model from services/workers/catalog.yaml (assembled, "
+        "checked by sha256 and converted from its GGUF once, cached); any other value is a local HF folder. "
+        "None is the packaged SmolLM2-135M-Instruct.",
     )
     engine: Literal["torch", "vllm"] = Field(
         "torch", description="Engine that runs the model: torch (embedded default) or vllm (`make install-vllm`)."
@@ -116,6 +121,14 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _limits(self) -> ModelConfig:
+        from services.workers.model_store import PACKAGE_PREFIX, catalog
+
+        for where, value in (("path", self.path), ("speculative.model", self.speculative and self.speculative.model)):
+            if value and value.startswith(PACKAGE_PREFIX) and value[len(PACKAGE_PREFIX) :] not in catalog():
+                raise ValueError(
+                    f"{where} {value!r} names no packaged model; the catalog has: "
+                    + ", ".join(PACKAGE_PREFIX + n for n in sorted(catalog()))
+                )
         spec = self.speculative
         if self.engine == "vllm" and spec is not None:
             if spec.method == "self_draft":
@@ -190,6 +203,17 @@ class RouterConfig(_Section):
     fallback_policy: Literal["none", "single", "multi", "dragin"] = Field(
         "single", description="Policy `adaptive` runs when the classifier is unavailable (missing or corrupt)."
     )
+    quality_table: str | None = Field(
+        str(PROJECT_ROOT / "router" / "artifacts" / "quality-v1.json"),
+        description="Measured quality per model x policy x class (`ragyard build-quality`). With it, `model: auto` "
+        "and `adaptive` pick the cheapest (model, policy) within quality_margin of the best; None disables that.",
+    )
+    quality_margin: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="How much expected F1 the router gives up for a cheaper (model, policy): 0 = always the best.",
+    )
 
 
 class CacheConfig(_Section):
@@ -251,7 +275,10 @@ class AppConfig(BaseSettings):
 
     cache_dir: str = Field(str(Path.home() / ".cache" / "ragyard"), description="Converted models and other caches.")
     models: list[ModelConfig] = Field(
-        default_factory=lambda: [ModelConfig()], min_length=1, description="Models the service runs."
+        default_factory=lambda: [ModelConfig(id=m, path="package:" + m) for m in DEFAULT_LADDER],
+        min_length=1,
+        description="Models the service runs, cheapest first (the first is the default when `auto` has no "
+        "quality table to route by).",
     )
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig, description="Query/passage embedder.")
     index: IndexConfig = Field(default_factory=IndexConfig, description="FAISS index and doc store.")

@@ -320,10 +320,8 @@ def create_app(
         ]
         return {"object": "list", "data": data}
 
-    @app.post("/v1/qa")
-    async def qa(body: QARequest, request: Request) -> dict[str, Any]:
-        service = await svc()
-        req = AnswerRequest(
+    def qa_request(body: QARequest, request: Request) -> AnswerRequest:
+        return AnswerRequest(
             question=Question(text=body.question, style=body.style),
             model=body.model,
             policy=body.policy,
@@ -332,7 +330,15 @@ def create_app(
             temperature=body.temperature,
             sla=sla_context(request),
         )
-        return await service.answer(req)
+
+    @app.post("/v1/qa")
+    async def qa(body: QARequest, request: Request) -> dict[str, Any]:
+        return await (await svc()).answer(qa_request(body, request))
+
+    @app.post("/v1/plan")
+    async def plan(body: QARequest, request: Request) -> dict[str, Any]:
+        # What /v1/qa would run for the same body and headers, without generating (like EXPLAIN).
+        return await (await svc()).plan(qa_request(body, request))
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
@@ -414,6 +420,7 @@ _KNOWN_ROUTES = {
     "/metrics",
     "/v1/models",
     "/v1/qa",
+    "/v1/plan",
     "/v1/chat/completions",
     "/v1/documents",
     "/v1/sla",

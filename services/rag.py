@@ -70,13 +70,13 @@ class RagService:
         self.cache = cache
 
     # -- planning ------------------------------------------------------------------------------
-    async def decide(self, req: AnswerRequest) -> tuple[RouteDecision, SamplingParams]:
+    async def decide(self, req: AnswerRequest, *, dry_run: bool = False) -> tuple[RouteDecision, SamplingParams]:
         if req.top_k is not None and req.top_k > self.config.retrieval.max_top_k:
             raise InvalidRequestError(
                 f"top_k {req.top_k} is over the limit of {self.config.retrieval.max_top_k}", param="top_k"
             )
         embedding = None
-        if await self.router.needs_embedding(req.policy):
+        if await self.router.needs_embedding(req.policy, req.model):
             embedding = await self.retriever.embed(req.question.text)
         decision = await self.router.route(
             req.question.text,
@@ -87,6 +87,7 @@ class RagService:
             max_tokens=req.max_tokens,
             cacheable=req.temperature == 0.0,
             **({"sla": req.sla} if req.sla is not None or self.config.sla.enabled else {}),
+            **({"dry_run": True} if dry_run else {}),
         )
         limit = self.config.model(decision.plan.model).max_tokens_limit
         if decision.plan.max_tokens > limit:
@@ -110,7 +111,7 @@ class RagService:
         self, decision: RouteDecision, record: dict[str, Any] | None, started: float, ttft_s: float | None = None
     ) -> None:
         """Tell the SLA controller how an admitted request ended (record None: it failed)."""
-        if decision.sla is None:
+        if decision.sla is None or decision.sla.get("ticket") is None:
             return
         latency = time.perf_counter() - started
         outcome: dict[str, Any] = {"ok": record is not None, "latency_s": latency}
@@ -163,6 +164,20 @@ class RagService:
             stop=list(params.stop),
             index_generation=generation,
         )
+
+    async def plan(self, req: AnswerRequest) -> dict[str, Any]:
+        """The plan `answer` would run, with its reasons, without running it (like EXPLAIN): nothing is
+        generated, no budget is reserved and no ticket is taken."""
+        started = time.perf_counter()
+        decision, params = await self.decide(req, dry_run=True)
+        return {
+            "object": "qa.plan",
+            "model": decision.plan.model,
+            "plan": {**decision.plan.model_dump(), "reason": decision.reason},
+            **({"sla": {**decision.sla, "reason": decision.reason}} if decision.sla is not None else {}),
+            "sampling": {"max_tokens": params.max_tokens, "temperature": params.temperature},
+            "seconds": round(time.perf_counter() - started, 4),
+        }
 
     # -- answering -----------------------------------------------------------------------------
     async def answer(self, req: AnswerRequest) -> dict[str, Any]:

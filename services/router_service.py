@@ -33,7 +33,11 @@ class RouterService:
                 sla.policy_path, reload_interval_s=sla.reload_interval_s, models=[m.id for m in self.config.models]
             )
             self.controller = SlaController(
-                self.config, store, open_ledger(sla.budget_url, prefix=sla.budget_prefix), class_prior=self._prior()
+                self.config,
+                store,
+                open_ledger(sla.budget_url, prefix=sla.budget_prefix),
+                class_prior=self._prior(),
+                model_quality=self.router.quality,
             )
 
     def _prior(self) -> dict[str, float] | None:
@@ -44,12 +48,15 @@ class RouterService:
         total = sum(counts.values())
         return {c: n / total for c, n in counts.items()}
 
-    def needs_embedding(self, policy: str | None) -> bool:
+    def needs_embedding(self, policy: str | None, model: str | None = None) -> bool:
         if self.controller is not None:
             return self.router.classifier is not None and policy in (None, ADAPTIVE)
-        return self.router.needs_embedding(policy)
+        return self.router.needs_embedding(policy, model)
 
-    async def route(self, question: str, *, sla: dict[str, Any] | None = None, **choices: Any) -> RouteDecision:
+    async def route(
+        self, question: str, *, sla: dict[str, Any] | None = None, dry_run: bool = False, **choices: Any
+    ) -> RouteDecision:
+        """The plan for a question; ``dry_run``: the same plan without admitting it (no ticket, no budget)."""
         if self.controller is None:
             return self.router.route(question, **choices)
         policy = choices.get("policy")
@@ -79,6 +86,7 @@ class RouterService:
             max_tokens=choices.get("max_tokens"),
             cacheable=choices.get("cacheable", True),
             use_response_cache=self.config.cache.enabled,
+            dry_run=dry_run,
         )
 
     def finish(self, ticket: int, outcome: dict[str, Any]) -> dict[str, Any] | None:
@@ -101,5 +109,7 @@ class RouterService:
             "ready": True,
             "classifier": None if self.router.classifier is None else self.router.classifier.header.get("version"),
             "classifier_error": self.router.classifier_error,
+            "quality_table": None if self.router.quality is None else self.router.quality.version,
+            "quality_table_error": self.router.quality_error,
             "sla": None if self.controller is None else {"policy_version": self.controller.store.version},
         }

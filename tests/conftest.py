@@ -48,8 +48,10 @@ def session_tmp() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def base_config(session_tmp: Path) -> dict[str, Any]:
-    """Config sections for tests: their own index dir; the bundled corpus; in-memory cache."""
+    """Config sections for tests: their own index dir; the bundled corpus; in-memory cache; SmolLM2 alone
+    (the embedded default's ladder loads a second model; tests that need it say so)."""
     return {
+        "models": [{"id": "smollm2-135m-instruct"}],
         "index": {"dir": str(session_tmp / "index")},
         "ray": {"temp_dir": str(TMP / "ray"), "num_cpus": 2},
         "cache": {"response_cache_url": "memory://"},

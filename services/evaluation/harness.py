@@ -66,14 +66,26 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Evaluator:
-    """Holds the model and embedder so several files and policies share one load."""
+    """Holds the models and embedder so several files and policies share one load.
 
-    def __init__(self, config: AppConfig, worker: Any = None, embedder: Any = None) -> None:
+    ``models``: the model ids its services answer with (default: the config's first model); ``worker``
+    is the first one's, when the caller has loaded it already.
+    """
+
+    def __init__(
+        self, config: AppConfig, worker: Any = None, embedder: Any = None, *, models: list[str] | None = None
+    ) -> None:
         from retrieval.embedder import Embedder
         from services.worker import Worker
 
         self.config = config
-        self.worker = worker or Worker(config)
+        ids = models or [config.default_model.id]
+        for mid in ids:
+            config.model(mid)  # KeyError for an unknown id, before anything loads
+        self.worker = worker or Worker(config, ids[0])
+        self.workers: dict[str, Any] = {ids[0]: self.worker}
+        for mid in ids[1:]:
+            self.workers[mid] = Worker(config, mid)
         self.embedder = embedder or Embedder(config.embedder.path, device=config.embedder.device)
 
     def service_for(self, data: str | Path) -> RagService:
@@ -100,7 +112,7 @@ class Evaluator:
             update={"corpus": self.config.corpus.model_copy(update={"ingest_on_start": False})}
         )
         svc = RetrieverService(cfg, retriever=retriever)
-        workers: dict[str, WorkerClient] = {self.config.default_model.id: LocalWorker(self.worker)}
+        workers: dict[str, WorkerClient] = {mid: LocalWorker(w) for mid, w in self.workers.items()}
         return RagService(cfg, LocalRetriever(svc), workers, cache=None)
 
     def run(
@@ -152,12 +164,14 @@ class Evaluator:
         max_tokens: int = 32,
         top_k: int | None = None,
         n: int = 0,
+        model: str | None = None,
     ) -> dict[str, Any]:
         """Answer one QA row with one policy and score it: the prediction record the outputs hold."""
         started = time.perf_counter()
         record = await service.answer(
             AnswerRequest(
                 question=Question(text=row["question"], style="short"),
+                model=model or next(iter(self.workers)),
                 policy=policy,
                 top_k=top_k,
                 max_tokens=max_tokens,
@@ -175,6 +189,7 @@ class Evaluator:
             "em": em,
             "f1": round(f, 4),
             "hops": row.get("hops"),
+            "model": record["model"],
             "latency_s": round(latency, 4),
             "retrieval_steps": record["retrieval_steps"],
             "llm_calls": record["llm_calls"],

@@ -200,7 +200,7 @@ def test_load_model_serves_higher_priorities_first_on_strict_models() -> None:
 
 
 def _controller(policy: dict[str, Any] = POLICY, **cfg: Any) -> SlaController:
-    config = load_config({"sla": {"enabled": True}, **cfg})
+    config = load_config({"sla": {"enabled": True}, "models": [{"id": MODEL}], **cfg})
     store = PolicyStore(None)
     store._policy = parse_policy(policy)  # the store's file handling is tested above
     return SlaController(config, store, MemoryLedger(), quality=QUALITY)

@@ -30,7 +30,10 @@ def test_serve_config_builds_the_graph(monkeypatch: pytest.MonkeyPatch) -> None:
     _, router, retriever, workers = ingress.init_args
     assert router._bound_deployment.name == "router"
     assert retriever._bound_deployment.name == "retriever"
-    assert [w._bound_deployment.name for w in workers.values()] == ["worker-smollm2-135m-instruct"]
+    assert [w._bound_deployment.name for w in workers.values()] == [
+        "worker-smollm2-135m-instruct",
+        "worker-qwen2-5-coder-0-5b-instruct",
+    ]
 
 
 def test_deployment_names_are_safe() -> None:

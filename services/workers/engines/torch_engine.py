@@ -64,7 +64,14 @@ class TorchEngine(TokenizerMixin):
         if config.speculative is not None:
             from services.workers.spec.decode import build_setup
 
-            self.spec = build_setup(config.speculative, self.model, self.device, cache_dir)
+            self.spec = build_setup(
+                config.speculative,
+                self.model,
+                self.device,
+                cache_dir,
+                target_tokenizer=self.tokenizer,
+                target_name=config.id,
+            )
         self.chunk_reuse: ChunkReuse | None = None
         if config.chunk_cache.enabled:
             self.chunk_reuse = _build_chunk_reuse(config, self.model, self.tokenizer)

@@ -130,11 +130,21 @@ class VllmEngine(TokenizerMixin):
         except OSError:  # a folder without generation_config.json
             generation_eos = None
         self.eos_ids = self.end_ids(generation_eos)
-        self.spec = (
-            VllmDraftPair(config.speculative, speculative_config(config.speculative, cache_dir))
-            if config.speculative
-            else None
-        )
+        self.spec = None
+        if config.speculative is not None:
+            spec_args = speculative_config(config.speculative, cache_dir)
+            if config.speculative.method == "draft_model":
+                from services.workers.model_store import describe
+                from services.workers.spec.pairing import check_same_tokenizer, load_tokenizer
+
+                # vLLM checks only the vocabulary size; refuse a pair whose token ids mean other strings.
+                check_same_tokenizer(
+                    self.tokenizer,
+                    load_tokenizer(spec_args["model"]),
+                    target_name=config.id,
+                    draft_name=describe(config.speculative.model),
+                )
+            self.spec = VllmDraftPair(config.speculative, spec_args)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine-loop", daemon=True)
         self._thread.start()

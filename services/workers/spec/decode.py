@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from services.errors import ConfigError
+from services.workers.model_store import describe
 from services.workers.spec.adaptive import AcceptancePredictor, CandidateLength
 from services.workers.spec.base import Draft, Drafter
 from services.workers.spec.draft_model import rollback
@@ -136,8 +138,17 @@ def speculative_steps(
                 return
 
 
-def build_setup(spec: SpeculativeConfig, target: Any, device: Any, cache_dir: str) -> SpecSetup:
-    """The draft pair a worker's config asks for (validated by the config model already)."""
+def build_setup(
+    spec: SpeculativeConfig,
+    target: Any,
+    device: Any,
+    cache_dir: str,
+    *,
+    target_tokenizer: Any = None,
+    target_name: str = "target",
+) -> SpecSetup:
+    """The draft pair a worker's config asks for (validated by the config model already). With
+    ``target_tokenizer``, a draft model's tokenizer is compared with it token by token."""
     from services.workers.spec.draft_model import DraftModelDrafter
     from services.workers.spec.ngram import NgramDrafter
     from services.workers.spec.self_draft import SelfDrafter
@@ -159,8 +170,10 @@ def build_setup(spec: SpeculativeConfig, target: Any, device: Any, cache_dir: st
 
         names = DraftModelDrafter.feature_names
     else:
-        draft = load_draft_model(spec.model, target, device, cache_dir)
-        label = f"draft_model({spec.model or 'packaged SmolLM2-135M'})"
+        draft = load_draft_model(
+            spec.model, target, device, cache_dir, target_tokenizer=target_tokenizer, target_name=target_name
+        )
+        label = f"draft_model({describe(spec.model)})"
 
         def new_drafter() -> Drafter:
             return DraftModelDrafter(draft, device, label=label)
@@ -173,18 +186,31 @@ def build_setup(spec: SpeculativeConfig, target: Any, device: Any, cache_dir: st
     return SpecSetup(label, new_drafter, spec.num_speculative_tokens, threshold, predictor)
 
 
-def load_draft_model(path: str | None, target: Any, device: Any, cache_dir: str) -> Any:
+def load_draft_model(
+    path: str | None,
+    target: Any,
+    device: Any,
+    cache_dir: str,
+    *,
+    target_tokenizer: Any = None,
+    target_name: str = "target",
+) -> Any:
     """A draft model must share the target's vocabulary (token ids are compared one to one)."""
     from transformers import AutoModelForCausalLM
 
     from services.workers.model_store import resolve_model_path
+    from services.workers.spec.pairing import check_same_tokenizer, load_tokenizer
 
     folder = resolve_model_path(path, cache_dir)
+    if target_tokenizer is not None:
+        check_same_tokenizer(
+            target_tokenizer, load_tokenizer(folder), target_name=target_name, draft_name=describe(path)
+        )
     model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=target.dtype).to(device).eval()
     draft_vocab = model.get_output_embeddings().weight.shape[0]
     target_vocab = target.get_output_embeddings().weight.shape[0]
     if draft_vocab != target_vocab:
-        raise ValueError(
+        raise ConfigError(
             f"draft model {Path(folder).name} has a vocabulary of {draft_vocab}, the target {target_vocab}: "
             "a draft model needs the target's tokenizer"
         )

@@ -1,0 +1,218 @@
+"""The measured quality table: mean F1 per model × policy × complexity class, with each (model, policy)'s
+measured cost, built from ladder runs (every training question answered by every model and policy) and
+shipped as a JSON artifact beside the classifier.
+
+Labels follow Adaptive-RAG with a model ladder: a question's class is that of the simplest policy that
+some model answers correctly (none → A, single → B, multi → C), and its cheapest model is the cheapest
+that does so with that policy; where nothing answers it, the dataset's inductive bias gives the class
+(single-hop → B, multi-hop → C).
+
+Routing (RouteLLM's cascade, inside the plan): among the candidate (model, policy) pairs, the expected
+quality of each is Σ_c P(c | question) × table[model][policy][c]; the cheapest pair whose expected
+quality is within ``margin`` of the best wins.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from router.errors import RouterArtifactError
+
+CLASSES = ("A", "B", "C")
+POLICY_CLASS = {"none": "A", "single": "B", "multi": "C"}
+CORRECT_F1 = 0.5
+FORMAT = 1
+
+
+def is_correct(em: float, f1: float) -> bool:
+    return em >= 1.0 or f1 >= CORRECT_F1
+
+
+def ladder_labels(runs: Iterable[dict[str, Any]], model_cost: dict[str, float]) -> list[dict[str, Any]]:
+    """One label per question from its runs (questions missing a policy's runs are still labelled by
+    what they have; the ladder collector finishes one question's runs before the next)."""
+    by_q: dict[tuple[str, Any], list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        by_q[(r["file"], r["id"])].append(r)
+    out = []
+    for (file, qid), rs in by_q.items():
+        rec: dict[str, Any] = {"file": file, "id": qid, "question": rs[0]["question"], "hops": rs[0].get("hops")}
+        for policy in POLICY_CLASS:
+            correct = [r["model"] for r in rs if r["policy"] == policy and is_correct(r["em"], r["f1"])]
+            if correct:
+                rec.update(
+                    label=POLICY_CLASS[policy],
+                    source=policy,
+                    model=min(correct, key=lambda m: model_cost.get(m, math.inf)),
+                )
+                break
+        else:
+            rec.update(label="C" if (rec["hops"] or 1) >= 2 else "B", source="inductive bias", model=None)
+        out.append(rec)
+    return out
+
+
+def build_table(runs: list[dict[str, Any]], *, version: str = "quality-v1") -> dict[str, Any]:
+    """The artifact's content: table, costs, labels' counts, from ladder runs."""
+    cost: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        grouped[(r["model"], r["policy"])].append(r)
+    for (m, p), rs in grouped.items():
+        cost[m][p] = {
+            "latency_s": round(sum(r["latency_s"] for r in rs) / len(rs), 4),
+            "tokens": round(sum(r["prompt_tokens"] + r["completion_tokens"] for r in rs) / len(rs), 1),
+            "n": len(rs),
+        }
+    model_cost = {m: sum(v["latency_s"] for v in ps.values()) / len(ps) for m, ps in cost.items()}
+    labels = ladder_labels(runs, model_cost)
+    label_of = {(r["file"], r["id"]): r["label"] for r in labels}
+    cells: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for r in runs:
+        cells[(r["model"], r["policy"], label_of[(r["file"], r["id"])])].append(float(r["f1"]))
+    table: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
+    counts: dict[str, dict[str, dict[str, int]]] = defaultdict(dict)
+    for (m, p), rs in grouped.items():
+        overall = sum(float(r["f1"]) for r in rs) / len(rs)
+        # A class with no training question falls back to the pair's mean over all its questions.
+        table[m][p] = {
+            c: round(sum(v) / len(v), 4) if (v := cells.get((m, p, c))) else round(overall, 4) for c in CLASSES
+        }
+        counts[m][p] = {c: len(cells.get((m, p, c), [])) for c in CLASSES}
+    label_counts = {c: sum(1 for r in labels if r["label"] == c) for c in CLASSES}
+    return {
+        "format": FORMAT,
+        "version": version,
+        "models": sorted(model_cost, key=lambda m: model_cost[m]),
+        "table": {m: dict(v) for m, v in table.items()},
+        "cost": {m: dict(v) for m, v in cost.items()},
+        "cell_counts": {m: dict(v) for m, v in counts.items()},
+        "label_counts": label_counts,
+        "questions": len(labels),
+        "files": sorted({r["file"] for r in labels}),
+    }
+
+
+@dataclass
+class Choice:
+    model: str
+    policy: str
+    quality: float
+    latency_s: float
+    why_not: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "policy": self.policy,
+            "expected_quality": round(self.quality, 4),
+            "expected_latency_s": round(self.latency_s, 3),
+            **({"why_not": self.why_not} if self.why_not else {}),
+        }
+
+
+@dataclass
+class QualityTable:
+    table: dict[str, dict[str, dict[str, float]]]
+    cost: dict[str, dict[str, dict[str, float]]]
+    header: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        return str(self.header.get("version", "unversioned"))
+
+    def prior(self) -> dict[str, float]:
+        counts = self.header.get("label_counts") or {}
+        total = sum(counts.values())
+        return {c: counts.get(c, 0) / total for c in CLASSES} if total else dict.fromkeys(CLASSES, 1 / 3)
+
+    def has(self, model: str, policy: str) -> bool:
+        return policy in self.table.get(model, {})
+
+    def expected(self, model: str, policy: str, probs: dict[str, float]) -> float:
+        by_class = self.table[model][policy]
+        return sum(probs.get(c, 0.0) * by_class.get(c, 0.0) for c in CLASSES)
+
+    def latency(self, model: str, policy: str) -> float:
+        return float(self.cost[model][policy]["latency_s"])
+
+    def choose(
+        self, models: list[str], policies: list[str], probs: dict[str, float], margin: float
+    ) -> tuple[Choice, list[Choice]]:
+        """The cheapest (model, policy) within ``margin`` of the best expected quality; every pair
+        considered, with why each other one lost. Raises ValueError when no pair is in the table."""
+        pairs = [
+            Choice(m, p, self.expected(m, p, probs), self.latency(m, p))
+            for m in models
+            for p in policies
+            if self.has(m, p)
+        ]
+        if not pairs:
+            raise ValueError("the quality table has none of these model × policy pairs")
+        best = max(c.quality for c in pairs)
+        eligible = [c for c in pairs if c.quality >= best - margin - 1e-12]
+        chosen = min(eligible, key=lambda c: (c.latency_s, -c.quality))
+        for c in pairs:
+            if c is chosen:
+                continue
+            if c.quality < best - margin - 1e-12:
+                c.why_not = f"expected quality {c.quality:.3f} is more than {margin:g} below the best ({best:.3f})"
+            else:
+                c.why_not = (
+                    f"slower ({c.latency_s:.2f} s) than {chosen.model}/{chosen.policy} ({chosen.latency_s:.2f} s)"
+                )
+        return chosen, pairs
+
+    # -- artifact ------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(
+            json.dumps({**self.header, "format": FORMAT, "table": self.table, "cost": self.cost}, indent=1) + "\n",
+            encoding="utf-8",
+        )
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def from_content(cls, content: dict[str, Any]) -> QualityTable:
+        header = {k: v for k, v in content.items() if k not in ("table", "cost")}
+        return cls(content["table"], content["cost"], header)
+
+    @classmethod
+    def load(cls, path: str | Path) -> QualityTable:
+        path = Path(path)
+        try:
+            content = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise RouterArtifactError(
+                f"quality table {path} does not exist; build one with `ragyard build-quality`"
+            ) from exc
+        except (OSError, ValueError) as exc:
+            raise RouterArtifactError(f"quality table {path} is unreadable: {exc}") from exc
+        if not isinstance(content, dict) or content.get("format") != FORMAT:
+            raise RouterArtifactError(f"quality table {path} has another format (expected {FORMAT})")
+        table, cost = content.get("table"), content.get("cost")
+        ok = isinstance(table, dict) and isinstance(cost, dict)
+        if isinstance(table, dict) and isinstance(cost, dict):
+            for m, policies in table.items():
+                for p, by_class in policies.items():
+                    ok = ok and (
+                        isinstance(by_class, dict)
+                        and set(by_class) == set(CLASSES)
+                        and all(isinstance(v, int | float) and 0 <= v <= 1 for v in by_class.values())
+                        and isinstance(cost.get(m, {}).get(p, {}).get("latency_s"), int | float)
+                    )
+        if not ok:
+            raise RouterArtifactError(
+                f"quality table {path} is malformed: it needs table[model][policy][A|B|C] in [0, 1] "
+                "and cost[model][policy].latency_s for every cell"
+            )
+        return cls.from_content(content)

@@ -1,0 +1,128 @@
+"""`ragyard collect-ladder`: answer training questions with every (model, policy) of the ladder, so the
+router learns from measured quality: Adaptive-RAG's labels with the ladder (the simplest policy, and the
+cheapest model, that answers correctly) and the model × policy × class quality table.
+
+Every answer is one line of ``OUT/runs.jsonl`` keyed by (file, id, model, policy): a rerun, in this
+session or a later one, skips what is there and goes on. Questions are taken round robin across the
+files, so a partial run covers every file. `ragyard build-quality` turns the runs into the artifact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from router.labels import split_rows
+from services.config import AppConfig
+from services.evaluation.harness import Evaluator, read_rows
+from services.rag import RagService
+
+POLICIES = ("none", "single", "multi")
+
+
+def training_rows(data: list[str], train_data: list[str], seed: int, train_fraction: float) -> list[tuple[str, Any]]:
+    """(file name, row) pairs: the training half of each ``data`` file (the split every bench uses), all
+    rows of each ``train_data`` file; interleaved round robin across files."""
+    per_file: list[list[tuple[str, Any]]] = []
+    for path in data:
+        train, _ = split_rows(read_rows(path), seed, train_fraction)
+        per_file.append([(Path(path).name, r) for r in train])
+    for path in train_data:
+        per_file.append([(Path(path).name, r) for r in read_rows(path)])
+    out = []
+    for i in range(max((len(f) for f in per_file), default=0)):
+        out += [f[i] for f in per_file if i < len(f)]
+    return out
+
+
+def run_key(file: str, qid: Any, model: str, policy: str) -> str:
+    return f"{file}|{qid}|{model}|{policy}"
+
+
+def read_runs(path: Path) -> dict[str, dict[str, Any]]:
+    runs: dict[str, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                runs[run_key(rec["file"], rec["id"], rec["model"], rec["policy"])] = rec
+    return runs
+
+
+def collect_ladder(
+    config: AppConfig,
+    out: str | Path,
+    *,
+    data: list[str],
+    train_data: list[str] | None = None,
+    models: list[str] | None = None,
+    policies: tuple[str, ...] = POLICIES,
+    seed: int = 0,
+    train_fraction: float = 0.5,
+    limit: int | None = None,
+    max_tokens: int = 32,
+    budget_s: float | None = None,
+) -> dict[str, Any]:
+    """Answer up to ``limit`` questions (all by default) with every model × policy; stop early after
+    ``budget_s`` seconds (a later run resumes)."""
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs_path = out_dir / "runs.jsonl"
+    models = models or [m.id for m in config.models]
+    rows = training_rows(data, train_data or [], seed, train_fraction)
+    if limit is not None:
+        rows = rows[:limit]
+    done = read_runs(runs_path)
+    todo = [(f, r) for f, r in rows if any(run_key(f, r.get("id"), m, p) not in done for m in models for p in policies)]
+    started = time.perf_counter()
+    answered = 0
+    if todo:
+        evaluator = Evaluator(config, models=models)
+        services: dict[str, RagService] = {}
+        sources = {Path(p).name: p for p in [*data, *(train_data or [])]}
+        for n, (file, row) in enumerate(todo, start=1):
+            if budget_s is not None and time.perf_counter() - started > budget_s:
+                break
+            if file not in services:
+                services[file] = evaluator.service_for(sources[file])
+            for model in models:
+                for policy in policies:
+                    if run_key(file, row.get("id"), model, policy) in done:
+                        continue
+                    pred = asyncio.run(
+                        evaluator.answer_row(services[file], row, policy, max_tokens=max_tokens, model=model)
+                    )
+                    rec = {
+                        "file": file,
+                        "id": row.get("id"),
+                        "question": row["question"],
+                        "hops": row.get("hops"),
+                        "model": model,
+                        "policy": policy,
+                        "prediction": pred["prediction"],
+                        "em": pred["em"],
+                        "f1": pred["f1"],
+                        "latency_s": pred["latency_s"],
+                        "prompt_tokens": pred["prompt_tokens"],
+                        "completion_tokens": pred["completion_tokens"],
+                        "llm_calls": pred["llm_calls"],
+                    }
+                    with runs_path.open("a", encoding="utf-8") as fh:
+                        fh.write(json.dumps(rec) + "\n")
+                    done[run_key(file, row.get("id"), model, policy)] = rec
+                    answered += 1
+            if n % 5 == 0 or n == len(todo):
+                print(f"  ladder: {n}/{len(todo)} questions, {time.perf_counter() - started:.0f} s", flush=True)
+    questions = {(f, r.get("id")) for f, r in rows}
+    complete = sum(1 for f, q in questions if all(run_key(f, q, m, p) in done for m in models for p in policies))
+    return {
+        "runs_file": str(runs_path),
+        "answered_now": answered,
+        "questions": len(questions),
+        "questions_complete": complete,
+        "runs": len(done),
+        "seconds": round(time.perf_counter() - started, 1),
+    }

@@ -1,0 +1,161 @@
+"""The model x policy x class quality table: labels with a ladder, the table from runs, the artifact's
+checks, and the router's choice (the cheapest pair within the margin of the best) with and without it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from router.classifier import ComplexityClassifier
+from router.errors import RouterArtifactError
+from router.quality import QualityTable, build_table, ladder_labels
+from router.router import ConfigRouter
+from services.config import load_config
+
+pytestmark = pytest.mark.unit
+
+SMALL, BIG = "smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"
+
+
+def run(qid: str, model: str, policy: str, f1: float, latency: float, hops: int = 1) -> dict[str, Any]:
+    return {
+        "file": "f.jsonl",
+        "id": qid,
+        "question": f"question {qid}?",
+        "hops": hops,
+        "model": model,
+        "policy": policy,
+        "prediction": "x",
+        "em": 1.0 if f1 == 1.0 else 0.0,
+        "f1": f1,
+        "latency_s": latency,
+        "prompt_tokens": 100,
+        "completion_tokens": 4,
+        "llm_calls": 1,
+    }
+
+
+def grid(qid: str, f1: dict[tuple[str, str], float], hops: int = 1) -> list[dict[str, Any]]:
+    lat = {(SMALL, "none"): 0.5, (SMALL, "single"): 1.0, (SMALL, "multi"): 4.0}
+    lat |= {(BIG, "none"): 1.0, (BIG, "single"): 2.0, (BIG, "multi"): 8.0}
+    return [run(qid, m, p, f1.get((m, p), 0.0), lat[(m, p)], hops) for (m, p) in lat]
+
+
+RUNS = (
+    grid("a", {(SMALL, "none"): 1.0, (BIG, "none"): 1.0, (BIG, "single"): 1.0})  # A, SmolLM2 suffices
+    + grid("b", {(BIG, "single"): 1.0, (BIG, "multi"): 0.6})  # B, only the big model
+    + grid("c", {(BIG, "multi"): 1.0}, hops=2)  # C
+    + grid("d", {}, hops=2)  # nothing answers: bias, multi-hop → C
+    + grid("e", {(SMALL, "single"): 0.2})  # nothing correct, single-hop → B
+)
+
+
+def test_ladder_labels_take_the_simplest_policy_and_cheapest_model() -> None:
+    labels = {r["id"]: r for r in ladder_labels(RUNS, {SMALL: 1.0, BIG: 3.0})}
+    assert (labels["a"]["label"], labels["a"]["model"]) == ("A", SMALL)
+    assert (labels["b"]["label"], labels["b"]["model"]) == ("B", BIG)
+    assert (labels["c"]["label"], labels["c"]["model"]) == ("C", BIG)
+    assert (labels["d"]["label"], labels["d"]["source"]) == ("C", "inductive bias")
+    assert (labels["e"]["label"], labels["e"]["source"]) == ("B", "inductive bias")
+
+
+def test_table_cells_are_mean_f1_by_class_with_costs() -> None:
+    content = build_table(RUNS)
+    assert content["models"] == [SMALL, BIG]  # cheapest first
+    assert content["label_counts"] == {"A": 1, "B": 2, "C": 2}
+    t = content["table"]
+    assert t[SMALL]["none"]["A"] == 1.0 and t[SMALL]["none"]["B"] == 0.0
+    assert t[BIG]["single"]["B"] == 0.5  # b: 1.0, e: 0.0
+    assert t[BIG]["multi"]["C"] == 0.5  # c: 1.0, d: 0.0
+    assert content["cost"][BIG]["multi"]["latency_s"] == 8.0 and content["cost"][BIG]["multi"]["n"] == 5
+    assert content["cell_counts"][BIG]["single"] == {"A": 1, "B": 2, "C": 2}
+
+
+def test_choose_is_the_cheapest_within_the_margin() -> None:
+    q = QualityTable.from_content(build_table(RUNS))
+    chosen, pairs = q.choose([SMALL, BIG], ["none", "single", "multi"], {"A": 1.0, "B": 0.0, "C": 0.0}, 0.02)
+    assert (chosen.model, chosen.policy) == (SMALL, "none")  # quality 1.0 and the fastest
+    assert len(pairs) == 6 and all(c.why_not for c in pairs if c is not chosen)
+    chosen, pairs = q.choose([SMALL, BIG], ["none", "single", "multi"], {"A": 0.0, "B": 1.0, "C": 0.0}, 0.02)
+    assert (chosen.model, chosen.policy) == (BIG, "single")
+    slower = [c for c in pairs if (c.model, c.policy) == (BIG, "multi")][0]
+    assert "more than 0.02 below the best" in (slower.why_not or "")
+    # A wide margin trades quality for speed.
+    chosen, _ = q.choose([SMALL, BIG], ["none", "single", "multi"], {"A": 0.0, "B": 1.0, "C": 0.0}, 0.6)
+    assert (chosen.model, chosen.policy) == (SMALL, "none")
+    with pytest.raises(ValueError, match="none of these"):
+        q.choose(["other"], ["none"], {"A": 1.0}, 0.0)
+
+
+def test_artifact_round_trip_and_refusals(tmp_path: Path) -> None:
+    path = QualityTable.from_content(build_table(RUNS)).save(tmp_path / "q.json")
+    assert QualityTable.load(path).table == build_table(RUNS)["table"]
+    with pytest.raises(RouterArtifactError, match="does not exist; build one"):
+        QualityTable.load(tmp_path / "missing.json")
+    bad = json.loads(path.read_text())
+    bad["table"][SMALL]["none"]["A"] = 1.5
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(RouterArtifactError, match="malformed"):
+        QualityTable.load(tmp_path / "bad.json")
+    (tmp_path / "fmt.json").write_text(json.dumps({**bad, "format": 99}))
+    with pytest.raises(RouterArtifactError, match="another format"):
+        QualityTable.load(tmp_path / "fmt.json")
+    (tmp_path / "junk.json").write_text("{")
+    with pytest.raises(RouterArtifactError, match="unreadable"):
+        QualityTable.load(tmp_path / "junk.json")
+
+
+def classifier_always(label: str) -> ComplexityClassifier:
+    """A real artifact-shaped classifier whose intercepts make one class win for any input."""
+    from router.features import LEXICAL_NAMES
+
+    n = 384 + len(LEXICAL_NAMES)
+    intercept = np.array([5.0 if c == label else 0.0 for c in "ABC"])
+    return ComplexityClassifier(np.zeros(n), np.ones(n), np.zeros((3, n)), intercept, header={"version": "fixed"})
+
+
+def ladder_router(label: str, **router_cfg: Any) -> ConfigRouter:
+    config = load_config({"router": router_cfg})
+    assert [m.id for m in config.models] == [SMALL, BIG]
+    return ConfigRouter(config, classifier_always(label), quality=QualityTable.from_content(build_table(RUNS)))
+
+
+def test_auto_and_adaptive_route_by_the_table() -> None:
+    emb = np.zeros(384, dtype=np.float32)
+    r = ladder_router("B")
+    assert r.needs_embedding("adaptive", "auto") and r.needs_embedding("single", "auto")
+    assert not r.needs_embedding("single", SMALL)
+    d = r.route("q", model="auto", policy="adaptive", embedding=emb)
+    assert (d.plan.model, d.plan.policy, d.plan.complexity["policy"]) == (BIG, "adaptive", "single")
+    assert d.plan.routing is not None and d.plan.routing["chosen"]["model"] == BIG
+    assert len(d.plan.routing["candidates"]) == 6 and "cheapest of 6 candidates" in d.reason
+    # Class A: SmolLM2 without retrieval is as good, and cheaper.
+    d = ladder_router("A").route("q", model="auto", policy="adaptive", embedding=emb)
+    assert (d.plan.model, d.plan.complexity["policy"]) == (SMALL, "none")
+    # A pinned policy still gets its model chosen; a pinned model still gets its policy chosen.
+    d = ladder_router("B").route("q", model="auto", policy="none", embedding=emb)
+    assert (d.plan.model, d.plan.policy) == (SMALL, "none")
+    assert {c["policy"] for c in d.plan.routing["candidates"]} == {"none"}
+    d = ladder_router("B").route("q", model=SMALL, policy="adaptive", embedding=emb)
+    assert d.plan.model == SMALL and {c["model"] for c in d.plan.routing["candidates"]} == {SMALL}
+    assert "requested" in d.reason
+
+
+def test_without_a_table_auto_is_the_first_model(tmp_path: Path) -> None:
+    config = load_config({"router": {"quality_table": str(tmp_path / "none.json")}})
+    r = ConfigRouter(config, classifier_always("B"))
+    assert r.quality is None and "does not exist" in (r.quality_error or "")
+    d = r.route("q", model="auto", policy="adaptive", embedding=np.zeros(384, dtype=np.float32))
+    assert (d.plan.model, d.plan.complexity["policy"]) == (SMALL, "single")
+    assert d.plan.routing is None and "the first configured" in d.reason
+
+
+def test_no_embedding_uses_the_class_prior() -> None:
+    r = ConfigRouter(load_config({}), None, quality=QualityTable.from_content(build_table(RUNS)))
+    r.classifier, r.classifier_error = None, "off for this test"
+    d = r.route("q", model="auto", policy="single")
+    assert d.plan.routing is not None and d.plan.routing["probabilities"] == {"A": 0.2, "B": 0.4, "C": 0.4}
