@@ -5,19 +5,22 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from retrieval.chunking import Chunker
 from retrieval.documents import Document, IngestReport, Passage
 from retrieval.errors import DocumentFormatError
+from retrieval.lexical import LexicalIndex, reciprocal_rank_fusion
 from retrieval.store import VectorStore
 
 if TYPE_CHECKING:
     from retrieval.embedder import Embedder
 
 logger = logging.getLogger(__name__)
+
+SearchMode = Literal["dense", "bm25", "hybrid"]
 
 
 class Retriever:
@@ -27,6 +30,7 @@ class Retriever:
         self.chunker = chunker
         # Ingests are serialised so two uploads of one document cannot both add it.
         self._ingest_lock = threading.Lock()
+        self.lexical = LexicalIndex(store)
 
     @classmethod
     def create(
@@ -92,8 +96,18 @@ class Retriever:
     def embed_query(self, query: str) -> np.ndarray:
         return self.embedder.encode([query])[0]
 
-    def search(self, query: str, k: int) -> list[Passage]:
-        return self.search_vectors(self.embedder.encode([query]), k)[0]
+    def search(
+        self, query: str, k: int, *, mode: SearchMode = "dense", candidates: int = 20, rrf_k: int = 60
+    ) -> list[Passage]:
+        """The top-k passages: by embedding (dense), by BM25, or both fused by reciprocal rank (hybrid,
+        over the top ``candidates`` of each; a passage's score is then its fused score)."""
+        if mode == "bm25":
+            return self.lexical.search(query, k)
+        if mode == "dense":
+            return self.search_vectors(self.embedder.encode([query]), k)[0]
+        n = max(k, candidates)
+        dense = self.search_vectors(self.embedder.encode([query]), n)[0]
+        return reciprocal_rank_fusion([dense, self.lexical.search(query, n)], k, rrf_k)
 
     def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[Passage]]:
         return self.store.search(vectors, k)

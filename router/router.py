@@ -62,7 +62,7 @@ class ConfigRouter:
             except RouterArtifactError as exc:
                 # Documented fallback: `auto` is the first model and `adaptive` maps classes to policies.
                 self.quality_error = str(exc)
-                logger.error("quality table unavailable, auto picks the first model: %s", exc)
+                logger.warning("quality table unavailable, auto picks the first model: %s", exc)
         elif quality is None:
             self.quality_error = "router.quality_table is not set"
 

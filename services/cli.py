@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_calibrate_dragin)
 
     p = sub.add_parser("bench", help="benchmarks: results as JSON plus a markdown table")
-    p.add_argument("what", choices=["router", "policies", "spec", "kvcache", "sla"])
+    p.add_argument("what", choices=["router", "policies", "spec", "kvcache", "sla", "retrieval"])
     p.add_argument("--data", action="append", help="QA JSONL file (repeatable)")
     p.add_argument("--out", required=True)
     p.add_argument("--repeats", type=int, default=200, help="router: timing repeats")
@@ -350,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--burst", type=int, default=1000, help="sla: concurrent requests of the budget burst (0: none)")
     p.add_argument("--zipf-requests", type=int, default=20000, help="kvcache: requests of the eviction replay")
     p.add_argument("--vllm-prompts", type=int, default=20, help="kvcache: chunk sets for the vLLM prefix-cache run")
+    p.add_argument(
+        "--downstream-limit", type=int, default=0, help="retrieval: also answer N test questions per file per mode"
+    )
+    p.add_argument("--model", help="retrieval: model id for the downstream answers (default: the config's first)")
     p.set_defaults(func=cmd_bench)
     return parser
 

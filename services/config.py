@@ -173,6 +173,13 @@ class IndexConfig(_Section):
 class RetrievalConfig(_Section):
     default_policy: str = Field("single", description="Policy the router picks when none is asked.")
     top_k: int = Field(4, gt=0, description="Passages retrieved per step.")
+    search: Literal["dense", "bm25", "hybrid"] = Field(
+        "dense",
+        description="dense: embedding similarity (FAISS); bm25: lexical (bm25s); hybrid: both fused by "
+        "reciprocal rank. `ragyard bench retrieval` measures them (README: Hybrid retrieval).",
+    )
+    hybrid_candidates: int = Field(20, gt=0, le=1000, description="hybrid: passages taken from each ranking.")
+    rrf_k: int = Field(60, gt=0, description="hybrid: reciprocal rank fusion constant (score = sum 1/(rrf_k+rank)).")
     max_top_k: int = Field(20, gt=0, description="Largest top_k a request may ask for.")
     max_context_tokens: int = Field(1200, gt=0, description="Model tokens of passages in one prompt.")
     multi_max_steps: int = Field(4, ge=1, le=16, description="multi: retrieval steps at most.")

@@ -51,7 +51,10 @@ class RetrieverService:
         return {"ready": True, **self.retriever.stats()}
 
     async def search(self, query: str, k: int) -> list[Passage]:
-        return await asyncio.to_thread(self.retriever.search, query, k)
+        r = self.config.retrieval
+        return await asyncio.to_thread(
+            self.retriever.search, query, k, mode=r.search, candidates=r.hybrid_candidates, rrf_k=r.rrf_k
+        )
 
     async def embed(self, text: str) -> list[float]:
         """The query embedding (the router's classifier reads it too)."""

@@ -90,6 +90,21 @@ def run_bench(what: str, config: AppConfig, args: argparse.Namespace) -> str:
             seed=args.seed,
             redis_url=args.redis_url,
         )
+    if what == "retrieval":
+        from services.evaluation.bench_retrieval import bench_retrieval
+
+        if not args.data:
+            raise ValueError("bench retrieval needs --data FILE (repeatable)")
+        return bench_retrieval(
+            config,
+            args.data,
+            args.out,
+            limit=args.limit,
+            downstream_limit=args.downstream_limit,
+            model=args.model,
+            max_tokens=args.max_tokens or 32,
+            seed=args.seed,
+        )
     raise ValueError(f"unknown benchmark {what!r}")
 
 

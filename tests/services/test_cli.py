@@ -70,3 +70,21 @@ def test_cli_reports_bad_config(tmp_path: Path, capsys: Any) -> None:
     bad.write_text("server:\n  port: -1\n")
     assert main(["--config", str(bad), "ask", "hi"]) == 2
     assert "server.port" in capsys.readouterr().err
+
+
+def test_plan_writes_one_plan_per_question_without_answering(shared_data: Path, tmp_path: Path, capsys: Any) -> None:
+    out = tmp_path / "plans"
+    assert main(["plan", "--data", str(shared_data / "dev_hotpotqa.jsonl"), "--out", str(out), "--limit", "5"]) == 0
+    rows = [json.loads(line) for line in (out / "plans.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 and rows[0]["id"] == json.loads((shared_data / "dev_hotpotqa.jsonl").open().readline())["id"]
+    for r in rows:
+        assert r["policy"] in ("none", "single", "multi", "dragin")
+        assert r["model"] in ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
+        assert r["complexity"]["label"] in ("A", "B", "C")
+        assert abs(sum(r["complexity"]["probabilities"].values()) - 1) < 1e-3
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["questions"] == 5 and sum(summary["policies"].values()) == 5
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1}\n')
+    assert main(["plan", "--data", str(bad), "--out", str(tmp_path / "p2")]) == 2
+    assert 'needs a non-empty "question"' in capsys.readouterr().err

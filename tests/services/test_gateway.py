@@ -94,6 +94,28 @@ def test_qa_returns_answer_citations_plan_timings(client: TestClient) -> None:
     assert {"retrieve_s", "prefill_s", "decode_s", "total_s"} <= set(rec["timings"])
 
 
+def test_plan_explains_without_answering(client: TestClient) -> None:
+    from services import metrics
+
+    generated = metrics.TOKENS.labels("smollm2-135m-instruct", "completion")._value.get()
+    body = {"question": "Which engine is the embedded default?", "policy": "adaptive", "max_tokens": 24}
+    resp = client.post("/v1/plan", json=body)
+    assert resp.status_code == 200, resp.text
+    out = resp.json()
+    assert out["object"] == "qa.plan" and out["model"] == "smollm2-135m-instruct" and "answer" not in out
+    plan = out["plan"]
+    assert plan["policy"] == "adaptive" and plan["complexity"]["class"] in ("A", "B", "C")
+    assert plan["complexity"]["policy"] in ("none", "single", "multi") and plan["reason"]
+    assert out["sampling"]["max_tokens"] == 24
+    assert metrics.TOKENS.labels("smollm2-135m-instruct", "completion")._value.get() == generated
+    # What /v1/qa then runs is that plan.
+    ran = client.post("/v1/qa", json=body).json()
+    assert ran["plan"]["complexity"]["policy"] == plan["complexity"]["policy"]
+    _assert_openai_error(client.post("/v1/plan", json={**body, "policy": "psychic"}), 400, "unknown retrieval policy")
+    _assert_openai_error(client.post("/v1/plan", json={**body, "model": "gpt-9"}), 404, "does not exist")
+    _assert_openai_error(client.post("/v1/plan", json={"question": " "}), 400, "empty")
+
+
 def test_repeated_greedy_question_hits_the_response_cache(client: TestClient) -> None:
     body = {"question": "What does make test do?", "max_tokens": 8}
     first = client.post("/v1/qa", json=body).json()

@@ -1,4 +1,7 @@
-"""The whole app on a real local Ray Serve (loopback, project temp dir), driven by the openai client."""
+"""The whole app on a real local Ray Serve (loopback, project temp dir), driven by the openai client.
+
+It serves the embedded default's model ladder (SmolLM2-135M and Qwen2.5-Coder-0.5B, one worker each), so
+`auto` routing between real models is tested end to end; the other tests keep SmolLM2 alone."""
 
 from __future__ import annotations
 
@@ -13,19 +16,25 @@ from tests.conftest import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray, pytest.mark.e2e, pytest.mark.model]
 
+LADDER = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
+
 
 @pytest.fixture(scope="module")
 def served(base_config: dict[str, Any], session_tmp: Path) -> Iterator[str]:
     from services import serving
     from services.config import load_config
 
+    ladder = {k: v for k, v in base_config.items() if k != "models"}
     config = load_config(
         {
-            **base_config,
+            **ladder,
+            # Two model workers take one logical CPU each, besides the gateway, router and retriever.
+            "ray": {**base_config["ray"], "num_cpus": 4},
             "index": {"dir": str(session_tmp / "serve-index")},
             "server": {"host": "127.0.0.1", "port": free_port()},
         }
     )
+    assert [m.id for m in config.models] == list(LADDER)
     try:
         url = serving.start(config, wait_ready_s=300)
         yield url
@@ -41,10 +50,25 @@ def oai(served: str) -> Any:
 
 
 def test_models_and_health(served: str, oai: Any) -> None:
-    assert [m.id for m in oai.models.list().data] == ["auto", "smollm2-135m-instruct"]
+    assert [m.id for m in oai.models.list().data] == ["auto", *LADDER]
     assert httpx.get(f"{served}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{served}/readyz").json()
-    assert ready["status"] == "ready" and ready["workers"]["smollm2-135m-instruct"]["ready"]
+    assert ready["status"] == "ready" and all(ready["workers"][m]["ready"] for m in LADDER)
+    assert ready["router"]["quality_table"] == "quality-v1", ready["router"]
+
+
+def test_auto_routes_over_the_ladder_by_the_quality_table(served: str) -> None:
+    body = {"question": "Is the Pacific the largest ocean?", "model": "auto", "policy": "adaptive", "max_tokens": 8}
+    plan = httpx.post(f"{served}/v1/plan", json=body, timeout=60).json()["plan"]
+    routing = plan["routing"]
+    assert {c["model"] for c in routing["candidates"]} == set(LADDER)
+    assert plan["model"] == routing["chosen"]["model"] and plan["complexity"]["policy"] == routing["chosen"]["policy"]
+    rec = httpx.post(f"{served}/v1/qa", json=body, timeout=120).json()
+    assert rec["model"] == plan["model"] and rec["answer"]
+    # Each rung answers when it is asked for by name.
+    for model in LADDER:
+        rec = httpx.post(f"{served}/v1/qa", json={**body, "model": model, "policy": "none"}, timeout=120).json()
+        assert rec["model"] == model and rec["plan"]["routing"] is None and rec["answer"]
 
 
 def test_openai_client_non_streamed(oai: Any) -> None:

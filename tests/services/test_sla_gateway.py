@@ -203,3 +203,28 @@ def test_cached_answers_are_not_charged(local_service: Any, base_config: dict[st
     assert ctl.ledger.usage("acme", "day").spent_tokens == spent  # the hit ran no model
     assert again["sla"]["tier"] == "interactive" and again["sla"]["ticket"] != first["sla"]["ticket"]
     assert not ctl._tickets
+
+
+def test_plan_is_explained_without_admission(sla_env: Any) -> None:
+    """POST /v1/plan: the controller's choice for the same body and headers, but no ticket, no reservation,
+    no decision counted; a request /v1/qa would refuse is refused the same way."""
+    client, ctl, _ = sla_env
+    before = ctl.ledger.usage("acme", "day")
+    body = {"question": "What does Ragyard decide per question?", "style": "short", "max_tokens": 8}
+    resp = client.post("/v1/plan", json=body, headers={"authorization": "Bearer k-acme"})
+    assert resp.status_code == 200, resp.text
+    out = resp.json()
+    assert out["object"] == "qa.plan" and out["sla"]["ticket"] is None and out["sla"]["tier"] == "interactive"
+    assert out["plan"]["model"] == MODEL and "best expected quality" in out["plan"]["reason"]
+    assert "answer" not in out and "usage" not in out
+    after = ctl.ledger.usage("acme", "day")
+    assert (after.spent_tokens, after.reserved_tokens) == (before.spent_tokens, before.reserved_tokens)
+    assert not ctl._tickets and not ctl.load.jobs
+    # The same plan /v1/qa then runs.
+    ran = _qa(client, "k-acme").json()
+    assert (ran["plan"]["policy"], ran["plan"]["model"]) == (out["plan"]["policy"], out["plan"]["model"])
+    err = client.post(
+        "/v1/plan", json=body, headers={"authorization": "Bearer k-acme", "x-budget-tokens": "10"}
+    ).json()["error"]
+    assert err["code"] == "no_plan_fits"
+    assert client.post("/v1/plan", json=body).status_code == 401
