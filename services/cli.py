@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_calibrate_dragin)
 
     p = sub.add_parser("bench", help="benchmarks: results as JSON plus a markdown table")
-    p.add_argument("what", choices=["router", "policies", "spec", "kvcache", "sla", "retrieval"])
+    p.add_argument("what", choices=["router", "policies", "spec", "kvcache", "sla", "retrieval", "docsqa"])
     p.add_argument("--data", action="append", help="QA JSONL file (repeatable)")
     p.add_argument("--out", required=True)
     p.add_argument("--repeats", type=int, default=200, help="router: timing repeats")
@@ -354,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--downstream-limit", type=int, default=0, help="retrieval: also answer N test questions per file per mode"
     )
     p.add_argument("--model", help="retrieval: model id for the downstream answers (default: the config's first)")
+    p.add_argument("--models", help="docsqa: comma-separated model ids (default: every configured model)")
+    p.add_argument("--qa-policy", default="single", help="docsqa: retrieval policy the answers use")
     p.set_defaults(func=cmd_bench)
     return parser
 

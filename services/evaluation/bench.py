@@ -90,6 +90,17 @@ def run_bench(what: str, config: AppConfig, args: argparse.Namespace) -> str:
             seed=args.seed,
             redis_url=args.redis_url,
         )
+    if what == "docsqa":
+        from services.evaluation.bench_docsqa import bench_docsqa
+
+        return bench_docsqa(
+            config,
+            args.out,
+            models=[m.strip() for m in args.models.split(",") if m.strip()] if args.models else None,
+            policy=args.qa_policy,
+            max_tokens=args.max_tokens or 96,
+            limit=args.limit,
+        )
     if what == "retrieval":
         from services.evaluation.bench_retrieval import bench_retrieval
 

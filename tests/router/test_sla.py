@@ -416,3 +416,38 @@ def test_admitted_requests_are_protected_and_errors_calibrate() -> None:
     quiet._ratios[3].clear()
     quiet._ratios[3].extend([(now - 600, 3.0)] * 20)
     assert quiet.calibration(3) == 1.0  # old ratios expire: a burst of misses does not shed for ever
+
+
+def test_model_quality_table_lets_the_stronger_model_win_on_quality_and_the_cheaper_on_latency() -> None:
+    from router.quality import QualityTable
+
+    big = "qwen2.5-coder-0.5b-instruct"
+    table = {
+        MODEL: {p: {"A": 0.6, "B": 0.1, "C": 0.05} for p in ("none", "single", "multi")},
+        big: {
+            "none": {"A": 0.6, "B": 0.2, "C": 0.1},
+            "single": {"A": 0.6, "B": 0.7, "C": 0.3},
+            "multi": {"A": 0.6, "B": 0.7, "C": 0.5},
+        },
+    }
+    cost = {m: {p: {"latency_s": 1.0} for p in ("none", "single", "multi")} for m in (MODEL, big)}
+    config = load_config({"sla": {"enabled": True}, "models": [{"id": MODEL}, {"id": big}]})
+    store = PolicyStore(None)
+    store._policy = parse_policy(POLICY)
+    ctl = SlaController(config, store, MemoryLedger(), model_quality=QualityTable(table, cost))
+    for policy, seconds in (("none", 1.0), ("single", 3.0), ("multi", 9.0)):
+        for m, factor in ((MODEL, 1.0), (big, 2.0)):
+            for _ in range(5):
+                ctl.estimator.observe(PlanKey(policy, m, False, False), None, seconds * factor, seconds, 500, 20)
+    # Dry runs: each decision alone, with nothing admitted before it.
+    # Standard tier (20 s): the big model's single (6 s) has the best expected quality for class B.
+    d = _decide(ctl, tenant=None, cls="B", dry_run=True)
+    assert (d.plan.model, d.plan.policy) == (big, "single")
+    # 4 s: no single fits; the big model's none (0.2) beats the small model's none (0.1) on the same table.
+    d = _decide(ctl, tenant="acme", cls="B", headers={"x-slo-latency-ms": "4000"}, dry_run=True)
+    assert (d.plan.model, d.plan.policy) == (big, "none")
+    # 1.5 s: only the small model is fast enough.
+    d = _decide(ctl, tenant="acme", cls="B", headers={"x-slo-latency-ms": "1500"}, dry_run=True)
+    assert (d.plan.model, d.plan.policy) == (MODEL, "none")
+    assert d.sla["ticket"] is None and not ctl._tickets and not ctl.load.jobs
+    assert ctl.quality_table(store.policy)["by_model"] == table

@@ -1,0 +1,130 @@
+"""`ragyard bench docsqa`: a newcomer's questions about Ragyard itself, answered over the bundled docs.
+
+The set (``data/docs_qa.jsonl``, written once by hand) has a reference answer per question and the key
+facts a right answer must hold: ``must_include`` is a list of groups, each a list of alternatives, and an
+answer is right when every group has one alternative in it (case-insensitive). The corpus is the one the
+service indexes at startup (``corpus.paths``: the README and docs/). Each model answers every question in
+the chat style the HTTP API uses, the models interleaved question by question.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from services.config import AppConfig
+
+DOCS_QA = Path(__file__).with_name("data") / "docs_qa.jsonl"
+
+
+def read_docs_qa(path: str | Path = DOCS_QA) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    for r in rows:
+        groups = r.get("must_include")
+        if not r.get("question") or not r.get("answers") or not groups or not all(groups):
+            raise ValueError(f"docs-QA row {r.get('id')!r} needs question, answers and non-empty must_include groups")
+    return rows
+
+
+def judge(answer: str, must_include: list[list[str]]) -> tuple[bool, list[list[str]]]:
+    """Right when every group of key facts has one alternative in the answer; returns the groups missed."""
+    text = answer.lower()
+    missed = [group for group in must_include if not any(alt.lower() in text for alt in group)]
+    return not missed, missed
+
+
+def bench_docsqa(
+    config: AppConfig,
+    out: str | Path,
+    *,
+    models: list[str] | None = None,
+    policy: str = "single",
+    max_tokens: int = 96,
+    limit: int | None = None,
+    data: str | Path = DOCS_QA,
+) -> str:
+    from retrieval.ingest import load_path
+    from retrieval.policies.base import Question
+    from retrieval.retriever import Retriever
+    from services.clients import LocalRetriever, LocalWorker
+    from services.evaluation.harness import Evaluator, index_dir_for
+    from services.rag import AnswerRequest, RagService
+    from services.retriever_service import RetrieverService
+
+    rows = read_docs_qa(data)[:limit]
+    evaluator = Evaluator(config, models=models or [m.id for m in config.models])
+    docs = [d for p in config.corpus.paths if Path(p).exists() for d in load_path(p)]
+    retriever = Retriever.create(
+        index_dir=index_dir_for(config, docs),
+        chunk_tokens=config.index.chunk_tokens,
+        chunk_overlap_tokens=config.index.chunk_overlap_tokens,
+        embedder=evaluator.embedder,
+    )
+    retriever.ingest(docs)
+    cfg = config.model_copy(update={"corpus": config.corpus.model_copy(update={"ingest_on_start": False})})
+    service = RagService(
+        cfg,
+        LocalRetriever(RetrieverService(cfg, retriever=retriever)),
+        {mid: LocalWorker(w) for mid, w in evaluator.workers.items()},
+        cache=None,
+    )
+    ids = list(evaluator.workers)
+    preds: dict[str, list[dict[str, Any]]] = {m: [] for m in ids}
+
+    async def run() -> None:
+        for n, row in enumerate(rows):
+            for model in ids[n % len(ids) :] + ids[: n % len(ids)]:
+                started = time.perf_counter()
+                rec = await service.answer(
+                    AnswerRequest(
+                        question=Question(text=row["question"], style="chat"),
+                        model=model,
+                        policy=policy,
+                        max_tokens=max_tokens,
+                    )
+                )
+                right, missed = judge(rec["answer"], row["must_include"])
+                preds[model].append(
+                    {
+                        "id": row["id"],
+                        "question": row["question"],
+                        "answer": rec["answer"],
+                        "right": right,
+                        "missed": missed,
+                        "latency_s": round(time.perf_counter() - started, 3),
+                        "completion_tokens": rec["usage"]["completion_tokens"],
+                        "citations": [c["title"] for c in rec["citations"]],
+                    }
+                )
+            print(f"  docsqa {n + 1}/{len(rows)}", flush=True)  # noqa: T201
+
+    asyncio.run(run())
+    summary = {
+        m: {
+            "right": sum(p["right"] for p in ps),
+            "questions": len(ps),
+            "median_latency_s": round(statistics.median(p["latency_s"] for p in ps), 3) if ps else None,
+            "median_completion_tokens": statistics.median(p["completion_tokens"] for p in ps) if ps else None,
+        }
+        for m, ps in preds.items()
+    }
+    result = {"policy": policy, "max_tokens": max_tokens, "set": str(data), "models": summary}
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "docsqa.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    with open(out_dir / "answers.jsonl", "w", encoding="utf-8") as fh:
+        for m, ps in preds.items():
+            for p in ps:
+                fh.write(json.dumps({"model": m, **p}) + "\n")
+    lines = ["| model | right | median s | median completion tokens |", "| --- | --- | --- | --- |"]
+    for m, s in summary.items():
+        lines.append(
+            f"| {m} | {s['right']}/{s['questions']} | {s['median_latency_s']} | {s['median_completion_tokens']} |"
+        )
+    table = "\n".join(lines) + "\n"
+    (out_dir / "docsqa.md").write_text(table, encoding="utf-8")
+    return table
