@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from router.labels import split_rows
 from services.config import AppConfig
 from services.evaluation.harness import Evaluator, read_rows
 from services.rag import RagService
+
+logger = logging.getLogger(__name__)
 
 POLICIES = ("none", "single", "multi")
 
@@ -43,13 +46,29 @@ def run_key(file: str, qid: Any, model: str, policy: str) -> str:
 
 
 def read_runs(path: Path) -> dict[str, dict[str, Any]]:
+    """The runs so far. A line cut short (the collector killed mid-write) is skipped, and that answer is
+    simply asked again."""
     runs: dict[str, dict[str, Any]] = {}
     if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
                 rec = json.loads(line)
                 runs[run_key(rec["file"], rec["id"], rec["model"], rec["policy"])] = rec
+            except (json.JSONDecodeError, KeyError, TypeError):
+                logger.warning("%s:%d: not a complete run, skipped (it will be answered again)", path, lineno)
     return runs
+
+
+def _append(path: Path, rec: dict[str, Any]) -> None:
+    with path.open("a+b") as fh:
+        fh.seek(0, 2)
+        if fh.tell() > 0:
+            fh.seek(-1, 2)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")  # close a line cut short, so this one stands on its own
+        fh.write((json.dumps(rec) + "\n").encode("utf-8"))
 
 
 def collect_ladder(
@@ -110,8 +129,7 @@ def collect_ladder(
                         "completion_tokens": pred["completion_tokens"],
                         "llm_calls": pred["llm_calls"],
                     }
-                    with runs_path.open("a", encoding="utf-8") as fh:
-                        fh.write(json.dumps(rec) + "\n")
+                    _append(runs_path, rec)
                     done[run_key(file, row.get("id"), model, policy)] = rec
                     answered += 1
             if n % 5 == 0 or n == len(todo):

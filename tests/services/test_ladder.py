@@ -1,0 +1,53 @@
+"""Ladder collection: questions round robin across files, resumable runs that survive a cut-short line,
+and one real (small) collection that a rerun does not repeat."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.evaluation.ladder import _append, collect_ladder, read_runs, run_key, training_rows
+
+
+@pytest.mark.unit
+def test_training_rows_interleave_files_and_use_only_training_halves(shared_data: Path) -> None:
+    from router.labels import split_rows
+    from services.evaluation.harness import read_rows
+
+    rows = training_rows(
+        [str(shared_data / "dev_hotpotqa.jsonl")], [str(shared_data / "train_boolq.jsonl")], seed=0, train_fraction=0.5
+    )
+    train, test = split_rows(read_rows(shared_data / "dev_hotpotqa.jsonl"), 0, 0.5)
+    assert [f for f, _ in rows[:4]] == ["dev_hotpotqa.jsonl", "train_boolq.jsonl"] * 2
+    hotpot_ids = {r["id"] for f, r in rows if f == "dev_hotpotqa.jsonl"}
+    assert hotpot_ids == {r["id"] for r in train} and not hotpot_ids & {r["id"] for r in test}
+    assert sum(1 for f, _ in rows if f == "train_boolq.jsonl") == 1000
+
+
+@pytest.mark.unit
+def test_a_line_cut_short_is_skipped_and_closed(tmp_path: Path) -> None:
+    path = tmp_path / "runs.jsonl"
+    rec = {"file": "f", "id": "1", "model": "m", "policy": "none", "f1": 1.0}
+    _append(path, rec)
+    with path.open("a") as fh:
+        fh.write('{"file": "f", "id": "2", "mod')  # killed mid-write
+    assert list(read_runs(path)) == [run_key("f", "1", "m", "none")]
+    _append(path, {**rec, "id": "3"})
+    assert set(read_runs(path)) == {run_key("f", "1", "m", "none"), run_key("f", "3", "m", "none")}
+
+
+@pytest.mark.integration
+@pytest.mark.model
+def test_collection_resumes(shared_data: Path, tmp_path: Path, base_config: dict[str, Any]) -> None:
+    from services.config import load_config
+
+    config = load_config({**base_config, "cache_dir": str(Path.home() / ".cache" / "ragyard")})
+    kw: dict[str, Any] = {"data": [str(shared_data / "dev_boolq.jsonl")], "limit": 1, "max_tokens": 4}
+    first = collect_ladder(config, tmp_path, policies=("none", "single"), **kw)
+    assert first["answered_now"] == 2 and first["questions_complete"] == 1
+    runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert {r["policy"] for r in runs} == {"none", "single"} and all(0 <= r["f1"] <= 1 for r in runs)
+    assert collect_ladder(config, tmp_path, policies=("none", "single"), **kw)["answered_now"] == 0
