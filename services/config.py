@@ -174,7 +174,7 @@ class RetrievalConfig(_Section):
     default_policy: str = Field("single", description="Policy the router picks when none is asked.")
     top_k: int = Field(4, gt=0, description="Passages retrieved per step.")
     search: Literal["dense", "bm25", "hybrid"] = Field(
-        "dense",
+        "hybrid",
         description="dense: embedding similarity (FAISS); bm25: lexical (bm25s); hybrid: both fused by "
         "reciprocal rank. `ragyard bench retrieval` measures them (README: Hybrid retrieval).",
     )

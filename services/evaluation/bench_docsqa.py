@@ -65,6 +65,23 @@ def bench_docsqa(
         embedder=evaluator.embedder,
     )
     retriever.ingest(docs)
+    # How often the top-k passages hold every key fact, per search mode: the ceiling for the answers.
+    r = config.retrieval
+    recall = {
+        mode: sum(
+            judge(
+                "\n".join(
+                    f"{p.chunk.title}\n{p.chunk.text}"
+                    for p in retriever.search(
+                        row["question"], r.top_k, mode=mode, candidates=r.hybrid_candidates, rrf_k=r.rrf_k
+                    )
+                ),
+                row["must_include"],
+            )[0]
+            for row in rows
+        )
+        for mode in ("dense", "bm25", "hybrid")
+    }
     cfg = config.model_copy(update={"corpus": config.corpus.model_copy(update={"ingest_on_start": False})})
     service = RagService(
         cfg,
@@ -112,7 +129,15 @@ def bench_docsqa(
         }
         for m, ps in preds.items()
     }
-    result = {"policy": policy, "max_tokens": max_tokens, "set": str(data), "models": summary}
+    result: dict[str, Any] = {
+        "policy": policy,
+        "max_tokens": max_tokens,
+        "search": config.retrieval.search,
+        "top_k": config.retrieval.top_k,
+        "set": str(data),
+        "facts_in_top_k_passages": {m: f"{n}/{len(rows)}" for m, n in recall.items()},
+        "models": summary,
+    }
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "docsqa.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
@@ -125,6 +150,8 @@ def bench_docsqa(
         lines.append(
             f"| {m} | {s['right']}/{s['questions']} | {s['median_latency_s']} | {s['median_completion_tokens']} |"
         )
+    facts = ", ".join(f"{m} {n}/{len(rows)}" for m, n in recall.items())
+    lines += ["", f"Every key fact in the top {config.retrieval.top_k} passages (search mode: questions): {facts}"]
     table = "\n".join(lines) + "\n"
     (out_dir / "docsqa.md").write_text(table, encoding="utf-8")
     return table
