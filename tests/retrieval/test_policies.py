@@ -138,8 +138,12 @@ def test_adaptive_runs_the_classified_policy(shared_data: Path, local_service: A
     labels = ["C"] * 20 + ["B"] * 20 + ["A"] * 10
     x = np.stack([feature_vector(v, q) for v, q in zip(embedder.encode(qs), qs, strict=True)])
     clf: ComplexityClassifier = fit(x, labels)[0]
-    router_service = RouterService(local_service.config)
-    router_service.router = ConfigRouter(local_service.config, classifier=clf)
+    # Without a quality table `adaptive` maps the class to its policy (with one, the table decides: test_quality).
+    config = local_service.config.model_copy(
+        update={"router": local_service.config.router.model_copy(update={"quality_table": None})}
+    )
+    router_service = RouterService(config)
+    router_service.router = ConfigRouter(config, classifier=clf)
     service = RagService(
         local_service.config,
         local_service.retriever,

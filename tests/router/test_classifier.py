@@ -85,7 +85,9 @@ def test_two_classes_only_still_gives_three_probabilities() -> None:
 def test_router_adaptive_uses_the_class(tmp_path: Path) -> None:
     x, labels, qs = _data()
     clf, _ = fit(x, labels)
-    router = ConfigRouter(load_config({"router": {"multi_hop_policy": "dragin"}}), classifier=clf)
+    # Without a quality table the class maps to its policy (with one, the table decides: test_quality.py).
+    config = load_config({"router": {"multi_hop_policy": "dragin", "quality_table": None}})
+    router = ConfigRouter(config, classifier=clf)
     emb_c = np.eye(DIM)[2] * 3
     d = router.route(qs[2], policy="adaptive", embedding=emb_c)
     assert d.plan.policy == "adaptive" and d.plan.complexity is not None

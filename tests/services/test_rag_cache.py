@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.model, pytest.mark.redis]
 
 def test_redis_response_cache_is_shared_between_gateways(local_service: Any, redis_url: str) -> None:
     """Two RagService instances (as two gateway replicas would be) share answers through Redis."""
-    config = load_config({"cache": {"response_cache_url": redis_url}})
+    config = load_config({"models": [{"id": "smollm2-135m-instruct"}], "cache": {"response_cache_url": redis_url}})
     first = RagService(config, local_service.retriever, local_service.workers, cache=build_cache(config))
     second = RagService(config, local_service.retriever, local_service.workers, cache=build_cache(config))
     question = f"What port does Ragyard listen on? ({uuid.uuid4().hex[:6]})"
