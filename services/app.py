@@ -60,6 +60,18 @@ def deployment_name(model_id: str) -> str:
     return "worker-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in model_id)
 
 
+# Logical CPUs each deployment reserves (Ray's scheduling, not a thread count: a worker's torch still uses
+# every core of its host).
+RETRIEVER_CPUS, ROUTER_CPUS, WORKER_CPUS, GATEWAY_CPUS = 0.25, 0.1, 1.0, 0.25
+
+
+def logical_cpus_needed(config: AppConfig) -> float:
+    """What the app's replicas reserve together, so a local Ray can be sized to place all of them."""
+    r = config.ray
+    workers = WORKER_CPUS * r.worker_replicas * len(config.models)
+    return RETRIEVER_CPUS * r.retriever_replicas + ROUTER_CPUS + workers + GATEWAY_CPUS * r.gateway_replicas
+
+
 def build_app(args: dict[str, Any] | None = None) -> Application:
     from services.retriever_service import RetrieverService
     from services.router_service import RouterService
@@ -71,20 +83,20 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     retriever = serve.deployment(
         name="retriever",
         num_replicas=ray_cfg.retriever_replicas,
-        ray_actor_options={"num_cpus": 0.25},
+        ray_actor_options={"num_cpus": RETRIEVER_CPUS},
         max_ongoing_requests=64,
     )(RetrieverService).bind(plain)
     router = serve.deployment(
         name="router",
         num_replicas=1,
-        ray_actor_options={"num_cpus": 0.1},
+        ray_actor_options={"num_cpus": ROUTER_CPUS},
         max_ongoing_requests=256,
     )(RouterService).bind(plain)
     workers = {
         m.id: serve.deployment(
             name=deployment_name(m.id),
             num_replicas=ray_cfg.worker_replicas,
-            ray_actor_options={"num_cpus": 1, **({"num_gpus": 1} if m.device.startswith("cuda") else {})},
+            ray_actor_options={"num_cpus": WORKER_CPUS, **({"num_gpus": 1} if m.device.startswith("cuda") else {})},
             # Concurrent streams interleave token by token inside one replica.
             max_ongoing_requests=32,
         )(Worker).bind(plain, m.id)
@@ -93,7 +105,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     gateway = serve.deployment(
         name="gateway",
         num_replicas=ray_cfg.gateway_replicas,
-        ray_actor_options={"num_cpus": 0.25},
+        ray_actor_options={"num_cpus": GATEWAY_CPUS},
         max_ongoing_requests=256,
     )(serve.ingress()(GatewayDeployment))
     return gateway.bind(plain, router, retriever, workers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -11,10 +12,26 @@ from typing import Any
 import httpx
 
 from services.config import AppConfig
+from services.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 APP_NAME = "ragyard"
+
+
+def local_cpus(config: AppConfig) -> float:
+    """The logical CPUs the app's replicas reserve; a ConfigError when ``ray.num_cpus`` is set below that
+    (Serve would wait for ever to place the last replicas)."""
+    from services.app import logical_cpus_needed
+
+    needed = logical_cpus_needed(config)
+    if config.ray.num_cpus is not None and config.ray.num_cpus < needed:
+        raise ConfigError(
+            f"ray.num_cpus {config.ray.num_cpus} cannot place the app: its replicas reserve {needed:g} CPUs "
+            f"({len(config.models)} model worker(s) of 1 CPU each, plus the gateway, router and retriever); "
+            "raise it or leave it unset"
+        )
+    return needed
 
 
 def start_ray(config: AppConfig) -> None:
@@ -29,8 +46,13 @@ def start_ray(config: AppConfig) -> None:
         return
     temp = Path(config.ray.temp_dir).resolve()
     temp.mkdir(parents=True, exist_ok=True)
+    needed = local_cpus(config)
+
+    # A local Ray gets at least the logical CPUs the app reserves: with the default ladder (two model workers
+    # of one CPU each, plus the gateway, router and retriever) a 2-core host would otherwise never place the
+    # second worker. Ray's CPUs are a scheduling budget; the workers' torch threads use every core regardless.
     ray.init(
-        num_cpus=config.ray.num_cpus or max(2, os.cpu_count() or 2),
+        num_cpus=config.ray.num_cpus or max(2, os.cpu_count() or 2, math.ceil(needed)),
         include_dashboard=False,
         _temp_dir=str(temp),
         object_store_memory=256 * 1024 * 1024,

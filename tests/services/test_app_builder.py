@@ -38,3 +38,15 @@ def test_serve_config_builds_the_graph(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_deployment_names_are_safe() -> None:
     assert deployment_name("org/model:7b") == "worker-org-model-7b"
+
+
+def test_local_ray_is_sized_for_the_ladder() -> None:
+    """The default ladder reserves 2.6 logical CPUs (two workers of 1 + gateway, router, retriever): a local
+    Ray on a 2-core host must get at least 3, and a smaller explicit ray.num_cpus is refused up front."""
+    from services.errors import ConfigError
+    from services.serving import local_cpus
+
+    assert local_cpus(load_config({})) == pytest.approx(2.6)
+    assert local_cpus(load_config({"models": [{"id": "m"}], "ray": {"num_cpus": 2}})) == pytest.approx(1.6)
+    with pytest.raises(ConfigError, match=r"ray.num_cpus 2 cannot place the app: its replicas reserve 2.6 CPUs"):
+        local_cpus(load_config({"ray": {"num_cpus": 2}}))
