@@ -105,6 +105,9 @@ def bench_spec(
         self_draft_layers,
         config.cache_dir,
         out_dir,
+        # The draft_model drafter is the first model's configured draft (a packaged pair such as Qwen2.5-Coder
+        # 0.5B for 1.5B), else the packaged SmolLM2.
+        draft_model=spec.model if (spec := config.default_model.speculative) and spec.method == "draft_model" else None,
     )
     result: dict[str, Any] = {
         "model": config.default_model.id,
