@@ -135,15 +135,11 @@ class VllmEngine(TokenizerMixin):
             spec_args = speculative_config(config.speculative, cache_dir)
             if config.speculative.method == "draft_model":
                 from services.workers.model_store import describe
-                from services.workers.spec.pairing import check_same_tokenizer, load_tokenizer
+                from services.workers.spec.pairing import check_draft_folder
 
                 # vLLM checks only the vocabulary size; refuse a pair whose token ids mean other strings.
-                check_same_tokenizer(
-                    self.tokenizer,
-                    load_tokenizer(spec_args["model"]),
-                    target_name=config.id,
-                    draft_name=describe(config.speculative.model),
-                )
+                name = describe(config.speculative.model)
+                check_draft_folder(self.tokenizer, spec_args["model"], target_name=config.id, draft_name=name)
             self.spec = VllmDraftPair(config.speculative, spec_args)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine-loop", daemon=True)

@@ -199,13 +199,11 @@ def load_draft_model(
     from transformers import AutoModelForCausalLM
 
     from services.workers.model_store import resolve_model_path
-    from services.workers.spec.pairing import check_same_tokenizer, load_tokenizer
+    from services.workers.spec.pairing import check_draft_folder
 
     folder = resolve_model_path(path, cache_dir)
     if target_tokenizer is not None:
-        check_same_tokenizer(
-            target_tokenizer, load_tokenizer(folder), target_name=target_name, draft_name=describe(path)
-        )
+        check_draft_folder(target_tokenizer, folder, target_name=target_name, draft_name=describe(path))
     model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=target.dtype).to(device).eval()
     draft_vocab = model.get_output_embeddings().weight.shape[0]
     target_vocab = target.get_output_embeddings().weight.shape[0]

@@ -25,3 +25,8 @@ def check_same_tokenizer(target: Any, draft: Any, *, target_name: str, draft_nam
         f"draft model {draft_name!r} cannot draft for {target_name!r}: their tokenizers differ "
         f"({len(dv)} vs {len(tv)} tokens, {differing} token ids differ); a draft model needs the target's tokenizer"
     )
+
+
+def check_draft_folder(target: Any, folder: str | Path, *, target_name: str, draft_name: str) -> None:
+    """Load a draft model folder's tokenizer and refuse it unless it is the target's (torch and vLLM alike)."""
+    check_same_tokenizer(target, load_tokenizer(folder), target_name=target_name, draft_name=draft_name)
