@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -66,14 +67,15 @@ class ConfigRouter:
         elif quality is None:
             self.quality_error = "router.quality_table is not set"
 
+    @functools.cached_property
     def _routed_models(self) -> list[str]:
-        """Configured models the quality table knows (only those can be compared)."""
+        """Configured models the quality table knows (only those can be compared); fixed once loaded."""
         if self.quality is None:
             return []
         return [m for m in self.model_ids if m in self.quality.table]
 
     def routes_models(self, model: str | None) -> bool:
-        return model in (None, AUTO_MODEL) and len(self._routed_models()) > 1
+        return model in (None, AUTO_MODEL) and len(self._routed_models) > 1
 
     def needs_embedding(self, policy: str | None, model: str | None = None) -> bool:
         chosen = policy or self.config.retrieval.default_policy
@@ -194,7 +196,7 @@ class ConfigRouter:
             if complexity.get("class") is None and policy == ADAPTIVE:
                 return None  # the classifier is unavailable: the documented fallback policy runs
             probs = self.quality.prior()
-        models = [pinned_model] if pinned_model else self._routed_models()
+        models = [pinned_model] if pinned_model else self._routed_models
         registered = [p for p in available_policies() if p != ADAPTIVE]
         policies = (
             [p for p in registered if any(self.quality.has(m, p) for m in models)] if policy == ADAPTIVE else [policy]
