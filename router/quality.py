@@ -59,10 +59,18 @@ def ladder_labels(runs: Iterable[dict[str, Any]], model_cost: dict[str, float]) 
 
 
 def build_table(runs: list[dict[str, Any]], *, version: str = "quality-v1") -> dict[str, Any]:
-    """The artifact's content: table, costs, labels' counts, from ladder runs."""
+    """The artifact's content: table, costs, labels' counts, from ladder runs. Labels come from every
+    question; the table and costs only from questions answered by every (model, policy) seen (a cascade
+    answers its later pairs only where the earlier ones failed, which would bias their cells low)."""
+    runs = list(runs)
+    pairs = {(r["model"], r["policy"]) for r in runs}
+    by_q: dict[tuple[str, Any], set[tuple[str, str]]] = defaultdict(set)
+    for r in runs:
+        by_q[(r["file"], r["id"])].add((r["model"], r["policy"]))
+    full = [r for r in runs if by_q[(r["file"], r["id"])] == pairs]
     cost: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
     grouped: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for r in runs:
+    for r in full:
         grouped[(r["model"], r["policy"])].append(r)
     for (m, p), rs in grouped.items():
         cost[m][p] = {
@@ -74,7 +82,7 @@ def build_table(runs: list[dict[str, Any]], *, version: str = "quality-v1") -> d
     labels = ladder_labels(runs, model_cost)
     label_of = {(r["file"], r["id"]): r["label"] for r in labels}
     cells: dict[tuple[str, str, str], list[float]] = defaultdict(list)
-    for r in runs:
+    for r in full:
         cells[(r["model"], r["policy"], label_of[(r["file"], r["id"])])].append(float(r["f1"]))
     table: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
     counts: dict[str, dict[str, dict[str, int]]] = defaultdict(dict)
@@ -95,6 +103,7 @@ def build_table(runs: list[dict[str, Any]], *, version: str = "quality-v1") -> d
         "cell_counts": {m: dict(v) for m, v in counts.items()},
         "label_counts": label_counts,
         "questions": len(labels),
+        "questions_in_table": len({(r["file"], r["id"]) for r in full}),
         "files": sorted({r["file"] for r in labels}),
     }
 

@@ -49,9 +49,24 @@ def _full_logits(model: Any, x: np.ndarray) -> np.ndarray:
     return out
 
 
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean per-class recall over the classes present in ``y_true`` (a constant guess scores 1/k)."""
+    recalls = [float((y_pred[y_true == k] == k).mean()) for k in np.unique(y_true)]
+    return float(np.mean(recalls)) if recalls else 0.0
+
+
 def fit(
-    x: np.ndarray, labels: list[str], *, seed: int = 0, c: float = 0.1
+    x: np.ndarray,
+    labels: list[str],
+    *,
+    seed: int = 0,
+    c: float = 0.1,
+    class_weight: str | None = None,
+    hops: list[int | None] | None = None,
 ) -> tuple[ComplexityClassifier, dict[str, Any]]:
+    """``class_weight="balanced"`` weighs each class inversely to its count (the ladder's labels are
+    mostly A: BoolQ's yes/no is answered right by chance); with ``hops``, the out-of-fold predictions
+    are also scored one- vs multi-hop (class C predicts multi-hop)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
@@ -67,13 +82,14 @@ def fit(
         "n": int(len(y)),
         "label_counts": dict(zip(CLASSES, counts.tolist(), strict=True)),
         "c": c,
+        "class_weight": class_weight,
         "seed": seed,
     }
     temperature = 1.0
     if folds >= 2:
         oof = np.zeros((len(y), len(CLASSES)))
         for train_idx, test_idx in StratifiedKFold(folds, shuffle=True, random_state=seed).split(xs, y):
-            model = LogisticRegression(C=c, max_iter=5000).fit(xs[train_idx], y[train_idx])
+            model = LogisticRegression(C=c, max_iter=5000, class_weight=class_weight).fit(xs[train_idx], y[train_idx])
             oof[test_idx] = _full_logits(model, xs[test_idx])
         temperature = float(min(TEMPERATURES, key=lambda t: _nll(oof, y, float(t))))
         pred = oof.argmax(axis=1)
@@ -86,6 +102,7 @@ def fit(
             {
                 "cv_folds": folds,
                 "cv_accuracy": round(float((pred == y).mean()), 4),
+                "cv_balanced_accuracy": round(balanced_accuracy(y, pred), 4),
                 "majority_baseline": round(float(majority), 4),
                 "confusion_matrix": {"rows_true_cols_pred": list(CLASSES), "counts": confusion.tolist()},
                 "temperature": round(temperature, 4),
@@ -95,7 +112,17 @@ def fit(
                 "nll_after_temperature": round(_nll(oof, y, temperature), 4),
             }
         )
-    model = LogisticRegression(C=c, max_iter=5000).fit(xs, y)
+        if hops is not None:
+            multi = np.asarray([(h or 1) >= 2 for h in hops])
+            predicted_multi = pred == CLASSES.index("C")
+            metrics["cv_hops"] = {
+                "balanced_accuracy": round(balanced_accuracy(multi, predicted_multi), 4),
+                "accuracy": round(float((multi == predicted_multi).mean()), 4),
+                "majority_baseline": round(float(max(multi.mean(), 1 - multi.mean())), 4),
+                "multi_hop": int(multi.sum()),
+                "one_hop": int((~multi).sum()),
+            }
+    model = LogisticRegression(C=c, max_iter=5000, class_weight=class_weight).fit(xs, y)
     coef = np.zeros((len(CLASSES), x.shape[1]))
     intercept = np.full(len(CLASSES), -30.0)
     if len(model.classes_) == 2:

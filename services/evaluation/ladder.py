@@ -5,6 +5,14 @@ cheapest model, that answers correctly) and the model × policy × class quality
 Every answer is one line of ``OUT/runs.jsonl`` keyed by (file, id, model, policy): a rerun, in this
 session or a later one, skips what is there and goes on. Questions are taken round robin across the
 files, so a partial run covers every file. `ragyard build-quality` turns the runs into the artifact.
+
+Two modes. ``full`` answers every question with every (model, policy): what the quality table needs.
+``cascade`` only finds the label: it tries the pairs simplest policy first and, within a policy, cheapest
+model first (the config's order), and stops at the first correct answer; a one-hop question stops
+after ``single`` (in the full runs not one of 36 one-hop questions needed ``multi`` to be answered: its
+label is B either way, and ``multi`` is the costliest run, about 30 s a question for the two models
+here); a question without passages (FanOutQA) can only be tried without retrieval. The table is built
+from full questions only, since a cascade's later runs are of the questions the early ones missed.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from router.labels import split_rows
+from router.quality import is_correct
 from services.config import AppConfig
 from services.evaluation.harness import Evaluator, read_rows
 from services.rag import RagService
@@ -24,6 +33,7 @@ from services.rag import RagService
 logger = logging.getLogger(__name__)
 
 POLICIES = ("none", "single", "multi")
+MODES = ("full", "cascade")
 
 
 def training_rows(data: list[str], train_data: list[str], seed: int, train_fraction: float) -> list[tuple[str, Any]]:
@@ -71,6 +81,25 @@ def _append(path: Path, rec: dict[str, Any]) -> None:
         fh.write((json.dumps(rec) + "\n").encode("utf-8"))
 
 
+def planned_pairs(
+    row: dict[str, Any], models: list[str], policies: tuple[str, ...], mode: str
+) -> list[tuple[str, str]]:
+    """The (model, policy) pairs a question is answered with, in the order they are tried."""
+    allowed = [p for p in policies if row.get("contexts") or p == "none"]  # no passages: nothing to retrieve
+    if mode == "cascade" and (row.get("hops") or 1) < 2:
+        allowed = [p for p in allowed if p != "multi"]
+    return [(m, p) for p in allowed for m in models]
+
+
+def _finished(
+    file: str, row: dict[str, Any], pairs: list[tuple[str, str]], done: dict[str, dict[str, Any]], mode: str
+) -> bool:
+    recs = [done.get(run_key(file, row.get("id"), m, p)) for m, p in pairs]
+    if mode == "cascade" and any(r is not None and is_correct(r["em"], r["f1"]) for r in recs):
+        return True
+    return all(r is not None for r in recs)
+
+
 def collect_ladder(
     config: AppConfig,
     out: str | Path,
@@ -79,14 +108,18 @@ def collect_ladder(
     train_data: list[str] | None = None,
     models: list[str] | None = None,
     policies: tuple[str, ...] = POLICIES,
+    mode: str = "full",
     seed: int = 0,
     train_fraction: float = 0.5,
     limit: int | None = None,
     max_tokens: int = 32,
     budget_s: float | None = None,
 ) -> dict[str, Any]:
-    """Answer up to ``limit`` questions (all by default) with every model × policy; stop early after
-    ``budget_s`` seconds (a later run resumes)."""
+    """Answer up to ``limit`` questions (all by default) with the ladder (``mode``: every pair, or the
+    cascade that stops at the first correct one); stop early after ``budget_s`` seconds (a later run
+    resumes)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs_path = out_dir / "runs.jsonl"
@@ -95,7 +128,8 @@ def collect_ladder(
     if limit is not None:
         rows = rows[:limit]
     done = read_runs(runs_path)
-    todo = [(f, r) for f, r in rows if any(run_key(f, r.get("id"), m, p) not in done for m in models for p in policies)]
+    plans = {(f, r.get("id")): planned_pairs(r, models, policies, mode) for f, r in rows}
+    todo = [(f, r) for f, r in rows if not _finished(f, r, plans[(f, r.get("id"))], done, mode)]
     started = time.perf_counter()
     answered = 0
     if todo:
@@ -107,10 +141,9 @@ def collect_ladder(
                 break
             if file not in services:
                 services[file] = evaluator.service_for(sources[file])
-            for model in models:
-                for policy in policies:
-                    if run_key(file, row.get("id"), model, policy) in done:
-                        continue
+            for model, policy in plans[(file, row.get("id"))]:
+                rec = done.get(run_key(file, row.get("id"), model, policy))
+                if rec is None:
                     pred = asyncio.run(
                         evaluator.answer_row(services[file], row, policy, max_tokens=max_tokens, model=model)
                     )
@@ -121,6 +154,7 @@ def collect_ladder(
                         "hops": row.get("hops"),
                         "model": model,
                         "policy": policy,
+                        "mode": mode,
                         "prediction": pred["prediction"],
                         "em": pred["em"],
                         "f1": pred["f1"],
@@ -132,14 +166,16 @@ def collect_ladder(
                     _append(runs_path, rec)
                     done[run_key(file, row.get("id"), model, policy)] = rec
                     answered += 1
+                if mode == "cascade" and is_correct(rec["em"], rec["f1"]):
+                    break
             if n % 5 == 0 or n == len(todo):
                 print(f"  ladder: {n}/{len(todo)} questions, {time.perf_counter() - started:.0f} s", flush=True)
-    questions = {(f, r.get("id")) for f, r in rows}
-    complete = sum(1 for f, q in questions if all(run_key(f, q, m, p) in done for m in models for p in policies))
+    complete = sum(1 for f, r in rows if _finished(f, r, plans[(f, r.get("id"))], done, mode))
     return {
         "runs_file": str(runs_path),
+        "mode": mode,
         "answered_now": answered,
-        "questions": len(questions),
+        "questions": len(rows),
         "questions_complete": complete,
         "runs": len(done),
         "seconds": round(time.perf_counter() - started, 1),

@@ -98,3 +98,63 @@ async def _label(
             print(f"  labels {name}: {n}/{total}", flush=True)  # noqa: T201
 
     return await collect(rows, answer, out, progress)
+
+
+C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
+
+
+def train_from_runs(
+    config: AppConfig,
+    runs_path: str | Path,
+    out: str | Path,
+    *,
+    seed: int = 0,
+    version: str = "complexity-v1",
+    c_grid: tuple[float, ...] = C_GRID,
+) -> dict[str, Any]:
+    """Train the classifier on the ladder's labels (``ragyard collect-ladder``: the simplest policy some
+    model answers right, inductive bias where none does). The regularisation C is chosen on the
+    training labels alone, by cross-validated balanced accuracy; the held-out halves stay for
+    `ragyard bench router`. Writes the artifact, ``labels.jsonl`` (what it was trained on, so the bench
+    can prove its questions are unseen) and ``metrics.json``."""
+    from retrieval.embedder import Embedder
+    from router.quality import build_table, ladder_labels
+    from services.evaluation.ladder import read_runs
+
+    runs = list(read_runs(Path(runs_path)).values())
+    if not runs:
+        raise ValueError(f"{runs_path}: no ladder runs to learn from")
+    model_cost = {m: sum(v["latency_s"] for v in ps.values()) / len(ps) for m, ps in build_table(runs)["cost"].items()}
+    labelled = ladder_labels(runs, model_cost)
+    embedder = Embedder(config.embedder.path, device=config.embedder.device)
+    vectors = embedder.encode([r["question"] for r in labelled])
+    x = np.stack([feature_vector(v, r["question"]) for v, r in zip(vectors, labelled, strict=True)])
+    labels = [r["label"] for r in labelled]
+    hops = [r.get("hops") for r in labelled]
+    search = {}
+    for c in c_grid:
+        _, m = fit(x, labels, seed=seed, c=c, class_weight="balanced", hops=hops)
+        search[str(c)] = m.get("cv_balanced_accuracy", 0.0)
+    best_c = max(c_grid, key=lambda c: search[str(c)])
+    clf, metrics = fit(x, labels, seed=seed, c=best_c, class_weight="balanced", hops=hops)
+    metrics.update(
+        {
+            "c_search_cv_balanced_accuracy": search,
+            "seed": seed,
+            "runs": len(runs),
+            "label_sources": _count(r["source"] for r in labelled),
+            "files": _count(r["file"] for r in labelled),
+            "labels_by_file": {
+                f: _count(r["label"] for r in labelled if r["file"] == f) for f in sorted({r["file"] for r in labelled})
+            },
+        }
+    )
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clf.header.update({"version": version, "metrics": metrics, "embedder": embedder.name})
+    clf.save(out_dir / f"{version}.npz")
+    with (out_dir / "labels.jsonl").open("w", encoding="utf-8") as fh:
+        for r in labelled:
+            fh.write(json.dumps(r) + "\n")
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return metrics

@@ -159,3 +159,14 @@ def test_no_embedding_uses_the_class_prior() -> None:
     r.classifier, r.classifier_error = None, "off for this test"
     d = r.route("q", model="auto", policy="single")
     assert d.plan.routing is not None and d.plan.routing["probabilities"] == {"A": 0.2, "B": 0.4, "C": 0.4}
+
+
+def test_the_table_uses_only_questions_every_pair_answered() -> None:
+    """A cascade's later pairs run only where earlier ones failed: its questions label, but stay out of
+    the table's cells and costs."""
+    full = [run("1", m, p, 1.0, 1.0) for m in (SMALL, BIG) for p in ("none", "single", "multi")]
+    cascade = [run("2", SMALL, "none", 0.0, 9.0), run("2", BIG, "none", 0.0, 9.0), run("2", SMALL, "single", 0.0, 9.0)]
+    content = build_table(full + cascade)
+    assert content["questions"] == 2 and content["questions_in_table"] == 1
+    assert content["cost"][SMALL]["none"]["latency_s"] == 1.0 and content["cost"][SMALL]["none"]["n"] == 1
+    assert content["table"][SMALL]["single"]["A"] == 1.0

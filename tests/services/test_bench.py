@@ -67,3 +67,36 @@ def test_bench_policies_on_one_held_out_question(shared_data: Path, tmp_path: Pa
     preds = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert sorted(p["policy"] for p in preds) == sorted(result["policies"])
     assert all(p["plan"]["policy"] for p in preds)
+
+
+@pytest.mark.unit
+def test_bench_router_scores_hops_on_held_out_halves_only(tmp_path: Path) -> None:
+    """One- vs multi-hop on each file's test half; a question the classifier was trained on (listed in
+    labels.jsonl beside the artifact) is left out even when it sits in a test half."""
+    from router.features import LEXICAL_NAMES
+    from router.labels import split_rows
+    from router.training import fit
+    from services.config import load_config
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(60, 384 + len(LEXICAL_NAMES)))
+    clf, _ = fit(x, [("A", "B", "C")[i % 3] for i in range(60)])
+    artifact = clf.save(tmp_path / "r.npz")
+    files = []
+    for hops in (1, 2):
+        rows = [
+            {"id": f"{hops}-{i}", "question": f"Question {i} of {hops} hops?", "answers": ["x"], "hops": hops}
+            for i in range(10)
+        ]
+        path = tmp_path / f"h{hops}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        files.append(str(path))
+    _, test = split_rows([json.loads(line) for line in Path(files[0]).read_text().splitlines()], 0, 0.5)
+    (tmp_path / "labels.jsonl").write_text(json.dumps({"question": test[0]["question"], "label": "A"}) + "\n")
+    config = load_config({"router": {"artifact": str(artifact)}})
+    table = bench_router(config, files, tmp_path / "out", repeats=10)
+    hops = json.loads((tmp_path / "out" / "router.json").read_text())["hops"]
+    assert hops["questions"] == 9 and hops["excluded_seen_in_training"] == 1
+    assert hops["files"]["h1.jsonl"]["hops"] == 1 and hops["files"]["h2.jsonl"]["questions"] == 5
+    assert 0.0 <= hops["balanced_accuracy"] <= 1.0 and hops["majority_baseline"] == pytest.approx(5 / 9, abs=1e-4)
+    assert "balanced accuracy" in table

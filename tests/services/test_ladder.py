@@ -51,3 +51,51 @@ def test_collection_resumes(shared_data: Path, tmp_path: Path, base_config: dict
     runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
     assert {r["policy"] for r in runs} == {"none", "single"} and all(0 <= r["f1"] <= 1 for r in runs)
     assert collect_ladder(config, tmp_path, policies=("none", "single"), **kw)["answered_now"] == 0
+
+
+@pytest.mark.unit
+def test_cascade_plans_skip_what_cannot_or_need_not_run() -> None:
+    from services.evaluation.ladder import planned_pairs
+
+    models = ["small", "big"]
+    one_hop = {"hops": 1, "contexts": [{"text": "p"}]}
+    two_hop = {"hops": 2, "contexts": [{"text": "p"}]}
+    no_passages = {"hops": 2, "contexts": []}
+    policies = ("none", "single", "multi")
+    assert planned_pairs(one_hop, models, policies, "cascade") == [
+        ("small", "none"),
+        ("big", "none"),
+        ("small", "single"),
+        ("big", "single"),
+    ]
+    assert planned_pairs(two_hop, models, policies, "cascade")[-1] == ("big", "multi")
+    assert len(planned_pairs(one_hop, models, policies, "full")) == 6
+    assert planned_pairs(no_passages, models, policies, "full") == [("small", "none"), ("big", "none")]
+
+
+@pytest.mark.integration
+@pytest.mark.model
+def test_cascade_stops_at_the_first_right_answer(tmp_path: Path, base_config: dict[str, Any]) -> None:
+    """Real answers by SmolLM2: a question without passages gets only ``none``; one whose runs are
+    already there (a correct one first) is not asked again."""
+    from services.config import load_config
+
+    config = load_config({**base_config, "cache_dir": str(Path.home() / ".cache" / "ragyard")})
+    data = tmp_path / "q.jsonl"
+    rows = [
+        {"id": "fan", "question": "Who wrote Hamlet?", "answers": ["Shakespeare"], "hops": 2, "contexts": []},
+        {"id": "one", "question": "Is water wet?", "answers": ["yes"], "hops": 1, "contexts": []},
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    out.mkdir()
+    model = "smollm2-135m-instruct"
+    # "one" was answered right without retrieval in an earlier session: the cascade is done with it.
+    _append(
+        out / "runs.jsonl", {"file": "q.jsonl", "id": "one", "model": model, "policy": "none", "em": 1.0, "f1": 1.0}
+    )
+    summary = collect_ladder(config, out, data=[], train_data=[str(data)], mode="cascade", max_tokens=4)
+    runs = list(read_runs(out / "runs.jsonl").values())
+    assert summary["answered_now"] == 1 and summary["questions_complete"] == 2
+    fan = [r for r in runs if r["id"] == "fan"]
+    assert [(r["model"], r["policy"], r["mode"]) for r in fan] == [(model, "none", "cascade")]
