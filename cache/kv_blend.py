@@ -201,7 +201,7 @@ class KVBlender:
         if not bool(candidates.any()) and bool(stored[:p].all()):
             # A stored prefix and nothing else: the model's own forward over the rest (prefix caching).
             cache = to_dynamic_cache(keys[:, :, :, :p], values[:, :, :, :p])
-            out = self.model(input_ids=tokens[:, p:], past_key_values=cache, use_cache=True)
+            out = self.model(input_ids=tokens[:, p:], past_key_values=cache, use_cache=True, logits_to_keep=1)
             recomputed = torch.zeros(n, dtype=torch.bool)
             recomputed[p:] = True
             return BlendResult(out.logits[0, -1], keys, values, recomputed, None, cache)

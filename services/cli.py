@@ -79,7 +79,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     for model in config.models:
         print(f"model {model.id}: {resolve_model_path(model.path, config.cache_dir)}", flush=True)
         spec = model.speculative
-        if spec is not None and spec.method == "draft_model":
+        if spec is not None and spec.method in ("draft_model", "hybrid"):
             print(f"  draft: {resolve_model_path(spec.model, config.cache_dir)}", flush=True)
     embedder = Path(config.embedder.path).expanduser() if config.embedder.path else embedder_dir()
     if not (embedder / "config.json").exists():

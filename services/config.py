@@ -29,15 +29,26 @@ class _Section(BaseModel):
 class SpeculativeConfig(_Section):
     """A worker's draft pair (field names follow vLLM's ``speculative_config`` where they overlap)."""
 
-    method: Literal["ngram", "draft_model", "self_draft"] = Field(
+    method: Literal["ngram", "draft_model", "self_draft", "hybrid"] = Field(
         ...,
         description="ngram: prompt lookup; draft_model: a smaller model with the same tokenizer; "
-        "self_draft: the target's first layers with its head.",
+        "self_draft: the target's first layers with its head; hybrid: prompt lookup first, the draft model "
+        "where lookup finds nothing (torch engine).",
     )
     num_speculative_tokens: int = Field(4, ge=1, le=16, description="Drafted tokens per round, at most (K).")
     adaptive: bool = Field(False, description="SpecDec++: stop drafting early when a rejection gets likely.")
     stop_threshold: float = Field(
         0.5, gt=0, lt=1, description="adaptive: stop once P(some drafted token is rejected) passes this."
+    )
+    stop_rule: Literal["threshold", "cost"] = Field(
+        "threshold",
+        description="adaptive: threshold = SpecDec++'s stop_threshold; cost = draft on while a longer draft "
+        "promises more tokens per unit of measured cost (draft forwards plus the verify at its width).",
+    )
+    pad_verify: bool = Field(
+        True,
+        description="torch: measure the target's cost per verify width at load (a few seconds) and verify "
+        "at the cheapest width at least the one needed (on a CPU 4 tokens can cost less than 3).",
     )
     predictor: str | None = Field(
         None, description="adaptive: acceptance predictor JSON fitted by `ragyard bench spec`; None = prior."
@@ -131,9 +142,9 @@ class ModelConfig(_Section):
                 )
         spec = self.speculative
         if self.engine == "vllm" and spec is not None:
-            if spec.method == "self_draft":
+            if spec.method in ("self_draft", "hybrid"):
                 raise ValueError(
-                    "speculative.method self_draft runs on the torch engine only; vllm takes ngram or draft_model"
+                    f"speculative.method {spec.method} runs on the torch engine only; vllm takes ngram or draft_model"
                 )
             if spec.adaptive:
                 raise ValueError(

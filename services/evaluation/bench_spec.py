@@ -19,7 +19,7 @@ from typing import Any
 from services.config import AppConfig, SpeculativeConfig
 from services.workers.engine import SamplingParams
 
-DRAFTERS = ("ngram", "self_draft", "draft_model")
+DRAFTERS = ("ngram", "self_draft", "draft_model", "hybrid")
 # Stop thresholds of adaptive K tried on the calibration prompts; the fastest is measured.
 THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
 
@@ -107,7 +107,9 @@ def bench_spec(
         out_dir,
         # The draft_model drafter is the first model's configured draft (a packaged pair such as Qwen2.5-Coder
         # 0.5B for 1.5B), else the packaged SmolLM2.
-        draft_model=spec.model if (spec := config.default_model.speculative) and spec.method == "draft_model" else None,
+        draft_model=spec.model
+        if (spec := config.default_model.speculative) and spec.method in ("draft_model", "hybrid")
+        else None,
     )
     result: dict[str, Any] = {
         "model": config.default_model.id,
@@ -164,7 +166,7 @@ def measure_torch(
     from services.workers.spec.decode import SpecSetup, build_setup
 
     def spec_config(method: str, **extra: Any) -> SpeculativeConfig:
-        if method == "draft_model":
+        if method in ("draft_model", "hybrid"):
             extra["model"] = draft_model
         return SpeculativeConfig.model_validate({"method": method, "self_draft_layers": self_draft_layers, **extra})
 

@@ -79,6 +79,10 @@ def test_model_lookup() -> None:
 def test_vllm_refuses_drafters_it_cannot_run() -> None:
     with pytest.raises(ConfigError, match="self_draft runs on the torch engine only"):
         load_config({"models": [{"engine": "vllm", "speculative": {"method": "self_draft"}}]})
+    with pytest.raises(ConfigError, match="hybrid runs on the torch engine only"):
+        load_config({"models": [{"engine": "vllm", "speculative": {"method": "hybrid"}}]})
+    with pytest.raises(ConfigError, match="stop_rule"):
+        load_config({"models": [{"speculative": {"method": "ngram", "adaptive": True, "stop_rule": "guess"}}]})
     with pytest.raises(ConfigError, match="adaptive"):
         load_config({"models": [{"engine": "vllm", "speculative": {"method": "ngram", "adaptive": True}}]})
     with pytest.raises(ConfigError, match="engine_args"):

@@ -133,7 +133,9 @@ class TorchEngine(TokenizerMixin):
             else:
                 with self._lock, torch.inference_mode():
                     start = time.perf_counter()
-                    out = self.model(input_ids=inputs, past_key_values=cache, use_cache=True)
+                    # Only the last position's logits are needed: the head over a whole prompt's positions is a
+                    # quarter of a 550-token prefill on this CPU (logits_to_keep=1: 1.09 s against 1.47 s, SmolLM2).
+                    out = self.model(input_ids=inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
                     logits = out.logits[0, -1].to("cpu")
                     spent = time.perf_counter() - start
             token = sample_token(logits, params, gen)

@@ -87,8 +87,31 @@ def fit_predictor(
     )
 
 
+def best_future_rate(
+    accepted: float, expected: float, spent: float, k: int, max_k: int, a: float, token_cost: float, verify: Any
+) -> float:
+    """The best expected tokens per unit cost of drafting on from ``k`` tokens to any k' <= ``max_k``:
+    each further token is accepted with probability ``a`` times the previous one's (geometric), costs
+    ``token_cost`` to draft, and the round's verify costs ``verify(k' + 1)``."""
+    best = 0.0
+    p = accepted
+    for k2 in range(k + 1, max_k + 1):
+        p *= a
+        expected += p
+        spent += token_cost
+        best = max(best, expected / (spent + verify(k2 + 1)))
+    return best
+
+
 class CandidateLength:
-    """Decides how many tokens one drafting round may propose."""
+    """Decides how many tokens one drafting round may propose.
+
+    Rules: a fixed K (``threshold`` and ``costs`` None); SpecDec++'s threshold (stop once P(some drafted
+    token is rejected) passes ``threshold``); or the cost-aware rule (``costs``, a ``WidthCosts``): after
+    each drafted token, stop unless a longer draft promises more expected tokens (1 + the sum of the
+    drafts' cumulative acceptance probabilities) per unit of cost (the drafts' own cost, from
+    ``token_cost``, plus the verify at its width) than stopping now.
+    """
 
     def __init__(
         self,
@@ -96,6 +119,9 @@ class CandidateLength:
         threshold: float | None = None,
         predictor: AcceptancePredictor | None = None,
         prior: Callable[[list[float]], float] | None = None,
+        *,
+        costs: Any = None,
+        token_cost: Callable[[list[float]], float] | None = None,
     ) -> None:
         if max_k < 1:
             raise ValueError("num_speculative_tokens must be at least 1")
@@ -105,22 +131,32 @@ class CandidateLength:
         self.threshold = threshold
         self.predictor = predictor
         self.prior = prior
-        self._all_accepted = 1.0
+        self.costs = costs
+        self.token_cost = token_cost
+        self.start()
 
     @property
     def adaptive(self) -> bool:
-        return self.threshold is not None
+        return self.threshold is not None or self.costs is not None
+
+    @property
+    def rule(self) -> str:
+        return "cost" if self.costs is not None else "threshold" if self.threshold is not None else "fixed"
 
     def describe(self) -> dict[str, Any]:
         return {
             "k": self.max_k,
             "adaptive": self.adaptive,
+            "rule": self.rule,
             "threshold": self.threshold,
             "predictor": "fitted" if self.predictor else ("drafter prior" if self.adaptive else None),
         }
 
     def start(self) -> None:
         self._all_accepted = 1.0
+        self._expected = 1.0  # the target's own token always comes out of a round
+        self._spent = 0.0
+        self._k = 0
 
     def acceptance(self, features: list[float]) -> float:
         if self.predictor is not None:
@@ -128,7 +164,22 @@ class CandidateLength:
         return self.prior(features) if self.prior is not None else 1.0
 
     def keep_going(self, features: list[float]) -> bool:
+        if self.costs is not None:
+            return self._worth_more(features)
         if self.threshold is None:
             return True
         self._all_accepted *= self.acceptance(features)
         return 1.0 - self._all_accepted <= self.threshold
+
+    def _worth_more(self, features: list[float]) -> bool:
+        a = self.acceptance(features)
+        cost = self.token_cost(features) if self.token_cost is not None else 0.0
+        self._all_accepted *= a
+        self._expected += self._all_accepted
+        self._spent += cost
+        self._k += 1
+        now = self._expected / (self._spent + self.costs.cost(self._k + 1))
+        later = best_future_rate(
+            self._all_accepted, self._expected, self._spent, self._k, self.max_k, a, cost, self.costs.cost
+        )
+        return later > now

@@ -18,6 +18,7 @@ from services.errors import ConfigError
 from services.workers.model_store import describe
 from services.workers.spec.adaptive import AcceptancePredictor, CandidateLength
 from services.workers.spec.base import Draft, Drafter
+from services.workers.spec.costs import WidthCosts
 from services.workers.spec.draft_model import rollback
 from services.workers.spec.verify import sample_token, target_probs, verify_greedy, verify_sampling
 
@@ -62,12 +63,29 @@ class SpecSetup:
     max_k: int
     threshold: float | None = None
     predictor: AcceptancePredictor | None = None
+    # The target's measured cost per verify width: verifies run padded to the cheapest width, and with
+    # ``cost_rule`` the candidate length follows it (``costs.py``).
+    costs: WidthCosts | None = None
+    cost_rule: bool = False
 
     def length_rule(self, drafter: Drafter) -> CandidateLength:
+        if self.cost_rule and self.costs is not None:
+            return CandidateLength(
+                self.max_k,
+                None,
+                self.predictor,
+                prior=drafter.prior_acceptance,
+                costs=self.costs,
+                token_cost=getattr(drafter, "token_cost", None),
+            )
         return CandidateLength(self.max_k, self.threshold, self.predictor, prior=drafter.prior_acceptance)
 
     def describe(self) -> dict[str, Any]:
-        return {"drafter": self.label, **CandidateLength(self.max_k, self.threshold, self.predictor).describe()}
+        rule = CandidateLength(
+            self.max_k, self.threshold, self.predictor, costs=self.costs if self.cost_rule else None
+        ).describe()
+        padded = self.costs.describe()["padded_width"] if self.costs is not None else None
+        return {"drafter": self.label, **rule, "padded_width": padded}
 
 
 def speculative_steps(
@@ -97,7 +115,9 @@ def speculative_steps(
         cache = DynamicCache()
         with lock, torch.inference_mode():
             start = time.perf_counter()
-            out = model(input_ids=torch.tensor([ids], device=device), past_key_values=cache, use_cache=True)
+            out = model(
+                input_ids=torch.tensor([ids], device=device), past_key_values=cache, use_cache=True, logits_to_keep=1
+            )
             first = out.logits[0, -1].float().cpu()
             spent = time.perf_counter() - start
     token = sample_token(first, params, gen)
@@ -112,8 +132,15 @@ def speculative_steps(
             length.start()
             draft = drafter.propose(ids, k, params, gen, length.keep_going) if k > 0 else Draft()
             verify_start = time.perf_counter()
-            inputs = torch.tensor([[ids[-1], *draft.tokens]], device=device)
-            logits = model(input_ids=inputs, past_key_values=cache, use_cache=True).logits[0].float().cpu()
+            step = [ids[-1], *draft.tokens]
+            width = len(step)
+            if setup.costs is not None and width > 1:
+                # Pad to the cheapest width: the extra positions come after the drafts (causal attention
+                # keeps them out of the drafts' logits) and the rollback below drops their KV.
+                step += [step[-1]] * (setup.costs.padded(width) - width)
+            inputs = torch.tensor([step], device=device)
+            out = model(input_ids=inputs, past_key_values=cache, use_cache=True)
+            logits = out.logits[0, :width].float().cpu()
             if params.greedy:
                 verdict = verify_greedy(logits, draft.tokens)
             else:
@@ -149,18 +176,36 @@ def build_setup(
 ) -> SpecSetup:
     """The draft pair a worker's config asks for (validated by the config model already). With
     ``target_tokenizer``, a draft model's tokenizer is compared with it token by token."""
+    from services.workers.spec.costs import draft_token_cost, measure
     from services.workers.spec.draft_model import DraftModelDrafter
+    from services.workers.spec.hybrid import HybridDrafter
     from services.workers.spec.ngram import NgramDrafter
     from services.workers.spec.self_draft import SelfDrafter
 
     new_drafter: Callable[[], Drafter]
-    if spec.method == "ngram":
+    if spec.method == "hybrid":
+        draft = load_draft_model(
+            spec.model, target, device, cache_dir, target_tokenizer=target_tokenizer, target_name=target_name
+        )
+        token_cost = draft_token_cost(draft, target, device)
+        model_label = f"draft_model({describe(spec.model)})"
+        label = f"hybrid(ngram({spec.prompt_lookup_min}-{spec.prompt_lookup_max}), {model_label})"
+
+        def new_drafter() -> Drafter:
+            return HybridDrafter(
+                NgramDrafter(spec.prompt_lookup_max, spec.prompt_lookup_min),
+                DraftModelDrafter(draft, device, label=model_label),
+                token_cost,
+            )
+
+        names: tuple[str, ...] = HybridDrafter.feature_names
+    elif spec.method == "ngram":
         label = f"ngram({spec.prompt_lookup_min}-{spec.prompt_lookup_max})"
 
         def new_drafter() -> Drafter:
             return NgramDrafter(spec.prompt_lookup_max, spec.prompt_lookup_min)
 
-        names: tuple[str, ...] = NgramDrafter.feature_names
+        names = NgramDrafter.feature_names
     elif spec.method == "self_draft":
         probe = SelfDrafter(target, device, spec.self_draft_layers)  # validates the layer count once
         shallow, label = probe.model, probe.label
@@ -183,7 +228,10 @@ def build_setup(
     if spec.adaptive and spec.predictor:
         predictor = AcceptancePredictor.load(spec.predictor, spec.method, names)
     threshold = spec.stop_threshold if spec.adaptive else None
-    return SpecSetup(label, new_drafter, spec.num_speculative_tokens, threshold, predictor)
+    # Padding may go past K + 1 (on this CPU a width of 4 is cheaper than 3), so measure up to 8 at least.
+    costs = measure(target, device, max(8, spec.num_speculative_tokens + 1)) if spec.pad_verify else None
+    cost_rule = spec.adaptive and spec.stop_rule == "cost"
+    return SpecSetup(label, new_drafter, spec.num_speculative_tokens, threshold, predictor, costs, cost_rule)
 
 
 def load_draft_model(

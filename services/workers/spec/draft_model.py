@@ -57,7 +57,10 @@ class DraftModelDrafter:
         import torch
 
         out = self.model(
-            input_ids=torch.tensor([tokens], device=self.device), past_key_values=self.cache, use_cache=True
+            input_ids=torch.tensor([tokens], device=self.device),
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
         )
         self.cached += tokens
         return out.logits[0, -1].float().cpu()
