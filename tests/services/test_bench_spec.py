@@ -37,7 +37,10 @@ def test_bench_spec_on_one_prompt(shared_data: Path, tmp_path: Path) -> None:
     )
     result = json.loads((tmp_path / "spec.json").read_text())
     setups = result["engines"]["torch"]["setups"]
-    assert set(setups) == {"ngram K=2", "ngram adaptive"}
+    assert set(setups) == {"ngram K=2", "ngram K=2 unpadded", "ngram adaptive", "ngram cost-aware"}
+    assert setups["ngram cost-aware"]["setup"]["rule"] == "cost"
+    assert setups["ngram K=2 unpadded"]["setup"]["padded_width"] is None
+    assert len(result["engines"]["torch"]["verify_width_costs"]["padded_width"]) == 8
     for figures in setups.values():
         assert figures["identical_greedy"] == 1.0
         assert figures["speedup"] > 0 and 0 <= figures["acceptance_rate"] <= 1
@@ -76,10 +79,13 @@ def test_bench_spec_replays_saved_prompts_without_the_serving_stack(engine: Any,
     folder = str(resolve_model_path(None, load_config({}).cache_dir))
     out = tmp_path / "out"
     args = ["--prompts", str(prompts), "--model-path", folder, "--device", "cpu", "--out", str(out)]
-    assert main([*args, "--k", "2", "--drafters", "ngram,draft_model", "--max-tokens", "8"]) == 0
+    assert main([*args, "--k", "2", "--drafters", "ngram,hybrid", "--max-tokens", "8"]) == 0
     result = json.loads((out / "spec.json").read_text())
     setups = result["engines"]["torch"]["setups"]
-    assert set(setups) == {"ngram K=2", "ngram adaptive", "draft_model K=2", "draft_model adaptive"}
+    assert set(setups) == {
+        f"{m} {s}" for m in ("ngram", "hybrid") for s in ("K=2", "K=2 unpadded", "adaptive", "cost-aware")
+    }
+    assert setups["hybrid K=2"]["setup"]["drafter"].startswith("hybrid(ngram(1-3), draft_model(")
     assert all(f["identical_greedy"] == 1.0 for f in setups.values())
     assert result["engines"]["torch"]["device"] == "cpu"
     with pytest.raises(SystemExit):
