@@ -19,7 +19,7 @@ from router.plan import RouteDecision
 from services import metrics
 from services.clients import LocalRouter, RetrieverClient, RouterClient, WorkerClient
 from services.config import AppConfig
-from services.errors import InvalidRequestError
+from services.errors import InvalidRequestError, ServiceUnavailableError
 from services.workers.engine import GenerationChunk, GenerationResult, GenerationStats, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,13 @@ class RagService:
             record.setdefault("sla", {})["budget_after"] = settled.get("budget")
 
     def _context(self, decision: RouteDecision, params: SamplingParams) -> PolicyContext:
-        worker = self.workers[decision.plan.model]
+        worker = self.workers.get(decision.plan.model)
+        if worker is None:
+            # The router chose a configured model this process serves no worker for (a partial deployment,
+            # or an evaluator started with a subset of the models): the service's fault, said plainly.
+            raise ServiceUnavailableError(
+                f"model {decision.plan.model!r} has no worker here (workers: {', '.join(sorted(self.workers))})"
+            )
         return PolicyContext(
             retrieve=self.retriever.search,
             generate=worker.generate,

@@ -20,3 +20,18 @@ def test_errors_pickle_with_their_fields(cls: type[InvalidRequestError]) -> None
         "custom",
         err.status_code,
     )
+
+
+@pytest.mark.unit
+def test_a_model_without_a_worker_is_a_503_not_a_key_error() -> None:
+    import asyncio
+
+    from retrieval.policies.base import Question
+    from services.config import load_config
+    from services.errors import ServiceUnavailableError
+    from services.rag import AnswerRequest, RagService
+
+    service = RagService(load_config({}), retriever=None, workers={})  # type: ignore[arg-type]
+    req = AnswerRequest(question=Question(text="Is water wet?"), policy="none", model="smollm2-135m-instruct")
+    with pytest.raises(ServiceUnavailableError, match="has no worker here"):
+        asyncio.run(service.answer(req))
