@@ -362,7 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--thresholds", default="0.3,0.5,0.7,0.9", help="spec: adaptive stop thresholds tried on calibration prompts"
     )
-    p.add_argument("--drafters", default="ngram,self_draft,draft_model", help="spec: drafters to compare")
+    p.add_argument(
+        "--drafters",
+        default="ngram,self_draft,draft_model",
+        help="spec: drafters to compare (ngram, self_draft, draft_model, hybrid)",
+    )
     p.add_argument("--self-draft-layers", type=int, default=8, help="spec: layers of the self-draft")
     p.add_argument(
         "--no-vllm", action="store_true", help="spec, kvcache: torch engine only (vLLM is skipped if missing)"

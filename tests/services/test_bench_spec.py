@@ -24,9 +24,11 @@ def test_bench_spec_rejects_bad_arguments(tmp_path: Path) -> None:
 @pytest.mark.integration
 @pytest.mark.model
 def test_bench_spec_on_one_prompt(shared_data: Path, tmp_path: Path) -> None:
-    """Both engines: the torch drafters and vLLM's ngram (two vLLM engines start, one after the other)."""
+    """Both engines: the torch drafters, and vLLM's ngram and draft model (the configured pair: SmolLM2
+    drafting for itself here; three vLLM engines start, one after the other)."""
+    pair = {"method": "draft_model", "model": "package:smollm2-135m-instruct"}
     table = bench_spec(
-        load_config({}),
+        load_config({"models": [{"id": "smollm2-135m-instruct", "speculative": pair}]}),
         [str(shared_data / "dev_hotpotqa.jsonl")],
         tmp_path,
         limit=1,
@@ -57,8 +59,9 @@ def test_bench_spec_on_one_prompt(shared_data: Path, tmp_path: Path) -> None:
     if "skipped" in vllm:
         assert os.environ.get("RAGYARD_REQUIRE_VLLM") != "1", vllm["skipped"]
     else:
-        figures = vllm["setups"]["ngram K=4"]
-        assert figures["identical_greedy"] == 1.0 and figures["speedup"] > 0
+        assert set(vllm["setups"]) == {"ngram K=4", "draft_model K=4"}
+        for figures in vllm["setups"].values():
+            assert figures["identical_greedy"] == 1.0 and figures["speedup"] > 0
         assert vllm["package"].startswith("vllm")
         assert "| vllm | ngram K=4 |" in table
     prompts = json.loads((tmp_path / "prompts.json").read_text())
