@@ -2,7 +2,8 @@
 
 RIND (when to retrieve): token i of the completion scores
     entropy_i  x  max_{j > i} attention[j, i]  x  [token i is not a stopword]
-where attention is the last layer's, averaged over heads, from later completion tokens to token i.
+where attention is the last layer's, averaged over heads, from later completion tokens to token i (1 for
+the completion's last token, which nothing later attends to).
 Retrieval triggers at the first token whose score passes the threshold.
 
 QFS (what to retrieve): the query is the ``n`` context tokens (prompt and completion before the
@@ -53,7 +54,11 @@ def rind_scores(
             weight = 1.0
         else:
             later = attention[i + 1 : n, prompt_len + i]
-            weight = float(later.max()) if later.size else 0.0
+            # The completion's last token has no later token to attend to it. A short answer ("Yes",
+            # "Paris") is only that token, and scoring it 0 kept DRAGIN from ever retrieving for a model
+            # that answers in one word (Qwen2.5-Coder-0.5B: 0 retrievals at any threshold): the answer's
+            # own last token counts fully, by its entropy.
+            weight = float(later.max()) if later.size else 1.0
         scores.append(float(entropies[i]) * weight)
     return scores
 

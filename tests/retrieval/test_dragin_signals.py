@@ -40,6 +40,13 @@ def test_rind_by_hand() -> None:
     assert first_trigger(scores, completion, threshold=2.0) is None
 
 
+def test_rind_scores_a_one_word_answer_by_its_entropy() -> None:
+    """Nothing attends to the completion's last token: it counts fully (a one-word answer can trigger)."""
+    att = np.zeros((1, 4))
+    assert rind_scores([0.7], att, [" Yes"], 3) == pytest.approx([0.7])
+    assert rind_scores([0.7], att, [" the"], 3) == [0.0]  # still not a stopword
+
+
 def test_rind_without_attention_uses_entropy() -> None:
     prompt, completion, _, ent = _toy()
     assert rind_scores(ent, None, completion, len(prompt)) == pytest.approx([0.0, 1.0, 0.0, 0.0, 3.0, 0.0])
