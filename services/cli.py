@@ -392,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--downstream-limit", type=int, default=0, help="retrieval: also answer N test questions per file per mode"
     )
     p.add_argument("--model", help="retrieval: model id for the downstream answers (default: the config's first)")
-    p.add_argument("--models", help="docsqa: comma-separated model ids (default: every configured model)")
+    p.add_argument("--models", help="docsqa, policies: comma-separated model ids (default: every configured model)")
+    p.add_argument("--policies", help="policies: comma-separated subset of none,single,multi,dragin,adaptive")
     p.add_argument("--qa-policy", default="single", help="docsqa: retrieval policy the answers use")
     p.set_defaults(func=cmd_bench)
     return parser

@@ -21,8 +21,20 @@ def run_bench(what: str, config: AppConfig, args: argparse.Namespace) -> str:
     if what == "policies":
         if not args.data:
             raise ValueError("bench policies needs --data FILE (repeatable)")
+        models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+        policies = tuple(p.strip() for p in args.policies.split(",") if p.strip()) if args.policies else POLICY_ORDER
+        unknown = set(policies) - set(POLICY_ORDER)
+        if unknown:
+            raise ValueError(f"--policies takes {', '.join(POLICY_ORDER)}; got {', '.join(sorted(unknown))}")
         return bench_policies(
-            config, args.data, args.out, seed=args.seed, limit=args.limit, max_tokens=args.max_tokens or 32
+            config,
+            args.data,
+            args.out,
+            seed=args.seed,
+            limit=args.limit,
+            max_tokens=args.max_tokens or 32,
+            policies=policies,
+            models=models or [m.id for m in config.models],
         )
     if what == "spec":
         from services.evaluation.bench_spec import bench_spec
@@ -248,6 +260,17 @@ def _hop_accuracy(
 POLICY_ORDER = ("none", "single", "multi", "dragin", "adaptive")
 
 
+def policy_setups(models: list[str], policies: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """(label, model, policy) of every run per question: each model with each policy; with a ladder,
+    labels are ``model/policy`` and ``auto/adaptive`` (the router picks the model too) joins them."""
+    if len(models) == 1:
+        return [(p, models[0], p) for p in policies]
+    out = [(f"{m}/{p}", m, p) for m in models for p in policies]
+    if "adaptive" in policies:
+        out.append(("auto/adaptive", "auto", "adaptive"))
+    return out
+
+
 def bench_policies(
     config: AppConfig,
     data: list[str],
@@ -257,52 +280,67 @@ def bench_policies(
     limit: int | None = None,
     max_tokens: int = 32,
     policies: tuple[str, ...] = POLICY_ORDER,
+    models: list[str] | None = None,
 ) -> str:
-    """Every policy on the held-out half of each file (the router trained on the other half), one model.
+    """Every policy on the held-out half of each file (the router trained on the other half), with one
+    model or each model of the ladder, and with the ladder ``auto/adaptive``: the router choosing the
+    model and the policy.
 
-    Policies are interleaved question by question (the order rotating), so a slow spell on this shared
-    machine lands on every policy alike and the time ratios stay side by side.
+    Runs are interleaved question by question (the order rotating), so a slow spell on this shared
+    machine lands on every setup alike and the time ratios stay side by side.
     """
     import asyncio
 
     from router.labels import split_rows
     from services.evaluation.harness import Evaluator, summarise
 
-    evaluator = Evaluator(config)
+    models = models or [config.default_model.id]
+    evaluator = Evaluator(config, models=models)
+    setups = policy_setups(models, policies)
+    labels = [label for label, _, _ in setups]
     per_file: dict[str, dict[str, Any]] = {}
-    all_preds: dict[str, list[dict[str, Any]]] = {p: [] for p in policies}
+    all_preds: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
     for path in data:
         _, test = split_rows(read_rows(path), seed)
         if limit is not None:
             test = test[:limit]
         service = evaluator.service_for(path)
         name = Path(path).name
-        preds: dict[str, list[dict[str, Any]]] = {p: [] for p in policies}
+        preds: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
 
         async def run_file(
             rows: list[dict[str, Any]], service: Any = service, preds: Any = preds, name: str = name
         ) -> None:
             for n, row in enumerate(rows, start=1):
-                shift = n % len(policies)
-                for policy in policies[shift:] + policies[:shift]:
-                    preds[policy].append(await evaluator.answer_row(service, row, policy, max_tokens=max_tokens, n=n))
+                shift = n % len(setups)
+                for label, model, policy in setups[shift:] + setups[:shift]:
+                    preds[label].append(
+                        await evaluator.answer_row(service, row, policy, max_tokens=max_tokens, n=n, model=model)
+                    )
                 if n % 10 == 0 or n == len(rows):
                     line = " ".join(
-                        f"{p}={statistics.fmean(x['f1'] for x in preds[p]):.3f}/"
-                        f"{statistics.fmean(x['latency_s'] for x in preds[p]):.1f}s"
-                        for p in policies
+                        f"{label}={statistics.fmean(x['f1'] for x in preds[label]):.3f}/"
+                        f"{statistics.fmean(x['latency_s'] for x in preds[label]):.1f}s"
+                        for label in labels
                     )
                     print(f"  {name} {n}/{len(rows)} f1/mean s: {line}", flush=True)  # noqa: T201
 
         asyncio.run(run_file(test))
-        per_file[name] = {p: summarise(preds[p], policy=p, data=name) for p in policies}
-        for p in policies:
-            all_preds[p] += preds[p]
-    combined = {p: summarise(all_preds[p], policy=p, data="+".join(Path(d).name for d in data)) for p in policies}
+        per_file[name] = {label: summarise(preds[label], policy=label, data=name) for label in labels}
+        for label in labels:
+            all_preds[label] += preds[label]
+    joined = "+".join(Path(d).name for d in data)
+    combined = {label: summarise(all_preds[label], policy=label, data=joined) for label in labels}
+    for label in labels:
+        combined[label]["models_used"] = _count_models(all_preds[label])
     result = {
-        "model": config.default_model.id,
-        "router": {"artifact": config.router.artifact, "multi_hop_policy": config.router.multi_hop_policy},
-        "split": {"seed": seed, "half": "test"},
+        "models": models,
+        "router": {
+            "artifact": config.router.artifact,
+            "quality_table": config.router.quality_table,
+            "multi_hop_policy": config.router.multi_hop_policy,
+        },
+        "split": {"seed": seed, "half": "test", "limit": limit},
         "policies": combined,
         "per_file": per_file,
         "targets": _policy_targets(combined, per_file),
@@ -311,17 +349,26 @@ def bench_policies(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "policies.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     with open(out_dir / "predictions.jsonl", "w", encoding="utf-8") as fh:
-        for p in policies:
-            for pred in all_preds[p]:
-                fh.write(json.dumps({"policy": p, **pred}) + "\n")
+        for label in labels:
+            for pred in all_preds[label]:
+                fh.write(json.dumps({"setup": label, **pred}) + "\n")
     table = policy_table(combined)
     (out_dir / "policies.md").write_text(table, encoding="utf-8")
     return table
 
 
+def _count_models(preds: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for p in preds:
+        counts[p["model"]] = counts.get(p["model"], 0) + 1
+    return counts
+
+
 def policy_table(combined: dict[str, dict[str, Any]]) -> str:
-    """Adaptive-RAG's Table 1 shape: EM, F1, retrieval steps, time relative to `single`."""
-    base = combined.get("single", {}).get("mean_latency_s") or 1.0
+    """Adaptive-RAG's Table 1 shape: EM, F1, retrieval steps, time relative to `single` (with a ladder,
+    the first model's `single`)."""
+    single = next((k for k in combined if k == "single" or k.endswith("/single")), None)
+    base = (combined[single]["mean_latency_s"] if single else 0.0) or 1.0
     lines = [
         "| policy | EM | F1 | retrieval steps | LLM calls | time (vs single) | mean s |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -335,24 +382,29 @@ def policy_table(combined: dict[str, dict[str, Any]]) -> str:
 
 
 def _policy_targets(combined: dict[str, Any], per_file: dict[str, Any]) -> dict[str, Any]:
-    fixed = {p: m for p, m in combined.items() if p != "adaptive"}
+    """Adaptive (with a ladder: ``auto/adaptive``) against the best fixed (model, policy); DRAGIN against
+    `multi` on the multi-hop files, per model."""
+    fixed = {p: m for p, m in combined.items() if not p.endswith("adaptive")}
+    adaptive = "auto/adaptive" if "auto/adaptive" in combined else "adaptive"
     out: dict[str, Any] = {}
-    if fixed and "adaptive" in combined:
+    if fixed and adaptive in combined:
         best = max(fixed, key=lambda p: fixed[p]["f1"])
-        ada = combined["adaptive"]
+        ada = combined[adaptive]
         f1_ratio = ada["f1"] / fixed[best]["f1"] if fixed[best]["f1"] else 0.0
         time_ratio = ada["mean_latency_s"] / fixed[best]["mean_latency_s"] if fixed[best]["mean_latency_s"] else 0.0
         out["adaptive_vs_best_fixed"] = {
+            "adaptive": adaptive,
             "best_fixed": best,
             "f1_ratio": round(f1_ratio, 4),
             "time_ratio": round(time_ratio, 4),
             "met": f1_ratio >= 0.97 and time_ratio <= 0.40,
         }
     multi_hop = [f for f in per_file if "hotpot" in f]
-    for f in multi_hop:
-        m, d = per_file[f].get("multi"), per_file[f].get("dragin")
+    prefixes = sorted({k[: -len("multi")] for k in combined if k == "multi" or k.endswith("/multi")})
+    for f, prefix in ((f, prefix) for f in multi_hop for prefix in prefixes):
+        m, d = per_file[f].get(f"{prefix}multi"), per_file[f].get(f"{prefix}dragin")
         if m and d:
-            out[f"dragin_vs_multi_{f}"] = {
+            out[f"dragin_vs_multi_{prefix}{f}"] = {
                 "retrieval_steps": [d["retrieval_steps_mean"], m["retrieval_steps_mean"]],
                 "f1": [d["f1"], m["f1"]],
                 "met": d["retrieval_steps_mean"] < m["retrieval_steps_mean"] and d["f1"] >= m["f1"],

@@ -100,3 +100,28 @@ def test_bench_router_scores_hops_on_held_out_halves_only(tmp_path: Path) -> Non
     assert hops["files"]["h1.jsonl"]["hops"] == 1 and hops["files"]["h2.jsonl"]["questions"] == 5
     assert 0.0 <= hops["balanced_accuracy"] <= 1.0 and hops["majority_baseline"] == pytest.approx(5 / 9, abs=1e-4)
     assert "balanced accuracy" in table
+
+
+@pytest.mark.unit
+def test_policy_setups_and_targets_over_a_ladder() -> None:
+    from services.evaluation.bench import policy_setups
+
+    assert policy_setups(["m"], ("none", "adaptive")) == [("none", "m", "none"), ("adaptive", "m", "adaptive")]
+    ladder = policy_setups(["s", "q"], ("single", "multi", "dragin", "adaptive"))
+    assert ("q/multi", "q", "multi") in ladder and ladder[-1] == ("auto/adaptive", "auto", "adaptive")
+    assert len(ladder) == 9
+    combined = {
+        "s/single": _m(0.2, 2.0),
+        "q/single": _m(0.4, 6.0),
+        "q/multi": _m(0.45, 20.0, 3),
+        "q/dragin": _m(0.46, 9.0, 1),
+        "s/adaptive": _m(0.2, 2.0),
+        "auto/adaptive": _m(0.45, 7.0, 1),
+    }
+    per_file = {"dev_hotpotqa.jsonl": {"q/multi": _m(0.45, 20.0, 3), "q/dragin": _m(0.46, 9.0, 1)}}
+    targets = _policy_targets(combined, per_file)
+    best = targets["adaptive_vs_best_fixed"]
+    assert best["adaptive"] == "auto/adaptive" and best["best_fixed"] == "q/dragin"
+    assert best["time_ratio"] == pytest.approx(7.0 / 9.0, abs=1e-4) and best["met"] is False
+    assert targets["dragin_vs_multi_q/dev_hotpotqa.jsonl"]["met"] is True
+    assert "| q/multi |" in policy_table(combined)
