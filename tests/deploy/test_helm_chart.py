@@ -152,7 +152,9 @@ def test_serve_config_is_loaded_by_our_build_app(rendered: tuple[str, list[dict[
     overridden = {d["name"] for d in app_cfg["deployments"]}
     assert overridden <= names, f"the chart scales deployments the app does not have: {overridden - names}"
     ids = [m.id for m in load_config(app_cfg["args"]).models]
-    assert {f"worker-{i}" for i in ids} <= overridden  # every model worker autoscales
+    from services.app import deployment_name
+
+    assert {deployment_name(i) for i in ids} <= overridden  # every model worker autoscales
     for dep in app_cfg["deployments"]:
         assert dep["num_replicas"] == "auto" and dep["autoscaling_config"]["max_replicas"] >= 1
 
