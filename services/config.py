@@ -124,6 +124,12 @@ class ModelConfig(_Section):
     max_tokens_limit: int = Field(1024, gt=0, description="Largest `max_tokens` a request may ask for.")
     default_max_tokens: int = Field(256, gt=0, description="`max_tokens` when a request gives none.")
     torch_threads: int | None = Field(None, gt=0, description="torch intra-op threads; None = torch's.")
+    dragin_threshold: float | None = Field(
+        None,
+        gt=0,
+        description="dragin: this model's RIND threshold; None = retrieval.dragin_threshold if set, else the "
+        "packaged model's calibrated value (catalog), else 0.45.",
+    )
     speculative: SpeculativeConfig | None = Field(None, description="Draft pair for speculative decoding.")
     vllm: VllmConfig = Field(default_factory=VllmConfig, description="vLLM engine settings (engine: vllm).")
     chunk_cache: ChunkCacheConfig = Field(
@@ -198,8 +204,9 @@ class RetrievalConfig(_Section):
     dragin_threshold: float = Field(
         0.45,
         gt=0,
-        description="dragin: RIND score (entropy x attention received) that triggers retrieval; "
-        "0.45 is `ragyard calibrate-dragin`'s pick for SmolLM2-135M on the HotpotQA training half.",
+        description="dragin: RIND score (entropy x attention received) that triggers retrieval, for every model "
+        "when set; unset, each packaged model's calibrated value applies (0.45 SmolLM2-135M, 0.05 "
+        "Qwen2.5-Coder-0.5B) and 0.45 for others.",
     )
     dragin_query_tokens: int = Field(8, gt=0, description="dragin: context tokens QFS puts in the query.")
     dragin_max_retrievals: int = Field(3, ge=1, le=10, description="dragin: retrievals per question at most.")
@@ -347,6 +354,23 @@ class AppConfig(BaseSettings):
     @property
     def default_model(self) -> ModelConfig:
         return self.models[0]
+
+    def dragin_threshold(self, model_id: str) -> float:
+        """DRAGIN's threshold for one model: the model's own setting, else ``retrieval.dragin_threshold``
+        when the config sets it, else the packaged model's calibrated value, else the field's default."""
+        from services.workers.model_store import PACKAGE_PREFIX, catalog
+
+        model = self.model(model_id)
+        if model.dragin_threshold is not None:
+            return model.dragin_threshold
+        if "dragin_threshold" in self.retrieval.model_fields_set:
+            return self.retrieval.dragin_threshold
+        path = model.path or PACKAGE_PREFIX + DEFAULT_MODEL_ID
+        if path.startswith(PACKAGE_PREFIX):
+            entry = catalog().get(path[len(PACKAGE_PREFIX) :])
+            if entry is not None and entry.dragin_threshold is not None:
+                return entry.dragin_threshold
+        return self.retrieval.dragin_threshold
 
 
 _SHORT_ENV = {"HOST": ("server", "host"), "PORT": ("server", "port"), "REDIS_URL": ("cache", "response_cache_url")}

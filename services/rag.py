@@ -18,7 +18,7 @@ from retrieval.prompts import chunk_texts
 from router.plan import RouteDecision
 from services import metrics
 from services.clients import LocalRouter, RetrieverClient, RouterClient, WorkerClient
-from services.config import AppConfig
+from services.config import AppConfig, RetrievalConfig
 from services.errors import InvalidRequestError, ServiceUnavailableError
 from services.workers.engine import GenerationChunk, GenerationResult, GenerationStats, SamplingParams
 
@@ -134,6 +134,13 @@ class RagService:
         if record is not None and settled is not None:
             record.setdefault("sla", {})["budget_after"] = settled.get("budget")
 
+    def _retrieval_settings(self, model_id: str) -> RetrievalConfig:
+        """The retrieval settings a policy runs with for this model (DRAGIN's threshold is per model)."""
+        threshold = self.config.dragin_threshold(model_id)
+        if threshold == self.config.retrieval.dragin_threshold:
+            return self.config.retrieval
+        return self.config.retrieval.model_copy(update={"dragin_threshold": threshold})
+
     def _context(self, decision: RouteDecision, params: SamplingParams) -> PolicyContext:
         worker = self.workers.get(decision.plan.model)
         if worker is None:
@@ -149,7 +156,7 @@ class RagService:
             generate_with_signals=worker.generate_with_signals,
             top_k=decision.plan.top_k,
             max_context_tokens=self.config.retrieval.max_context_tokens,
-            settings=self.config.retrieval,
+            settings=self._retrieval_settings(decision.plan.model),
             params=params,
             complexity=decision.plan.complexity,
         )

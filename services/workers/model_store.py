@@ -66,6 +66,9 @@ class CatalogEntry(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the assembled GGUF.")
     size: int = Field(gt=0, description="Bytes of the assembled GGUF.")
     parts: list[CatalogPart] = Field(min_length=1, description="Parts in the order they join.")
+    dragin_threshold: float | None = Field(
+        None, gt=0, description="DRAGIN's RIND threshold calibrated for this model (`ragyard calibrate-dragin`)."
+    )
 
     @model_validator(mode="after")
     def _distinct_parts(self) -> CatalogEntry:

@@ -87,3 +87,16 @@ def test_vllm_refuses_drafters_it_cannot_run() -> None:
         load_config({"models": [{"engine": "vllm", "speculative": {"method": "ngram", "adaptive": True}}]})
     with pytest.raises(ConfigError, match="engine_args"):
         load_config({"models": [{"engine": "vllm", "vllm": {"engine_args": "x"}}]})
+
+
+def test_dragin_threshold_per_model_then_config_then_catalog() -> None:
+    cfg = load_config({})
+    assert [cfg.dragin_threshold(m.id) for m in cfg.models] == [0.45, 0.05]  # the catalog's calibrations
+    pinned = load_config({"retrieval": {"dragin_threshold": 0.3}})
+    assert {pinned.dragin_threshold(m.id) for m in pinned.models} == {0.3}
+    own = load_config(
+        {"models": [{"id": "x", "path": "/models/x", "dragin_threshold": 0.9}, {"id": "y", "path": "/y"}]}
+    )
+    assert own.dragin_threshold("x") == 0.9 and own.dragin_threshold("y") == 0.45
+    with pytest.raises(ConfigError):
+        load_config({"models": [{"dragin_threshold": 0}]})
