@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 _MEASURED: weakref.WeakKeyDictionary[Any, WidthCosts] = weakref.WeakKeyDictionary()
+_RATIOS: weakref.WeakKeyDictionary[Any, dict[int, float]] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,10 @@ def measure(model: Any, device: Any, max_width: int) -> WidthCosts:
 
 
 def draft_token_cost(draft: Any, target: Any, device: Any) -> float:
-    """One draft-model forward of one token, in target forwards of one token."""
+    """One draft-model forward of one token, in target forwards of one token (measured once per pair)."""
+    known = _RATIOS.setdefault(target, {}).get(id(draft))
+    if known is not None:
+        return known
     d, t = forward_seconds(draft, device, range(1, 2)), forward_seconds(target, device, range(1, 2))
+    _RATIOS[target][id(draft)] = d[0] / t[0]
     return d[0] / t[0]

@@ -9,6 +9,7 @@ entries removed) and the drafter re-syncs its own cache on its next proposal.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from cache.chunk_reuse import Prefilled
     from services.config import SpeculativeConfig
     from services.workers.engine import SamplingParams
+
+
+_DRAFTS: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], Any]] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -252,6 +256,12 @@ def load_draft_model(
     folder = resolve_model_path(path, cache_dir)
     if target_tokenizer is not None:
         check_draft_folder(target_tokenizer, folder, target_name=target_name, draft_name=describe(path))
+    # One copy of a draft model per target (drafters keep their own KV caches): setups that share a draft,
+    # as the benchmark's many do, share its weights.
+    loaded = _DRAFTS.setdefault(target, {})
+    key = (str(folder), str(device))
+    if key in loaded:
+        return loaded[key]
     model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=target.dtype).to(device).eval()
     draft_vocab = model.get_output_embeddings().weight.shape[0]
     target_vocab = target.get_output_embeddings().weight.shape[0]
@@ -260,4 +270,5 @@ def load_draft_model(
             f"draft model {Path(folder).name} has a vocabulary of {draft_vocab}, the target {target_vocab}: "
             "a draft model needs the target's tokenizer"
         )
+    loaded[key] = model
     return model
