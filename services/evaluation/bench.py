@@ -298,6 +298,7 @@ def bench_policies(
     evaluator = Evaluator(config, models=models)
     setups = policy_setups(models, policies)
     labels = [label for label, _, _ in setups]
+    policy_of = {label: policy for label, _, policy in setups}
     per_file: dict[str, dict[str, Any]] = {}
     all_preds: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
     for path in data:
@@ -351,7 +352,7 @@ def bench_policies(
     with open(out_dir / "predictions.jsonl", "w", encoding="utf-8") as fh:
         for label in labels:
             for pred in all_preds[label]:
-                fh.write(json.dumps({"setup": label, **pred}) + "\n")
+                fh.write(json.dumps({"setup": label, "policy": policy_of[label], **pred}) + "\n")
     table = policy_table(combined)
     (out_dir / "policies.md").write_text(table, encoding="utf-8")
     return table

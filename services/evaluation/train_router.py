@@ -132,6 +132,17 @@ def train_from_runs(
         raise ValueError(f"{runs_path}: no ladder runs to learn from")
     model_cost = {m: sum(v["latency_s"] for v in ps.values()) / len(ps) for m, ps in build_table(runs)["cost"].items()}
     labelled = ladder_labels(runs, model_cost)
+    # Each label keeps the F1 its policies got (mean over the models that tried them): the SLA controller's
+    # per-policy fallback table (router.controller.measured_quality) is read from these.
+    f1s: dict[tuple[Any, Any, str], list[float]] = {}
+    for r in runs:
+        f1s.setdefault((r["file"], r["id"], r["policy"]), []).append(float(r["f1"]))
+    for rec in labelled:
+        rec["tried"] = {
+            p: {"f1": round(sum(v) / len(v), 4)}
+            for p in ("none", "single", "multi")
+            if (v := f1s.get((rec["file"], rec["id"], p)))
+        }
     seen = {r["question"] for r in labelled}
     for path in bias_data or []:
         train, _ = split_rows(read_rows(path), seed, 0.5)

@@ -11,7 +11,10 @@ pytestmark = pytest.mark.unit
 
 
 def test_auto_uses_default_model_and_config_policy() -> None:
-    router = ConfigRouter(load_config({"retrieval": {"default_policy": "none", "top_k": 3}}))
+    # Without a quality table to route by, `auto` is the first configured model.
+    router = ConfigRouter(
+        load_config({"retrieval": {"default_policy": "none", "top_k": 3}, "router": {"quality_table": None}})
+    )
     d = router.route("q", model="auto")
     assert d.plan.policy == "none" and d.plan.top_k == 3
     assert d.plan.model == "smollm2-135m-instruct"
