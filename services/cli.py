@@ -206,12 +206,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_train_router(args: argparse.Namespace) -> int:
-    from services.evaluation.train_router import train_router
+    from services.evaluation.train_router import train_from_runs, train_router
 
     config = load_config(args.config)
     if args.runs:
-        from services.evaluation.train_router import train_from_runs
-
         metrics = train_from_runs(
             config,
             args.runs,
@@ -221,20 +219,19 @@ def cmd_train_router(args: argparse.Namespace) -> int:
             bias_data=args.bias_data,
             bias_limit=args.bias_limit,
         )
-        print(json.dumps(metrics, indent=2))
-        return 0
-    if not args.data:
+    elif args.data:
+        metrics = train_router(
+            config,
+            args.data,
+            args.out,
+            seed=args.seed,
+            train_fraction=args.train_fraction,
+            limit=args.limit,
+            max_tokens=args.max_tokens,
+            version=args.version,
+        )
+    else:
         raise SystemExit("train-router: give --runs (ladder runs) or --data (collect labels with one model)")
-    metrics = train_router(
-        config,
-        args.data,
-        args.out,
-        seed=args.seed,
-        train_fraction=args.train_fraction,
-        limit=args.limit,
-        max_tokens=args.max_tokens,
-        version=args.version,
-    )
     print(json.dumps(metrics, indent=2))
     return 0
 
