@@ -9,7 +9,9 @@ that does so with that policy; where nothing answers it, the dataset's inductive
 
 Routing (RouteLLM's cascade, inside the plan): among the candidate (model, policy) pairs, the expected
 quality of each is Σ_c P(c | question) × table[model][policy][c]; the cheapest pair whose expected
-quality is within ``margin`` of the best wins.
+quality is at least ``(1 - margin)`` of the best wins. The margin is relative, as the targets are
+("97% of the best F1"): on a hard class every pair expects little, and an absolute margin of a few points
+there would admit a pair that expects half of the best.
 """
 
 from __future__ import annotations
@@ -154,8 +156,8 @@ class QualityTable:
     def choose(
         self, models: list[str], policies: list[str], probs: dict[str, float], margin: float
     ) -> tuple[Choice, list[Choice]]:
-        """The cheapest (model, policy) within ``margin`` of the best expected quality; every pair
-        considered, with why each other one lost. Raises ValueError when no pair is in the table."""
+        """The cheapest (model, policy) whose expected quality is at least ``(1 - margin)`` × the best;
+        every pair considered, with why each other one lost. Raises ValueError when no pair is in the table."""
         pairs = [
             Choice(m, p, self.expected(m, p, probs), self.latency(m, p))
             for m in models
@@ -165,13 +167,14 @@ class QualityTable:
         if not pairs:
             raise ValueError("the quality table has none of these model × policy pairs")
         best = max(c.quality for c in pairs)
-        eligible = [c for c in pairs if c.quality >= best - margin - 1e-12]
+        floor = best * (1.0 - margin) - 1e-12
+        eligible = [c for c in pairs if c.quality >= floor]
         chosen = min(eligible, key=lambda c: (c.latency_s, -c.quality))
         for c in pairs:
             if c is chosen:
                 continue
-            if c.quality < best - margin - 1e-12:
-                c.why_not = f"expected quality {c.quality:.3f} is more than {margin:g} below the best ({best:.3f})"
+            if c.quality < floor:
+                c.why_not = f"expected quality {c.quality:.3f} is below {1 - margin:.0%} of the best ({best:.3f})"
             else:
                 c.why_not = (
                     f"slower ({c.latency_s:.2f} s) than {chosen.model}/{chosen.policy} ({chosen.latency_s:.2f} s)"

@@ -158,7 +158,7 @@ class ConfigRouter:
             reasons.append(
                 (f"class {cls} (p={probs[cls]:.2f})" if cls else "class prior (no classifier)")
                 + f": {chosen['model']}/{chosen['policy']} is the cheapest of {len(routing['candidates'])} "
-                f"candidates within {routing['margin']:g} of the best expected quality "
+                f"candidates expecting at least {1 - routing['margin']:.0%} of the best quality "
                 f"({chosen['expected_quality']:.3f} vs {routing['best_quality']:.3f}, table {routing['table']})"
             )
         elif policy == ADAPTIVE and complexity is not None:

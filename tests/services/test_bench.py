@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.evaluation.bench import _policy_targets, bench_policies, bench_router, policy_table
+from services.evaluation.bench import bench_router
+from services.evaluation.bench_policies import _policy_targets, bench_policies, oracle_picks, policy_table
 
 
 def _m(f1: float, lat: float, steps: float = 1.0) -> dict[str, Any]:
@@ -60,12 +61,13 @@ def test_bench_policies_on_one_held_out_question(shared_data: Path, tmp_path: Pa
 
     table = bench_policies(load_config({}), [str(shared_data / "dev_hotpotqa.jsonl")], tmp_path, limit=1, max_tokens=12)
     result = json.loads((tmp_path / "policies.json").read_text())
-    assert set(result["policies"]) == {"none", "single", "multi", "dragin", "adaptive"}
+    assert set(result["policies"]) == {"none", "single", "multi", "dragin", "adaptive", "oracle"}
     assert result["per_file"]["dev_hotpotqa.jsonl"]["multi"]["n"] == 1
     assert "dragin_vs_multi_dev_hotpotqa.jsonl" in result["targets"]
-    assert table.count("\n") == 7
+    assert result["policies"]["oracle"]["setups_used"].keys() <= {"none", "single", "multi", "dragin"}
+    assert table.count("\n") == 8
     preds = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
-    assert sorted(p["policy"] for p in preds) == sorted(result["policies"])
+    assert sorted(p["policy"] for p in preds) == sorted(set(result["policies"]) - {"oracle"})
     assert all(p["plan"]["policy"] for p in preds)
 
 
@@ -104,7 +106,7 @@ def test_bench_router_scores_hops_on_held_out_halves_only(tmp_path: Path) -> Non
 
 @pytest.mark.unit
 def test_policy_setups_and_targets_over_a_ladder() -> None:
-    from services.evaluation.bench import policy_setups
+    from services.evaluation.bench_policies import policy_setups
 
     assert policy_setups(["m"], ("none", "adaptive")) == [("none", "m", "none"), ("adaptive", "m", "adaptive")]
     ladder = policy_setups(["s", "q"], ("single", "multi", "dragin", "adaptive"))
@@ -121,7 +123,31 @@ def test_policy_setups_and_targets_over_a_ladder() -> None:
     per_file = {"dev_hotpotqa.jsonl": {"q/multi": _m(0.45, 20.0, 3), "q/dragin": _m(0.46, 9.0, 1)}}
     targets = _policy_targets(combined, per_file)
     best = targets["adaptive_vs_best_fixed"]
-    assert best["adaptive"] == "auto/adaptive" and best["best_fixed"] == "q/dragin"
+    assert best["run"] == "auto/adaptive" and best["best_fixed"] == "q/dragin"
     assert best["time_ratio"] == pytest.approx(7.0 / 9.0, abs=1e-4) and best["met"] is False
     assert targets["dragin_vs_multi_q/dev_hotpotqa.jsonl"]["met"] is True
     assert "| q/multi |" in policy_table(combined)
+
+
+def _answer(f1: float, latency: float, model: str = "m") -> dict[str, Any]:
+    return {"f1": f1, "em": float(f1 == 1.0), "latency_s": latency, "model": model}
+
+
+@pytest.mark.unit
+def test_oracle_takes_the_fastest_setup_with_each_questions_best_f1() -> None:
+    preds = {
+        "s/none": [_answer(1.0, 1.0, "s"), _answer(0.0, 1.0, "s"), _answer(0.0, 1.0, "s")],
+        "q/single": [_answer(1.0, 5.0, "q"), _answer(0.5, 5.0, "q"), _answer(0.0, 5.0, "q")],
+        "q/multi": [_answer(1.0, 20.0, "q"), _answer(1.0, 20.0, "q"), _answer(0.0, 20.0, "q")],
+        "auto/adaptive": [_answer(1.0, 1.0), _answer(1.0, 1.0), _answer(1.0, 1.0)],  # never an oracle's pick
+    }
+    picks = oracle_picks(preds)
+    assert picks is not None
+    assert [p["setup"] for p in picks] == ["s/none", "q/multi", "s/none"]  # the last: nothing right, so fastest
+    assert [p["f1"] for p in picks] == [1.0, 1.0, 0.0]
+    assert oracle_picks({"s/none": preds["s/none"], "auto/adaptive": preds["auto/adaptive"]}) is None
+    combined = {"q/single": _m(0.5, 5.0), "q/multi": _m(0.67, 20.0), "oracle": _m(0.67, 7.3)}
+    targets = _policy_targets(combined, {})
+    assert targets["oracle_vs_best_fixed"]["best_fixed"] == "q/multi"
+    assert targets["oracle_vs_best_fixed"]["time_ratio"] == pytest.approx(7.3 / 20.0, abs=1e-4)
+    assert targets["oracle_vs_best_fixed"]["met"] is True
