@@ -383,6 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-vllm", action="store_true", help="spec, kvcache: torch engine only (vLLM is skipped if missing)"
     )
     p.add_argument("--vllm-k", type=int, default=4, help="spec: vLLM ngram candidate length")
+    p.add_argument(
+        "--vllm-one-at-a-time",
+        action="store_true",
+        help="spec: start one vLLM engine at a time (when the engines do not fit in memory together)",
+    )
     p.add_argument("--fraction", type=float, help="kvcache: recompute fraction (default: the model's chunk_cache)")
     p.add_argument("--sweep", help="kvcache: further recompute fractions measured side by side, e.g. 0.3,0.5")
     p.add_argument(

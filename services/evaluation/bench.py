@@ -57,6 +57,7 @@ def run_bench(what: str, config: AppConfig, args: argparse.Namespace) -> str:
             self_draft_layers=args.self_draft_layers,
             vllm=not args.no_vllm,
             vllm_k=args.vllm_k,
+            vllm_one_at_a_time=args.vllm_one_at_a_time,
         )
     if what == "kvcache":
         from services.evaluation.bench_kvcache import bench_kvcache

@@ -70,6 +70,7 @@ def bench_spec(
     top_k: int = 5,
     vllm: bool = True,
     vllm_k: int = 4,
+    vllm_one_at_a_time: bool = False,
 ) -> str:
     from router.labels import split_rows
     from services.evaluation.harness import Evaluator, read_rows
@@ -122,7 +123,9 @@ def bench_spec(
     if vllm:
         from services.evaluation.bench_spec_vllm import bench_vllm
 
-        result["engines"]["vllm"] = bench_vllm(config, test_prompts, params, vllm_k)
+        for worker in evaluator.workers.values():
+            worker.engine.close()  # the torch models' memory goes back before vLLM starts
+        result["engines"]["vllm"] = bench_vllm(config, test_prompts, params, vllm_k, one_at_a_time=vllm_one_at_a_time)
     return write_result(result, out_dir)
 
 

@@ -11,10 +11,16 @@ from services.config import AppConfig
 from services.workers.engine import SamplingParams
 
 
-def bench_vllm(config: AppConfig, prompts: list[str], params: SamplingParams, k: int) -> dict[str, Any]:
+def bench_vllm(
+    config: AppConfig, prompts: list[str], params: SamplingParams, k: int, *, one_at_a_time: bool = False
+) -> dict[str, Any]:
     """vLLM plain against vLLM with ngram prompt lookup (K=k), and with the configured draft model (K=k)
     when the first model has one: the engines up at once, every prompt on each back to back (order
-    rotating). Figures come from vLLM's per-request spec-decode metrics."""
+    rotating). Figures come from vLLM's per-request spec-decode metrics.
+
+    ``one_at_a_time``: one engine up at a time, each answering every prompt before the next starts. For
+    pairs whose engines do not fit in memory together (three fp32 Qwen2.5-Coder-1.5B engines, one with its
+    draft, need about 30 GB; this machine has 24): the ratios are then no longer side by side."""
     import importlib.util
 
     from services.config import ModelConfig
@@ -35,21 +41,38 @@ def bench_vllm(config: AppConfig, prompts: list[str], params: SamplingParams, k:
         )
     engines: dict[str, Any] = {}
     described: dict[str, Any] = {}
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in pairs}
+
+    def start(label: str, spec: dict[str, Any] | None) -> Any:
+        engine = VllmEngine(ModelConfig.model_validate({**base, "speculative": spec}), cache_dir=config.cache_dir)
+        engines[label] = engine
+        asyncio.run(engine.generate_ids(prompts[0], params))  # warm-up, not measured
+        return engine
+
+    def answer(label: str, prompt: str) -> None:
+        ids, res = asyncio.run(engines[label].generate_ids(prompt, params))
+        runs[label].append({"ids": ids, "stats": res.stats})
+
     try:
-        for label, spec in pairs:
-            engines[label] = VllmEngine(
-                ModelConfig.model_validate({**base, "speculative": spec}), cache_dir=config.cache_dir
-            )
-            asyncio.run(engines[label].generate_ids(prompts[0], params))  # warm-up, not measured
-        runs: dict[str, list[dict[str, Any]]] = {label: [] for label in engines}
-        order = list(engines)
-        for n, prompt in enumerate(prompts, start=1):
-            shift = n % len(order)
-            for label in order[shift:] + order[:shift]:
-                ids, res = asyncio.run(engines[label].generate_ids(prompt, params))
-                runs[label].append({"ids": ids, "stats": res.stats})
-            print(f"  vllm {n}/{len(prompts)}", flush=True)  # noqa: T201
-        described = {label: engines[label].spec.describe() for label in order[1:]}
+        if one_at_a_time:
+            for label, spec in pairs:
+                engine = start(label, spec)
+                for prompt in prompts:
+                    answer(label, prompt)
+                if spec is not None:
+                    described[label] = engine.spec.describe()
+                engines.pop(label).close()
+                print(f"  vllm {label}: {len(prompts)} prompts", flush=True)  # noqa: T201
+        else:
+            for label, spec in pairs:
+                start(label, spec)
+            order = list(engines)
+            for n, prompt in enumerate(prompts, start=1):
+                shift = n % len(order)
+                for label in order[shift:] + order[:shift]:
+                    answer(label, prompt)
+                print(f"  vllm {n}/{len(prompts)}", flush=True)  # noqa: T201
+            described = {label: engines[label].spec.describe() for label in order[1:]}
     finally:
         for engine in engines.values():
             engine.close()
@@ -79,6 +102,7 @@ def bench_vllm(config: AppConfig, prompts: list[str], params: SamplingParams, k:
         }
     return {
         "package": _vllm_package(),
+        "one_at_a_time": one_at_a_time,
         "plain_decode_tokens_per_s_median": round(statistics.median(tps(p) for p in plain), 2),
         "setups": setups,
     }
