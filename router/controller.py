@@ -23,19 +23,17 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from router.budgets import MICRO, BudgetLedger, seconds_to_reset
+from router.config import RouterSettings
 from router.errors import BudgetExhaustedError, OverloadedError, PlanUnavailableError
 from router.estimates import Estimate, Estimator, LoadModel, PlanKey
 from router.plan import Plan, RouteDecision
 from router.quality import QualityTable
 from router.sla import POLICY_RANK, PolicyStore, RequestSlo, SlaPolicy, TierPolicy, resolve
-
-if TYPE_CHECKING:
-    from services.config import AppConfig
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +142,7 @@ class _Ticket:
 class SlaController:
     def __init__(
         self,
-        config: AppConfig,
+        config: RouterSettings,
         store: PolicyStore,
         ledger: BudgetLedger,
         *,
@@ -180,7 +178,7 @@ class SlaController:
         POLICY_VERSION.set(store.version)
 
     @staticmethod
-    def _default_quality(config: AppConfig) -> dict[str, dict[str, float]]:
+    def _default_quality(config: RouterSettings) -> dict[str, dict[str, float]]:
         if config.router.artifact:
             labels = Path(config.router.artifact).with_name("labels.jsonl")
             if labels.exists():

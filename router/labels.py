@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from services.evaluation.scoring import score
+from core.scoring import score
 
 logger = logging.getLogger(__name__)
 

@@ -9,19 +9,17 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from retrieval.errors import UnknownPolicyError
 from retrieval.policies.registry import available_policies
 from router.classifier import ComplexityClassifier
+from router.config import RouterSettings
 from router.errors import RouterArtifactError, UnknownModelError
 from router.plan import Plan, RouteDecision
 from router.quality import QualityTable
-
-if TYPE_CHECKING:
-    from services.config import AppConfig
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +30,7 @@ ADAPTIVE = "adaptive"
 class ConfigRouter:
     def __init__(
         self,
-        config: AppConfig,
+        config: RouterSettings,
         classifier: ComplexityClassifier | None = None,
         *,
         embedding_dim: int | None = None,

@@ -5,15 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from services.config import RetrievalConfig
-    from services.workers.engine import ChatMessage, GenerationChunk, SignalResult
-
+from retrieval.config import RetrievalConfig
 from retrieval.documents import Passage
+from retrieval.generation import ChatMessage, GenerationChunk, GenerationResult, SamplingParams, SignalResult
 from retrieval.prompts import AnswerStyle, build_messages, canonical_order, chunk_texts, fit_passages
-from services.workers.engine import GenerationResult, SamplingParams
 
 
 @dataclass

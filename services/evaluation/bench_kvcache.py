@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from retrieval.generation import SamplingParams
 from services.config import AppConfig
-from services.workers.engine import SamplingParams
 
 MODES = ("full", "prefix", "blend")
 ZIPF_EXPONENTS = (0.8, 1.0, 1.2)
@@ -170,7 +170,7 @@ def _clear_backend(backend: Any) -> None:
 def _measure(
     engine: Any, p: dict[str, Any], params: SamplingParams, modes: tuple[str, ...], i: int, sweep: tuple[float, ...]
 ) -> dict[str, Any]:
-    from services.evaluation.scoring import score
+    from core.scoring import score
 
     reuse = engine.chunk_reuse
     order = list(modes[:3])

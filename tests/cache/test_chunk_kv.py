@@ -15,9 +15,9 @@ from cache.chunk_kv import ChunkKV, ChunkKVStore, chunk_key, deserialize, metric
 from cache.chunk_reuse import ChunkReuse
 from cache.redis_backend import RedisBackend
 from retrieval.documents import Chunk, Passage
+from retrieval.generation import SamplingParams
 from retrieval.prompts import build_messages, chunk_texts
 from services.config import ModelConfig, load_config
-from services.workers.engine import SamplingParams
 
 
 def rag_prompts(engine: Any, data: Path, n: int, file: str = "dev_hotpotqa.jsonl") -> list[tuple[str, list[str]]]:

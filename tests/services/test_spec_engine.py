@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from retrieval.generation import ChatMessage, SamplingParams
 from services.config import SpeculativeConfig
-from services.workers.engine import ChatMessage, SamplingParams
 from services.workers.spec.base import Draft
 from services.workers.spec.decode import SpecSetup, build_setup
 from services.workers.spec.draft_model import rollback

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import torch
 
+from retrieval.generation import SamplingParams
 from services.config import SpeculativeConfig
-from services.workers.engine import SamplingParams
 from services.workers.spec.decode import SpecStats, build_setup, speculative_steps
 
 
