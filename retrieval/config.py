@@ -50,6 +50,11 @@ class RetrievalConfig(Section):
     )
     dragin_query_tokens: int = Field(8, gt=0, description="dragin: context tokens QFS puts in the query.")
     dragin_max_retrievals: int = Field(3, ge=1, le=10, description="dragin: retrievals per question at most.")
+    plugins: dict[str, str] = Field(
+        default_factory=dict,
+        description='Further retrieval policies, name: "module:Class" (a plug-in that may live outside the repo); '
+        "each is loaded and checked when the config loads, then requested, planned and budgeted like the others.",
+    )
     canonical_chunk_order: bool = Field(
         False,
         description="Put passages in document order instead of relevance order, so a repeated set of chunks "

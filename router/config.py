@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, Protocol
+from typing import Protocol
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from cache.config import CacheConfig, ChunkCacheConfig
 from core.config import PROJECT_ROOT, Section
 from retrieval.config import RetrievalConfig
+from retrieval.policies.registry import choosable_policies
 
 
 class RouterConfig(Section):
@@ -17,10 +18,10 @@ class RouterConfig(Section):
         str(PROJECT_ROOT / "router" / "artifacts" / "complexity-v1.npz"),
         description="Trained complexity classifier (.npz); None disables classification.",
     )
-    multi_hop_policy: Literal["multi", "dragin"] = Field(
-        "multi", description="Policy `adaptive` runs for class C (multi-step) questions."
+    multi_hop_policy: str = Field(
+        "multi", description="Policy `adaptive` runs for class C (multi-step) questions (e.g. multi, dragin)."
     )
-    fallback_policy: Literal["none", "single", "multi", "dragin"] = Field(
+    fallback_policy: str = Field(
         "single", description="Policy `adaptive` runs when the classifier is unavailable (missing or corrupt)."
     )
     quality_table: str | None = Field(
@@ -35,6 +36,13 @@ class RouterConfig(Section):
         description="Share of the best expected F1 the router gives up for a cheaper (model, policy): 0.03 takes "
         "the cheapest pair expecting at least 97% of the best; 0 = always the best.",
     )
+
+    @field_validator("multi_hop_policy", "fallback_policy")
+    @classmethod
+    def _choosable(cls, value: str) -> str:
+        if value not in choosable_policies():
+            raise ValueError(f"{value!r} is not a policy adaptive may run ({', '.join(choosable_policies())})")
+        return value
 
 
 class SlaConfig(Section):

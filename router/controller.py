@@ -27,18 +27,18 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from retrieval.policies.registry import choosable_policies, get_policy, policy_rank
 from router.budgets import MICRO, BudgetLedger, seconds_to_reset
 from router.config import RouterSettings
 from router.errors import BudgetExhaustedError, OverloadedError, PlanUnavailableError
 from router.estimates import Estimate, Estimator, LoadModel, PlanKey
 from router.plan import Plan, RouteDecision
 from router.quality import QualityTable
-from router.sla import POLICY_RANK, PolicyStore, RequestSlo, SlaPolicy, TierPolicy, resolve
+from router.sla import PolicyStore, RequestSlo, SlaPolicy, TierPolicy, resolve
 
 logger = logging.getLogger(__name__)
 
 CLASSES = ("A", "B", "C")
-CHOOSABLE = ("none", "single", "multi", "dragin")
 RATIO_TTL_S = 120.0  # how long an observed / predicted latency ratio counts for calibration
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -214,9 +214,14 @@ class SlaController:
         policies = (
             [pinned_policy]
             if pinned_policy
-            else [p for p in CHOOSABLE if any(self._by_class(policy, m.id, p) is not None for m in self.config.models)]
+            else [
+                p
+                for p in choosable_policies()
+                if any(self._by_class(policy, m.id, p) is not None for m in self.config.models)
+            ]
         )
-        policies = [p for p in policies if POLICY_RANK.get(p, 0) >= POLICY_RANK[slo.floor.min_policy] or pinned_policy]
+        floor = policy_rank(slo.floor.min_policy)
+        policies = [p for p in policies if pinned_policy or policy_rank(p) >= floor]
         out = []
         for m in self.config.models:
             if pinned_model and m.id != pinned_model:
@@ -249,17 +254,14 @@ class SlaController:
         return out
 
     def _max_calls(self, policy: str) -> int:
-        r = self.config.retrieval
-        return {"none": 1, "single": 1, "multi": r.multi_max_steps + 1, "dragin": r.dragin_max_retrievals + 2}.get(
-            policy, r.multi_max_steps + 1
-        )
+        return get_policy(policy).max_llm_calls(self.config.retrieval)
 
     def _fastest_for(self, tier: TierPolicy, model: str) -> float:
         """The p95 service time of the quickest plan a tier may run on a model (its fully degraded plan)."""
-        floor = POLICY_RANK[tier.quality_floor.min_policy]
+        floor = policy_rank(tier.quality_floor.min_policy)
         best = math.inf
-        for p in CHOOSABLE:
-            if POLICY_RANK[p] >= floor:
+        for p in choosable_policies():
+            if policy_rank(p) >= floor:
                 m = self.config.model(model)
                 spec = m.speculative is not None
                 key = PlanKey(p, model, spec, m.chunk_cache.enabled and m.engine == "torch")

@@ -18,6 +18,8 @@ from cache.config import CacheConfig, ChunkCacheConfig
 from core.config import PROJECT_ROOT, Section
 from core.errors import ConfigError
 from retrieval.config import CorpusConfig, EmbedderConfig, IndexConfig, RetrievalConfig
+from retrieval.errors import UnknownPolicyError
+from retrieval.policies.registry import available_policies, register_policy
 from router.config import RouterConfig, SlaConfig
 
 # Each package owns its section; this module composes them (and re-exports them for callers above).
@@ -220,6 +222,20 @@ class AppConfig(BaseSettings):
         # The environment beats the YAML file (passed as init kwargs), which beats the defaults.
         return env_settings, init_settings
 
+    @model_validator(mode="before")
+    @classmethod
+    def _register_plugins(cls, data: Any) -> Any:
+        # Before the sections validate: the router's and the SLA policy's policy names may name a plug-in.
+        plugins = ((data.get("retrieval") or {}) if isinstance(data, dict) else {}).get("plugins") or {}
+        if not isinstance(plugins, dict):
+            return data  # the field's own validation reports it
+        for name, target in plugins.items():
+            try:
+                register_policy(str(name), str(target))
+            except UnknownPolicyError as exc:
+                raise ValueError(f"retrieval.plugins.{name}: {exc}") from exc
+        return data
+
     @model_validator(mode="after")
     def _cross_checks(self) -> AppConfig:
         ids = [m.id for m in self.models]
@@ -229,8 +245,6 @@ class AppConfig(BaseSettings):
             raise ValueError("'auto' is reserved for the router's choice; rename that model")
         if self.retrieval.top_k > self.retrieval.max_top_k:
             raise ValueError("retrieval.top_k must not exceed retrieval.max_top_k")
-        from retrieval.policies.registry import available_policies
-
         if self.retrieval.default_policy not in available_policies():
             raise ValueError(
                 f"retrieval.default_policy {self.retrieval.default_policy!r} is unknown; "

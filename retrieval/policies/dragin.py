@@ -40,6 +40,12 @@ def merge(passages: list[Passage], new: list[Passage]) -> list[Passage]:
 
 class DraginPolicy:
     name = "dragin"
+    rank = 1  # it retrieves when the model is unsure: a floor of `single` admits it
+    choosable = True
+    label_class = None
+
+    def max_llm_calls(self, settings: RetrievalConfig) -> int:
+        return settings.dragin_max_retrievals + 2  # a generation before each retrieval, one after the last
 
     async def prepare(self, question: Question, ctx: PolicyContext) -> Prepared:
         if ctx.generate_with_signals is None:

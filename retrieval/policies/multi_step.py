@@ -44,6 +44,12 @@ def round_robin(per_step: list[list[Passage]]) -> list[Passage]:
 
 class MultiStepPolicy:
     name = "multi"
+    rank = 2
+    choosable = True
+    label_class = "C"
+
+    def max_llm_calls(self, settings: RetrievalConfig) -> int:
+        return settings.multi_max_steps + 1  # a reasoning sentence per step, then the answer
 
     async def prepare(self, question: Question, ctx: PolicyContext) -> Prepared:
         settings = ctx.settings or RetrievalConfig()
