@@ -77,6 +77,8 @@ class ModelView(Protocol):
     def speculative(self) -> object | None: ...
     @property
     def chunk_cache(self) -> ChunkCacheConfig: ...
+    @property
+    def capabilities(self) -> frozenset[str]: ...  # the engine's, e.g. "priority_scheduling", "chunk_cache"
 
 
 class ReplicasView(Protocol):

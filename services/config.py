@@ -21,6 +21,14 @@ from retrieval.config import CorpusConfig, EmbedderConfig, IndexConfig, Retrieva
 from retrieval.errors import UnknownPolicyError
 from retrieval.policies.registry import available_policies, register_policy
 from router.config import RouterConfig, SlaConfig
+from services.workers.engine import (
+    ADAPTIVE_K,
+    CHUNK_CACHE,
+    HYBRID_DRAFT,
+    SELF_DRAFT,
+    engine_capabilities,
+    engines_with,
+)
 
 # Each package owns its section; this module composes them (and re-exports them for callers above).
 __all__ = [
@@ -137,6 +145,11 @@ class ModelConfig(Section):
         default_factory=ChunkCacheConfig, description="Chunk-KV reuse (torch engine)."
     )
 
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What this model's engine can do (services.workers.engine.ENGINES)."""
+        return engine_capabilities(self.engine)
+
     @model_validator(mode="after")
     def _limits(self) -> ModelConfig:
         from services.workers.model_store import PACKAGE_PREFIX, catalog
@@ -148,19 +161,22 @@ class ModelConfig(Section):
                     + ", ".join(PACKAGE_PREFIX + n for n in sorted(catalog()))
                 )
         spec = self.speculative
-        if self.engine == "vllm" and spec is not None:
-            if spec.method in ("self_draft", "hybrid"):
+        can = self.capabilities
+        if spec is not None:
+            needs = {"self_draft": SELF_DRAFT, "hybrid": HYBRID_DRAFT}.get(spec.method)
+            if needs is not None and needs not in can:
                 raise ValueError(
-                    f"speculative.method {spec.method} runs on the torch engine only; vllm takes ngram or draft_model"
+                    f"speculative.method {spec.method} runs on the {engines_with(needs)} engine only; "
+                    f"{self.engine} takes ngram or draft_model"
                 )
-            if spec.adaptive:
+            if spec.adaptive and ADAPTIVE_K not in can:
                 raise ValueError(
-                    "speculative.adaptive (SpecDec++ candidate length) runs on the torch engine only; "
-                    "vllm drafts a fixed num_speculative_tokens"
+                    f"speculative.adaptive (SpecDec++ candidate length) runs on the {engines_with(ADAPTIVE_K)} "
+                    f"engine only; {self.engine} drafts a fixed num_speculative_tokens"
                 )
-        if self.engine == "vllm" and self.chunk_cache.enabled:
+        if self.chunk_cache.enabled and CHUNK_CACHE not in can:
             raise ValueError(
-                "chunk_cache runs on the torch engine; vllm reuses shared prefixes with "
+                f"chunk_cache runs on the {engines_with(CHUNK_CACHE)} engine; vllm reuses shared prefixes with "
                 "vllm.enable_prefix_caching (set retrieval.canonical_chunk_order to make repeated chunk sets hit)"
             )
         if self.default_max_tokens > self.max_tokens_limit:

