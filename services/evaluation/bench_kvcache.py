@@ -80,7 +80,8 @@ def bench_kvcache(
     model = config.default_model
     if "chunk_cache" not in model.capabilities:
         raise ValueError(
-            f"bench kvcache measures the chunk-KV cache, which engine {model.engine} lacks; configure models[0].engine: torch"
+            f"bench kvcache measures the chunk-KV cache, which engine {model.engine} lacks; "
+            "configure models[0].engine: torch"
         )
     chunk_cfg = model.chunk_cache.model_copy(
         update={
