@@ -95,6 +95,10 @@ def measured_quality(labels_path: Path) -> dict[str, dict[str, float]]:
     return table
 
 
+# Expected qualities this close count as equal (the table's F1 differences below it are noise).
+QUALITY_TIE = 0.005
+
+
 @dataclass
 class Candidate:
     key: PlanKey
@@ -280,9 +284,12 @@ class SlaController:
         return min(4.0, max(1.0, ordered[int(0.9 * (len(ordered) - 1))]))
 
     @staticmethod
-    def _rank(c: Candidate) -> tuple[float, float, float]:
-        # Best quality; qualities within 0.005 tie, and the tie goes to the cheaper, then the faster plan.
-        return (round(c.quality / 0.005), -c.expected_cost - c.expected_tokens * 1e-9, -c.pred_latency)
+    def best(candidates: list[Candidate]) -> Candidate:
+        """The best expected quality; plans within QUALITY_TIE of it tie, and the tie goes to the cheaper,
+        then the faster plan. (Rounding qualities into buckets would not: 0.5024 and 0.5026 fall in two.)"""
+        top = max(c.quality for c in candidates)
+        tied = [c for c in candidates if c.quality >= top - QUALITY_TIE - 1e-12]
+        return max(tied, key=lambda c: (-c.expected_cost - c.expected_tokens * 1e-9, -c.pred_latency, c.quality))
 
     def decide(
         self,
@@ -475,8 +482,8 @@ class SlaController:
                 retry_after=seconds_to_reset(period or "day"),
             )
         if eligible:
-            chosen = max(eligible, key=self._rank)
-            best_unloaded = max(unloaded, key=self._rank) if unloaded else chosen
+            chosen = self.best(eligible)
+            best_unloaded = self.best(unloaded) if unloaded else chosen
             if best_unloaded.key != chosen.key:
                 info["degraded"] = True
                 info["unloaded"] = best_unloaded.label()
