@@ -65,7 +65,7 @@ def test_speculative_greedy_equals_plain_greedy_on_many_prompts(tiny: Any, spec:
             )
         ]
         assert got == expected
-    assert stats.drafted > 0 and 0 <= stats.accepted <= stats.drafted
+    assert stats.drafted > 0 and 0 < stats.accepted <= stats.drafted  # drafts were taken, not only made
 
 
 @pytest.mark.unit
