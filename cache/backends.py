@@ -1,4 +1,5 @@
-"""Backends chosen by URL scheme, loaded lazily."""
+"""Backends chosen by URL scheme, loaded lazily. A backend is one module whose class builds itself from a
+URL (``from_url(url, *, prefix, max_entries, ttl_s)``), registered here by scheme."""
 
 from __future__ import annotations
 
@@ -22,6 +23,5 @@ def open_backend(url: str, **options: Any) -> KVBackend:
         raise UnknownBackendError(f"no cache backend for {url!r}; schemes: {', '.join(sorted(BACKENDS))}")
     module, _, attr = BACKENDS[scheme].partition(":")
     cls = getattr(importlib.import_module(module), attr)
-    if scheme == "memory":
-        return cls(max_entries=options.get("max_entries", 1024), default_ttl_s=options.get("ttl_s"))
-    return cls(url, prefix=options.get("prefix", "ragyard:"), default_ttl_s=options.get("ttl_s"))
+    backend: KVBackend = cls.from_url(url, **options)
+    return backend

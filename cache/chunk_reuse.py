@@ -170,12 +170,19 @@ class ChunkReuse:
     # -- prefill ---------------------------------------------------------------------------------
 
     def prefill(
-        self, prompt: str, chunks: list[str], *, mode: ReuseMode = "blend", fraction: float | None = None
+        self,
+        prompt: str,
+        chunks: list[str],
+        *,
+        mode: ReuseMode = "blend",
+        fraction: float | None = None,
+        exact_at_full: bool = True,
     ) -> Prefilled:
         """Prefill ``prompt`` reusing stored KV. ``mode``: blend (prefix + chunks, selective recompute),
         prefix (the stored prefix only, everything after it computed: what prefix caching gives), full
         (nothing reused). Chunks no tier holds are computed in place this time and stored alone for
-        the next request."""
+        the next request. ``exact_at_full=False``: fraction 1 runs the blend path, not a plain prefill
+        (tests compare that path with a full prefill)."""
         started = time.perf_counter()
         fraction = self.recompute_fraction if fraction is None else fraction
         ids, spans = self.tokenize(prompt, chunks) if mode != "full" else (self._ids(prompt), [])
@@ -217,7 +224,9 @@ class ChunkReuse:
                     candidates[s.start : s.end] = True
         assembled = time.perf_counter()
         run_fraction = {"blend": fraction, "prefix": 0.0, "full": 1.0}[mode]
-        result: BlendResult = b.prefill(ids, keys, values, stored, candidates, run_fraction)
+        result: BlendResult = b.prefill(
+            ids, keys, values, stored, candidates, run_fraction, exact_at_full=exact_at_full or mode != "blend"
+        )
         cache = result.cache if result.cache is not None else to_dynamic_cache(result.keys, result.values)
         done = time.perf_counter()
         chunk_tokens = sum(s.end - s.start for s in spans)

@@ -182,19 +182,23 @@ class KVBlender:
         stored: torch.Tensor,
         candidates: torch.Tensor,
         fraction: float,
+        *,
+        exact_at_full: bool = True,
     ) -> BlendResult:
         """Prefill ``ids`` over assembled buffers.
 
         ``stored`` (bool, N) marks positions whose buffers hold usable KV (prefix and chunk hits);
         ``candidates`` the stored positions that may be recomputed (chunk tokens; an exact prefix never
         is); ``fraction`` of the candidates is recomputed, picked by layer-1 deviation. Positions that are
-        not stored are always computed. ``fraction >= 1`` (or nothing stored) is a plain full prefill.
+        not stored are always computed. ``fraction >= 1`` (or nothing stored) is a plain full prefill;
+        ``exact_at_full=False`` runs it through the blend path instead (every candidate recomputed over the
+        re-aligned buffers), which is how the tests check that path against a full prefill.
         """
         n = len(ids)
         tokens = torch.tensor([ids], device=self.device)
         hidden = self.embed(tokens)
         every = torch.arange(n)
-        if fraction >= 1.0 or not bool(stored.any()):
+        if (fraction >= 1.0 and exact_at_full) or not bool(stored.any()):
             hidden = self._run_layers(hidden, every, keys, values, range(self.n_layers), full=True)
             return BlendResult(self._logits(hidden), keys, values, torch.ones(n, dtype=torch.bool), None)
         p = int(stored.sum())

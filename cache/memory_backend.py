@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 from cachetools import LRUCache
 
@@ -12,6 +13,11 @@ from cache.base import BatchedMixin
 
 class MemoryBackend(BatchedMixin):
     name = "memory"
+
+    @classmethod
+    def from_url(cls, url: str, *, max_entries: int = 1024, ttl_s: int | None = None, **_: Any) -> MemoryBackend:
+        """memory:// (a process-local LRU; the URL carries nothing else)."""
+        return cls(max_entries=max_entries, default_ttl_s=ttl_s)
 
     def __init__(self, max_entries: int = 1024, default_ttl_s: int | None = None) -> None:
         self._data: LRUCache[str, tuple[bytes, float | None]] = LRUCache(maxsize=max_entries)

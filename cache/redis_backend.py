@@ -11,6 +11,11 @@ from cache.errors import BackendUnavailableError
 class RedisBackend(BatchedMixin):
     name = "redis"
 
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "ragyard:", ttl_s: int | None = None, **_: Any) -> RedisBackend:
+        """redis://host:port/db or rediss://... (TLS)."""
+        return cls(url, prefix=prefix, default_ttl_s=ttl_s)
+
     def __init__(
         self, url: str, *, prefix: str = "ragyard:", default_ttl_s: int | None = None, client: Any = None
     ) -> None:

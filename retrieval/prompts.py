@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from retrieval.documents import Passage
-from services.workers.engine import ChatMessage
+from retrieval.generation import ChatMessage
 
 AnswerStyle = Literal["chat", "short"]
 

@@ -14,6 +14,7 @@ import datetime as dt
 import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlparse
 
 from cache.errors import BackendUnavailableError
 
@@ -73,6 +74,10 @@ class BudgetLedger(Protocol):
 
 
 class MemoryLedger:
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "") -> MemoryLedger:
+        return cls()
+
     name = "memory"
 
     def __init__(self) -> None:
@@ -153,6 +158,10 @@ return {1, st, rt, sc, rc}
 
 
 class RedisLedger:
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "ragyard:budget:") -> RedisLedger:
+        return cls(url, prefix=prefix)
+
     name = "redis"
 
     def __init__(self, url: str, *, prefix: str = "ragyard:budget:", client: Any = None) -> None:
@@ -210,9 +219,17 @@ class RedisLedger:
         return Usage(*(int(v or 0) for v in values))
 
 
+# Budget stores by URL scheme; a new one is a class with ``from_url(url, *, prefix)`` registered here.
+LEDGERS: dict[str, Any] = {}
+
+
 def open_ledger(url: str | None, *, prefix: str = "ragyard:budget:") -> BudgetLedger:
-    if not url or url.startswith("memory://"):
-        return MemoryLedger()
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        return RedisLedger(url, prefix=prefix)
-    raise ValueError(f"no budget store for {url!r}; use memory:// or redis://host:port/db")
+    scheme = urlparse(url or "memory://").scheme
+    cls = LEDGERS.get(scheme)
+    if cls is None:
+        raise ValueError(f"no budget store for {url!r}; schemes: {', '.join(s + '://' for s in sorted(LEDGERS))}")
+    ledger: BudgetLedger = cls.from_url(url or "memory://", prefix=prefix)
+    return ledger
+
+
+LEDGERS.update({"memory": MemoryLedger, "redis": RedisLedger, "rediss": RedisLedger, "unix": RedisLedger})

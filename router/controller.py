@@ -23,24 +23,22 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from retrieval.policies.registry import choosable_policies, get_policy, policy_rank
 from router.budgets import MICRO, BudgetLedger, seconds_to_reset
+from router.config import RouterSettings
 from router.errors import BudgetExhaustedError, OverloadedError, PlanUnavailableError
 from router.estimates import Estimate, Estimator, LoadModel, PlanKey
 from router.plan import Plan, RouteDecision
 from router.quality import QualityTable
-from router.sla import POLICY_RANK, PolicyStore, RequestSlo, SlaPolicy, TierPolicy, resolve
-
-if TYPE_CHECKING:
-    from services.config import AppConfig
+from router.sla import PolicyStore, RequestSlo, SlaPolicy, TierPolicy, resolve
 
 logger = logging.getLogger(__name__)
 
 CLASSES = ("A", "B", "C")
-CHOOSABLE = ("none", "single", "multi", "dragin")
 RATIO_TTL_S = 120.0  # how long an observed / predicted latency ratio counts for calibration
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -97,6 +95,10 @@ def measured_quality(labels_path: Path) -> dict[str, dict[str, float]]:
     return table
 
 
+# Expected qualities this close count as equal (the table's F1 differences below it are noise).
+QUALITY_TIE = 0.005
+
+
 @dataclass
 class Candidate:
     key: PlanKey
@@ -144,7 +146,7 @@ class _Ticket:
 class SlaController:
     def __init__(
         self,
-        config: AppConfig,
+        config: RouterSettings,
         store: PolicyStore,
         ledger: BudgetLedger,
         *,
@@ -165,7 +167,7 @@ class SlaController:
         self.load = LoadModel(
             {m.id: config.ray.worker_replicas for m in config.models},
             # The torch engine's step lock serves higher priorities first; vLLM batches without them.
-            strict_priority={m.id for m in config.models if m.engine == "torch"},
+            strict_priority={m.id for m in config.models if "priority_scheduling" in m.capabilities},
         )
         self._tickets: dict[int, _Ticket] = {}
         self._recent: dict[str, deque[bool]] = {}
@@ -180,7 +182,7 @@ class SlaController:
         POLICY_VERSION.set(store.version)
 
     @staticmethod
-    def _default_quality(config: AppConfig) -> dict[str, dict[str, float]]:
+    def _default_quality(config: RouterSettings) -> dict[str, dict[str, float]]:
         if config.router.artifact:
             labels = Path(config.router.artifact).with_name("labels.jsonl")
             if labels.exists():
@@ -216,9 +218,14 @@ class SlaController:
         policies = (
             [pinned_policy]
             if pinned_policy
-            else [p for p in CHOOSABLE if any(self._by_class(policy, m.id, p) is not None for m in self.config.models)]
+            else [
+                p
+                for p in choosable_policies()
+                if any(self._by_class(policy, m.id, p) is not None for m in self.config.models)
+            ]
         )
-        policies = [p for p in policies if POLICY_RANK.get(p, 0) >= POLICY_RANK[slo.floor.min_policy] or pinned_policy]
+        floor = policy_rank(slo.floor.min_policy)
+        policies = [p for p in policies if pinned_policy or policy_rank(p) >= floor]
         out = []
         for m in self.config.models:
             if pinned_model and m.id != pinned_model:
@@ -227,13 +234,14 @@ class SlaController:
                 continue
             spec_options = [False]
             if m.speculative is not None:
-                spec_options = [True] if m.engine == "vllm" else [True, False]
+                # An engine that cannot turn its draft pair off per request always speculates.
+                spec_options = [True, False] if "spec_per_request" in m.capabilities else [True]
             price = policy.price(m.id)
             dearest = max(price.prompt_per_1m, price.completion_per_1m)
             for p in policies:
                 worst = self._max_calls(p) * m.max_model_len
                 for spec in spec_options:
-                    key = PlanKey(p, m.id, spec, m.chunk_cache.enabled and m.engine == "torch")
+                    key = PlanKey(p, m.id, spec, m.chunk_cache.enabled and "chunk_cache" in m.capabilities)
                     est = self.estimator.predict(key, cls)
                     by_class = self._by_class(policy, m.id, p) or {}
                     quality = sum(probs.get(c, 0.0) * by_class.get(c, 0.0) for c in CLASSES)
@@ -251,20 +259,17 @@ class SlaController:
         return out
 
     def _max_calls(self, policy: str) -> int:
-        r = self.config.retrieval
-        return {"none": 1, "single": 1, "multi": r.multi_max_steps + 1, "dragin": r.dragin_max_retrievals + 2}.get(
-            policy, r.multi_max_steps + 1
-        )
+        return get_policy(policy).max_llm_calls(self.config.retrieval)
 
     def _fastest_for(self, tier: TierPolicy, model: str) -> float:
         """The p95 service time of the quickest plan a tier may run on a model (its fully degraded plan)."""
-        floor = POLICY_RANK[tier.quality_floor.min_policy]
+        floor = policy_rank(tier.quality_floor.min_policy)
         best = math.inf
-        for p in CHOOSABLE:
-            if POLICY_RANK[p] >= floor:
+        for p in choosable_policies():
+            if policy_rank(p) >= floor:
                 m = self.config.model(model)
                 spec = m.speculative is not None
-                key = PlanKey(p, model, spec, m.chunk_cache.enabled and m.engine == "torch")
+                key = PlanKey(p, model, spec, m.chunk_cache.enabled and "chunk_cache" in m.capabilities)
                 best = min(best, self.estimator.predict(key, None).latency_s)
         return best
 
@@ -279,9 +284,12 @@ class SlaController:
         return min(4.0, max(1.0, ordered[int(0.9 * (len(ordered) - 1))]))
 
     @staticmethod
-    def _rank(c: Candidate) -> tuple[float, float, float]:
-        # Best quality; qualities within 0.005 tie, and the tie goes to the cheaper, then the faster plan.
-        return (round(c.quality / 0.005), -c.expected_cost - c.expected_tokens * 1e-9, -c.pred_latency)
+    def best(candidates: list[Candidate]) -> Candidate:
+        """The best expected quality; plans within QUALITY_TIE of it tie, and the tie goes to the cheaper,
+        then the faster plan. (Rounding qualities into buckets would not: 0.5024 and 0.5026 fall in two.)"""
+        top = max(c.quality for c in candidates)
+        tied = [c for c in candidates if c.quality >= top - QUALITY_TIE - 1e-12]
+        return max(tied, key=lambda c: (-c.expected_cost - c.expected_tokens * 1e-9, -c.pred_latency, c.quality))
 
     def decide(
         self,
@@ -474,8 +482,8 @@ class SlaController:
                 retry_after=seconds_to_reset(period or "day"),
             )
         if eligible:
-            chosen = max(eligible, key=self._rank)
-            best_unloaded = max(unloaded, key=self._rank) if unloaded else chosen
+            chosen = self.best(eligible)
+            best_unloaded = self.best(unloaded) if unloaded else chosen
             if best_unloaded.key != chosen.key:
                 info["degraded"] = True
                 info["unloaded"] = best_unloaded.label()

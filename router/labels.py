@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from services.evaluation.scoring import score
+from core.scoring import score
+from retrieval.policies.registry import label_ladder
 
 logger = logging.getLogger(__name__)
 
-LADDER: tuple[tuple[str, str], ...] = (("none", "A"), ("single", "B"), ("multi", "C"))
 CORRECT_F1 = 0.5
 
 
@@ -39,7 +39,7 @@ def split_rows(rows: list[dict[str, Any]], seed: int, train_fraction: float = 0.
 
 async def label_question(row: dict[str, Any], answer: Callable[[str, str], Awaitable[str]]) -> dict[str, Any]:
     tried: dict[str, dict[str, Any]] = {}
-    for policy, label in LADDER:
+    for policy, label in label_ladder():
         prediction = await answer(row["question"], policy)
         em, f1, _ = score(prediction, row["answers"])
         tried[policy] = {"prediction": prediction, "em": em, "f1": round(f1, 4)}

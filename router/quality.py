@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from retrieval.policies.registry import label_ladder
 from router.errors import RouterArtifactError
 
 CLASSES = ("A", "B", "C")
-POLICY_CLASS = {"none": "A", "single": "B", "multi": "C"}
 CORRECT_F1 = 0.5
 FORMAT = 1
 
@@ -45,11 +45,11 @@ def ladder_labels(runs: Iterable[dict[str, Any]], model_cost: dict[str, float]) 
     out = []
     for (file, qid), rs in by_q.items():
         rec: dict[str, Any] = {"file": file, "id": qid, "question": rs[0]["question"], "hops": rs[0].get("hops")}
-        for policy in POLICY_CLASS:
+        for policy, label in label_ladder():
             correct = [r["model"] for r in rs if r["policy"] == policy and is_correct(r["em"], r["f1"])]
             if correct:
                 rec.update(
-                    label=POLICY_CLASS[policy],
+                    label=label,
                     source=policy,
                     model=min(correct, key=lambda m: model_cost.get(m, math.inf)),
                 )

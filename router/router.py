@@ -9,30 +9,27 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from retrieval.errors import UnknownPolicyError
-from retrieval.policies.registry import available_policies
+from retrieval.policies.registry import ADAPTIVE, available_policies, choosable_policies, label_ladder
 from router.classifier import ComplexityClassifier
+from router.config import RouterSettings
 from router.errors import RouterArtifactError, UnknownModelError
 from router.plan import Plan, RouteDecision
 from router.quality import QualityTable
 
-if TYPE_CHECKING:
-    from services.config import AppConfig
-
 logger = logging.getLogger(__name__)
 
 AUTO_MODEL = "auto"
-ADAPTIVE = "adaptive"
 
 
 class ConfigRouter:
     def __init__(
         self,
-        config: AppConfig,
+        config: RouterSettings,
         classifier: ComplexityClassifier | None = None,
         *,
         embedding_dim: int | None = None,
@@ -111,7 +108,11 @@ class ConfigRouter:
             raise ValueError("adaptive routing needs the question's embedding")
         start = time.perf_counter()
         label, probs = self.classifier.classify(np.asarray(embedding, dtype=np.float32), question)
-        policy = {"A": "none", "B": "single", "C": cfg.multi_hop_policy}[label]
+        # Each class runs the registry's simplest policy for it (none, single, multi); C may be set to dragin.
+        by_class: dict[str, str] = {}
+        for name, cls in label_ladder():
+            by_class.setdefault(cls, name)
+        policy = cfg.multi_hop_policy if label == "C" else by_class[label]
         return {
             "class": label,
             "probabilities": probs,
@@ -197,9 +198,10 @@ class ConfigRouter:
                 return None  # the classifier is unavailable: the documented fallback policy runs
             probs = self.quality.prior()
         models = [pinned_model] if pinned_model else self._routed_models
-        registered = [p for p in available_policies() if p != ADAPTIVE]
         policies = (
-            [p for p in registered if any(self.quality.has(m, p) for m in models)] if policy == ADAPTIVE else [policy]
+            [p for p in choosable_policies() if any(self.quality.has(m, p) for m in models)]
+            if policy == ADAPTIVE
+            else [policy]
         )
         try:
             chosen, pairs = self.quality.choose(models, policies, probs, self.config.router.quality_margin)

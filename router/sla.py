@@ -22,13 +22,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from retrieval.policies.registry import available_policies, choosable_policies
 from router.errors import SlaHeaderError, SlaOverrideError, SlaPolicyError
 
 logger = logging.getLogger(__name__)
 
-# How much retrieval a policy does, for the quality floor: `min_policy: single` admits single, dragin
-# (which retrieves when the model is unsure) and multi, but not `none`.
-POLICY_RANK = {"none": 0, "single": 1, "dragin": 1, "multi": 2}
 HEADERS = ("x-sla-tier", "x-slo-latency-ms", "x-slo-ttft-ms", "x-budget-tokens")
 
 
@@ -45,10 +43,19 @@ class Price(_Strict):
 
 
 class QualityFloor(_Strict):
-    min_policy: Literal["none", "single", "dragin", "multi"] = Field(
-        "none", description="Least retrieval a plan may do (none < single = dragin < multi)."
+    min_policy: str = Field(
+        "none",
+        description="Least retrieval a plan may do, by the policies' rank (none < single = dragin < multi): "
+        "every policy ranked at least as this one is admitted.",
     )
     models: list[str] | None = Field(None, description="Models a plan may use; None = all.")
+
+    @field_validator("min_policy")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        if value not in available_policies():
+            raise ValueError(f"{value!r} is not a policy ({', '.join(available_policies())})")
+        return value
 
 
 class TierPolicy(_Strict):
@@ -154,8 +161,8 @@ class SlaPolicy(_Strict):
                 raise ValueError(f"tiers.{tier_name}.max_cost_per_request needs a `prices` table")
         if self.quality is not None:
             for policy, by_class in self.quality.items():
-                if policy not in POLICY_RANK:
-                    raise ValueError(f"quality.{policy}: not a policy ({', '.join(POLICY_RANK)})")
+                if policy not in choosable_policies():
+                    raise ValueError(f"quality.{policy}: not a policy ({', '.join(choosable_policies())})")
                 for cls, value in by_class.items():
                     if cls not in ("A", "B", "C") or not 0 <= value <= 1:
                         raise ValueError(f"quality.{policy}.{cls}: classes are A, B, C and values lie in [0, 1]")

@@ -69,7 +69,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Put every model the config needs in place (the container image runs this at build time);
     ``--model NAME`` converts only those packaged models."""
-    from services.workers.model_store import embedder_dir, ensure_packaged, resolve_model_path
+    from retrieval.embedder import embedder_dir
+    from services.workers.model_store import ensure_packaged, resolve_model_path
 
     config = load_config(args.config)
     if args.model:

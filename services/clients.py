@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from retrieval.documents import Document, Passage
+from retrieval.generation import ChatMessage, GenerationChunk, GenerationResult, SamplingParams, SignalResult
 from router.plan import RouteDecision
-from services.workers.engine import ChatMessage, GenerationChunk, GenerationResult, SamplingParams, SignalResult
 
 
 class RetrieverClient(Protocol):

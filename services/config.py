@@ -11,22 +11,50 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from services.errors import ConfigError
+from cache.config import CacheConfig, ChunkCacheConfig
+from core.config import PROJECT_ROOT, Section
+from core.errors import ConfigError
+from retrieval.config import CorpusConfig, EmbedderConfig, IndexConfig, RetrievalConfig
+from retrieval.errors import UnknownPolicyError
+from retrieval.policies.registry import available_policies, register_policy
+from router.config import RouterConfig, SlaConfig
+from services.workers.engine import (
+    ADAPTIVE_K,
+    CHUNK_CACHE,
+    HYBRID_DRAFT,
+    SELF_DRAFT,
+    engine_capabilities,
+    engines_with,
+)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Each package owns its section; this module composes them (and re-exports them for callers above).
+__all__ = [
+    "PROJECT_ROOT",
+    "AppConfig",
+    "CacheConfig",
+    "ChunkCacheConfig",
+    "CorpusConfig",
+    "EmbedderConfig",
+    "IndexConfig",
+    "ModelConfig",
+    "RayConfig",
+    "RetrievalConfig",
+    "RouterConfig",
+    "ServerConfig",
+    "SlaConfig",
+    "SpeculativeConfig",
+    "VllmConfig",
+    "load_config",
+]
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 # The embedded default is a ladder of packaged models, cheapest first: `model: auto` routes between them.
 DEFAULT_LADDER = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SpeculativeConfig(_Section):
+class SpeculativeConfig(Section):
     """A worker's draft pair (field names follow vLLM's ``speculative_config`` where they overlap)."""
 
     method: Literal["ngram", "draft_model", "self_draft", "hybrid"] = Field(
@@ -69,7 +97,7 @@ class SpeculativeConfig(_Section):
         return self
 
 
-class VllmConfig(_Section):
+class VllmConfig(Section):
     """Settings of the vLLM engine (``engine: vllm``); the model, dtype and lengths come from the model."""
 
     enforce_eager: bool = Field(
@@ -88,26 +116,7 @@ class VllmConfig(_Section):
     )
 
 
-class ChunkCacheConfig(_Section):
-    """Chunk-KV reuse (Cache-Craft, CacheBlend) in the torch engine: the KV of retrieved chunks is stored
-    once and reused, with a fraction of chunk tokens recomputed so chunks see each other."""
-
-    enabled: bool = Field(False, description="Reuse stored chunk KV at prefill (answers may differ slightly).")
-    recompute_fraction: float = Field(
-        0.15, ge=0.0, le=1.0, description="Share of reused chunk tokens recomputed (0 = plain reuse, 1 = full prefill)."
-    )
-    memory_bytes: int = Field(1 << 30, ge=0, description="Bytes of chunk KV the worker keeps in memory.")
-    eviction: Literal["craft", "lru"] = Field(
-        "craft", description="Memory tier eviction: craft (reuse frequency, recency, recompute cost) or lru."
-    )
-    backend_url: str | None = Field(
-        None, description="Second tier, redis://host:port/db; None = REDIS_URL when set, else memory only."
-    )
-    ttl_s: int = Field(7 * 86400, gt=0, description="Lifetime of entries in the second tier, seconds.")
-    min_chunk_tokens: int = Field(8, ge=1, description="Chunks shorter than this are computed, not stored.")
-
-
-class ModelConfig(_Section):
+class ModelConfig(Section):
     id: str = Field(DEFAULT_MODEL_ID, min_length=1, description="Name clients pass as `model`.")
     path: str | None = Field(
         "package:" + DEFAULT_MODEL_ID,
@@ -136,6 +145,11 @@ class ModelConfig(_Section):
         default_factory=ChunkCacheConfig, description="Chunk-KV reuse (torch engine)."
     )
 
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What this model's engine can do (services.workers.engine.ENGINES)."""
+        return engine_capabilities(self.engine)
+
     @model_validator(mode="after")
     def _limits(self) -> ModelConfig:
         from services.workers.model_store import PACKAGE_PREFIX, catalog
@@ -147,19 +161,22 @@ class ModelConfig(_Section):
                     + ", ".join(PACKAGE_PREFIX + n for n in sorted(catalog()))
                 )
         spec = self.speculative
-        if self.engine == "vllm" and spec is not None:
-            if spec.method in ("self_draft", "hybrid"):
+        can = self.capabilities
+        if spec is not None:
+            needs = {"self_draft": SELF_DRAFT, "hybrid": HYBRID_DRAFT}.get(spec.method)
+            if needs is not None and needs not in can:
                 raise ValueError(
-                    f"speculative.method {spec.method} runs on the torch engine only; vllm takes ngram or draft_model"
+                    f"speculative.method {spec.method} runs on the {engines_with(needs)} engine only; "
+                    f"{self.engine} takes ngram or draft_model"
                 )
-            if spec.adaptive:
+            if spec.adaptive and ADAPTIVE_K not in can:
                 raise ValueError(
-                    "speculative.adaptive (SpecDec++ candidate length) runs on the torch engine only; "
-                    "vllm drafts a fixed num_speculative_tokens"
+                    f"speculative.adaptive (SpecDec++ candidate length) runs on the {engines_with(ADAPTIVE_K)} "
+                    f"engine only; {self.engine} drafts a fixed num_speculative_tokens"
                 )
-        if self.engine == "vllm" and self.chunk_cache.enabled:
+        if self.chunk_cache.enabled and CHUNK_CACHE not in can:
             raise ValueError(
-                "chunk_cache runs on the torch engine; vllm reuses shared prefixes with "
+                f"chunk_cache runs on the {engines_with(CHUNK_CACHE)} engine; vllm reuses shared prefixes with "
                 "vllm.enable_prefix_caching (set retrieval.canonical_chunk_order to make repeated chunk sets hit)"
             )
         if self.default_max_tokens > self.max_tokens_limit:
@@ -169,121 +186,14 @@ class ModelConfig(_Section):
         return self
 
 
-class EmbedderConfig(_Section):
-    path: str | None = Field(None, description="sentence-transformers folder; None = packaged MiniLM.")
-    device: str = Field("cpu", description="torch device for the embedder.")
-    batch_size: int = Field(32, gt=0, description="Texts per embedding batch.")
-
-
-class IndexConfig(_Section):
-    dir: str = Field(".ragyard/index", description="Where the FAISS index and doc store persist.")
-    chunk_tokens: int = Field(200, ge=32, le=512, description="Chunk size in embedder tokens.")
-    chunk_overlap_tokens: int = Field(40, ge=0, description="Overlap between neighbouring chunks.")
-
-    @model_validator(mode="after")
-    def _overlap(self) -> IndexConfig:
-        if self.chunk_overlap_tokens >= self.chunk_tokens:
-            raise ValueError("chunk_overlap_tokens must be smaller than chunk_tokens")
-        return self
-
-
-class RetrievalConfig(_Section):
-    default_policy: str = Field("single", description="Policy the router picks when none is asked.")
-    top_k: int = Field(4, gt=0, description="Passages retrieved per step.")
-    search: Literal["dense", "bm25", "hybrid"] = Field(
-        "hybrid",
-        description="dense: embedding similarity (FAISS); bm25: lexical (bm25s); hybrid: both fused by "
-        "reciprocal rank. `ragyard bench retrieval` measures them (README: Hybrid retrieval).",
-    )
-    hybrid_candidates: int = Field(20, gt=0, le=1000, description="hybrid: passages taken from each ranking.")
-    rrf_k: int = Field(60, gt=0, description="hybrid: reciprocal rank fusion constant (score = sum 1/(rrf_k+rank)).")
-    max_top_k: int = Field(20, gt=0, description="Largest top_k a request may ask for.")
-    max_context_tokens: int = Field(1200, gt=0, description="Model tokens of passages in one prompt.")
-    multi_max_steps: int = Field(4, ge=1, le=16, description="multi: retrieval steps at most.")
-    multi_step_tokens: int = Field(40, gt=0, description="multi: tokens of one reasoning sentence.")
-    dragin_threshold: float = Field(
-        0.45,
-        gt=0,
-        description="dragin: RIND score (entropy x attention received) that triggers retrieval, for every model "
-        "when set; unset, each packaged model's calibrated value applies (0.45 SmolLM2-135M, 0.05 "
-        "Qwen2.5-Coder-0.5B) and 0.45 for others.",
-    )
-    dragin_query_tokens: int = Field(8, gt=0, description="dragin: context tokens QFS puts in the query.")
-    dragin_max_retrievals: int = Field(3, ge=1, le=10, description="dragin: retrievals per question at most.")
-    canonical_chunk_order: bool = Field(
-        False,
-        description="Put passages in document order instead of relevance order, so a repeated set of chunks "
-        "makes the same prompt and hits a prefix cache (vLLM's).",
-    )
-
-
-class RouterConfig(_Section):
-    artifact: str | None = Field(
-        str(PROJECT_ROOT / "router" / "artifacts" / "complexity-v1.npz"),
-        description="Trained complexity classifier (.npz); None disables classification.",
-    )
-    multi_hop_policy: Literal["multi", "dragin"] = Field(
-        "multi", description="Policy `adaptive` runs for class C (multi-step) questions."
-    )
-    fallback_policy: Literal["none", "single", "multi", "dragin"] = Field(
-        "single", description="Policy `adaptive` runs when the classifier is unavailable (missing or corrupt)."
-    )
-    quality_table: str | None = Field(
-        str(PROJECT_ROOT / "router" / "artifacts" / "quality-v1.json"),
-        description="Measured quality per model x policy x class (`ragyard build-quality`). With it, `model: auto` "
-        "and `adaptive` pick the cheapest (model, policy) within quality_margin of the best; None disables that.",
-    )
-    quality_margin: float = Field(
-        0.03,
-        ge=0,
-        le=1,
-        description="Share of the best expected F1 the router gives up for a cheaper (model, policy): 0.03 takes "
-        "the cheapest pair expecting at least 97% of the best; 0 = always the best.",
-    )
-
-
-class CacheConfig(_Section):
-    response_cache_url: str = Field(
-        "memory://", description="memory:// or redis://host:port/db; REDIS_URL overrides it."
-    )
-    ttl_s: int = Field(3600, gt=0, description="Response cache entry lifetime in seconds.")
-    max_entries: int = Field(1024, gt=0, description="In-memory response cache capacity.")
-    enabled: bool = Field(True, description="Serve repeated greedy questions from the cache.")
-
-
-class SlaConfig(_Section):
-    """The SLA budget controller (router/controller.py) and its policy file (router/sla.py)."""
-
-    enabled: bool = Field(
-        False,
-        description="Plan each request within its tier's SLO and its tenant's budget; shed with 429 under overload.",
-    )
-    policy_path: str | None = Field(
-        None, description="SLA policy YAML (tiers, tenants, prices); None = the built-in three tiers, no tenants."
-    )
-    reload_interval_s: float = Field(2.0, gt=0, description="How often the policy file is checked for changes.")
-    budget_url: str | None = Field(
-        None, description="Budget store: memory:// or redis://host:port/db; None = REDIS_URL when set, else memory."
-    )
-    budget_prefix: str = Field("ragyard:budget:", min_length=1, description="Redis key prefix of the budgets.")
-
-
-class ServerConfig(_Section):
+class ServerConfig(Section):
     host: str = Field("127.0.0.1", description="HTTP bind address; HOST overrides it.")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port; PORT overrides it.")
     max_body_bytes: int = Field(1 << 20, gt=0, description="Largest request body accepted.")
     api_keys: list[str] = Field(default_factory=list, description="Bearer keys; empty = no auth.")
 
 
-class CorpusConfig(_Section):
-    paths: list[str] = Field(
-        default_factory=lambda: [str(PROJECT_ROOT / "README.md"), str(PROJECT_ROOT / "docs")],
-        description="Files or folders indexed at startup (the bundled sample corpus).",
-    )
-    ingest_on_start: bool = Field(True, description="Index `paths` when the retriever starts.")
-
-
-class RayConfig(_Section):
+class RayConfig(Section):
     address: str | None = Field(None, description="Ray cluster to join; None starts a local one.")
     temp_dir: str = Field(".tmp/ray", description="Ray's temp dir (sessions, logs, sockets).")
     num_cpus: int | None = Field(None, gt=0, description="CPUs a local Ray may use.")
@@ -328,6 +238,20 @@ class AppConfig(BaseSettings):
         # The environment beats the YAML file (passed as init kwargs), which beats the defaults.
         return env_settings, init_settings
 
+    @model_validator(mode="before")
+    @classmethod
+    def _register_plugins(cls, data: Any) -> Any:
+        # Before the sections validate: the router's and the SLA policy's policy names may name a plug-in.
+        plugins = ((data.get("retrieval") or {}) if isinstance(data, dict) else {}).get("plugins") or {}
+        if not isinstance(plugins, dict):
+            return data  # the field's own validation reports it
+        for name, target in plugins.items():
+            try:
+                register_policy(str(name), str(target))
+            except UnknownPolicyError as exc:
+                raise ValueError(f"retrieval.plugins.{name}: {exc}") from exc
+        return data
+
     @model_validator(mode="after")
     def _cross_checks(self) -> AppConfig:
         ids = [m.id for m in self.models]
@@ -337,8 +261,6 @@ class AppConfig(BaseSettings):
             raise ValueError("'auto' is reserved for the router's choice; rename that model")
         if self.retrieval.top_k > self.retrieval.max_top_k:
             raise ValueError("retrieval.top_k must not exceed retrieval.max_top_k")
-        from retrieval.policies.registry import available_policies
-
         if self.retrieval.default_policy not in available_policies():
             raise ValueError(
                 f"retrieval.default_policy {self.retrieval.default_policy!r} is unknown; "

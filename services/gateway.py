@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cache.errors import BackendUnavailableError
 from retrieval.errors import DocumentFormatError, UnknownPolicyError, UnsupportedDocumentTypeError
+from retrieval.generation import ChatMessage
 from retrieval.ingest import parse, type_for_media
 from retrieval.policies.base import Question
 from router.errors import (
@@ -50,7 +51,6 @@ from services.errors import (
 )
 from services.rag import AnswerRequest, RagService
 from services.schemas import ChatCompletionRequest, DocumentsRequest, QARequest
-from services.workers.engine import ChatMessage
 
 logger = logging.getLogger(__name__)
 

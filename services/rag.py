@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cache.response_cache import ResponseCache
+from retrieval.generation import GenerationChunk, GenerationResult, GenerationStats, SamplingParams
 from retrieval.policies.base import PolicyContext, PolicyResult, Question, prompt_cache_record, run_policy
 from retrieval.policies.registry import get_policy
 from retrieval.prompts import chunk_texts
@@ -20,7 +21,6 @@ from services import metrics
 from services.clients import LocalRouter, RetrieverClient, RouterClient, WorkerClient
 from services.config import AppConfig, RetrievalConfig
 from services.errors import InvalidRequestError, ServiceUnavailableError
-from services.workers.engine import GenerationChunk, GenerationResult, GenerationStats, SamplingParams
 
 logger = logging.getLogger(__name__)
 

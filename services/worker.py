@@ -7,17 +7,17 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-from services.config import AppConfig, load_config
-from services.errors import InvalidRequestError
-from services.workers.engine import (
+from retrieval.generation import (
     ChatMessage,
     Engine,
     GenerationChunk,
     GenerationResult,
     SamplingParams,
     SignalResult,
-    build_engine,
 )
+from services.config import AppConfig, load_config
+from services.errors import InvalidRequestError
+from services.workers.engine import build_engine
 
 logger = logging.getLogger(__name__)
 

@@ -3,11 +3,20 @@ C → multi or dragin), and put the class and its probabilities at the head of t
 
 from __future__ import annotations
 
+from retrieval.config import RetrievalConfig
 from retrieval.policies.base import PolicyContext, Prepared, Question
 
 
 class AdaptivePolicy:
     name = "adaptive"
+    rank = 0  # it runs whatever the router chose; the chosen policy's rank is the one that counts
+    choosable = False
+    label_class = None
+
+    def max_llm_calls(self, settings: RetrievalConfig) -> int:
+        from retrieval.policies.registry import choosable_policies, get_policy
+
+        return max(get_policy(p).max_llm_calls(settings) for p in choosable_policies())
 
     async def prepare(self, question: Question, ctx: PolicyContext) -> Prepared:
         from retrieval.policies.registry import get_policy

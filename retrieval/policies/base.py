@@ -5,15 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from services.config import RetrievalConfig
-    from services.workers.engine import ChatMessage, GenerationChunk, SignalResult
-
+from retrieval.config import RetrievalConfig
 from retrieval.documents import Passage
+from retrieval.generation import ChatMessage, GenerationChunk, GenerationResult, SamplingParams, SignalResult
 from retrieval.prompts import AnswerStyle, build_messages, canonical_order, chunk_texts, fit_passages
-from services.workers.engine import GenerationResult, SamplingParams
 
 
 @dataclass
@@ -79,7 +76,21 @@ class PolicyResult:
 
 
 class RetrievalPolicy(Protocol):
+    """A retrieval policy, with the facts the layers above read from it (the router, the SLA controller,
+    label collection and config validation never name a policy)."""
+
     name: str
+    # How much retrieval it does, for an SLA tier's quality floor: 0 none, 1 one pass or on demand, 2 step
+    # by step. `min_policy: single` admits every policy ranked at least as `single`.
+    rank: int
+    # Whether `adaptive` and the SLA controller may choose it (adaptive itself may not).
+    choosable: bool
+    # Adaptive-RAG's class of a question this is the simplest policy to answer (A, B or C); None: the
+    # ladder's labels do not try it.
+    label_class: str | None
+
+    def max_llm_calls(self, settings: RetrievalConfig) -> int:
+        """Model calls one question may cost at most (a budget reservation covers this many)."""
 
     async def prepare(self, question: Question, ctx: PolicyContext) -> Prepared:
         """Do the retrieval (and any intermediate reasoning) and build the final prompt."""

@@ -12,10 +12,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from retrieval.config import RetrievalConfig
 from retrieval.documents import Passage
+from retrieval.generation import GenerationResult, SamplingParams
 from retrieval.policies.base import PolicyContext, Prepared, Question, final_messages, retrieve_step
 from retrieval.policies.dragin_signals import first_trigger, locate, qfs_query, rind_scores
-from services.workers.engine import GenerationResult, SamplingParams
 
 _SENTENCE_BREAK = re.compile(r"[.!?\n]\s*")
 
@@ -39,10 +40,14 @@ def merge(passages: list[Passage], new: list[Passage]) -> list[Passage]:
 
 class DraginPolicy:
     name = "dragin"
+    rank = 1  # it retrieves when the model is unsure: a floor of `single` admits it
+    choosable = True
+    label_class = None
+
+    def max_llm_calls(self, settings: RetrievalConfig) -> int:
+        return settings.dragin_max_retrievals + 2  # a generation before each retrieval, one after the last
 
     async def prepare(self, question: Question, ctx: PolicyContext) -> Prepared:
-        from services.config import RetrievalConfig
-
         if ctx.generate_with_signals is None:
             raise RuntimeError("the dragin policy needs a worker that can generate with signals")
         settings = ctx.settings or RetrievalConfig()

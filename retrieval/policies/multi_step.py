@@ -11,10 +11,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from retrieval.config import RetrievalConfig
 from retrieval.documents import Passage
+from retrieval.generation import ChatMessage, SamplingParams
 from retrieval.policies.base import PolicyContext, Prepared, Question, final_messages, retrieve_step
 from retrieval.prompts import format_passages
-from services.workers.engine import ChatMessage, SamplingParams
 
 REASON_SYSTEM = (
     "Answer the question by reasoning step by step from the passages, one short sentence at a time. "
@@ -43,10 +44,14 @@ def round_robin(per_step: list[list[Passage]]) -> list[Passage]:
 
 class MultiStepPolicy:
     name = "multi"
+    rank = 2
+    choosable = True
+    label_class = "C"
+
+    def max_llm_calls(self, settings: RetrievalConfig) -> int:
+        return settings.multi_max_steps + 1  # a reasoning sentence per step, then the answer
 
     async def prepare(self, question: Question, ctx: PolicyContext) -> Prepared:
-        from services.config import RetrievalConfig
-
         settings = ctx.settings or RetrievalConfig()
         steps: list[dict[str, Any]] = []
         first, spent = await retrieve_step(question.text, ctx, steps)

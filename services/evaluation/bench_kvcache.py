@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from retrieval.generation import SamplingParams
 from services.config import AppConfig
-from services.workers.engine import SamplingParams
 
 MODES = ("full", "prefix", "blend")
 ZIPF_EXPONENTS = (0.8, 1.0, 1.2)
@@ -78,8 +78,11 @@ def bench_kvcache(
 
     redis_url = redis_url if redis_url is not None else os.environ.get("REDIS_URL")
     model = config.default_model
-    if model.engine != "torch":
-        raise ValueError("bench kvcache measures the torch engine's chunk-KV cache; configure models[0].engine: torch")
+    if "chunk_cache" not in model.capabilities:
+        raise ValueError(
+            f"bench kvcache measures the chunk-KV cache, which engine {model.engine} lacks; "
+            "configure models[0].engine: torch"
+        )
     chunk_cfg = model.chunk_cache.model_copy(
         update={
             "enabled": True,
@@ -170,7 +173,7 @@ def _clear_backend(backend: Any) -> None:
 def _measure(
     engine: Any, p: dict[str, Any], params: SamplingParams, modes: tuple[str, ...], i: int, sweep: tuple[float, ...]
 ) -> dict[str, Any]:
-    from services.evaluation.scoring import score
+    from core.scoring import score
 
     reuse = engine.chunk_reuse
     order = list(modes[:3])

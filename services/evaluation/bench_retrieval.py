@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.scoring import is_yes_no, normalize_answer
 from retrieval.documents import Document
 from retrieval.retriever import SearchMode
 from services.config import AppConfig
 from services.evaluation.harness import corpus_of, index_dir_for, read_rows
-from services.evaluation.scoring import is_yes_no, normalize_answer
 
 MODES: tuple[SearchMode, ...] = ("dense", "bm25", "hybrid")
 KS = (1, 2, 4, 10)

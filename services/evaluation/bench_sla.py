@@ -28,10 +28,10 @@ from typing import Any
 
 import httpx
 
+from core.scoring import score
 from router.sla import SlaPolicy, load_policy_file
 from services.config import PROJECT_ROOT, AppConfig
 from services.evaluation.harness import percentile, read_rows
-from services.evaluation.scoring import score
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from retrieval.generation import SamplingParams
 from services.config import AppConfig, SpeculativeConfig
-from services.workers.engine import SamplingParams
 
 DRAFTERS = ("ngram", "self_draft", "draft_model", "hybrid")
 # Stop thresholds of adaptive K tried on the calibration prompts; the fastest is measured.

@@ -7,8 +7,8 @@ import asyncio
 import statistics
 from typing import Any
 
+from retrieval.generation import SamplingParams
 from services.config import AppConfig
-from services.workers.engine import SamplingParams
 
 
 def bench_vllm(

@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.scoring import score
 from retrieval.documents import Document
 from retrieval.ingest import parse_jsonl
 from retrieval.policies.base import Question
 from services.clients import LocalRetriever, LocalWorker, WorkerClient
 from services.config import AppConfig
-from services.evaluation.scoring import score
 from services.rag import AnswerRequest, RagService
 from services.retriever_service import RetrieverService
 

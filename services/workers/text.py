@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from retrieval.generation import ChatMessage, SamplingParams
 from services.errors import InvalidRequestError
-from services.workers.engine import ChatMessage, SamplingParams
 
 
 class TokenizerMixin:

@@ -15,9 +15,9 @@ from cache.chunk_kv import ChunkKV, ChunkKVStore, chunk_key, deserialize, metric
 from cache.chunk_reuse import ChunkReuse
 from cache.redis_backend import RedisBackend
 from retrieval.documents import Chunk, Passage
+from retrieval.generation import SamplingParams
 from retrieval.prompts import build_messages, chunk_texts
 from services.config import ModelConfig, load_config
-from services.workers.engine import SamplingParams
 
 
 def rag_prompts(engine: Any, data: Path, n: int, file: str = "dev_hotpotqa.jsonl") -> list[tuple[str, list[str]]]:
@@ -86,6 +86,34 @@ def test_recompute_fraction_one_is_identical_to_full_prefill(chunk_engine: Any, 
     with torch.inference_mode():
         hf = chunk_engine.model(input_ids=torch.tensor([ids])).logits[0, -1]
     assert torch.equal(hf, full.logits)
+
+
+def test_the_blend_path_itself_converges_to_full_prefill(chunk_engine: Any, prompts: Any) -> None:
+    """The blend machinery (re-rotated stored KV, layer 0 over every token, layer-1 deviation, selective
+    recompute over the rest of the layers), not its fraction-1 shortcut: with every chunk token
+    recomputed it must give full prefill's logits up to float error, and with a part recomputed its
+    next-token distribution must stay close, closer the more is recomputed."""
+    reuse: ChunkReuse = chunk_engine.chunk_reuse
+    kls = []
+    for prompt, chunks in prompts[:2]:
+        reuse.warm(prompt, chunks)
+        full = reuse.prefill(prompt, chunks, mode="full").logits.float()
+        every = reuse.prefill(prompt, chunks, mode="blend", fraction=1.0, exact_at_full=False)
+        assert every.report["chunk_tokens_recomputed"] == every.report["chunk_tokens"]
+        assert (every.logits.float() - full).abs().max() < 1e-3 * full.abs().max()
+        assert int(every.logits.argmax()) == int(full.argmax())
+        p_full = torch.log_softmax(full, -1)
+
+        def kl(
+            fraction: float, p_full: torch.Tensor = p_full, prompt: str = prompt, chunks: list[str] = chunks
+        ) -> float:
+            q = torch.log_softmax(reuse.prefill(prompt, chunks, mode="blend", fraction=fraction).logits.float(), -1)
+            return float((p_full.exp() * (p_full - q)).sum())
+
+        kls.append((kl(0.0), kl(0.5), kl(0.9)))
+    for plain, half, most in kls:
+        assert most <= half <= plain + 1e-6, kls
+        assert most < 0.05, kls  # bound on the divergence with nine tenths recomputed
 
 
 def test_blend_recomputes_its_fraction_and_leaves_the_exact_chunk_alone(chunk_engine: Any, prompts: Any) -> None:

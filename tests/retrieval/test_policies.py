@@ -63,8 +63,8 @@ def _contexts(row: dict[str, Any]) -> list[Any]:
 
 def test_dragin_without_attention_runs_on_entropy() -> None:
     """An engine that exposes no attention: RIND falls back to entropy and the trace says so."""
+    from retrieval.generation import GenerationResult, GenerationStats, SamplingParams, SignalResult
     from retrieval.policies.base import PolicyContext, run_policy
-    from services.workers.engine import GenerationResult, GenerationStats, SamplingParams, SignalResult
     from tests.utils.factories import passage
 
     calls: list[str] = []

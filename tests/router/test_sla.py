@@ -451,3 +451,20 @@ def test_model_quality_table_lets_the_stronger_model_win_on_quality_and_the_chea
     assert (d.plan.model, d.plan.policy) == (MODEL, "none")
     assert d.sla["ticket"] is None and not ctl._tickets and not ctl.load.jobs
     assert ctl.quality_table(store.policy)["by_model"] == table
+
+
+def test_qualities_within_the_tie_margin_go_to_the_cheaper_plan() -> None:
+    from router.controller import QUALITY_TIE, Candidate
+    from router.estimates import Estimate
+
+    est = Estimate(1.0, 1.0, 0.5, 100, 10, 5, "plan")
+
+    def cand(policy: str, quality: float, tokens: float) -> Candidate:
+        return Candidate(PlanKey(policy, MODEL, False, False), est, quality, tokens, 0.0, 2048, 0, pred_latency=1.0)
+
+    # 0.5024 and 0.5026 straddle a rounding bucket of 0.005 but lie 0.0002 apart: a tie, the cheaper wins.
+    cheap, dear = cand("none", 0.5024, 100), cand("single", 0.5026, 600)
+    assert SlaController.best([dear, cheap]) is cheap
+    # Just over the margin apart, quality wins.
+    better = cand("multi", 0.5026 + QUALITY_TIE + 0.0001, 1500)
+    assert SlaController.best([cheap, dear, better]) is better

@@ -72,8 +72,8 @@ def test_bench_spec_on_one_prompt(shared_data: Path, tmp_path: Path) -> None:
 @pytest.mark.model
 def test_bench_spec_replays_saved_prompts_without_the_serving_stack(engine: Any, tmp_path: Path) -> None:
     """`python -m services.evaluation.bench_spec` (for a GPU host): prompts from a file, the model from a folder."""
+    from retrieval.generation import ChatMessage
     from services.evaluation.bench_spec import main
-    from services.workers.engine import ChatMessage
     from services.workers.model_store import resolve_model_path
 
     prompt = engine.render_chat([ChatMessage(role="user", content="Repeat: the quick brown fox jumps over the dog.")])

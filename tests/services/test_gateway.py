@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from retrieval.generation import ChatMessage
 from services.gateway import create_app
-from services.workers.engine import ChatMessage
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 

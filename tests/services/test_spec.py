@@ -8,8 +8,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from retrieval.generation import SamplingParams
 from services.config import SpeculativeConfig
-from services.workers.engine import SamplingParams
 from services.workers.spec.adaptive import AcceptancePredictor, CandidateLength, fit_predictor
 from services.workers.spec.ngram import NgramDrafter, lookup
 from services.workers.spec.verify import Verdict, target_probs, verify_greedy, verify_sampling

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import torch
 
+from retrieval.generation import SamplingParams
 from services.config import SpeculativeConfig
-from services.workers.engine import SamplingParams
 from services.workers.spec.decode import SpecStats, build_setup, speculative_steps
 
 
@@ -65,7 +65,7 @@ def test_speculative_greedy_equals_plain_greedy_on_many_prompts(tiny: Any, spec:
             )
         ]
         assert got == expected
-    assert stats.drafted > 0 and 0 <= stats.accepted <= stats.drafted
+    assert stats.drafted > 0 and 0 < stats.accepted <= stats.drafted  # drafts were taken, not only made
 
 
 @pytest.mark.unit

@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
+from retrieval.generation import ChatMessage, SamplingParams
 from services.errors import InvalidRequestError
-from services.workers.engine import ChatMessage, SamplingParams
 from services.workers.engines.torch_engine import _StopAwareDetokenizer
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
+from retrieval.generation import ChatMessage, GenerationChunk, SamplingParams
 from services.config import ModelConfig, load_config
 from services.errors import InvalidRequestError
-from services.workers.engine import ChatMessage, GenerationChunk, SamplingParams
 
 pytestmark = [pytest.mark.integration, pytest.mark.model, pytest.mark.vllm]
 

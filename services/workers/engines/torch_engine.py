@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from services.workers.engine import (
+from retrieval.generation import (
     FinishReason,
     GenerationChunk,
     GenerationResult,

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from services.workers.engine import (
+from retrieval.generation import (
     FinishReason,
     GenerationChunk,
     GenerationResult,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import torch
 
-    from services.workers.engine import SamplingParams
+    from retrieval.generation import SamplingParams
 
 # Called after each drafted token with that token's acceptance features; False stops drafting.
 KeepGoing = Callable[[list[float]], bool]

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     import torch
 
     from cache.chunk_reuse import Prefilled
+    from retrieval.generation import SamplingParams
     from services.config import SpeculativeConfig
-    from services.workers.engine import SamplingParams
 
 
 _DRAFTS: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], Any]] = weakref.WeakKeyDictionary()

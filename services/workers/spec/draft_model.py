@@ -16,7 +16,7 @@ from services.workers.spec.verify import target_probs
 if TYPE_CHECKING:
     import torch
 
-    from services.workers.engine import SamplingParams
+    from retrieval.generation import SamplingParams
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

@@ -18,7 +18,7 @@ from services.workers.spec.ngram import NgramDrafter
 if TYPE_CHECKING:
     import torch
 
-    from services.workers.engine import SamplingParams
+    from retrieval.generation import SamplingParams
 
 
 class HybridDrafter:

@@ -11,7 +11,7 @@ from services.workers.spec.base import Draft, KeepGoing
 if TYPE_CHECKING:
     import torch
 
-    from services.workers.engine import SamplingParams
+    from retrieval.generation import SamplingParams
 
 
 def lookup(context: list[int], max_n: int, min_n: int, max_k: int) -> tuple[list[int], int]:

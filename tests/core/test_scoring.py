@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from core.scoring import f1, normalize_answer, score, yes_no
 from services.evaluation.harness import percentile, summarise
-from services.evaluation.scoring import f1, normalize_answer, score, yes_no
 
 pytestmark = pytest.mark.unit
 

@@ -1,0 +1,37 @@
+"""The cache package's config sections: chunk-KV reuse (per model) and the response cache."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from core.config import Section
+
+
+class ChunkCacheConfig(Section):
+    """Chunk-KV reuse (Cache-Craft, CacheBlend) in the torch engine: the KV of retrieved chunks is stored
+    once and reused, with a fraction of chunk tokens recomputed so chunks see each other."""
+
+    enabled: bool = Field(False, description="Reuse stored chunk KV at prefill (answers may differ slightly).")
+    recompute_fraction: float = Field(
+        0.15, ge=0.0, le=1.0, description="Share of reused chunk tokens recomputed (0 = plain reuse, 1 = full prefill)."
+    )
+    memory_bytes: int = Field(1 << 30, ge=0, description="Bytes of chunk KV the worker keeps in memory.")
+    eviction: Literal["craft", "lru"] = Field(
+        "craft", description="Memory tier eviction: craft (reuse frequency, recency, recompute cost) or lru."
+    )
+    backend_url: str | None = Field(
+        None, description="Second tier, redis://host:port/db; None = REDIS_URL when set, else memory only."
+    )
+    ttl_s: int = Field(7 * 86400, gt=0, description="Lifetime of entries in the second tier, seconds.")
+    min_chunk_tokens: int = Field(8, ge=1, description="Chunks shorter than this are computed, not stored.")
+
+
+class CacheConfig(Section):
+    response_cache_url: str = Field(
+        "memory://", description="memory:// or redis://host:port/db; REDIS_URL overrides it."
+    )
+    ttl_s: int = Field(3600, gt=0, description="Response cache entry lifetime in seconds.")
+    max_entries: int = Field(1024, gt=0, description="In-memory response cache capacity.")
+    enabled: bool = Field(True, description="Serve repeated greedy questions from the cache.")

@@ -1,0 +1,70 @@
+"""The retrieval package's config sections: embedder, index, policies' settings and the startup corpus."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from core.config import PROJECT_ROOT, Section
+
+
+class EmbedderConfig(Section):
+    path: str | None = Field(None, description="sentence-transformers folder; None = packaged MiniLM.")
+    device: str = Field("cpu", description="torch device for the embedder.")
+    batch_size: int = Field(32, gt=0, description="Texts per embedding batch.")
+
+
+class IndexConfig(Section):
+    dir: str = Field(".ragyard/index", description="Where the FAISS index and doc store persist.")
+    chunk_tokens: int = Field(200, ge=32, le=512, description="Chunk size in embedder tokens.")
+    chunk_overlap_tokens: int = Field(40, ge=0, description="Overlap between neighbouring chunks.")
+
+    @model_validator(mode="after")
+    def _overlap(self) -> IndexConfig:
+        if self.chunk_overlap_tokens >= self.chunk_tokens:
+            raise ValueError("chunk_overlap_tokens must be smaller than chunk_tokens")
+        return self
+
+
+class RetrievalConfig(Section):
+    default_policy: str = Field("single", description="Policy the router picks when none is asked.")
+    top_k: int = Field(4, gt=0, description="Passages retrieved per step.")
+    search: Literal["dense", "bm25", "hybrid"] = Field(
+        "hybrid",
+        description="dense: embedding similarity (FAISS); bm25: lexical (bm25s); hybrid: both fused by "
+        "reciprocal rank. `ragyard bench retrieval` measures them (README: Hybrid retrieval).",
+    )
+    hybrid_candidates: int = Field(20, gt=0, le=1000, description="hybrid: passages taken from each ranking.")
+    rrf_k: int = Field(60, gt=0, description="hybrid: reciprocal rank fusion constant (score = sum 1/(rrf_k+rank)).")
+    max_top_k: int = Field(20, gt=0, description="Largest top_k a request may ask for.")
+    max_context_tokens: int = Field(1200, gt=0, description="Model tokens of passages in one prompt.")
+    multi_max_steps: int = Field(4, ge=1, le=16, description="multi: retrieval steps at most.")
+    multi_step_tokens: int = Field(40, gt=0, description="multi: tokens of one reasoning sentence.")
+    dragin_threshold: float = Field(
+        0.45,
+        gt=0,
+        description="dragin: RIND score (entropy x attention received) that triggers retrieval, for every model "
+        "when set; unset, each packaged model's calibrated value applies (0.45 SmolLM2-135M, 0.05 "
+        "Qwen2.5-Coder-0.5B) and 0.45 for others.",
+    )
+    dragin_query_tokens: int = Field(8, gt=0, description="dragin: context tokens QFS puts in the query.")
+    dragin_max_retrievals: int = Field(3, ge=1, le=10, description="dragin: retrievals per question at most.")
+    plugins: dict[str, str] = Field(
+        default_factory=dict,
+        description='Further retrieval policies, name: "module:Class" (a plug-in that may live outside the repo); '
+        "each is loaded and checked when the config loads, then requested, planned and budgeted like the others.",
+    )
+    canonical_chunk_order: bool = Field(
+        False,
+        description="Put passages in document order instead of relevance order, so a repeated set of chunks "
+        "makes the same prompt and hits a prefix cache (vLLM's).",
+    )
+
+
+class CorpusConfig(Section):
+    paths: list[str] = Field(
+        default_factory=lambda: [str(PROJECT_ROOT / "README.md"), str(PROJECT_ROOT / "docs")],
+        description="Files or folders indexed at startup (the bundled sample corpus).",
+    )
+    ingest_on_start: bool = Field(True, description="Index `paths` when the retriever starts.")

@@ -1,0 +1,143 @@
+"""What a retrieval policy asks of a language model: messages, sampling, results and the per-token
+signals DRAGIN reads, and the ``Engine`` protocol every model engine implements.
+
+The policies consume these types, so they are defined here, on the consumer's side; engines
+(``services.workers.engines``) implement the protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FinishReason = Literal["stop", "length"]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class SamplingParams(BaseModel):
+    """How to pick tokens. temperature 0 is greedy (and then deterministic)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_tokens: int = Field(256, gt=0)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    # The plan's switches: off turns the worker's draft pair / chunk-KV reuse off for this request.
+    speculative: bool = True
+    chunk_cache: bool = True
+    # The SLA tier's priority: the torch engine runs waiting steps of higher priority first.
+    priority: int = Field(0, ge=0, le=100)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class GenerationChunk:
+    """One streamed piece: new text, and on the last chunk the finish reason and the stats."""
+
+    text: str
+    finish_reason: FinishReason | None = None
+    stats: GenerationStats | None = None
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    ttft_s: float = 0.0
+    queue_s: float = 0.0
+    # Speculative decoding's figures (drafter, K, drafted, accepted, mean accepted length) when it ran.
+    speculative: dict[str, Any] | None = None
+    # Chunk-KV reuse's figures (hits per tier, tokens reused and recomputed, bytes) when it ran.
+    chunk_cache: dict[str, Any] | None = None
+    # Prompt tokens whose KV came from the engine's prefix cache (vLLM), when it says.
+    cached_prompt_tokens: int | None = None
+    # The first token's id (the torch engine reports it; benchmarks compare first tokens across modes).
+    first_token: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    finish_reason: FinishReason
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+
+@dataclass
+class SignalResult:
+    """A completion with the per-token signals DRAGIN reads.
+
+    ``entropies[i]`` is the entropy (nats) of the distribution token i was drawn from.
+    ``attention`` (None when the engine cannot expose it) has one row per generated token over every
+    position of prompt plus completion: last layer, averaged over heads. ``tokens`` holds the text of
+    every position (prompt first, then completion), ``prompt_len`` where the completion starts.
+    """
+
+    text: str
+    finish_reason: FinishReason
+    token_ids: list[int]
+    tokens: list[str]
+    prompt_len: int
+    entropies: list[float]
+    attention: Any = None
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+
+class Engine(Protocol):
+    """What the worker needs from a model engine."""
+
+    model_id: str
+    max_model_len: int
+
+    def render_chat(self, messages: list[ChatMessage]) -> str:
+        """The prompt text the model's chat template makes of these messages."""
+
+    def count_tokens(self, text: str) -> int:
+        """Model tokens in ``text`` (no special tokens added)."""
+
+    def stream(
+        self, prompt: str, params: SamplingParams, chunks: list[str] | None = None
+    ) -> AsyncIterator[GenerationChunk]:
+        """Stream the completion of ``prompt``; the last chunk carries finish reason and stats.
+        ``chunks``: retrieved texts inside the prompt (engines with a chunk-KV cache reuse their KV)."""
+
+    async def generate(self, prompt: str, params: SamplingParams, chunks: list[str] | None = None) -> GenerationResult:
+        """The whole completion at once."""
+
+    async def generate_with_signals(self, prompt: str, params: SamplingParams) -> SignalResult:
+        """The completion plus per-token entropies and (where the engine can) attentions."""
+
+    def close(self) -> None:
+        """Free the model."""
+
+
+async def collect(chunks: AsyncIterator[GenerationChunk]) -> GenerationResult:
+    """Drain a stream into one result (engines use it for ``generate``)."""
+    parts: list[str] = []
+    finish: FinishReason = "length"
+    stats = GenerationStats()
+    async for chunk in chunks:
+        parts.append(chunk.text)
+        if chunk.finish_reason is not None:
+            finish = chunk.finish_reason
+        if chunk.stats is not None:
+            stats = chunk.stats
+    return GenerationResult(text="".join(parts), finish_reason=finish, stats=stats)

@@ -1,0 +1,102 @@
+"""The router package's config sections: the complexity router and the SLA controller."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from pydantic import Field, field_validator
+
+from cache.config import CacheConfig, ChunkCacheConfig
+from core.config import PROJECT_ROOT, Section
+from retrieval.config import RetrievalConfig
+from retrieval.policies.registry import choosable_policies
+
+
+class RouterConfig(Section):
+    artifact: str | None = Field(
+        str(PROJECT_ROOT / "router" / "artifacts" / "complexity-v1.npz"),
+        description="Trained complexity classifier (.npz); None disables classification.",
+    )
+    multi_hop_policy: str = Field(
+        "multi", description="Policy `adaptive` runs for class C (multi-step) questions (e.g. multi, dragin)."
+    )
+    fallback_policy: str = Field(
+        "single", description="Policy `adaptive` runs when the classifier is unavailable (missing or corrupt)."
+    )
+    quality_table: str | None = Field(
+        str(PROJECT_ROOT / "router" / "artifacts" / "quality-v1.json"),
+        description="Measured quality per model x policy x class (`ragyard build-quality`). With it, `model: auto` "
+        "and `adaptive` pick the cheapest (model, policy) within quality_margin of the best; None disables that.",
+    )
+    quality_margin: float = Field(
+        0.03,
+        ge=0,
+        le=1,
+        description="Share of the best expected F1 the router gives up for a cheaper (model, policy): 0.03 takes "
+        "the cheapest pair expecting at least 97% of the best; 0 = always the best.",
+    )
+
+    @field_validator("multi_hop_policy", "fallback_policy")
+    @classmethod
+    def _choosable(cls, value: str) -> str:
+        if value not in choosable_policies():
+            raise ValueError(f"{value!r} is not a policy adaptive may run ({', '.join(choosable_policies())})")
+        return value
+
+
+class SlaConfig(Section):
+    """The SLA budget controller (router/controller.py) and its policy file (router/sla.py)."""
+
+    enabled: bool = Field(
+        False,
+        description="Plan each request within its tier's SLO and its tenant's budget; shed with 429 under overload.",
+    )
+    policy_path: str | None = Field(
+        None, description="SLA policy YAML (tiers, tenants, prices); None = the built-in three tiers, no tenants."
+    )
+    reload_interval_s: float = Field(2.0, gt=0, description="How often the policy file is checked for changes.")
+    budget_url: str | None = Field(
+        None, description="Budget store: memory:// or redis://host:port/db; None = REDIS_URL when set, else memory."
+    )
+    budget_prefix: str = Field("ragyard:budget:", min_length=1, description="Redis key prefix of the budgets.")
+
+
+# What the router reads of the app config. The app config is composed above the router (services.config),
+# so the router states the shape it consumes; services.config.AppConfig has it.
+class ModelView(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def engine(self) -> str: ...
+    @property
+    def max_model_len(self) -> int: ...
+    @property
+    def default_max_tokens(self) -> int: ...
+    @property
+    def speculative(self) -> object | None: ...
+    @property
+    def chunk_cache(self) -> ChunkCacheConfig: ...
+    @property
+    def capabilities(self) -> frozenset[str]: ...  # the engine's, e.g. "priority_scheduling", "chunk_cache"
+
+
+class ReplicasView(Protocol):
+    @property
+    def worker_replicas(self) -> int: ...
+
+
+class RouterSettings(Protocol):
+    @property
+    def router(self) -> RouterConfig: ...
+    @property
+    def retrieval(self) -> RetrievalConfig: ...
+    @property
+    def cache(self) -> CacheConfig: ...
+    @property
+    def ray(self) -> ReplicasView: ...
+    @property
+    def models(self) -> Sequence[ModelView]: ...
+    @property
+    def default_model(self) -> ModelView: ...
+    def model(self, model_id: str) -> ModelView: ...
