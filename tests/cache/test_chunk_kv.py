@@ -100,7 +100,7 @@ def test_the_blend_path_itself_converges_to_full_prefill(chunk_engine: Any, prom
         full = reuse.prefill(prompt, chunks, mode="full").logits.float()
         every = reuse.prefill(prompt, chunks, mode="blend", fraction=1.0, exact_at_full=False)
         assert every.report["chunk_tokens_recomputed"] == every.report["chunk_tokens"]
-        assert (every.logits.float() - full).abs().max() < 1e-3 * full.abs().max()
+        assert (every.logits.float() - full).abs().max() < 1e-3  # logits of size ~30; measured 5e-5
         assert int(every.logits.argmax()) == int(full.argmax())
         p_full = torch.log_softmax(full, -1)
 
@@ -111,9 +111,10 @@ def test_the_blend_path_itself_converges_to_full_prefill(chunk_engine: Any, prom
             return float((p_full.exp() * (p_full - q)).sum())
 
         kls.append((kl(0.0), kl(0.5), kl(0.9)))
+    # Measured on these prompts: KL 0.48 / 0.057 with nothing recomputed, 0.005 with half, ~0 with 0.9.
     for plain, half, most in kls:
         assert most <= half <= plain + 1e-6, kls
-        assert most < 0.05, kls  # bound on the divergence with nine tenths recomputed
+        assert half < 0.02 and most < 1e-3, kls
 
 
 def test_blend_recomputes_its_fraction_and_leaves_the_exact_chunk_alone(chunk_engine: Any, prompts: Any) -> None:
