@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, JsonValue, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cache.config import CacheConfig, ChunkCacheConfig
@@ -24,6 +24,7 @@ from router.config import RouterConfig, SlaConfig
 from services.workers.engine import (
     ADAPTIVE_K,
     CHUNK_CACHE,
+    ENGINES,
     HYBRID_DRAFT,
     SELF_DRAFT,
     engine_capabilities,
@@ -52,6 +53,10 @@ __all__ = [
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 # The embedded default is a ladder of packaged models, cheapest first: `model: auto` routes between them.
 DEFAULT_LADDER = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
+
+
+# The registered engines, as the JSON schema (and so the Helm chart) lists them.
+_ENGINE_NAMES: list[JsonValue] = [*sorted(ENGINES)]
 
 
 class SpeculativeConfig(Section):
@@ -124,9 +129,20 @@ class ModelConfig(Section):
         "checked by sha256 and converted from its GGUF once, cached); any other value is a local HF folder. "
         "None is the packaged SmolLM2-135M-Instruct.",
     )
-    engine: Literal["torch", "vllm"] = Field(
-        "torch", description="Engine that runs the model: torch (embedded default) or vllm (`make install-vllm`)."
+    engine: str = Field(
+        "torch",
+        description="Engine that runs the model: torch (embedded default) or vllm (`make install-vllm`); "
+        "any engine registered in services/workers/engine.py.",
+        json_schema_extra={"enum": _ENGINE_NAMES},
     )
+
+    @field_validator("engine")
+    @classmethod
+    def _registered_engine(cls, value: str) -> str:
+        if value not in ENGINES:
+            raise ValueError(f"unknown engine {value!r}; valid: {', '.join(sorted(ENGINES))}")
+        return value
+
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype.")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, ...")
     max_model_len: int = Field(2048, gt=0, description="Prompt plus completion tokens, at most.")

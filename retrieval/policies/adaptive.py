@@ -4,14 +4,13 @@ C → multi or dragin), and put the class and its probabilities at the head of t
 from __future__ import annotations
 
 from retrieval.config import RetrievalConfig
-from retrieval.policies.base import PolicyContext, Prepared, Question
+from retrieval.policies.base import PolicyContext, PolicyFacts, Prepared, Question
 
 
-class AdaptivePolicy:
+class AdaptivePolicy(PolicyFacts):
     name = "adaptive"
     rank = 0  # it runs whatever the router chose; the chosen policy's rank is the one that counts
     choosable = False
-    label_class = None
 
     def max_llm_calls(self, settings: RetrievalConfig) -> int:
         from retrieval.policies.registry import choosable_policies, get_policy

@@ -75,6 +75,18 @@ class PolicyResult:
     prompt_cache: dict[str, Any] | None = None
 
 
+class PolicyFacts:
+    """The facts most policies share (a policy class may inherit them and override what differs): one
+    retrieval pass, `adaptive` may choose it, no label class of its own, one model call."""
+
+    rank = 1
+    choosable = True
+    label_class: str | None = None
+
+    def max_llm_calls(self, settings: RetrievalConfig) -> int:
+        return 1
+
+
 class RetrievalPolicy(Protocol):
     """A retrieval policy, with the facts the layers above read from it (the router, the SLA controller,
     label collection and config validation never name a policy)."""

@@ -15,7 +15,7 @@ from typing import Any
 from retrieval.config import RetrievalConfig
 from retrieval.documents import Passage
 from retrieval.generation import GenerationResult, SamplingParams
-from retrieval.policies.base import PolicyContext, Prepared, Question, final_messages, retrieve_step
+from retrieval.policies.base import PolicyContext, PolicyFacts, Prepared, Question, final_messages, retrieve_step
 from retrieval.policies.dragin_signals import first_trigger, locate, qfs_query, rind_scores
 
 _SENTENCE_BREAK = re.compile(r"[.!?\n]\s*")
@@ -38,11 +38,8 @@ def merge(passages: list[Passage], new: list[Passage]) -> list[Passage]:
     return new + [p for p in passages if p.chunk.chunk_id not in seen]
 
 
-class DraginPolicy:
-    name = "dragin"
-    rank = 1  # it retrieves when the model is unsure: a floor of `single` admits it
-    choosable = True
-    label_class = None
+class DraginPolicy(PolicyFacts):
+    name = "dragin"  # rank 1: it retrieves when the model is unsure, so a floor of `single` admits it
 
     def max_llm_calls(self, settings: RetrievalConfig) -> int:
         return settings.dragin_max_retrievals + 2  # a generation before each retrieval, one after the last

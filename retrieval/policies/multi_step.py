@@ -14,7 +14,7 @@ from typing import Any
 from retrieval.config import RetrievalConfig
 from retrieval.documents import Passage
 from retrieval.generation import ChatMessage, SamplingParams
-from retrieval.policies.base import PolicyContext, Prepared, Question, final_messages, retrieve_step
+from retrieval.policies.base import PolicyContext, PolicyFacts, Prepared, Question, final_messages, retrieve_step
 from retrieval.prompts import format_passages
 
 REASON_SYSTEM = (
@@ -42,10 +42,9 @@ def round_robin(per_step: list[list[Passage]]) -> list[Passage]:
     return out
 
 
-class MultiStepPolicy:
+class MultiStepPolicy(PolicyFacts):
     name = "multi"
     rank = 2
-    choosable = True
     label_class = "C"
 
     def max_llm_calls(self, settings: RetrievalConfig) -> int:

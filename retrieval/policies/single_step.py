@@ -4,18 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from retrieval.config import RetrievalConfig
-from retrieval.policies.base import PolicyContext, Prepared, Question, final_messages, retrieve_step
+from retrieval.policies.base import PolicyContext, PolicyFacts, Prepared, Question, final_messages, retrieve_step
 
 
-class SingleStepPolicy:
+class SingleStepPolicy(PolicyFacts):
     name = "single"
-    rank = 1
-    choosable = True
     label_class = "B"
-
-    def max_llm_calls(self, settings: RetrievalConfig) -> int:
-        return 1
 
     async def prepare(self, question: Question, ctx: PolicyContext) -> Prepared:
         steps: list[dict[str, Any]] = []

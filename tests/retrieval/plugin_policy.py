@@ -8,18 +8,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from retrieval.config import RetrievalConfig
-from retrieval.policies.base import PolicyContext, Prepared, Question, final_messages, retrieve_step
+from retrieval.policies.base import PolicyContext, PolicyFacts, Prepared, Question, final_messages, retrieve_step
 
 
-class SingleRerankPolicy:
+class SingleRerankPolicy(PolicyFacts):
+    """One pass, choosable, one model call: PolicyFacts' defaults."""
+
     name = "single_rerank"
-    rank = 1
-    choosable = True
-    label_class = None
-
-    def max_llm_calls(self, settings: RetrievalConfig) -> int:
-        return 1
 
     async def prepare(self, question: Question, ctx: PolicyContext) -> Prepared:
         steps: list[dict[str, Any]] = []
