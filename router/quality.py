@@ -62,14 +62,17 @@ def ladder_labels(runs: Iterable[dict[str, Any]], model_cost: dict[str, float]) 
 
 def build_table(runs: list[dict[str, Any]], *, version: str = "quality-v1") -> dict[str, Any]:
     """The artifact's content: table, costs, labels' counts, from ladder runs. Labels come from every
-    question; the table and costs only from questions answered by every (model, policy) seen (a cascade
-    answers its later pairs only where the earlier ones failed, which would bias their cells low)."""
+    question; the table and costs only from full-matrix runs (``mode`` full, or no mode: runs from before
+    modes existed), since a cascade answers its later pairs only where the earlier ones failed, which would
+    bias their cells low. A policy's cells come from the questions every model answered with it in full
+    mode, so the models are compared on the same questions; a full run may cover only some policies."""
     runs = list(runs)
-    pairs = {(r["model"], r["policy"]) for r in runs}
-    by_q: dict[tuple[str, Any], set[tuple[str, str]]] = defaultdict(set)
-    for r in runs:
-        by_q[(r["file"], r["id"])].add((r["model"], r["policy"]))
-    full = [r for r in runs if by_q[(r["file"], r["id"])] == pairs]
+    unbiased = [r for r in runs if r.get("mode", "full") != "cascade"]
+    models_seen = {r["model"] for r in runs}
+    by_qp: dict[tuple[str, Any, str], set[str]] = defaultdict(set)
+    for r in unbiased:
+        by_qp[(r["file"], r["id"], r["policy"])].add(r["model"])
+    full = [r for r in unbiased if by_qp[(r["file"], r["id"], r["policy"])] == models_seen]
     cost: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
     grouped: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in full:
@@ -106,6 +109,10 @@ def build_table(runs: list[dict[str, Any]], *, version: str = "quality-v1") -> d
         "label_counts": label_counts,
         "questions": len(labels),
         "questions_in_table": len({(r["file"], r["id"]) for r in full}),
+        "questions_per_policy": {
+            p: len({(r["file"], r["id"]) for r in full if r["policy"] == p})
+            for p in sorted({r["policy"] for r in full})
+        },
         "files": sorted({r["file"] for r in labels}),
     }
 

@@ -155,7 +155,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_collect_ladder(args: argparse.Namespace) -> int:
-    from services.evaluation.ladder import collect_ladder
+    from services.evaluation.ladder import POLICIES, collect_ladder
 
     config = load_config(args.config)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
@@ -165,6 +165,7 @@ def cmd_collect_ladder(args: argparse.Namespace) -> int:
         data=args.data or [],
         train_data=args.train_data or [],
         models=models,
+        policies=tuple(p.strip() for p in args.policies.split(",") if p.strip()) if args.policies else POLICIES,
         mode=args.mode,
         seed=args.seed,
         limit=args.limit,
@@ -303,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-data", action="append", help="QA JSONL file used whole, for training (repeatable)")
     p.add_argument("--out", required=True, help="folder of runs.jsonl (appended; a rerun resumes)")
     p.add_argument("--models", help="comma-separated model ids (default: every configured model)")
+    p.add_argument("--policies", help="comma-separated subset of none,single,multi (default: all three)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/test split")
     p.add_argument("--limit", type=int, help="first N questions (round robin across files) only")
     p.add_argument("--budget-s", type=float, help="stop after this many seconds (rerun to go on)")

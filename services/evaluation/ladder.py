@@ -12,7 +12,10 @@ model first (the config's order), and stops at the first correct answer; a one-h
 after ``single`` (in the full runs not one of 36 one-hop questions needed ``multi`` to be answered: its
 label is B either way, and ``multi`` is the costliest run, about 30 s a question for the two models
 here); a question without passages (FanOutQA) can only be tried without retrieval. The table is built
-from full questions only, since a cascade's later runs are of the questions the early ones missed.
+from full-matrix runs only, since a cascade's later runs are of the questions the early ones missed;
+``policies`` narrows a full run to some policies (``none`` and ``single`` cost about 6 s a question for
+the two models here, ``multi`` 30 s), and the table takes each policy's cells from the questions every
+model answered with it in full mode.
 """
 
 from __future__ import annotations
@@ -53,8 +56,12 @@ def training_rows(data: list[str], train_data: list[str], seed: int, train_fract
     return out
 
 
-def run_key(file: str, qid: Any, model: str, policy: str) -> str:
-    return f"{file}|{qid}|{model}|{policy}"
+def run_key(file: str, qid: Any, model: str, policy: str, mode: str = "full") -> str:
+    """One answer's key. Full-matrix and cascade answers are kept apart: a cascade runs a later pair only
+    where the earlier ones failed, so its answers cannot stand in for an unbiased full-matrix run (runs
+    written before modes existed were full-matrix ones)."""
+    base = f"{file}|{qid}|{model}|{policy}"
+    return base if mode != "cascade" else base + "|cascade"
 
 
 def read_runs(path: Path) -> dict[str, dict[str, Any]]:
@@ -67,7 +74,7 @@ def read_runs(path: Path) -> dict[str, dict[str, Any]]:
                 continue
             try:
                 rec = json.loads(line)
-                runs[run_key(rec["file"], rec["id"], rec["model"], rec["policy"])] = rec
+                runs[run_key(rec["file"], rec["id"], rec["model"], rec["policy"], rec.get("mode", "full"))] = rec
             except (json.JSONDecodeError, KeyError, TypeError):
                 logger.warning("%s:%d: not a complete run, skipped (it will be answered again)", path, lineno)
     return runs
@@ -93,10 +100,18 @@ def planned_pairs(
     return [(m, p) for p in allowed for m in models]
 
 
+def _done(done: dict[str, dict[str, Any]], file: str, qid: Any, model: str, policy: str, mode: str) -> Any:
+    """The answer a run of this mode can use: its own mode's, and for a cascade a full-matrix one too."""
+    rec = done.get(run_key(file, qid, model, policy, mode))
+    if rec is None and mode == "cascade":
+        rec = done.get(run_key(file, qid, model, policy, "full"))
+    return rec
+
+
 def _finished(
     file: str, row: dict[str, Any], pairs: list[tuple[str, str]], done: dict[str, dict[str, Any]], mode: str
 ) -> bool:
-    recs = [done.get(run_key(file, row.get("id"), m, p)) for m, p in pairs]
+    recs = [_done(done, file, row.get("id"), m, p, mode) for m, p in pairs]
     if mode == "cascade" and any(r is not None and is_correct(r["em"], r["f1"]) for r in recs):
         return True
     return all(r is not None for r in recs)
@@ -122,6 +137,8 @@ def collect_ladder(
     resumes)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    if not policies or set(policies) - set(POLICIES):
+        raise ValueError(f"policies must be some of {', '.join(POLICIES)}, not {', '.join(policies) or 'none at all'}")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs_path = out_dir / "runs.jsonl"
@@ -144,7 +161,7 @@ def collect_ladder(
             if file not in services:
                 services[file] = evaluator.service_for(sources[file])
             for model, policy in plans[(file, row.get("id"))]:
-                rec = done.get(run_key(file, row.get("id"), model, policy))
+                rec = _done(done, file, row.get("id"), model, policy, mode)
                 if rec is None:
                     pred = asyncio.run(
                         evaluator.answer_row(services[file], row, policy, max_tokens=max_tokens, model=model)
@@ -166,7 +183,7 @@ def collect_ladder(
                         "llm_calls": pred["llm_calls"],
                     }
                     _append(runs_path, rec)
-                    done[run_key(file, row.get("id"), model, policy)] = rec
+                    done[run_key(file, row.get("id"), model, policy, mode)] = rec
                     answered += 1
                 if mode == "cascade" and is_correct(rec["em"], rec["f1"]):
                     break

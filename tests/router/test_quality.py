@@ -169,8 +169,26 @@ def test_the_table_uses_only_questions_every_pair_answered() -> None:
     """A cascade's later pairs run only where earlier ones failed: its questions label, but stay out of
     the table's cells and costs."""
     full = [run("1", m, p, 1.0, 1.0) for m in (SMALL, BIG) for p in ("none", "single", "multi")]
-    cascade = [run("2", SMALL, "none", 0.0, 9.0), run("2", BIG, "none", 0.0, 9.0), run("2", SMALL, "single", 0.0, 9.0)]
+    cascade = [
+        {**run("2", SMALL, "none", 0.0, 9.0), "mode": "cascade"},
+        {**run("2", BIG, "none", 0.0, 9.0), "mode": "cascade"},
+        {**run("2", SMALL, "single", 0.0, 9.0), "mode": "cascade"},
+    ]
     content = build_table(full + cascade)
     assert content["questions"] == 2 and content["questions_in_table"] == 1
     assert content["cost"][SMALL]["none"]["latency_s"] == 1.0 and content["cost"][SMALL]["none"]["n"] == 1
     assert content["table"][SMALL]["single"]["A"] == 1.0
+
+
+def test_a_full_run_of_some_policies_adds_to_their_cells_only() -> None:
+    """`collect-ladder --policies none,single` (full mode): question 3's none and single runs join those
+    cells and costs; multi's cells stay those of the questions that ran it. A policy only one model ran
+    on a question stays out (the models are compared on the same questions)."""
+    full = [run("1", m, p, 1.0, 1.0) for m in (SMALL, BIG) for p in ("none", "single", "multi")]
+    partial = [{**run("3", m, p, 0.0, 3.0), "mode": "full"} for m in (SMALL, BIG) for p in ("none", "single")]
+    lone = [{**run("4", SMALL, "none", 0.0, 9.0), "mode": "full"}]
+    content = build_table(full + partial + lone)
+    assert content["questions_per_policy"] == {"multi": 1, "none": 2, "single": 2}
+    assert content["cost"][SMALL]["none"] == {"latency_s": 2.0, "tokens": 104.0, "n": 2}
+    assert content["cost"][BIG]["multi"]["n"] == 1
+    assert content["questions"] == 3  # question 4 is still labelled

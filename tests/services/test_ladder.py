@@ -39,6 +39,25 @@ def test_a_line_cut_short_is_skipped_and_closed(tmp_path: Path) -> None:
     assert set(read_runs(path)) == {run_key("f", "1", "m", "none"), run_key("f", "3", "m", "none")}
 
 
+@pytest.mark.unit
+def test_full_and_cascade_answers_are_kept_apart(tmp_path: Path) -> None:
+    """A full-matrix run never takes a cascade's answer for its own (the cascade's are biased), a cascade
+    may take a full run's, and both lines of one (question, model, policy) survive a reread."""
+    from services.evaluation.ladder import _done
+
+    path = tmp_path / "runs.jsonl"
+    rec = {"file": "f", "id": "1", "model": "m", "policy": "none", "f1": 0.0}
+    _append(path, {**rec, "mode": "cascade"})
+    done = read_runs(path)
+    assert _done(done, "f", "1", "m", "none", "full") is None
+    assert _done(done, "f", "1", "m", "none", "cascade") is not None
+    _append(path, {**rec, "mode": "full", "f1": 1.0})
+    done = read_runs(path)
+    assert len(done) == 2 and _done(done, "f", "1", "m", "none", "full")["f1"] == 1.0
+    with pytest.raises(ValueError, match="policies must be some of"):
+        collect_ladder(None, tmp_path, data=[], policies=("rerank",))  # type: ignore[arg-type]
+
+
 @pytest.mark.integration
 @pytest.mark.model
 def test_collection_resumes(shared_data: Path, tmp_path: Path, base_config: dict[str, Any]) -> None:
