@@ -27,6 +27,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from core.capabilities import CHUNK_CACHE, PRIORITY_SCHEDULING, SPEC_PER_REQUEST
 from retrieval.policies.registry import choosable_policies, get_policy, policy_rank
 from router.budgets import MICRO, BudgetLedger, seconds_to_reset
 from router.config import RouterSettings
@@ -167,7 +168,7 @@ class SlaController:
         self.load = LoadModel(
             {m.id: config.ray.worker_replicas for m in config.models},
             # The torch engine's step lock serves higher priorities first; vLLM batches without them.
-            strict_priority={m.id for m in config.models if "priority_scheduling" in m.capabilities},
+            strict_priority={m.id for m in config.models if PRIORITY_SCHEDULING in m.capabilities},
         )
         self._tickets: dict[int, _Ticket] = {}
         self._recent: dict[str, deque[bool]] = {}
@@ -235,13 +236,13 @@ class SlaController:
             spec_options = [False]
             if m.speculative is not None:
                 # An engine that cannot turn its draft pair off per request always speculates.
-                spec_options = [True, False] if "spec_per_request" in m.capabilities else [True]
+                spec_options = [True, False] if SPEC_PER_REQUEST in m.capabilities else [True]
             price = policy.price(m.id)
             dearest = max(price.prompt_per_1m, price.completion_per_1m)
             for p in policies:
                 worst = self._max_calls(p) * m.max_model_len
                 for spec in spec_options:
-                    key = PlanKey(p, m.id, spec, m.chunk_cache.enabled and "chunk_cache" in m.capabilities)
+                    key = PlanKey(p, m.id, spec, m.chunk_cache.enabled and CHUNK_CACHE in m.capabilities)
                     est = self.estimator.predict(key, cls)
                     by_class = self._by_class(policy, m.id, p) or {}
                     quality = sum(probs.get(c, 0.0) * by_class.get(c, 0.0) for c in CLASSES)
@@ -269,7 +270,7 @@ class SlaController:
             if policy_rank(p) >= floor:
                 m = self.config.model(model)
                 spec = m.speculative is not None
-                key = PlanKey(p, model, spec, m.chunk_cache.enabled and "chunk_cache" in m.capabilities)
+                key = PlanKey(p, model, spec, m.chunk_cache.enabled and CHUNK_CACHE in m.capabilities)
                 best = min(best, self.estimator.predict(key, None).latency_s)
         return best
 

@@ -15,21 +15,14 @@ from pydantic import Field, JsonValue, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cache.config import CacheConfig, ChunkCacheConfig
+from core.capabilities import ADAPTIVE_K, CHUNK_CACHE, HYBRID_DRAFT, SELF_DRAFT
 from core.config import PROJECT_ROOT, Section
 from core.errors import ConfigError
 from retrieval.config import CorpusConfig, EmbedderConfig, IndexConfig, RetrievalConfig
 from retrieval.errors import UnknownPolicyError
 from retrieval.policies.registry import available_policies, register_policy
 from router.config import RouterConfig, SlaConfig
-from services.workers.engine import (
-    ADAPTIVE_K,
-    CHUNK_CACHE,
-    ENGINES,
-    HYBRID_DRAFT,
-    SELF_DRAFT,
-    engine_capabilities,
-    engines_with,
-)
+from services.workers.engine import ENGINES, engine_capabilities, engines_with
 
 # Each package owns its section; this module composes them (and re-exports them for callers above).
 __all__ = [

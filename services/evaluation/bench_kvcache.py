@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.capabilities import CHUNK_CACHE
 from retrieval.generation import SamplingParams
 from services.config import AppConfig
 
@@ -78,7 +79,7 @@ def bench_kvcache(
 
     redis_url = redis_url if redis_url is not None else os.environ.get("REDIS_URL")
     model = config.default_model
-    if "chunk_cache" not in model.capabilities:
+    if CHUNK_CACHE not in model.capabilities:
         raise ValueError(
             f"bench kvcache measures the chunk-KV cache, which engine {model.engine} lacks; "
             "configure models[0].engine: torch"

@@ -11,29 +11,12 @@ import importlib.util
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from core.capabilities import CAPABILITIES
 from core.errors import ConfigError
 from retrieval.generation import Engine
 
 if TYPE_CHECKING:
     from services.config import ModelConfig
-
-# What an engine can do, read by config validation and the SLA controller instead of comparing engine names:
-PRIORITY_SCHEDULING = "priority_scheduling"  # waiting steps of higher SLA priority run first
-CHUNK_CACHE = "chunk_cache"  # reuses stored per-chunk KV (Cache-Craft)
-SPEC_PER_REQUEST = "spec_per_request"  # a request may turn the draft pair off (the plan's `speculative`)
-ADAPTIVE_K = "adaptive_k"  # SpecDec++ candidate length
-SELF_DRAFT = "self_draft"  # the target's first layers draft
-HYBRID_DRAFT = "hybrid_draft"  # prompt lookup first, the draft model where lookup finds nothing
-ATTENTION_SIGNALS = "attention_signals"  # per-token attention for DRAGIN (entropies every engine has)
-CAPABILITIES = (
-    PRIORITY_SCHEDULING,
-    CHUNK_CACHE,
-    SPEC_PER_REQUEST,
-    ADAPTIVE_K,
-    SELF_DRAFT,
-    HYBRID_DRAFT,
-    ATTENTION_SIGNALS,
-)
 
 
 @dataclass(frozen=True)
