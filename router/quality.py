@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retrieval.policies.registry import label_ladder
+from retrieval.policies.registry import label_ladder, policy_rank
 from router.errors import RouterArtifactError
 
 CLASSES = ("A", "B", "C")
@@ -64,8 +64,16 @@ def build_table(runs: list[dict[str, Any]], *, version: str = "quality-v1") -> d
     """The artifact's content: table, costs, labels' counts, from ladder runs. Labels come from every
     question; the table and costs only from full-matrix runs (``mode`` full, or no mode: runs from before
     modes existed), since a cascade answers its later pairs only where the earlier ones failed, which would
-    bias their cells low. A policy's cells come from the questions every model answered with it in full
-    mode, so the models are compared on the same questions; a full run may cover only some policies."""
+    bias their cells low. A policy's runs count only on questions every model answered with it, so the
+    models are compared on the same questions.
+
+    Policies may be measured on different question sets (``collect-ladder --policies none,single`` on
+    many questions, ``multi`` on few). Their raw means would then compare different questions: the few
+    ``multi`` questions were easier, and ``multi`` looked 27 points better than ``single`` on class B
+    where, on those same questions, it was 2 points better. So a policy measured on fewer questions is
+    paired with one measured on the most (the nearest in retrieval rank): its cell is that reference's
+    cell plus its mean paired difference from the reference on the questions both ran (per class; the
+    overall paired difference where a class has none). Latency and tokens are adjusted the same way."""
     runs = list(runs)
     unbiased = [r for r in runs if r.get("mode", "full") != "cascade"]
     models_seen = {r["model"] for r in runs}
@@ -73,31 +81,83 @@ def build_table(runs: list[dict[str, Any]], *, version: str = "quality-v1") -> d
     for r in unbiased:
         by_qp[(r["file"], r["id"], r["policy"])].add(r["model"])
     full = [r for r in unbiased if by_qp[(r["file"], r["id"], r["policy"])] == models_seen]
-    cost: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
-    grouped: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    run_of = {(r["model"], r["policy"], r["file"], r["id"]): r for r in full}
+    questions: dict[str, set[tuple[str, Any]]] = defaultdict(set)
     for r in full:
-        grouped[(r["model"], r["policy"])].append(r)
-    for (m, p), rs in grouped.items():
-        cost[m][p] = {
-            "latency_s": round(sum(r["latency_s"] for r in rs) / len(rs), 4),
-            "tokens": round(sum(r["prompt_tokens"] + r["completion_tokens"] for r in rs) / len(rs), 1),
-            "n": len(rs),
-        }
-    model_cost = {m: sum(v["latency_s"] for v in ps.values()) / len(ps) for m, ps in cost.items()}
+        questions[r["policy"]].add((r["file"], r["id"]))
+    most = max((len(qs) for qs in questions.values()), default=0)
+    bases = [p for p, qs in questions.items() if len(qs) == most]
+
+    def anchor(p: str) -> str:
+        # The nearest policy in retrieval rank among those measured on the most questions: its answers
+        # are the most like p's (multi's first step is single's retrieval), so the paired difference is
+        # the smallest correction.
+        if p in bases:
+            return p
+        return min(bases, key=lambda b: (abs(policy_rank(b) - policy_rank(p)), policy_rank(b), b))
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values)
+
+    def measure(key: str) -> Any:
+        return lambda r: float(r["prompt_tokens"] + r["completion_tokens"]) if key == "tokens" else float(r[key])
+
+    # First, the raw means over each policy's own questions (used as they are for the reference).
+    model_cost_raw: dict[str, list[float]] = defaultdict(list)
+    for r in full:
+        model_cost_raw[r["model"]].append(float(r["latency_s"]))
+    model_cost = {m: mean(v) for m, v in model_cost_raw.items()}
     labels = ladder_labels(runs, model_cost)
     label_of = {(r["file"], r["id"]): r["label"] for r in labels}
-    cells: dict[tuple[str, str, str], list[float]] = defaultdict(list)
-    for r in full:
-        cells[(r["model"], r["policy"], label_of[(r["file"], r["id"])])].append(float(r["f1"]))
+
+    def cell(m: str, p: str, qs: set[tuple[str, Any]], get: Any) -> float:
+        return mean([get(run_of[(m, p, *q)]) for q in qs])
+
     table: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
+    cost: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
     counts: dict[str, dict[str, dict[str, int]]] = defaultdict(dict)
-    for (m, p), rs in grouped.items():
-        overall = sum(float(r["f1"]) for r in rs) / len(rs)
-        # A class with no training question falls back to the pair's mean over all its questions.
-        table[m][p] = {
-            c: round(sum(v) / len(v), 4) if (v := cells.get((m, p, c))) else round(overall, 4) for c in CLASSES
-        }
-        counts[m][p] = {c: len(cells.get((m, p, c), [])) for c in CLASSES}
+    paired: dict[str, dict[str, Any]] = {}
+    for p in sorted(questions, key=lambda p: (policy_rank(p), p)):
+        own = questions[p]
+        reference = anchor(p)
+        ref_qs = questions[reference]
+        ref_by_class = {c: {q for q in ref_qs if label_of[q] == c} for c in CLASSES}
+        shared = own & ref_qs if p != reference else own
+        if p != reference:
+            paired[p] = {"with": reference, "questions": len(shared)}
+        for m in sorted(models_seen):
+            f1 = measure("f1")
+            by_class: dict[str, float] = {}
+            n_class: dict[str, int] = {}
+            for c in CLASSES:
+                in_class = {q for q in shared if label_of[q] == c}
+                n_class[c] = len(in_class)
+                if p == reference or not shared:
+                    # The reference (or a policy that shares no question with it): its own means; a class
+                    # with no training question falls back to the pair's mean over all its questions.
+                    qs = {q for q in own if label_of[q] == c} or own
+                    by_class[c] = cell(m, p, qs, f1)
+                    n_class[c] = len({q for q in own if label_of[q] == c})
+                    continue
+                diff_qs = in_class or shared
+                diff = mean([f1(run_of[(m, p, *q)]) - f1(run_of[(m, reference, *q)]) for q in diff_qs])
+                level = cell(m, reference, ref_by_class[c] or ref_qs, f1)
+                by_class[c] = min(1.0, max(0.0, level + diff))
+            table[m][p] = {c: round(v, 4) for c, v in by_class.items()}
+            counts[m][p] = n_class
+            costs = {}
+            for key in ("latency_s", "tokens"):
+                get = measure(key)
+                if p == reference or not shared:
+                    costs[key] = cell(m, p, own, get)
+                else:
+                    shift = mean([get(run_of[(m, p, *q)]) - get(run_of[(m, reference, *q)]) for q in shared])
+                    costs[key] = max(0.0, cell(m, reference, ref_qs, get) + shift)
+            cost[m][p] = {
+                "latency_s": round(costs["latency_s"], 4),
+                "tokens": round(costs["tokens"], 1),
+                "n": len(shared),
+            }
     label_counts = {c: sum(1 for r in labels if r["label"] == c) for c in CLASSES}
     return {
         "format": FORMAT,
@@ -109,10 +169,8 @@ def build_table(runs: list[dict[str, Any]], *, version: str = "quality-v1") -> d
         "label_counts": label_counts,
         "questions": len(labels),
         "questions_in_table": len({(r["file"], r["id"]) for r in full}),
-        "questions_per_policy": {
-            p: len({(r["file"], r["id"]) for r in full if r["policy"] == p})
-            for p in sorted({r["policy"] for r in full})
-        },
+        "questions_per_policy": {p: len(qs) for p, qs in sorted(questions.items())},
+        "paired": dict(sorted(paired.items())),
         "files": sorted({r["file"] for r in labels}),
     }
 

@@ -182,8 +182,8 @@ def test_the_table_uses_only_questions_every_pair_answered() -> None:
 
 def test_a_full_run_of_some_policies_adds_to_their_cells_only() -> None:
     """`collect-ladder --policies none,single` (full mode): question 3's none and single runs join those
-    cells and costs; multi's cells stay those of the questions that ran it. A policy only one model ran
-    on a question stays out (the models are compared on the same questions)."""
+    cells and costs; multi's rest on the one question that ran it, paired with the reference policy. A
+    policy only one model ran on a question stays out (the models are compared on the same questions)."""
     full = [run("1", m, p, 1.0, 1.0) for m in (SMALL, BIG) for p in ("none", "single", "multi")]
     partial = [{**run("3", m, p, 0.0, 3.0), "mode": "full"} for m in (SMALL, BIG) for p in ("none", "single")]
     lone = [{**run("4", SMALL, "none", 0.0, 9.0), "mode": "full"}]
@@ -192,3 +192,25 @@ def test_a_full_run_of_some_policies_adds_to_their_cells_only() -> None:
     assert content["cost"][SMALL]["none"] == {"latency_s": 2.0, "tokens": 104.0, "n": 2}
     assert content["cost"][BIG]["multi"]["n"] == 1
     assert content["questions"] == 3  # question 4 is still labelled
+    assert content["paired"] == {"multi": {"with": "single", "questions": 1}}
+
+
+def test_a_policy_measured_on_easier_questions_is_levelled_by_its_paired_difference() -> None:
+    """`multi` ran only on question 1, where every policy scores 1.0; on question 2, which `none` and
+    `single` both ran, they score 0.0. Raw means would give multi 1.0 on every class; paired with the
+    nearest policy measured on both (single), multi is single's level plus its difference on the shared
+    question (0.0), and its latency is single's mean plus its paired extra time (+3 s)."""
+    easy = [
+        run("1", m, p, 1.0, 4.0 if p == "multi" else 1.0) for m in (SMALL, BIG) for p in ("none", "single", "multi")
+    ]
+    hard = [run("2", m, p, 0.0, 1.0) for m in (SMALL, BIG) for p in ("none", "single")]
+    # Question 2 is labelled B by the inductive bias (nothing correct, single-hop); question 1 is A.
+    content = build_table(easy + hard)
+    assert content["questions_per_policy"] == {"multi": 1, "none": 2, "single": 2}
+    for m in (SMALL, BIG):
+        assert content["table"][m]["single"] == {"A": 1.0, "B": 0.0, "C": 0.5}
+        # class A: single's A cell (1.0) + paired diff 0; class B has no paired question: overall diff 0.
+        assert content["table"][m]["multi"] == {"A": 1.0, "B": 0.0, "C": 0.5}
+        assert content["cost"][m]["multi"] == {"latency_s": 4.0, "tokens": 104.0, "n": 1}
+    # The raw mean over multi's own question would have called it perfect on every class.
+    assert content["table"][BIG]["multi"]["B"] < 1.0
