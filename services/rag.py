@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cache.response_cache import ResponseCache
-from retrieval.generation import GenerationChunk, GenerationResult, GenerationStats, SamplingParams
-from retrieval.policies.base import PolicyContext, PolicyResult, Question, prompt_cache_record, run_policy
+from retrieval.generation import SamplingParams
+from retrieval.policies.base import PolicyContext, PolicyResult, Question, answer_events
 from retrieval.policies.registry import get_policy
-from retrieval.prompts import chunk_texts
 from router.plan import RouteDecision
 from services import metrics
 from services.clients import LocalRouter, RetrieverClient, RouterClient, WorkerClient
@@ -194,20 +193,15 @@ class RagService:
 
     # -- answering -----------------------------------------------------------------------------
     async def answer(self, req: AnswerRequest) -> dict[str, Any]:
+        """The answer pipeline collected (the final generation in one piece)."""
         started = time.perf_counter()
         decision, params = await self.decide(req)
         record: dict[str, Any] | None = None
         try:
-            key = await self._cache_key(req, decision, params)
-            if key is not None and (cached := self.cache.get(key) if self.cache else None) is not None:
-                record = self._from_cache(cached, started, decision)
-                return record
-            policy = get_policy(decision.plan.policy)
-            result = await run_policy(policy, req.question, self._context(decision, params), params)
-            record = self._record(decision, result, key)
-            self._observe(decision, record, result.timings)
-            if key is not None and self.cache is not None and result.finish_reason in ("stop", "length"):
-                self.cache.put(key, {k: v for k, v in record.items() if k != "sla"})
+            async for ev in self._events(req, decision, params, started, stream=False):
+                if ev.done:
+                    record = ev.record
+            assert record is not None, "the answer pipeline ends with its record"
             return record
         finally:
             await self.finish(decision, record, started)
@@ -222,7 +216,7 @@ class RagService:
         first: float | None = None
         reported = False
         try:
-            async for ev in self._stream(req, decision, params, started):
+            async for ev in self._events(req, decision, params, started, stream=True):
                 if first is None:
                     first = time.perf_counter() - started
                 if ev.done:
@@ -233,67 +227,29 @@ class RagService:
             if not reported:  # failed, or the client went away
                 await self.finish(decision, None, started)
 
-    async def _stream(
-        self, req: AnswerRequest, decision: RouteDecision, params: SamplingParams, started: float
+    async def _events(
+        self, req: AnswerRequest, decision: RouteDecision, params: SamplingParams, started: float, *, stream: bool
     ) -> AsyncIterator[StreamEvent]:
+        """The one pipeline behind `answer` and `stream`: the response cache, the policy's answer
+        pipeline, the record, the metrics and the cache put, in that order."""
         key = await self._cache_key(req, decision, params)
         if key is not None and (cached := self.cache.get(key) if self.cache else None) is not None:
             record = self._from_cache(cached, started, decision)
             yield StreamEvent(text=record["answer"])
             yield StreamEvent(done=True, record=record)
             return
+        policy = get_policy(decision.plan.policy)
         ctx = self._context(decision, params)
-        prepared = await get_policy(decision.plan.policy).prepare(req.question, ctx)
-        parts: list[str] = []
-        stats = GenerationStats()
-        finish = "length"
-        if prepared.answer is not None:
-            chunks = _single_chunk(prepared.answer)
-        else:
-            chunks = ctx.stream(prepared.messages, params, prepared.assistant_prefix, chunk_texts(prepared.passages))
-            if prepared.assistant_prefix.strip():
-                parts.append(prepared.assistant_prefix.lstrip())
-                yield StreamEvent(text=parts[0])
-        # Leading whitespace is dropped, as `answer` strips it.
-        async for chunk in chunks:
-            text = chunk.text if parts else chunk.text.lstrip()
-            if text:
-                parts.append(text)
-                yield StreamEvent(text=text)
-            if chunk.finish_reason is not None:
-                finish = chunk.finish_reason
-            if chunk.stats is not None:
-                stats = chunk.stats
-        if prepared.answer is not None:
-            # Its tokens are already counted in the *_before figures.
-            stats = GenerationStats(
-                queue_s=stats.queue_s, prefill_s=stats.prefill_s, decode_s=stats.decode_s, ttft_s=stats.ttft_s
-            )
-        result = PolicyResult(
-            answer="".join(parts).rstrip(),
-            finish_reason=finish,
-            passages=prepared.passages,
-            steps=prepared.steps,
-            retrieval_steps=prepared.retrieval_steps,
-            llm_calls=prepared.llm_calls_before + (0 if prepared.answer is not None else 1),
-            prompt_tokens=prepared.prompt_tokens_before + stats.prompt_tokens,
-            completion_tokens=prepared.completion_tokens_before + stats.completion_tokens,
-            timings={
-                "retrieve_s": prepared.retrieve_s,
-                "queue_s": stats.queue_s,
-                "prefill_s": stats.prefill_s,
-                "decode_s": stats.decode_s,
-                "ttft_s": stats.ttft_s,
-                "total_s": time.perf_counter() - started,
-            },
-            speculative=stats.speculative,
-            prompt_cache=prompt_cache_record(stats),
-        )
-        record = self._record(decision, result, key)
-        self._observe(decision, record, result.timings)
-        if key is not None and self.cache is not None:
-            self.cache.put(key, {k: v for k, v in record.items() if k != "sla"})
-        yield StreamEvent(done=True, record=record)
+        async for ev in answer_events(policy, req.question, ctx, params, stream=stream, started=started):
+            if ev.result is None:
+                yield StreamEvent(text=ev.text)
+                continue
+            record = self._record(decision, ev.result, key)
+            self._observe(decision, record, ev.result.timings)
+            # Only a whole answer gets here: an engine that fails (or aborts) raises before its result.
+            if key is not None and self.cache is not None:
+                self.cache.put(key, {k: v for k, v in record.items() if k != "sla"})
+            yield StreamEvent(done=True, record=record)
 
     @staticmethod
     def _record(decision: RouteDecision, result: PolicyResult, key: str | None) -> dict[str, Any]:
@@ -369,10 +325,6 @@ class RagService:
         out: dict[str, Any] = {"retriever": await self.retriever.ready(), "router": await self.router.ready()}
         out["workers"] = {mid: await w.ready() for mid, w in self.workers.items()}
         return out
-
-
-async def _single_chunk(result: GenerationResult) -> AsyncIterator[GenerationChunk]:
-    yield GenerationChunk(result.text, result.finish_reason, result.stats)
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:

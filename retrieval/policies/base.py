@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from retrieval.config import RetrievalConfig
 from retrieval.documents import Passage
-from retrieval.generation import ChatMessage, GenerationChunk, GenerationResult, SamplingParams, SignalResult
+from retrieval.generation import (
+    ChatMessage,
+    GenerationChunk,
+    GenerationResult,
+    GenerationStats,
+    SamplingParams,
+    SignalResult,
+)
 from retrieval.prompts import AnswerStyle, build_messages, canonical_order, chunk_texts, fit_passages
 
 
@@ -134,53 +141,100 @@ def final_messages(question: Question, passages: list[Passage] | None, ctx: Poli
     return build_messages(question.text, kept, style=question.style, history=question.history, system=question.system)
 
 
+@dataclass
+class AnswerEvent:
+    """One event of the answer pipeline: a text delta of the final answer, or (last) the whole result."""
+
+    text: str = ""
+    result: PolicyResult | None = None
+
+
+async def answer_events(
+    policy: RetrievalPolicy,
+    question: Question,
+    ctx: PolicyContext,
+    params: SamplingParams,
+    *,
+    stream: bool = True,
+    started: float | None = None,
+) -> AsyncIterator[AnswerEvent]:
+    """The one answer pipeline: prepare, then generate the final answer, token by token when ``stream``
+    or in one piece otherwise (the engines' one-piece call is cheaper than collecting their stream);
+    yields the answer's text deltas (leading whitespace dropped), then the result, whose answer is the
+    deltas joined with trailing whitespace stripped. ``started``: when the request began (for total_s)."""
+    started = time.perf_counter() if started is None else started
+    prepared = await policy.prepare(question, ctx)
+    parts: list[str] = []
+    finish = "length"
+    stats = GenerationStats()
+
+    def emit(text: str) -> AnswerEvent | None:
+        text = text if parts else text.lstrip()
+        if not text:
+            return None
+        parts.append(text)
+        return AnswerEvent(text=text)
+
+    if prepared.answer is not None:
+        # Preparing produced the answer; its call and tokens are already counted in the *_before figures.
+        if (ev := emit(prepared.answer.text)) is not None:
+            yield ev
+        finish = prepared.answer.finish_reason
+        stats = replace(prepared.answer.stats, prompt_tokens=0, completion_tokens=0)
+        llm_calls = prepared.llm_calls_before
+    else:
+        args = (prepared.messages, params, prepared.assistant_prefix, chunk_texts(prepared.passages))
+        if (ev := emit(prepared.assistant_prefix)) is not None:
+            yield ev
+        if stream:
+            async for chunk in ctx.stream(*args):
+                if (ev := emit(chunk.text)) is not None:
+                    yield ev
+                if chunk.finish_reason is not None:
+                    finish = chunk.finish_reason
+                if chunk.stats is not None:
+                    stats = chunk.stats
+        else:
+            whole = await ctx.generate(*args)
+            if (ev := emit(whole.text)) is not None:
+                yield ev
+            finish, stats = whole.finish_reason, whole.stats
+        llm_calls = prepared.llm_calls_before + 1
+        prepared.steps.append(
+            {"step": "generate", "completion_tokens": stats.completion_tokens, "finish_reason": finish}
+        )
+    yield AnswerEvent(
+        result=PolicyResult(
+            answer="".join(parts).rstrip(),
+            finish_reason=finish,
+            passages=prepared.passages,
+            steps=prepared.steps,
+            retrieval_steps=prepared.retrieval_steps,
+            llm_calls=llm_calls,
+            prompt_tokens=prepared.prompt_tokens_before + stats.prompt_tokens,
+            completion_tokens=prepared.completion_tokens_before + stats.completion_tokens,
+            timings={
+                "retrieve_s": prepared.retrieve_s,
+                "queue_s": stats.queue_s,
+                "prefill_s": stats.prefill_s,
+                "decode_s": stats.decode_s,
+                "ttft_s": stats.ttft_s,
+                "total_s": time.perf_counter() - started,
+            },
+            speculative=stats.speculative,
+            prompt_cache=prompt_cache_record(stats),
+        )
+    )
+
+
 async def run_policy(
     policy: RetrievalPolicy, question: Question, ctx: PolicyContext, params: SamplingParams
 ) -> PolicyResult:
-    """Prepare, then generate the final answer in one piece."""
-    started = time.perf_counter()
-    prepared = await policy.prepare(question, ctx)
-    if prepared.answer is not None:
-        # Preparing produced the answer; its call is already counted in the *_before figures.
-        result = prepared.answer
-        llm_calls = prepared.llm_calls_before
-        prompt_tokens, completion_tokens = prepared.prompt_tokens_before, prepared.completion_tokens_before
-    else:
-        result = await ctx.generate(
-            prepared.messages, params, prepared.assistant_prefix, chunk_texts(prepared.passages)
-        )
-        result = GenerationResult(prepared.assistant_prefix + result.text, result.finish_reason, result.stats)
-        llm_calls = prepared.llm_calls_before + 1
-        prompt_tokens = prepared.prompt_tokens_before + result.stats.prompt_tokens
-        completion_tokens = prepared.completion_tokens_before + result.stats.completion_tokens
-        prepared.steps.append(
-            {
-                "step": "generate",
-                "completion_tokens": result.stats.completion_tokens,
-                "finish_reason": result.finish_reason,
-            }
-        )
-    s = result.stats
-    return PolicyResult(
-        answer=result.text.strip(),
-        finish_reason=result.finish_reason,
-        passages=prepared.passages,
-        steps=prepared.steps,
-        retrieval_steps=prepared.retrieval_steps,
-        llm_calls=llm_calls,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        timings={
-            "retrieve_s": prepared.retrieve_s,
-            "queue_s": s.queue_s,
-            "prefill_s": s.prefill_s,
-            "decode_s": s.decode_s,
-            "ttft_s": s.ttft_s,
-            "total_s": time.perf_counter() - started,
-        },
-        speculative=s.speculative,
-        prompt_cache=prompt_cache_record(s),
-    )
+    """The answer pipeline collected: prepare, then generate the final answer in one piece."""
+    async for ev in answer_events(policy, question, ctx, params, stream=False):
+        if ev.result is not None:
+            return ev.result
+    raise AssertionError("the answer pipeline ends with its result")
 
 
 def prompt_cache_record(stats: Any) -> dict[str, Any] | None:

@@ -1,0 +1,102 @@
+"""A scripted engine: the generation protocol (`retrieval.generation.Engine`) without a model, so the
+answer pipeline, the policies' control flow and the HTTP edge can be tested fast and exactly. Its
+"tokens" are whitespace-separated words; it records every prompt it was given; it can be told to fail
+part-way through a stream, as an engine whose replica dies does.
+
+Only the engine is scripted: the embedder, FAISS, the router and the cache the tests run with are real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from retrieval.generation import (
+    ChatMessage,
+    FinishReason,
+    GenerationChunk,
+    GenerationResult,
+    GenerationStats,
+    SamplingParams,
+    SignalResult,
+    collect,
+)
+
+
+class EngineFailure(RuntimeError):
+    """What the scripted engine raises when told to fail."""
+
+
+@dataclass
+class ScriptedEngine:
+    """``reply``: the completion for a prompt (a fixed text, or a function of the prompt).
+    ``fail_after``: raise EngineFailure after this many chunks of a stream (0: before the first).
+    ``entropy``: the entropy DRAGIN reads for each generated word (default: 0, nothing uncertain)."""
+
+    reply: str | Callable[[str], str] = "a scripted answer"
+    model_id: str = "scripted"
+    max_model_len: int = 4096
+    fail_after: int | None = None
+    entropy: Callable[[str], float] = lambda word: 0.0
+    prompts: list[str] = field(default_factory=list)
+    closed: bool = False
+
+    def render_chat(self, messages: list[ChatMessage]) -> str:
+        return "".join(f"<{m.role}>\n{m.content}\n" for m in messages) + "<assistant>\n"
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def _completion(self, prompt: str, params: SamplingParams) -> tuple[list[str], FinishReason]:
+        text = self.reply(prompt) if callable(self.reply) else self.reply
+        for stop in params.stop:
+            if stop and stop in text:
+                text = text[: text.index(stop)]
+        words = text.split()
+        if len(words) > params.max_tokens:
+            return words[: params.max_tokens], "length"
+        return words, "stop"
+
+    async def stream(
+        self, prompt: str, params: SamplingParams, chunks: list[str] | None = None
+    ) -> AsyncIterator[GenerationChunk]:
+        self.prompts.append(prompt)
+        words, finish = self._completion(prompt, params)
+        stats = GenerationStats(prompt_tokens=self.count_tokens(prompt), completion_tokens=len(words))
+        for i, word in enumerate(words):
+            if self.fail_after is not None and i >= self.fail_after:
+                raise EngineFailure(f"scripted failure after {i} chunks")
+            await asyncio.sleep(0)  # a real engine yields to the loop between tokens
+            last = i == len(words) - 1
+            yield GenerationChunk(
+                text=(" " if i else "") + word,
+                finish_reason=finish if last else None,
+                stats=stats if last else None,
+            )
+        if not words:
+            if self.fail_after is not None:
+                raise EngineFailure("scripted failure before the first chunk")
+            yield GenerationChunk(text="", finish_reason=finish, stats=stats)
+
+    async def generate(self, prompt: str, params: SamplingParams, chunks: list[str] | None = None) -> GenerationResult:
+        return await collect(self.stream(prompt, params, chunks))
+
+    async def generate_with_signals(self, prompt: str, params: SamplingParams) -> SignalResult:
+        self.prompts.append(prompt)
+        words, finish = self._completion(prompt, params)
+        prompt_words = prompt.split()
+        spaced = [(" " if i else "") + w for i, w in enumerate(words)]  # tokens join back into the text
+        return SignalResult(
+            text="".join(spaced),
+            finish_reason=finish,
+            token_ids=list(range(len(words))),
+            tokens=prompt_words + spaced,
+            prompt_len=len(prompt_words),
+            entropies=[self.entropy(w) for w in words],
+            attention=None,
+            stats=GenerationStats(prompt_tokens=len(prompt_words), completion_tokens=len(words)),
+        )
+
+    def close(self) -> None:
+        self.closed = True

@@ -1,0 +1,128 @@
+"""The one answer pipeline (`RagService._events` over `answer_events`) with a scripted engine: `answer`
+and `stream` give the same record, the stream's deltas join to the answer, a failing engine caches
+nothing and leaves the next request whole. The embedder, FAISS, router and response cache are real."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from retrieval.documents import Document
+from retrieval.policies.base import Question
+from retrieval.retriever import Retriever
+from services.clients import LocalRetriever, LocalWorker
+from services.config import load_config
+from services.rag import AnswerRequest, RagService, StreamEvent, build_cache
+from services.retriever_service import RetrieverService
+from services.worker import Worker
+from tests.fakes import EngineFailure, ScriptedEngine
+
+pytestmark = [pytest.mark.integration, pytest.mark.model]  # the real embedder
+
+MODEL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def retriever(embedder: Any, session_tmp: Path) -> LocalRetriever:
+    config = load_config({"index": {"dir": str(session_tmp / "pipeline-index")}, "corpus": {"ingest_on_start": False}})
+    svc = RetrieverService(config, retriever=Retriever.create(index_dir=config.index.dir, embedder=embedder))
+    svc.retriever.ingest(
+        [
+            Document(id="bridge", title="Lim bridge", text="The Lim bridge is maintained by the Quux company."),
+            Document(id="port", title="Ports", text="Ragyard serves on port 8000 by default."),
+        ]
+    )
+    return LocalRetriever(svc)
+
+
+@pytest.fixture
+def service(retriever: LocalRetriever) -> Callable[[ScriptedEngine], RagService]:
+    def build(engine: ScriptedEngine) -> RagService:
+        config = load_config({"models": [{"id": MODEL}], "cache": {"response_cache_url": "memory://"}})
+        worker = LocalWorker(Worker(config, MODEL, engine=engine))
+        return RagService(config, retriever, {MODEL: worker}, cache=build_cache(config))
+
+    return build
+
+
+def _stream(svc: RagService, req: AnswerRequest) -> list[StreamEvent]:
+    async def run() -> list[StreamEvent]:
+        return [ev async for ev in svc.stream(req)]
+
+    return asyncio.run(run())
+
+
+def _same_but_ids_and_times(a: dict[str, Any], b: dict[str, Any]) -> None:
+    skip = {"id", "timings", "trace"}
+    assert {k: v for k, v in a.items() if k not in skip} == {k: v for k, v in b.items() if k not in skip}
+    strip = [{k: v for k, v in s.items() if k != "seconds"} for s in a["trace"]]
+    assert strip == [{k: v for k, v in s.items() if k != "seconds"} for s in b["trace"]]
+
+
+@pytest.mark.parametrize("policy", ["none", "single", "multi", "dragin"])
+def test_answer_and_stream_give_the_same_record(service: Any, policy: str) -> None:
+    engine = ScriptedEngine("  The Quux company maintains it.  ")
+    req = AnswerRequest(question=Question(text="Who maintains the Lim bridge?"), policy=policy, max_tokens=32)
+    answered = service(engine).answer(req)
+    record = asyncio.run(answered)
+    events = _stream(service(engine), req)
+    assert [ev.done for ev in events] == [False] * (len(events) - 1) + [True]
+    streamed = events[-1].record
+    # Leading and trailing whitespace go on both paths; the deltas join to the answer.
+    assert record["answer"] == "The Quux company maintains it." == "".join(ev.text for ev in events[:-1])
+    assert record["cache"] == streamed["cache"] == {"response": "miss"}
+    _same_but_ids_and_times(record, streamed)
+    assert record["trace"][-1]["step"] == "generate" and record["llm_calls"] >= 1
+    # Usage is the engine's own count of what it was given and gave.
+    if policy in ("none", "single"):
+        assert record["usage"]["prompt_tokens"] == engine.count_tokens(engine.prompts[-1])
+        assert record["usage"]["completion_tokens"] == 5
+    if policy == "single":
+        assert "Quux" in engine.prompts[-1] and record["citations"]
+
+
+def test_a_cut_answer_says_length_on_both_paths(service: Any) -> None:
+    engine = ScriptedEngine("one two three four five six")
+    req = AnswerRequest(question=Question(text="Count."), policy="none", max_tokens=3)
+    record = asyncio.run(service(engine).answer(req))
+    streamed = _stream(service(engine), req)[-1].record
+    assert record["answer"] == streamed["answer"] == "one two three"
+    assert record["finish_reason"] == streamed["finish_reason"] == "length"
+    assert record["usage"]["completion_tokens"] == 3
+
+
+def test_a_failing_engine_caches_nothing_and_the_next_request_is_whole(service: Any) -> None:
+    engine = ScriptedEngine("partial words then a crash", fail_after=2)
+    svc = service(engine)
+    req = AnswerRequest(question=Question(text="Which port does Ragyard use?"), policy="single", max_tokens=16)
+    seen: list[str] = []
+
+    async def consume() -> None:
+        async for ev in svc.stream(req):
+            seen.append(ev.text)
+
+    with pytest.raises(EngineFailure):
+        asyncio.run(consume())
+    assert seen == ["partial", " words"]  # what was sent before the failure
+    with pytest.raises(EngineFailure):
+        asyncio.run(svc.answer(req))
+    engine.fail_after = None
+    first = asyncio.run(svc.answer(req))
+    second = asyncio.run(svc.answer(req))
+    assert first["cache"] == {"response": "miss"} and second["cache"] == {"response": "hit"}
+    assert first["answer"] == second["answer"] == "partial words then a crash"
+
+
+def test_a_cached_answer_streams_as_one_delta(service: Any) -> None:
+    engine = ScriptedEngine("Port 8000.")
+    svc = service(engine)
+    req = AnswerRequest(question=Question(text="Which port?"), policy="none", max_tokens=8)
+    asyncio.run(svc.answer(req))
+    calls = len(engine.prompts)
+    events = _stream(svc, req)
+    assert [ev.text for ev in events[:-1]] == ["Port 8000."] and events[-1].record["cache"] == {"response": "hit"}
+    assert len(engine.prompts) == calls  # the engine was not asked again
