@@ -247,7 +247,7 @@ def test_api_keys_when_configured(local_service: Any) -> None:
 
 
 def test_chat_history_and_system_reach_the_prompt(local_service: Any) -> None:
-    from services.gateway import _chat_to_answer
+    from services.http.openai import chat_to_answer as _chat_to_answer
     from services.schemas import ChatCompletionRequest
 
     req = _chat_to_answer(

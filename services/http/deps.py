@@ -1,0 +1,49 @@
+"""What the routes depend on: the RagService (built on first use when the app was given a factory)
+and a request's SLA context."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from router.sla import HEADERS as SLA_HEADERS
+from router.sla import PolicyStore
+from services.rag import RagService
+
+
+class ServiceHolder:
+    """The app's RagService, or the coroutine that builds it (awaited once, on the first request)."""
+
+    def __init__(self, service_or_factory: RagService | Callable[[], Awaitable[RagService]]) -> None:
+        self._service = service_or_factory if isinstance(service_or_factory, RagService) else None
+        self._factory = None if isinstance(service_or_factory, RagService) else service_or_factory
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> RagService:
+        if self._service is None:
+            async with self._lock:
+                if self._service is None:
+                    assert self._factory is not None
+                    self._service = await self._factory()
+        return self._service
+
+
+async def service(request: Request) -> RagService:
+    holder: ServiceHolder = request.app.state.service
+    return await holder.get()
+
+
+def sla_context(request: Request) -> dict[str, Any] | None:
+    """The tenant and the SLA headers, when the SLA controller is on (None otherwise)."""
+    store: PolicyStore | None = request.app.state.sla_policy
+    if store is None:
+        return None
+    headers = {h: request.headers[h] for h in SLA_HEADERS if h in request.headers}
+    return {"tenant": getattr(request.state, "tenant", None), "headers": headers}
+
+
+# A route's parameter ``svc: Service`` is the app's RagService.
+Service = Annotated[RagService, Depends(service)]

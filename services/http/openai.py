@@ -1,0 +1,98 @@
+"""OpenAI's surface: `/v1/models` and `/v1/chat/completions` (plain and streamed)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from retrieval.generation import ChatMessage
+from retrieval.policies.base import Question
+from router.router import AUTO_MODEL
+from services.http.deps import Service, sla_context
+from services.http.sse import chat_events, extension
+from services.rag import AnswerRequest
+from services.schemas import ChatCompletionRequest
+
+router = APIRouter()
+
+
+@router.get("/v1/models")
+async def models(svc: Service) -> dict[str, Any]:
+    created = int(time.time())
+    data = [
+        {
+            "id": AUTO_MODEL,
+            "object": "model",
+            "created": created,
+            "owned_by": "ragyard",
+            "description": "the router picks the model and the retrieval policy",
+        }
+    ]
+    data += [{"id": m.id, "object": "model", "created": created, "owned_by": "ragyard"} for m in svc.config.models]
+    return {"object": "list", "data": data}
+
+
+def chat_to_answer(body: ChatCompletionRequest) -> AnswerRequest:
+    """The question is the last message; earlier user and assistant turns are its history; system and
+    developer messages join into one system prompt."""
+    systems = [m.text() for m in body.messages if m.role in ("system", "developer") and m.text().strip()]
+    history = [
+        ChatMessage(role=m.role, content=m.text()) for m in body.messages[:-1] if m.role in ("user", "assistant")
+    ]
+    question = Question(
+        text=body.messages[-1].text().strip(),
+        history=history,
+        system="\n".join(systems) or None,
+        style=body.style,
+    )
+    return AnswerRequest(
+        question=question,
+        model=body.model,
+        policy=body.policy,
+        top_k=body.top_k,
+        max_tokens=body.requested_max_tokens(),
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=body.stop_list(),
+        seed=body.seed,
+    )
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat(body: ChatCompletionRequest, request: Request, svc: Service) -> JSONResponse | StreamingResponse:
+    req = chat_to_answer(body)
+    req.sla = sla_context(request)
+    created = int(time.time())
+    cid = "chatcmpl-" + uuid.uuid4().hex[:24]
+    if not body.stream:
+        record = await svc.answer(req)
+        return JSONResponse(
+            {
+                "id": cid,
+                "object": "chat.completion",
+                "created": created,
+                "model": record["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": record["answer"]},
+                        "finish_reason": record["finish_reason"],
+                        "logprobs": None,
+                    }
+                ],
+                "usage": record["usage"],
+                "ragyard": extension(record),
+            }
+        )
+    # Plan (and fail on a bad model or limit) before the 200 and the first byte go out.
+    decided = await svc.decide(req)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return StreamingResponse(
+        chat_events(svc, req, decided, cid, created, include_usage),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

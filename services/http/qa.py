@@ -1,0 +1,44 @@
+"""Ragyard's own question routes: `/v1/qa` (the answer with its whole record), `/v1/plan` (the plan
+without the answer) and `/v1/sla` (budgets and load)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from retrieval.policies.base import Question
+from services.http.deps import Service, sla_context
+from services.rag import AnswerRequest
+from services.schemas import QARequest
+
+router = APIRouter()
+
+
+def qa_request(body: QARequest, request: Request) -> AnswerRequest:
+    return AnswerRequest(
+        question=Question(text=body.question, style=body.style),
+        model=body.model,
+        policy=body.policy,
+        top_k=body.top_k,
+        max_tokens=body.max_tokens,
+        temperature=body.temperature,
+        sla=sla_context(request),
+    )
+
+
+@router.post("/v1/qa")
+async def qa(body: QARequest, request: Request, svc: Service) -> dict[str, Any]:
+    return await svc.answer(qa_request(body, request))
+
+
+@router.post("/v1/plan")
+async def plan(body: QARequest, request: Request, svc: Service) -> dict[str, Any]:
+    # What /v1/qa would run for the same body and headers, without generating (like EXPLAIN).
+    return await svc.plan(qa_request(body, request))
+
+
+@router.get("/v1/sla")
+async def sla(request: Request, svc: Service) -> dict[str, Any]:
+    # A tenant sees its own budget; an operator key (server.api_keys) or an open server sees all.
+    return {"object": "sla.status", **await svc.sla(getattr(request.state, "tenant", None))}

@@ -1,0 +1,155 @@
+"""The HTTP edge's control flow over the scripted engine (tests/fakes.py): a failure after the 200 goes
+into the stream as an OpenAI error event, an engine failure on a plain request is a 500 in OpenAI's
+shape that says no more, every row of the error table has its status, and a request needing an
+unreachable budget store is a 503. The embedder, FAISS, router and cache are real."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import APIRouter
+from fastapi.testclient import TestClient
+
+from cache.errors import BackendUnavailableError
+from retrieval.errors import DocumentFormatError, UnknownPolicyError, UnsupportedDocumentTypeError
+from retrieval.retriever import Retriever
+from router.errors import (
+    BudgetExhaustedError,
+    OverloadedError,
+    PlanUnavailableError,
+    SlaHeaderError,
+    SlaOverrideError,
+    SlaRequestError,
+    UnknownModelError,
+)
+from services.clients import LocalRetriever, LocalWorker
+from services.config import load_config
+from services.gateway import create_app
+from services.http.errors import CONVERSIONS
+from services.rag import RagService
+from services.retriever_service import RetrieverService
+from services.worker import Worker
+from tests.fakes import ScriptedEngine
+
+pytestmark = [pytest.mark.integration, pytest.mark.model]  # the real embedder
+
+MODEL = "smollm2-135m-instruct"
+CHAT = "/v1/chat/completions"
+
+
+@pytest.fixture(scope="module")
+def engine() -> ScriptedEngine:
+    return ScriptedEngine("Zorblat is the capital.")
+
+
+@pytest.fixture(scope="module")
+def client(engine: ScriptedEngine, embedder: Any, session_tmp: Path) -> Iterator[TestClient]:
+    config = load_config(
+        {
+            "models": [{"id": MODEL}],
+            "index": {"dir": str(session_tmp / "edge-index")},
+            "corpus": {"ingest_on_start": False},
+            "cache": {"response_cache_url": "memory://"},
+        }
+    )
+    retriever = LocalRetriever(
+        RetrieverService(config, retriever=Retriever.create(index_dir=config.index.dir, embedder=embedder))
+    )
+    svc = RagService(config, retriever, {MODEL: LocalWorker(Worker(config, MODEL, engine=engine))}, cache=None)
+    app = create_app(svc)
+    raising = APIRouter()
+
+    @raising.get("/v1/raise/{n}")
+    async def _raise(n: int) -> None:
+        raise EXAMPLES[n]
+
+    app.include_router(raising)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def _events(resp: Any) -> list[str]:
+    return [line[6:] for line in resp.iter_lines() if line.startswith("data: ")]
+
+
+def test_a_failure_after_the_200_is_an_error_event_then_done(client: TestClient, engine: ScriptedEngine) -> None:
+    engine.fail_after = 2
+    try:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "Capital?"}], "stream": True, "policy": "none"}
+        with client.stream("POST", CHAT, json=body) as resp:
+            assert resp.status_code == 200
+            events = _events(resp)
+    finally:
+        engine.fail_after = None
+    assert events[-1] == "[DONE]"
+    payloads = [json.loads(e) for e in events[:-1]]
+    text = "".join(p["choices"][0]["delta"].get("content", "") for p in payloads if "choices" in p)
+    assert text == "Zorblat is"  # what was generated before the failure reached the client
+    err = payloads[-1]["error"]
+    assert err["code"] == "internal_error" and "scripted" not in err["message"]  # the log has the details
+
+
+def test_an_engine_failure_on_a_plain_request_is_an_opaque_500(client: TestClient, engine: ScriptedEngine) -> None:
+    engine.fail_after = 0
+    try:
+        resp = client.post("/v1/qa", json={"question": "Capital?", "policy": "none", "max_tokens": 8})
+    finally:
+        engine.fail_after = None
+    assert resp.status_code == 500
+    assert resp.json()["error"] == {
+        "message": "internal error; the server log has the details",
+        "type": "server_error",
+        "param": None,
+        "code": "internal_error",
+    }
+    # and the next request is whole
+    ok = client.post("/v1/qa", json={"question": "Capital?", "policy": "none", "max_tokens": 8}).json()
+    assert ok["answer"] == "Zorblat is the capital."
+
+
+EXAMPLES: list[Exception] = [
+    UnknownModelError("model 'x' does not exist"),
+    UnknownPolicyError("unknown retrieval policy 'x'"),
+    UnsupportedDocumentTypeError("type 'x' is not supported"),
+    DocumentFormatError("bad csv"),
+    SlaOverrideError("above your tier", param="x-sla-tier"),
+    SlaHeaderError("not a number", param="x-sla-latency-ms"),
+    PlanUnavailableError("no plan fits", param="x-sla-latency-ms"),
+    BudgetExhaustedError("spent", retry_after=60),
+    OverloadedError("busy", retry_after=2),
+    SlaRequestError("other", param="x"),
+    BackendUnavailableError("redis down"),
+    RuntimeError("a bug"),
+]
+EXPECTED = [
+    (404, "model_not_found", None),
+    (400, "unknown_policy", None),
+    (415, "unsupported_document_type", None),
+    (400, "invalid_document", None),
+    (403, "sla_override_not_allowed", None),
+    (400, "invalid_sla_header", None),
+    (400, "no_plan_fits", None),
+    (429, "insufficient_quota", "60"),
+    (429, "rate_limit_exceeded", "2"),
+    (400, "invalid_request", None),
+    (503, "budget_store_unavailable", None),
+    (500, "internal_error", None),
+]
+
+
+def test_the_error_table_has_a_row_for_every_example() -> None:
+    assert {type(e) for e in EXAMPLES[:-1]} == {cls for cls, _ in CONVERSIONS}
+
+
+@pytest.mark.parametrize("n", range(len(EXAMPLES)), ids=[type(e).__name__ for e in EXAMPLES])
+def test_each_lower_layer_error_has_its_status(client: TestClient, n: int) -> None:
+    resp = client.get(f"/v1/raise/{n}")
+    status, code, retry = EXPECTED[n]
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["code"] == code
+    assert resp.headers.get("retry-after") == retry
