@@ -31,8 +31,17 @@ from core.capabilities import CHUNK_CACHE, PRIORITY_SCHEDULING, SPEC_PER_REQUEST
 from retrieval.policies.registry import choosable_policies, get_policy, policy_rank
 from router.budgets import MICRO, BudgetLedger, seconds_to_reset
 from router.config import RouterSettings
+from router.eligibility import (
+    BUDGET_RULES,
+    CAP_RULES,
+    LOAD_RULES,
+    Candidate,
+    Situation,
+    first_failure,
+    fits_unloaded,
+)
 from router.errors import BudgetExhaustedError, OverloadedError, PlanUnavailableError
-from router.estimates import Estimate, Estimator, LoadModel, PlanKey
+from router.estimates import Estimator, LoadModel, PlanKey
 from router.plan import Plan, RouteDecision
 from router.quality import QualityTable
 from router.sla import PolicyStore, RequestSlo, SlaPolicy, TierPolicy, resolve
@@ -98,38 +107,6 @@ def measured_quality(labels_path: Path) -> dict[str, dict[str, float]]:
 
 # Expected qualities this close count as equal (the table's F1 differences below it are noise).
 QUALITY_TIE = 0.005
-
-
-@dataclass
-class Candidate:
-    key: PlanKey
-    est: Estimate
-    quality: float
-    expected_tokens: float
-    expected_cost: float
-    worst_tokens: int
-    worst_micros: int
-    pred_latency: float = 0.0
-    pred_ttft: float = 0.0
-    pred_raw: float = 0.0  # the prediction before calibration: what observed latencies are compared with
-    why_not: str | None = None
-
-    def label(self) -> str:
-        return f"{self.key.policy}/{self.key.model}" + ("+spec" if self.key.speculative else "")
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "plan": self.label(),
-            "quality": round(self.quality, 4),
-            "latency_p95_s": round(self.est.latency_s, 3),
-            "predicted_latency_s": round(self.pred_latency, 3),
-            "predicted_ttft_s": round(self.pred_ttft, 3),
-            "expected_tokens": round(self.expected_tokens, 1),
-            "worst_case_tokens": self.worst_tokens,
-            "estimate_from": self.est.source,
-            "eligible": self.why_not is None,
-            **({"why_not": self.why_not} if self.why_not else {}),
-        }
 
 
 @dataclass
@@ -400,21 +377,28 @@ class SlaController:
                 + (f", models {slo.floor.models}" if slo.floor.models else "")
                 + ")"
             )
-        latency_s = slo.latency_ms / 1000
-        ttft_s = slo.ttft_ms / 1000 if slo.ttft_ms else None
         remaining_t, remaining_c, period = self._remaining(policy, slo)
-        higher = [(n, t) for n, t in policy.tiers.items() if t.priority > slo.priority]
-        headroom = policy.controller.headroom
-        # One factor per priority for this decision (each sorts the recent ratios; the loops below ask often).
+        # One factor per priority for this decision (each sorts the recent ratios; the rules ask often).
         factor_of = functools.cache(self.calibration)
         scale = factor_of(slo.priority)
         now = self.load.now()
-        # Admitted requests of this priority or higher that are on track: a new one must not make them miss.
-        on_track = [
-            j
-            for j in self.load.jobs.values()
-            if j.priority >= slo.priority and now + factor_of(j.priority) * self.load.finish_in(j) <= j.deadline
-        ]
+        situation = Situation(
+            slo=slo,
+            load=self.load,
+            now=now,
+            factor_of=factor_of,
+            remaining_tokens=remaining_t,
+            remaining_micros=remaining_c,
+            on_track=[
+                j
+                for j in self.load.jobs.values()
+                if j.priority >= slo.priority and now + factor_of(j.priority) * self.load.finish_in(j) <= j.deadline
+            ],
+            higher=[(n, t) for n, t in policy.tiers.items() if t.priority > slo.priority],
+            fastest_for=self._fastest_for,
+            headroom=policy.controller.headroom,
+        )
+        latency_s = situation.latency_s
         unloaded: list[Candidate] = []
         eligible: list[Candidate] = []
         capped = budgeted = 0
@@ -427,47 +411,17 @@ class SlaController:
             factor = scale if self.load.backlog(model) > 0 else 1.0
             c.pred_latency = factor * c.pred_raw
             c.pred_ttft = factor * (c.est.ttft_s + self.load.wait(model, c.est.ttft_s, priority=slo.priority))
-            if slo.max_tokens is not None and c.worst_tokens > slo.max_tokens:
-                c.why_not = f"worst case {c.worst_tokens} tokens is over the cap of {slo.max_tokens}"
-                continue
-            if slo.max_cost is not None and c.worst_micros > slo.max_cost * MICRO:
-                c.why_not = f"worst case cost {c.worst_micros / MICRO:.6f} is over the cap of {slo.max_cost}"
-                continue
-            capped += 1
-            if (remaining_t is not None and c.worst_tokens > remaining_t) or (
-                remaining_c is not None and c.worst_micros > remaining_c
-            ):
-                c.why_not = f"worst case {c.worst_tokens} tokens is over the tenant's remaining budget"
-                continue
-            budgeted += 1
-            if c.est.latency_s <= latency_s and (ttft_s is None or c.est.ttft_s <= ttft_s):
-                unloaded.append(c)
-            if c.pred_latency > latency_s:
-                c.why_not = f"predicted latency {c.pred_latency:.2f} s is over {latency_s:g} s"
-                continue
-            if ttft_s is not None and c.pred_ttft > ttft_s:
-                c.why_not = f"predicted TTFT {c.pred_ttft:.2f} s is over {ttft_s:g} s"
-                continue
-            for j in on_track:
-                late = now + factor_of(j.priority) * self.load.finish_in(
-                    j, extra=c.est.median_s, extra_priority=slo.priority
-                )
-                if j.model == model and late > j.deadline:
-                    c.why_not = "would make an admitted request of equal or higher priority miss its target"
-                    break
+            c.why_not = first_failure(CAP_RULES, c, situation)
             if c.why_not is not None:
                 continue
-            for name, tier in higher:
-                probe = self._fastest_for(tier, model)
-                wait = self.load.wait(
-                    model, probe, priority=tier.priority, extra=c.est.median_s, extra_priority=slo.priority
-                )
-                after = factor_of(tier.priority) * (probe + wait)
-                if after > headroom * tier.latency_ms / 1000:
-                    c.why_not = (
-                        f"higher tier {name!r} would be at {after:.2f} s, over {headroom:g} x its {tier.latency_ms} ms"
-                    )
-                    break
+            capped += 1
+            c.why_not = first_failure(BUDGET_RULES, c, situation)
+            if c.why_not is not None:
+                continue
+            budgeted += 1
+            if fits_unloaded(c, situation):
+                unloaded.append(c)
+            c.why_not = first_failure(LOAD_RULES, c, situation)
             if c.why_not is None:
                 eligible.append(c)
         info: dict[str, Any] = {"candidates": [c.describe() for c in cands], "degraded": False}

@@ -454,7 +454,8 @@ def test_model_quality_table_lets_the_stronger_model_win_on_quality_and_the_chea
 
 
 def test_qualities_within_the_tie_margin_go_to_the_cheaper_plan() -> None:
-    from router.controller import QUALITY_TIE, Candidate
+    from router.controller import QUALITY_TIE
+    from router.eligibility import Candidate
     from router.estimates import Estimate
 
     est = Estimate(1.0, 1.0, 0.5, 100, 10, 5, "plan")
