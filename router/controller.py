@@ -42,7 +42,7 @@ from router.eligibility import (
 )
 from router.errors import BudgetExhaustedError, OverloadedError, PlanUnavailableError
 from router.estimates import Estimator, LoadModel, PlanKey
-from router.plan import Plan, RouteDecision
+from router.plan import Outcome, Plan, RouteDecision, Settlement
 from router.quality import QualityTable
 from router.sla import PolicyStore, RequestSlo, SlaPolicy, TierPolicy, resolve
 
@@ -487,7 +487,7 @@ class SlaController:
         return b.period, granted
 
     # -- feedback ------------------------------------------------------------------------------
-    def finish(self, ticket_id: int, outcome: dict[str, Any]) -> dict[str, Any] | None:
+    def finish(self, ticket_id: int, outcome: Outcome) -> Settlement | None:
         """Settle a request: charge its actual tokens, learn its service time, count its SLO."""
         with self._lock:
             ticket = self._tickets.pop(ticket_id, None)
@@ -497,11 +497,11 @@ class SlaController:
             IN_FLIGHT.labels(ticket.key.model).set(
                 sum(1 for j in self.load.jobs.values() if j.model == ticket.key.model)
             )
-        ok = bool(outcome.get("ok"))
-        prompt = int(outcome.get("prompt_tokens", 0)) if ok else 0
-        completion = int(outcome.get("completion_tokens", 0)) if ok else 0
-        latency = float(outcome.get("latency_s", 0.0))
-        ttft = float(outcome.get("ttft_s", latency))
+        ok = outcome.ok
+        prompt = outcome.prompt_tokens if ok else 0
+        completion = outcome.completion_tokens if ok else 0
+        latency = outcome.latency_s
+        ttft = latency if outcome.ttft_s is None else outcome.ttft_s
         price = self.store.policy.price(ticket.key.model)
         micros = math.ceil(prompt * price.prompt_per_1m + completion * price.completion_per_1m)
         charged = None
@@ -520,9 +520,9 @@ class SlaController:
         if ticket.slo.tenant is not None and ok:
             SPENT_TOKENS.labels(ticket.slo.tenant).inc(prompt + completion)
             SPENT_COST.labels(ticket.slo.tenant).inc(micros / MICRO)
-        if ok and not outcome.get("cache_hit") and ticket.predicted_s > 0:
+        if ok and not outcome.cache_hit and ticket.predicted_s > 0:
             self._ratios[ticket.slo.priority].append((time.monotonic(), latency / ticket.predicted_s))
-        if ok and not outcome.get("cache_hit") and job is not None and latency > 0:
+        if ok and not outcome.cache_hit and job is not None and latency > 0:
             share = min(1.0, job.attained / latency) if job.attained > 0 else 1.0
             self.estimator.observe(ticket.key, ticket.cls, job.attained or latency, ttft * share, prompt, completion)
         met = (
@@ -534,7 +534,7 @@ class SlaController:
         recent = self._recent.setdefault(ticket.slo.tier, deque(maxlen=200))
         recent.append(met)
         SLA_ATTAINMENT.labels(ticket.slo.tier).set(sum(recent) / len(recent))
-        return {"met": met, "budget": charged}
+        return Settlement(met=met, budget=charged)
 
     def _expire(self) -> None:
         """Drop tickets whose gateway never reported back (a crashed replica, a lost stream),

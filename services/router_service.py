@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from router.plan import RouteDecision
+from router.plan import Outcome, RouteDecision, Settlement
 from router.router import ADAPTIVE, AUTO_MODEL, ConfigRouter
 from services.config import AppConfig, load_config
 
@@ -89,7 +89,7 @@ class RouterService:
             dry_run=dry_run,
         )
 
-    def finish(self, ticket: int, outcome: dict[str, Any]) -> dict[str, Any] | None:
+    def finish(self, ticket: int, outcome: Outcome) -> Settlement | None:
         return None if self.controller is None else self.controller.finish(ticket, outcome)
 
     def sla(self, tenant: str | None = None) -> dict[str, Any]:

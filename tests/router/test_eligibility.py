@@ -39,9 +39,15 @@ class Clock:
 
 
 def slo(**over: object) -> RequestSlo:
-    base: dict[str, object] = dict(
-        tenant="t", tier="batch", priority=1, latency_ms=4000, ttft_ms=None, max_tokens=None, max_cost=None
-    )
+    base: dict[str, object] = {
+        "tenant": "t",
+        "tier": "batch",
+        "priority": 1,
+        "latency_ms": 4000,
+        "ttft_ms": None,
+        "max_tokens": None,
+        "max_cost": None,
+    }
     base.update(over)
     return RequestSlo(floor=QualityFloor(), **base)  # type: ignore[arg-type]
 
@@ -55,18 +61,18 @@ def cand(latency: float = 1.0, median: float = 0.8, ttft: float = 0.2, worst: in
 
 def situation(request: RequestSlo | None = None, load: LoadModel | None = None, **over: object) -> Situation:
     load = load or LoadModel({MODEL: 1}, clock=Clock())
-    base: dict[str, object] = dict(
-        slo=request or slo(),
-        load=load,
-        now=load.now(),
-        factor_of=functools.cache(lambda priority: 1.0),
-        remaining_tokens=None,
-        remaining_micros=None,
-        on_track=[],
-        higher=[],
-        fastest_for=lambda tier, model: 0.5,
-        headroom=1.0,
-    )
+    base: dict[str, object] = {
+        "slo": request or slo(),
+        "load": load,
+        "now": load.now(),
+        "factor_of": functools.cache(lambda priority: 1.0),
+        "remaining_tokens": None,
+        "remaining_micros": None,
+        "on_track": [],
+        "higher": [],
+        "fastest_for": lambda tier, model: 0.5,
+        "headroom": 1.0,
+    }
     base.update(over)
     return Situation(**base)  # type: ignore[arg-type]
 

@@ -21,6 +21,7 @@ from router.errors import (
     SlaPolicyError,
 )
 from router.estimates import Estimator, LoadModel, PlanKey
+from router.plan import Outcome
 from router.sla import PolicyStore, parse_policy, resolve
 from services.config import load_config
 
@@ -238,9 +239,7 @@ def test_decision_rule_best_quality_that_fits() -> None:
     # Class B: single is best and fits interactive's 6 s.
     d = _decide(ctl, cls="B")
     assert d.plan.policy == "single" and not d.sla["degraded"]
-    ctl.finish(
-        d.sla["ticket"], {"ok": True, "latency_s": 3.0, "ttft_s": 1.0, "prompt_tokens": 5, "completion_tokens": 5}
-    )
+    ctl.finish(d.sla["ticket"], Outcome(ok=True, latency_s=3.0, ttft_s=1.0, prompt_tokens=5, completion_tokens=5))
     # Class C: multi is best but breaks 6 s, so single; for the standard tier (20 s) multi fits.
     assert _decide(ctl, cls="C").plan.policy == "single"
     ctl.load.jobs.clear()
@@ -337,11 +336,11 @@ def test_budget_and_caps() -> None:
     with pytest.raises(BudgetExhaustedError) as info:
         _decide(ctl, tenant="tiny", cls="A")
     assert info.value.retry_after is not None and info.value.retry_after > 0
-    ctl.finish(first.sla["ticket"], {"ok": True, "latency_s": 1, "prompt_tokens": 100, "completion_tokens": 20})
+    ctl.finish(first.sla["ticket"], Outcome(ok=True, latency_s=1, prompt_tokens=100, completion_tokens=20))
     usage = ctl.ledger.usage("tiny", "day")
     assert (usage.spent_tokens, usage.reserved_tokens) == (120, 0)
     second = _decide(ctl, tenant="tiny", cls="A")
-    ctl.finish(second.sla["ticket"], {"ok": False, "latency_s": 1})  # a failure is not charged
+    ctl.finish(second.sla["ticket"], Outcome(ok=False, latency_s=1))  # a failure is not charged
     assert ctl.ledger.usage("tiny", "day").spent_tokens == 120
     # A per-request cap below every plan's worst case is the client's mistake (400), not a 429.
     with pytest.raises(PlanUnavailableError, match="smallest is 2048"):
