@@ -337,7 +337,7 @@ def build_local(config: AppConfig) -> RagService:
     """The library path: every component in this process, no Ray."""
     from services.clients import LocalRetriever, LocalWorker
     from services.retriever_service import RetrieverService
-    from services.worker import Worker
+    from services.workers.worker import Worker
 
     retriever = LocalRetriever(RetrieverService(config))
     workers: dict[str, WorkerClient] = {m.id: LocalWorker(Worker(config, m.id)) for m in config.models}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from router.plan import Outcome, RouteDecision, Settlement
-from router.router import ADAPTIVE, AUTO_MODEL, ConfigRouter
+from router.routing import ADAPTIVE, AUTO_MODEL, ConfigRouter
 from services.config import AppConfig, load_config
 
 # all-MiniLM-L6-v2, the embedder the retriever runs; the classifier is checked against it at load.

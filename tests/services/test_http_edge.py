@@ -32,7 +32,7 @@ from services.gateway import create_app
 from services.http.errors import CONVERSIONS
 from services.rag import RagService
 from services.retriever_service import RetrieverService
-from services.worker import Worker
+from services.workers.worker import Worker
 from tests.fakes import ScriptedEngine
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]  # the real embedder
