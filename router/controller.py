@@ -20,16 +20,15 @@ import logging
 import math
 import threading
 import time
-from collections import defaultdict, deque
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-
 from core.capabilities import CHUNK_CACHE, PRIORITY_SCHEDULING, SPEC_PER_REQUEST
 from retrieval.policies.registry import choosable_policies, get_policy, policy_rank
 from router.budgets import MICRO, BudgetLedger, seconds_to_reset
+from router.calibration import LatencyCalibration
 from router.config import RouterSettings
 from router.eligibility import (
     BUDGET_RULES,
@@ -43,45 +42,24 @@ from router.eligibility import (
 from router.errors import BudgetExhaustedError, OverloadedError, PlanUnavailableError
 from router.estimates import Estimator, LoadModel, PlanKey
 from router.plan import Outcome, Plan, RouteDecision, Settlement
+from router.priors import LatencyPriors
 from router.quality import QualityTable
 from router.sla import PolicyStore, RequestSlo, SlaPolicy, TierPolicy, resolve
+from router.sla_metrics import (
+    DECISIONS,
+    DEGRADED,
+    IN_FLIGHT,
+    POLICY_VERSION,
+    SHED,
+    SLA_ATTAINMENT,
+    SLA_REQUESTS,
+    SPENT_COST,
+    SPENT_TOKENS,
+)
 
 logger = logging.getLogger(__name__)
 
 CLASSES = ("A", "B", "C")
-RATIO_TTL_S = 120.0  # how long an observed / predicted latency ratio counts for calibration
-
-REGISTRY = CollectorRegistry(auto_describe=True)
-SLA_REQUESTS = Counter(
-    "ragyard_sla_requests_total",
-    "Admitted requests by tier and outcome (met: within latency and TTFT targets; missed; failed).",
-    ["tier", "outcome"],
-    registry=REGISTRY,
-)
-SLA_ATTAINMENT = Gauge(
-    "ragyard_sla_slo_attainment",
-    "Share of the tier's last 200 admitted requests that met the SLO.",
-    ["tier"],
-    registry=REGISTRY,
-)
-DECISIONS = Counter("ragyard_sla_decisions_total", "Plans chosen by tier.", ["tier", "plan"], registry=REGISTRY)
-DEGRADED = Counter(
-    "ragyard_sla_degraded_total",
-    "Requests given a cheaper plan than they would get unloaded.",
-    ["tier"],
-    registry=REGISTRY,
-)
-SHED = Counter("ragyard_sla_shed_total", "Requests refused with 429, by reason.", ["tier", "reason"], registry=REGISTRY)
-SPENT_TOKENS = Counter(
-    "ragyard_sla_budget_spent_tokens_total", "Tokens charged by tenant.", ["tenant"], registry=REGISTRY
-)
-SPENT_COST = Counter("ragyard_sla_budget_spent_cost_total", "Money charged by tenant.", ["tenant"], registry=REGISTRY)
-IN_FLIGHT = Gauge("ragyard_sla_in_flight", "Admitted requests not finished, by model.", ["model"], registry=REGISTRY)
-POLICY_VERSION = Gauge("ragyard_sla_policy_version", "Version of the SLA policy in force.", registry=REGISTRY)
-
-
-def metrics_text() -> str:
-    return generate_latest(REGISTRY).decode()
 
 
 def measured_quality(labels_path: Path) -> dict[str, dict[str, float]]:
@@ -131,6 +109,7 @@ class SlaController:
         quality: dict[str, dict[str, float]] | None = None,
         class_prior: dict[str, float] | None = None,
         model_quality: QualityTable | None = None,
+        priors: LatencyPriors | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -141,7 +120,8 @@ class SlaController:
         self.model_quality = model_quality
         self.class_prior = class_prior or dict.fromkeys(CLASSES, 1 / 3)
         settings = store.policy.controller
-        self.estimator = Estimator(window=settings.window, min_observations=settings.min_observations)
+        self.priors = priors
+        self.estimator = Estimator(window=settings.window, min_observations=settings.min_observations, priors=priors)
         self.load = LoadModel(
             {m.id: config.ray.worker_replicas for m in config.models},
             # The torch engine's step lock serves higher priorities first; vLLM batches without them.
@@ -149,13 +129,8 @@ class SlaController:
         )
         self._tickets: dict[int, _Ticket] = {}
         self._recent: dict[str, deque[bool]] = {}
-        # Observed / predicted latency of recent answers, per priority. The load model is an idealisation
-        # (fair sharing, while the worker serves higher priorities first and slows down beyond fair sharing
-        # as requests pile up on two cores); its errors are corrected by scaling a priority's predictions
-        # with the 90th percentile of its ratio (all priorities pooled until it has 10), never below 1.
-        # A ratio counts for RATIO_TTL_S: when every request is shed no new ones arrive, and an old burst
-        # of misses must not keep the factor up (and the tier shed) for ever.
-        self._ratios: dict[int, deque[tuple[float, float]]] = defaultdict(lambda: deque(maxlen=100))
+        # Observed / predicted latency of recent answers, per priority (router/calibration.py).
+        self.calibrator = LatencyCalibration()
         self._lock = threading.RLock()
         POLICY_VERSION.set(store.version)
 
@@ -252,14 +227,7 @@ class SlaController:
         return best
 
     def calibration(self, priority: int | None = None) -> float:
-        since = time.monotonic() - RATIO_TTL_S
-        recent = {p: [r for t, r in q if t >= since] for p, q in self._ratios.items()}
-        own = recent.get(priority) if priority is not None else None
-        ratios = own if own is not None and len(own) >= 10 else [r for q in recent.values() for r in q]
-        if len(ratios) < 10:
-            return 1.0
-        ordered = sorted(ratios)
-        return min(4.0, max(1.0, ordered[int(0.9 * (len(ordered) - 1))]))
+        return self.calibrator.factor(priority)
 
     @staticmethod
     def best(candidates: list[Candidate]) -> Candidate:
@@ -521,7 +489,7 @@ class SlaController:
             SPENT_TOKENS.labels(ticket.slo.tenant).inc(prompt + completion)
             SPENT_COST.labels(ticket.slo.tenant).inc(micros / MICRO)
         if ok and not outcome.cache_hit and ticket.predicted_s > 0:
-            self._ratios[ticket.slo.priority].append((time.monotonic(), latency / ticket.predicted_s))
+            self.calibrator.observe(ticket.slo.priority, latency, ticket.predicted_s)
         if ok and not outcome.cache_hit and job is not None and latency > 0:
             share = min(1.0, job.attained / latency) if job.attained > 0 else 1.0
             self.estimator.observe(ticket.key, ticket.cls, job.attained or latency, ttft * share, prompt, completion)
@@ -581,7 +549,7 @@ class SlaController:
             "estimates": self.estimator.table(),
             "in_flight": in_flight,
             "calibration": round(self.calibration(), 3),
-            "calibration_by_priority": {p: round(self.calibration(p), 3) for p in sorted(self._ratios)},
+            "calibration_by_priority": self.calibrator.by_priority(),
             "backlog_s": backlog,
             "slo_attainment": {t: round(sum(r) / len(r), 4) for t, r in self._recent.items() if r},
             "observed_at": time.time(),
