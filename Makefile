@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-data install-models install-vllm helm run test test-vllm test-deploy lint typecheck redis clean
+.PHONY: install install-data install-models install-vllm helm run test test-random test-vllm test-deploy lint typecheck redis clean
 
 install: $(STAMP)
 
@@ -108,6 +108,11 @@ test: install install-data install-vllm helm redis
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
 	RAGYARD_REQUIRE_VLLM=1 RAGYARD_REQUIRE_HELM=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+# The whole suite in a random order (pytest-randomly). The seed is printed at the start;
+# `make test-random PYTEST_ARGS=--randomly-seed=N` repeats that order. `make test` keeps the file order.
+test-random:
+	$(MAKE) test PYTEST_ARGS="-p randomly $(PYTEST_ARGS)"
 
 # The deployment checks alone: chart, compose file, Dockerfile (they also run in `make test`).
 test-deploy: install helm

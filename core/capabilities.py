@@ -1,4 +1,4 @@
-"""What an engine can do: the names engines declare (services.workers.engine.ENGINES) and the layers
+"""What an engine can do: the names engines declare (services.workers.registry.ENGINES) and the layers
 above the engines (config validation, the SLA controller) read, kept at the bottom so both use one spelling."""
 
 from __future__ import annotations

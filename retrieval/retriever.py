@@ -72,13 +72,16 @@ class Retriever:
             texts = [self._embed_text(doc, text) for doc, pieces in pending for _, text in pieces]
             vectors = self.embedder.encode(texts)
             offset = 0
-            for doc, pieces in pending:
-                outcome = self.store.upsert(doc, pieces, vectors[offset : offset + len(pieces)])
-                offset += len(pieces)
-                (report.added if outcome == "added" else report.updated).append(doc.id)
-                report.chunks_added += len(pieces)
-            if pending:
-                self.store.save()
+            # The batch is one transaction: a failing upsert or save undoes the batch's changes in memory,
+            # and the snapshot on disk is still the one before it.
+            with self.store.transaction():
+                for doc, pieces in pending:
+                    outcome = self.store.upsert(doc, pieces, vectors[offset : offset + len(pieces)])
+                    offset += len(pieces)
+                    (report.added if outcome == "added" else report.updated).append(doc.id)
+                    report.chunks_added += len(pieces)
+                if pending:
+                    self.store.save()
         return report
 
     @staticmethod
@@ -87,7 +90,7 @@ class Retriever:
         return f"{doc.title}\n{text}" if doc.title and not text.startswith(doc.title) else text
 
     def remove(self, doc_id: str) -> bool:
-        with self._ingest_lock:
+        with self._ingest_lock, self.store.transaction():
             removed = self.store.remove(doc_id)
             if removed:
                 self.store.save()

@@ -12,6 +12,8 @@ import logging
 import os
 import shutil
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -57,6 +59,8 @@ class VectorStore:
         self.next_chunk_id = 0
         self.generation = 0
         self._lock = threading.RLock()
+        # Inside `transaction()`: how to undo each change made so far, newest last.
+        self._undo: list[Callable[[], None]] | None = None
         self._gpu_index: Any = None
         self._use_gpu = faiss.get_num_gpus() > 0
 
@@ -90,6 +94,34 @@ class VectorStore:
             ]
 
     # -- changes -------------------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Changes made inside (upserts, removals, the save) are all kept, or, when anything inside raises,
+        all undone, so memory keeps agreeing with what is on disk. Holds the store's lock throughout.
+
+        Undo is a log of inverse steps rather than a copy of the index: a copy of a flat index costs its
+        whole size per batch, the log only what the batch touched. The generation still moves on after an
+        undo (the content is the old one, under a new number), so nothing derived from a generation seen
+        mid-batch (the BM25 index, a cached answer) is mistaken for current."""
+        with self._lock:
+            if self._undo is not None:  # nested: the outer transaction decides
+                yield
+                return
+            self._undo = []
+            next_id = self.next_chunk_id
+            try:
+                yield
+            except BaseException:
+                undo, self._undo = self._undo, None  # the undo steps themselves are not logged
+                for step in reversed(undo):
+                    step()
+                self.next_chunk_id = next_id
+                self.generation += 1
+                self._gpu_index = None
+                raise
+            finally:
+                self._undo = None
+
     def upsert(self, doc: Document, pieces: list[tuple[int, str]], vectors: np.ndarray) -> UpsertOutcome:
         if len(pieces) != len(vectors):
             raise ValueError("one vector per chunk is required")
@@ -111,6 +143,8 @@ class VectorStore:
                 "metadata": doc.metadata,
                 "chunk_ids": ids.tolist(),
             }
+            if self._undo is not None:
+                self._undo.append(lambda: self._remove_locked(doc.id))
             self.generation += 1
             self._gpu_index = None
             return "added" if old is None else "updated"
@@ -127,9 +161,22 @@ class VectorStore:
     def _remove_locked(self, doc_id: str) -> None:
         entry = self.docs.pop(doc_id)
         ids = np.asarray(entry["chunk_ids"], dtype=np.int64)
+        if self._undo is not None:
+            # What it takes to put the document back: its entry, its chunks and their vectors.
+            vectors = np.vstack([self.index.reconstruct(int(i)) for i in ids]) if len(ids) else None
+            chunks = {int(cid): self.chunks[int(cid)] for cid in entry["chunk_ids"] if int(cid) in self.chunks}
+            self._undo.append(lambda: self._restore_locked(doc_id, entry, ids, vectors, chunks))
         self.index.remove_ids(ids)
         for cid in entry["chunk_ids"]:
             self.chunks.pop(int(cid), None)
+
+    def _restore_locked(
+        self, doc_id: str, entry: dict[str, Any], ids: np.ndarray, vectors: np.ndarray | None, chunks: dict[int, Chunk]
+    ) -> None:
+        if vectors is not None:
+            self.index.add_with_ids(vectors, ids)
+        self.chunks.update(chunks)
+        self.docs[doc_id] = entry
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self) -> Path | None:
@@ -170,8 +217,13 @@ class VectorStore:
             pointer = self.directory / ".CURRENT.tmp"
             _write_file(pointer, name.encode("ascii"))
             os.replace(pointer, self.directory / "CURRENT")
-            _fsync_dir(self.directory)
-            self._prune(snapshots, keep=name)
+            # Committed: CURRENT names the new snapshot. What follows must not raise, or a transaction
+            # would undo in memory what is already on disk.
+            try:
+                _fsync_dir(self.directory)
+                self._prune(snapshots, keep=name)
+            except OSError as exc:
+                logger.warning("index snapshot %s saved, but tidying up after it failed: %s", final, exc)
             return final
 
     def _current_name(self) -> str | None:

@@ -60,6 +60,11 @@ class SlaConfig(Section):
         None, description="Budget store: memory:// or redis://host:port/db; None = REDIS_URL when set, else memory."
     )
     budget_prefix: str = Field("ragyard:budget:", min_length=1, description="Redis key prefix of the budgets.")
+    latency_priors: str | None = Field(
+        str(PROJECT_ROOT / "router" / "artifacts" / "latency-priors.json"),
+        description="Measured latency and tokens per model x policy (`ragyard build-priors`), assumed for a plan "
+        "until it has been observed; None (or a missing file) = a deliberately slow guess for every plan.",
+    )
 
 
 # What the router reads of the app config. The app config is composed above the router (services.config),

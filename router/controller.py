@@ -20,59 +20,46 @@ import logging
 import math
 import threading
 import time
-from collections import defaultdict, deque
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-
 from core.capabilities import CHUNK_CACHE, PRIORITY_SCHEDULING, SPEC_PER_REQUEST
 from retrieval.policies.registry import choosable_policies, get_policy, policy_rank
 from router.budgets import MICRO, BudgetLedger, seconds_to_reset
+from router.calibration import LatencyCalibration
 from router.config import RouterSettings
+from router.eligibility import (
+    BUDGET_RULES,
+    CAP_RULES,
+    LOAD_RULES,
+    Candidate,
+    Situation,
+    first_failure,
+    fits_unloaded,
+)
 from router.errors import BudgetExhaustedError, OverloadedError, PlanUnavailableError
-from router.estimates import Estimate, Estimator, LoadModel, PlanKey
-from router.plan import Plan, RouteDecision
+from router.estimates import Estimator, LoadModel, PlanKey
+from router.plan import Outcome, Plan, RouteDecision, Settlement
+from router.priors import LatencyPriors
 from router.quality import QualityTable
 from router.sla import PolicyStore, RequestSlo, SlaPolicy, TierPolicy, resolve
+from router.sla_metrics import (
+    DECISIONS,
+    DEGRADED,
+    IN_FLIGHT,
+    POLICY_VERSION,
+    SHED,
+    SLA_ATTAINMENT,
+    SLA_REQUESTS,
+    SPENT_COST,
+    SPENT_TOKENS,
+)
 
 logger = logging.getLogger(__name__)
 
 CLASSES = ("A", "B", "C")
-RATIO_TTL_S = 120.0  # how long an observed / predicted latency ratio counts for calibration
-
-REGISTRY = CollectorRegistry(auto_describe=True)
-SLA_REQUESTS = Counter(
-    "ragyard_sla_requests_total",
-    "Admitted requests by tier and outcome (met: within latency and TTFT targets; missed; failed).",
-    ["tier", "outcome"],
-    registry=REGISTRY,
-)
-SLA_ATTAINMENT = Gauge(
-    "ragyard_sla_slo_attainment",
-    "Share of the tier's last 200 admitted requests that met the SLO.",
-    ["tier"],
-    registry=REGISTRY,
-)
-DECISIONS = Counter("ragyard_sla_decisions_total", "Plans chosen by tier.", ["tier", "plan"], registry=REGISTRY)
-DEGRADED = Counter(
-    "ragyard_sla_degraded_total",
-    "Requests given a cheaper plan than they would get unloaded.",
-    ["tier"],
-    registry=REGISTRY,
-)
-SHED = Counter("ragyard_sla_shed_total", "Requests refused with 429, by reason.", ["tier", "reason"], registry=REGISTRY)
-SPENT_TOKENS = Counter(
-    "ragyard_sla_budget_spent_tokens_total", "Tokens charged by tenant.", ["tenant"], registry=REGISTRY
-)
-SPENT_COST = Counter("ragyard_sla_budget_spent_cost_total", "Money charged by tenant.", ["tenant"], registry=REGISTRY)
-IN_FLIGHT = Gauge("ragyard_sla_in_flight", "Admitted requests not finished, by model.", ["model"], registry=REGISTRY)
-POLICY_VERSION = Gauge("ragyard_sla_policy_version", "Version of the SLA policy in force.", registry=REGISTRY)
-
-
-def metrics_text() -> str:
-    return generate_latest(REGISTRY).decode()
 
 
 def measured_quality(labels_path: Path) -> dict[str, dict[str, float]]:
@@ -101,38 +88,6 @@ QUALITY_TIE = 0.005
 
 
 @dataclass
-class Candidate:
-    key: PlanKey
-    est: Estimate
-    quality: float
-    expected_tokens: float
-    expected_cost: float
-    worst_tokens: int
-    worst_micros: int
-    pred_latency: float = 0.0
-    pred_ttft: float = 0.0
-    pred_raw: float = 0.0  # the prediction before calibration: what observed latencies are compared with
-    why_not: str | None = None
-
-    def label(self) -> str:
-        return f"{self.key.policy}/{self.key.model}" + ("+spec" if self.key.speculative else "")
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "plan": self.label(),
-            "quality": round(self.quality, 4),
-            "latency_p95_s": round(self.est.latency_s, 3),
-            "predicted_latency_s": round(self.pred_latency, 3),
-            "predicted_ttft_s": round(self.pred_ttft, 3),
-            "expected_tokens": round(self.expected_tokens, 1),
-            "worst_case_tokens": self.worst_tokens,
-            "estimate_from": self.est.source,
-            "eligible": self.why_not is None,
-            **({"why_not": self.why_not} if self.why_not else {}),
-        }
-
-
-@dataclass
 class _Ticket:
     slo: RequestSlo
     key: PlanKey
@@ -154,6 +109,7 @@ class SlaController:
         quality: dict[str, dict[str, float]] | None = None,
         class_prior: dict[str, float] | None = None,
         model_quality: QualityTable | None = None,
+        priors: LatencyPriors | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -164,7 +120,8 @@ class SlaController:
         self.model_quality = model_quality
         self.class_prior = class_prior or dict.fromkeys(CLASSES, 1 / 3)
         settings = store.policy.controller
-        self.estimator = Estimator(window=settings.window, min_observations=settings.min_observations)
+        self.priors = priors
+        self.estimator = Estimator(window=settings.window, min_observations=settings.min_observations, priors=priors)
         self.load = LoadModel(
             {m.id: config.ray.worker_replicas for m in config.models},
             # The torch engine's step lock serves higher priorities first; vLLM batches without them.
@@ -172,13 +129,8 @@ class SlaController:
         )
         self._tickets: dict[int, _Ticket] = {}
         self._recent: dict[str, deque[bool]] = {}
-        # Observed / predicted latency of recent answers, per priority. The load model is an idealisation
-        # (fair sharing, while the worker serves higher priorities first and slows down beyond fair sharing
-        # as requests pile up on two cores); its errors are corrected by scaling a priority's predictions
-        # with the 90th percentile of its ratio (all priorities pooled until it has 10), never below 1.
-        # A ratio counts for RATIO_TTL_S: when every request is shed no new ones arrive, and an old burst
-        # of misses must not keep the factor up (and the tier shed) for ever.
-        self._ratios: dict[int, deque[tuple[float, float]]] = defaultdict(lambda: deque(maxlen=100))
+        # Observed / predicted latency of recent answers, per priority (router/calibration.py).
+        self.calibrator = LatencyCalibration()
         self._lock = threading.RLock()
         POLICY_VERSION.set(store.version)
 
@@ -275,14 +227,7 @@ class SlaController:
         return best
 
     def calibration(self, priority: int | None = None) -> float:
-        since = time.monotonic() - RATIO_TTL_S
-        recent = {p: [r for t, r in q if t >= since] for p, q in self._ratios.items()}
-        own = recent.get(priority) if priority is not None else None
-        ratios = own if own is not None and len(own) >= 10 else [r for q in recent.values() for r in q]
-        if len(ratios) < 10:
-            return 1.0
-        ordered = sorted(ratios)
-        return min(4.0, max(1.0, ordered[int(0.9 * (len(ordered) - 1))]))
+        return self.calibrator.factor(priority)
 
     @staticmethod
     def best(candidates: list[Candidate]) -> Candidate:
@@ -400,21 +345,28 @@ class SlaController:
                 + (f", models {slo.floor.models}" if slo.floor.models else "")
                 + ")"
             )
-        latency_s = slo.latency_ms / 1000
-        ttft_s = slo.ttft_ms / 1000 if slo.ttft_ms else None
         remaining_t, remaining_c, period = self._remaining(policy, slo)
-        higher = [(n, t) for n, t in policy.tiers.items() if t.priority > slo.priority]
-        headroom = policy.controller.headroom
-        # One factor per priority for this decision (each sorts the recent ratios; the loops below ask often).
+        # One factor per priority for this decision (each sorts the recent ratios; the rules ask often).
         factor_of = functools.cache(self.calibration)
         scale = factor_of(slo.priority)
         now = self.load.now()
-        # Admitted requests of this priority or higher that are on track: a new one must not make them miss.
-        on_track = [
-            j
-            for j in self.load.jobs.values()
-            if j.priority >= slo.priority and now + factor_of(j.priority) * self.load.finish_in(j) <= j.deadline
-        ]
+        situation = Situation(
+            slo=slo,
+            load=self.load,
+            now=now,
+            factor_of=factor_of,
+            remaining_tokens=remaining_t,
+            remaining_micros=remaining_c,
+            on_track=[
+                j
+                for j in self.load.jobs.values()
+                if j.priority >= slo.priority and now + factor_of(j.priority) * self.load.finish_in(j) <= j.deadline
+            ],
+            higher=[(n, t) for n, t in policy.tiers.items() if t.priority > slo.priority],
+            fastest_for=self._fastest_for,
+            headroom=policy.controller.headroom,
+        )
+        latency_s = situation.latency_s
         unloaded: list[Candidate] = []
         eligible: list[Candidate] = []
         capped = budgeted = 0
@@ -427,47 +379,17 @@ class SlaController:
             factor = scale if self.load.backlog(model) > 0 else 1.0
             c.pred_latency = factor * c.pred_raw
             c.pred_ttft = factor * (c.est.ttft_s + self.load.wait(model, c.est.ttft_s, priority=slo.priority))
-            if slo.max_tokens is not None and c.worst_tokens > slo.max_tokens:
-                c.why_not = f"worst case {c.worst_tokens} tokens is over the cap of {slo.max_tokens}"
-                continue
-            if slo.max_cost is not None and c.worst_micros > slo.max_cost * MICRO:
-                c.why_not = f"worst case cost {c.worst_micros / MICRO:.6f} is over the cap of {slo.max_cost}"
-                continue
-            capped += 1
-            if (remaining_t is not None and c.worst_tokens > remaining_t) or (
-                remaining_c is not None and c.worst_micros > remaining_c
-            ):
-                c.why_not = f"worst case {c.worst_tokens} tokens is over the tenant's remaining budget"
-                continue
-            budgeted += 1
-            if c.est.latency_s <= latency_s and (ttft_s is None or c.est.ttft_s <= ttft_s):
-                unloaded.append(c)
-            if c.pred_latency > latency_s:
-                c.why_not = f"predicted latency {c.pred_latency:.2f} s is over {latency_s:g} s"
-                continue
-            if ttft_s is not None and c.pred_ttft > ttft_s:
-                c.why_not = f"predicted TTFT {c.pred_ttft:.2f} s is over {ttft_s:g} s"
-                continue
-            for j in on_track:
-                late = now + factor_of(j.priority) * self.load.finish_in(
-                    j, extra=c.est.median_s, extra_priority=slo.priority
-                )
-                if j.model == model and late > j.deadline:
-                    c.why_not = "would make an admitted request of equal or higher priority miss its target"
-                    break
+            c.why_not = first_failure(CAP_RULES, c, situation)
             if c.why_not is not None:
                 continue
-            for name, tier in higher:
-                probe = self._fastest_for(tier, model)
-                wait = self.load.wait(
-                    model, probe, priority=tier.priority, extra=c.est.median_s, extra_priority=slo.priority
-                )
-                after = factor_of(tier.priority) * (probe + wait)
-                if after > headroom * tier.latency_ms / 1000:
-                    c.why_not = (
-                        f"higher tier {name!r} would be at {after:.2f} s, over {headroom:g} x its {tier.latency_ms} ms"
-                    )
-                    break
+            capped += 1
+            c.why_not = first_failure(BUDGET_RULES, c, situation)
+            if c.why_not is not None:
+                continue
+            budgeted += 1
+            if fits_unloaded(c, situation):
+                unloaded.append(c)
+            c.why_not = first_failure(LOAD_RULES, c, situation)
             if c.why_not is None:
                 eligible.append(c)
         info: dict[str, Any] = {"candidates": [c.describe() for c in cands], "degraded": False}
@@ -533,7 +455,7 @@ class SlaController:
         return b.period, granted
 
     # -- feedback ------------------------------------------------------------------------------
-    def finish(self, ticket_id: int, outcome: dict[str, Any]) -> dict[str, Any] | None:
+    def finish(self, ticket_id: int, outcome: Outcome) -> Settlement | None:
         """Settle a request: charge its actual tokens, learn its service time, count its SLO."""
         with self._lock:
             ticket = self._tickets.pop(ticket_id, None)
@@ -543,11 +465,11 @@ class SlaController:
             IN_FLIGHT.labels(ticket.key.model).set(
                 sum(1 for j in self.load.jobs.values() if j.model == ticket.key.model)
             )
-        ok = bool(outcome.get("ok"))
-        prompt = int(outcome.get("prompt_tokens", 0)) if ok else 0
-        completion = int(outcome.get("completion_tokens", 0)) if ok else 0
-        latency = float(outcome.get("latency_s", 0.0))
-        ttft = float(outcome.get("ttft_s", latency))
+        ok = outcome.ok
+        prompt = outcome.prompt_tokens if ok else 0
+        completion = outcome.completion_tokens if ok else 0
+        latency = outcome.latency_s
+        ttft = latency if outcome.ttft_s is None else outcome.ttft_s
         price = self.store.policy.price(ticket.key.model)
         micros = math.ceil(prompt * price.prompt_per_1m + completion * price.completion_per_1m)
         charged = None
@@ -566,9 +488,9 @@ class SlaController:
         if ticket.slo.tenant is not None and ok:
             SPENT_TOKENS.labels(ticket.slo.tenant).inc(prompt + completion)
             SPENT_COST.labels(ticket.slo.tenant).inc(micros / MICRO)
-        if ok and not outcome.get("cache_hit") and ticket.predicted_s > 0:
-            self._ratios[ticket.slo.priority].append((time.monotonic(), latency / ticket.predicted_s))
-        if ok and not outcome.get("cache_hit") and job is not None and latency > 0:
+        if ok and not outcome.cache_hit and ticket.predicted_s > 0:
+            self.calibrator.observe(ticket.slo.priority, latency, ticket.predicted_s)
+        if ok and not outcome.cache_hit and job is not None and latency > 0:
             share = min(1.0, job.attained / latency) if job.attained > 0 else 1.0
             self.estimator.observe(ticket.key, ticket.cls, job.attained or latency, ttft * share, prompt, completion)
         met = (
@@ -580,7 +502,7 @@ class SlaController:
         recent = self._recent.setdefault(ticket.slo.tier, deque(maxlen=200))
         recent.append(met)
         SLA_ATTAINMENT.labels(ticket.slo.tier).set(sum(recent) / len(recent))
-        return {"met": met, "budget": charged}
+        return Settlement(met=met, budget=charged)
 
     def _expire(self) -> None:
         """Drop tickets whose gateway never reported back (a crashed replica, a lost stream),
@@ -627,7 +549,7 @@ class SlaController:
             "estimates": self.estimator.table(),
             "in_flight": in_flight,
             "calibration": round(self.calibration(), 3),
-            "calibration_by_priority": {p: round(self.calibration(p), 3) for p in sorted(self._ratios)},
+            "calibration_by_priority": self.calibrator.by_priority(),
             "backlog_s": backlog,
             "slo_attainment": {t: round(sum(r) / len(r), 4) for t, r in self._recent.items() if r},
             "observed_at": time.time(),

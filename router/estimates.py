@@ -18,14 +18,7 @@ from typing import Any, NamedTuple
 
 from ddsketch import DDSketch
 
-# Measured with `ragyard bench policies` on this 2-core CPU (SmolLM2-135M, 175 dev questions, see
-# results/policies): p95 latency and mean tokens. They stand in for a plan until it has been observed.
-PRIORS: dict[str, dict[str, float]] = {
-    "none": {"latency_s": 2.85, "p50_s": 1.42, "ttft_s": 1.0, "prompt_tokens": 57, "completion_tokens": 18},
-    "single": {"latency_s": 5.00, "p50_s": 3.89, "ttft_s": 3.0, "prompt_tokens": 568, "completion_tokens": 22},
-    "multi": {"latency_s": 13.0, "p50_s": 7.22, "ttft_s": 9.0, "prompt_tokens": 1402, "completion_tokens": 42},
-    "dragin": {"latency_s": 10.1, "p50_s": 1.85, "ttft_s": 2.0, "prompt_tokens": 201, "completion_tokens": 23},
-}
+from router.priors import LatencyPriors
 
 
 class PlanKey(NamedTuple):
@@ -43,7 +36,7 @@ class Estimate:
     prompt_tokens: float
     completion_tokens: float
     observations: int
-    source: str  # "class", "plan" or "prior"
+    source: str  # "class", "plan", or a prior: "prior", "prior:slowest", "prior:fallback" (router/priors.py)
 
 
 class _Window:
@@ -97,9 +90,11 @@ class _Stats:
 
 
 class Estimator:
-    def __init__(self, *, window: int = 512, min_observations: int = 3) -> None:
+    def __init__(self, *, window: int = 512, min_observations: int = 3, priors: LatencyPriors | None = None) -> None:
         self.window = window
         self.min_observations = min_observations
+        # What a plan is assumed to cost until it has been observed (router/priors.py).
+        self.priors = priors or LatencyPriors({})
         self._stats: dict[tuple[PlanKey, str | None], _Stats] = {}
 
     def observe(
@@ -124,7 +119,7 @@ class Estimator:
                     observations=stats.n,
                     source=source,
                 )
-        prior = PRIORS.get(key.policy, PRIORS["multi"])
+        prior, source = self.priors.get(key.model, key.policy)
         return Estimate(
             latency_s=prior["latency_s"],
             median_s=prior["p50_s"],
@@ -132,7 +127,7 @@ class Estimator:
             prompt_tokens=prior["prompt_tokens"],
             completion_tokens=prior["completion_tokens"],
             observations=0,
-            source="prior",
+            source=source,
         )
 
     def table(self) -> list[dict[str, Any]]:

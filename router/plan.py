@@ -37,3 +37,26 @@ class RouteDecision(BaseModel):
     sla: dict[str, Any] | None = Field(
         None, description="The SLA controller's admission: ticket, tier, targets, candidates considered."
     )
+
+
+class Outcome(BaseModel):
+    """How an admitted request ended, as the pipeline reports it to the SLA controller (it crosses the
+    Ray boundary from the gateway to the router)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ok: bool = Field(description="Whether an answer was delivered (False: it failed, or the client left).")
+    latency_s: float = Field(ge=0, description="Seconds from the request to its end.")
+    prompt_tokens: int = Field(0, ge=0, description="Prompt tokens the model ran (0 for a cached answer).")
+    completion_tokens: int = Field(0, ge=0, description="Completion tokens the model ran (0 for a cached answer).")
+    cache_hit: bool = Field(False, description="Whether the answer came from the response cache.")
+    ttft_s: float | None = Field(None, ge=0, description="Seconds to the first token; None: latency_s.")
+
+
+class Settlement(BaseModel):
+    """What the controller made of an outcome."""
+
+    model_config = ConfigDict(frozen=True)
+
+    met: bool = Field(description="Whether the request met its tier's latency and TTFT targets.")
+    budget: dict[str, Any] | None = Field(None, description="The tenant's usage after charging, when it has a budget.")

@@ -16,7 +16,6 @@ there would admit a pair that expects half of the best.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.policies.registry import label_ladder, policy_rank
+from router.artifact_io import read_json, write_json
 from router.errors import RouterArtifactError
 
 CLASSES = ("A", "B", "C")
@@ -248,15 +248,7 @@ class QualityTable:
 
     # -- artifact ------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps({**self.header, "format": FORMAT, "table": self.table, "cost": self.cost}, indent=1) + "\n",
-            encoding="utf-8",
-        )
-        tmp.replace(path)
-        return path
+        return write_json(path, {**self.header, "format": FORMAT, "table": self.table, "cost": self.cost})
 
     @classmethod
     def from_content(cls, content: dict[str, Any]) -> QualityTable:
@@ -265,17 +257,7 @@ class QualityTable:
 
     @classmethod
     def load(cls, path: str | Path) -> QualityTable:
-        path = Path(path)
-        try:
-            content = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise RouterArtifactError(
-                f"quality table {path} does not exist; build one with `ragyard build-quality`"
-            ) from exc
-        except (OSError, ValueError) as exc:
-            raise RouterArtifactError(f"quality table {path} is unreadable: {exc}") from exc
-        if not isinstance(content, dict) or content.get("format") != FORMAT:
-            raise RouterArtifactError(f"quality table {path} has another format (expected {FORMAT})")
+        content = read_json(path, "quality table", FORMAT, "ragyard build-quality")
         table, cost = content.get("table"), content.get("cost")
         ok = isinstance(table, dict) and isinstance(cost, dict)
         if isinstance(table, dict) and isinstance(cost, dict):

@@ -75,7 +75,7 @@ def logical_cpus_needed(config: AppConfig) -> float:
 def build_app(args: dict[str, Any] | None = None) -> Application:
     from services.retriever_service import RetrieverService
     from services.router_service import RouterService
-    from services.worker import Worker
+    from services.workers.worker import Worker
 
     config = _config_from_args(args)
     plain = config.model_dump(mode="json")

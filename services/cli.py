@@ -198,6 +198,22 @@ def cmd_build_quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build_priors(args: argparse.Namespace) -> int:
+    from router.priors import LatencyPriors, build_priors
+
+    rows: list[dict[str, Any]] = []
+    for path in args.predictions:
+        with open(path, encoding="utf-8") as fh:
+            rows += [json.loads(line) for line in fh if line.strip()]
+    content = build_priors(rows, source=", ".join(args.predictions))
+    if not content["priors"]:
+        print("no fixed (model, policy) answers in these files", file=sys.stderr)
+        return 2
+    LatencyPriors.from_content(content).save(args.out)
+    print(json.dumps(content["priors"], indent=2))
+    return 0
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from services.evaluation.plans import write_plans
 
@@ -328,6 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="artifact path, e.g. router/artifacts/quality-v1.json")
     p.add_argument("--version", default="quality-v1")
     p.set_defaults(func=cmd_build_quality)
+
+    p = sub.add_parser("build-priors", help="build the SLA controller's latency priors from bench policies answers")
+    p.add_argument(
+        "--predictions", action="append", required=True, help="predictions.jsonl of `bench policies` (repeatable)"
+    )
+    p.add_argument("--out", required=True, help="artifact path, e.g. router/artifacts/latency-priors.json")
+    p.set_defaults(func=cmd_build_priors)
 
     p = sub.add_parser("plan", help="the plan /v1/qa would run for each question of a file, without answering")
     p.add_argument("--data", required=True, help='QA JSONL file (a line needs "question"; "id" is kept)')

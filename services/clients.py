@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from retrieval.documents import Document, Passage
 from retrieval.generation import ChatMessage, GenerationChunk, GenerationResult, SamplingParams, SignalResult
-from router.plan import RouteDecision
+from router.plan import Outcome, RouteDecision, Settlement
 
 
 class RetrieverClient(Protocol):
@@ -55,7 +55,7 @@ class RouterClient(Protocol):
 
     async def needs_embedding(self, policy: str | None, model: str | None = None) -> bool: ...
 
-    async def finish(self, ticket: int, outcome: dict[str, Any]) -> dict[str, Any] | None: ...
+    async def finish(self, ticket: int, outcome: Outcome) -> Settlement | None: ...
 
     async def sla(self, tenant: str | None = None) -> dict[str, Any]: ...
 
@@ -74,7 +74,7 @@ class LocalRouter:
     async def needs_embedding(self, policy: str | None, model: str | None = None) -> bool:
         return self.service.needs_embedding(policy, model)
 
-    async def finish(self, ticket: int, outcome: dict[str, Any]) -> dict[str, Any] | None:
+    async def finish(self, ticket: int, outcome: Outcome) -> Settlement | None:
         return self.service.finish(ticket, outcome)
 
     async def sla(self, tenant: str | None = None) -> dict[str, Any]:
@@ -97,7 +97,7 @@ class HandleRouter:
     async def needs_embedding(self, policy: str | None, model: str | None = None) -> bool:
         return await self.handle.needs_embedding.remote(policy, model)
 
-    async def finish(self, ticket: int, outcome: dict[str, Any]) -> dict[str, Any] | None:
+    async def finish(self, ticket: int, outcome: Outcome) -> Settlement | None:
         return await self.handle.finish.remote(ticket, outcome)
 
     async def sla(self, tenant: str | None = None) -> dict[str, Any]:

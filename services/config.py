@@ -22,7 +22,7 @@ from retrieval.config import CorpusConfig, EmbedderConfig, IndexConfig, Retrieva
 from retrieval.errors import UnknownPolicyError
 from retrieval.policies.registry import available_policies, register_policy
 from router.config import RouterConfig, SlaConfig
-from services.workers.engine import ENGINES, engine_capabilities, engines_with
+from services.workers.registry import ENGINES, engine_capabilities, engines_with
 
 # Each package owns its section; this module composes them (and re-exports them for callers above).
 __all__ = [
@@ -125,7 +125,7 @@ class ModelConfig(Section):
     engine: str = Field(
         "torch",
         description="Engine that runs the model: torch (embedded default) or vllm (`make install-vllm`); "
-        "any engine registered in services/workers/engine.py.",
+        "any engine registered in services/workers/registry.py.",
         json_schema_extra={"enum": _ENGINE_NAMES},
     )
 
@@ -156,7 +156,7 @@ class ModelConfig(Section):
 
     @property
     def capabilities(self) -> frozenset[str]:
-        """What this model's engine can do (services.workers.engine.ENGINES)."""
+        """What this model's engine can do (services.workers.registry.ENGINES)."""
         return engine_capabilities(self.engine)
 
     @model_validator(mode="after")

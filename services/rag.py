@@ -15,7 +15,7 @@ from cache.response_cache import ResponseCache
 from retrieval.generation import SamplingParams
 from retrieval.policies.base import PolicyContext, PolicyResult, Question, answer_events
 from retrieval.policies.registry import get_policy
-from router.plan import RouteDecision
+from router.plan import Outcome, RouteDecision
 from services import metrics
 from services.clients import LocalRouter, RetrieverClient, RouterClient, WorkerClient
 from services.config import AppConfig, RetrievalConfig
@@ -113,12 +113,14 @@ class RagService:
         if decision.sla is None or decision.sla.get("ticket") is None:
             return
         latency = time.perf_counter() - started
-        outcome: dict[str, Any] = {"ok": record is not None, "latency_s": latency}
+        outcome = Outcome(ok=False, latency_s=latency)
         if record is not None:
             usage = record["usage"]
             timings = record.get("timings", {})
             hit = record.get("cache", {}).get("response") == "hit"
-            outcome.update(
+            outcome = Outcome(
+                ok=True,
+                latency_s=latency,
                 # A cached answer ran no model: it is not charged.
                 prompt_tokens=0 if hit else usage["prompt_tokens"],
                 completion_tokens=0 if hit else usage["completion_tokens"],
@@ -131,7 +133,7 @@ class RagService:
             logger.exception("could not report SLA ticket %s", decision.sla.get("ticket"))
             return
         if record is not None and settled is not None:
-            record.setdefault("sla", {})["budget_after"] = settled.get("budget")
+            record.setdefault("sla", {})["budget_after"] = settled.budget
 
     def _retrieval_settings(self, model_id: str) -> RetrievalConfig:
         """The retrieval settings a policy runs with for this model (DRAGIN's threshold is per model)."""
@@ -335,7 +337,7 @@ def build_local(config: AppConfig) -> RagService:
     """The library path: every component in this process, no Ray."""
     from services.clients import LocalRetriever, LocalWorker
     from services.retriever_service import RetrieverService
-    from services.worker import Worker
+    from services.workers.worker import Worker
 
     retriever = LocalRetriever(RetrieverService(config))
     workers: dict[str, WorkerClient] = {m.id: LocalWorker(Worker(config, m.id)) for m in config.models}

@@ -8,11 +8,16 @@ its view of the load is the whole app's; budgets live in the shared budget store
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from router.plan import RouteDecision
-from router.router import ADAPTIVE, AUTO_MODEL, ConfigRouter
+from router.errors import RouterArtifactError
+from router.plan import Outcome, RouteDecision, Settlement
+from router.priors import LatencyPriors
+from router.routing import ADAPTIVE, AUTO_MODEL, ConfigRouter
 from services.config import AppConfig, load_config
+
+logger = logging.getLogger(__name__)
 
 # all-MiniLM-L6-v2, the embedder the retriever runs; the classifier is checked against it at load.
 EMBEDDING_DIM = 384
@@ -23,6 +28,7 @@ class RouterService:
         self.config = load_config(config)
         self.router = ConfigRouter(self.config, embedding_dim=embedding_dim)
         self.controller = None
+        self.priors_error: str | None = None
         if self.config.sla.enabled:
             from router.budgets import open_ledger
             from router.controller import SlaController
@@ -38,7 +44,20 @@ class RouterService:
                 open_ledger(sla.budget_url, prefix=sla.budget_prefix),
                 class_prior=self._prior(),
                 model_quality=self.router.quality,
+                priors=self._priors(),
             )
+
+    def _priors(self) -> LatencyPriors | None:
+        path = self.config.sla.latency_priors
+        if path is None:
+            return None
+        try:
+            return LatencyPriors.load(path)
+        except RouterArtifactError as exc:
+            # The controller still works: every plan is assumed slow until observed. /readyz says why.
+            self.priors_error = str(exc)
+            logger.warning("%s; every plan takes the fallback prior until observed", exc)
+            return None
 
     def _prior(self) -> dict[str, float] | None:
         header = self.router.classifier.header if self.router.classifier else {}
@@ -89,7 +108,7 @@ class RouterService:
             dry_run=dry_run,
         )
 
-    def finish(self, ticket: int, outcome: dict[str, Any]) -> dict[str, Any] | None:
+    def finish(self, ticket: int, outcome: Outcome) -> Settlement | None:
         return None if self.controller is None else self.controller.finish(ticket, outcome)
 
     def sla(self, tenant: str | None = None) -> dict[str, Any]:
@@ -100,7 +119,7 @@ class RouterService:
     def metrics_text(self) -> str:
         if self.controller is None:
             return ""
-        from router.controller import metrics_text
+        from router.sla_metrics import metrics_text
 
         return metrics_text()
 
@@ -111,5 +130,11 @@ class RouterService:
             "classifier_error": self.router.classifier_error,
             "quality_table": None if self.router.quality is None else self.router.quality.version,
             "quality_table_error": self.router.quality_error,
-            "sla": None if self.controller is None else {"policy_version": self.controller.store.version},
+            "sla": None
+            if self.controller is None
+            else {
+                "policy_version": self.controller.store.version,
+                "latency_priors": None if self.controller.priors is None else self.controller.priors.source,
+                "latency_priors_error": self.priors_error,
+            },
         }

@@ -116,7 +116,7 @@ def local_service(base_config: dict[str, Any], engine: Any, embedder: Any, sessi
     from services.config import load_config
     from services.rag import RagService, build_cache
     from services.retriever_service import RetrieverService
-    from services.worker import Worker
+    from services.workers.worker import Worker
 
     config = load_config({**base_config, "index": {"dir": str(session_tmp / "local-index")}})
     retriever = Retriever.create(index_dir=config.index.dir, embedder=embedder)

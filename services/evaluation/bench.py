@@ -147,7 +147,7 @@ def bench_router(config: AppConfig, data: list[str], out: str | Path, *, repeats
     import numpy as np
 
     from retrieval.embedder import Embedder
-    from router.router import ConfigRouter
+    from router.routing import ConfigRouter
 
     router = ConfigRouter(config, embedding_dim=384)
     if router.classifier is None:

@@ -279,7 +279,10 @@ def bench_sla(
     (out / "sla.json").write_text(json.dumps(result, indent=2))
     table = markdown(result)
     (out / "sla.md").write_text(table)
-    plot(result, out / "sla.png")
+    try:
+        plot(result, out / "sla.png")
+    except ImportError:  # plotting is an optional extra; the JSON and the table are the results
+        logger.warning("sla.png not drawn: matplotlib is not installed (pip install 'ragyard[bench]')")
     return table
 
 

@@ -79,7 +79,7 @@ class Evaluator:
         self, config: AppConfig, worker: Any = None, embedder: Any = None, *, models: list[str] | None = None
     ) -> None:
         from retrieval.embedder import Embedder
-        from services.worker import Worker
+        from services.workers.worker import Worker
 
         self.config = config
         ids = models or [config.default_model.id]

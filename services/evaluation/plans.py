@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from router.router import ADAPTIVE
+from router.routing import ADAPTIVE
 from services.config import AppConfig
 
 

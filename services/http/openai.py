@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from retrieval.generation import ChatMessage
 from retrieval.policies.base import Question
-from router.router import AUTO_MODEL
+from router.routing import AUTO_MODEL
 from services.http.deps import Service, sla_context
 from services.http.sse import chat_events, extension
 from services.rag import AnswerRequest

@@ -114,7 +114,7 @@ def test_adaptive_runs_the_classified_policy(shared_data: Path, local_service: A
     routes a held-out multi-hop question to `multi` through the whole service."""
     from router.classifier import ComplexityClassifier
     from router.features import feature_vector
-    from router.router import ConfigRouter
+    from router.routing import ConfigRouter
     from router.training import fit
     from services.clients import LocalRouter
     from services.rag import RagService

@@ -82,7 +82,7 @@ def test_a_builtin_name_cannot_be_taken() -> None:
 
 
 def test_the_router_plans_it() -> None:
-    from router.router import ConfigRouter
+    from router.routing import ConfigRouter
 
     decision = ConfigRouter(_config(router={"artifact": None, "quality_table": None})).route(
         "Which port?", policy="single_rerank"

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -88,3 +89,58 @@ def test_langchain_retriever_adapter(retriever: Retriever) -> None:
     )
     docs = RagyardRetriever(retriever=retriever, k=1).invoke("capital of Quux")
     assert len(docs) == 1 and docs[0].metadata["title"] == "Quux" and "Zorblat" in docs[0].page_content
+
+
+def _state(retriever: Retriever) -> tuple[dict[str, str], int, list[str]]:
+    """What a reader sees: each document's fingerprint, the chunk count, and the top hit of a query."""
+    store = retriever.store
+    top = [p.chunk.doc_id for p in retriever.search("Who maintains the Lim bridge?", 3)]
+    return {d: str(e["fingerprint"]) for d, e in store.docs.items()}, len(store.chunks), top
+
+
+def _assert_memory_matches_disk(retriever: Retriever, embedder: Any, index_dir: Path) -> None:
+    reopened = Retriever.create(index_dir=index_dir, embedder=embedder, chunk_tokens=64, chunk_overlap_tokens=16)
+    assert _state(reopened) == _state(retriever)
+    assert reopened.store.index.ntotal == retriever.store.index.ntotal == len(retriever.store.chunks)
+
+
+@pytest.mark.parametrize("fail_at", ["embed", "second upsert", "save"])
+def test_a_failing_batch_changes_nothing_in_memory_or_on_disk(
+    retriever: Retriever, embedder: Any, tmp_path: Path, fail_at: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch that updates one document and adds two fails part-way: at embedding, at its second
+    upsert (after the first changed the index) or at the save. The store is as it was, in memory and
+    on disk, and a retry of the same batch then succeeds."""
+    base = [
+        Document(id="bridge", title="Lim bridge", text="The Lim bridge is maintained by the Quux company."),
+        Document(id="river", title="Lim river", text="The Lim river floods in May."),
+    ]
+    retriever.ingest(base)
+    before = _state(retriever)
+    batch = [
+        Document(id="bridge", title="Lim bridge", text="The Lim bridge is maintained by the Zorblat guild."),
+        Document(id="tower", title="Lim tower", text="The Lim tower is 40 metres tall."),
+        Document(id="gate", title="Lim gate", text="The Lim gate opens at dawn."),
+    ]
+    boom = RuntimeError(f"injected failure at {fail_at}")
+    if fail_at == "embed":
+        monkeypatch.setattr(retriever.embedder, "encode", mock.Mock(side_effect=boom))
+    elif fail_at == "second upsert":
+        real = retriever.store.upsert
+        calls = iter(range(100))
+        monkeypatch.setattr(
+            retriever.store,
+            "upsert",
+            lambda *a, **k: real(*a, **k) if next(calls) == 0 else (_ for _ in ()).throw(boom),
+        )
+    else:
+        monkeypatch.setattr(retriever.store, "save", mock.Mock(side_effect=boom))
+    with pytest.raises(RuntimeError, match="injected"):
+        retriever.ingest(batch)
+    monkeypatch.undo()
+    assert _state(retriever) == before
+    _assert_memory_matches_disk(retriever, embedder, tmp_path / "idx")
+    report = retriever.ingest(batch)
+    assert report.updated == ["bridge"] and sorted(report.added) == ["gate", "tower"]
+    assert retriever.search("Who maintains the Lim bridge?", 1)[0].chunk.text.endswith("Zorblat guild.")
+    _assert_memory_matches_disk(retriever, embedder, tmp_path / "idx")

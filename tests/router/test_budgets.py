@@ -14,6 +14,7 @@ from router.budgets import MemoryLedger, RedisLedger, open_ledger, period_key, s
 from router.controller import SlaController
 from router.errors import BudgetExhaustedError
 from router.estimates import PlanKey
+from router.plan import Outcome
 from router.sla import PolicyStore, parse_policy
 from services.config import load_config
 
@@ -149,7 +150,7 @@ def test_thousand_concurrent_requests_never_overspend(redis_url: str) -> None:
         prompt = tokens * 3 // 4
         ctl.finish(
             d.sla["ticket"],
-            {"ok": True, "latency_s": 0.01, "prompt_tokens": prompt, "completion_tokens": tokens - prompt},
+            Outcome(ok=True, latency_s=0.01, prompt_tokens=prompt, completion_tokens=tokens - prompt),
         )
         outcomes[i] = (tenant, tokens)
 

@@ -8,7 +8,7 @@ import pytest
 from router.classifier import ComplexityClassifier
 from router.errors import RouterArtifactError
 from router.features import LEXICAL_NAMES, feature_vector, lexical_features
-from router.router import ConfigRouter
+from router.routing import ConfigRouter
 from router.training import expected_calibration_error, fit
 from services.config import load_config
 

@@ -13,7 +13,7 @@ import pytest
 from router.classifier import ComplexityClassifier
 from router.errors import RouterArtifactError
 from router.quality import QualityTable, build_table, ladder_labels
-from router.router import ConfigRouter
+from router.routing import ConfigRouter
 from services.config import load_config
 
 pytestmark = pytest.mark.unit

@@ -4,7 +4,7 @@ import pytest
 
 from retrieval.errors import UnknownPolicyError
 from router.errors import UnknownModelError
-from router.router import ConfigRouter
+from router.routing import ConfigRouter
 from services.config import load_config
 
 pytestmark = pytest.mark.unit

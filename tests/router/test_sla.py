@@ -21,6 +21,8 @@ from router.errors import (
     SlaPolicyError,
 )
 from router.estimates import Estimator, LoadModel, PlanKey
+from router.plan import Outcome
+from router.priors import LatencyPriors
 from router.sla import PolicyStore, parse_policy, resolve
 from services.config import load_config
 
@@ -140,8 +142,22 @@ def test_reload_keeps_the_last_good_policy(tmp_path: Path) -> None:
         PolicyStore(tmp_path / "missing.yaml")
 
 
+# The priors the controller's tests plan with: those measured on SmolLM2-135M (results/policies) that
+# were constants in router/estimates.py before the priors became an artifact.
+PRIORS = LatencyPriors(
+    {
+        MODEL: {
+            "none": {"latency_s": 2.85, "p50_s": 1.42, "ttft_s": 1.0, "prompt_tokens": 57, "completion_tokens": 18},
+            "single": {"latency_s": 5.0, "p50_s": 3.89, "ttft_s": 3.0, "prompt_tokens": 568, "completion_tokens": 22},
+            "multi": {"latency_s": 13.0, "p50_s": 7.22, "ttft_s": 9.0, "prompt_tokens": 1402, "completion_tokens": 42},
+            "dragin": {"latency_s": 10.1, "p50_s": 1.85, "ttft_s": 2.0, "prompt_tokens": 201, "completion_tokens": 23},
+        }
+    }
+)
+
+
 def test_estimator_learns_p95_per_class_and_falls_back() -> None:
-    est = Estimator(window=64, min_observations=3)
+    est = Estimator(window=64, min_observations=3, priors=PRIORS)
     key = PlanKey("single", MODEL, False, False)
     assert est.predict(key, "B").source == "prior"
     for i in range(40):
@@ -203,7 +219,7 @@ def _controller(policy: dict[str, Any] = POLICY, **cfg: Any) -> SlaController:
     config = load_config({"sla": {"enabled": True}, "models": [{"id": MODEL}], **cfg})
     store = PolicyStore(None)
     store._policy = parse_policy(policy)  # the store's file handling is tested above
-    return SlaController(config, store, MemoryLedger(), quality=QUALITY)
+    return SlaController(config, store, MemoryLedger(), quality=QUALITY, priors=PRIORS)
 
 
 def _decide(ctl: SlaController, tenant: str | None = "acme", cls: str | None = "B", **kw: Any) -> Any:
@@ -238,9 +254,7 @@ def test_decision_rule_best_quality_that_fits() -> None:
     # Class B: single is best and fits interactive's 6 s.
     d = _decide(ctl, cls="B")
     assert d.plan.policy == "single" and not d.sla["degraded"]
-    ctl.finish(
-        d.sla["ticket"], {"ok": True, "latency_s": 3.0, "ttft_s": 1.0, "prompt_tokens": 5, "completion_tokens": 5}
-    )
+    ctl.finish(d.sla["ticket"], Outcome(ok=True, latency_s=3.0, ttft_s=1.0, prompt_tokens=5, completion_tokens=5))
     # Class C: multi is best but breaks 6 s, so single; for the standard tier (20 s) multi fits.
     assert _decide(ctl, cls="C").plan.policy == "single"
     ctl.load.jobs.clear()
@@ -337,11 +351,11 @@ def test_budget_and_caps() -> None:
     with pytest.raises(BudgetExhaustedError) as info:
         _decide(ctl, tenant="tiny", cls="A")
     assert info.value.retry_after is not None and info.value.retry_after > 0
-    ctl.finish(first.sla["ticket"], {"ok": True, "latency_s": 1, "prompt_tokens": 100, "completion_tokens": 20})
+    ctl.finish(first.sla["ticket"], Outcome(ok=True, latency_s=1, prompt_tokens=100, completion_tokens=20))
     usage = ctl.ledger.usage("tiny", "day")
     assert (usage.spent_tokens, usage.reserved_tokens) == (120, 0)
     second = _decide(ctl, tenant="tiny", cls="A")
-    ctl.finish(second.sla["ticket"], {"ok": False, "latency_s": 1})  # a failure is not charged
+    ctl.finish(second.sla["ticket"], Outcome(ok=False, latency_s=1))  # a failure is not charged
     assert ctl.ledger.usage("tiny", "day").spent_tokens == 120
     # A per-request cap below every plan's worst case is the client's mistake (400), not a 429.
     with pytest.raises(PlanUnavailableError, match="smallest is 2048"):
@@ -395,7 +409,7 @@ def test_admitted_requests_are_protected_and_errors_calibrate() -> None:
     base = _decide(quiet, cls="B").sla
     quiet.load.jobs.clear()
     now = time.monotonic()
-    quiet._ratios[3].extend([(now, 2.0)] * 20)  # acme is interactive: priority 3
+    quiet.calibrator.ratios[3].extend([(now, 2.0)] * 20)  # acme is interactive: priority 3
     assert quiet.calibration(3) == 2.0 and quiet.calibration() == 2.0  # pooled while others have none
     idle = _decide(quiet, cls="B").sla  # nothing in flight: no load to correct, the plans' p95 stand
     assert {c["plan"]: c["predicted_latency_s"] for c in idle["candidates"]} == {
@@ -408,13 +422,13 @@ def test_admitted_requests_are_protected_and_errors_calibrate() -> None:
     first = {c["plan"]: c["predicted_latency_s"] for c in base["candidates"]}
     for c in scaled["candidates"]:
         assert c["predicted_latency_s"] == pytest.approx(2 * first[c["plan"]], rel=0.01)
-    quiet._ratios[1].extend([(now, 3.0)] * 20)
+    quiet.calibrator.ratios[1].extend([(now, 3.0)] * 20)
     assert quiet.calibration(1) == 3.0 and quiet.calibration(3) == 2.0  # each priority its own
-    quiet._ratios.clear()
-    quiet._ratios[3].extend([(now, 0.5)] * 20)
+    quiet.calibrator.ratios.clear()
+    quiet.calibrator.ratios[3].extend([(now, 0.5)] * 20)
     assert quiet.calibration(3) == 1.0  # never below 1
-    quiet._ratios[3].clear()
-    quiet._ratios[3].extend([(now - 600, 3.0)] * 20)
+    quiet.calibrator.ratios[3].clear()
+    quiet.calibrator.ratios[3].extend([(now - 600, 3.0)] * 20)
     assert quiet.calibration(3) == 1.0  # old ratios expire: a burst of misses does not shed for ever
 
 
@@ -454,7 +468,8 @@ def test_model_quality_table_lets_the_stronger_model_win_on_quality_and_the_chea
 
 
 def test_qualities_within_the_tie_margin_go_to_the_cheaper_plan() -> None:
-    from router.controller import QUALITY_TIE, Candidate
+    from router.controller import QUALITY_TIE
+    from router.eligibility import Candidate
     from router.estimates import Estimate
 
     est = Estimate(1.0, 1.0, 0.5, 100, 10, 5, "plan")
@@ -468,3 +483,83 @@ def test_qualities_within_the_tie_margin_go_to_the_cheaper_plan() -> None:
     # Just over the margin apart, quality wins.
     better = cand("multi", 0.5026 + QUALITY_TIE + 0.0001, 1500)
     assert SlaController.best([cheap, dear, better]) is better
+
+
+def test_money_budgets_charge_by_price_and_cap_by_cost() -> None:
+    policy = {
+        **POLICY,
+        "prices": {MODEL: {"prompt_per_1m": 2.0, "completion_per_1m": 4.0}},
+        "tenants": {"payg": {"api_keys": ["k3"], "tier": "standard", "budget": {"cost": 0.01}}},
+    }
+    ctl = _controller(policy)
+    _teach(ctl, "none", 1.0)
+    # The worst case of one call is 2048 tokens at the dearer price (4 per million): 8,192 micros.
+    first = _decide(ctl, tenant="payg", cls="A")
+    assert ctl.ledger.usage("payg", "day").reserved_micros == 8192
+    with pytest.raises(BudgetExhaustedError):  # 0.01 - 0.008192 left: no plan's worst case fits
+        _decide(ctl, tenant="payg", cls="A")
+    settled = ctl.finish(first.sla["ticket"], Outcome(ok=True, latency_s=1, prompt_tokens=1000, completion_tokens=100))
+    usage = ctl.ledger.usage("payg", "day")
+    assert (usage.spent_micros, usage.reserved_micros) == (1000 * 2 + 100 * 4, 0)
+    assert settled is not None and settled.budget is not None
+    assert settled.budget["spent_cost"] == pytest.approx(0.0024)
+    # A per-request money cap below every plan's worst case is the client's plan problem: 400, not 429.
+    capped = {
+        **policy,
+        "tiers": {**policy["tiers"], "standard": {"priority": 2, "latency_ms": 20000, "max_cost_per_request": 0.005}},
+    }
+    ctl = _controller(capped)
+    _teach(ctl, "none", 1.0)
+    with pytest.raises(PlanUnavailableError, match="cost cap"):
+        _decide(ctl, tenant="payg", cls="A")
+
+
+def test_allowed_tiers_name_what_a_tenant_may_pick() -> None:
+    policy = parse_policy(
+        {
+            **POLICY,
+            "tenants": {
+                "pinned": {"api_keys": ["k4"], "tier": "standard", "allowed_tiers": ["batch"]},
+                "vip": {"api_keys": ["k5"], "tier": "batch", "allowed_tiers": ["interactive"]},
+            },
+        }
+    )
+    assert resolve(policy, "pinned", {"x-sla-tier": "batch"}).tier == "batch"
+    assert resolve(policy, "pinned", {"x-sla-tier": "standard"}).tier == "standard"  # its own tier, always
+    with pytest.raises(SlaOverrideError, match="allowed: batch, standard"):
+        resolve(policy, "pinned", {"x-sla-tier": "interactive"})
+    # An allowed tier may be above the tenant's own: an explicit grant.
+    assert resolve(policy, "vip", {"x-sla-tier": "interactive"}).priority == 3
+    # Without allowed_tiers: the tenant's tier and every tier of lower priority.
+    base = parse_policy(POLICY)
+    assert resolve(base, "acme", {"x-sla-tier": "batch"}).tier == "batch"
+    with pytest.raises(SlaOverrideError):
+        resolve(base, "tiny", {"x-sla-tier": "standard"})
+
+
+def test_slo_accounting_counts_met_missed_and_failed() -> None:
+    from router.sla_metrics import SLA_ATTAINMENT, SLA_REQUESTS
+
+    def count(outcome: str) -> float:
+        return float(SLA_REQUESTS.labels("interactive", outcome)._value.get())
+
+    before = {o: count(o) for o in ("met", "missed", "failed")}
+    ctl = _controller()
+    _teach(ctl, "none", 1.0)
+    # acme is interactive: 6,000 ms end to end, 3,000 ms to the first token.
+    outcomes = [
+        (Outcome(ok=True, latency_s=1.0, ttft_s=0.5), True),
+        (Outcome(ok=True, latency_s=7.0, ttft_s=0.5), False),  # too slow
+        (Outcome(ok=True, latency_s=1.0, ttft_s=3.5), False),  # first token too late
+        (Outcome(ok=False, latency_s=1.0), False),  # failed
+    ]
+    last = None
+    for outcome, met in outcomes:
+        last = _decide(ctl, cls="A")
+        settled = ctl.finish(last.sla["ticket"], outcome)
+        assert settled is not None and settled.met is met
+    assert {o: count(o) - before[o] for o in before} == {"met": 1, "missed": 2, "failed": 1}
+    assert SLA_ATTAINMENT.labels("interactive")._value.get() == pytest.approx(0.25)
+    # A ticket settles once: a late second report changes nothing.
+    assert last is not None and ctl.finish(last.sla["ticket"], Outcome(ok=True, latency_s=1.0)) is None
+    assert count("met") - before["met"] == 1

@@ -42,14 +42,21 @@ def test_bench_kvcache_on_two_prompts(shared_data: Path, tmp_path: Path, redis_u
     )
     result = json.loads((tmp_path / "kvcache.json").read_text())
     assert result["prompts"] == 2 and set(result["ttft_s_median"]) == {"full", "prefix", "blend", "blend_redis"}
-    for key in ("ttft_speedup", "ttft_speedup_prefix", "ttft_speedup_redis"):
-        assert result[key] > 0
+    # Each speedup is full prefill's median TTFT over that mode's, from the same run's medians.
+    medians = result["ttft_s_median"]
+    for key, mode in (
+        ("ttft_speedup", "blend"),
+        ("ttft_speedup_prefix", "prefix"),
+        ("ttft_speedup_redis", "blend_redis"),
+    ):
+        assert result[key] == pytest.approx(medians["full"] / medians[mode], rel=0.01)
     assert 0.1 < result["recompute_fraction"] < 0.25
     assert result["hit_rates"]["blend"]["memory"] == 1.0
     assert result["hit_rates"]["blend_redis"]["redis"] == 1.0
     assert result["hit_rates"]["blend_redis"]["bytes_read_per_prompt"] > 0
     for key in ("f1_full", "f1_reuse", "f1_prefix", "first_token_agreement"):
         assert 0.0 <= result[key] <= 1.0
+    assert result["f1_delta_points"] == pytest.approx(100 * (result["f1_reuse"] - result["f1_full"]), abs=0.02)
     assert result["warm"]["entries"] >= 6  # a prefix and the chunks of two prompts
     assert {"lru", "craft"} <= set(result["eviction_zipf"][0])
     assert "| chunk-KV reuse (Redis) |" in table

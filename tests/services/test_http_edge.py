@@ -32,7 +32,7 @@ from services.gateway import create_app
 from services.http.errors import CONVERSIONS
 from services.rag import RagService
 from services.retriever_service import RetrieverService
-from services.worker import Worker
+from services.workers.worker import Worker
 from tests.fakes import ScriptedEngine
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]  # the real embedder
@@ -153,3 +153,74 @@ def test_each_lower_layer_error_has_its_status(client: TestClient, n: int) -> No
     err = resp.json()["error"]
     assert set(err) == {"message", "type", "param", "code"} and err["code"] == code
     assert resp.headers.get("retry-after") == retry
+
+
+def test_readyz_says_what_is_wrong_with_corrupt_router_artifacts(
+    engine: ScriptedEngine, embedder: Any, session_tmp: Path, tmp_path: Path
+) -> None:
+    """A corrupt classifier and quality table do not stop the service (adaptive falls back, auto is the
+    first model); /readyz names both, and a question is still answered with the fallback plan."""
+    (tmp_path / "complexity.npz").write_bytes(b"not an npz")
+    (tmp_path / "quality.json").write_text('{"format": 1, "table": {"m": {"none": {"A": 7}}}}', encoding="utf-8")
+    config = load_config(
+        {
+            "models": [{"id": MODEL}],
+            "index": {"dir": str(session_tmp / "edge-index")},
+            "corpus": {"ingest_on_start": False},
+            "router": {"artifact": str(tmp_path / "complexity.npz"), "quality_table": str(tmp_path / "quality.json")},
+        }
+    )
+    retriever = LocalRetriever(
+        RetrieverService(config, retriever=Retriever.create(index_dir=config.index.dir, embedder=embedder))
+    )
+    svc = RagService(config, retriever, {MODEL: LocalWorker(Worker(config, MODEL, engine=engine))})
+    with TestClient(create_app(svc)) as c:
+        ready = c.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        router = ready.json()["router"]
+        assert router["classifier"] is None and "complexity.npz" in router["classifier_error"]
+        assert router["quality_table"] is None and "malformed" in router["quality_table_error"]
+        rec = c.post("/v1/qa", json={"question": "Capital?", "policy": "adaptive", "max_tokens": 8}).json()
+        assert rec["plan"]["complexity"]["policy"] == config.router.fallback_policy and rec["answer"]
+
+
+def test_an_unreachable_budget_store_is_a_503(
+    engine: ScriptedEngine, embedder: Any, session_tmp: Path, tmp_path: Path
+) -> None:
+    """The SLA controller's budgets live in Redis; with Redis down (a closed loopback port) a tenant's
+    request gets 503 budget_store_unavailable, not a 500, and nothing runs on the model."""
+    from tests.conftest import free_port
+
+    policy = tmp_path / "sla.yaml"
+    policy.write_text(
+        "default_tier: standard\n"
+        "tiers: {standard: {priority: 1, latency_ms: 600000}}\n"
+        "tenants: {acme: {api_keys: [k-acme], tier: standard, budget: {tokens: 10000}}}\n",
+        encoding="utf-8",
+    )
+    config = load_config(
+        {
+            "models": [{"id": MODEL}],
+            "index": {"dir": str(session_tmp / "edge-index")},
+            "corpus": {"ingest_on_start": False},
+            "sla": {
+                "enabled": True,
+                "policy_path": str(policy),
+                "budget_url": f"redis://127.0.0.1:{free_port()}/0",
+            },
+        }
+    )
+    retriever = LocalRetriever(
+        RetrieverService(config, retriever=Retriever.create(index_dir=config.index.dir, embedder=embedder))
+    )
+    svc = RagService(config, retriever, {MODEL: LocalWorker(Worker(config, MODEL, engine=engine))})
+    asked = len(engine.prompts)
+    with TestClient(create_app(svc)) as c:
+        resp = c.post(
+            "/v1/qa",
+            json={"question": "Capital?", "policy": "none", "max_tokens": 8},
+            headers={"authorization": "Bearer k-acme"},
+        )
+    assert resp.status_code == 503, resp.text
+    assert resp.json()["error"]["code"] == "budget_store_unavailable"
+    assert len(engine.prompts) == asked

@@ -18,7 +18,7 @@ from services.clients import LocalRetriever, LocalWorker
 from services.config import load_config
 from services.rag import AnswerRequest, RagService, StreamEvent, build_cache
 from services.retriever_service import RetrieverService
-from services.worker import Worker
+from services.workers.worker import Worker
 from tests.fakes import EngineFailure, ScriptedEngine
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]  # the real embedder

@@ -1,7 +1,11 @@
+"""The priority lock's order, timeouts and grace. Threads are ordered by waiting until the lock counts
+each one as a waiter (no sleeps decide the order), and no test asserts how fast anything is."""
+
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -10,16 +14,31 @@ from services.workers.engines.priority_lock import PriorityLock, current_priorit
 pytestmark = pytest.mark.unit
 
 
+def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait (bounded) until ``condition`` holds; fails the test if it never does."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the threads to queue"
+        pause.wait(0.001)
+
+
+def _queue(lock: PriorityLock, targets: list[Callable[[], object]]) -> list[threading.Thread]:
+    """Start one thread per target, each only once the one before is waiting on the lock."""
+    threads = []
+    for n, target in enumerate(targets, start=1):
+        t = threading.Thread(target=target)
+        t.start()
+        threads.append(t)
+        _until(lambda n=n: lock.waiting() == n)  # type: ignore[misc]
+    return threads
+
+
 def _contend(lock: PriorityLock, priorities: list[int]) -> list[int]:
     """Hold the lock, queue one waiter per priority (in list order), release: the order they got it."""
     order: list[int] = []
     lock.acquire()
-    threads = []
-    for p in priorities:
-        t = threading.Thread(target=lambda p=p: run_with_priority(p, _take, lock, order, p))
-        t.start()
-        threads.append(t)
-        time.sleep(0.05)  # arrival order is the list's
+    threads = _queue(lock, [lambda p=p: run_with_priority(p, _take, lock, order, p) for p in priorities])  # type: ignore[misc]
     lock.release()
     for t in threads:
         t.join(5)
@@ -29,7 +48,6 @@ def _contend(lock: PriorityLock, priorities: list[int]) -> list[int]:
 def _take(lock: PriorityLock, order: list[int], p: int) -> None:
     with lock:
         order.append(p)
-        time.sleep(0.01)
 
 
 def test_waiters_get_the_lock_by_priority_then_arrival() -> None:
@@ -38,12 +56,14 @@ def test_waiters_get_the_lock_by_priority_then_arrival() -> None:
     order: list[int] = []
     lock.acquire()
     seen: list[str] = []
-    same = [threading.Thread(target=lambda n=n: (_take(lock, order, 5), seen.append(n))) for n in "abc"]
-    for t in same:
-        t.start()
-        time.sleep(0.05)
+
+    def take_and_say(name: str) -> None:
+        _take(lock, order, 5)
+        seen.append(name)
+
+    threads = _queue(lock, [lambda n=n: take_and_say(n) for n in "abc"])  # type: ignore[misc]
     lock.release()
-    for t in same:
+    for t in threads:
         t.join(5)
     assert seen == ["a", "b", "c"]  # FIFO within a priority (all default 0 here, as with threading.Lock)
 
@@ -53,9 +73,9 @@ def test_timeout_and_misuse() -> None:
     assert lock.acquire(timeout=1)
     started = time.monotonic()
     assert not lock.acquire(timeout=0.1)
-    assert time.monotonic() - started >= 0.09
+    assert time.monotonic() - started >= 0.09  # it waited its timeout (a lower bound: never flaky)
     lock.release()
-    assert not lock.locked() and lock.acquire(timeout=0.1)  # a timed-out waiter left no trace
+    assert not lock.locked() and lock.waiting() == 0 and lock.acquire(timeout=0)  # the timed-out waiter left no trace
     lock.release()
     with pytest.raises(RuntimeError):
         lock.release()
@@ -68,20 +88,23 @@ def test_an_active_higher_request_keeps_the_lock_between_its_steps() -> None:
     with lock.active(3):
         lock.acquire(3)
         lock.release()  # the high request is between two steps
-        take = lambda: (lock.acquire(), got.append(time.monotonic()))  # noqa: E731
+
+        def take() -> None:
+            lock.acquire()
+            got.append(time.monotonic())
+
         t = threading.Thread(target=lambda: run_with_priority(1, take))
-        started = time.monotonic()
         t.start()
-        time.sleep(0.05)
-        assert not got  # the low waiter holds off
+        _until(lambda: lock.waiting() == 1)
+        assert not got  # the low waiter is parked, holding off
         lock.acquire(3)  # the high one comes back and gets it first
+        released = time.monotonic()  # at or before the release the grace counts from
         lock.release()
-        t.join(1)
-    assert got and got[0] - started >= 0.2  # it went only after the grace since the last high step
+        t.join(5)
+    assert got and got[0] - released >= 0.2  # it went only after the grace since the last high step
     lock.release()
-    # Once the higher request is done (not active), lower ones do not wait.
+    # Once the higher request is done (not active), a lower one does not wait at all.
     lock.acquire(3)
     lock.release()
-    started = time.monotonic()
-    assert lock.acquire(1, timeout=1) and time.monotonic() - started < 0.1
+    assert lock.acquire(1, timeout=0)
     lock.release()

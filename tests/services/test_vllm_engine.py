@@ -237,7 +237,7 @@ def test_the_gateway_reports_speculation_and_serves_vllm_metrics(engines: Engine
     from services.clients import LocalWorker
     from services.gateway import create_app
     from services.rag import RagService
-    from services.worker import Worker
+    from services.workers.worker import Worker
 
     engine = engines.get("ngram", speculative=NGRAM)
     model = {"engine": "vllm", "max_model_len": 2048, "speculative": NGRAM}

@@ -112,6 +112,11 @@ class PriorityLock:
     def locked(self) -> bool:
         return self._held
 
+    def waiting(self) -> int:
+        """Threads blocked in `acquire` now (each is parked on the condition once it is counted here)."""
+        with self._cond:
+            return len(self._waiting)
+
     def __enter__(self) -> PriorityLock:
         self.acquire()
         return self

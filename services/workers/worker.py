@@ -17,7 +17,7 @@ from retrieval.generation import (
 )
 from services.config import AppConfig, load_config
 from services.errors import InvalidRequestError
-from services.workers.engine import build_engine
+from services.workers.registry import build_engine
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,38 @@
+"""The SLA controller's Prometheus families, in a registry of their own: the router replica serves them and
+the gateway merges them into its /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+SLA_REQUESTS = Counter(
+    "ragyard_sla_requests_total",
+    "Admitted requests by tier and outcome (met: within latency and TTFT targets; missed; failed).",
+    ["tier", "outcome"],
+    registry=REGISTRY,
+)
+SLA_ATTAINMENT = Gauge(
+    "ragyard_sla_slo_attainment",
+    "Share of the tier's last 200 admitted requests that met the SLO.",
+    ["tier"],
+    registry=REGISTRY,
+)
+DECISIONS = Counter("ragyard_sla_decisions_total", "Plans chosen by tier.", ["tier", "plan"], registry=REGISTRY)
+DEGRADED = Counter(
+    "ragyard_sla_degraded_total",
+    "Requests given a cheaper plan than they would get unloaded.",
+    ["tier"],
+    registry=REGISTRY,
+)
+SHED = Counter("ragyard_sla_shed_total", "Requests refused with 429, by reason.", ["tier", "reason"], registry=REGISTRY)
+SPENT_TOKENS = Counter(
+    "ragyard_sla_budget_spent_tokens_total", "Tokens charged by tenant.", ["tenant"], registry=REGISTRY
+)
+SPENT_COST = Counter("ragyard_sla_budget_spent_cost_total", "Money charged by tenant.", ["tenant"], registry=REGISTRY)
+IN_FLIGHT = Gauge("ragyard_sla_in_flight", "Admitted requests not finished, by model.", ["model"], registry=REGISTRY)
+POLICY_VERSION = Gauge("ragyard_sla_policy_version", "Version of the SLA policy in force.", registry=REGISTRY)
+
+
+def metrics_text() -> str:
+    return generate_latest(REGISTRY).decode()
