@@ -41,7 +41,22 @@ def _lint(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_the_tree_keeps_the_layers() -> None:
     run = _lint(ROOT)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "1 kept, 0 broken" in run.stdout
+    contracts = len(_pyproject()["tool"]["importlinter"]["contracts"])
+    assert f"{contracts} kept, 0 broken" in run.stdout
+
+
+def test_the_benchmarks_stay_off_the_serving_path(tmp_path: Path) -> None:
+    """The forbidden contract as configured, over a copy of the tree with the pipeline importing a benchmark."""
+    import shutil
+
+    for name in ("core", "cache", "retrieval", "router", "services"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "artifacts"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    rag = tmp_path / "services" / "rag.py"
+    rag.write_text("import services.evaluation.bench  # noqa: F401\n" + rag.read_text(encoding="utf-8"))
+    run = _lint(tmp_path)
+    assert run.returncode != 0
+    assert "The serving path never imports the benchmarks" in run.stdout and "BROKEN" in run.stdout
 
 
 def test_an_upward_import_breaks_the_contract(tmp_path: Path) -> None:
