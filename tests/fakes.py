@@ -12,16 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from retrieval.generation import (
-    ChatMessage,
-    FinishReason,
-    GenerationChunk,
-    GenerationResult,
-    GenerationStats,
-    SamplingParams,
-    SignalResult,
-    collect,
-)
+from retrieval import generation as gen
 
 
 class EngineFailure(RuntimeError):
@@ -42,13 +33,13 @@ class ScriptedEngine:
     prompts: list[str] = field(default_factory=list)
     closed: bool = False
 
-    def render_chat(self, messages: list[ChatMessage]) -> str:
+    def render_chat(self, messages: list[gen.ChatMessage]) -> str:
         return "".join(f"<{m.role}>\n{m.content}\n" for m in messages) + "<assistant>\n"
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())
 
-    def _completion(self, prompt: str, params: SamplingParams) -> tuple[list[str], FinishReason]:
+    def _completion(self, prompt: str, params: gen.SamplingParams) -> tuple[list[str], gen.FinishReason]:
         text = self.reply(prompt) if callable(self.reply) else self.reply
         for stop in params.stop:
             if stop and stop in text:
@@ -59,17 +50,17 @@ class ScriptedEngine:
         return words, "stop"
 
     async def stream(
-        self, prompt: str, params: SamplingParams, chunks: list[str] | None = None
-    ) -> AsyncIterator[GenerationChunk]:
+        self, prompt: str, params: gen.SamplingParams, chunks: list[str] | None = None
+    ) -> AsyncIterator[gen.GenerationChunk]:
         self.prompts.append(prompt)
         words, finish = self._completion(prompt, params)
-        stats = GenerationStats(prompt_tokens=self.count_tokens(prompt), completion_tokens=len(words))
+        stats = gen.GenerationStats(prompt_tokens=self.count_tokens(prompt), completion_tokens=len(words))
         for i, word in enumerate(words):
             if self.fail_after is not None and i >= self.fail_after:
                 raise EngineFailure(f"scripted failure after {i} chunks")
             await asyncio.sleep(0)  # a real engine yields to the loop between tokens
             last = i == len(words) - 1
-            yield GenerationChunk(
+            yield gen.GenerationChunk(
                 text=(" " if i else "") + word,
                 finish_reason=finish if last else None,
                 stats=stats if last else None,
@@ -77,17 +68,19 @@ class ScriptedEngine:
         if not words:
             if self.fail_after is not None:
                 raise EngineFailure("scripted failure before the first chunk")
-            yield GenerationChunk(text="", finish_reason=finish, stats=stats)
+            yield gen.GenerationChunk(text="", finish_reason=finish, stats=stats)
 
-    async def generate(self, prompt: str, params: SamplingParams, chunks: list[str] | None = None) -> GenerationResult:
-        return await collect(self.stream(prompt, params, chunks))
+    async def generate(
+        self, prompt: str, params: gen.SamplingParams, chunks: list[str] | None = None
+    ) -> gen.GenerationResult:
+        return await gen.collect(self.stream(prompt, params, chunks))
 
-    async def generate_with_signals(self, prompt: str, params: SamplingParams) -> SignalResult:
+    async def generate_with_signals(self, prompt: str, params: gen.SamplingParams) -> gen.SignalResult:
         self.prompts.append(prompt)
         words, finish = self._completion(prompt, params)
         prompt_words = prompt.split()
         spaced = [(" " if i else "") + w for i, w in enumerate(words)]  # tokens join back into the text
-        return SignalResult(
+        return gen.SignalResult(
             text="".join(spaced),
             finish_reason=finish,
             token_ids=list(range(len(words))),
@@ -95,7 +88,7 @@ class ScriptedEngine:
             prompt_len=len(prompt_words),
             entropies=[self.entropy(w) for w in words],
             attention=None,
-            stats=GenerationStats(prompt_tokens=len(prompt_words), completion_tokens=len(words)),
+            stats=gen.GenerationStats(prompt_tokens=len(prompt_words), completion_tokens=len(words)),
         )
 
     def close(self) -> None:

@@ -14,18 +14,10 @@ import pytest
 from fastapi import APIRouter
 from fastapi.testclient import TestClient
 
-from cache.errors import BackendUnavailableError
-from retrieval.errors import DocumentFormatError, UnknownPolicyError, UnsupportedDocumentTypeError
+from cache import errors as cache_errors
+from retrieval import errors as retrieval_errors
 from retrieval.retriever import Retriever
-from router.errors import (
-    BudgetExhaustedError,
-    OverloadedError,
-    PlanUnavailableError,
-    SlaHeaderError,
-    SlaOverrideError,
-    SlaRequestError,
-    UnknownModelError,
-)
+from router import errors as router_errors
 from services.clients import LocalRetriever, LocalWorker
 from services.config import load_config
 from services.gateway import create_app
@@ -112,17 +104,17 @@ def test_an_engine_failure_on_a_plain_request_is_an_opaque_500(client: TestClien
 
 
 EXAMPLES: list[Exception] = [
-    UnknownModelError("model 'x' does not exist"),
-    UnknownPolicyError("unknown retrieval policy 'x'"),
-    UnsupportedDocumentTypeError("type 'x' is not supported"),
-    DocumentFormatError("bad csv"),
-    SlaOverrideError("above your tier", param="x-sla-tier"),
-    SlaHeaderError("not a number", param="x-sla-latency-ms"),
-    PlanUnavailableError("no plan fits", param="x-sla-latency-ms"),
-    BudgetExhaustedError("spent", retry_after=60),
-    OverloadedError("busy", retry_after=2),
-    SlaRequestError("other", param="x"),
-    BackendUnavailableError("redis down"),
+    router_errors.UnknownModelError("model 'x' does not exist"),
+    retrieval_errors.UnknownPolicyError("unknown retrieval policy 'x'"),
+    retrieval_errors.UnsupportedDocumentTypeError("type 'x' is not supported"),
+    retrieval_errors.DocumentFormatError("bad csv"),
+    router_errors.SlaOverrideError("above your tier", param="x-sla-tier"),
+    router_errors.SlaHeaderError("not a number", param="x-sla-latency-ms"),
+    router_errors.PlanUnavailableError("no plan fits", param="x-sla-latency-ms"),
+    router_errors.BudgetExhaustedError("spent", retry_after=60),
+    router_errors.OverloadedError("busy", retry_after=2),
+    router_errors.SlaRequestError("other", param="x"),
+    cache_errors.BackendUnavailableError("redis down"),
     RuntimeError("a bug"),
 ]
 EXPECTED = [
