@@ -76,9 +76,16 @@ def prompts(engine: Any, shared_data: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def plain_outputs() -> dict[str, list[int]]:
-    """Greedy token ids of each prompt without speculation, filled by the plain engine's test."""
-    return {}
+def plain_outputs(engines: Engines, prompts: list[str]) -> dict[str, list[int]]:
+    """Greedy token ids of each prompt without speculation, from the plain engine: computed once, by whichever
+    test asks first (the suite runs in any order)."""
+    engine = engines.get("plain")
+    out = {}
+    for prompt in prompts:
+        result = asyncio.run(engine.generate(prompt, GREEDY))
+        assert result.text
+        out[prompt] = _ids(engine, result.text)
+    return out
 
 
 def _chat(engine: Any, text: str) -> str:
@@ -192,12 +199,8 @@ def test_metrics_carry_ttft_and_inter_token_latency(engines: Engines) -> None:
     assert "ragyard_" not in text  # only vLLM's own families
 
 
-def test_plain_greedy_outputs(engines: Engines, prompts: list[str], plain_outputs: dict[str, list[int]]) -> None:
-    engine = engines.get("plain")
-    for prompt in prompts:
-        result = asyncio.run(engine.generate(prompt, GREEDY))
-        assert result.text
-        plain_outputs[prompt] = _ids(engine, result.text)
+def test_plain_greedy_outputs(prompts: list[str], plain_outputs: dict[str, list[int]]) -> None:
+    assert set(plain_outputs) == set(prompts) and all(plain_outputs.values())
 
 
 def test_canonical_chunk_order_makes_a_repeated_chunk_set_hit_the_prefix_cache(
@@ -272,7 +275,6 @@ def test_the_gateway_reports_speculation_and_serves_vllm_metrics(engines: Engine
 def test_greedy_output_with_speculation_equals_greedy_without(
     engines: Engines, prompts: list[str], plain_outputs: dict[str, list[int]], name: str, spec: dict[str, Any]
 ) -> None:
-    assert plain_outputs, "test_plain_greedy_outputs runs first"
     engine = engines.get(name, speculative=spec)
     drafted = accepted = 0
     for prompt in prompts:
