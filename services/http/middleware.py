@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 
-from fastapi import Request
-from fastapi.responses import JSONResponse, Response
-from starlette.middleware.base import BaseHTTPMiddleware
+from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router.sla import PolicyStore
@@ -48,43 +46,68 @@ class BodyLimitMiddleware:
         await self.app(scope, counting_receive, send)
 
 
-class ObserveMiddleware(BaseHTTPMiddleware):
-    """Counts every request by route, method and status (401s and 413s too) and times it. Unknown paths
-    count as "other", so a scan cannot grow the label set."""
+class ObserveMiddleware:
+    """Counts every request that gets past the body limit by route, method and status (401s too) and times
+    it to its response's start. Unknown paths count as "other", so a scan cannot grow the label set. Plain
+    ASGI, as the API-key middleware is: Starlette's BaseHTTPMiddleware would run each request, and every
+    chunk of a stream, through a task and a memory stream of its own."""
 
-    def __init__(self, app: ASGIApp, routes: Callable[[], set[str]]) -> None:
-        super().__init__(app)
+    def __init__(self, app: ASGIApp, routes: frozenset[str]) -> None:
+        self.app = app
         self.routes = routes
 
-    async def dispatch(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         start = time.perf_counter()
-        route = request.url.path if request.url.path in self.routes() else "other"
+        route = scope["path"] if scope["path"] in self.routes else "other"
+        counted = False
+
+        def count(status: int) -> None:
+            nonlocal counted
+            if not counted:
+                counted = True
+                metrics.HTTP_REQUESTS.labels(route, scope["method"], str(status)).inc()
+                metrics.HTTP_LATENCY.labels(route).observe(time.perf_counter() - start)
+
+        async def observing_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                count(int(message["status"]))
+            await send(message)
+
         try:
-            resp = await call_next(request)
+            await self.app(scope, receive, observing_send)
         except PayloadTooLargeError as exc:  # a chunked body over the limit, found while it streamed in
-            resp = json_error(exc)
-        metrics.HTTP_REQUESTS.labels(route, request.method, str(resp.status_code)).inc()
-        metrics.HTTP_LATENCY.labels(route).observe(time.perf_counter() - start)
-        return resp
+            if counted:
+                raise
+            await json_error(exc)(scope, receive, observing_send)
+        except Exception:
+            count(500)  # the server's error middleware answers it (a client gone away is not counted)
+            raise
 
 
-class ApiKeyMiddleware(BaseHTTPMiddleware):
+class ApiKeyMiddleware:
     """Tags each request with its tenant (by the SLA policy's keys) and, when keys are configured
     (``server.api_keys`` or tenants in the SLA policy), refuses a `/v1/` request without a valid one."""
 
     def __init__(self, app: ASGIApp, keys: set[str], sla_policy: PolicyStore | None) -> None:
-        super().__init__(app)
+        self.app = app
         self.keys = keys
         self.sla_policy = sla_policy
 
-    async def dispatch(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        auth = request.headers.get("authorization", "")
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        auth = Headers(scope=scope).get("authorization", "")
         token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
         policy = self.sla_policy.policy if self.sla_policy is not None else None
-        request.state.tenant = policy.tenant_for_key(token) if policy is not None else None
+        tenant = policy.tenant_for_key(token) if policy is not None else None
+        scope.setdefault("state", {})["tenant"] = tenant  # what `request.state.tenant` reads
         required = bool(self.keys) or (policy is not None and bool(policy.tenants))
-        if required and request.url.path.startswith("/v1/") and token not in self.keys and request.state.tenant is None:
-            return JSONResponse(
+        if required and scope["path"].startswith("/v1/") and token not in self.keys and tenant is None:
+            response = JSONResponse(
                 error_body(
                     "a valid API key is required: Authorization: Bearer <key>",
                     "invalid_request_error",
@@ -93,4 +116,6 @@ class ApiKeyMiddleware(BaseHTTPMiddleware):
                 ),
                 status_code=401,
             )
-        return await call_next(request)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

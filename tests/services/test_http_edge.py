@@ -216,3 +216,46 @@ def test_an_unreachable_budget_store_is_a_503(
     assert resp.status_code == 503, resp.text
     assert resp.json()["error"]["code"] == "budget_store_unavailable"
     assert len(engine.prompts) == asked
+
+
+def test_the_middleware_counts_what_it_refuses(engine: ScriptedEngine, embedder: Any, session_tmp: Path) -> None:
+    """A request without a key is a 401, counted by route and status (an unknown path as "other"); a body
+    declared over the limit is a 413 in OpenAI's shape; a request with the key is answered. (A chunked body
+    over the limit still gets FastAPI's 400: issue 16.)"""
+    from services import metrics
+
+    config = load_config(
+        {
+            "models": [{"id": MODEL}],
+            "index": {"dir": str(session_tmp / "edge-index")},
+            "corpus": {"ingest_on_start": False},
+        }
+    )
+    retriever = LocalRetriever(
+        RetrieverService(config, retriever=Retriever.create(index_dir=config.index.dir, embedder=embedder))
+    )
+    svc = RagService(config, retriever, {MODEL: LocalWorker(Worker(config, MODEL, engine=engine))}, cache=None)
+
+    def count(route: str, status: str) -> float:
+        return float(metrics.HTTP_REQUESTS.labels(route, "POST", status)._value.get())
+
+    before = (count("/v1/qa", "401"), count("other", "401"))
+    with TestClient(create_app(svc, max_body_bytes=1024, api_keys=["op"])) as c:
+        denied = c.post("/v1/qa", json={"question": "Capital?"})
+        assert denied.status_code == 401 and denied.json()["error"]["code"] == "invalid_api_key"
+        assert c.post("/v1/nothing-here", json={}).status_code == 401  # counted as "other"
+
+        big = c.post(
+            "/v1/qa",
+            content=b'{"question": "' + b"x" * 2048 + b'"}',
+            headers={"authorization": "Bearer op", "content-type": "application/json"},
+        )
+        assert big.status_code == 413 and big.json()["error"]["code"] == "payload_too_large"
+        ok = c.post(
+            "/v1/qa",
+            json={"question": "Capital?", "policy": "none", "max_tokens": 8},
+            headers={"authorization": "Bearer op"},
+        )
+        assert ok.status_code == 200 and ok.json()["answer"]
+    after = (count("/v1/qa", "401"), count("other", "401"))
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1]
