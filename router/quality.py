@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,18 @@ def ladder_labels(runs: Iterable[dict[str, Any]], model_cost: dict[str, float]) 
     return out
 
 
+def _f1(r: dict[str, Any]) -> float:
+    return float(r["f1"])
+
+
+def _latency(r: dict[str, Any]) -> float:
+    return float(r["latency_s"])
+
+
+def _tokens(r: dict[str, Any]) -> float:
+    return float(r["prompt_tokens"] + r["completion_tokens"])
+
+
 def build_table(runs: list[dict[str, Any]], *, version: str = "quality-v1") -> dict[str, Any]:
     """The artifact's content: table, costs, labels' counts, from ladder runs. Labels come from every
     question; the table and costs only from full-matrix runs (``mode`` full, or no mode: runs from before
@@ -96,22 +108,24 @@ def build_table(runs: list[dict[str, Any]], *, version: str = "quality-v1") -> d
             return p
         return min(bases, key=lambda b: (abs(policy_rank(b) - policy_rank(p)), policy_rank(b), b))
 
-    def mean(values: list[float]) -> float:
+    def mean(values: Iterable[float]) -> float:
+        values = list(values)
         return sum(values) / len(values)
 
-    def measure(key: str) -> Any:
-        return lambda r: float(r["prompt_tokens"] + r["completion_tokens"]) if key == "tokens" else float(r[key])
+    def estimate(m: str, p: str, ref: str, level: set[Any], diff: set[Any], get: Callable[[Any], float]) -> float:
+        """p's mean of ``get`` over ``level``; paired with ``ref`` (ref != p), ref's mean over ``level`` plus
+        p's mean difference from ref over ``diff``, the questions both ran."""
+        if ref == p:
+            return mean(get(run_of[(m, p, *q)]) for q in level)
+        shift = mean(get(run_of[(m, p, *q)]) - get(run_of[(m, ref, *q)]) for q in diff)
+        return mean(get(run_of[(m, ref, *q)]) for q in level) + shift
 
-    # First, the raw means over each policy's own questions (used as they are for the reference).
-    model_cost_raw: dict[str, list[float]] = defaultdict(list)
-    for r in full:
-        model_cost_raw[r["model"]].append(float(r["latency_s"]))
-    model_cost = {m: mean(v) for m, v in model_cost_raw.items()}
+    model_cost = {m: mean(float(r["latency_s"]) for r in full if r["model"] == m) for m in models_seen}
     labels = ladder_labels(runs, model_cost)
     label_of = {(r["file"], r["id"]): r["label"] for r in labels}
 
-    def cell(m: str, p: str, qs: set[tuple[str, Any]], get: Any) -> float:
-        return mean([get(run_of[(m, p, *q)]) for q in qs])
+    def by_class(qs: set[Any]) -> dict[str, set[Any]]:
+        return {c: {q for q in qs if label_of[q] == c} for c in CLASSES}
 
     table: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
     cost: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
@@ -119,43 +133,25 @@ def build_table(runs: list[dict[str, Any]], *, version: str = "quality-v1") -> d
     paired: dict[str, dict[str, Any]] = {}
     for p in sorted(questions, key=lambda p: (policy_rank(p), p)):
         own = questions[p]
-        reference = anchor(p)
-        ref_qs = questions[reference]
-        ref_by_class = {c: {q for q in ref_qs if label_of[q] == c} for c in CLASSES}
-        shared = own & ref_qs if p != reference else own
-        if p != reference:
-            paired[p] = {"with": reference, "questions": len(shared)}
+        ref = anchor(p)
+        shared = own & questions[ref]
+        if ref != p and not shared:
+            ref = p  # nothing to pair on: the policy's own means
+        if ref != p:
+            paired[p] = {"with": ref, "questions": len(shared)}
+        base = questions[ref]
+        # The level comes from the reference's questions of the class; a class with none falls back to all of
+        # them. The shift comes from the shared questions of the class, or all shared ones.
+        base_c, shared_c = by_class(base), by_class(shared if ref != p else own)
         for m in sorted(models_seen):
-            f1 = measure("f1")
-            by_class: dict[str, float] = {}
-            n_class: dict[str, int] = {}
-            for c in CLASSES:
-                in_class = {q for q in shared if label_of[q] == c}
-                n_class[c] = len(in_class)
-                if p == reference or not shared:
-                    # The reference (or a policy that shares no question with it): its own means; a class
-                    # with no training question falls back to the pair's mean over all its questions.
-                    qs = {q for q in own if label_of[q] == c} or own
-                    by_class[c] = cell(m, p, qs, f1)
-                    n_class[c] = len({q for q in own if label_of[q] == c})
-                    continue
-                diff_qs = in_class or shared
-                diff = mean([f1(run_of[(m, p, *q)]) - f1(run_of[(m, reference, *q)]) for q in diff_qs])
-                level = cell(m, reference, ref_by_class[c] or ref_qs, f1)
-                by_class[c] = min(1.0, max(0.0, level + diff))
-            table[m][p] = {c: round(v, 4) for c, v in by_class.items()}
-            counts[m][p] = n_class
-            costs = {}
-            for key in ("latency_s", "tokens"):
-                get = measure(key)
-                if p == reference or not shared:
-                    costs[key] = cell(m, p, own, get)
-                else:
-                    shift = mean([get(run_of[(m, p, *q)]) - get(run_of[(m, reference, *q)]) for q in shared])
-                    costs[key] = max(0.0, cell(m, reference, ref_qs, get) + shift)
+            table[m][p] = {
+                c: round(min(1.0, max(0.0, estimate(m, p, ref, base_c[c] or base, shared_c[c] or shared, _f1))), 4)
+                for c in CLASSES
+            }
+            counts[m][p] = {c: len(shared_c[c]) for c in CLASSES}
             cost[m][p] = {
-                "latency_s": round(costs["latency_s"], 4),
-                "tokens": round(costs["tokens"], 1),
+                "latency_s": round(max(0.0, estimate(m, p, ref, base, shared, _latency)), 4),
+                "tokens": round(max(0.0, estimate(m, p, ref, base, shared, _tokens)), 1),
                 "n": len(shared),
             }
     label_counts = {c: sum(1 for r in labels if r["label"] == c) for c in CLASSES}
