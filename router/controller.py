@@ -15,7 +15,6 @@ why each was or was not eligible.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import threading
@@ -43,7 +42,7 @@ from router.errors import BudgetExhaustedError, OverloadedError, PlanUnavailable
 from router.estimates import Estimator, LoadModel, PlanKey
 from router.plan import Outcome, Plan, RouteDecision, Settlement
 from router.priors import LatencyPriors
-from router.quality import QualityTable
+from router.quality import CLASSES, QualityTable, measured_quality
 from router.sla import PolicyStore, RequestSlo, SlaPolicy, TierPolicy, resolve
 from router.sla_metrics import (
     DECISIONS,
@@ -58,29 +57,6 @@ from router.sla_metrics import (
 )
 
 logger = logging.getLogger(__name__)
-
-CLASSES = ("A", "B", "C")
-
-
-def measured_quality(labels_path: Path) -> dict[str, dict[str, float]]:
-    """Mean F1 per policy and complexity class on the router's training labels (each question's
-    class, with the F1 of the policies its labelling tried). A cell never tried falls back to the
-    policy's mean over every question it was tried on."""
-    sums: dict[tuple[str, str], list[float]] = {}
-    overall: dict[str, list[float]] = {}
-    with labels_path.open(encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            for policy, result in row.get("tried", {}).items():
-                sums.setdefault((policy, row["label"]), []).append(float(result["f1"]))
-                overall.setdefault(policy, []).append(float(result["f1"]))
-    table: dict[str, dict[str, float]] = {}
-    for policy, values in overall.items():
-        mean = sum(values) / len(values)
-        table[policy] = {
-            c: round(sum(v) / len(v), 4) if (v := sums.get((policy, c))) else round(mean, 4) for c in CLASSES
-        }
-    return table
 
 
 # Expected qualities this close count as equal (the table's F1 differences below it are noise).

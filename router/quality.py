@@ -16,6 +16,7 @@ there would admit a pair that expects half of the best.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -169,6 +170,27 @@ def build_table(runs: list[dict[str, Any]], *, version: str = "quality-v1") -> d
         "paired": dict(sorted(paired.items())),
         "files": sorted({r["file"] for r in labels}),
     }
+
+
+def measured_quality(labels_path: Path) -> dict[str, dict[str, float]]:
+    """Mean F1 per policy and complexity class on the router's training labels (each question's
+    class, with the F1 of the policies its labelling tried). A cell never tried falls back to the
+    policy's mean over every question it was tried on."""
+    sums: dict[tuple[str, str], list[float]] = {}
+    overall: dict[str, list[float]] = {}
+    with labels_path.open(encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            for policy, result in row.get("tried", {}).items():
+                sums.setdefault((policy, row["label"]), []).append(float(result["f1"]))
+                overall.setdefault(policy, []).append(float(result["f1"]))
+    table: dict[str, dict[str, float]] = {}
+    for policy, values in overall.items():
+        mean = sum(values) / len(values)
+        table[policy] = {
+            c: round(sum(v) / len(v), 4) if (v := sums.get((policy, c))) else round(mean, 4) for c in CLASSES
+        }
+    return table
 
 
 @dataclass

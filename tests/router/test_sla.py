@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from router.budgets import MemoryLedger
-from router.controller import SlaController, measured_quality
+from router.controller import SlaController
 from router.errors import (
     BudgetExhaustedError,
     OverloadedError,
@@ -23,6 +23,7 @@ from router.errors import (
 from router.estimates import Estimator, LoadModel, PlanKey
 from router.plan import Outcome
 from router.priors import LatencyPriors
+from router.quality import measured_quality
 from router.sla import PolicyStore, parse_policy, resolve
 from services.config import load_config
 
