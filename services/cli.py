@@ -200,11 +200,9 @@ def cmd_build_quality(args: argparse.Namespace) -> int:
 
 def cmd_build_priors(args: argparse.Namespace) -> int:
     from router.priors import LatencyPriors, build_priors
+    from services.evaluation.harness import read_rows
 
-    rows: list[dict[str, Any]] = []
-    for path in args.predictions:
-        with open(path, encoding="utf-8") as fh:
-            rows += [json.loads(line) for line in fh if line.strip()]
+    rows = [row for path in args.predictions for row in read_rows(path)]
     content = build_priors(rows, source=", ".join(args.predictions))
     if not content["priors"]:
         print("no fixed (model, policy) answers in these files", file=sys.stderr)

@@ -89,3 +89,18 @@ def test_the_router_says_which_priors_it_plans_with(tmp_path: Path) -> None:
     assert "does not exist" in missing.ready()["sla"]["latency_priors_error"]
     assert missing.controller is not None
     assert missing.controller.estimator.predict(key, "B").source == "prior:fallback"
+
+
+def test_build_priors_on_the_command_line(tmp_path: Path) -> None:
+    from services.cli import main
+
+    predictions = tmp_path / "predictions.jsonl"
+    lines = [json.dumps({**r, "question": "q?", "answers": ["a"]}) for r in ROWS]
+    predictions.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "priors.json"
+    assert main(["build-priors", "--predictions", str(predictions), "--out", str(out)]) == 0
+    assert LatencyPriors.load(out).priors == build_priors(ROWS)["priors"]
+    routed = tmp_path / "routed.jsonl"
+    routed.write_text(lines[-1] + "\n", encoding="utf-8")  # only the oracle's row: nothing to build from
+    assert main(["build-priors", "--predictions", str(routed), "--out", str(tmp_path / "none.json")]) == 2
+    assert not (tmp_path / "none.json").exists()
