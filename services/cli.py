@@ -30,7 +30,7 @@ def _quiet_libraries() -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from services import serving
+    from services.deployments import local as serving
 
     config = load_config(args.config)
     overrides: dict[str, Any] = {}
@@ -100,7 +100,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         resp = httpx.post(f"{args.url.rstrip('/')}/v1/documents", json=payload, timeout=600)
         print(json.dumps(resp.json(), indent=2))
         return 0 if resp.status_code == 200 else 1
-    from services.retriever_service import RetrieverService
+    from services.deployments.retriever import RetrieverService
 
     config = load_config(args.config)
     config = config.model_copy(update={"corpus": config.corpus.model_copy(update={"ingest_on_start": False})})

@@ -17,8 +17,8 @@ from retrieval.policies.base import PolicyContext, PolicyResult, Question, answe
 from retrieval.policies.registry import get_policy
 from router.plan import Outcome, RouteDecision
 from services import metrics
-from services.clients import LocalRouter, RetrieverClient, RouterClient, WorkerClient
 from services.config import AppConfig, RetrievalConfig
+from services.deployments.clients import LocalRouter, RetrieverClient, RouterClient, WorkerClient
 from services.errors import InvalidRequestError, ServiceUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class RagService:
         self.retriever = retriever
         self.workers = workers
         if router is None:
-            from services.router_service import RouterService
+            from services.deployments.router import RouterService
 
             router = LocalRouter(RouterService(config))
         self.router = router
@@ -335,9 +335,9 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
 
 def build_local(config: AppConfig) -> RagService:
     """The library path: every component in this process, no Ray."""
-    from services.clients import LocalRetriever, LocalWorker
-    from services.retriever_service import RetrieverService
-    from services.workers.worker import Worker
+    from services.deployments.clients import LocalRetriever, LocalWorker
+    from services.deployments.retriever import RetrieverService
+    from services.deployments.worker import Worker
 
     retriever = LocalRetriever(RetrieverService(config))
     workers: dict[str, WorkerClient] = {m.id: LocalWorker(Worker(config, m.id)) for m in config.models}

@@ -112,11 +112,11 @@ def redis_url() -> Iterator[str]:
 def local_service(base_config: dict[str, Any], engine: Any, embedder: Any, session_tmp: Path) -> Any:
     """The library path (no Ray) over the session's model and embedder, indexing the bundled corpus."""
     from retrieval.retriever import Retriever
-    from services.clients import LocalRetriever, LocalWorker
     from services.config import load_config
+    from services.deployments.clients import LocalRetriever, LocalWorker
+    from services.deployments.retriever import RetrieverService
+    from services.deployments.worker import Worker
     from services.rag import RagService, build_cache
-    from services.retriever_service import RetrieverService
-    from services.workers.worker import Worker
 
     config = load_config({**base_config, "index": {"dir": str(session_tmp / "local-index")}})
     retriever = Retriever.create(index_dir=config.index.dir, embedder=embedder)

@@ -50,10 +50,10 @@ def bench_docsqa(
     from retrieval.ingest import load_path
     from retrieval.policies.base import Question
     from retrieval.retriever import Retriever
-    from services.clients import LocalRetriever, LocalWorker
+    from services.deployments.clients import LocalRetriever, LocalWorker
+    from services.deployments.retriever import RetrieverService
     from services.evaluation.harness import Evaluator, index_dir_for
     from services.rag import AnswerRequest, RagService
-    from services.retriever_service import RetrieverService
 
     rows = read_docs_qa(data)[:limit]
     evaluator = Evaluator(config, models=models or [m.id for m in config.models])

@@ -80,8 +80,8 @@ def _app_config(
 def _deploy(cfg: AppConfig, first: bool) -> str:
     from ray import serve
 
-    from services import serving
-    from services.app import build_app
+    from services.deployments import local as serving
+    from services.deployments.app import build_app
 
     if first:
         return serving.start(cfg, wait_ready_s=1200)
@@ -272,7 +272,7 @@ def bench_sla(
                 result["burst"] = _burst(base, rows, policy, burst, work)
     finally:
         if url is None:
-            from services import serving
+            from services.deployments import local as serving
 
             serving.stop()
     _ratios(result, loads)

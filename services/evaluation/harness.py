@@ -19,10 +19,10 @@ from core.scoring import score
 from retrieval.documents import Document
 from retrieval.ingest import parse_jsonl
 from retrieval.policies.base import Question
-from services.clients import LocalRetriever, LocalWorker, WorkerClient
 from services.config import AppConfig
+from services.deployments.clients import LocalRetriever, LocalWorker, WorkerClient
+from services.deployments.retriever import RetrieverService
 from services.rag import AnswerRequest, RagService
-from services.retriever_service import RetrieverService
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class Evaluator:
         self, config: AppConfig, worker: Any = None, embedder: Any = None, *, models: list[str] | None = None
     ) -> None:
         from retrieval.embedder import Embedder
-        from services.workers.worker import Worker
+        from services.deployments.worker import Worker
 
         self.config = config
         ids = models or [config.default_model.id]

@@ -62,7 +62,7 @@ def write_plans(
     embedder: Any = None,
 ) -> dict[str, Any]:
     from retrieval.embedder import Embedder
-    from services.router_service import RouterService
+    from services.deployments.router import RouterService
 
     rows = read_questions(data, limit)
     router = RouterService(config)

@@ -343,9 +343,9 @@ def test_the_service_reports_chunk_reuse_in_trace_ready_and_metrics(chunk_engine
     import asyncio
 
     from retrieval.policies.base import Question
-    from services.clients import LocalWorker
+    from services.deployments.clients import LocalWorker
+    from services.deployments.worker import Worker
     from services.rag import AnswerRequest, RagService
-    from services.workers.worker import Worker
 
     config = local_service.config
     worker = Worker(config, engine=chunk_engine)

@@ -72,7 +72,7 @@ def test_search_mode_comes_from_config(retriever: Retriever, base_config: dict[s
     import asyncio
 
     from services.config import load_config
-    from services.retriever_service import RetrieverService
+    from services.deployments.retriever import RetrieverService
 
     cfg = load_config({**base_config, "retrieval": {"search": "bm25"}, "corpus": {"ingest_on_start": False}})
     svc = RetrieverService(cfg, retriever=retriever)

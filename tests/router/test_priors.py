@@ -79,7 +79,7 @@ def test_save_load_and_bad_artifacts(tmp_path: Path) -> None:
 
 
 def test_the_router_says_which_priors_it_plans_with(tmp_path: Path) -> None:
-    from services.router_service import RouterService
+    from services.deployments.router import RouterService
 
     key = PlanKey("single", "smollm2-135m-instruct", False, False)
     shipped = RouterService({"sla": {"enabled": True}})

@@ -14,11 +14,11 @@ import pytest
 from retrieval.documents import Document
 from retrieval.policies.base import Question
 from retrieval.retriever import Retriever
-from services.clients import LocalRetriever, LocalWorker
 from services.config import load_config
+from services.deployments.clients import LocalRetriever, LocalWorker
+from services.deployments.retriever import RetrieverService
+from services.deployments.worker import Worker
 from services.rag import AnswerRequest, RagService, StreamEvent, build_cache
-from services.retriever_service import RetrieverService
-from services.workers.worker import Worker
 from tests.fakes import EngineFailure, ScriptedEngine
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]  # the real embedder

@@ -1,4 +1,4 @@
-"""The plug-in policy (tests/retrieval/plugin_policy.py) served by the answer pipeline with the real
+"""The plug-in policy (tests/retrieval/policies/plugin_policy.py) served by the answer pipeline with the real
 model: asked for by name, it runs, traces its rerank step and cites what it kept."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.model]
 @pytest.fixture
 def plugin() -> Iterator[None]:
     policies, loaded = dict(registry.POLICIES), dict(registry._loaded)
-    registry.register_policy("single_rerank", "tests.retrieval.plugin_policy:SingleRerankPolicy")
+    registry.register_policy("single_rerank", "tests.retrieval.policies.plugin_policy:SingleRerankPolicy")
     yield
     registry.POLICIES.clear()
     registry.POLICIES.update(policies)

@@ -82,7 +82,7 @@ class TorchEngine(TokenizerMixin):
         # with asyncio's default pool (min(32, CPUs + 4) threads, 6 here) the steps queued first-come
         # first-served in the pool before they ever reached the lock, so priority could not act, and a
         # higher request's next step could be stuck behind lower ones holding every thread. Blocked
-        # threads cost nothing; the worker accepts 32 requests at a time (services/app.py).
+        # threads cost nothing; the worker accepts 32 requests at a time (services/deployments/app.py).
         self._steps = ThreadPoolExecutor(max_workers=STEP_THREADS, thread_name_prefix=f"torch-{config.id}")
         logger.info("torch engine loaded %s from %s on %s", self.model_id, path, self.device)
 

@@ -29,7 +29,7 @@ POLICY: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def served(base_config: dict[str, Any], session_tmp: Path) -> Iterator[str]:
-    from services import serving
+    from services.deployments import local as serving
     from services.config import load_config
 
     policy = session_tmp / "serve-sla.yaml"

@@ -1,6 +1,6 @@
 """The Ray Serve application: deployments wrapping the plain classes, bound into one graph.
 
-``build_app`` is the Serve ``import_path`` (``services.app:build_app``); its ``args`` are the app
+``build_app`` is the Serve ``import_path`` (``services.deployments.app:build_app``); its ``args`` are the app
 config (inline sections, and/or ``config_path`` naming a YAML file).
 """
 
@@ -21,7 +21,7 @@ class GatewayDeployment:
     """The HTTP ingress. Its FastAPI app is built on the replica, over handles to the other deployments."""
 
     def __init__(self, config: dict[str, Any], router: Any, retriever: Any, workers: dict[str, Any]) -> None:
-        from services.clients import HandleRetriever, HandleRouter, HandleWorker, WorkerClient
+        from services.deployments.clients import HandleRetriever, HandleRouter, HandleWorker, WorkerClient
         from services.rag import RagService, build_cache
 
         self.config = load_config(config)
@@ -73,9 +73,9 @@ def logical_cpus_needed(config: AppConfig) -> float:
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
-    from services.retriever_service import RetrieverService
-    from services.router_service import RouterService
-    from services.workers.worker import Worker
+    from services.deployments.retriever import RetrieverService
+    from services.deployments.router import RouterService
+    from services.deployments.worker import Worker
 
     config = _config_from_args(args)
     plain = config.model_dump(mode="json")

@@ -1,4 +1,4 @@
-"""A policy added as one file outside the package (tests/retrieval/plugin_policy.py), registered by
+"""A policy added as one file outside the package (tests/retrieval/policies/plugin_policy.py), registered by
 "module:Class": requested, planned, budgeted and served with no router, controller or service code
 naming it; and the facts the layers above read come from the registry."""
 
@@ -19,7 +19,7 @@ from tests.utils.factories import passage
 
 pytestmark = pytest.mark.unit
 
-PLUGIN = {"single_rerank": "tests.retrieval.plugin_policy:SingleRerankPolicy"}
+PLUGIN = {"single_rerank": "tests.retrieval.policies.plugin_policy:SingleRerankPolicy"}
 MODEL = "smollm2-135m-instruct"
 
 
@@ -61,11 +61,11 @@ def test_a_plugin_registers_from_the_config() -> None:
 @pytest.mark.parametrize(
     ("target", "message"),
     [
-        ("tests.retrieval.plugin_policy:Missing", "cannot load"),
+        ("tests.retrieval.policies.plugin_policy:Missing", "cannot load"),
         ("tests.retrieval.nowhere:Policy", "cannot load"),
-        ("tests.retrieval.plugin_policy", 'not "module:Class"'),
-        ("tests.retrieval.plugin_policy:Misnamed", "is named 'something_else'"),
-        ("tests.retrieval.plugin_policy:Incomplete", "lacks rank, choosable, label_class, max_llm_calls"),
+        ("tests.retrieval.policies.plugin_policy", 'not "module:Class"'),
+        ("tests.retrieval.policies.plugin_policy:Misnamed", "is named 'something_else'"),
+        ("tests.retrieval.policies.plugin_policy:Incomplete", "lacks rank, choosable, label_class, max_llm_calls"),
     ],
 )
 def test_a_bad_plugin_is_a_config_error(target: str, message: str) -> None:

@@ -116,9 +116,9 @@ def test_adaptive_runs_the_classified_policy(shared_data: Path, local_service: A
     from router.features import feature_vector
     from router.routing import ConfigRouter
     from router.training import fit
-    from services.clients import LocalRouter
+    from services.deployments.clients import LocalRouter
+    from services.deployments.router import RouterService
     from services.rag import RagService
-    from services.router_service import RouterService
 
     hot = [json.loads(line)["question"] for line in (shared_data / "dev_hotpotqa.jsonl").read_text().splitlines()]
     boolq = [json.loads(line)["question"] for line in (shared_data / "dev_boolq.jsonl").read_text().splitlines()]

@@ -149,8 +149,8 @@ def test_a_configured_draft_pair_runs_on_every_request_and_is_reported(engine: A
     import asyncio
 
     from services.config import ModelConfig
+    from services.deployments.worker import Worker
     from services.workers.engines.torch_engine import TorchEngine
-    from services.workers.worker import Worker
 
     model = ModelConfig(speculative=SpeculativeConfig(method="ngram", num_speculative_tokens=3))
     spec_engine = TorchEngine(model, cache_dir=engine_cache_dir())

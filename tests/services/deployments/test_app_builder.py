@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.app import build_app, deployment_name
 from services.config import load_config
+from services.deployments.app import build_app, deployment_name
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_example_config_matches_the_defaults() -> None:
@@ -23,7 +23,7 @@ def test_serve_config_builds_the_graph(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
     serve_cfg = yaml.safe_load((ROOT / "services" / "serve_config.yaml").read_text())
     [app_cfg] = serve_cfg["applications"]
-    assert app_cfg["import_path"] == "services.app:build_app"
+    assert app_cfg["import_path"] == "services.deployments.app:build_app"
     app = build_app(app_cfg["args"])
     ingress = app._bound_deployment
     assert ingress.name == "gateway"
@@ -43,8 +43,8 @@ def test_deployment_names_are_safe() -> None:
 def test_local_ray_is_sized_for_the_ladder() -> None:
     """The default ladder reserves 2.6 logical CPUs (two workers of 1 + gateway, router, retriever): a local
     Ray on a 2-core host must get at least 3, and a smaller explicit ray.num_cpus is refused up front."""
+    from services.deployments.local import local_cpus
     from services.errors import ConfigError
-    from services.serving import local_cpus
 
     assert local_cpus(load_config({})) == pytest.approx(2.6)
     assert local_cpus(load_config({"models": [{"id": "m"}], "ray": {"num_cpus": 2}})) == pytest.approx(1.6)

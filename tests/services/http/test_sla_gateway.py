@@ -15,11 +15,11 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from services.clients import LocalRouter
 from services.config import load_config
+from services.deployments.clients import LocalRouter
+from services.deployments.router import RouterService
 from services.gateway import create_app
 from services.rag import RagService
-from services.router_service import RouterService
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 

@@ -237,10 +237,10 @@ def test_canonical_chunk_order_makes_a_repeated_chunk_set_hit_the_prefix_cache(
 def test_the_gateway_reports_speculation_and_serves_vllm_metrics(engines: Engines, local_service: Any) -> None:
     from fastapi.testclient import TestClient
 
-    from services.clients import LocalWorker
+    from services.deployments.clients import LocalWorker
+    from services.deployments.worker import Worker
     from services.gateway import create_app
     from services.rag import RagService
-    from services.workers.worker import Worker
 
     engine = engines.get("ngram", speculative=NGRAM)
     model = {"engine": "vllm", "max_model_len": 2048, "speculative": NGRAM}

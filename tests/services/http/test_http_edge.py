@@ -18,13 +18,13 @@ from cache import errors as cache_errors
 from retrieval import errors as retrieval_errors
 from retrieval.retriever import Retriever
 from router import errors as router_errors
-from services.clients import LocalRetriever, LocalWorker
 from services.config import load_config
+from services.deployments.clients import LocalRetriever, LocalWorker
+from services.deployments.retriever import RetrieverService
+from services.deployments.worker import Worker
 from services.gateway import create_app
 from services.http.errors import CONVERSIONS
 from services.rag import RagService
-from services.retriever_service import RetrieverService
-from services.workers.worker import Worker
 from tests.fakes import ScriptedEngine
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]  # the real embedder

@@ -22,7 +22,7 @@ APP_NAME = "ragyard"
 def local_cpus(config: AppConfig) -> float:
     """The logical CPUs the app's replicas reserve; a ConfigError when ``ray.num_cpus`` is set below that
     (Serve would wait for ever to place the last replicas)."""
-    from services.app import logical_cpus_needed
+    from services.deployments.app import logical_cpus_needed
 
     needed = logical_cpus_needed(config)
     if config.ray.num_cpus is not None and config.ray.num_cpus < needed:
@@ -72,7 +72,7 @@ def start(config: AppConfig, *, wait_ready_s: float = 600.0) -> str:
     """Deploy the app on a local Ray (or ``ray.address``); return its base URL once /readyz is ready."""
     from ray import serve
 
-    from services.app import build_app
+    from services.deployments.app import build_app
 
     start_ray(config)
     host, port = config.server.host, config.server.port
