@@ -40,7 +40,7 @@ from router.eligibility import (
 )
 from router.errors import BudgetExhaustedError, OverloadedError, PlanUnavailableError
 from router.estimates import Estimator, LoadModel, PlanKey
-from router.plan import Outcome, Plan, RouteDecision, Settlement
+from router.plan import Complexity, Outcome, Plan, RouteDecision, Settlement
 from router.priors import LatencyPriors
 from router.quality import CLASSES, QualityTable, measured_quality
 from router.sla import PolicyStore, RequestSlo, SlaPolicy, TierPolicy, resolve
@@ -218,7 +218,7 @@ class SlaController:
         *,
         tenant: str | None,
         headers: dict[str, str],
-        complexity: dict[str, Any] | None,
+        complexity: Complexity | None,
         pinned_policy: str | None,
         pinned_model: str | None,
         top_k: int,
@@ -232,8 +232,8 @@ class SlaController:
         policy = self.store.policy
         POLICY_VERSION.set(self.store.version)
         slo = resolve(policy, tenant, headers)
-        probs = dict(complexity["probabilities"]) if complexity and complexity.get("class") else self.class_prior
-        cls = complexity.get("class") if complexity else None
+        probs = dict(complexity.probabilities or {}) if complexity and complexity.cls else self.class_prior
+        cls = complexity.cls if complexity else None
         with self._lock:
             self._expire()
             self.load.advance()

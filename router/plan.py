@@ -4,7 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+
+
+class Complexity(BaseModel):
+    """The complexity router's verdict on one question (Adaptive-RAG's A/B/C), as the plan carries it.
+    Serialised with the key ``class`` (always present, null without a classifier); the other keys only
+    when set."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, serialize_by_alias=True)
+
+    cls: str | None = Field(None, alias="class", description="A, B or C; None without a classifier.")
+    policy: str = Field(description="The retrieval policy `adaptive` runs for this question.")
+    probabilities: dict[str, float] | None = Field(None, description="The class probabilities, when known.")
+    fallback: str | None = Field(None, description="Why no classifier output was used, when none was.")
+    classifier: str | None = Field(None, description="The classifier artifact's version.")
+    seconds: float | None = Field(None, ge=0, description="Seconds the classifier took.")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None or k == "class"}
 
 
 class Plan(BaseModel):
@@ -15,7 +34,7 @@ class Plan(BaseModel):
     model: str = Field(description="Model id of the worker that answers.")
     max_tokens: int = Field(gt=0, description="Completion token cap.")
     use_response_cache: bool = Field(description="Whether a cached answer may be served.")
-    complexity: dict[str, Any] | None = Field(
+    complexity: Complexity | None = Field(
         None, description="For `adaptive`: the class, its probabilities and the policy it runs."
     )
     routing: dict[str, Any] | None = Field(

@@ -18,7 +18,7 @@ from retrieval.policies.registry import ADAPTIVE, available_policies, choosable_
 from router.classifier import ComplexityClassifier
 from router.config import RouterSettings
 from router.errors import RouterArtifactError, UnknownModelError
-from router.plan import Plan, RouteDecision
+from router.plan import Complexity, Plan, RouteDecision
 from router.quality import QualityTable
 
 logger = logging.getLogger(__name__)
@@ -87,23 +87,21 @@ class ConfigRouter:
             )
         return model
 
-    def classify(self, question: str, embedding: Any) -> dict[str, Any]:
+    def classify(self, question: str, embedding: Any) -> Complexity:
         cfg = self.config.router
         if self.classifier is None:
-            return {
-                "class": None,
-                "policy": cfg.fallback_policy,
-                "fallback": f"classifier unavailable: {self.classifier_error}",
-            }
+            return Complexity(
+                cls=None, policy=cfg.fallback_policy, fallback=f"classifier unavailable: {self.classifier_error}"
+            )
         if embedding is None and self.quality is not None:
             # Model routing asked without an embedding (a pinned policy, no classifier input): the
             # class prior of the table's training labels stands in for the classifier.
-            return {
-                "class": None,
-                "probabilities": self.quality.prior(),
-                "policy": cfg.fallback_policy,
-                "fallback": "no embedding: the training labels' class prior",
-            }
+            return Complexity(
+                cls=None,
+                probabilities=self.quality.prior(),
+                policy=cfg.fallback_policy,
+                fallback="no embedding: the training labels' class prior",
+            )
         if embedding is None:
             raise ValueError("adaptive routing needs the question's embedding")
         start = time.perf_counter()
@@ -113,13 +111,13 @@ class ConfigRouter:
         for name, cls in label_ladder():
             by_class.setdefault(cls, name)
         policy = cfg.multi_hop_policy if label == "C" else by_class[label]
-        return {
-            "class": label,
-            "probabilities": probs,
-            "policy": policy,
-            "classifier": self.classifier.header.get("version", "unversioned"),
-            "seconds": round(time.perf_counter() - start, 6),
-        }
+        return Complexity(
+            cls=label,
+            probabilities=probs,
+            policy=policy,
+            classifier=self.classifier.header.get("version", "unversioned"),
+            seconds=round(time.perf_counter() - start, 6),
+        )
 
     def route(
         self,
@@ -144,7 +142,7 @@ class ConfigRouter:
                     f"unknown retrieval policy {policy!r}; valid: {', '.join(available_policies())}"
                 )
             reasons.append(f"policy {policy!r} requested")
-        complexity: dict[str, Any] | None = None
+        complexity: Complexity | None = None
         routing = None
         if policy == ADAPTIVE or self.routes_models(model):
             complexity = self.classify(question, embedding)
@@ -153,9 +151,9 @@ class ConfigRouter:
             chosen = routing["chosen"]
             model_id = chosen["model"]
             mcfg = self.config.model(model_id)
-            complexity["policy"] = chosen["policy"]
-            cls = complexity.get("class")
-            probs = complexity.get("probabilities") or {}
+            complexity = complexity.model_copy(update={"policy": chosen["policy"]})
+            cls = complexity.cls
+            probs = complexity.probabilities or {}
             reasons.append(
                 (f"class {cls} (p={probs[cls]:.2f})" if cls else "class prior (no classifier)")
                 + f": {chosen['model']}/{chosen['policy']} is the cheapest of {len(routing['candidates'])} "
@@ -163,13 +161,11 @@ class ConfigRouter:
                 f"({chosen['expected_quality']:.3f} vs {routing['best_quality']:.3f}, table {routing['table']})"
             )
         elif policy == ADAPTIVE and complexity is not None:
-            if complexity["class"] is None:
-                reasons.append(f"classifier unavailable, so {complexity['policy']!r} (router.fallback_policy)")
+            if complexity.cls is None:
+                reasons.append(f"classifier unavailable, so {complexity.policy!r} (router.fallback_policy)")
             else:
-                probs = complexity["probabilities"]
-                reasons.append(
-                    f"class {complexity['class']} (p={probs[complexity['class']]:.2f}) runs {complexity['policy']!r}"
-                )
+                probs = complexity.probabilities or {}
+                reasons.append(f"class {complexity.cls} (p={probs[complexity.cls]:.2f}) runs {complexity.policy!r}")
         if model in (None, AUTO_MODEL) and routing is None:
             why = self.quality_error or "the quality table knows fewer than two configured models"
             reasons.append(f"model {model_id!r}, the first configured, for 'auto' ({why})")
@@ -186,15 +182,13 @@ class ConfigRouter:
         )
         return RouteDecision(plan=plan, reason="; ".join(reasons))
 
-    def _route_by_quality(
-        self, complexity: dict[str, Any], pinned_model: str | None, policy: str
-    ) -> dict[str, Any] | None:
+    def _route_by_quality(self, complexity: Complexity, pinned_model: str | None, policy: str) -> dict[str, Any] | None:
         """The quality table's choice among the candidate (model, policy) pairs, or None without one."""
         if self.quality is None:
             return None
-        probs = complexity.get("probabilities")
+        probs = complexity.probabilities
         if not probs:
-            if complexity.get("class") is None and policy == ADAPTIVE:
+            if complexity.cls is None and policy == ADAPTIVE:
                 return None  # the classifier is unavailable: the documented fallback policy runs
             probs = self.quality.prior()
         models = [pinned_model] if pinned_model else self._routed_models

@@ -159,7 +159,7 @@ class RagService:
             max_context_tokens=self.config.retrieval.max_context_tokens,
             settings=self._retrieval_settings(decision.plan.model),
             params=params,
-            complexity=decision.plan.complexity,
+            complexity=decision.plan.complexity.model_dump() if decision.plan.complexity else None,
         )
 
     async def _cache_key(self, req: AnswerRequest, decision: RouteDecision, params: SamplingParams) -> str | None:

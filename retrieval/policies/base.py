@@ -34,7 +34,8 @@ class PolicyContext:
     settings: RetrievalConfig | None = None
     # The request's sampling for the final answer (policies that draft the answer themselves use it).
     params: SamplingParams | None = None
-    # The router's classification, for `adaptive`.
+    # The router's classification, for `adaptive`, as the plan serialises it (``class``, ``policy``,
+    # ``probabilities``, ...): the router's `Complexity` sits above this layer.
     complexity: dict[str, Any] | None = None
 
 

@@ -37,14 +37,17 @@ def read_questions(path: str | Path, limit: int | None = None) -> list[dict[str,
 
 def plan_row(row: dict[str, Any], n: int, decision: Any) -> dict[str, Any]:
     plan = decision.plan
-    complexity = plan.complexity or {}
-    runs = complexity.get("policy", plan.policy) if plan.policy == ADAPTIVE else plan.policy
+    complexity = plan.complexity
+    runs = complexity.policy if complexity is not None and plan.policy == ADAPTIVE else plan.policy
     return {
         "id": row.get("id", str(n)),
         "question": row["question"],
         "policy": runs,
         "model": plan.model,
-        "complexity": {"label": complexity.get("class"), "probabilities": complexity.get("probabilities")},
+        "complexity": {
+            "label": complexity.cls if complexity else None,
+            "probabilities": complexity.probabilities if complexity else None,
+        },
         "reason": decision.reason,
         **({"routing": plan.routing} if plan.routing else {}),
         **({"hops": row["hops"]} if "hops" in row else {}),

@@ -91,11 +91,11 @@ def test_router_adaptive_uses_the_class(tmp_path: Path) -> None:
     emb_c = np.eye(DIM)[2] * 3
     d = router.route(qs[2], policy="adaptive", embedding=emb_c)
     assert d.plan.policy == "adaptive" and d.plan.complexity is not None
-    assert d.plan.complexity["class"] == "C" and d.plan.complexity["policy"] == "dragin"
-    assert set(d.plan.complexity["probabilities"]) == {"A", "B", "C"}
+    assert d.plan.complexity.cls == "C" and d.plan.complexity.policy == "dragin"
+    assert set(d.plan.complexity.probabilities or {}) == {"A", "B", "C"}
     assert "class C" in d.reason
     d = router.route(qs[0], policy="adaptive", embedding=np.eye(DIM)[0] * 3)
-    assert d.plan.complexity["policy"] == "none"  # type: ignore[index]
+    assert d.plan.complexity is not None and d.plan.complexity.policy == "none"
 
 
 def test_router_without_artifact_falls_back(tmp_path: Path) -> None:
@@ -103,7 +103,8 @@ def test_router_without_artifact_falls_back(tmp_path: Path) -> None:
     assert router.classifier is None and "does not exist" in (router.classifier_error or "")
     assert not router.needs_embedding("adaptive")
     d = router.route("q", policy="adaptive")
-    assert d.plan.complexity == {"class": None, "policy": "single", "fallback": d.plan.complexity["fallback"]}  # type: ignore[index]
+    assert d.plan.complexity is not None
+    assert d.plan.complexity.model_dump() == {"class": None, "policy": "single", "fallback": d.plan.complexity.fallback}
     assert "router.fallback_policy" in d.reason
 
 

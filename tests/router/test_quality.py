@@ -134,12 +134,12 @@ def test_auto_and_adaptive_route_by_the_table() -> None:
     assert r.needs_embedding("adaptive", "auto") and r.needs_embedding("single", "auto")
     assert not r.needs_embedding("single", SMALL)
     d = r.route("q", model="auto", policy="adaptive", embedding=emb)
-    assert (d.plan.model, d.plan.policy, d.plan.complexity["policy"]) == (BIG, "adaptive", "single")
+    assert (d.plan.model, d.plan.policy, d.plan.complexity.policy) == (BIG, "adaptive", "single")
     assert d.plan.routing is not None and d.plan.routing["chosen"]["model"] == BIG
     assert len(d.plan.routing["candidates"]) == 6 and "cheapest of 6 candidates" in d.reason
     # Class A: SmolLM2 without retrieval is as good, and cheaper.
     d = ladder_router("A").route("q", model="auto", policy="adaptive", embedding=emb)
-    assert (d.plan.model, d.plan.complexity["policy"]) == (SMALL, "none")
+    assert (d.plan.model, d.plan.complexity.policy) == (SMALL, "none")
     # A pinned policy still gets its model chosen; a pinned model still gets its policy chosen.
     d = ladder_router("B").route("q", model="auto", policy="none", embedding=emb)
     assert (d.plan.model, d.plan.policy) == (SMALL, "none")
@@ -154,7 +154,7 @@ def test_without_a_table_auto_is_the_first_model(tmp_path: Path) -> None:
     r = ConfigRouter(config, classifier_always("B"))
     assert r.quality is None and "does not exist" in (r.quality_error or "")
     d = r.route("q", model="auto", policy="adaptive", embedding=np.zeros(384, dtype=np.float32))
-    assert (d.plan.model, d.plan.complexity["policy"]) == (SMALL, "single")
+    assert (d.plan.model, d.plan.complexity.policy) == (SMALL, "single")
     assert d.plan.routing is None and "the first configured" in d.reason
 
 

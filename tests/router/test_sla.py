@@ -21,7 +21,7 @@ from router.errors import (
     SlaPolicyError,
 )
 from router.estimates import Estimator, LoadModel, PlanKey
-from router.plan import Outcome
+from router.plan import Complexity, Outcome
 from router.priors import LatencyPriors
 from router.quality import measured_quality
 from router.sla import PolicyStore, parse_policy, resolve
@@ -223,6 +223,9 @@ def _controller(policy: dict[str, Any] = POLICY, **cfg: Any) -> SlaController:
     return SlaController(config, store, MemoryLedger(), quality=QUALITY, priors=PRIORS)
 
 
+CLASS_POLICY = {"A": "none", "B": "single", "C": "multi"}
+
+
 def _decide(ctl: SlaController, tenant: str | None = "acme", cls: str | None = "B", **kw: Any) -> Any:
     probs = {"A": 0.0, "B": 0.0, "C": 0.0}
     if cls:
@@ -230,7 +233,7 @@ def _decide(ctl: SlaController, tenant: str | None = "acme", cls: str | None = "
     args: dict[str, Any] = {
         "tenant": tenant,
         "headers": {},
-        "complexity": {"class": cls, "probabilities": probs} if cls else None,
+        "complexity": Complexity(cls=cls, probabilities=probs, policy=CLASS_POLICY[cls]) if cls else None,
         "pinned_policy": None,
         "pinned_model": None,
         "top_k": 4,

@@ -21,8 +21,8 @@ LADDER = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
 
 @pytest.fixture(scope="module")
 def served(base_config: dict[str, Any], session_tmp: Path) -> Iterator[str]:
-    from services.deployments import local as serving
     from services.config import load_config
+    from services.deployments import local as serving
 
     ladder = {k: v for k, v in base_config.items() if k != "models"}
     config = load_config(

@@ -29,8 +29,8 @@ POLICY: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def served(base_config: dict[str, Any], session_tmp: Path) -> Iterator[str]:
-    from services.deployments import local as serving
     from services.config import load_config
+    from services.deployments import local as serving
 
     policy = session_tmp / "serve-sla.yaml"
     policy.write_text(yaml.safe_dump(POLICY), encoding="utf-8")
