@@ -9,9 +9,12 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.config import AppConfig
+
+if TYPE_CHECKING:
+    from router.routing import ConfigRouter
 from services.evaluation.harness import percentile, read_rows
 
 
@@ -213,7 +216,7 @@ def bench_router(config: AppConfig, data: list[str], out: str | Path, *, repeats
 
 
 def _hop_accuracy(
-    config: AppConfig, router: Any, data: list[str], vectors: dict[str, Any], embedder: Any
+    config: AppConfig, router: ConfigRouter, data: list[str], vectors: dict[str, Any], embedder: Any
 ) -> dict[str, Any]:
     """The classifier against the datasets' own one- vs multi-hop labels (class C predicts multi-hop),
     on the held-out half of each file (the split the training used), less any question the classifier
@@ -224,6 +227,7 @@ def _hop_accuracy(
     from router.labels import split_rows
     from router.training import balanced_accuracy
 
+    assert router.classifier is not None, "scoring hops needs the classifier"
     metrics = router.classifier.header.get("metrics", {})
     seed, fraction = int(metrics.get("seed", 0)), float(metrics.get("train_fraction", 0.5))
     seen: set[str] = set()
@@ -242,7 +246,7 @@ def _hop_accuracy(
         for r in kept:
             v = vectors.get(r["question"])
             v = embedder.encode([r["question"]])[0] if v is None else v
-            guessed.append(router.classify(r["question"], v)["class"] == "C")
+            guessed.append(router.classify(r["question"], v).cls == "C")
         truth += multi
         pred += guessed
         hop = 2 if all(multi) else 1 if not any(multi) else "mixed"
@@ -260,9 +264,9 @@ def _hop_accuracy(
     }
 
 
-def _classes(router: Any, questions: list[str], vectors: list[Any]) -> dict[str, int]:
+def _classes(router: ConfigRouter, questions: list[str], vectors: list[Any]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for q, v in zip(questions, vectors, strict=True):
-        label = router.classify(q, v)["class"]
+        label = str(router.classify(q, v).cls)
         counts[label] = counts.get(label, 0) + 1
     return counts
