@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from retrieval.policies.registry import available_policies, choosable_policies
 from router.errors import SlaHeaderError, SlaOverrideError, SlaPolicyError
@@ -139,6 +139,7 @@ class SlaPolicy(_Strict):
         "training labels.",
     )
     controller: ControllerSettings = Field(default_factory=ControllerSettings)
+    _by_digest: dict[str, str] | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _references(self) -> SlaPolicy:
@@ -169,17 +170,19 @@ class SlaPolicy(_Strict):
         return self
 
     def tenant_for_key(self, key: str | None) -> str | None:
-        """The tenant a bearer key belongs to, matched in clear or by its SHA-256."""
-        if not key:
-            return None
-        hashed = hash_api_key(key)
-        for name, tenant in self.tenants.items():
-            for stored in tenant.api_keys:
-                # A stored digest is matched by the key it hashes, never by itself: reading the policy
-                # (a ConfigMap) must not be enough to get in.
-                if stored == hashed or (stored == key and not stored.startswith(KEY_HASH_PREFIX)):
-                    return name
-        return None
+        """The tenant a bearer key belongs to, matched by its SHA-256 (a key stored in clear is hashed too)."""
+        return self.tenant_for_digest(hash_api_key(key)) if key else None
+
+    def tenant_for_digest(self, digest: str) -> str | None:
+        # A dict lookup of the key's digest: the time it takes says nothing about the key. A stored digest
+        # is matched by the key it hashes, never by itself: reading the policy (a ConfigMap) is not enough.
+        if self._by_digest is None:
+            self._by_digest = {
+                (k if k.startswith(KEY_HASH_PREFIX) else hash_api_key(k)): name
+                for name, tenant in self.tenants.items()
+                for k in tenant.api_keys
+            }
+        return self._by_digest.get(digest)
 
     def price(self, model: str) -> Price:
         return self.prices.get(model, Price())
@@ -345,6 +348,15 @@ def _positive_int(name: str, raw: str) -> int:
     return value
 
 
+def _tighter(a: float | None, b: float | None) -> float | None:
+    """The smaller of two caps, None meaning no cap."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
 def resolve(policy: SlaPolicy, tenant: str | None, headers: Mapping[str, str]) -> RequestSlo:
     """The request's SLO: the tenant's tier (or `x-sla-tier`, if the tenant may use it), then each
     numeric override, which must not loosen the tier's value."""
@@ -373,7 +385,13 @@ def resolve(policy: SlaPolicy, tenant: str | None, headers: Mapping[str, str]) -
         tier_name = asked
         overrides["tier"] = asked
     tier = policy.tiers[tier_name]
-    latency, ttft, max_tokens = tier.latency_ms, tier.ttft_ms, tier.max_tokens_per_request
+    latency, ttft = tier.latency_ms, tier.ttft_ms
+    # A tier picked by header brings its targets and priority, never a larger allowance: the request's
+    # token and cost caps are the tighter of its own tier's and the picked one's.
+    home = policy.tiers[own]
+    tokens_cap = _tighter(tier.max_tokens_per_request, home.max_tokens_per_request)
+    max_tokens = int(tokens_cap) if tokens_cap is not None else None
+    max_cost = _tighter(tier.max_cost_per_request, home.max_cost_per_request)
     for name, current in (
         ("x-slo-latency-ms", latency),
         ("x-slo-ttft-ms", ttft if ttft is not None else latency),
@@ -404,7 +422,7 @@ def resolve(policy: SlaPolicy, tenant: str | None, headers: Mapping[str, str]) -
         latency_ms=latency,
         ttft_ms=ttft,
         max_tokens=max_tokens,
-        max_cost=tier.max_cost_per_request,
+        max_cost=max_cost,
         floor=tier.quality_floor,
         overrides=overrides,
     )

@@ -51,7 +51,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         serving.start(config)
-        ready = serving.wait_ready(url, 10)
+        # An operator key in clear (not a digest) lets the banner read the readiness details.
+        key = next((k for k in config.server.api_keys if not k.startswith("sha256:")), None)
+        ready = serving.wait_ready(url, 10, api_key=key)
         models = ", ".join(ready.get("workers", {}))
         docs = ready.get("retriever", {}).get("documents", "?")
         print(

@@ -6,7 +6,9 @@ Precedence, highest first: environment (``RAGYARD_<SECTION>__<FIELD>``, plus the
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +24,7 @@ from retrieval.config import CorpusConfig, EmbedderConfig, IndexConfig, Retrieva
 from retrieval.errors import UnknownPolicyError
 from retrieval.policies.registry import available_policies, register_policy
 from router.config import RouterConfig, SlaConfig
+from router.sla import KEY_HASH_PREFIX
 from services.workers.registry import ENGINES, engine_capabilities, engines_with
 
 # Each package owns its section; this module composes them (and re-exports them for callers above).
@@ -198,8 +201,42 @@ class ModelConfig(Section):
 class ServerConfig(Section):
     host: str = Field("127.0.0.1", description="HTTP bind address; HOST overrides it.")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port; PORT overrides it.")
-    max_body_bytes: int = Field(1 << 20, gt=0, description="Largest request body accepted.")
-    api_keys: list[str] = Field(default_factory=list, description="Bearer keys; empty = no auth.")
+    max_body_bytes: int = Field(1 << 20, gt=0, description="Largest request body accepted (declared or chunked).")
+    max_json_depth: int = Field(32, ge=4, le=512, description="Deepest nesting a JSON body may have.")
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="Operator keys (Bearer), in clear or as `sha256:<64 hex>`: every route, the shared "
+        "corpus, metrics and readiness details. Empty, with no tenants in the SLA policy = no auth.",
+    )
+    allowed_hosts: list[str] | None = Field(
+        None,
+        description="Host header names served (port ignored); ['*'] = any. None: the loopback names when "
+        "`host` is a loopback address (so a DNS-rebound name cannot reach a local server), any otherwise.",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins (scheme://host[:port]) besides the server's own that may send "
+        "state-changing requests; ['*'] = any.",
+    )
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys(cls, keys: list[str]) -> list[str]:
+        for n, key in enumerate(keys):
+            if not key or key != key.strip() or any(c.isspace() for c in key):
+                raise ValueError(f"api_keys[{n}]: a key must be non-empty and hold no whitespace")
+            if key.startswith(KEY_HASH_PREFIX) and not re.fullmatch(r"[0-9a-f]{64}", key[len(KEY_HASH_PREFIX) :]):
+                raise ValueError(f"api_keys[{n}]: a hashed key is `sha256:` and 64 lowercase hex digits")
+        return keys
+
+    def effective_allowed_hosts(self) -> list[str] | None:
+        if self.allowed_hosts is not None:
+            return self.allowed_hosts
+        try:
+            loopback = ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:
+            loopback = self.host == "localhost"
+        return ["127.0.0.1", "localhost", "[::1]", "::1"] if loopback else None
 
 
 class RayConfig(Section):

@@ -13,6 +13,7 @@ __all__ = [
     "UnsupportedMediaTypeError",
     "NotReadyError",
     "PermissionDeniedError",
+    "AuthenticationError",
     "RateLimitError",
     "QuotaExceededError",
     "ServiceUnavailableError",
@@ -62,6 +63,13 @@ class PermissionDeniedError(InvalidRequestError):
     status_code = 403
     error_type = "permission_error"
     code = "permission_denied"
+
+
+class AuthenticationError(InvalidRequestError):
+    """No valid API key for a route that needs one."""
+
+    status_code = 401
+    code = "invalid_api_key"
 
 
 class RateLimitError(InvalidRequestError):

@@ -15,7 +15,12 @@ from fastapi.routing import APIRoute
 from router.sla import PolicyStore
 from services.http import documents, errors, openai, ops, qa
 from services.http.deps import ServiceHolder
-from services.http.middleware import ApiKeyMiddleware, BodyLimitMiddleware, ObserveMiddleware
+from services.http.middleware import (
+    ApiKeyMiddleware,
+    BodyGuardMiddleware,
+    BrowserGuardMiddleware,
+    ObserveMiddleware,
+)
 from services.rag import RagService
 
 ROUTERS = (ops.router, openai.router, qa.router, documents.router)
@@ -25,13 +30,17 @@ def create_app(
     service_or_factory: RagService | Callable[[], Awaitable[RagService]],
     *,
     max_body_bytes: int = 1 << 20,
+    max_json_depth: int = 32,
     api_keys: list[str] | None = None,
+    allowed_hosts: list[str] | None = None,
+    allowed_origins: list[str] | None = None,
     sla_policy: PolicyStore | None = None,
 ) -> FastAPI:
     """The FastAPI app over a RagService (or a coroutine that builds one, awaited on first use).
 
-    ``sla_policy``: the SLA policy store (when the controller is on); its tenants' API keys are
-    accepted besides ``api_keys``, and each request is tagged with its tenant."""
+    ``api_keys``: operator keys. ``sla_policy``: the SLA policy store (when the controller is on); its
+    tenants' API keys are accepted besides, and each request is tagged with its principal.
+    ``allowed_hosts`` (None: any Host) and ``allowed_origins``: the browser guard's lists."""
     app = FastAPI(title="Ragyard", version="0.1.0", docs_url="/docs", redoc_url=None)
     if sla_policy is None and isinstance(service_or_factory, RagService) and service_or_factory.config.sla.enabled:
         cfg = service_or_factory.config
@@ -44,8 +53,24 @@ def create_app(
         app.include_router(router)
     errors.install(app)
     known = frozenset(r.path for router in ROUTERS for r in router.routes if isinstance(r, APIRoute))
-    # The last added runs first: the body limit, then metrics (which count the 401s), then API keys.
-    app.add_middleware(ApiKeyMiddleware, keys=set(api_keys or []), sla_policy=sla_policy)
+    # The last added runs first: metrics (which count every refusal below), the body guard, the browser
+    # guard, then API keys.
+    app.add_middleware(ApiKeyMiddleware, keys=list(api_keys or []), sla_policy=sla_policy)
+    app.add_middleware(BrowserGuardMiddleware, allowed_hosts=allowed_hosts, allowed_origins=list(allowed_origins or []))
+    app.add_middleware(BodyGuardMiddleware, max_bytes=max_body_bytes, max_depth=max_json_depth)
     app.add_middleware(ObserveMiddleware, routes=known)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     return app
+
+
+def create_app_for(service: RagService, sla_policy: PolicyStore | None = None) -> FastAPI:
+    """`create_app` with the limits, keys and browser guard of the service's ``server`` config."""
+    server = service.config.server
+    return create_app(
+        service,
+        max_body_bytes=server.max_body_bytes,
+        max_json_depth=server.max_json_depth,
+        api_keys=server.api_keys,
+        allowed_hosts=server.effective_allowed_hosts(),
+        allowed_origins=server.allowed_origins,
+        sla_policy=sla_policy,
+    )

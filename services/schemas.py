@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from retrieval.ingest import DOCUMENT_TYPES
+
+MAX_MESSAGES = 512  # messages in one chat request
+MAX_PARTS = 64  # content parts in one message
+METADATA_DEPTH = 4  # levels of a document's metadata object (the object itself is level 1)
+METADATA_BYTES = 8192
 
 
 class TextPart(BaseModel):
@@ -22,7 +28,9 @@ class ChatMessageIn(BaseModel):
     role: Literal["system", "developer", "user", "assistant"] = Field(
         description="system, developer (treated as system), user or assistant."
     )
-    content: str | list[TextPart] | None = Field(description="A string, or a list of text parts.")
+    content: str | list[TextPart] | None = Field(
+        description="A string, or a list of text parts.", json_schema_extra={"maxItems": MAX_PARTS}
+    )
     name: str | None = None
 
     @field_validator("content", mode="before")
@@ -30,6 +38,8 @@ class ChatMessageIn(BaseModel):
     def _content_type(cls, value: Any) -> Any:
         if value is not None and not isinstance(value, str | list):
             raise ValueError("content must be a string or a list of {'type': 'text', 'text': ...} parts")
+        if isinstance(value, list) and len(value) > MAX_PARTS:
+            raise ValueError(f"at most {MAX_PARTS} content parts")
         return value
 
     def text(self) -> str:
@@ -52,7 +62,9 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1, description="'auto' or a configured model id.")
-    messages: list[ChatMessageIn] = Field(min_length=1, description="The conversation; the last is the user's.")
+    messages: list[ChatMessageIn] = Field(
+        min_length=1, max_length=MAX_MESSAGES, description="The conversation; the last is the user's."
+    )
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, gt=0)
@@ -60,7 +72,7 @@ class ChatCompletionRequest(BaseModel):
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="A 64-bit signed integer.")
     n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
     user: str | None = None
     # Ragyard extensions (the openai client sends them through `extra_body`).
@@ -118,7 +130,28 @@ class DocumentIn(BaseModel):
     title: str = Field("", max_length=1000)
     text: str = Field(min_length=1, description="The document (or, for jsonl, the lines).")
     type: str = Field("text", description=f"One of {', '.join(DOCUMENT_TYPES)}.")
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        description=f"JSON object stored with the document: at most {METADATA_DEPTH} levels deep and "
+        f"{METADATA_BYTES} bytes as JSON.",
+    )
+
+    @field_validator("metadata")
+    @classmethod
+    def _bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
+        depth, stack = 0, [(value, 1)]
+        while stack:
+            node, level = stack.pop()
+            children = list(node.values()) if isinstance(node, dict) else node if isinstance(node, list) else []
+            if isinstance(node, dict | list):
+                depth = max(depth, level)
+                stack.extend((c, level + 1) for c in children)
+        if depth > METADATA_DEPTH:
+            raise ValueError(f"metadata nests {depth} levels; at most {METADATA_DEPTH}")
+        size = len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
+        if size > METADATA_BYTES:
+            raise ValueError(f"metadata is {size} bytes as JSON; at most {METADATA_BYTES}")
+        return value
 
 
 class DocumentsRequest(BaseModel):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from retrieval import generation as gen
 
@@ -93,3 +94,19 @@ class ScriptedEngine:
 
     def close(self) -> None:
         self.closed = True
+
+
+def scripted_service(config: Any, embedder: Any, engine: ScriptedEngine, *, cache: Any = None) -> Any:
+    """A RagService of the library path over ``config``'s first model answered by ``engine``, with the
+    real embedder and a FAISS index in ``config.index.dir``."""
+    from retrieval.retriever import Retriever
+    from services.deployments.clients import LocalRetriever, LocalWorker
+    from services.deployments.retriever import RetrieverService
+    from services.deployments.worker import Worker
+    from services.rag import RagService
+
+    model = config.models[0].id
+    retriever = LocalRetriever(
+        RetrieverService(config, retriever=Retriever.create(index_dir=config.index.dir, embedder=embedder))
+    )
+    return RagService(config, retriever, {model: LocalWorker(Worker(config, model, engine=engine))}, cache=cache)

@@ -35,11 +35,9 @@ class GatewayDeployment:
         )
 
     def __serve_build_asgi_app__(self) -> Any:
-        from services.gateway import create_app
+        from services.gateway import create_app_for
 
-        return create_app(
-            self.service, max_body_bytes=self.config.server.max_body_bytes, api_keys=self.config.server.api_keys
-        )
+        return create_app_for(self.service)
 
 
 def _config_from_args(args: dict[str, Any] | None) -> AppConfig:

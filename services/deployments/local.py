@@ -83,12 +83,14 @@ def start(config: AppConfig, *, wait_ready_s: float = 600.0) -> str:
     return url
 
 
-def wait_ready(url: str, timeout_s: float) -> dict[str, Any]:
+def wait_ready(url: str, timeout_s: float, *, api_key: str | None = None) -> dict[str, Any]:
+    """Poll /readyz until it answers 200; its details need an operator ``api_key`` once keys are set."""
     deadline = time.monotonic() + timeout_s
     last = "no answer"
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     while time.monotonic() < deadline:
         try:
-            resp = httpx.get(f"{url}/readyz", timeout=10.0)
+            resp = httpx.get(f"{url}/readyz", headers=headers, timeout=10.0)
             if resp.status_code == 200:
                 return resp.json()
             last = resp.text

@@ -1,53 +1,145 @@
-"""The edge's middleware, outermost first: the body limit, request metrics, API keys."""
+"""The edge's middleware, outermost first: request metrics, the body guard, the browser guard, API keys."""
 
 from __future__ import annotations
 
 import time
+from urllib.parse import urlsplit
 
-from fastapi.responses import JSONResponse
+import orjson
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router.sla import PolicyStore
 from services import metrics
-from services.errors import PayloadTooLargeError
-from services.http.errors import error_body, json_error
+from services.errors import AuthenticationError, InvalidRequestError, PayloadTooLargeError, PermissionDeniedError
+from services.http.auth import OPERATOR_PATHS, KeyRing, bearer_token
+from services.http.errors import json_error
 
 
-class BodyLimitMiddleware:
-    """Refuses bodies over the limit, by Content-Length up front or by counting as they stream in."""
+class BodyGuardMiddleware:
+    """Bounds every request body before a route parses it: over ``max_bytes`` is a 413, whether the
+    length is declared or the body is chunked (it is read here, up to the limit, and handed on whole);
+    JSON nested deeper than ``max_depth`` is a 400, so no parser recurses into it. Invalid JSON is left to
+    the route, whose parser names the error."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, max_depth: int = 32) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_depth = max_depth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        too_big = PayloadTooLargeError(
-            f"the request body is over the limit of {self.max_bytes} bytes", code="payload_too_large"
-        )
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+        too_big = PayloadTooLargeError(f"the request body is over the limit of {self.max_bytes} bytes")
+        headers = Headers(scope=scope)
+        length = headers.get("content-length")
+        if length is not None and length.strip().isdigit() and int(length) > self.max_bytes:
             await json_error(too_big)(scope, receive, send)
             return
-        seen = 0
-
-        async def counting_receive() -> Message:
-            nonlocal seen
+        parts: list[bytes] = []
+        size = 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise too_big
-            return message
+            if message["type"] == "http.disconnect":
+                return  # the client left before its body was in: nothing to answer
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await json_error(too_big)(scope, receive, send)
+                return
+            parts.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(parts)
+        media = headers.get("content-type", "").split(";")[0].strip().lower()
+        if body.strip() and (media == "application/json" or media.endswith("+json")):
+            if json_depth(body) > self.max_depth:
+                error = InvalidRequestError(
+                    f"the JSON body is nested deeper than {self.max_depth} levels", code="json_too_deep"
+                )
+                await json_error(error)(scope, receive, send)
+                return
+        replayed = False
 
-        await self.app(scope, counting_receive, send)
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # what follows the body: a disconnect, which a stream listens for
+
+        await self.app(scope, replay, send)
+
+
+def json_depth(body: bytes) -> int:
+    """How deep a JSON document nests, or 0 when it is not JSON (the route says why). orjson refuses
+    documents over 1,024 levels itself; below that the walk is iterative, so no recursion limit is
+    near."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return 1 << 30 if "depth" in str(exc).lower() or "recursion" in str(exc).lower() else 0
+    deepest, stack = 0, [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, list):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in value if isinstance(v, dict | list))
+    return deepest
+
+
+class BrowserGuardMiddleware:
+    """Two checks for requests a browser may send on a page's behalf. A state-changing request
+    (anything but GET, HEAD, OPTIONS) that carries an ``Origin`` must come from the server's own origin or
+    one in ``allowed_origins``: a cross-site form may POST ``text/plain`` without a preflight, and that is a
+    document upload. With ``allowed_hosts`` set, the ``Host`` header must name one of them (port ignored),
+    so a DNS-rebound name cannot reach a server on loopback. Written here rather than Starlette's
+    TrustedHostMiddleware because that answers in plain text, not the API's error shape."""
+
+    SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+
+    def __init__(self, app: ASGIApp, allowed_hosts: list[str] | None, allowed_origins: list[str]) -> None:
+        self.app = app
+        self.hosts = None if allowed_hosts is None or "*" in allowed_hosts else {h.lower() for h in allowed_hosts}
+        self.any_origin = "*" in allowed_origins
+        self.origins = {o.rstrip("/").lower() for o in allowed_origins}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        host = headers.get("host", "").lower()
+        if self.hosts is not None and _strip_port(host) not in self.hosts:
+            error = PermissionDeniedError(
+                f"host {host!r} is not served here (server.allowed_hosts)", code="host_not_allowed"
+            )
+            await json_error(error)(scope, receive, send)
+            return
+        origin = headers.get("origin")
+        if origin is not None and scope["method"] not in self.SAFE and not self.any_origin:
+            own = urlsplit(origin).netloc.lower() == host if origin != "null" else False
+            if not own and origin.rstrip("/").lower() not in self.origins:
+                error = PermissionDeniedError(
+                    f"origin {origin!r} may not send {scope['method']} requests here (server.allowed_origins)",
+                    code="origin_not_allowed",
+                )
+                await json_error(error)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _strip_port(host: str) -> str:
+    if host.startswith("["):  # [::1]:8000
+        return host[: host.find("]") + 1] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 class ObserveMiddleware:
-    """Counts every request that gets past the body limit by route, method and status (401s too) and times
+    """Counts every request by route, method and status (413s and 401s too) and times
     it to its response's start. Unknown paths count as "other", so a scan cannot grow the label set. Plain
     ASGI, as the API-key middleware is: Starlette's BaseHTTPMiddleware would run each request, and every
     chunk of a stream, through a task and a memory stream of its own."""
@@ -78,44 +170,37 @@ class ObserveMiddleware:
 
         try:
             await self.app(scope, receive, observing_send)
-        except PayloadTooLargeError as exc:  # a chunked body over the limit, found while it streamed in
-            if counted:
-                raise
-            await json_error(exc)(scope, receive, observing_send)
         except Exception:
             count(500)  # the server's error middleware answers it (a client gone away is not counted)
             raise
 
 
 class ApiKeyMiddleware:
-    """Tags each request with its tenant (by the SLA policy's keys) and, when keys are configured
-    (``server.api_keys`` or tenants in the SLA policy), refuses a `/v1/` request without a valid one."""
+    """Tags each request with its principal (operator, tenant or anonymous) and, once keys are
+    configured (``server.api_keys`` or tenants in the SLA policy), refuses a `/v1/` request without a valid
+    key (401) and the operator routes (metrics, schema pages) to anyone but an operator."""
 
-    def __init__(self, app: ASGIApp, keys: set[str], sla_policy: PolicyStore | None) -> None:
+    def __init__(self, app: ASGIApp, keys: list[str], sla_policy: PolicyStore | None) -> None:
         self.app = app
-        self.keys = keys
+        self.ring = KeyRing(keys)
         self.sla_policy = sla_policy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        auth = Headers(scope=scope).get("authorization", "")
-        token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
         policy = self.sla_policy.policy if self.sla_policy is not None else None
-        tenant = policy.tenant_for_key(token) if policy is not None else None
-        scope.setdefault("state", {})["tenant"] = tenant  # what `request.state.tenant` reads
-        required = bool(self.keys) or (policy is not None and bool(policy.tenants))
-        if required and scope["path"].startswith("/v1/") and token not in self.keys and tenant is None:
-            response = JSONResponse(
-                error_body(
-                    "a valid API key is required: Authorization: Bearer <key>",
-                    "invalid_request_error",
-                    None,
-                    "invalid_api_key",
-                ),
-                status_code=401,
-            )
-            await response(scope, receive, send)
+        who = self.ring.identify(bearer_token(scope), policy)
+        required = self.ring.required(policy)
+        state = scope.setdefault("state", {})  # what `request.state` reads
+        state.update(principal=who, tenant=who.tenant, auth_required=required)
+        path = scope["path"]
+        if required and who.kind == "anonymous" and (path.startswith("/v1/") or path in OPERATOR_PATHS):
+            missing = AuthenticationError("a valid API key is required: Authorization: Bearer <key>")
+            await json_error(missing)(scope, receive, send)
+            return
+        if required and path in OPERATOR_PATHS and not who.operator:
+            denied = PermissionDeniedError(f"{path} needs an operator key (server.api_keys)", code="operator_only")
+            await json_error(denied)(scope, receive, send)
             return
         await self.app(scope, receive, send)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services import metrics
+from services.http.auth import principal
 from services.http.deps import Service
 
 logger = logging.getLogger(__name__)
@@ -21,13 +22,17 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(svc: Service) -> JSONResponse:
+async def readyz(request: Request, svc: Service) -> JSONResponse:
+    # The status is for every prober (a kubelet sends no key); the components' details (index size,
+    # artifacts, models, cache figures) only for an operator once keys are configured.
+    details = principal(request).operator
     try:
         detail = await svc.readiness()
     except Exception as exc:  # noqa: BLE001 - any failure means "not ready", and says why
         logger.info("not ready: %s", exc)
-        return JSONResponse({"status": "not ready", "reason": str(exc) or type(exc).__name__}, status_code=503)
-    return JSONResponse({"status": "ready", **detail})
+        reason = {"reason": str(exc) or type(exc).__name__} if details else {}
+        return JSONResponse({"status": "not ready", **reason}, status_code=503)
+    return JSONResponse({"status": "ready", **(detail if details else {})})
 
 
 @router.get("/metrics")

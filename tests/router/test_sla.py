@@ -567,3 +567,24 @@ def test_slo_accounting_counts_met_missed_and_failed() -> None:
     # A ticket settles once: a late second report changes nothing.
     assert last is not None and ctl.finish(last.sla["ticket"], Outcome(ok=True, latency_s=1.0)) is None
     assert count("met") - before["met"] == 1
+
+
+@pytest.mark.unit
+def test_a_lower_tier_by_header_keeps_the_tighter_caps() -> None:
+    """Picking a lower tier brings its latency targets and priority, not its larger allowance: the token
+    and cost caps are the tighter of the two tiers'."""
+    policy = parse_policy(
+        {
+            "default_tier": "gold",
+            "tiers": {
+                "gold": {"priority": 2, "latency_ms": 5000, "max_tokens_per_request": 64, "max_cost_per_request": 0.01},
+                "bulk": {"priority": 1, "latency_ms": 60000, "max_tokens_per_request": 4096},
+            },
+            "tenants": {"t": {"api_keys": ["k"], "tier": "gold"}},
+            "prices": {MODEL: {"prompt_per_1m": 1.0, "completion_per_1m": 2.0}},
+        }
+    )
+    slo = resolve(policy, "t", {"x-sla-tier": "bulk"})
+    assert (slo.tier, slo.priority, slo.latency_ms) == ("bulk", 1, 60000)
+    assert (slo.max_tokens, slo.max_cost) == (64, 0.01)
+    assert resolve(policy, "t", {}).max_tokens == 64

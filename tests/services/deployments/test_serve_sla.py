@@ -39,7 +39,7 @@ def served(base_config: dict[str, Any], session_tmp: Path) -> Iterator[str]:
             **base_config,
             "index": {"dir": str(session_tmp / "serve-sla-index")},
             "sla": {"enabled": True, "policy_path": str(policy)},
-            "server": {"host": "127.0.0.1", "port": free_port()},
+            "server": {"host": "127.0.0.1", "port": free_port(), "api_keys": ["op-key"]},
         }
     )
     try:
@@ -53,7 +53,8 @@ def _auth(key: str = "k-acme") -> dict[str, str]:
 
 
 def test_an_answer_over_serve_is_planned_and_settled_by_the_router(served: str) -> None:
-    ready = httpx.get(f"{served}/readyz", timeout=30).json()
+    assert httpx.get(f"{served}/readyz", timeout=30).json() == {"status": "ready"}  # details: operators only
+    ready = httpx.get(f"{served}/readyz", headers=_auth("op-key"), timeout=30).json()
     sla = ready["router"]["sla"]
     assert sla["policy_version"] >= 1 and sla["latency_priors"] and sla["latency_priors_error"] is None
     body = {"question": "What does Ragyard decide per question?", "style": "short", "max_tokens": 8}

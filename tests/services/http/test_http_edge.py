@@ -220,8 +220,8 @@ def test_an_unreachable_budget_store_is_a_503(
 
 def test_the_middleware_counts_what_it_refuses(engine: ScriptedEngine, embedder: Any, session_tmp: Path) -> None:
     """A request without a key is a 401, counted by route and status (an unknown path as "other"); a body
-    declared over the limit is a 413 in OpenAI's shape; a request with the key is answered. (A chunked body
-    over the limit still gets FastAPI's 400: issue 16.)"""
+    declared over the limit is a 413 in OpenAI's shape (a chunked one too: test_edge_guards.py); a request
+    with the key is answered."""
     from services import metrics
 
     config = load_config(

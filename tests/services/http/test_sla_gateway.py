@@ -119,7 +119,7 @@ def test_overload_sheds_with_retry_after(sla_env: Any) -> None:
         err = _error(resp, 429, "rate_limit_exceeded")
         assert err["type"] == "rate_limit_error" and "overloaded" in err["message"]
         assert 1 <= int(resp.headers["retry-after"]) <= 60
-        text = client.get("/metrics").text
+        text = client.get("/metrics", headers={"authorization": "Bearer operator"}).text
         assert 'ragyard_sla_shed_total{reason="overload",tier="batch"}' in text
     finally:
         ctl.load.jobs.clear()
@@ -157,7 +157,10 @@ def test_sla_status_reload_and_metrics(sla_env: Any) -> None:
     status = client.get("/v1/sla", headers={"authorization": "Bearer operator"}).json()
     assert status["policy_status"]["version"] == 2 and "priority" in status["policy_status"]["last_reload_error"]
     assert _qa(client, "k-acme").status_code == 200  # still served under the last good policy
-    text = client.get("/metrics").text
+    # The metrics name tenants and their spend: an operator's key opens them, a tenant's does not.
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"authorization": "Bearer k-acme"}).json()["error"]["code"] == "operator_only"
+    text = client.get("/metrics", headers={"authorization": "Bearer operator"}).text
     for family in (
         "ragyard_sla_requests_total",
         "ragyard_sla_slo_attainment",
