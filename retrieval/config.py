@@ -19,6 +19,12 @@ class IndexConfig(Section):
     dir: str = Field(".ragyard/index", description="Where the FAISS index and doc store persist.")
     chunk_tokens: int = Field(200, ge=32, le=512, description="Chunk size in embedder tokens.")
     chunk_overlap_tokens: int = Field(40, ge=0, description="Overlap between neighbouring chunks.")
+    lock_timeout_s: float = Field(
+        10.0,
+        ge=0,
+        description="How long opening `dir` waits for another process's writer lock before it fails (one "
+        "writer per index directory).",
+    )
 
     @model_validator(mode="after")
     def _overlap(self) -> IndexConfig:

@@ -3,10 +3,41 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# The namespace of the operators' documents (the bundled corpus, `ragyard ingest`, uploads with an operator
+# key or to an open server): every tenant reads it, only an operator writes it. A tenant's documents live
+# in the namespace named after the tenant.
+SHARED_NAMESPACE = "shared"
+
+METADATA_DEPTH = 4  # levels of a document's metadata object (the object itself is level 1)
+METADATA_BYTES = 8192
+
+
+def check_metadata(value: Any) -> dict[str, Any]:
+    """A document's metadata, refused (ValueError) unless it is a JSON object at most ``METADATA_DEPTH``
+    levels deep and ``METADATA_BYTES`` bytes as JSON. The walk is iterative: no recursion limit is near."""
+    if not isinstance(value, dict):
+        raise ValueError("metadata must be a JSON object")
+    depth, stack = 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict | list):
+            depth = max(depth, level)
+            if depth > METADATA_DEPTH:
+                raise ValueError(f"metadata nests more than {METADATA_DEPTH} levels")
+            stack.extend((c, level + 1) for c in (node.values() if isinstance(node, dict) else node))
+    try:
+        size = len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"metadata is not JSON: {exc}") from exc
+    if size > METADATA_BYTES:
+        raise ValueError(f"metadata is {size} bytes as JSON; at most {METADATA_BYTES}")
+    return value
 
 
 def content_hash(*parts: str) -> str:
@@ -18,8 +49,9 @@ def content_hash(*parts: str) -> str:
 
 
 class Document(BaseModel):
-    """A document as ingested. ``id`` defaults to a hash of title and text, so re-ingesting the same
-    content is recognised; an explicit id lets a new version replace the old one."""
+    """A document as ingested. ``id`` defaults to a hash of title and text (and of the namespace, outside
+    the shared one), so re-ingesting the same content is recognised, and the same content in two tenants'
+    namespaces is two documents; an explicit id lets a new version replace the old one."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -28,10 +60,12 @@ class Document(BaseModel):
     text: str
     source: str = ""
     metadata: dict[str, Any] = Field(default_factory=dict)
+    namespace: str = Field(SHARED_NAMESPACE, min_length=1, description="Whose document it is.")
 
     def model_post_init(self, __context: Any) -> None:
         if not self.id:
-            object.__setattr__(self, "id", "doc-" + content_hash(self.title, self.text)[:24])
+            scope = () if self.namespace == SHARED_NAMESPACE else (self.namespace,)
+            object.__setattr__(self, "id", "doc-" + content_hash(*scope, self.title, self.text)[:24])
 
     @property
     def fingerprint(self) -> str:
@@ -49,6 +83,7 @@ class Chunk:
     chunk_index: int
     start: int
     source: str = ""
+    namespace: str = SHARED_NAMESPACE
 
 
 @dataclass(frozen=True)

@@ -21,3 +21,15 @@ class UnknownPolicyError(RetrievalError):
 
 class IndexStateError(RetrievalError):
     """The persisted index cannot be read or does not match the embedder."""
+
+
+class DocumentOwnershipError(RetrievalError):
+    """The document id belongs to another namespace: this writer may not replace or remove it."""
+
+
+class DocumentNotFoundError(RetrievalError):
+    """No document with that id is visible to the caller."""
+
+
+class IndexLockedError(IndexStateError):
+    """Another process holds the index directory's writer lock."""

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from retrieval.documents import Document
+from retrieval.documents import SHARED_NAMESPACE, Document, check_metadata
 from retrieval.errors import DocumentFormatError, UnsupportedDocumentTypeError
 
 logger = logging.getLogger(__name__)
@@ -77,19 +77,20 @@ def parse(
     doc_id: str = "",
     source: str = "",
     metadata: dict[str, Any] | None = None,
+    namespace: str = SHARED_NAMESPACE,
 ) -> list[Document]:
-    """Parse one uploaded payload into documents."""
+    """Parse one uploaded payload into documents of ``namespace``."""
     kind = check_type(doc_type)
     if kind == "jsonl":
-        return parse_jsonl(content, source=source)
+        return parse_jsonl(content, source=source, namespace=namespace)
     if not content.strip():
         raise DocumentFormatError("the document is empty")
     if kind == "markdown" and not title:
         title = _markdown_title(content)
-    return [Document(id=doc_id, title=title, text=content, source=source, metadata=metadata or {})]
+    return [Document(id=doc_id, title=title, text=content, source=source, metadata=metadata or {}, namespace=namespace)]
 
 
-def parse_jsonl(content: str, *, source: str = "") -> list[Document]:
+def parse_jsonl(content: str, *, source: str = "", namespace: str = SHARED_NAMESPACE) -> list[Document]:
     """One JSON object a line: a QA row with ``contexts`` (each context becomes a document, the same
     title and text once), or a document with ``text`` (and optional ``id``, ``title``, ``metadata``)."""
     docs: dict[str, Document] = {}
@@ -100,6 +101,8 @@ def parse_jsonl(content: str, *, source: str = "") -> list[Document]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DocumentFormatError(f"line {lineno}: not valid JSON ({exc.msg})") from exc
+        except RecursionError as exc:
+            raise DocumentFormatError(f"line {lineno}: JSON nested too deep") from exc
         if not isinstance(row, dict):
             raise DocumentFormatError(f"line {lineno}: expected a JSON object")
         if "contexts" in row:
@@ -112,7 +115,7 @@ def parse_jsonl(content: str, *, source: str = "") -> list[Document]:
                 title = ctx.get("title", "")
                 if not isinstance(title, str):
                     raise DocumentFormatError(f"line {lineno}: contexts[{n}].title must be a string")
-                doc = Document(title=title, text=ctx["text"], source=source)
+                doc = Document(title=title, text=ctx["text"], source=source, namespace=namespace)
                 docs.setdefault(doc.id, doc)
         elif "text" in row:
             text, title, did = row["text"], row.get("title", ""), row.get("id", "")
@@ -120,10 +123,11 @@ def parse_jsonl(content: str, *, source: str = "") -> list[Document]:
                 raise DocumentFormatError(f"line {lineno}: 'text' must be a non-empty string")
             if not isinstance(title, str) or not isinstance(did, str | int):
                 raise DocumentFormatError(f"line {lineno}: 'title' must be a string and 'id' a string")
-            meta = row.get("metadata") or {}
-            if not isinstance(meta, dict):
-                raise DocumentFormatError(f"line {lineno}: 'metadata' must be an object")
-            doc = Document(id=str(did), title=title, text=text, source=source, metadata=meta)
+            try:
+                meta = check_metadata(row.get("metadata") or {})
+            except ValueError as exc:
+                raise DocumentFormatError(f"line {lineno}: {exc}") from exc
+            doc = Document(id=str(did), title=title, text=text, source=source, metadata=meta, namespace=namespace)
             docs[doc.id] = doc
         else:
             raise DocumentFormatError(f"line {lineno}: expected 'contexts' (QA format) or 'text' (a document)")

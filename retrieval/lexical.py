@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from retrieval.documents import Chunk, Passage
 
@@ -32,6 +34,8 @@ class LexicalIndex:
         self._chunks: list[Chunk] = []
         self._bm25: Any = None
         self._tokenizer: Any = None
+        # Per set of namespaces: 1.0 for each of `_chunks` in it, 0.0 otherwise (bm25s' weight mask).
+        self._masks: dict[frozenset[str], np.ndarray] = {}
 
     def _tokenizer_for_build(self) -> Any:
         import bm25s
@@ -58,10 +62,12 @@ class LexicalIndex:
             bm25 = bm25s.BM25()
             bm25.index(ids, show_progress=False)
         self._chunks, self._bm25, self._tokenizer, self._generation = chunks, bm25, tokenizer, generation
+        self._masks = {}
         logger.debug("BM25 index rebuilt: %d chunks, generation %s", len(chunks), generation)
 
-    def search(self, query: str, k: int) -> list[Passage]:
-        """The top-k chunks by BM25 score (none when no query word is in the corpus)."""
+    def search(self, query: str, k: int, namespaces: Collection[str] | None = None) -> list[Passage]:
+        """The top-k chunks by BM25 score (none when no query word is in the corpus), among the chunks of
+        ``namespaces`` (None: all); the others are masked out before the top k are taken."""
         with self._lock:
             self._ensure()
             if self._bm25 is None or k <= 0:
@@ -69,8 +75,17 @@ class LexicalIndex:
             q = self._tokenizer.tokenize([query], return_as="ids", update_vocab=False, show_progress=False)
             if not q or not q[0]:
                 return []
+            mask = None
+            if namespaces is not None:
+                key = frozenset(namespaces)
+                if key not in self._masks:
+                    self._masks[key] = np.array([c.namespace in key for c in self._chunks], dtype=np.float32)
+                mask = self._masks[key]
+                k = min(k, int(mask.sum()))
+                if k == 0:
+                    return []
             k = min(k, len(self._chunks))
-            docs, scores = self._bm25.retrieve(q, k=k, show_progress=False)
+            docs, scores = self._bm25.retrieve(q, k=k, show_progress=False, weight_mask=mask)
             return [
                 Passage(self._chunks[int(i)], float(s))
                 for i, s in zip(docs[0], scores[0], strict=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from retrieval.chunking import Chunker
 from retrieval.documents import Document, IngestReport, Passage
-from retrieval.errors import DocumentFormatError
+from retrieval.errors import DocumentFormatError, DocumentNotFoundError, DocumentOwnershipError
 from retrieval.lexical import LexicalIndex, reciprocal_rank_fusion
 from retrieval.store import VectorStore
 
@@ -43,6 +44,7 @@ class Retriever:
         embedder_path: str | None = None,
         device: str = "cpu",
         batch_size: int = 32,
+        lock_timeout_s: float = 10.0,
     ) -> Retriever:
         from retrieval.embedder import Embedder
 
@@ -50,10 +52,12 @@ class Retriever:
         if index_dir is None:
             store = VectorStore(emb.dim, emb.name)
         else:
-            store = VectorStore.open(emb.dim, emb.name, index_dir)
+            store = VectorStore.open(emb.dim, emb.name, index_dir, lock_timeout_s=lock_timeout_s)
         return cls(emb, store, Chunker(emb.tokenizer, chunk_tokens, chunk_overlap_tokens))
 
     def ingest(self, docs: list[Document]) -> IngestReport:
+        """Index ``docs`` as one batch (all or nothing). A document whose id another namespace holds is
+        refused with the whole batch (DocumentOwnershipError) before anything changes."""
         report = IngestReport()
         with self._ingest_lock:
             pending: list[tuple[Document, list[tuple[int, str]]]] = []
@@ -61,6 +65,9 @@ class Retriever:
             for doc in docs:
                 if not doc.text.strip():
                     raise DocumentFormatError(f"document {doc.id!r} has no text")
+                owner = self.store.owner(doc.id)
+                if owner is not None and owner != doc.namespace:
+                    raise DocumentOwnershipError(f"document id {doc.id!r} belongs to another namespace")
                 if doc.id in seen:
                     continue
                 seen.add(doc.id)
@@ -89,31 +96,57 @@ class Retriever:
         # The title is part of what a chunk is about (HotpotQA paragraphs rarely repeat their subject).
         return f"{doc.title}\n{text}" if doc.title and not text.startswith(doc.title) else text
 
-    def remove(self, doc_id: str) -> bool:
+    def remove(self, doc_id: str, namespace: str | None = None) -> bool:
+        """Remove a document (of ``namespace``, when given: another namespace's is refused, and one the
+        caller cannot read is not found). False: there is no such document."""
         with self._ingest_lock, self.store.transaction():
+            owner = self.store.owner(doc_id)
+            if owner is None:
+                return False
+            if namespace is not None and owner != namespace:
+                raise DocumentOwnershipError(f"document {doc_id!r} belongs to another namespace")
             removed = self.store.remove(doc_id)
             if removed:
                 self.store.save()
             return removed
 
+    def documents(self, namespaces: Collection[str] | None = None) -> list[dict[str, Any]]:
+        return self.store.documents(namespaces)
+
+    def document(self, doc_id: str, namespaces: Collection[str] | None = None) -> dict[str, Any]:
+        owner = self.store.owner(doc_id)
+        if owner is None or (namespaces is not None and owner not in namespaces):
+            raise DocumentNotFoundError(f"no document {doc_id!r}")
+        return next(d for d in self.store.documents([owner]) if d["id"] == doc_id)
+
     def embed_query(self, query: str) -> np.ndarray:
         return self.embedder.encode([query])[0]
 
     def search(
-        self, query: str, k: int, *, mode: SearchMode = "dense", candidates: int = 20, rrf_k: int = 60
+        self,
+        query: str,
+        k: int,
+        *,
+        mode: SearchMode = "dense",
+        candidates: int = 20,
+        rrf_k: int = 60,
+        namespaces: Collection[str] | None = None,
     ) -> list[Passage]:
         """The top-k passages: by embedding (dense), by BM25, or both fused by reciprocal rank (hybrid,
-        over the top ``candidates`` of each; a passage's score is then its fused score)."""
+        over the top ``candidates`` of each; a passage's score is then its fused score). Only chunks of
+        ``namespaces`` (None: all) are candidates, in either ranking."""
         if mode == "bm25":
-            return self.lexical.search(query, k)
+            return self.lexical.search(query, k, namespaces)
         if mode == "dense":
-            return self.search_vectors(self.embedder.encode([query]), k)[0]
+            return self.search_vectors(self.embedder.encode([query]), k, namespaces)[0]
         n = max(k, candidates)
-        dense = self.search_vectors(self.embedder.encode([query]), n)[0]
-        return reciprocal_rank_fusion([dense, self.lexical.search(query, n)], k, rrf_k)
+        dense = self.search_vectors(self.embedder.encode([query]), n, namespaces)[0]
+        return reciprocal_rank_fusion([dense, self.lexical.search(query, n, namespaces)], k, rrf_k)
 
-    def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[Passage]]:
-        return self.store.search(vectors, k)
+    def search_vectors(
+        self, vectors: np.ndarray, k: int, namespaces: Collection[str] | None = None
+    ) -> list[list[Passage]]:
+        return self.store.search(vectors, k, namespaces)
 
     def stats(self) -> dict[str, Any]:
         return {

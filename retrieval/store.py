@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -20,8 +20,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from retrieval.documents import Chunk, Document, Passage
-from retrieval.errors import IndexStateError
+from retrieval.documents import SHARED_NAMESPACE, Chunk, Document, Passage
+from retrieval.errors import IndexLockedError, IndexStateError
 
 logger = logging.getLogger(__name__)
 
@@ -63,11 +63,40 @@ class VectorStore:
         self._undo: list[Callable[[], None]] | None = None
         self._gpu_index: Any = None
         self._use_gpu = faiss.get_num_gpus() > 0
+        # The readable chunks of a set of namespaces, as a bitmap over chunk ids, for the generation it
+        # was built at.
+        self._bitmaps: dict[frozenset[str], tuple[int, np.ndarray, int]] = {}
+        self._writer_lock: Any = None  # held from `open` to `close`
 
     # -- queries -------------------------------------------------------------------------------
     def fingerprint(self, doc_id: str) -> str | None:
         entry = self.docs.get(doc_id)
         return None if entry is None else str(entry["fingerprint"])
+
+    def owner(self, doc_id: str) -> str | None:
+        """The namespace a stored document belongs to (None: no such document)."""
+        entry = self.docs.get(doc_id)
+        return None if entry is None else str(entry.get("namespace", SHARED_NAMESPACE))
+
+    def documents(self, namespaces: Collection[str] | None = None) -> list[dict[str, Any]]:
+        """The stored documents (of ``namespaces``; None: all), by id."""
+        with self._lock:
+            out = []
+            for doc_id in sorted(self.docs):
+                entry = self.docs[doc_id]
+                ns = entry.get("namespace", SHARED_NAMESPACE)
+                if namespaces is None or ns in namespaces:
+                    out.append(
+                        {
+                            "id": doc_id,
+                            "namespace": ns,
+                            "title": entry["title"],
+                            "source": entry["source"],
+                            "metadata": entry["metadata"],
+                            "chunks": len(entry["chunk_ids"]),
+                        }
+                    )
+            return out
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -82,16 +111,47 @@ class VectorStore:
             self._gpu_index = faiss.index_cpu_to_all_gpus(self.index)
         return self._gpu_index
 
-    def search(self, vectors: np.ndarray, k: int) -> list[list[Passage]]:
+    def search(self, vectors: np.ndarray, k: int, namespaces: Collection[str] | None = None) -> list[list[Passage]]:
+        """The top-k chunks for each vector, among the chunks of ``namespaces`` (None: every chunk). The
+        filter runs inside FAISS (an id bitmap as the search's selector), so k readable chunks come back
+        whenever there are k, however many others there are."""
+        import faiss
+
         with self._lock:
             if not self.chunks or len(vectors) == 0:
                 return [[] for _ in range(len(vectors))]
-            k = min(k, len(self.chunks))
-            scores, ids = self._search_index().search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+            queries = np.ascontiguousarray(vectors, dtype=np.float32)
+            if namespaces is None:
+                k = min(k, len(self.chunks))
+                scores, ids = self._search_index().search(queries, k)
+            else:
+                bitmap, readable = self._bitmap(frozenset(namespaces))
+                k = min(k, readable)
+                if k == 0:
+                    return [[] for _ in range(len(vectors))]
+                selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
+                # The CPU index: GPU flat indexes take no selector.
+                params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]  # SWIG takes keywords
+                scores, ids = self.index.search(queries, k, params=params)
             return [
                 [Passage(self.chunks[int(i)], float(s)) for s, i in zip(row_s, row_i, strict=True) if i >= 0]
                 for row_s, row_i in zip(scores, ids, strict=True)
             ]
+
+    def _bitmap(self, namespaces: frozenset[str]) -> tuple[np.ndarray, int]:
+        """A bitmap over chunk ids (bit i of byte i // 8, little-endian, as FAISS reads it) of the chunks
+        in ``namespaces``, and how many there are; rebuilt when the generation moves."""
+        cached = self._bitmaps.get(namespaces)
+        if cached is not None and cached[0] == self.generation:
+            return cached[1], cached[2]
+        ids = np.fromiter((cid for cid, c in self.chunks.items() if c.namespace in namespaces), dtype=np.int64)
+        bits = np.zeros(max(self.next_chunk_id, 1), dtype=bool)
+        bits[ids] = True
+        bitmap = np.packbits(bits, bitorder="little")
+        if len(self._bitmaps) > 256:  # one entry per tenant (and the shared set) in practice; bounded anyway
+            self._bitmaps.clear()
+        self._bitmaps[namespaces] = (self.generation, bitmap, len(ids))
+        return bitmap, len(ids)
 
     # -- changes -------------------------------------------------------------------------------
     @contextmanager
@@ -135,8 +195,9 @@ class VectorStore:
             self.next_chunk_id += len(pieces)
             self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
             for n, (cid, (start, text)) in enumerate(zip(ids.tolist(), pieces, strict=True)):
-                self.chunks[cid] = Chunk(cid, doc.id, doc.title, text, n, start, doc.source)
+                self.chunks[cid] = Chunk(cid, doc.id, doc.title, text, n, start, doc.source, doc.namespace)
             self.docs[doc.id] = {
+                "namespace": doc.namespace,
                 "fingerprint": doc.fingerprint,
                 "title": doc.title,
                 "source": doc.source,
@@ -239,15 +300,69 @@ class VectorStore:
             if old != keep:
                 shutil.rmtree(snapshots / old, ignore_errors=True)
 
+    # -- the writer lock ------------------------------------------------------------------------
+    def _lock_writer(self, timeout_s: float) -> None:
+        """Hold the directory's writer lock (an OS file lock, ``.lock``) until `close`. A second process
+        that opens the directory waits up to ``timeout_s`` and then fails: two writers would each save
+        their own view and the last save would drop the other's documents. Stores of one process share
+        the lock (it counts), so a reopen in the same process is fine."""
+        import filelock
+
+        assert self.directory is not None
+        self.directory.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(self.directory / ".lock", timeout=timeout_s, thread_local=False, is_singleton=True)
+        try:
+            lock.acquire()
+        except filelock.Timeout as exc:
+            raise IndexLockedError(
+                f"index directory {self.directory} has another writer (a running server, or `ragyard ingest`): "
+                f"waited {timeout_s:g} s for it. Send documents to the server (`ragyard ingest --url ...`) or "
+                "point index.dir elsewhere"
+            ) from exc
+        self._writer_lock = lock
+
+    def close(self) -> None:
+        """Let go of the writer lock (the process's last store of this directory releases it)."""
+        lock, self._writer_lock = self._writer_lock, None
+        if lock is not None:
+            lock.release()
+
+    def _prune_leftovers(self) -> None:
+        """What a save that crashed left behind: a half-written snapshot folder, a pointer not swapped in."""
+        assert self.directory is not None
+        snapshots = self.directory / "snapshots"
+        leftovers = list(snapshots.glob(".*.tmp")) if snapshots.is_dir() else []
+        leftovers += [p for p in [self.directory / ".CURRENT.tmp"] if p.exists()]
+        for path in leftovers:
+            logger.warning("removing %s, left by a save that did not finish", path)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
     @classmethod
-    def open(cls, dim: int, embedder_name: str, directory: str | Path) -> VectorStore:
-        """Load the snapshot ``CURRENT`` names, or start empty when there is none."""
+    def open(cls, dim: int, embedder_name: str, directory: str | Path, *, lock_timeout_s: float = 10.0) -> VectorStore:
+        """Take the directory's writer lock, tidy what an unfinished save left, then load the snapshot
+        ``CURRENT`` names (or start empty when there is none)."""
         import faiss
 
         store = cls(dim, embedder_name, directory)
+        store._lock_writer(lock_timeout_s)
+        try:
+            store._load(faiss)
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def _load(self, faiss: Any) -> None:
+        assert self.directory is not None
+        directory = self.directory
+        dim, embedder_name, store = self.dim, self.embedder_name, self
+        self._prune_leftovers()
         name = store._current_name()
         if name is None:
-            return store
+            return
         snap = Path(directory) / "snapshots" / name
         try:
             manifest = json.loads((snap / "manifest.json").read_text(encoding="utf-8"))
@@ -270,4 +385,3 @@ class VectorStore:
         if store.index.ntotal != len(store.chunks):
             raise IndexStateError(f"index snapshot {snap} is inconsistent: vectors and chunks differ")
         logger.info("loaded index snapshot %s: %d docs, %d chunks", snap, len(store.docs), len(store.chunks))
-        return store

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from retrieval.documents import SHARED_NAMESPACE
 from retrieval.policies.registry import available_policies, choosable_policies
 from router.errors import SlaHeaderError, SlaOverrideError, SlaPolicyError
 
@@ -146,6 +147,8 @@ class SlaPolicy(_Strict):
         if self.default_tier not in self.tiers:
             raise ValueError(f"default_tier {self.default_tier!r} is not a tier ({', '.join(self.tiers)})")
         seen: dict[str, str] = {}
+        if SHARED_NAMESPACE in self.tenants:
+            raise ValueError(f"tenants.{SHARED_NAMESPACE}: the name is the operators' document namespace; pick another")
         for name, tenant in self.tenants.items():
             for tier in [tenant.tier, *(tenant.allowed_tiers or [])]:
                 if tier not in self.tiers:

@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from retrieval.errors import RetrievalError
 from services.config import load_config
 from services.errors import ConfigError, RagyardError
 
@@ -99,7 +100,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         import httpx
 
         payload = {"documents": [{"id": d.id, "title": d.title, "text": d.text, "metadata": d.metadata} for d in docs]}
-        resp = httpx.post(f"{args.url.rstrip('/')}/v1/documents", json=payload, timeout=600)
+        key = args.api_key or os.environ.get("RAGYARD_API_KEY")
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        resp = httpx.post(f"{args.url.rstrip('/')}/v1/documents", json=payload, headers=headers, timeout=600)
         print(json.dumps(resp.json(), indent=2))
         return 0 if resp.status_code == 200 else 1
     from services.deployments.retriever import RetrieverService
@@ -294,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="index text, markdown or JSONL files or folders")
     p.add_argument("paths", nargs="+")
     p.add_argument("--url", help="send to a running server (e.g. http://127.0.0.1:8000) instead")
+    p.add_argument(
+        "--api-key",
+        help="with --url: the key to send (default $RAGYARD_API_KEY); an operator's writes the shared namespace, "
+        "a tenant's its own",
+    )
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("ask", help="answer one question in this process (no Ray)")
@@ -387,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_calibrate_dragin)
 
     p = sub.add_parser("bench", help="benchmarks: results as JSON plus a markdown table")
-    p.add_argument("what", choices=["router", "policies", "spec", "kvcache", "sla", "retrieval", "docsqa"])
+    p.add_argument("what", choices=["router", "policies", "spec", "kvcache", "sla", "retrieval", "docsqa", "tenancy"])
     p.add_argument("--data", action="append", help="QA JSONL file (repeatable)")
     p.add_argument("--out", required=True)
     p.add_argument("--repeats", type=int, default=200, help="router: timing repeats")
@@ -437,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", help="docsqa, policies: comma-separated model ids (default: every configured model)")
     p.add_argument("--policies", help="policies: comma-separated subset of none,single,multi,dragin,adaptive")
     p.add_argument("--qa-policy", default="single", help="docsqa: retrieval policy the answers use")
+    p.add_argument("--sizes", help="tenancy: corpus sizes in chunks, comma-separated (default 10000,100000)")
+    p.add_argument("--tenants", type=int, default=20, help="tenancy: tenants sharing the corpus")
+    p.add_argument("--queries", type=int, default=200, help="tenancy: queries per size")
     p.set_defaults(func=cmd_bench)
     return parser
 
@@ -453,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     except RagyardError as exc:
         print(f"ragyard: {exc.message}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, RetrievalError) as exc:
         print(f"ragyard: {exc}", file=sys.stderr)
         return 2
 

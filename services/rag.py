@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cache.response_cache import ResponseCache
+from retrieval.documents import Passage
 from retrieval.generation import SamplingParams
 from retrieval.policies.base import PolicyContext, PolicyResult, Question, answer_events
 from retrieval.policies.registry import get_policy
@@ -37,6 +38,9 @@ class AnswerRequest:
     seed: int | None = None
     # The SLA context from the HTTP edge: {"tenant": name or None, "headers": {x-sla-tier: ..., ...}}.
     sla: dict[str, Any] | None = None
+    # The document namespaces the asker may read (a tenant: its own and the shared one); None: all
+    # (the library path: `ragyard ask`, the benchmarks).
+    namespaces: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -142,7 +146,7 @@ class RagService:
             return self.config.retrieval
         return self.config.retrieval.model_copy(update={"dragin_threshold": threshold})
 
-    def _context(self, decision: RouteDecision, params: SamplingParams) -> PolicyContext:
+    def _context(self, req: AnswerRequest, decision: RouteDecision, params: SamplingParams) -> PolicyContext:
         worker = self.workers.get(decision.plan.model)
         if worker is None:
             # The router chose a configured model this process serves no worker for (a partial deployment,
@@ -150,8 +154,13 @@ class RagService:
             raise ServiceUnavailableError(
                 f"model {decision.plan.model!r} has no worker here (workers: {', '.join(sorted(self.workers))})"
             )
+        namespaces = list(req.namespaces) if req.namespaces is not None else None
+
+        async def retrieve(query: str, k: int) -> list[Passage]:
+            return await self.retriever.search(query, k, namespaces)
+
         return PolicyContext(
-            retrieve=self.retriever.search,
+            retrieve=retrieve,
             generate=worker.generate,
             stream=worker.stream,
             generate_with_signals=worker.generate_with_signals,
@@ -177,6 +186,8 @@ class RagService:
             plan=decision.plan.model_dump(exclude={"complexity"}),
             stop=list(params.stop),
             index_generation=generation,
+            # What the asker may read decides what it is told: one tenant's answer is never another's.
+            namespaces=sorted(req.namespaces) if req.namespaces is not None else None,
         )
 
     async def plan(self, req: AnswerRequest) -> dict[str, Any]:
@@ -241,7 +252,7 @@ class RagService:
             yield StreamEvent(done=True, record=record)
             return
         policy = get_policy(decision.plan.policy)
-        ctx = self._context(decision, params)
+        ctx = self._context(req, decision, params)
         async for ev in answer_events(policy, req.question, ctx, params, stream=stream, started=started):
             if ev.result is None:
                 yield StreamEvent(text=ev.text)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from retrieval.documents import METADATA_BYTES, METADATA_DEPTH, check_metadata
 from retrieval.ingest import DOCUMENT_TYPES
 
 MAX_MESSAGES = 512  # messages in one chat request
 MAX_PARTS = 64  # content parts in one message
-METADATA_DEPTH = 4  # levels of a document's metadata object (the object itself is level 1)
-METADATA_BYTES = 8192
 
 
 class TextPart(BaseModel):
@@ -139,19 +137,7 @@ class DocumentIn(BaseModel):
     @field_validator("metadata")
     @classmethod
     def _bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
-        depth, stack = 0, [(value, 1)]
-        while stack:
-            node, level = stack.pop()
-            children = list(node.values()) if isinstance(node, dict) else node if isinstance(node, list) else []
-            if isinstance(node, dict | list):
-                depth = max(depth, level)
-                stack.extend((c, level + 1) for c in children)
-        if depth > METADATA_DEPTH:
-            raise ValueError(f"metadata nests {depth} levels; at most {METADATA_DEPTH}")
-        size = len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
-        if size > METADATA_BYTES:
-            raise ValueError(f"metadata is {size} bytes as JSON; at most {METADATA_BYTES}")
-        return value
+        return check_metadata(value)
 
 
 class DocumentsRequest(BaseModel):

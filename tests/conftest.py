@@ -29,6 +29,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def start_serve(config: dict[str, Any], *, wait_ready_s: float = 300) -> str:
+    """Serve ``config`` on a free loopback port; returns its URL. A port that another process took between
+    `free_port` and Serve's bind (Ray's own processes open ports all the time) is retried with another, up
+    to three times; anything else is raised."""
+    from services.config import load_config
+    from services.deployments import local as serving
+
+    for attempt in range(3):
+        cfg = load_config({**config, "server": {**config.get("server", {}), "host": "127.0.0.1", "port": free_port()}})
+        try:
+            return serving.start(cfg, wait_ready_s=wait_ready_s)
+        except Exception as exc:
+            serving.stop()
+            if "Failed to bind" not in str(exc) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "dev_hotpotqa.jsonl").exists():

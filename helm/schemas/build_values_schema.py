@@ -179,7 +179,23 @@ def build() -> dict[str, Any]:
                 ["startup", "liveness", "readiness"],
             ),
             "sharedMemory": QUANTITY,
-            "indexSizeLimit": QUANTITY,
+            "index": obj(
+                {
+                    "persistence": obj(
+                        {
+                            "enabled": BOOL,
+                            "accessMode": {"enum": ["ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod"]},
+                            "size": QUANTITY,
+                            "storageClassName": STR,
+                            "existingClaim": STR,
+                        },
+                        ["enabled", "accessMode", "size"],
+                    ),
+                    "sizeLimit": QUANTITY,
+                    "lockTimeoutSeconds": {"type": "integer", "minimum": 0},
+                },
+                ["persistence"],
+            ),
             "rayAutoscaler": obj(
                 {
                     "enabled": BOOL,

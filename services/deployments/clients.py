@@ -13,11 +13,17 @@ from router.plan import Outcome, RouteDecision, Settlement
 
 
 class RetrieverClient(Protocol):
-    async def search(self, query: str, k: int) -> list[Passage]: ...
+    async def search(self, query: str, k: int, namespaces: list[str] | None = None) -> list[Passage]: ...
 
     async def embed(self, text: str) -> list[float]: ...
 
     async def ingest(self, docs: list[Document]) -> dict[str, Any]: ...
+
+    async def remove(self, doc_id: str, namespace: str | None = None) -> dict[str, Any]: ...
+
+    async def documents(self, namespaces: list[str] | None = None) -> list[dict[str, Any]]: ...
+
+    async def document(self, doc_id: str, namespaces: list[str] | None = None) -> dict[str, Any]: ...
 
     async def stats(self) -> dict[str, Any]: ...
 
@@ -114,14 +120,23 @@ class LocalRetriever:
     def __init__(self, service: Any) -> None:
         self.service = service
 
-    async def search(self, query: str, k: int) -> list[Passage]:
-        return await self.service.search(query, k)
+    async def search(self, query: str, k: int, namespaces: list[str] | None = None) -> list[Passage]:
+        return await self.service.search(query, k, namespaces)
 
     async def embed(self, text: str) -> list[float]:
         return await self.service.embed(text)
 
     async def ingest(self, docs: list[Document]) -> dict[str, Any]:
         return await self.service.ingest(docs)
+
+    async def remove(self, doc_id: str, namespace: str | None = None) -> dict[str, Any]:
+        return await self.service.remove(doc_id, namespace)
+
+    async def documents(self, namespaces: list[str] | None = None) -> list[dict[str, Any]]:
+        return await self.service.documents(namespaces)
+
+    async def document(self, doc_id: str, namespaces: list[str] | None = None) -> dict[str, Any]:
+        return await self.service.document(doc_id, namespaces)
 
     async def stats(self) -> dict[str, Any]:
         return await self.service.stats()
@@ -169,14 +184,23 @@ class HandleRetriever:
     def __init__(self, handle: Any) -> None:
         self.handle = handle
 
-    async def search(self, query: str, k: int) -> list[Passage]:
-        return await self.handle.search.remote(query, k)
+    async def search(self, query: str, k: int, namespaces: list[str] | None = None) -> list[Passage]:
+        return await self.handle.search.remote(query, k, namespaces)
 
     async def embed(self, text: str) -> list[float]:
         return await self.handle.embed.remote(text)
 
     async def ingest(self, docs: list[Document]) -> dict[str, Any]:
         return await self.handle.ingest.remote(docs)
+
+    async def remove(self, doc_id: str, namespace: str | None = None) -> dict[str, Any]:
+        return await self.handle.remove.remote(doc_id, namespace)
+
+    async def documents(self, namespaces: list[str] | None = None) -> list[dict[str, Any]]:
+        return await self.handle.documents.remote(namespaces)
+
+    async def document(self, doc_id: str, namespaces: list[str] | None = None) -> dict[str, Any]:
+        return await self.handle.document.remote(doc_id, namespaces)
 
     async def stats(self) -> dict[str, Any]:
         return await self.handle.stats.remote()

@@ -27,6 +27,7 @@ class RetrieverService:
             embedder_path=emb.path,
             device=emb.device,
             batch_size=emb.batch_size,
+            lock_timeout_s=idx.lock_timeout_s,
         )
         if self.config.corpus.ingest_on_start:
             self.ingest_paths(self.config.corpus.paths)
@@ -50,10 +51,17 @@ class RetrieverService:
     def ready(self) -> dict[str, Any]:
         return {"ready": True, **self.retriever.stats()}
 
-    async def search(self, query: str, k: int) -> list[Passage]:
+    async def search(self, query: str, k: int, namespaces: list[str] | None = None) -> list[Passage]:
+        """The top-k passages among the documents of ``namespaces`` (None: every document)."""
         r = self.config.retrieval
         return await asyncio.to_thread(
-            self.retriever.search, query, k, mode=r.search, candidates=r.hybrid_candidates, rrf_k=r.rrf_k
+            self.retriever.search,
+            query,
+            k,
+            mode=r.search,
+            candidates=r.hybrid_candidates,
+            rrf_k=r.rrf_k,
+            namespaces=namespaces,
         )
 
     async def embed(self, text: str) -> list[float]:
@@ -64,6 +72,16 @@ class RetrieverService:
     async def ingest(self, docs: list[Document]) -> dict[str, Any]:
         report = await asyncio.to_thread(self.retriever.ingest, docs)
         return {**report.as_dict(), "generation": self.retriever.store.generation}
+
+    async def remove(self, doc_id: str, namespace: str | None = None) -> dict[str, Any]:
+        removed = await asyncio.to_thread(self.retriever.remove, doc_id, namespace)
+        return {"id": doc_id, "deleted": removed, "generation": self.retriever.store.generation}
+
+    async def documents(self, namespaces: list[str] | None = None) -> list[dict[str, Any]]:
+        return self.retriever.documents(namespaces)
+
+    async def document(self, doc_id: str, namespaces: list[str] | None = None) -> dict[str, Any]:
+        return self.retriever.document(doc_id, namespaces)
 
     async def stats(self) -> dict[str, Any]:
         return self.retriever.stats()

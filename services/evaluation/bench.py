@@ -134,6 +134,11 @@ def run_bench(what: str, config: AppConfig, args: argparse.Namespace) -> str:
             max_tokens=args.max_tokens or 32,
             seed=args.seed,
         )
+    if what == "tenancy":
+        from services.evaluation.bench_tenancy import bench_tenancy
+
+        sizes = tuple(number_list(args.sizes, int, "--sizes")) if args.sizes else (10_000, 100_000)
+        return bench_tenancy(args.out, sizes=sizes, tenants=args.tenants, queries=args.queries)
     raise ValueError(f"unknown benchmark {what!r}")
 
 

@@ -11,6 +11,7 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import Scope
 
+from retrieval.documents import SHARED_NAMESPACE
 from router.sla import KEY_HASH_PREFIX, SlaPolicy, hash_api_key
 
 # Routes only an operator key opens once keys are configured: the metrics name tenants and their spend,
@@ -26,6 +27,16 @@ class Principal:
     @property
     def operator(self) -> bool:
         return self.kind == "operator"
+
+    @property
+    def namespace(self) -> str:
+        """Where this principal's documents go: a tenant's own namespace; the shared one otherwise."""
+        return self.tenant if self.kind == "tenant" and self.tenant else SHARED_NAMESPACE
+
+    @property
+    def readable(self) -> tuple[str, ...]:
+        """The namespaces its questions are answered from: its own and the shared one."""
+        return (self.namespace, SHARED_NAMESPACE) if self.namespace != SHARED_NAMESPACE else (SHARED_NAMESPACE,)
 
 
 ANONYMOUS = Principal("anonymous")

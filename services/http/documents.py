@@ -1,24 +1,31 @@
-"""`POST /v1/documents`: JSON with a list of documents, or one document as its own media type."""
+"""The documents API, scoped by namespace: ``POST /v1/documents`` (JSON with a list of documents, or one
+document as its own media type), ``GET /v1/documents`` (the caller's, paged), ``GET`` and ``DELETE
+/v1/documents/{id}``.
+
+A tenant writes and deletes only its own namespace and reads its own and the shared one; an operator
+(or anyone, on an open server) writes the shared namespace and may name any namespace with
+``?namespace=``."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 
 from retrieval.documents import Document
 from retrieval.errors import DocumentFormatError, UnsupportedDocumentTypeError
 from retrieval.ingest import parse, type_for_media
-from services.errors import InvalidRequestError
+from services.errors import InvalidRequestError, PermissionDeniedError
+from services.http.auth import Principal, principal
 from services.http.deps import Service
 from services.schemas import DocumentsRequest
 
 router = APIRouter()
 
 
-def _from_json(raw: bytes) -> list[Document]:
+def _from_json(raw: bytes, namespace: str) -> list[Document]:
     try:
         payload = json.loads(raw or b"null")
     except ValueError as exc:
@@ -30,18 +37,50 @@ def _from_json(raw: bytes) -> list[Document]:
     docs: list[Document] = []
     for n, d in enumerate(parsed.documents):
         try:
-            docs += parse(d.text, d.type, title=d.title, doc_id=d.id, metadata=d.metadata, source="api")
+            docs += parse(
+                d.text, d.type, title=d.title, doc_id=d.id, metadata=d.metadata, source="api", namespace=namespace
+            )
         except (DocumentFormatError, UnsupportedDocumentTypeError) as exc:
             raise type(exc)(f"documents[{n}]: {exc}") from exc
     return docs
 
 
+def write_namespace(who: Principal, asked: str | None) -> str:
+    """Where the caller's documents go: a tenant's own namespace; an operator's ``?namespace=`` or the
+    shared one."""
+    if who.operator:
+        return asked or who.namespace
+    if asked not in (None, who.namespace):
+        raise PermissionDeniedError(
+            f"namespace {asked!r} is not yours; a tenant writes only its own ({who.namespace!r})",
+            param="namespace",
+            code="namespace_not_allowed",
+        )
+    return who.namespace
+
+
+def read_namespaces(who: Principal, asked: str | None) -> list[str] | None:
+    """What the caller may list: a tenant its own and the shared namespace (or one of them, asked); an
+    operator everything, or the namespace asked."""
+    if who.operator:
+        return [asked] if asked else None
+    readable = list(who.readable)
+    if asked is None:
+        return readable
+    if asked not in readable:
+        raise PermissionDeniedError(f"namespace {asked!r} is not readable with this key", param="namespace")
+    return [asked]
+
+
 @router.post("/v1/documents")
-async def documents(request: Request, svc: Service) -> dict[str, Any]:
+async def add_documents(
+    request: Request, svc: Service, namespace: str | None = Query(None, min_length=1, max_length=128)
+) -> dict[str, Any]:
+    target = write_namespace(principal(request), namespace)
     media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     raw = await request.body()
     if media == "application/json":
-        docs = _from_json(raw)
+        docs = _from_json(raw, target)
     else:
         kind = type_for_media(media)
         try:
@@ -54,5 +93,42 @@ async def documents(request: Request, svc: Service) -> dict[str, Any]:
             title=request.query_params.get("title", ""),
             doc_id=request.query_params.get("id", ""),
             source="api",
+            namespace=target,
         )
-    return {"object": "ingest.result", **await svc.ingest(docs)}
+    return {"object": "ingest.result", "namespace": target, **await svc.ingest(docs)}
+
+
+@router.get("/v1/documents")
+async def list_documents(
+    request: Request,
+    svc: Service,
+    namespace: str | None = Query(None, min_length=1, max_length=128),
+    limit: int = Query(100, ge=1, le=1000),
+    after: str | None = Query(None, max_length=512, description="The last id of the previous page."),
+) -> dict[str, Any]:
+    docs = await svc.retriever.documents(read_namespaces(principal(request), namespace))
+    if after is not None:
+        docs = [d for d in docs if d["id"] > after]
+    page = docs[:limit]
+    return {
+        "object": "list",
+        "data": [{"object": "document", **d} for d in page],
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": len(docs) > limit,
+    }
+
+
+@router.get("/v1/documents/{doc_id:path}")
+async def get_document(request: Request, svc: Service, doc_id: str) -> dict[str, Any]:
+    return {"object": "document", **await svc.retriever.document(doc_id, read_namespaces(principal(request), None))}
+
+
+@router.delete("/v1/documents/{doc_id:path}")
+async def delete_document(request: Request, svc: Service, doc_id: str) -> dict[str, Any]:
+    who = principal(request)
+    # Another tenant's document is not found (its existence is not this caller's business); a shared one
+    # is readable, so deleting it is refused by name.
+    await svc.retriever.document(doc_id, read_namespaces(who, None))
+    result = await svc.retriever.remove(doc_id, None if who.operator else who.namespace)
+    return {"object": "document.deleted", **result}

@@ -16,7 +16,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cache.errors import BackendUnavailableError
-from retrieval.errors import DocumentFormatError, UnknownPolicyError, UnsupportedDocumentTypeError
+from retrieval.errors import (
+    DocumentFormatError,
+    DocumentNotFoundError,
+    DocumentOwnershipError,
+    UnknownPolicyError,
+    UnsupportedDocumentTypeError,
+)
 from router.errors import (
     BudgetExhaustedError,
     OverloadedError,
@@ -63,6 +69,8 @@ CONVERSIONS: tuple[tuple[type[Exception], Callable[[Any], RagyardError]], ...] =
         lambda e: UnsupportedMediaTypeError(str(e), param="type", code="unsupported_document_type"),
     ),
     (DocumentFormatError, lambda e: InvalidRequestError(str(e), param="documents", code="invalid_document")),
+    (DocumentOwnershipError, lambda e: PermissionDeniedError(str(e), param="id", code="document_not_yours")),
+    (DocumentNotFoundError, lambda e: NotFoundError(str(e), param="id", code="document_not_found")),
     (
         SlaOverrideError,
         lambda e: PermissionDeniedError(e.message, param=e.param, code="sla_override_not_allowed"),

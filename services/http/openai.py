@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from retrieval.generation import ChatMessage
 from retrieval.policies.base import Question
 from router.routing import AUTO_MODEL
+from services.http.auth import principal
 from services.http.deps import Service, sla_context
 from services.http.sse import chat_events, extension
 from services.rag import AnswerRequest
@@ -66,6 +67,7 @@ def chat_to_answer(body: ChatCompletionRequest) -> AnswerRequest:
 async def chat(body: ChatCompletionRequest, request: Request, svc: Service) -> JSONResponse | StreamingResponse:
     req = chat_to_answer(body)
     req.sla = sla_context(request)
+    req.namespaces = principal(request).readable
     created = int(time.time())
     cid = "chatcmpl-" + uuid.uuid4().hex[:24]
     if not body.stream:

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from retrieval.policies.base import Question
+from services.http.auth import principal
 from services.http.deps import Service, sla_context
 from services.rag import AnswerRequest
 from services.schemas import QARequest
@@ -24,6 +25,7 @@ def qa_request(body: QARequest, request: Request) -> AnswerRequest:
         max_tokens=body.max_tokens,
         temperature=body.temperature,
         sla=sla_context(request),
+        namespaces=principal(request).readable,
     )
 
 

@@ -271,3 +271,38 @@ def test_readme_values_example_installs(tmp_path: Path) -> None:
         assert "sk-acme-1" not in cm["data"]["policy.yaml"]
         (path,) = _write([_rayservice(docs)], tmp_path)
         run(tool("check-jsonschema"), "--schemafile", RAYSERVICE_SCHEMA, path)
+
+
+def _index_volumes(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    cluster = _rayservice(docs)["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    out = []
+    for pod in pods:
+        volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "index")
+        mount = next(m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["name"] == "index")
+        out.append({**volume, "mountPath": mount["mountPath"]})
+    return out
+
+
+def test_the_index_lives_on_a_kept_rwx_claim_mounted_where_the_app_writes() -> None:
+    """Uploaded documents outlive a pod: every Ray pod mounts one ReadWriteMany claim at index.dir, the claim
+    survives `helm uninstall`, and the app waits for an upgrade's old writer (index.lock_timeout_s)."""
+    from services.config import load_config
+
+    docs = documents(helm_template().stdout)
+    (pvc,) = by_kind(docs, "PersistentVolumeClaim")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"] and pvc["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    app = load_config(_serve_config(_rayservice(docs))["applications"][0]["args"])
+    assert app.index.lock_timeout_s == 600
+    for volume in _index_volumes(docs):
+        assert volume["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+        assert volume["mountPath"] == app.index.dir
+
+    own = documents(helm_template("--set", "index.persistence.existingClaim=docs-nfs").stdout)
+    assert not by_kind(own, "PersistentVolumeClaim")
+    assert {v["persistentVolumeClaim"]["claimName"] for v in _index_volumes(own)} == {"docs-nfs"}
+
+    off = documents(helm_template("--set", "index.persistence.enabled=false").stdout)
+    assert not by_kind(off, "PersistentVolumeClaim")
+    assert all(v["emptyDir"]["sizeLimit"] == "2Gi" for v in _index_volumes(off))

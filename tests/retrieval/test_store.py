@@ -7,6 +7,7 @@ from unittest import mock
 import numpy as np
 import pytest
 
+from retrieval.documents import Document
 from retrieval.errors import IndexStateError
 from retrieval.store import VectorStore
 from tests.utils.factories import document, unit_vectors
@@ -100,3 +101,106 @@ def test_empty_store_search() -> None:
     store = VectorStore(DIM, "test")
     assert store.search(unit_vectors(1, DIM), 3) == [[]]
     assert store.search(np.zeros((0, DIM), dtype=np.float32), 3) == []
+
+
+def _in(store: VectorStore, namespace: str, n_chunks: int, seed: int, doc_id: str = "") -> str:
+    doc = Document(id=doc_id, text=f"{namespace} {seed}", namespace=namespace)
+    store.upsert(doc, [(i, f"{namespace} {seed} part {i}") for i in range(n_chunks)], unit_vectors(n_chunks, DIM, seed))
+    return doc.id
+
+
+def test_search_inside_namespaces_returns_k_of_theirs_however_many_others_there_are() -> None:
+    """The filter runs inside FAISS: a tenant with 2 chunks among 300 of others still gets both, and never
+    one of another namespace's, even when that one is the nearest."""
+    store = VectorStore(DIM, "test")
+    for seed in range(100):
+        _in(store, "shared" if seed % 2 else "acme", 3, seed)
+    _in(store, "zed", 2, 1000)
+    probe = store.chunks[max(store.chunks)]  # a zed chunk: the nearest to its own vector
+    query = store.index.reconstruct(probe.chunk_id)[None, :]
+    assert store.search(query, 1)[0][0].chunk.namespace == "zed"
+    hits = store.search(query, 5, ["acme", "shared"])[0]
+    assert len(hits) == 5 and {h.chunk.namespace for h in hits} <= {"acme", "shared"}
+    assert [h.chunk.namespace for h in store.search(query, 10, ["zed"])[0]] == ["zed", "zed"]
+    assert store.search(query, 3, ["nobody"])[0] == []
+    # the bitmap follows the generation: a new zed document is found at once
+    new = _in(store, "zed", 1, 2000)
+    assert new in {h.chunk.doc_id for h in store.search(query, 10, ["zed"])[0]}
+
+
+def test_namespaces_survive_a_restart_and_old_snapshots_read_as_shared(tmp_path: Path) -> None:
+    import json
+
+    store = VectorStore(DIM, "test", tmp_path)
+    mine = _in(store, "acme", 2, 1)
+    _in(store, "shared", 2, 2)
+    store.save()
+    back = VectorStore.open(DIM, "test", tmp_path)
+    assert back.owner(mine) == "acme" and {d["namespace"] for d in back.documents()} == {"acme", "shared"}
+    assert [d["id"] for d in back.documents(["acme"])] == [mine]
+    # a snapshot written before namespaces existed: its documents and chunks are the shared namespace's
+    snap = tmp_path / "snapshots" / (tmp_path / "CURRENT").read_text().strip() / "docstore.json"
+    data = json.loads(snap.read_text())
+    for entry in data["docs"].values():
+        entry.pop("namespace")
+    for chunk in data["chunks"]:
+        chunk.pop("namespace")
+    snap.write_text(json.dumps(data))
+    old = VectorStore.open(DIM, "test", tmp_path)
+    assert old.owner(mine) == "shared" and all(c.namespace == "shared" for c in old.chunks.values())
+
+
+def test_the_same_content_in_two_namespaces_is_two_documents() -> None:
+    a, b, s = (Document(text="same", namespace=ns) for ns in ("acme", "zed", "shared"))
+    assert len({a.id, b.id, s.id}) == 3
+    assert s.id == Document(text="same").id  # the shared namespace keeps the ids it always had
+
+
+OPEN_IN_ANOTHER_PROCESS = """
+import sys
+sys.path.insert(0, sys.argv[2])
+from retrieval.errors import IndexLockedError
+from retrieval.store import VectorStore
+try:
+    store = VectorStore.open(16, "test", sys.argv[1], lock_timeout_s=0.2)
+except IndexLockedError as exc:
+    print("locked:", exc)
+    sys.exit(3)
+print("opened", len(store.docs))
+"""
+
+
+def test_one_writer_per_directory(tmp_path: Path) -> None:
+    """A second process cannot open a directory a store holds (its saves would drop the first one's
+    documents); it can once the store is closed. Reopening in the same process shares the lock."""
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parents[2])
+    store = VectorStore.open(DIM, "test", tmp_path)
+    _add(store, "held", 1, 0)
+    store.save()
+    again = VectorStore.open(DIM, "test", tmp_path)  # the same process
+    run = [sys.executable, "-c", OPEN_IN_ANOTHER_PROCESS, str(tmp_path), root]
+    held = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    assert held.returncode == 3 and "another writer" in held.stdout and "--url" in held.stdout
+    again.close()
+    assert subprocess.run(run, capture_output=True, text=True, timeout=60).returncode == 3  # still one holder
+    store.close()
+    free = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    assert free.returncode == 0 and "opened 1" in free.stdout
+
+
+def test_leftovers_of_an_unfinished_save_are_pruned_at_open(tmp_path: Path) -> None:
+    store = VectorStore.open(DIM, "test", tmp_path)
+    _add(store, "kept", 1, 0)
+    store.save()
+    store.close()
+    half = tmp_path / "snapshots" / ".000000000009.tmp"
+    half.mkdir()
+    (half / "index.faiss").write_bytes(b"partial")
+    (tmp_path / ".CURRENT.tmp").write_text("000000000009")
+    back = VectorStore.open(DIM, "test", tmp_path)
+    assert not half.exists() and not (tmp_path / ".CURRENT.tmp").exists()
+    assert len(back.docs) == 1
+    back.close()

@@ -107,7 +107,7 @@ app.kubernetes.io/part-of: ragyard
 {{- $cfg := deepCopy .Values.app.config -}}
 {{- $sla := dict "enabled" .Values.sla.enabled "policy_path" "/etc/ragyard/sla/policy.yaml" "reload_interval_s" .Values.sla.reloadIntervalS -}}
 {{- $_ := set $cfg "sla" (merge $sla (get $cfg "sla" | default dict)) -}}
-{{- $_ := set $cfg "index" (merge (dict "dir" "/var/lib/ragyard/index") (get $cfg "index" | default dict)) -}}
+{{- $_ := set $cfg "index" (merge (dict "dir" "/var/lib/ragyard/index" "lock_timeout_s" (int .Values.index.lockTimeoutSeconds)) (get $cfg "index" | default dict)) -}}
 {{- $_ := set $cfg "cache_dir" "/home/ragyard/.cache/ragyard" -}}
 {{- $server := merge (dict "host" "0.0.0.0" "port" (int .Values.service.port)) (get $cfg "server" | default dict) -}}
 {{- $_ := set $cfg "server" $server -}}
@@ -188,8 +188,13 @@ app.kubernetes.io/part-of: ragyard
   configMap:
     name: {{ include "ragyard.fullname" . }}-sla
 - name: index
+{{- if .Values.index.persistence.enabled }}
+  persistentVolumeClaim:
+    claimName: {{ include "ragyard.indexClaim" . }}
+{{- else }}
   emptyDir:
-    sizeLimit: {{ .Values.indexSizeLimit }}
+    sizeLimit: {{ .Values.index.sizeLimit }}
+{{- end }}
 - name: dshm
   emptyDir:
     medium: Memory
@@ -227,4 +232,10 @@ livenessProbe:
 readinessProbe:
   httpGet: {path: /readyz, port: serve}
   {{- toYaml .Values.probes.readiness | nindent 2 }}
+{{- end -}}
+
+
+{{/* The index's claim: the user's existing one, or the chart's. */}}
+{{- define "ragyard.indexClaim" -}}
+{{- .Values.index.persistence.existingClaim | default (printf "%s-index" (include "ragyard.fullname" .)) -}}
 {{- end -}}

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import start_serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray, pytest.mark.e2e, pytest.mark.model]
 
@@ -25,19 +25,15 @@ def served(base_config: dict[str, Any], session_tmp: Path) -> Iterator[str]:
     from services.deployments import local as serving
 
     ladder = {k: v for k, v in base_config.items() if k != "models"}
-    config = load_config(
-        {
-            **ladder,
-            # Two model workers take one logical CPU each, besides the gateway, router and retriever.
-            "ray": {**base_config["ray"], "num_cpus": 4},
-            "index": {"dir": str(session_tmp / "serve-index")},
-            "server": {"host": "127.0.0.1", "port": free_port()},
-        }
-    )
-    assert [m.id for m in config.models] == list(LADDER)
+    config = {
+        **ladder,
+        # Two model workers take one logical CPU each, besides the gateway, router and retriever.
+        "ray": {**base_config["ray"], "num_cpus": 4},
+        "index": {"dir": str(session_tmp / "serve-index")},
+    }
+    assert [m.id for m in load_config(config).models] == list(LADDER)
     try:
-        url = serving.start(config, wait_ready_s=300)
-        yield url
+        yield start_serve(config)
     finally:
         serving.stop()
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import free_port
+from tests.conftest import start_serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray, pytest.mark.e2e, pytest.mark.model]
 
@@ -29,21 +29,18 @@ POLICY: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def served(base_config: dict[str, Any], session_tmp: Path) -> Iterator[str]:
-    from services.config import load_config
     from services.deployments import local as serving
 
     policy = session_tmp / "serve-sla.yaml"
     policy.write_text(yaml.safe_dump(POLICY), encoding="utf-8")
-    config = load_config(
-        {
-            **base_config,
-            "index": {"dir": str(session_tmp / "serve-sla-index")},
-            "sla": {"enabled": True, "policy_path": str(policy)},
-            "server": {"host": "127.0.0.1", "port": free_port(), "api_keys": ["op-key"]},
-        }
-    )
+    config = {
+        **base_config,
+        "index": {"dir": str(session_tmp / "serve-sla-index")},
+        "sla": {"enabled": True, "policy_path": str(policy)},
+        "server": {"api_keys": ["op-key"]},
+    }
     try:
-        yield serving.start(config, wait_ready_s=300)
+        yield start_serve(config)
     finally:
         serving.stop()
 

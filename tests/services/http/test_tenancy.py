@@ -1,0 +1,130 @@
+"""Tenancy at the HTTP edge, on the scripted engine with the real embedder and FAISS: each tenant's
+documents are its own (found, listed, replaced and deleted only by it), the shared namespace is read by
+all and written by operators, and one tenant's cached answer is never another's."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from router.sla import PolicyStore
+from services.config import load_config
+from services.gateway import create_app
+from services.rag import RagService, build_cache
+from tests.fakes import ScriptedEngine, scripted_service
+
+pytestmark = [pytest.mark.integration, pytest.mark.model]  # the real embedder
+
+MODEL = "smollm2-135m-instruct"
+OP = {"authorization": "Bearer op-key"}
+ACME = {"authorization": "Bearer k-acme"}
+ZED = {"authorization": "Bearer k-zed"}
+SECRET = "The acme launch code is tangerine-42."
+
+
+@pytest.fixture(scope="module")
+def env(embedder: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, RagService]]:
+    tmp = tmp_path_factory.mktemp("tenancy")
+    policy = tmp / "sla.yaml"
+    policy.write_text(
+        "default_tier: standard\ntiers: {standard: {priority: 1, latency_ms: 600000}}\n"
+        "tenants: {acme: {api_keys: [k-acme], tier: standard}, zed: {api_keys: [k-zed], tier: standard}}\n",
+        encoding="utf-8",
+    )
+    config = load_config(
+        {
+            "models": [{"id": MODEL}],
+            "index": {"dir": str(tmp / "index")},
+            "corpus": {"ingest_on_start": False},
+            "cache": {"response_cache_url": "memory://"},
+        }
+    )
+    svc: RagService = scripted_service(config, embedder, ScriptedEngine("tangerine-42."), cache=build_cache(config))
+    app = create_app(svc, api_keys=["op-key"], sla_policy=PolicyStore(policy, reload_interval_s=0))
+    with TestClient(app) as c:
+        yield c, svc
+
+
+def _ask(c: TestClient, headers: dict[str, str], question: str = "What is the acme launch code?") -> dict[str, Any]:
+    resp = c.post("/v1/qa", json={"question": question, "policy": "single", "max_tokens": 8}, headers=headers)
+    assert resp.status_code == 200, resp.text
+    out: dict[str, Any] = resp.json()
+    return out
+
+
+def _upload(c: TestClient, headers: dict[str, str], doc_id: str, text: str, **query: str) -> Any:
+    return c.post("/v1/documents", json={"documents": [{"id": doc_id, "text": text}]}, headers=headers, params=query)
+
+
+def test_a_tenants_documents_are_its_own(env: tuple[TestClient, RagService]) -> None:
+    c, svc = env
+    assert _upload(c, OP, "handbook", "The shared handbook says: be kind.").json()["namespace"] == "shared"
+    up = _upload(c, ACME, "acme-secret", SECRET)
+    assert up.status_code == 200 and up.json()["namespace"] == "acme" and up.json()["added"] == ["acme-secret"]
+
+    mine = _ask(c, ACME)
+    assert "acme-secret" in {x["document_id"] for x in mine["citations"]}
+    theirs = _ask(c, ZED)
+    assert all(x["document_id"] != "acme-secret" and SECRET not in x["text"] for x in theirs["citations"])
+    assert theirs["cache"]["response"] == "miss"  # the same question, another tenant: not acme's cached answer
+    assert "handbook" in {x["document_id"] for x in _ask(c, ZED, "What does the shared handbook say?")["citations"]}
+
+    # listing: each tenant its own and the shared namespace; the operator everything
+    ids = lambda h, **q: [d["id"] for d in c.get("/v1/documents", headers=h, params=q).json()["data"]]  # noqa: E731
+    assert ids(ACME) == ["acme-secret", "handbook"] and ids(ZED) == ["handbook"]
+    assert ids(OP) == ["acme-secret", "handbook"] and ids(OP, namespace="acme") == ["acme-secret"]
+    assert c.get("/v1/documents", headers=ZED, params={"namespace": "acme"}).json()["error"]["param"] == "namespace"
+    assert c.get("/v1/documents/acme-secret", headers=ZED).status_code == 404
+    assert c.get("/v1/documents/acme-secret", headers=ACME).json()["namespace"] == "acme"
+
+
+def test_another_tenants_id_and_the_shared_namespace_are_not_writable(env: tuple[TestClient, RagService]) -> None:
+    c, svc = env
+    before = asyncio.run(svc.retriever.documents(None))
+    over = _upload(c, ZED, "acme-secret", "zed was here")
+    assert over.status_code == 403 and over.json()["error"]["code"] == "document_not_yours"
+    shared = _upload(c, ZED, "handbook", "zed rewrote the handbook")
+    assert shared.status_code == 403 and shared.json()["error"]["code"] == "document_not_yours"
+    elsewhere = _upload(c, ZED, "z1", "text", namespace="acme")
+    assert elsewhere.status_code == 403 and elsewhere.json()["error"]["code"] == "namespace_not_allowed"
+    # a batch with one refused document changes nothing, its other documents included
+    batch = c.post(
+        "/v1/documents",
+        json={"documents": [{"id": "zed-ok", "text": "fine"}, {"id": "acme-secret", "text": "not fine"}]},
+        headers=ZED,
+    )
+    assert batch.status_code == 403
+    assert asyncio.run(svc.retriever.documents(None)) == before
+    # the delete: another tenant's is not found, a shared one is refused, its own goes
+    assert c.delete("/v1/documents/acme-secret", headers=ZED).status_code == 404
+    assert c.delete("/v1/documents/handbook", headers=ZED).json()["error"]["code"] == "document_not_yours"
+    assert _upload(c, ZED, "zed-note", "Zed's own note.").status_code == 200
+    gone = c.delete("/v1/documents/zed-note", headers=ZED)
+    assert gone.status_code == 200 and gone.json()["deleted"] is True
+    assert c.get("/v1/documents/zed-note", headers=ZED).status_code == 404
+    assert c.delete("/v1/documents/zed-note", headers=ZED).status_code == 404
+    assert asyncio.run(svc.retriever.documents(None)) == before
+
+
+def test_the_same_content_in_two_tenants_is_two_documents(env: tuple[TestClient, RagService]) -> None:
+    c, _ = env
+    body = {"documents": [{"text": "Identical text, no id."}]}
+    a = c.post("/v1/documents", json=body, headers=ACME).json()
+    z = c.post("/v1/documents", json=body, headers=ZED).json()
+    assert a["added"] and z["added"] and a["added"] != z["added"]  # no 403 that would tell zed acme has it
+
+
+def test_listing_pages(env: tuple[TestClient, RagService]) -> None:
+    c, _ = env
+    for n in range(5):
+        assert _upload(c, ACME, f"page-{n}", f"Page {n}.").status_code == 200
+    first = c.get("/v1/documents", headers=ACME, params={"limit": 2}).json()
+    assert first["has_more"] and len(first["data"]) == 2
+    rest = c.get("/v1/documents", headers=ACME, params={"limit": 1000, "after": first["last_id"]}).json()
+    everything = c.get("/v1/documents", headers=ACME, params={"limit": 1000}).json()["data"]
+    assert [d["id"] for d in first["data"] + rest["data"]] == [d["id"] for d in everything]
+    assert c.get("/v1/documents", headers=ACME, params={"limit": 0}).status_code == 400
