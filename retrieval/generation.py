@@ -46,11 +46,15 @@ class SamplingParams(BaseModel):
 
 @dataclass
 class GenerationChunk:
-    """One streamed piece: new text, and on the last chunk the finish reason and the stats."""
+    """One streamed piece: new text, and on the last chunk the finish reason and the stats.
+    ``prompt_tokens`` and ``completion_tokens``: what the call has run so far (0: the engine does not
+    say), so a stream that breaks off is still charged what it used."""
 
     text: str
     finish_reason: FinishReason | None = None
     stats: GenerationStats | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 @dataclass

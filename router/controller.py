@@ -19,11 +19,13 @@ import logging
 import math
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cache.errors import BackendUnavailableError
 from core.capabilities import CHUNK_CACHE, PRIORITY_SCHEDULING, SPEC_PER_REQUEST
 from retrieval.policies.registry import choosable_policies, get_policy, policy_rank
 from router.budgets import MICRO, BudgetLedger, seconds_to_reset
@@ -54,6 +56,8 @@ from router.sla_metrics import (
     SLA_REQUESTS,
     SPENT_COST,
     SPENT_TOKENS,
+    TICKETS_EXPIRED,
+    UNSETTLED,
 )
 
 logger = logging.getLogger(__name__)
@@ -65,12 +69,15 @@ QUALITY_TIE = 0.005
 
 @dataclass
 class _Ticket:
+    """What this router remembers of an admitted request, for its load model and SLO figures. The budget
+    reservation itself is the ledger's (in Redis, when configured), under the same id: it outlives this
+    router, and any router settles or expires it."""
+
+    id: str
     slo: RequestSlo
     key: PlanKey
     cls: str | None
-    period: str | None
-    reserved_tokens: int
-    reserved_micros: int
+    budgeted: bool
     job_id: int
     predicted_s: float = 0.0
 
@@ -103,7 +110,11 @@ class SlaController:
             # The torch engine's step lock serves higher priorities first; vLLM batches without them.
             strict_priority={m.id for m in config.models if PRIORITY_SCHEDULING in m.capabilities},
         )
-        self._tickets: dict[int, _Ticket] = {}
+        self._tickets: dict[str, _Ticket] = {}
+        # Settlements the ledger could not take (its store was down past the client's retries), retried on
+        # later calls; ticket -> (tokens, micros).
+        self._unsettled: dict[str, tuple[int, int]] = {}
+        self._ledger_expired_at = 0.0
         self._recent: dict[str, deque[bool]] = {}
         # Observed / predicted latency of recent answers, per priority (router/calibration.py).
         self.calibrator = LatencyCalibration()
@@ -237,12 +248,14 @@ class SlaController:
         with self._lock:
             self._expire()
             self.load.advance()
+            # Unique across routers and restarts: a late report can only ever settle its own request.
+            ticket_id = uuid.uuid4().hex
             for _attempt in range(3):
                 chosen, info = self._choose(policy, slo, probs, cls, pinned_policy, pinned_model)
                 if dry_run:
                     period, granted = None, True
                     break
-                period, granted = self._reserve(policy, slo, chosen)
+                period, granted = self._reserve(policy, slo, chosen, ticket_id)
                 if granted:
                     break
             else:
@@ -251,22 +264,15 @@ class SlaController:
                     f"tenant {tenant!r} has no budget left for any allowed plan this {period}",
                     retry_after=seconds_to_reset(period or "day"),
                 )
-            ticket: int | None = None
+            ticket: str | None = None
             if not dry_run:
                 job = self.load.admit(chosen.key.model, slo.priority, chosen.est.median_s, slo.latency_ms / 1000)
-                ticket = job.id
+                ticket = ticket_id
                 IN_FLIGHT.labels(chosen.key.model).set(
                     sum(1 for j in self.load.jobs.values() if j.model == chosen.key.model)
                 )
-                self._tickets[job.id] = _Ticket(
-                    slo,
-                    chosen.key,
-                    cls,
-                    period,
-                    chosen.worst_tokens if period else 0,
-                    chosen.worst_micros if period else 0,
-                    job.id,
-                    chosen.pred_raw,
+                self._tickets[ticket_id] = _Ticket(
+                    ticket_id, slo, chosen.key, cls, period is not None, job.id, chosen.pred_raw
                 )
         if not dry_run:
             DECISIONS.labels(slo.tier, chosen.label()).inc()
@@ -415,60 +421,62 @@ class SlaController:
         rc = None if b.cost is None else round(b.cost * MICRO) - usage.spent_micros - usage.reserved_micros
         return rt, rc, b.period
 
-    def _reserve(self, policy: SlaPolicy, slo: RequestSlo, c: Candidate) -> tuple[str | None, bool]:
+    def _reserve(self, policy: SlaPolicy, slo: RequestSlo, c: Candidate, ticket: str) -> tuple[str | None, bool]:
         tenant = policy.tenants.get(slo.tenant) if slo.tenant else None
         if tenant is None or tenant.budget is None:
             return None, True
         b = tenant.budget
         granted, _usage = self.ledger.reserve(
+            ticket,
             slo.tenant,  # type: ignore[arg-type]
             b.period,
             c.worst_tokens,
             c.worst_micros,
             b.tokens,
             None if b.cost is None else round(b.cost * MICRO),
+            lease_s=policy.controller.ticket_lease_s,
         )
         return b.period, granted
 
     # -- feedback ------------------------------------------------------------------------------
-    def finish(self, ticket_id: int, outcome: Outcome) -> Settlement | None:
-        """Settle a request: charge its actual tokens, learn its service time, count its SLO."""
+    def finish(self, ticket_id: str, outcome: Outcome) -> Settlement | None:
+        """Settle a request: charge what it used (also when it failed or its client left, and a cached
+        answer at the policy's `cache_charge`), learn its service time, count its SLO. Idempotent: a second
+        report of the same ticket charges nothing. A ticket this router does not know (made before a
+        restart, or by another router) is still settled in the ledger."""
         with self._lock:
             ticket = self._tickets.pop(ticket_id, None)
-            if ticket is None:
-                return None
-            job = self.load.finish(ticket.job_id)
-            IN_FLIGHT.labels(ticket.key.model).set(
-                sum(1 for j in self.load.jobs.values() if j.model == ticket.key.model)
-            )
+            job = self.load.finish(ticket.job_id) if ticket is not None else None
+            if ticket is not None:
+                IN_FLIGHT.labels(ticket.key.model).set(
+                    sum(1 for j in self.load.jobs.values() if j.model == ticket.key.model)
+                )
+        policy = self.store.policy
+        model = ticket.key.model if ticket is not None else outcome.model
+        tokens, micros = self.charge(policy, model, outcome)
+        charged = None
+        if ticket is None or ticket.budgeted:
+            charged = self._settle(ticket_id, tokens, micros)
+        if ticket is None:
+            return Settlement(met=False, budget=charged) if charged is not None else None
         ok = outcome.ok
-        prompt = outcome.prompt_tokens if ok else 0
-        completion = outcome.completion_tokens if ok else 0
+        if ticket.slo.tenant is not None and tokens:
+            SPENT_TOKENS.labels(ticket.slo.tenant).inc(tokens)
+            SPENT_COST.labels(ticket.slo.tenant).inc(micros / MICRO)
         latency = outcome.latency_s
         ttft = latency if outcome.ttft_s is None else outcome.ttft_s
-        price = self.store.policy.price(ticket.key.model)
-        micros = math.ceil(prompt * price.prompt_per_1m + completion * price.completion_per_1m)
-        charged = None
-        if ticket.period is not None and ticket.slo.tenant is not None:
-            # A request can never use more than its reservation (its worst case); the min is a guard.
-            tokens = min(prompt + completion, ticket.reserved_tokens)
-            usage = self.ledger.settle(
-                ticket.slo.tenant,
-                ticket.period,
-                ticket.reserved_tokens,
-                ticket.reserved_micros,
-                tokens,
-                min(micros, ticket.reserved_micros),
-            )
-            charged = usage.as_dict()
-        if ticket.slo.tenant is not None and ok:
-            SPENT_TOKENS.labels(ticket.slo.tenant).inc(prompt + completion)
-            SPENT_COST.labels(ticket.slo.tenant).inc(micros / MICRO)
         if ok and not outcome.cache_hit and ticket.predicted_s > 0:
             self.calibrator.observe(ticket.slo.priority, latency, ticket.predicted_s)
         if ok and not outcome.cache_hit and job is not None and latency > 0:
             share = min(1.0, job.attained / latency) if job.attained > 0 else 1.0
-            self.estimator.observe(ticket.key, ticket.cls, job.attained or latency, ttft * share, prompt, completion)
+            self.estimator.observe(
+                ticket.key,
+                ticket.cls,
+                job.attained or latency,
+                ttft * share,
+                outcome.prompt_tokens,
+                outcome.completion_tokens,
+            )
         met = (
             ok
             and latency * 1000 <= ticket.slo.latency_ms
@@ -480,16 +488,63 @@ class SlaController:
         SLA_ATTAINMENT.labels(ticket.slo.tier).set(sum(recent) / len(recent))
         return Settlement(met=met, budget=charged)
 
-    def _expire(self) -> None:
-        """Drop tickets whose gateway never reported back (a crashed replica, a lost stream),
-        releasing their reservations without charging them."""
+    @staticmethod
+    def charge(policy: SlaPolicy, model: str, outcome: Outcome) -> tuple[int, int]:
+        """Tokens and micro-units to charge for an outcome: what the model ran for it, delivered or not; a
+        cached answer its original tokens times the policy's `cache_charge`. (The ledger caps both at the
+        reservation.)"""
+        prompt, completion = outcome.prompt_tokens, outcome.completion_tokens
+        if outcome.cache_hit:
+            prompt = math.ceil(prompt * policy.cache_charge)
+            completion = math.ceil(completion * policy.cache_charge)
+        price = policy.price(model) if model else None
+        micros = math.ceil(prompt * price.prompt_per_1m + completion * price.completion_per_1m) if price else 0
+        return prompt + completion, micros
+
+    def _settle(self, ticket_id: str, tokens: int, micros: int) -> dict[str, Any] | None:
+        """Charge a ticket in the ledger; when its store is down (past the client's own retries) the charge
+        waits in `_unsettled` for the next call, and the lease bounds how long the reservation can stay."""
+        try:
+            usage = self.ledger.settle(ticket_id, tokens, micros)
+        except BackendUnavailableError as exc:
+            logger.warning("SLA ticket %s not settled yet, retried later: %s", ticket_id, exc)
+            with self._lock:
+                self._unsettled[ticket_id] = (tokens, micros)
+            UNSETTLED.set(len(self._unsettled))
+            return None
+        return usage.as_dict() if usage is not None else None
+
+    def _expire(self, now: float | None = None) -> None:
+        """Drop local tickets whose gateway never reported back (a crashed replica, a lost stream); retry
+        the settlements that failed; and, every few seconds, have the ledger release the reservations whose
+        lease has passed, whichever router made them (this one before a restart included)."""
         for job in self.load.expire(older_than_s=900.0):
-            ticket = self._tickets.pop(job.id, None)
-            if ticket is not None and ticket.period is not None and ticket.slo.tenant is not None:
-                self.ledger.settle(
-                    ticket.slo.tenant, ticket.period, ticket.reserved_tokens, ticket.reserved_micros, 0, 0
+            ticket = next((t for t in self._tickets.values() if t.job_id == job.id), None)
+            if ticket is not None:
+                del self._tickets[ticket.id]
+        pending, self._unsettled = self._unsettled, {}
+        for ticket_id, (tokens, micros) in pending.items():
+            try:
+                self.ledger.settle(ticket_id, tokens, micros)
+            except BackendUnavailableError:
+                self._unsettled[ticket_id] = (tokens, micros)
+        UNSETTLED.set(len(self._unsettled))
+        now = time.time() if now is None else now
+        if now - self._ledger_expired_at >= 5.0:
+            self._ledger_expired_at = now
+            try:
+                released = self.ledger.expire(now)
+            except BackendUnavailableError as exc:
+                logger.warning("could not expire SLA tickets: %s", exc)
+                released = []
+            for r in released:
+                TICKETS_EXPIRED.inc()
+                logger.warning(
+                    "SLA ticket %s of %s expired without a report; its reservation of %d tokens is released",
+                    r.ticket,
+                    r.tenant,
+                    r.tokens,
                 )
-                logger.warning("SLA ticket %d expired without a report; its reservation is released", job.id)
 
     # -- reporting -----------------------------------------------------------------------------
     def snapshot(self, tenant: str | None = None) -> dict[str, Any]:

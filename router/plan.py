@@ -66,9 +66,14 @@ class Outcome(BaseModel):
 
     ok: bool = Field(description="Whether an answer was delivered (False: it failed, or the client left).")
     latency_s: float = Field(ge=0, description="Seconds from the request to its end.")
-    prompt_tokens: int = Field(0, ge=0, description="Prompt tokens the model ran (0 for a cached answer).")
-    completion_tokens: int = Field(0, ge=0, description="Completion tokens the model ran (0 for a cached answer).")
+    prompt_tokens: int = Field(
+        0, ge=0, description="Prompt tokens the model ran for it, delivered or not (a cached answer: its original)."
+    )
+    completion_tokens: int = Field(
+        0, ge=0, description="Completion tokens the model ran, delivered or not (a cached answer: its original)."
+    )
     cache_hit: bool = Field(False, description="Whether the answer came from the response cache.")
+    model: str = Field("", description="The model that answered (priced when the router has no ticket of it).")
     ttft_s: float | None = Field(None, ge=0, description="Seconds to the first token; None: latency_s.")
 
 

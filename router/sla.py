@@ -125,6 +125,12 @@ class ControllerSettings(_Strict):
         0.85, gt=0, le=1, description="Share of a higher tier's target a lower tier's admission may leave it."
     )
     max_retry_after_s: int = Field(60, ge=1, description="Largest Retry-After sent with a shed request.")
+    ticket_lease_s: float = Field(
+        900.0,
+        gt=0,
+        description="How long a budget reservation waits for its request's report before any router releases "
+        "it uncharged (a gateway or router that died); longer than any request.",
+    )
 
 
 class SlaPolicy(_Strict):
@@ -134,6 +140,12 @@ class SlaPolicy(_Strict):
     tiers: dict[str, TierPolicy] = Field(min_length=1)
     tenants: dict[str, Tenant] = Field(default_factory=dict)
     prices: dict[str, Price] = Field(default_factory=dict, description="Per model id; a model not listed costs 0.")
+    cache_charge: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of a cached answer's original tokens (and their price) charged when it is served again.",
+    )
     quality: dict[str, dict[str, float]] | None = Field(
         None,
         description="Expected F1 per policy and query class (A, B, C); None = measured on the router's "

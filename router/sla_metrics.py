@@ -31,6 +31,16 @@ SPENT_TOKENS = Counter(
 )
 SPENT_COST = Counter("ragyard_sla_budget_spent_cost_total", "Money charged by tenant.", ["tenant"], registry=REGISTRY)
 IN_FLIGHT = Gauge("ragyard_sla_in_flight", "Admitted requests not finished, by model.", ["model"], registry=REGISTRY)
+UNSETTLED = Gauge(
+    "ragyard_sla_unsettled_tickets",
+    "Settlements waiting for the budget store to come back (retried on later requests).",
+    registry=REGISTRY,
+)
+TICKETS_EXPIRED = Counter(
+    "ragyard_sla_tickets_expired_total",
+    "Reservations released by their lease because no report came (a lost gateway or router).",
+    registry=REGISTRY,
+)
 POLICY_VERSION = Gauge("ragyard_sla_policy_version", "Version of the SLA policy in force.", registry=REGISTRY)
 
 

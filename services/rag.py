@@ -14,7 +14,7 @@ from typing import Any
 from cache.response_cache import ResponseCache
 from retrieval.documents import Passage
 from retrieval.generation import SamplingParams
-from retrieval.policies.base import PolicyContext, PolicyResult, Question, answer_events
+from retrieval.policies.base import PolicyContext, PolicyResult, Question, Ran, answer_events
 from retrieval.policies.registry import get_policy
 from router.plan import Outcome, RouteDecision
 from services import metrics
@@ -111,13 +111,26 @@ class RagService:
         return decision, params
 
     async def finish(
-        self, decision: RouteDecision, record: dict[str, Any] | None, started: float, ttft_s: float | None = None
+        self,
+        decision: RouteDecision,
+        record: dict[str, Any] | None,
+        started: float,
+        ttft_s: float | None = None,
+        ran: Ran | None = None,
     ) -> None:
-        """Tell the SLA controller how an admitted request ended (record None: it failed)."""
+        """Tell the SLA controller how an admitted request ended (record None: it failed, or its client
+        left; ``ran``: the tokens the model ran for it all the same, which are charged)."""
+        ran = ran or Ran()
         if decision.sla is None or decision.sla.get("ticket") is None:
             return
         latency = time.perf_counter() - started
-        outcome = Outcome(ok=False, latency_s=latency)
+        outcome = Outcome(
+            ok=False,
+            latency_s=latency,
+            prompt_tokens=ran.prompt_tokens,
+            completion_tokens=ran.completion_tokens,
+            model=decision.plan.model,
+        )
         if record is not None:
             usage = record["usage"]
             timings = record.get("timings", {})
@@ -125,11 +138,12 @@ class RagService:
             outcome = Outcome(
                 ok=True,
                 latency_s=latency,
-                # A cached answer ran no model: it is not charged.
-                prompt_tokens=0 if hit else usage["prompt_tokens"],
-                completion_tokens=0 if hit else usage["completion_tokens"],
+                # A cached answer reports its original tokens; the policy's cache_charge says what of them is charged.
+                prompt_tokens=usage["prompt_tokens"],
+                completion_tokens=usage["completion_tokens"],
                 cache_hit=hit,
                 ttft_s=ttft_s if ttft_s is not None else max(0.0, latency - timings.get("decode_s", 0.0)),
+                model=decision.plan.model,
             )
         try:
             settled = await self.router.finish(decision.sla["ticket"], outcome)
@@ -210,14 +224,15 @@ class RagService:
         started = time.perf_counter()
         decision, params = await self.decide(req)
         record: dict[str, Any] | None = None
+        ran = Ran()
         try:
-            async for ev in self._events(req, decision, params, started, stream=False):
+            async for ev in self._events(req, decision, params, started, stream=False, ran=ran):
                 if ev.done:
                     record = ev.record
             assert record is not None, "the answer pipeline ends with its record"
             return record
         finally:
-            await self.finish(decision, record, started)
+            await self.finish(decision, record, started, ran=ran)
 
     async def stream(
         self, req: AnswerRequest, decided: tuple[RouteDecision, SamplingParams] | None = None
@@ -228,20 +243,28 @@ class RagService:
         decision, params = decided or await self.decide(req)
         first: float | None = None
         reported = False
+        ran = Ran()
         try:
-            async for ev in self._events(req, decision, params, started, stream=True):
+            async for ev in self._events(req, decision, params, started, stream=True, ran=ran):
                 if first is None:
                     first = time.perf_counter() - started
                 if ev.done:
                     reported = True
-                    await self.finish(decision, ev.record, started, first)
+                    await self.finish(decision, ev.record, started, first, ran)
                 yield ev
         finally:
-            if not reported:  # failed, or the client went away
-                await self.finish(decision, None, started)
+            if not reported:  # failed, or the client went away: charged what the model ran
+                await self.finish(decision, None, started, ran=ran)
 
     async def _events(
-        self, req: AnswerRequest, decision: RouteDecision, params: SamplingParams, started: float, *, stream: bool
+        self,
+        req: AnswerRequest,
+        decision: RouteDecision,
+        params: SamplingParams,
+        started: float,
+        *,
+        stream: bool,
+        ran: Ran | None = None,
     ) -> AsyncIterator[StreamEvent]:
         """The one pipeline behind `answer` and `stream`: the response cache, the policy's answer
         pipeline, the record, the metrics and the cache put, in that order."""
@@ -253,7 +276,7 @@ class RagService:
             return
         policy = get_policy(decision.plan.policy)
         ctx = self._context(req, decision, params)
-        async for ev in answer_events(policy, req.question, ctx, params, stream=stream, started=started):
+        async for ev in answer_events(policy, req.question, ctx, params, stream=stream, started=started, ran=ran):
             if ev.result is None:
                 yield StreamEvent(text=ev.text)
                 continue

@@ -65,6 +65,8 @@ class ScriptedEngine:
                 text=(" " if i else "") + word,
                 finish_reason=finish if last else None,
                 stats=stats if last else None,
+                prompt_tokens=stats.prompt_tokens,
+                completion_tokens=i + 1,
             )
         if not words:
             if self.fail_after is not None:

@@ -143,6 +143,16 @@ def final_messages(question: Question, passages: list[Passage] | None, ctx: Poli
 
 
 @dataclass
+class Ran:
+    """The tokens the model has run for one answer so far, kept up to date by `answer_events` whatever
+    happens next: a request that fails or whose client leaves is charged these. The calls a policy makes
+    while preparing count once preparing is done."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
 class AnswerEvent:
     """One event of the answer pipeline: a text delta of the final answer, or (last) the whole result."""
 
@@ -158,13 +168,17 @@ async def answer_events(
     *,
     stream: bool = True,
     started: float | None = None,
+    ran: Ran | None = None,
 ) -> AsyncIterator[AnswerEvent]:
     """The one answer pipeline: prepare, then generate the final answer, token by token when ``stream``
     or in one piece otherwise (the engines' one-piece call is cheaper than collecting their stream);
     yields the answer's text deltas (leading whitespace dropped), then the result, whose answer is the
-    deltas joined with trailing whitespace stripped. ``started``: when the request began (for total_s)."""
+    deltas joined with trailing whitespace stripped. ``started``: when the request began (for total_s);
+    ``ran``: updated with the tokens run so far."""
     started = time.perf_counter() if started is None else started
+    ran = ran if ran is not None else Ran()
     prepared = await policy.prepare(question, ctx)
+    ran.prompt_tokens, ran.completion_tokens = prepared.prompt_tokens_before, prepared.completion_tokens_before
     parts: list[str] = []
     finish = "length"
     stats = GenerationStats()
@@ -189,6 +203,9 @@ async def answer_events(
             yield ev
         if stream:
             async for chunk in ctx.stream(*args):
+                if chunk.prompt_tokens or chunk.completion_tokens:
+                    ran.prompt_tokens = prepared.prompt_tokens_before + chunk.prompt_tokens
+                    ran.completion_tokens = prepared.completion_tokens_before + chunk.completion_tokens
                 if (ev := emit(chunk.text)) is not None:
                     yield ev
                 if chunk.finish_reason is not None:
@@ -201,6 +218,8 @@ async def answer_events(
                 yield ev
             finish, stats = whole.finish_reason, whole.stats
         llm_calls = prepared.llm_calls_before + 1
+        ran.prompt_tokens = prepared.prompt_tokens_before + stats.prompt_tokens
+        ran.completion_tokens = prepared.completion_tokens_before + stats.completion_tokens
         prepared.steps.append(
             {"step": "generate", "completion_tokens": stats.completion_tokens, "finish_reason": finish}
         )

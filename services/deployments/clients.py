@@ -61,7 +61,7 @@ class RouterClient(Protocol):
 
     async def needs_embedding(self, policy: str | None, model: str | None = None) -> bool: ...
 
-    async def finish(self, ticket: int, outcome: Outcome) -> Settlement | None: ...
+    async def finish(self, ticket: str, outcome: Outcome) -> Settlement | None: ...
 
     async def sla(self, tenant: str | None = None) -> dict[str, Any]: ...
 
@@ -80,7 +80,7 @@ class LocalRouter:
     async def needs_embedding(self, policy: str | None, model: str | None = None) -> bool:
         return self.service.needs_embedding(policy, model)
 
-    async def finish(self, ticket: int, outcome: Outcome) -> Settlement | None:
+    async def finish(self, ticket: str, outcome: Outcome) -> Settlement | None:
         return self.service.finish(ticket, outcome)
 
     async def sla(self, tenant: str | None = None) -> dict[str, Any]:
@@ -103,7 +103,7 @@ class HandleRouter:
     async def needs_embedding(self, policy: str | None, model: str | None = None) -> bool:
         return await self.handle.needs_embedding.remote(policy, model)
 
-    async def finish(self, ticket: int, outcome: Outcome) -> Settlement | None:
+    async def finish(self, ticket: str, outcome: Outcome) -> Settlement | None:
         return await self.handle.finish.remote(ticket, outcome)
 
     async def sla(self, tenant: str | None = None) -> dict[str, Any]:

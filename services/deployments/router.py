@@ -108,7 +108,7 @@ class RouterService:
             dry_run=dry_run,
         )
 
-    def finish(self, ticket: int, outcome: Outcome) -> Settlement | None:
+    def finish(self, ticket: str, outcome: Outcome) -> Settlement | None:
         return None if self.controller is None else self.controller.finish(ticket, outcome)
 
     def sla(self, tenant: str | None = None) -> dict[str, Any]:

@@ -32,10 +32,11 @@ def _hammer(ledger: Any, tenant: str, limit: int, n: int) -> list[int]:
     def one(i: int) -> None:
         if i < 32:
             start.wait()
-        ok, _ = ledger.reserve(tenant, "day", sizes[i], 0, limit, None)
+        ticket = f"t{i}"
+        ok, _ = ledger.reserve(ticket, tenant, "day", sizes[i], 0, limit, None, lease_s=600)
         if ok:
             actual = sizes[i] - (i % 3) * 10  # actual use is at most the reservation
-            ledger.settle(tenant, "day", sizes[i], 0, actual, 0)
+            ledger.settle(ticket, actual, 0)
             with lock:
                 spent.append(actual)
 
@@ -75,12 +76,12 @@ def test_redis_ledger_is_atomic(redis_url: str) -> None:
         def __init__(self) -> None:
             self.i = 0
 
-        def reserve(self, *a: Any) -> Any:
+        def reserve(self, *a: Any, **kw: Any) -> Any:
             self.i += 1
-            return ledgers[self.i % 4].reserve(*a)
+            return ledgers[self.i % 4].reserve(*a, **kw)
 
         def settle(self, *a: Any) -> Any:
-            return ledgers[self.i % 4].settle(*a)
+            return ledgers[(self.i + 1) % 4].settle(*a)  # settled by another replica than reserved it
 
     spent = _hammer(Spread(), "t", 25_000, 600)
     usage = ledgers[0].usage("t", "day")
@@ -95,7 +96,7 @@ def test_unreachable_redis_fails_closed() -> None:
 
     ledger = RedisLedger("redis://127.0.0.1:1/0")
     with pytest.raises(BackendUnavailableError):
-        ledger.reserve("t", "day", 1, 0, 10, None)
+        ledger.reserve("x", "t", "day", 1, 0, 10, None, lease_s=60)
 
 
 @pytest.mark.redis
@@ -134,22 +135,12 @@ def test_thousand_concurrent_requests_never_overspend(redis_url: str) -> None:
         tenant, tokens = plan[i]
         ctl = replicas[i % 4]
         try:
-            d = ctl.decide(
-                tenant=tenant,
-                headers={},
-                complexity=None,
-                pinned_policy=None,
-                pinned_model=None,
-                top_k=4,
-                max_tokens=32,
-                cacheable=True,
-                use_response_cache=False,
-            )
+            ticket = _admit(ctl, tenant)
         except BudgetExhaustedError:
             return
         prompt = tokens * 3 // 4
         ctl.finish(
-            d.sla["ticket"],
+            ticket,
             Outcome(ok=True, latency_s=0.01, prompt_tokens=prompt, completion_tokens=tokens - prompt),
         )
         outcomes[i] = (tenant, tokens)
@@ -168,3 +159,133 @@ def test_thousand_concurrent_requests_never_overspend(redis_url: str) -> None:
         assert limit - usage.spent_tokens < 2048
     snap = replicas[1].snapshot()
     assert all(t["usage"]["spent_tokens"] <= t["budget"]["tokens"] for t in snap["tenants"].values())
+
+
+def _ledgers(redis_url: str) -> list[Any]:
+    return [MemoryLedger(), RedisLedger(redis_url, prefix=f"test:{uuid.uuid4().hex}:")]
+
+
+@pytest.mark.redis
+def test_tickets_are_idempotent_capped_and_expire_by_lease(redis_url: str) -> None:
+    """Per ticket id: a retried reserve holds once, a second settle charges nothing, a charge never
+    exceeds the reservation, and a lease that passes releases the reservation uncharged, after which a
+    late settle charges nothing either. Memory and Redis alike."""
+    import time
+
+    for ledger in _ledgers(redis_url):
+        assert ledger.reserve("a", "t", "day", 100, 0, 1000, None, lease_s=600)[0]
+        assert ledger.reserve("a", "t", "day", 100, 0, 1000, None, lease_s=600)[0]  # a retry after a lost reply
+        assert ledger.usage("t", "day").reserved_tokens == 100 and ledger.open_tickets() == 1
+        assert ledger.settle("a", 150, 0) is not None  # capped at its 100
+        assert ledger.settle("a", 150, 0) is None
+        usage = ledger.usage("t", "day")
+        assert (usage.spent_tokens, usage.reserved_tokens) == (100, 0)
+        assert ledger.reserve("b", "t", "day", 200, 0, 1000, None, lease_s=30)[0]
+        assert ledger.expire(now=time.time() + 1) == []  # not yet
+        [released] = ledger.expire(now=time.time() + 31)
+        assert (released.ticket, released.tenant, released.tokens) == ("b", "t", 200)
+        assert released.period_key == period_key("day")
+        assert ledger.settle("b", 50, 0) is None and ledger.open_tickets() == 0
+        usage = ledger.usage("t", "day")
+        assert (usage.spent_tokens, usage.reserved_tokens) == (100, 0), ledger.name
+
+
+@pytest.mark.redis
+def test_a_request_crossing_midnight_settles_against_the_day_it_started(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import router.budgets as budgets
+
+    for ledger in _ledgers(redis_url):
+        monkeypatch.setattr(budgets, "period_key", lambda period, now=None: "2026-12-01")
+        assert ledger.reserve("late", "t", "day", 100, 0, 1000, None, lease_s=600)[0]
+        monkeypatch.setattr(budgets, "period_key", lambda period, now=None: "2026-12-02")  # past midnight
+        assert ledger.usage("t", "day").reserved_tokens == 0  # the new day holds nothing
+        ledger.settle("late", 40, 0)
+        assert ledger.usage("t", "day").spent_tokens == 0
+        monkeypatch.setattr(budgets, "period_key", lambda period, now=None: "2026-12-01")
+        usage = ledger.usage("t", "day")
+        assert (usage.spent_tokens, usage.reserved_tokens) == (40, 0), ledger.name
+        monkeypatch.undo()
+
+
+def _budget_controller(ledger: Any) -> SlaController:
+    policy = parse_policy(
+        {
+            "default_tier": "batch",
+            "tiers": {"batch": {"priority": 1, "latency_ms": 1_000_000_000}},
+            "tenants": {"t": {"api_keys": ["k"], "tier": "batch", "budget": {"tokens": 100_000}}},
+            "controller": {"ticket_lease_s": 120},
+        }
+    )
+    store = PolicyStore(None)
+    store._policy = policy
+    ctl = SlaController(load_config({"sla": {"enabled": True}}), store, ledger, quality={"none": {"A": 1.0}})
+    for _ in range(3):
+        ctl.estimator.observe(PlanKey("none", MODEL, False, False), None, 0.01, 0.005, 50, 10)
+    return ctl
+
+
+def _admit(ctl: SlaController, tenant: str = "t") -> str:
+    d = ctl.decide(
+        tenant=tenant,
+        headers={},
+        complexity=None,
+        pinned_policy=None,
+        pinned_model=None,
+        top_k=4,
+        max_tokens=32,
+        cacheable=True,
+        use_response_cache=False,
+    )
+    ticket: str = d.sla["ticket"]
+    return ticket
+
+
+@pytest.mark.redis
+def test_a_new_router_settles_and_expires_the_tickets_of_one_that_restarted(redis_url: str) -> None:
+    """The reservations live in Redis: a router that restarts (a new controller over the same store) still
+    settles a report of a ticket it did not make, and releases by lease those no report will come for."""
+    import time
+
+    prefix = f"test:{uuid.uuid4().hex}:"
+    old = _budget_controller(RedisLedger(redis_url, prefix=prefix))
+    reported, lost = _admit(old), _admit(old)
+    del old  # the router restarts
+    new = _budget_controller(RedisLedger(redis_url, prefix=prefix))
+    assert new.ledger.usage("t", "day").reserved_tokens > 0 and new.ledger.open_tickets() == 2
+    settled = new.finish(reported, Outcome(ok=True, latency_s=0.1, prompt_tokens=30, completion_tokens=5, model=MODEL))
+    assert settled is not None and settled.budget is not None and settled.budget["spent_tokens"] == 35
+    new._expire(now=time.time() + 121)
+    usage = new.ledger.usage("t", "day")
+    assert (usage.spent_tokens, usage.reserved_tokens) == (35, 0) and new.ledger.open_tickets() == 0
+    assert new.finish(lost, Outcome(ok=True, latency_s=0.1, prompt_tokens=30, completion_tokens=5)) is None
+
+
+@pytest.mark.unit
+def test_a_settle_the_store_refuses_is_retried_on_a_later_call() -> None:
+    """The store is down when the report comes: the charge waits in the router and goes in on the next
+    call once the store answers again; nothing is lost and nothing is charged twice."""
+    from cache.errors import BackendUnavailableError
+
+    class Flaky(MemoryLedger):
+        down = False
+
+        def settle(self, ticket: str, actual_tokens: int, actual_micros: int) -> Any:
+            if self.down:
+                raise BackendUnavailableError("budget store (redis): connection refused")
+            return super().settle(ticket, actual_tokens, actual_micros)
+
+    ledger = Flaky()
+    ctl = _budget_controller(ledger)
+    ticket = _admit(ctl)
+    ledger.down = True
+    settled = ctl.finish(ticket, Outcome(ok=True, latency_s=0.1, prompt_tokens=30, completion_tokens=5))
+    assert settled is not None and settled.budget is None and ctl._unsettled
+    ctl._expire()  # still down: kept
+    assert ctl._unsettled and ledger.usage("t", "day").spent_tokens == 0
+    ledger.down = False
+    ctl._expire()
+    assert not ctl._unsettled and ledger.usage("t", "day").spent_tokens == 35
+    ctl._expire()
+    assert ledger.usage("t", "day").spent_tokens == 35 and ledger.usage("t", "day").reserved_tokens == 0

@@ -359,8 +359,15 @@ def test_budget_and_caps() -> None:
     usage = ctl.ledger.usage("tiny", "day")
     assert (usage.spent_tokens, usage.reserved_tokens) == (120, 0)
     second = _decide(ctl, tenant="tiny", cls="A")
-    ctl.finish(second.sla["ticket"], Outcome(ok=False, latency_s=1))  # a failure is not charged
+    ctl.finish(second.sla["ticket"], Outcome(ok=False, latency_s=1))  # failed before the model ran: nothing
     assert ctl.ledger.usage("tiny", "day").spent_tokens == 120
+    # A request that failed (or lost its client) after the model ran is charged what it ran; a second
+    # report of the same ticket charges nothing.
+    third = _decide(ctl, tenant="tiny", cls="A")
+    ran = Outcome(ok=False, latency_s=1, prompt_tokens=300, completion_tokens=7)
+    assert ctl.finish(third.sla["ticket"], ran) is not None
+    assert ctl.finish(third.sla["ticket"], ran) is None
+    assert ctl.ledger.usage("tiny", "day").spent_tokens == 120 + 307
     # A per-request cap below every plan's worst case is the client's mistake (400), not a 429.
     with pytest.raises(PlanUnavailableError, match="smallest is 2048"):
         _decide(ctl, tenant="acme", cls="A", headers={"x-budget-tokens": "1000"})
@@ -378,13 +385,22 @@ def test_measured_quality_table_from_router_labels() -> None:
 
 
 def test_expired_tickets_release_their_reservations() -> None:
+    """A request whose report never comes: the router forgets it after 900 s of load, and the ledger
+    releases its reservation, uncharged, once its lease has passed; a report that comes later charges
+    nothing."""
     ctl = _controller()
     _teach(ctl, "none", 1.0)
     d = _decide(ctl, tenant="tiny", cls="A")
-    job = ctl.load.jobs[d.sla["ticket"]]
-    job.started = time.monotonic() - 10_000
-    ctl._expire()
-    assert ctl.ledger.usage("tiny", "day").reserved_tokens == 0 and not ctl._tickets
+    ticket = d.sla["ticket"]
+    assert isinstance(ticket, str) and len(ticket) == 32  # a uuid: unique across routers and restarts
+    ctl.load.jobs[ctl._tickets[ticket].job_id].started = time.monotonic() - 10_000
+    lease = ctl.store.policy.controller.ticket_lease_s
+    ctl._expire(now=time.time() + 1)
+    assert not ctl._tickets and ctl.ledger.usage("tiny", "day").reserved_tokens == 2048  # the lease holds it
+    ctl._expire(now=time.time() + lease + 10)
+    assert ctl.ledger.usage("tiny", "day").reserved_tokens == 0 and ctl.ledger.open_tickets() == 0
+    assert ctl.finish(ticket, Outcome(ok=True, latency_s=1, prompt_tokens=50, completion_tokens=5)) is None
+    assert ctl.ledger.usage("tiny", "day").spent_tokens == 0
 
 
 def test_shipped_policies_validate() -> None:

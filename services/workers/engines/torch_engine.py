@@ -199,10 +199,10 @@ class TorchEngine(TokenizerMixin):
                 if stopped:
                     finish = "stop"
                     if delta:
-                        yield GenerationChunk(delta)
+                        yield GenerationChunk(delta, None, None, stats.prompt_tokens, stats.completion_tokens)
                     break
                 if delta:
-                    yield GenerationChunk(delta)
+                    yield GenerationChunk(delta, None, None, stats.prompt_tokens, stats.completion_tokens)
         finally:
             steps.close()
             if prefilled is not None and prefilled.after is not None:

@@ -338,7 +338,7 @@ class VllmEngine(TokenizerMixin):
                 yield GenerationChunk(completion.text, finish, stats)
                 return
             if completion.text:
-                yield GenerationChunk(completion.text)
+                yield GenerationChunk(completion.text, None, None, stats.prompt_tokens, stats.completion_tokens)
 
     def describe_spec(self, metrics: Any) -> dict[str, Any]:
         """The trace's speculative record, in the torch engine's terms."""

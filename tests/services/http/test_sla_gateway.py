@@ -124,7 +124,7 @@ def test_overload_sheds_with_retry_after(sla_env: Any) -> None:
     finally:
         ctl.load.jobs.clear()
     # The budget: tiny (2,500 tokens) can reserve one worst case (2,048), not two.
-    ctl.ledger.reserve("tiny", "day", 2048, 0, 2500, None)
+    ctl.ledger.reserve("held-by-test", "tiny", "day", 2048, 0, 2500, None, lease_s=600)
     resp = _qa(client, "k-tiny")
     err = _error(resp, 429, "insufficient_quota")
     assert err["type"] == "insufficient_quota" and int(resp.headers["retry-after"]) > 0
@@ -203,7 +203,8 @@ def test_cached_answers_are_not_charged(local_service: Any, base_config: dict[st
         again = client.post("/v1/qa", json=ask, headers=auth).json()
     assert first["cache"]["response"] == "miss" and again["cache"]["response"] == "hit"
     assert spent == first["usage"]["total_tokens"] > 0
-    assert ctl.ledger.usage("acme", "day").spent_tokens == spent  # the hit ran no model
+    # A cached answer is charged its original tokens (the policy's cache_charge, 1.0 by default).
+    assert ctl.ledger.usage("acme", "day").spent_tokens == 2 * spent
     assert again["sla"]["tier"] == "interactive" and again["sla"]["ticket"] != first["sla"]["ticket"]
     assert not ctl._tickets
 
