@@ -96,6 +96,12 @@ def hash_api_key(key: str) -> str:
     return KEY_HASH_PREFIX + hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+class RateLimits(_Strict):
+    rpm: int | None = Field(None, gt=0, description="Requests per minute (every /v1 call).")
+    tpm: int | None = Field(None, gt=0, description="Tokens per minute the model runs for this tenant's answers.")
+    max_concurrent: int | None = Field(None, gt=0, description="Answers in progress at once (chat, qa).")
+
+
 class Tenant(_Strict):
     api_keys: list[str] = Field(
         min_length=1,
@@ -106,6 +112,7 @@ class Tenant(_Strict):
         None, description="Tiers `x-sla-tier` may pick; None = the tenant's tier and every tier of lower priority."
     )
     budget: Budget | None = Field(None, description="Spending limit per period; None = unlimited.")
+    limits: RateLimits | None = Field(None, description="Per-minute rate limits and a concurrency cap; None = none.")
 
     @field_validator("api_keys")
     @classmethod

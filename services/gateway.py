@@ -21,6 +21,7 @@ from services.http.middleware import (
     BrowserGuardMiddleware,
     ObserveMiddleware,
 )
+from services.http.ratelimit import RateLimitMiddleware
 from services.rag import RagService
 
 ROUTERS = (ops.router, openai.router, qa.router, documents.router)
@@ -35,12 +36,14 @@ def create_app(
     allowed_hosts: list[str] | None = None,
     allowed_origins: list[str] | None = None,
     sla_policy: PolicyStore | None = None,
+    rate_limit_url: str | None = None,
 ) -> FastAPI:
     """The FastAPI app over a RagService (or a coroutine that builds one, awaited on first use).
 
     ``api_keys``: operator keys. ``sla_policy``: the SLA policy store (when the controller is on); its
     tenants' API keys are accepted besides, and each request is tagged with its principal.
-    ``allowed_hosts`` (None: any Host) and ``allowed_origins``: the browser guard's lists."""
+    ``allowed_hosts`` (None: any Host) and ``allowed_origins``: the browser guard's lists.
+    ``rate_limit_url``: where the tenants' rate limits count (redis://...; None: in this process)."""
     app = FastAPI(title="Ragyard", version="0.1.0", docs_url="/docs", redoc_url=None)
     if sla_policy is None and isinstance(service_or_factory, RagService) and service_or_factory.config.sla.enabled:
         cfg = service_or_factory.config
@@ -54,7 +57,8 @@ def create_app(
     errors.install(app)
     known = frozenset(r.path for router in ROUTERS for r in router.routes if isinstance(r, APIRoute))
     # The last added runs first: metrics (which count every refusal below), the body guard, the browser
-    # guard, then API keys.
+    # guard, API keys, then the tenant's rate limits.
+    app.add_middleware(RateLimitMiddleware, sla_policy=sla_policy, url=rate_limit_url)
     app.add_middleware(ApiKeyMiddleware, keys=list(api_keys or []), sla_policy=sla_policy)
     app.add_middleware(BrowserGuardMiddleware, allowed_hosts=allowed_hosts, allowed_origins=list(allowed_origins or []))
     app.add_middleware(BodyGuardMiddleware, max_bytes=max_body_bytes, max_depth=max_json_depth)
@@ -73,4 +77,5 @@ def create_app_for(service: RagService, sla_policy: PolicyStore | None = None) -
         allowed_hosts=server.effective_allowed_hosts(),
         allowed_origins=server.allowed_origins,
         sla_policy=sla_policy,
+        rate_limit_url=service.config.sla.budget_url,
     )

@@ -41,6 +41,9 @@ class AnswerRequest:
     # The document namespaces the asker may read (a tenant: its own and the shared one); None: all
     # (the library path: `ragyard ask`, the benchmarks).
     namespaces: tuple[str, ...] | None = None
+    # The tokens the model has run for this request so far (the pipeline keeps it current; the edge's
+    # rate limiter reads it once the response is out).
+    ran: Ran = field(default_factory=Ran)
 
 
 @dataclass
@@ -224,7 +227,7 @@ class RagService:
         started = time.perf_counter()
         decision, params = await self.decide(req)
         record: dict[str, Any] | None = None
-        ran = Ran()
+        ran = req.ran
         try:
             async for ev in self._events(req, decision, params, started, stream=False, ran=ran):
                 if ev.done:
@@ -243,7 +246,7 @@ class RagService:
         decision, params = decided or await self.decide(req)
         first: float | None = None
         reported = False
-        ran = Ran()
+        ran = req.ran
         try:
             async for ev in self._events(req, decision, params, started, stream=True, ran=ran):
                 if first is None:

@@ -9,6 +9,7 @@ Only the engine is scripted: the embedder, FAISS, the router and the cache the t
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,8 @@ class EngineFailure(RuntimeError):
 class ScriptedEngine:
     """``reply``: the completion for a prompt (a fixed text, or a function of the prompt).
     ``fail_after``: raise EngineFailure after this many chunks of a stream (0: before the first).
-    ``entropy``: the entropy DRAGIN reads for each generated word (default: 0, nothing uncertain)."""
+    ``entropy``: the entropy DRAGIN reads for each generated word (default: 0, nothing uncertain).
+    ``hold``: while this event is not set, a stream waits after its first chunk (a request kept open)."""
 
     reply: str | Callable[[str], str] = "a scripted answer"
     model_id: str = "scripted"
@@ -33,6 +35,7 @@ class ScriptedEngine:
     entropy: Callable[[str], float] = lambda word: 0.0
     prompts: list[str] = field(default_factory=list)
     closed: bool = False
+    hold: threading.Event | None = None
 
     def render_chat(self, messages: list[gen.ChatMessage]) -> str:
         return "".join(f"<{m.role}>\n{m.content}\n" for m in messages) + "<assistant>\n"
@@ -60,6 +63,8 @@ class ScriptedEngine:
             if self.fail_after is not None and i >= self.fail_after:
                 raise EngineFailure(f"scripted failure after {i} chunks")
             await asyncio.sleep(0)  # a real engine yields to the loop between tokens
+            while i == 1 and self.hold is not None and not self.hold.is_set():
+                await asyncio.sleep(0.005)
             last = i == len(words) - 1
             yield gen.GenerationChunk(
                 text=(" " if i else "") + word,
@@ -112,3 +117,16 @@ def scripted_service(config: Any, embedder: Any, engine: ScriptedEngine, *, cach
         RetrieverService(config, retriever=Retriever.create(index_dir=config.index.dir, embedder=embedder))
     )
     return RagService(config, retriever, {model: LocalWorker(Worker(config, model, engine=engine))}, cache=cache)
+
+
+def scripted_config(index_dir: Any, **sections: Any) -> Any:
+    """The app config the scripted tests share: one model, the index in ``index_dir``, no corpus indexed
+    on start; ``sections`` add or replace top-level sections (cache, sla, ...)."""
+    from services.config import load_config
+
+    base: dict[str, Any] = {
+        "models": [{"id": "smollm2-135m-instruct"}],
+        "index": {"dir": str(index_dir)},
+        "corpus": {"ingest_on_start": False},
+    }
+    return load_config({**base, **sections})

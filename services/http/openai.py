@@ -68,6 +68,7 @@ async def chat(body: ChatCompletionRequest, request: Request, svc: Service) -> J
     req = chat_to_answer(body)
     req.sla = sla_context(request)
     req.namespaces = principal(request).readable
+    request.state.ran = req.ran  # what the rate limiter counts against TPM
     created = int(time.time())
     cid = "chatcmpl-" + uuid.uuid4().hex[:24]
     if not body.stream:

@@ -31,7 +31,9 @@ def qa_request(body: QARequest, request: Request) -> AnswerRequest:
 
 @router.post("/v1/qa")
 async def qa(body: QARequest, request: Request, svc: Service) -> dict[str, Any]:
-    return await svc.answer(qa_request(body, request))
+    req = qa_request(body, request)
+    request.state.ran = req.ran  # what the rate limiter counts against TPM
+    return await svc.answer(req)
 
 
 @router.post("/v1/plan")

@@ -12,9 +12,8 @@ from typing import Any
 import pytest
 
 from retrieval.policies.base import Question
-from services.config import load_config
 from services.rag import AnswerRequest, RagService, build_cache
-from tests.fakes import EngineFailure, ScriptedEngine, scripted_service
+from tests.fakes import EngineFailure, ScriptedEngine, scripted_config, scripted_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]  # the real embedder
 
@@ -30,14 +29,10 @@ def _service(embedder: Any, tmp: Path, cache_charge: float) -> tuple[RagService,
         f"cache_charge: {cache_charge}\n",
         encoding="utf-8",
     )
-    config = load_config(
-        {
-            "models": [{"id": MODEL}],
-            "index": {"dir": str(tmp / f"index-{cache_charge}")},
-            "corpus": {"ingest_on_start": False},
-            "cache": {"response_cache_url": "memory://"},
-            "sla": {"enabled": True, "policy_path": str(policy), "budget_url": "memory://"},
-        }
+    config = scripted_config(
+        tmp / f"index-{cache_charge}",
+        cache={"response_cache_url": "memory://"},
+        sla={"enabled": True, "policy_path": str(policy), "budget_url": "memory://"},
     )
     engine = ScriptedEngine(ANSWER)
     svc: RagService = scripted_service(config, embedder, engine, cache=build_cache(config))

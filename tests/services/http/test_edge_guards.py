@@ -18,7 +18,7 @@ from services.config import load_config
 from services.errors import ConfigError
 from services.gateway import create_app
 from services.rag import RagService
-from tests.fakes import ScriptedEngine, scripted_service
+from tests.fakes import ScriptedEngine, scripted_config, scripted_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]  # the real embedder
 
@@ -30,13 +30,7 @@ ASK = {"model": MODEL, "messages": [{"role": "user", "content": "Capital?"}], "p
 
 @pytest.fixture(scope="module")
 def svc(embedder: Any, session_tmp: Path) -> RagService:
-    config = load_config(
-        {
-            "models": [{"id": MODEL}],
-            "index": {"dir": str(session_tmp / "guards-index")},
-            "corpus": {"ingest_on_start": False},
-        }
-    )
+    config = scripted_config(session_tmp / "guards-index")
     service: RagService = scripted_service(config, embedder, ScriptedEngine("Zorblat is the capital."))
     return service
 

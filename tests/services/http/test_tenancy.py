@@ -12,10 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from router.sla import PolicyStore
-from services.config import load_config
 from services.gateway import create_app
 from services.rag import RagService, build_cache
-from tests.fakes import ScriptedEngine, scripted_service
+from tests.fakes import ScriptedEngine, scripted_config, scripted_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]  # the real embedder
 
@@ -35,14 +34,7 @@ def env(embedder: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
         "tenants: {acme: {api_keys: [k-acme], tier: standard}, zed: {api_keys: [k-zed], tier: standard}}\n",
         encoding="utf-8",
     )
-    config = load_config(
-        {
-            "models": [{"id": MODEL}],
-            "index": {"dir": str(tmp / "index")},
-            "corpus": {"ingest_on_start": False},
-            "cache": {"response_cache_url": "memory://"},
-        }
-    )
+    config = scripted_config(tmp / "index", cache={"response_cache_url": "memory://"})
     svc: RagService = scripted_service(config, embedder, ScriptedEngine("tangerine-42."), cache=build_cache(config))
     app = create_app(svc, api_keys=["op-key"], sla_policy=PolicyStore(policy, reload_interval_s=0))
     with TestClient(app) as c:

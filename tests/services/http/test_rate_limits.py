@@ -1,0 +1,122 @@
+"""Per-tenant rate limits at the edge, on the scripted engine: requests per minute, tokens per minute
+and answers in progress, each refused with 429 `rate_limit_exceeded`, `Retry-After` and OpenAI's
+`x-ratelimit-*` headers; counted in memory and in a real redis-server (where gateway replicas share
+them)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from router.sla import PolicyStore
+from services.gateway import create_app
+from services.http.ratelimit import Slots
+from tests.fakes import ScriptedEngine, scripted_config, scripted_service
+
+pytestmark = [pytest.mark.integration, pytest.mark.model]  # the real embedder
+
+MODEL = "smollm2-135m-instruct"
+CHAT = "/v1/chat/completions"
+ASK = {"model": MODEL, "messages": [{"role": "user", "content": "Capital?"}], "policy": "none", "max_tokens": 8}
+
+
+def _app(embedder: Any, tmp: Path, limits: str, url: str | None, engine: ScriptedEngine) -> Any:
+    name = f"t{uuid.uuid4().hex[:8]}"  # a tenant of its own: Redis keeps counts across tests
+    policy = tmp / "sla.yaml"
+    policy.write_text(
+        "default_tier: standard\ntiers: {standard: {priority: 1, latency_ms: 600000}}\n"
+        f"tenants: {{{name}: {{api_keys: [k-{name}], tier: standard, limits: {limits}}}, "
+        "free: {api_keys: [k-free], tier: standard}}\n",
+        encoding="utf-8",
+    )
+    config = scripted_config(
+        tmp / "index", sla={"enabled": True, "policy_path": str(policy), "budget_url": url or "memory://"}
+    )
+    svc = scripted_service(config, embedder, engine)
+    app = create_app(svc, sla_policy=PolicyStore(policy, reload_interval_s=60), rate_limit_url=url)
+    return app, {"authorization": f"Bearer k-{name}"}
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> str | None:
+    if request.param == "memory":
+        return None
+    url: str = request.getfixturevalue("redis_url")
+    return url
+
+
+def test_requests_per_minute(embedder: Any, tmp_path: Path, store: str | None) -> None:
+    app, key = _app(embedder, tmp_path, "{rpm: 3}", store, ScriptedEngine("Zorblat."))
+    with TestClient(app) as c:
+        remaining = []
+        for _ in range(3):
+            resp = c.post(CHAT, json=ASK, headers=key)
+            assert resp.status_code == 200, resp.text
+            assert resp.headers["x-ratelimit-limit-requests"] == "3"
+            remaining.append(int(resp.headers["x-ratelimit-remaining-requests"]))
+        assert remaining == [2, 1, 0]
+        refused = c.post(CHAT, json=ASK, headers=key)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+        assert "3 requests per minute" in refused.json()["error"]["message"]
+        assert (
+            1 <= int(refused.headers["retry-after"]) <= 60 and refused.headers["x-ratelimit-remaining-requests"] == "0"
+        )
+        assert c.get("/v1/documents", headers=key).status_code == 429  # every /v1 call counts
+        free = c.post(CHAT, json=ASK, headers={"authorization": "Bearer k-free"})  # a tenant without limits
+        assert free.status_code == 200 and "x-ratelimit-limit-requests" not in free.headers
+
+
+def test_tokens_per_minute(embedder: Any, tmp_path: Path, store: str | None) -> None:
+    app, key = _app(embedder, tmp_path, "{tpm: 40}", store, ScriptedEngine("one two three four five six"))
+    with TestClient(app) as c:
+        first = c.post(CHAT, json=ASK, headers=key)
+        assert first.status_code == 200 and first.headers["x-ratelimit-remaining-tokens"] == "40"
+        used = first.json()["usage"]["total_tokens"]
+        assert used > 20
+        # Each answer's tokens count once it is out; a request is refused once the minute's tokens are spent.
+        answered = 1
+        second = c.post(CHAT, json=ASK, headers=key)
+        while second.status_code == 200 and answered < 5:
+            assert int(second.headers["x-ratelimit-remaining-tokens"]) == 40 - answered * used
+            answered += 1
+            second = c.post(CHAT, json=ASK, headers=key)
+        assert second.status_code == 429 and answered == -(-40 // used)  # ceil(40 / used) answers got in
+        assert "40 tokens per minute" in second.json()["error"]["message"]
+        assert c.get("/v1/documents", headers=key).status_code == 200  # a listing runs no model
+
+
+def test_answers_in_progress(embedder: Any, tmp_path: Path, store: str | None) -> None:
+    hold = threading.Event()
+    app, key = _app(embedder, tmp_path, "{max_concurrent: 1}", store, ScriptedEngine("a b c d", hold=hold))
+    with TestClient(app) as c:
+        with c.stream("POST", CHAT, json={**ASK, "stream": True}, headers=key) as open_stream:
+            assert open_stream.status_code == 200
+            lines = open_stream.iter_lines()
+            assert next(lines).startswith("data: ")  # the stream is open and holds its slot
+            busy = c.post(CHAT, json=ASK, headers=key)
+            assert busy.status_code == 429 and "1 answers in progress" in busy.json()["error"]["message"]
+            hold.set()
+            assert any("[DONE]" in line for line in lines)
+        assert c.post(CHAT, json=ASK, headers=key).status_code == 200  # the slot came back
+
+
+@pytest.mark.redis
+def test_slots_free_themselves_when_a_lease_passes(redis_url: str) -> None:
+    import asyncio
+    import time
+
+    async def run() -> None:
+        for slots in (Slots(None, lease_s=0.2), Slots(redis_url, lease_s=0.2, prefix=f"test:{uuid.uuid4().hex}:")):
+            held = await slots.acquire("t", 2)
+            assert held and await slots.acquire("t", 2) and await slots.acquire("t", 2) is None
+            await slots.release("t", held)
+            assert await slots.acquire("t", 2) is not None
+            time.sleep(0.25)  # the holders died without releasing: their leases pass
+            assert await slots.acquire("t", 2) is not None
+
+    asyncio.run(run())
