@@ -246,6 +246,16 @@ class RayConfig(Section):
     worker_replicas: int = Field(1, gt=0, description="Replicas of each model worker.")
     retriever_replicas: int = Field(1, gt=0, description="Replicas of the retriever.")
     gateway_replicas: int = Field(1, gt=0, description="Replicas of the HTTP gateway.")
+    max_queued_requests: int = Field(
+        256,
+        ge=1,
+        description="Requests a deployment's callers may queue beyond its replicas' capacity; past it a call "
+        "fails at once (503 `overloaded`, Retry-After 1) instead of waiting.",
+    )
+    health_check_period_s: float = Field(10.0, gt=0, description="How often Serve calls each replica's check_health.")
+    health_check_timeout_s: float = Field(
+        30.0, gt=0, description="How long a check may take before Serve counts the replica unhealthy and replaces it."
+    )
 
 
 class AppConfig(BaseSettings):

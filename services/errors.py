@@ -89,8 +89,9 @@ class QuotaExceededError(RateLimitError):
 
 
 class ServiceUnavailableError(RagyardError):
-    """A store the request needs (the budget store) cannot be reached."""
+    """A store or replica the request needs cannot be reached; `retry_after` says when to try again."""
 
     status_code = 503
     error_type = "service_unavailable"
     code = "service_unavailable"
+    retry_after: int | None = None

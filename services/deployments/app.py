@@ -78,17 +78,26 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     config = _config_from_args(args)
     plain = config.model_dump(mode="json")
     ray_cfg = config.ray
+    # Every deployment: a bounded queue (BackPressureError, a 503 at the edge, rather than an unbounded
+    # wait) and Serve's health checks, which call the class's `check_health` and replace a failing replica.
+    common: dict[str, Any] = {
+        "max_queued_requests": ray_cfg.max_queued_requests,
+        "health_check_period_s": ray_cfg.health_check_period_s,
+        "health_check_timeout_s": ray_cfg.health_check_timeout_s,
+    }
     retriever = serve.deployment(
         name="retriever",
         num_replicas=ray_cfg.retriever_replicas,
         ray_actor_options={"num_cpus": RETRIEVER_CPUS},
         max_ongoing_requests=64,
+        **common,
     )(RetrieverService).bind(plain)
     router = serve.deployment(
         name="router",
         num_replicas=1,
         ray_actor_options={"num_cpus": ROUTER_CPUS},
         max_ongoing_requests=256,
+        **common,
     )(RouterService).bind(plain)
     workers = {
         m.id: serve.deployment(
@@ -97,6 +106,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
             ray_actor_options={"num_cpus": WORKER_CPUS, **({"num_gpus": 1} if m.device.startswith("cuda") else {})},
             # Concurrent streams interleave token by token inside one replica.
             max_ongoing_requests=32,
+            **common,
         )(Worker).bind(plain, m.id)
         for m in config.models
     }
@@ -105,5 +115,6 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         num_replicas=ray_cfg.gateway_replicas,
         ray_actor_options={"num_cpus": GATEWAY_CPUS},
         max_ongoing_requests=256,
+        **common,
     )(serve.ingress()(GatewayDeployment))
     return gateway.bind(plain, router, retriever, workers)

@@ -4,12 +4,15 @@ Serve DeploymentHandles. Both expose the same async surface, so the QA logic nev
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from retrieval.documents import Document, Passage
 from retrieval.generation import ChatMessage, GenerationChunk, GenerationResult, SamplingParams, SignalResult
 from router.plan import Outcome, RouteDecision, Settlement
+
+logger = logging.getLogger(__name__)
 
 
 class RetrieverClient(Protocol):
@@ -98,13 +101,14 @@ class HandleRouter:
         self.handle = handle
 
     async def route(self, question: str, **choices: Any) -> RouteDecision:
-        return await self.handle.route.remote(question, **choices)
+        # A retry after the router died may leave the first try's reservation open: its lease releases it.
+        return await once_more(self.handle.route, question, **choices)
 
     async def needs_embedding(self, policy: str | None, model: str | None = None) -> bool:
-        return await self.handle.needs_embedding.remote(policy, model)
+        return await once_more(self.handle.needs_embedding, policy, model)
 
     async def finish(self, ticket: str, outcome: Outcome) -> Settlement | None:
-        return await self.handle.finish.remote(ticket, outcome)
+        return await once_more(self.handle.finish, ticket, outcome)  # settling is idempotent per ticket
 
     async def sla(self, tenant: str | None = None) -> dict[str, Any]:
         return await self.handle.sla.remote(tenant)
@@ -180,15 +184,31 @@ class LocalWorker:
         return str(self.worker.metrics_text(include_engine=False))
 
 
+async def once_more(method: Any, *args: Any, **kwargs: Any) -> Any:
+    """``method.remote(*args, **kwargs)``, sent again once when the replica that took it died or went away: Serve
+    routes the retry to a live replica. Only for calls that may run twice (reads, and generation that is
+    not streamed: nothing of it reached the client)."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+    from ray.serve.exceptions import ReplicaUnavailableError
+
+    try:
+        return await method.remote(*args, **kwargs)
+    except (RayActorError, ActorUnavailableError, ReplicaUnavailableError) as exc:
+        logger.warning(
+            "a replica went away during %s (%s); retrying once", getattr(method, "_method_name", "a call"), exc
+        )
+        return await method.remote(*args, **kwargs)
+
+
 class HandleRetriever:
     def __init__(self, handle: Any) -> None:
         self.handle = handle
 
     async def search(self, query: str, k: int, namespaces: list[str] | None = None) -> list[Passage]:
-        return await self.handle.search.remote(query, k, namespaces)
+        return await once_more(self.handle.search, query, k, namespaces)
 
     async def embed(self, text: str) -> list[float]:
-        return await self.handle.embed.remote(text)
+        return await once_more(self.handle.embed, text)
 
     async def ingest(self, docs: list[Document]) -> dict[str, Any]:
         return await self.handle.ingest.remote(docs)
@@ -203,7 +223,7 @@ class HandleRetriever:
         return await self.handle.document.remote(doc_id, namespaces)
 
     async def stats(self) -> dict[str, Any]:
-        return await self.handle.stats.remote()
+        return await once_more(self.handle.stats)
 
     async def ready(self) -> dict[str, Any]:
         return await asyncio.wait_for(self.handle.ready.remote(), timeout=5.0)
@@ -220,7 +240,7 @@ class HandleWorker:
         assistant_prefix: str = "",
         chunks: list[str] | None = None,
     ) -> GenerationResult:
-        return await self.handle.generate.remote(messages, params, assistant_prefix, chunks)
+        return await once_more(self.handle.generate, messages, params, assistant_prefix, chunks)
 
     async def stream(
         self,
@@ -236,7 +256,7 @@ class HandleWorker:
     async def generate_with_signals(
         self, messages: list[ChatMessage], params: SamplingParams, assistant_prefix: str = ""
     ) -> SignalResult:
-        return await self.handle.generate_with_signals.remote(messages, params, assistant_prefix)
+        return await once_more(self.handle.generate_with_signals, messages, params, assistant_prefix)
 
     async def ready(self) -> dict[str, Any]:
         return await asyncio.wait_for(self.handle.ready.remote(), timeout=5.0)

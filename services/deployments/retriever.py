@@ -48,6 +48,12 @@ class RetrieverService:
         )
         return report.as_dict()
 
+    def check_health(self) -> None:
+        """Serve's health check: the index in memory must agree with itself (one vector per chunk)."""
+        store = self.retriever.store
+        if store.index.ntotal != len(store.chunks):
+            raise RuntimeError(f"index holds {store.index.ntotal} vectors for {len(store.chunks)} chunks")
+
     def ready(self) -> dict[str, Any]:
         return {"ready": True, **self.retriever.stats()}
 

@@ -42,6 +42,15 @@ class Worker:
                 param="max_tokens",
             )
 
+    def check_health(self) -> None:
+        """Serve's health check: raises when the engine can no longer answer (closed, or its own check
+        fails), and Serve replaces the replica."""
+        if getattr(self.engine, "closed", False):
+            raise RuntimeError(f"the {self.model_config.id} engine is closed")
+        check = getattr(self.engine, "check_health", None)
+        if callable(check):
+            check()
+
     def ready(self) -> dict[str, Any]:
         spec = getattr(self.engine, "spec", None)
         reuse = getattr(self.engine, "chunk_reuse", None)

@@ -13,6 +13,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cache.errors import BackendUnavailableError
@@ -81,7 +83,19 @@ CONVERSIONS: tuple[tuple[type[Exception], Callable[[Any], RagyardError]], ...] =
     (OverloadedError, _retrying(RateLimitError)),
     (SlaRequestError, lambda e: InvalidRequestError(e.message, param=e.param)),
     (BackendUnavailableError, lambda e: ServiceUnavailableError(str(e), code="budget_store_unavailable")),
+    # A replica that died or is restarting, or a deployment whose queue is full: come back in a second.
+    (ActorUnavailableError, lambda e: _unavailable("a replica this request needed is unavailable")),
+    (RayActorError, lambda e: _unavailable("a replica this request needed is gone or restarting")),
+    (ReplicaUnavailableError, lambda e: _unavailable("a replica this request needed is unavailable")),
+    (DeploymentUnavailableError, lambda e: _unavailable("a deployment this request needed is unavailable")),
+    (BackPressureError, lambda e: _unavailable("the service is at its queue limit", code="overloaded")),
 )
+
+
+def _unavailable(message: str, code: str = "replica_unavailable") -> RagyardError:
+    out = ServiceUnavailableError(message + "; retry shortly", code=code)
+    out.retry_after = 1
+    return out
 
 
 def to_ragyard(exc: BaseException) -> RagyardError:

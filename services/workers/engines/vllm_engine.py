@@ -389,6 +389,14 @@ class VllmEngine(TokenizerMixin):
 
         return exposition([m for m in REGISTRY.collect() if m.name.startswith(METRIC_PREFIX)]).decode()
 
+    def check_health(self) -> None:
+        """Raises when the engine is closed or its engine core has died (vLLM's `errored`)."""
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            raise RuntimeError("the vLLM engine is closed")
+        if getattr(llm, "errored", False):
+            raise RuntimeError("the vLLM engine core is dead")
+
     def close(self) -> None:
         llm = getattr(self, "llm", None)
         if llm is not None:

@@ -50,3 +50,46 @@ def test_local_ray_is_sized_for_the_ladder() -> None:
     assert local_cpus(load_config({"models": [{"id": "m"}], "ray": {"num_cpus": 2}})) == pytest.approx(1.6)
     with pytest.raises(ConfigError, match=r"ray.num_cpus 2 cannot place the app: its replicas reserve 2.6 CPUs"):
         local_cpus(load_config({"ray": {"num_cpus": 2}}))
+
+
+def test_every_deployment_has_a_bounded_queue_and_health_checks() -> None:
+    config = load_config({"ray": {"max_queued_requests": 77, "health_check_period_s": 4, "health_check_timeout_s": 9}})
+    app = build_app(config.model_dump(mode="json"))
+    ingress = app._bound_deployment
+    _, router, retriever, workers = ingress.init_args
+    deployments = [ingress, router._bound_deployment, retriever._bound_deployment]
+    deployments += [w._bound_deployment for w in workers.values()]
+    for d in deployments:
+        assert d.max_queued_requests == 77, d.name
+        assert (d._deployment_config.health_check_period_s, d._deployment_config.health_check_timeout_s) == (4, 9)
+
+
+def test_a_call_to_a_replica_that_died_is_sent_once_more() -> None:
+    """Serve routes the second try to a live replica; a second death, or a full queue, is the caller's."""
+    import asyncio
+
+    from ray.exceptions import ActorDiedError
+    from ray.serve.exceptions import BackPressureError
+
+    from services.deployments.clients import once_more
+
+    class Method:
+        def __init__(self, failures: list[BaseException]) -> None:
+            self.failures = failures
+            self.calls = 0
+
+        async def remote(self, *args: object, **kwargs: object) -> tuple[object, ...]:
+            self.calls += 1
+            if self.failures:
+                raise self.failures.pop(0)
+            return (*args, *kwargs.values())
+
+    once = Method([ActorDiedError()])
+    assert asyncio.run(once_more(once, 1, k=2)) == (1, 2) and once.calls == 2
+    twice = Method([ActorDiedError(), ActorDiedError()])
+    with pytest.raises(ActorDiedError):
+        asyncio.run(once_more(twice, 1))
+    full = Method([BackPressureError(num_queued_requests=3, max_queued_requests=2)])
+    with pytest.raises(BackPressureError):
+        asyncio.run(once_more(full))
+    assert full.calls == 1

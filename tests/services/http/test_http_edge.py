@@ -13,6 +13,9 @@ from typing import Any
 import pytest
 from fastapi import APIRouter
 from fastapi.testclient import TestClient
+from ray import exceptions as ray_errors
+from ray.serve import exceptions as serve_errors
+from ray.serve._private.common import DeploymentID
 
 from cache import errors as cache_errors
 from retrieval import errors as retrieval_errors
@@ -117,6 +120,11 @@ EXAMPLES: list[Exception] = [
     router_errors.OverloadedError("busy", retry_after=2),
     router_errors.SlaRequestError("other", param="x"),
     cache_errors.BackendUnavailableError("redis down"),
+    ray_errors.ActorUnavailableError("restarting", None),
+    ray_errors.ActorDiedError(),
+    serve_errors.ReplicaUnavailableError("worker#abc"),
+    serve_errors.DeploymentUnavailableError(DeploymentID("router", "ragyard")),
+    serve_errors.BackPressureError(num_queued_requests=300, max_queued_requests=256),
     RuntimeError("a bug"),
 ]
 EXPECTED = [
@@ -133,12 +141,19 @@ EXPECTED = [
     (429, "rate_limit_exceeded", "2"),
     (400, "invalid_request", None),
     (503, "budget_store_unavailable", None),
+    (503, "replica_unavailable", "1"),
+    (503, "replica_unavailable", "1"),
+    (503, "replica_unavailable", "1"),
+    (503, "replica_unavailable", "1"),
+    (503, "overloaded", "1"),
     (500, "internal_error", None),
 ]
 
 
 def test_the_error_table_has_a_row_for_every_example() -> None:
-    assert {type(e) for e in EXAMPLES[:-1]} == {cls for cls, _ in CONVERSIONS}
+    # ActorDiedError stands for its base, RayActorError (what a dead replica's call raises).
+    classes = {ray_errors.RayActorError if type(e) is ray_errors.ActorDiedError else type(e) for e in EXAMPLES[:-1]}
+    assert classes == {cls for cls, _ in CONVERSIONS}
 
 
 @pytest.mark.parametrize("n", range(len(EXAMPLES)), ids=[type(e).__name__ for e in EXAMPLES])
