@@ -33,3 +33,7 @@ class DocumentNotFoundError(RetrievalError):
 
 class IndexLockedError(IndexStateError):
     """Another process holds the index directory's writer lock."""
+
+
+class IndexWriteError(RetrievalError):
+    """A snapshot could not be written (the disk is full or read-only); the previous one stays current."""

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from retrieval.documents import SHARED_NAMESPACE, Chunk, Document, Passage
-from retrieval.errors import IndexLockedError, IndexStateError
+from retrieval.errors import IndexLockedError, IndexStateError, IndexWriteError
 
 logger = logging.getLogger(__name__)
 
@@ -241,8 +241,22 @@ class VectorStore:
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self) -> Path | None:
+        """Write the state as a new snapshot and point CURRENT at it. A failure before the pointer moves (a
+        full or read-only disk) is an IndexWriteError, and the half-written snapshot is removed: CURRENT
+        still names the previous one, and nothing of the failed one is visible."""
         if self.directory is None:
             return None
+        try:
+            return self._save()
+        except OSError as exc:
+            for partial in (self.directory / "snapshots").glob(".*.tmp"):
+                shutil.rmtree(partial, ignore_errors=True)
+            (self.directory / ".CURRENT.tmp").unlink(missing_ok=True)
+            logger.error("index snapshot in %s not saved: %s", self.directory, exc)
+            raise IndexWriteError(f"the index could not be saved ({exc.strerror or exc}); nothing changed") from exc
+
+    def _save(self) -> Path:
+        assert self.directory is not None
         import faiss
 
         with self._lock:

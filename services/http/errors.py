@@ -22,6 +22,7 @@ from retrieval.errors import (
     DocumentFormatError,
     DocumentNotFoundError,
     DocumentOwnershipError,
+    IndexWriteError,
     UnknownPolicyError,
     UnsupportedDocumentTypeError,
 )
@@ -83,6 +84,7 @@ CONVERSIONS: tuple[tuple[type[Exception], Callable[[Any], RagyardError]], ...] =
     (OverloadedError, _retrying(RateLimitError)),
     (SlaRequestError, lambda e: InvalidRequestError(e.message, param=e.param)),
     (BackendUnavailableError, lambda e: ServiceUnavailableError(str(e), code="budget_store_unavailable")),
+    (IndexWriteError, lambda e: ServiceUnavailableError(str(e), code="index_write_failed")),
     # A replica that died or is restarting, or a deployment whose queue is full: come back in a second.
     (ActorUnavailableError, lambda e: _unavailable("a replica this request needed is unavailable")),
     (RayActorError, lambda e: _unavailable("a replica this request needed is gone or restarting")),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from retrieval.documents import Document
-from retrieval.errors import IndexStateError
+from retrieval.errors import IndexStateError, IndexWriteError
 from retrieval.store import VectorStore
 from tests.utils.factories import document, unit_vectors
 
@@ -70,7 +70,7 @@ def test_crash_mid_save_leaves_previous_snapshot_readable(tmp_path: Path) -> Non
             raise OSError("simulated crash before the pointer swap")
         real_replace(src, dst)
 
-    with mock.patch("retrieval.store.os.replace", side_effect=crash_on_pointer), pytest.raises(OSError):
+    with mock.patch("retrieval.store.os.replace", side_effect=crash_on_pointer), pytest.raises(IndexWriteError):
         store.save()
     back = VectorStore.open(DIM, "test", tmp_path)
     assert {c.text for c in back.chunks.values()} == {"first part 0"}

@@ -202,3 +202,32 @@ def test_a_policy_with_tenants_requires_keys_even_without_operator_keys(svc: Rag
         _error(c.get("/metrics"), 401, "invalid_api_key")
         policy.write_text(TIER, encoding="utf-8")
         _error(c.post(CHAT, json=ASK), 401, "invalid_api_key")  # latched: still closed
+
+
+def test_a_failed_save_is_a_503_and_leaves_nothing_half_visible(
+    open_client: TestClient, svc: RagService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills up during an upload: a 503 that names it, the documents before it all still there
+    (in memory and in the snapshot CURRENT names), and no partial snapshot left behind."""
+    import asyncio
+    import errno
+
+    import retrieval.store as store_module
+
+    before = asyncio.run(svc.retriever.documents(None))
+    store = svc.retriever.service.retriever.store  # type: ignore[attr-defined]
+    current = (store.directory / "CURRENT").read_text()
+
+    def full(path: Path, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store_module, "_write_file", full)
+    resp = open_client.post("/v1/documents", json={"documents": [{"id": "too-much", "text": "Does not fit."}]})
+    err = _error(resp, 503, "index_write_failed")
+    assert "No space left" in err["message"] and str(store.directory) not in err["message"]
+    monkeypatch.undo()
+    assert asyncio.run(svc.retriever.documents(None)) == before
+    assert (store.directory / "CURRENT").read_text() == current
+    assert not list((store.directory / "snapshots").glob(".*.tmp"))
+    ok = open_client.post("/v1/documents", json={"documents": [{"id": "fits-later", "text": "Room again."}]})
+    assert ok.status_code == 200 and ok.json()["added"] == ["fits-later"]
