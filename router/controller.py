@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cache.errors import BackendUnavailableError
 from core.capabilities import CHUNK_CACHE, PRIORITY_SCHEDULING, SPEC_PER_REQUEST
 from retrieval.policies.registry import choosable_policies, get_policy, policy_rank
 from router.budgets import MICRO, BudgetLedger, seconds_to_reset
@@ -45,6 +44,7 @@ from router.estimates import Estimator, LoadModel, PlanKey
 from router.plan import Complexity, Outcome, Plan, RouteDecision, Settlement
 from router.priors import LatencyPriors
 from router.quality import CLASSES, QualityTable, measured_quality
+from router.settlement import Settlements, charge
 from router.sla import PolicyStore, RequestSlo, SlaPolicy, TierPolicy, resolve
 from router.sla_metrics import (
     DECISIONS,
@@ -56,8 +56,6 @@ from router.sla_metrics import (
     SLA_REQUESTS,
     SPENT_COST,
     SPENT_TOKENS,
-    TICKETS_EXPIRED,
-    UNSETTLED,
 )
 
 logger = logging.getLogger(__name__)
@@ -111,10 +109,8 @@ class SlaController:
             strict_priority={m.id for m in config.models if PRIORITY_SCHEDULING in m.capabilities},
         )
         self._tickets: dict[str, _Ticket] = {}
-        # Settlements the ledger could not take (its store was down past the client's retries), retried on
-        # later calls; ticket -> (tokens, micros).
-        self._unsettled: dict[str, tuple[int, int]] = {}
-        self._ledger_expired_at = 0.0
+        # Charging the ledger, keeping refused charges for later, releasing lapsed leases.
+        self.settlements = Settlements(ledger)
         self._recent: dict[str, deque[bool]] = {}
         # Observed / predicted latency of recent answers, per priority (router/calibration.py).
         self.calibrator = LatencyCalibration()
@@ -453,10 +449,10 @@ class SlaController:
                 )
         policy = self.store.policy
         model = ticket.key.model if ticket is not None else outcome.model
-        tokens, micros = self.charge(policy, model, outcome)
+        tokens, micros = charge(policy, model, outcome)
         charged = None
         if ticket is None or ticket.budgeted:
-            charged = self._settle(ticket_id, tokens, micros)
+            charged = self.settlements.settle(ticket_id, tokens, micros)
         if ticket is None:
             return Settlement(met=False, budget=charged) if charged is not None else None
         ok = outcome.ok
@@ -488,63 +484,14 @@ class SlaController:
         SLA_ATTAINMENT.labels(ticket.slo.tier).set(sum(recent) / len(recent))
         return Settlement(met=met, budget=charged)
 
-    @staticmethod
-    def charge(policy: SlaPolicy, model: str, outcome: Outcome) -> tuple[int, int]:
-        """Tokens and micro-units to charge for an outcome: what the model ran for it, delivered or not; a
-        cached answer its original tokens times the policy's `cache_charge`. (The ledger caps both at the
-        reservation.)"""
-        prompt, completion = outcome.prompt_tokens, outcome.completion_tokens
-        if outcome.cache_hit:
-            prompt = math.ceil(prompt * policy.cache_charge)
-            completion = math.ceil(completion * policy.cache_charge)
-        price = policy.price(model) if model else None
-        micros = math.ceil(prompt * price.prompt_per_1m + completion * price.completion_per_1m) if price else 0
-        return prompt + completion, micros
-
-    def _settle(self, ticket_id: str, tokens: int, micros: int) -> dict[str, Any] | None:
-        """Charge a ticket in the ledger; when its store is down (past the client's own retries) the charge
-        waits in `_unsettled` for the next call, and the lease bounds how long the reservation can stay."""
-        try:
-            usage = self.ledger.settle(ticket_id, tokens, micros)
-        except BackendUnavailableError as exc:
-            logger.warning("SLA ticket %s not settled yet, retried later: %s", ticket_id, exc)
-            with self._lock:
-                self._unsettled[ticket_id] = (tokens, micros)
-            UNSETTLED.set(len(self._unsettled))
-            return None
-        return usage.as_dict() if usage is not None else None
-
     def _expire(self, now: float | None = None) -> None:
-        """Drop local tickets whose gateway never reported back (a crashed replica, a lost stream); retry
-        the settlements that failed; and, every few seconds, have the ledger release the reservations whose
-        lease has passed, whichever router made them (this one before a restart included)."""
+        """Drop local tickets whose gateway never reported back (a crashed replica, a lost stream), then
+        retry refused charges and release lapsed reservations (`router/settlement.py`)."""
         for job in self.load.expire(older_than_s=900.0):
             ticket = next((t for t in self._tickets.values() if t.job_id == job.id), None)
             if ticket is not None:
                 del self._tickets[ticket.id]
-        pending, self._unsettled = self._unsettled, {}
-        for ticket_id, (tokens, micros) in pending.items():
-            try:
-                self.ledger.settle(ticket_id, tokens, micros)
-            except BackendUnavailableError:
-                self._unsettled[ticket_id] = (tokens, micros)
-        UNSETTLED.set(len(self._unsettled))
-        now = time.time() if now is None else now
-        if now - self._ledger_expired_at >= 5.0:
-            self._ledger_expired_at = now
-            try:
-                released = self.ledger.expire(now)
-            except BackendUnavailableError as exc:
-                logger.warning("could not expire SLA tickets: %s", exc)
-                released = []
-            for r in released:
-                TICKETS_EXPIRED.inc()
-                logger.warning(
-                    "SLA ticket %s of %s expired without a report; its reservation of %d tokens is released",
-                    r.ticket,
-                    r.tenant,
-                    r.tokens,
-                )
+        self.settlements.tidy(now)
 
     # -- reporting -----------------------------------------------------------------------------
     def snapshot(self, tenant: str | None = None) -> dict[str, Any]:

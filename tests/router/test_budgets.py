@@ -281,11 +281,11 @@ def test_a_settle_the_store_refuses_is_retried_on_a_later_call() -> None:
     ticket = _admit(ctl)
     ledger.down = True
     settled = ctl.finish(ticket, Outcome(ok=True, latency_s=0.1, prompt_tokens=30, completion_tokens=5))
-    assert settled is not None and settled.budget is None and ctl._unsettled
+    assert settled is not None and settled.budget is None and ctl.settlements.pending
     ctl._expire()  # still down: kept
-    assert ctl._unsettled and ledger.usage("t", "day").spent_tokens == 0
+    assert ctl.settlements.pending and ledger.usage("t", "day").spent_tokens == 0
     ledger.down = False
     ctl._expire()
-    assert not ctl._unsettled and ledger.usage("t", "day").spent_tokens == 35
+    assert not ctl.settlements.pending and ledger.usage("t", "day").spent_tokens == 35
     ctl._expire()
     assert ledger.usage("t", "day").spent_tokens == 35 and ledger.usage("t", "day").reserved_tokens == 0
