@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.nesting import nesting_depth
+
 # The namespace of the operators' documents (the bundled corpus, `ragyard ingest`, uploads with an operator
 # key or to an open server): every tenant reads it, only an operator writes it. A tenant's documents live
 # in the namespace named after the tenant.
@@ -23,14 +25,8 @@ def check_metadata(value: Any) -> dict[str, Any]:
     levels deep and ``METADATA_BYTES`` bytes as JSON. The walk is iterative: no recursion limit is near."""
     if not isinstance(value, dict):
         raise ValueError("metadata must be a JSON object")
-    depth, stack = 0, [(value, 1)]
-    while stack:
-        node, level = stack.pop()
-        if isinstance(node, dict | list):
-            depth = max(depth, level)
-            if depth > METADATA_DEPTH:
-                raise ValueError(f"metadata nests more than {METADATA_DEPTH} levels")
-            stack.extend((c, level + 1) for c in (node.values() if isinstance(node, dict) else node))
+    if nesting_depth(value) > METADATA_DEPTH:
+        raise ValueError(f"metadata nests more than {METADATA_DEPTH} levels")
     try:
         size = len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
     except (TypeError, ValueError) as exc:

@@ -9,6 +9,7 @@ import orjson
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.nesting import nesting_depth
 from router.sla import PolicyStore
 from services import metrics
 from services.errors import AuthenticationError, InvalidRequestError, PayloadTooLargeError, PermissionDeniedError
@@ -80,15 +81,7 @@ def json_depth(body: bytes) -> int:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         return 1 << 30 if "depth" in str(exc).lower() or "recursion" in str(exc).lower() else 0
-    deepest, stack = 0, [(doc, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, dict):
-            value = list(value.values())
-        if isinstance(value, list):
-            deepest = max(deepest, depth)
-            stack.extend((v, depth + 1) for v in value if isinstance(v, dict | list))
-    return deepest
+    return nesting_depth(doc)
 
 
 class BrowserGuardMiddleware:
