@@ -102,6 +102,12 @@ class RateLimits(_Strict):
     max_concurrent: int | None = Field(None, gt=0, description="Answers in progress at once (chat, qa).")
 
 
+def stored_digest(key: str) -> str:
+    """The digest a configured key is matched by: the key's SHA-256, or the key itself when it is stored as
+    one (``sha256:<hex>``)."""
+    return key if key.startswith(KEY_HASH_PREFIX) else hash_api_key(key)
+
+
 class Tenant(_Strict):
     api_keys: list[str] = Field(
         min_length=1,
@@ -173,7 +179,7 @@ class SlaPolicy(_Strict):
                 if tier not in self.tiers:
                     raise ValueError(f"tenants.{name}: tier {tier!r} does not exist ({', '.join(self.tiers)})")
             for key in tenant.api_keys:
-                digest = key if key.startswith(KEY_HASH_PREFIX) else hash_api_key(key)
+                digest = stored_digest(key)
                 if digest in seen:
                     raise ValueError(f"tenants.{name}: an API key is also tenant {seen[digest]!r}'s")
                 seen[digest] = name
@@ -199,11 +205,7 @@ class SlaPolicy(_Strict):
         # A dict lookup of the key's digest: the time it takes says nothing about the key. A stored digest
         # is matched by the key it hashes, never by itself: reading the policy (a ConfigMap) is not enough.
         if self._by_digest is None:
-            self._by_digest = {
-                (k if k.startswith(KEY_HASH_PREFIX) else hash_api_key(k)): name
-                for name, tenant in self.tenants.items()
-                for k in tenant.api_keys
-            }
+            self._by_digest = {stored_digest(k): name for name, tenant in self.tenants.items() for k in tenant.api_keys}
         return self._by_digest.get(digest)
 
     def price(self, model: str) -> Price:

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.types import Scope
 
 from retrieval.documents import SHARED_NAMESPACE
-from router.sla import KEY_HASH_PREFIX, SlaPolicy, hash_api_key
+from router.sla import SlaPolicy, hash_api_key, stored_digest
 
 # Routes only an operator key opens once keys are configured: the metrics name tenants and their spend,
 # and the schema pages list every route.
@@ -51,7 +51,7 @@ def bearer_token(scope: Scope) -> str:
 
 def digests(keys: list[str]) -> frozenset[str]:
     """The digests of configured keys, given in clear or already as ``sha256:<hex>``."""
-    return frozenset(k if k.startswith(KEY_HASH_PREFIX) else hash_api_key(k) for k in keys)
+    return frozenset(stored_digest(k) for k in keys)
 
 
 class KeyRing:
