@@ -203,6 +203,10 @@ class ChunkKVStore:
 
     Writes go to both tiers; a backend hit is promoted to memory. ``get_or_compute`` lets one thread
     compute a missing chunk while concurrent askers of the same key wait for its result.
+
+    ``local=True`` lookups read the memory tier only, and ``defer=True`` writes reach the backend only at
+    ``flush_writes``: the torch engine reads the shared tier before it takes its step lock and writes to
+    it after releasing it, so a slow backend delays one request, never every request's decode steps.
     """
 
     def __init__(
@@ -224,6 +228,8 @@ class ChunkKVStore:
         self.ttl_s = ttl_s
         self._inflight: dict[str, threading.Event] = {}
         self._inflight_lock = threading.Lock()
+        self._unwritten: list[ChunkKV] = []  # deferred backend writes, oldest first
+        self._unwritten_lock = threading.Lock()
 
     @property
     def backend_tier(self) -> str:
@@ -235,7 +241,7 @@ class ChunkKVStore:
             EVICTIONS.labels(self.memory.policy).inc(len([k for k in evicted if k != entry.key]))
         MEMORY_BYTES.set(self.memory.used_bytes)
 
-    def get(self, key: str, token_ids: list[int]) -> Lookup:
+    def get(self, key: str, token_ids: list[int], *, local: bool = False) -> Lookup:
         entry = self.memory.get(key)
         if entry is not None:
             if entry.token_ids == token_ids:
@@ -246,7 +252,7 @@ class ChunkKVStore:
             LOOKUPS.labels("memory", "corrupt").inc()
         else:
             LOOKUPS.labels("memory", "miss").inc()
-        if self.backend is None:
+        if self.backend is None or local:
             return Lookup(None, "miss")
         tier = self.backend.name
         try:
@@ -272,11 +278,25 @@ class ChunkKVStore:
         self._remember(entry)
         return Lookup(entry, "redis", len(blob))
 
-    def put(self, entry: ChunkKV) -> int:
-        """Store in both tiers; returns the bytes written to the backend."""
+    def put(self, entry: ChunkKV, *, defer: bool = False) -> int:
+        """Store in both tiers; returns the bytes written to the backend (none yet when deferred)."""
         self._remember(entry)
         if self.backend is None:
             return 0
+        if defer:
+            with self._unwritten_lock:
+                self._unwritten.append(entry)
+            return 0
+        return self._write(entry)
+
+    def flush_writes(self) -> int:
+        """Write the deferred entries to the backend; returns the bytes written."""
+        with self._unwritten_lock:
+            entries, self._unwritten = self._unwritten, []
+        return sum(self._write(e) for e in entries)
+
+    def _write(self, entry: ChunkKV) -> int:
+        assert self.backend is not None
         blob = serialize(entry)
         try:
             self.backend.put(entry.key, blob, self.ttl_s)
@@ -287,11 +307,14 @@ class ChunkKVStore:
         BYTES.labels(self.backend.name, "write").inc(len(blob))
         return len(blob)
 
-    def get_or_compute(self, key: str, token_ids: list[int], compute: Callable[[], ChunkKV]) -> tuple[Lookup, bool]:
+    def get_or_compute(
+        self, key: str, token_ids: list[int], compute: Callable[[], ChunkKV], *, local: bool = False
+    ) -> tuple[Lookup, bool]:
         """The entry from a tier, or computed once (concurrent callers of one key wait for that one).
-        Returns the lookup and whether this call computed it."""
+        Returns the lookup and whether this call computed it. ``local``: the memory tier only, and a
+        computed entry's backend write deferred to ``flush_writes``."""
         while True:
-            found = self.get(key, token_ids)
+            found = self.get(key, token_ids, local=local)
             if found.entry is not None:
                 return found, False
             with self._inflight_lock:
@@ -309,7 +332,7 @@ class ChunkKVStore:
                 started = time.perf_counter()
                 entry = compute()
                 entry.compute_s = entry.compute_s or time.perf_counter() - started
-                self.put(entry)
+                self.put(entry, defer=local)
                 return Lookup(entry, "miss"), True
             finally:
                 with self._inflight_lock:

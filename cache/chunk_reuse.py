@@ -116,7 +116,7 @@ class ChunkReuse:
 
     # -- entries ---------------------------------------------------------------------------------
 
-    def _prefix_entry(self, prefix_ids: list[int]) -> tuple[Lookup, bool]:
+    def _prefix_entry(self, prefix_ids: list[int], *, local: bool = False) -> tuple[Lookup, bool]:
         key = chunk_key(self.fingerprint, [], prefix_ids)
 
         def compute() -> ChunkKV:
@@ -124,9 +124,9 @@ class ChunkReuse:
             k, v = self.blender.compute_span(prefix_ids, *self.blender.empty_kv(len(prefix_ids)), 0)
             return ChunkKV(key, self.fingerprint, list(prefix_ids), 0, k, v, time.perf_counter() - started)
 
-        return self.store.get_or_compute(key, prefix_ids, compute)
+        return self.store.get_or_compute(key, prefix_ids, compute, local=local)
 
-    def _chunk_entry(self, prefix: ChunkKV, chunk_ids: list[int]) -> tuple[Lookup, bool]:
+    def _chunk_entry(self, prefix: ChunkKV, chunk_ids: list[int], *, local: bool = False) -> tuple[Lookup, bool]:
         key = chunk_key(self.fingerprint, prefix.token_ids, chunk_ids)
 
         def compute() -> ChunkKV:
@@ -138,7 +138,7 @@ class ChunkReuse:
             k, v = self.blender.compute_span(prefix.token_ids + chunk_ids, keys, values, p)
             return ChunkKV(key, self.fingerprint, list(chunk_ids), p, k, v, time.perf_counter() - started)
 
-        return self.store.get_or_compute(key, chunk_ids, compute)
+        return self.store.get_or_compute(key, chunk_ids, compute, local=local)
 
     def warm(self, prompt: str, chunks: list[str]) -> dict[str, int]:
         """Store the prefix's and the chunks' KV for this prompt shape (no answer is generated)."""
@@ -169,6 +169,23 @@ class ChunkReuse:
 
     # -- prefill ---------------------------------------------------------------------------------
 
+    def prefetch(self, prompt: str, chunks: list[str], *, mode: ReuseMode = "blend") -> dict[str, Lookup]:
+        """Look up this prompt's prefix and chunk entries in every tier, without the model: the engine
+        calls it before taking its step lock, then passes the result to ``prefill(fetched=...)``, which
+        reads the memory tier only. Returns the lookups by key."""
+        if mode == "full":
+            return {}
+        ids, spans = self.tokenize(prompt, chunks)
+        if not spans:
+            return {}
+        prefix_ids = ids[: spans[0].start]
+        wanted = [(chunk_key(self.fingerprint, [], prefix_ids), prefix_ids)]
+        if mode == "blend":
+            wanted += [
+                (chunk_key(self.fingerprint, prefix_ids, ids[s.start : s.end]), ids[s.start : s.end]) for s in spans
+            ]
+        return {key: self.store.get(key, token_ids) for key, token_ids in wanted}
+
     def prefill(
         self,
         prompt: str,
@@ -177,12 +194,15 @@ class ChunkReuse:
         mode: ReuseMode = "blend",
         fraction: float | None = None,
         exact_at_full: bool = True,
+        fetched: dict[str, Lookup] | None = None,
     ) -> Prefilled:
         """Prefill ``prompt`` reusing stored KV. ``mode``: blend (prefix + chunks, selective recompute),
         prefix (the stored prefix only, everything after it computed: what prefix caching gives), full
         (nothing reused). Chunks no tier holds are computed in place this time and stored alone for
         the next request. ``exact_at_full=False``: fraction 1 runs the blend path, not a plain prefill
-        (tests compare that path with a full prefill)."""
+        (tests compare that path with a full prefill). ``fetched``: the lookups ``prefetch`` made; then
+        nothing here calls the shared tier, and the entries computed here reach it at the store's
+        ``flush_writes``."""
         started = time.perf_counter()
         fraction = self.recompute_fraction if fraction is None else fraction
         ids, spans = self.tokenize(prompt, chunks) if mode != "full" else (self._ids(prompt), [])
@@ -196,9 +216,22 @@ class ChunkReuse:
         missed: list[list[int]] = []
         prefix_tier = None
         prefix: ChunkKV | None = None
+        local = fetched is not None
+        fetched = fetched or {}
+
+        def lookup(key: str, token_ids: list[int]) -> Lookup:
+            found = fetched.get(key)
+            if found is not None and found.entry is not None:
+                return found
+            return self.store.get(key, token_ids, local=local)
+
         if spans:
             prefix_ids = ids[: spans[0].start]
-            found, computed_now = self._prefix_entry(prefix_ids)
+            early = fetched.get(chunk_key(self.fingerprint, [], prefix_ids))
+            if early is not None and early.entry is not None:
+                found, computed_now = early, False
+            else:
+                found, computed_now = self._prefix_entry(prefix_ids, local=local)
             prefix_tier = "miss" if computed_now else found.tier
             prefix = found.entry
             assert prefix is not None
@@ -210,7 +243,7 @@ class ChunkReuse:
             if mode == "blend":
                 for s in spans:
                     cid = ids[s.start : s.end]
-                    hit = self.store.get(chunk_key(self.fingerprint, prefix_ids, cid), cid)
+                    hit = lookup(chunk_key(self.fingerprint, prefix_ids, cid), cid)
                     bytes_read += hit.bytes_read
                     if hit.entry is None:
                         tiers["miss"] += 1
@@ -262,7 +295,7 @@ class ChunkReuse:
                 # Missed chunks were computed in place (exact); their stored form is computed alone
                 # after the prefix once the answer is out, so it never delays the first token.
                 for cid in missed:
-                    self._chunk_entry(kept_prefix, cid)
+                    self._chunk_entry(kept_prefix, cid, local=local)
 
             out.after = store_missed
         return out

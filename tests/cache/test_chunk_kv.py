@@ -185,6 +185,44 @@ def test_speculative_decoding_continues_from_a_reused_prefill(chunk_engine: Any,
     assert spec.stats.speculative["rounds"] > 0 and spec.stats.chunk_cache["chunk_hits"]["memory"] == 5
 
 
+def test_the_shared_tier_is_never_called_under_the_step_lock(chunk_engine: Any, prompts: Any) -> None:
+    """A slow Redis must delay one request, not every request's decode steps: each backend call the engine
+    makes (reads of stored chunks, writes of computed ones) happens with its step lock free."""
+    from cache.memory_backend import MemoryBackend
+
+    store = chunk_engine.chunk_reuse.store
+    kept, inner = store.backend, MemoryBackend()
+    calls: list[tuple[str, bool]] = []
+
+    class Spy:
+        name = "redis"
+
+        def __getattr__(self, attr: str) -> Any:
+            fn = getattr(inner, attr)
+
+            def call(*args: Any, **kwargs: Any) -> Any:
+                calls.append((attr, chunk_engine._lock._held))
+                return fn(*args, **kwargs)
+
+            return call
+
+    prompt, chunks = prompts[3]
+    params = SamplingParams(max_tokens=4)
+    store.backend = Spy()
+    try:
+        store.clear_memory()
+        first = chunk_engine.generate_sync(prompt, params, chunks=chunks)  # misses: computed, then written
+        store.clear_memory()
+        second = chunk_engine.generate_sync(prompt, params, chunks=chunks)  # read back from the shared tier
+    finally:
+        store.backend = kept
+    assert first.stats.chunk_cache["chunk_misses"] == 5
+    assert second.stats.chunk_cache["chunk_hits"]["redis"] == 5 and second.stats.chunk_cache["prefix"] == "redis"
+    ops = {op for op, _ in calls}
+    assert {"get", "put"} <= ops, calls
+    assert not [c for c in calls if c[1]], f"backend calls under the step lock: {calls}"
+
+
 # -- tiers, serialisation, integrity ----------------------------------------------------------------
 
 

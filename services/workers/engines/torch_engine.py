@@ -177,8 +177,13 @@ class TorchEngine(TokenizerMixin):
             import torch
 
             self._check_prompt(prompt_ids, params)
+            mode = reuse or "blend"
+            # The shared tier (Redis) is read before the step lock and written after it: a slow or dead
+            # Redis delays this request alone, never the decode steps of every other.
+            fetched = self.chunk_reuse.prefetch(prompt, chunks, mode=mode)
             with self._lock, torch.inference_mode():
-                prefilled = self.chunk_reuse.prefill(prompt, chunks, mode=reuse or "blend", fraction=fraction)
+                prefilled = self.chunk_reuse.prefill(prompt, chunks, mode=mode, fraction=fraction, fetched=fetched)
+            self.chunk_reuse.store.flush_writes()
             prompt_ids = prefilled.prompt_ids
             stats.chunk_cache = prefilled.report
         steps = self.iter_tokens(prompt_ids, params, spec=setup, spec_stats=spec_stats, prefilled=prefilled)
@@ -208,6 +213,8 @@ class TorchEngine(TokenizerMixin):
             if prefilled is not None and prefilled.after is not None:
                 with self._lock:
                     prefilled.after()
+                assert self.chunk_reuse is not None
+                self.chunk_reuse.store.flush_writes()
         if setup is not None and spec_stats is not None:
             stats.speculative = {**setup.describe(), **spec_stats.as_dict()}
         yield GenerationChunk(detok.flush() if finish == "length" or not detok.stopped else "", finish, stats)
