@@ -8,10 +8,10 @@ from typing import Any
 
 from cachetools import LRUCache
 
-from cache.base import BatchedMixin
+from cache.base import BatchedMixin, InProcessAsyncMixin
 
 
-class MemoryBackend(BatchedMixin):
+class MemoryBackend(BatchedMixin, InProcessAsyncMixin):
     name = "memory"
 
     @classmethod

@@ -1,6 +1,7 @@
 """Cached answers to repeated greedy questions, over any KV backend.
 
-A cache that fails never fails the request: errors are logged, counted and treated as misses.
+A cache that fails never fails the request: errors are logged, counted and treated as misses. Its calls
+are coroutines (the gateway's event loop never waits on Redis).
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ class ResponseCache:
         blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
         return f"resp:{KEY_VERSION}:" + hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
-    def get(self, key: str) -> dict[str, Any] | None:
+    async def get(self, key: str) -> dict[str, Any] | None:
         try:
-            raw = self.backend.get(key)
+            raw = await self.backend.aget(key)
         except CacheError as exc:
             CACHE_REQUESTS.labels(self.backend.name, "get", "error").inc()
             logger.warning("response cache get failed: %s", exc)
@@ -58,26 +59,26 @@ class ResponseCache:
         except ValueError:
             # A corrupt entry is dropped, never served.
             CACHE_REQUESTS.labels(self.backend.name, "get", "corrupt").inc()
-            self._safe_remove(key)
+            await self._safe_remove(key)
             return None
         if not isinstance(value, dict):
             CACHE_REQUESTS.labels(self.backend.name, "get", "corrupt").inc()
-            self._safe_remove(key)
+            await self._safe_remove(key)
             return None
         CACHE_REQUESTS.labels(self.backend.name, "get", "hit").inc()
         return value
 
-    def put(self, key: str, value: dict[str, Any]) -> None:
+    async def put(self, key: str, value: dict[str, Any]) -> None:
         try:
-            self.backend.put(key, json.dumps(value).encode("utf-8"), self.ttl_s)
+            await self.backend.aput(key, json.dumps(value).encode("utf-8"), self.ttl_s)
             CACHE_REQUESTS.labels(self.backend.name, "put", "ok").inc()
         except CacheError as exc:
             CACHE_REQUESTS.labels(self.backend.name, "put", "error").inc()
             logger.warning("response cache put failed: %s", exc)
 
-    def _safe_remove(self, key: str) -> None:
+    async def _safe_remove(self, key: str) -> None:
         try:
-            self.backend.remove(key)
+            await self.backend.aremove(key)
         except CacheError as exc:
             logger.warning("response cache remove failed: %s", exc)
 

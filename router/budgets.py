@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from cache.errors import BackendUnavailableError
+from cache.redis_client import Guard, LoopClients, async_client
 
 MICRO = 1_000_000
 _FIELDS = ("spent_tokens", "reserved_tokens", "spent_micros", "reserved_micros")
@@ -70,11 +70,12 @@ class BudgetLedger(Protocol):
     """Reservations are tickets: `reserve` opens one under a caller-chosen unique id with a lease,
     `settle` closes it (charging what was used) and `expire` releases those whose lease has passed,
     whichever router made them. Each is idempotent per ticket id, so a call retried after a lost reply
-    neither reserves nor charges twice."""
+    neither reserves nor charges twice. Every call is a coroutine: a slow store delays the request that
+    waits on it, never the router's event loop."""
 
     name: str
 
-    def reserve(
+    async def reserve(
         self,
         ticket: str,
         tenant: str,
@@ -87,21 +88,23 @@ class BudgetLedger(Protocol):
         lease_s: float,
     ) -> tuple[bool, Usage]: ...
 
-    def settle(self, ticket: str, actual_tokens: int, actual_micros: int) -> Usage | None:
+    async def settle(self, ticket: str, actual_tokens: int, actual_micros: int) -> Usage | None:
         """Charge ``actual`` and release the reservation; None when the ticket is not open (settled
         already, expired, or never granted)."""
         ...
 
-    def expire(self, now: float | None = None, limit: int = 100) -> list[Reservation]:
+    async def expire(self, now: float | None = None, limit: int = 100) -> list[Reservation]:
         """Release up to ``limit`` reservations whose lease has passed, uncharged."""
         ...
 
-    def open_tickets(self) -> int: ...
+    async def open_tickets(self) -> int: ...
 
-    def usage(self, tenant: str, period: str) -> Usage: ...
+    async def usage(self, tenant: str, period: str) -> Usage: ...
 
 
 class MemoryLedger:
+    """The embedded default: one process's ledger under a lock (no I/O, so its coroutines never wait)."""
+
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "") -> MemoryLedger:
         return cls()
@@ -123,7 +126,7 @@ class MemoryLedger:
             self._rows[key] = [0, 0, 0, 0]
         return self._rows[key]
 
-    def reserve(
+    async def reserve(
         self,
         ticket: str,
         tenant: str,
@@ -150,7 +153,7 @@ class MemoryLedger:
             self._open[ticket] = (Reservation(ticket, tenant, pkey, tokens, micros), time.time() + lease_s)
             return True, Usage(*row)
 
-    def settle(self, ticket: str, actual_tokens: int, actual_micros: int) -> Usage | None:
+    async def settle(self, ticket: str, actual_tokens: int, actual_micros: int) -> Usage | None:
         with self._lock:
             held = self._open.pop(ticket, None)
             if held is None:
@@ -166,7 +169,7 @@ class MemoryLedger:
         row[2] += min(actual_micros, r.micros)
         return row
 
-    def expire(self, now: float | None = None, limit: int = 100) -> list[Reservation]:
+    async def expire(self, now: float | None = None, limit: int = 100) -> list[Reservation]:
         now = time.time() if now is None else now
         with self._lock:
             due = [t for t, (_, until) in self._open.items() if until <= now][:limit]
@@ -177,11 +180,11 @@ class MemoryLedger:
                 out.append(r)
             return out
 
-    def open_tickets(self) -> int:
+    async def open_tickets(self) -> int:
         with self._lock:
             return len(self._open)
 
-    def usage(self, tenant: str, period: str) -> Usage:
+    async def usage(self, tenant: str, period: str) -> Usage:
         with self._lock:
             return Usage(*self._row(tenant, period_key(period)))
 
@@ -277,25 +280,18 @@ class RedisLedger:
 
     name = "redis"
 
-    def __init__(self, url: str, *, prefix: str = "ragyard:budget:", client: Any = None) -> None:
-        import redis
-        from redis.backoff import ExponentialBackoff
-        from redis.retry import Retry
-
-        self._errors = (redis.RedisError, OSError)
-        # A blip (a dropped connection, a timeout) is retried with backoff: every script is idempotent per
-        # ticket id, so a retry after a lost reply neither reserves nor charges twice.
-        self.client = client or redis.Redis.from_url(
-            url,
-            socket_timeout=2.0,
-            socket_connect_timeout=2.0,
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
-            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-        )
+    def __init__(self, url: str, *, prefix: str = "ragyard:budget:") -> None:
+        self.guard = Guard("budget store (redis)")
         self.prefix = prefix
-        self._reserve = self.client.register_script(_RESERVE)
-        self._settle = self.client.register_script(_SETTLE)
-        self._expire = self.client.register_script(_EXPIRE)
+
+        # A blip (a dropped connection, a timeout) is retried with backoff by the client: every script is
+        # idempotent per ticket id, so a retry after a lost reply neither reserves nor charges twice.
+        def build() -> tuple[Any, dict[str, Any]]:
+            client = async_client(url)
+            scripts = {"reserve": _RESERVE, "settle": _SETTLE, "expire": _EXPIRE}
+            return client, {name: client.register_script(src) for name, src in scripts.items()}
+
+        self._clients = LoopClients(build)
 
     def _key(self, tenant: str, pkey: str) -> str:
         return f"{self.prefix}{tenant}:{pkey}"
@@ -312,14 +308,16 @@ class RedisLedger:
         # Kept a while past the period's end, so the last period can still be read (and settled into).
         return seconds_to_reset(period) + 7 * 86400
 
-    def _run(self, script: Any, keys: list[str], args: list[Any]) -> list[Any]:
-        try:
-            out: list[Any] = script(keys=keys, args=args)
-            return out
-        except self._errors as exc:
-            raise BackendUnavailableError(f"budget store (redis): {exc}") from exc
+    async def _run(self, script: str, keys: list[str], args: list[Any]) -> list[Any]:
+        _, scripts = self._clients.get()
+        out: list[Any] = await self.guard.acall(lambda: scripts[script](keys=keys, args=args))
+        return out
 
-    def reserve(
+    async def _call(self, method: str, *args: Any) -> Any:
+        client, _ = self._clients.get()
+        return await self.guard.acall(lambda: getattr(client, method)(*args))
+
+    async def reserve(
         self,
         ticket: str,
         tenant: str,
@@ -335,21 +333,21 @@ class RedisLedger:
         lc = -1 if limit_micros is None else limit_micros
         keys = [self._key(tenant, period_key(period)), self._ticket_key(ticket), self._leases]
         args = [tokens, lt, micros, lc, self._ttl(period), ticket, f"{time.time() + lease_s:.3f}"]
-        out = [int(x) for x in self._run(self._reserve, keys, args)]
+        out = [int(x) for x in await self._run("reserve", keys, args)]
         return bool(out[0]), Usage(out[1], out[2], out[3], out[4])
 
-    def settle(self, ticket: str, actual_tokens: int, actual_micros: int) -> Usage | None:
+    async def settle(self, ticket: str, actual_tokens: int, actual_micros: int) -> Usage | None:
         out = [
             int(x)
-            for x in self._run(
-                self._settle, [self._ticket_key(ticket), self._leases], [actual_tokens, actual_micros, ticket]
+            for x in await self._run(
+                "settle", [self._ticket_key(ticket), self._leases], [actual_tokens, actual_micros, ticket]
             )
         ]
         return Usage(out[1], out[2], out[3], out[4]) if out[0] else None
 
-    def expire(self, now: float | None = None, limit: int = 100) -> list[Reservation]:
+    async def expire(self, now: float | None = None, limit: int = 100) -> list[Reservation]:
         now = time.time() if now is None else now
-        flat = self._run(self._expire, [self._leases], [f"{now:.3f}", limit, self._ticket_key("")])
+        flat = await self._run("expire", [self._leases], [f"{now:.3f}", limit, self._ticket_key("")])
         out = []
         for i in range(0, len(flat), 4):
             ticket, budget = (v.decode() if isinstance(v, bytes) else str(v) for v in flat[i : i + 2])
@@ -357,17 +355,11 @@ class RedisLedger:
             out.append(Reservation(ticket, tenant, pkey, int(flat[i + 2]), int(flat[i + 3])))
         return out
 
-    def open_tickets(self) -> int:
-        try:
-            return int(self.client.zcard(self._leases))
-        except self._errors as exc:
-            raise BackendUnavailableError(f"budget store (redis): {exc}") from exc
+    async def open_tickets(self) -> int:
+        return int(await self._call("zcard", self._leases))
 
-    def usage(self, tenant: str, period: str) -> Usage:
-        try:
-            values = self.client.hmget(self._key(tenant, period_key(period)), list(_FIELDS))
-        except self._errors as exc:
-            raise BackendUnavailableError(f"budget store (redis): {exc}") from exc
+    async def usage(self, tenant: str, period: str) -> Usage:
+        values = await self._call("hmget", self._key(tenant, period_key(period)), list(_FIELDS))
         return Usage(*(int(v or 0) for v in values))
 
 

@@ -14,6 +14,7 @@ why each was or was not eligible.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import math
@@ -115,6 +116,7 @@ class SlaController:
         # Observed / predicted latency of recent answers, per priority (router/calibration.py).
         self.calibrator = LatencyCalibration()
         self._lock = threading.RLock()
+        self._tidying: asyncio.Future[None] | None = None
         POLICY_VERSION.set(store.version)
 
     @staticmethod
@@ -220,7 +222,7 @@ class SlaController:
         tied = [c for c in candidates if c.quality >= top - QUALITY_TIE - 1e-12]
         return max(tied, key=lambda c: (-c.expected_cost - c.expected_tokens * 1e-9, -c.pred_latency, c.quality))
 
-    def decide(
+    async def decide(
         self,
         *,
         tenant: str | None,
@@ -235,35 +237,49 @@ class SlaController:
         dry_run: bool = False,
     ) -> RouteDecision:
         """Admit a request with the best plan that fits. ``dry_run`` (POST /v1/plan): the same choice,
-        but nothing is reserved, admitted or counted, and the decision carries no ticket."""
+        but nothing is reserved, admitted or counted, and the decision carries no ticket.
+
+        The load view is read and updated under the controller's lock, which no ledger call is ever made
+        under: the plan is admitted first, then its worst case is reserved in the ledger; a refused (or
+        failed) reservation takes the admission back and the next best plan is tried."""
         policy = self.store.policy
         POLICY_VERSION.set(self.store.version)
         slo = resolve(policy, tenant, headers)
         probs = dict(complexity.probabilities or {}) if complexity and complexity.cls else self.class_prior
         cls = complexity.cls if complexity else None
-        with self._lock:
-            self._expire()
-            self.load.advance()
-            # Unique across routers and restarts: a late report can only ever settle its own request.
-            ticket_id = uuid.uuid4().hex
-            for _attempt in range(3):
-                chosen, info = self._choose(policy, slo, probs, cls, pinned_policy, pinned_model)
+        self._tidy_soon()
+        # Unique across routers and restarts: a late report can only ever settle its own request.
+        ticket_id = uuid.uuid4().hex
+        period: str | None = None
+        for _attempt in range(3):
+            remaining = await self._remaining(policy, slo)
+            with self._lock:
+                self._expire_local()
+                self.load.advance()
+                chosen, info = self._choose(policy, slo, probs, cls, pinned_policy, pinned_model, remaining)
                 if dry_run:
-                    period, granted = None, True
                     break
-                period, granted = self._reserve(policy, slo, chosen, ticket_id)
-                if granted:
-                    break
-            else:
-                SHED.labels(slo.tier, "budget").inc()
-                raise BudgetExhaustedError(
-                    f"tenant {tenant!r} has no budget left for any allowed plan this {period}",
-                    retry_after=seconds_to_reset(period or "day"),
-                )
-            ticket: str | None = None
-            if not dry_run:
                 job = self.load.admit(chosen.key.model, slo.priority, chosen.est.median_s, slo.latency_ms / 1000)
-                ticket = ticket_id
+            try:
+                period, granted = await self._reserve(policy, slo, chosen, ticket_id)
+            except BaseException:
+                with self._lock:
+                    self.load.finish(job.id)
+                raise
+            if granted:
+                break
+            with self._lock:
+                self.load.finish(job.id)
+        else:
+            SHED.labels(slo.tier, "budget").inc()
+            raise BudgetExhaustedError(
+                f"tenant {tenant!r} has no budget left for any allowed plan this {period}",
+                retry_after=seconds_to_reset(period or "day"),
+            )
+        ticket: str | None = None
+        if not dry_run:
+            ticket = ticket_id
+            with self._lock:
                 IN_FLIGHT.labels(chosen.key.model).set(
                     sum(1 for j in self.load.jobs.values() if j.model == chosen.key.model)
                 )
@@ -315,6 +331,7 @@ class SlaController:
         cls: str | None,
         pinned_policy: str | None,
         pinned_model: str | None,
+        remaining: tuple[int | None, int | None, str | None],
     ) -> tuple[Candidate, dict[str, Any]]:
         cands = self._candidates(policy, slo, probs, cls, pinned_policy, pinned_model)
         if not cands:
@@ -323,7 +340,7 @@ class SlaController:
                 + (f", models {slo.floor.models}" if slo.floor.models else "")
                 + ")"
             )
-        remaining_t, remaining_c, period = self._remaining(policy, slo)
+        remaining_t, remaining_c, period = remaining
         # One factor per priority for this decision (each sorts the recent ratios; the rules ask often).
         factor_of = functools.cache(self.calibration)
         scale = factor_of(slo.priority)
@@ -407,22 +424,22 @@ class SlaController:
         )
 
     # -- budgets -------------------------------------------------------------------------------
-    def _remaining(self, policy: SlaPolicy, slo: RequestSlo) -> tuple[int | None, int | None, str | None]:
+    async def _remaining(self, policy: SlaPolicy, slo: RequestSlo) -> tuple[int | None, int | None, str | None]:
         tenant = policy.tenants.get(slo.tenant) if slo.tenant else None
         if tenant is None or tenant.budget is None:
             return None, None, None
         b = tenant.budget
-        usage = self.ledger.usage(slo.tenant, b.period)  # type: ignore[arg-type]
+        usage = await self.ledger.usage(slo.tenant, b.period)  # type: ignore[arg-type]
         rt = None if b.tokens is None else b.tokens - usage.spent_tokens - usage.reserved_tokens
         rc = None if b.cost is None else round(b.cost * MICRO) - usage.spent_micros - usage.reserved_micros
         return rt, rc, b.period
 
-    def _reserve(self, policy: SlaPolicy, slo: RequestSlo, c: Candidate, ticket: str) -> tuple[str | None, bool]:
+    async def _reserve(self, policy: SlaPolicy, slo: RequestSlo, c: Candidate, ticket: str) -> tuple[str | None, bool]:
         tenant = policy.tenants.get(slo.tenant) if slo.tenant else None
         if tenant is None or tenant.budget is None:
             return None, True
         b = tenant.budget
-        granted, _usage = self.ledger.reserve(
+        granted, _usage = await self.ledger.reserve(
             ticket,
             slo.tenant,  # type: ignore[arg-type]
             b.period,
@@ -435,7 +452,7 @@ class SlaController:
         return b.period, granted
 
     # -- feedback ------------------------------------------------------------------------------
-    def finish(self, ticket_id: str, outcome: Outcome) -> Settlement | None:
+    async def finish(self, ticket_id: str, outcome: Outcome) -> Settlement | None:
         """Settle a request: charge what it used (also when it failed or its client left, and a cached
         answer at the policy's `cache_charge`), learn its service time, count its SLO. Idempotent: a second
         report of the same ticket charges nothing. A ticket this router does not know (made before a
@@ -452,7 +469,7 @@ class SlaController:
         tokens, micros = charge(policy, model, outcome)
         charged = None
         if ticket is None or ticket.budgeted:
-            charged = self.settlements.settle(ticket_id, tokens, micros)
+            charged = await self.settlements.settle(ticket_id, tokens, micros)
         if ticket is None:
             return Settlement(met=False, budget=charged) if charged is not None else None
         ok = outcome.ok
@@ -484,17 +501,28 @@ class SlaController:
         SLA_ATTAINMENT.labels(ticket.slo.tier).set(sum(recent) / len(recent))
         return Settlement(met=met, budget=charged)
 
-    def _expire(self, now: float | None = None) -> None:
-        """Drop local tickets whose gateway never reported back (a crashed replica, a lost stream), then
-        retry refused charges and release lapsed reservations (`router/settlement.py`)."""
+    def _expire_local(self) -> None:
+        """Drop local tickets whose gateway never reported back (a crashed replica, a lost stream); their
+        reservations are released by lease (``tidy``). Under the lock."""
         for job in self.load.expire(older_than_s=900.0):
             ticket = next((t for t in self._tickets.values() if t.job_id == job.id), None)
             if ticket is not None:
                 del self._tickets[ticket.id]
-        self.settlements.tidy(now)
+
+    async def tidy(self, now: float | None = None) -> None:
+        """Retry refused charges and release lapsed reservations (`router/settlement.py`)."""
+        with self._lock:
+            self._expire_local()
+        await self.settlements.tidy(now)
+
+    def _tidy_soon(self) -> None:
+        """Tidy in the background, one run at a time: no request waits on a ledger that is down."""
+        running = self._tidying is not None and not self._tidying.done()
+        if not running or self._tidying.get_loop() is not asyncio.get_running_loop():  # type: ignore[union-attr]
+            self._tidying = asyncio.ensure_future(self.tidy())
 
     # -- reporting -----------------------------------------------------------------------------
-    def snapshot(self, tenant: str | None = None) -> dict[str, Any]:
+    async def snapshot(self, tenant: str | None = None) -> dict[str, Any]:
         """What is in force. For a tenant caller, only its own entry and usage (others' stay private)."""
         policy = self.store.policy
         tenants = {}
@@ -503,7 +531,7 @@ class SlaController:
                 continue
             entry: dict[str, Any] = {"tier": t.tier, "budget": t.budget.model_dump() if t.budget else None}
             if t.budget is not None:
-                usage = self.ledger.usage(name, t.budget.period)
+                usage = await self.ledger.usage(name, t.budget.period)
                 entry["usage"] = usage.as_dict()
                 if t.budget.tokens is not None:
                     entry["remaining_tokens"] = t.budget.tokens - usage.spent_tokens - usage.reserved_tokens

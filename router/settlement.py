@@ -44,11 +44,11 @@ class Settlements:
         self._expired_at = 0.0
         self._lock = threading.Lock()
 
-    def settle(self, ticket: str, tokens: int, micros: int) -> dict[str, Any] | None:
+    async def settle(self, ticket: str, tokens: int, micros: int) -> dict[str, Any] | None:
         """Charge a ticket; the tenant's usage after it, or None (not open, or the store is down: then the
         charge waits in `pending`, and the lease bounds how long the reservation can stay)."""
         try:
-            usage = self.ledger.settle(ticket, tokens, micros)
+            usage = await self.ledger.settle(ticket, tokens, micros)
         except BackendUnavailableError as exc:
             logger.warning("SLA ticket %s not settled yet, retried later: %s", ticket, exc)
             with self._lock:
@@ -57,14 +57,14 @@ class Settlements:
             return None
         return usage.as_dict() if usage is not None else None
 
-    def tidy(self, now: float | None = None) -> None:
+    async def tidy(self, now: float | None = None) -> None:
         """Retry the pending charges and, every few seconds, release the reservations whose lease has
         passed, whichever router made them (this one before a restart included)."""
         with self._lock:
             pending, self.pending = self.pending, {}
         for ticket, (tokens, micros) in pending.items():
             try:
-                self.ledger.settle(ticket, tokens, micros)
+                await self.ledger.settle(ticket, tokens, micros)
             except BackendUnavailableError:
                 with self._lock:
                     self.pending[ticket] = (tokens, micros)
@@ -74,7 +74,7 @@ class Settlements:
             return
         self._expired_at = now
         try:
-            released = self.ledger.expire(now)
+            released = await self.ledger.expire(now)
         except BackendUnavailableError as exc:
             logger.warning("could not expire SLA tickets: %s", exc)
             return

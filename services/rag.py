@@ -272,7 +272,8 @@ class RagService:
         """The one pipeline behind `answer` and `stream`: the response cache, the policy's answer
         pipeline, the record, the metrics and the cache put, in that order."""
         key = await self._cache_key(req, decision, params)
-        if key is not None and (cached := self.cache.get(key) if self.cache else None) is not None:
+        cached = await self.cache.get(key) if key is not None and self.cache is not None else None
+        if cached is not None:
             record = self._from_cache(cached, started, decision)
             yield StreamEvent(text=record["answer"])
             yield StreamEvent(done=True, record=record)
@@ -287,7 +288,7 @@ class RagService:
             self._observe(decision, record, ev.result.timings)
             # Only a whole answer gets here: an engine that fails (or aborts) raises before its result.
             if key is not None and self.cache is not None:
-                self.cache.put(key, {k: v for k, v in record.items() if k != "sla"})
+                await self.cache.put(key, {k: v for k, v in record.items() if k != "sla"})
             yield StreamEvent(done=True, record=record)
 
     @staticmethod

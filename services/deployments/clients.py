@@ -84,10 +84,10 @@ class LocalRouter:
         return self.service.needs_embedding(policy, model)
 
     async def finish(self, ticket: str, outcome: Outcome) -> Settlement | None:
-        return self.service.finish(ticket, outcome)
+        return await self.service.finish(ticket, outcome)
 
     async def sla(self, tenant: str | None = None) -> dict[str, Any]:
-        return self.service.sla(tenant)
+        return await self.service.sla(tenant)
 
     async def metrics_text(self) -> str:
         return self.service.metrics_text()

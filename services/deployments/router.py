@@ -95,7 +95,7 @@ class RouterService:
         if pinned is None and choices.get("embedding") is not None:
             complexity = self.router.classify(question, choices["embedding"])
         sla = sla or {}
-        return self.controller.decide(
+        return await self.controller.decide(
             tenant=sla.get("tenant"),
             headers=sla.get("headers") or {},
             complexity=complexity,
@@ -108,13 +108,13 @@ class RouterService:
             dry_run=dry_run,
         )
 
-    def finish(self, ticket: str, outcome: Outcome) -> Settlement | None:
-        return None if self.controller is None else self.controller.finish(ticket, outcome)
+    async def finish(self, ticket: str, outcome: Outcome) -> Settlement | None:
+        return None if self.controller is None else await self.controller.finish(ticket, outcome)
 
-    def sla(self, tenant: str | None = None) -> dict[str, Any]:
+    async def sla(self, tenant: str | None = None) -> dict[str, Any]:
         if self.controller is None:
             return {"enabled": False, "detail": "the SLA controller is off (sla.enabled: false)"}
-        return self.controller.snapshot(tenant)
+        return await self.controller.snapshot(tenant)
 
     def metrics_text(self) -> str:
         if self.controller is None:

@@ -18,6 +18,7 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cache.redis_client import CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, Guard, async_client
 from router.sla import PolicyStore, RateLimits
 from services.errors import RateLimitError, ServiceUnavailableError
 from services.http.errors import json_error
@@ -50,16 +51,7 @@ class Slots:
         self._memory: dict[str, dict[str, float]] = {}
         self._redis: Any = None
         if url and url.startswith(("redis://", "rediss://", "unix://")):
-            import redis.asyncio as aioredis
-            from redis.backoff import ExponentialBackoff
-            from redis.retry import Retry
-
-            self._redis = aioredis.Redis.from_url(
-                url,
-                socket_timeout=2.0,
-                socket_connect_timeout=2.0,
-                retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=2),
-            )
+            self._redis = async_client(url, retries=2)
             self._acquire = self._redis.register_script(_ACQUIRE)
 
     async def acquire(self, tenant: str, cap: int) -> str | None:
@@ -93,10 +85,18 @@ class RateLimiter:
     def __init__(self, url: str | None) -> None:
         redis = bool(url) and str(url).startswith(("redis://", "rediss://", "unix://"))
         self.storage: Storage = (
-            RedisStorage("async+" + str(url), implementation="redispy", key_prefix="ragyard:rate")
+            RedisStorage(
+                "async+" + str(url),
+                implementation="redispy",
+                key_prefix="ragyard:rate",
+                socket_timeout=SOCKET_TIMEOUT_S,
+                socket_connect_timeout=CONNECT_TIMEOUT_S,
+            )
             if redis
             else MemoryStorage()
         )
+        # A deadline and a breaker over every call to the store: a Redis that is down refuses at once.
+        self.guard = Guard("rate-limit store (redis)")
         self.limiter = SlidingWindowCounterRateLimiter(self.storage)
         self.slots = Slots(url if redis else None)
 
@@ -165,13 +165,19 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         answering = scope["path"] in ANSWER_PATHS
-        try:
-            headers, refused = await self.limiter.check(tenant, limits, answering)
+        limiter = self.limiter
+
+        async def admit() -> tuple[dict[str, str], str | None, str | None]:
+            headers, refused = await limiter.check(tenant, limits, answering)
             slot = None
             if refused is None and answering and limits.max_concurrent is not None:
-                slot = await self.limiter.slots.acquire(tenant, limits.max_concurrent)
+                slot = await limiter.slots.acquire(tenant, limits.max_concurrent)
                 if slot is None:
                     refused = f"{limits.max_concurrent} answers in progress at once"
+            return headers, refused, slot
+
+        try:
+            headers, refused, slot = await limiter.guard.acall(admit)
         except Exception as exc:  # noqa: BLE001 - the limits store is down: fail closed, as budgets do
             logger.warning("rate limits unavailable: %s", exc)
             down = ServiceUnavailableError(
@@ -198,7 +204,7 @@ class RateLimitMiddleware:
             tokens = ran.prompt_tokens + ran.completion_tokens if ran is not None else 0
             if tokens:
                 try:
-                    await self.limiter.spend_tokens(tenant, limits, tokens)  # type: ignore[union-attr]
+                    await limiter.guard.acall(lambda: limiter.spend_tokens(tenant, limits, tokens))
                 except Exception as exc:  # noqa: BLE001 - the answer is out; the count is best effort
                     logger.warning("could not count %d tokens against %s's TPM: %s", tokens, tenant, exc)
 
@@ -214,7 +220,10 @@ class RateLimitMiddleware:
             await self.app(scope, receive, with_headers)
         finally:
             if slot is not None:
-                await self.limiter.slots.release(tenant, slot)
+                try:
+                    await limiter.guard.acall(lambda: limiter.slots.release(tenant, slot))
+                except Exception as exc:  # noqa: BLE001 - the store is down: the slot frees itself at its lease
+                    logger.warning("could not release %s's answer slot (freed at its lease): %s", tenant, exc)
             await count_tokens()  # a response that never finished (the client left) counts too
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -38,17 +39,32 @@ def test_ttl_is_enforced_by_redis(backend: RedisBackend) -> None:
 
 def test_response_cache_over_redis_and_corrupt_entry(backend: RedisBackend) -> None:
     cache = ResponseCache(backend, ttl_s=30)
-    cache.put("answer", {"answer": "Paris", "citations": []})
-    assert cache.get("answer") == {"answer": "Paris", "citations": []}
-    backend.put("garbled", b"{truncated")
-    assert cache.get("garbled") is None and not backend.contains("garbled")
-    assert cache.get("answer") == {"answer": "Paris", "citations": []}
+
+    async def run() -> None:
+        await cache.put("answer", {"answer": "Paris", "citations": []})
+        assert await cache.get("answer") == {"answer": "Paris", "citations": []}
+        backend.put("garbled", b"{truncated")
+        assert await cache.get("garbled") is None and not backend.contains("garbled")
+        assert await cache.get("answer") == {"answer": "Paris", "citations": []}
+        assert 0 < backend.client.ttl(backend.prefix + "answer") <= 30
+
+    asyncio.run(run())
 
 
-def test_unreachable_redis_is_a_backend_error() -> None:
+def test_unreachable_redis_is_a_backend_error_then_skipped() -> None:
+    """A refused store is a backend error (a miss for the cache); after a few in a row the breaker opens and
+    the calls after it fail at once, sync and async alike."""
     from tests.conftest import free_port
 
     b = RedisBackend(f"redis://127.0.0.1:{free_port()}/0")
     with pytest.raises(BackendUnavailableError):
         b.get("k")
-    assert ResponseCache(b).get("k") is None
+    assert asyncio.run(ResponseCache(b).get("k")) is None
+    with pytest.raises(BackendUnavailableError):
+        asyncio.run(b.aput("k", b"v"))
+    started = time.perf_counter()
+    with pytest.raises(BackendUnavailableError, match="not called for"):
+        b.get("k")
+    with pytest.raises(BackendUnavailableError, match="not called for"):
+        asyncio.run(b.aget("k"))
+    assert time.perf_counter() - started < 0.5

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from cache.errors import BackendUnavailableError
@@ -20,13 +22,17 @@ def test_key_normalises_question_and_covers_the_plan() -> None:
 def test_round_trip_and_corrupt_entry_dropped() -> None:
     backend = MemoryBackend()
     cache = ResponseCache(backend, ttl_s=60)
-    cache.put("k", {"answer": "42"})
-    assert cache.get("k") == {"answer": "42"}
-    backend.put("bad", b"\xff not json")
-    assert cache.get("bad") is None
-    assert not backend.contains("bad")
-    backend.put("list", b"[1, 2]")
-    assert cache.get("list") is None
+
+    async def run() -> None:
+        await cache.put("k", {"answer": "42"})
+        assert await cache.get("k") == {"answer": "42"}
+        backend.put("bad", b"\xff not json")
+        assert await cache.get("bad") is None
+        assert not backend.contains("bad")
+        backend.put("list", b"[1, 2]")
+        assert await cache.get("list") is None
+
+    asyncio.run(run())
 
 
 class _Broken(MemoryBackend):
@@ -39,5 +45,9 @@ class _Broken(MemoryBackend):
 
 def test_failing_backend_is_a_miss_not_an_error() -> None:
     cache = ResponseCache(_Broken())
-    cache.put("k", {"a": 1})
-    assert cache.get("k") is None
+
+    async def run() -> None:
+        await cache.put("k", {"a": 1})
+        assert await cache.get("k") is None
+
+    asyncio.run(run())

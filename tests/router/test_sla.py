@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -226,6 +227,18 @@ def _controller(policy: dict[str, Any] = POLICY, **cfg: Any) -> SlaController:
 CLASS_POLICY = {"A": "none", "B": "single", "C": "multi"}
 
 
+def _finish(ctl: SlaController, ticket: str, outcome: Outcome) -> Any:
+    return asyncio.run(ctl.finish(ticket, outcome))
+
+
+def _usage(ctl: SlaController, tenant: str, period: str) -> Any:
+    return asyncio.run(ctl.ledger.usage(tenant, period))
+
+
+def _tidy(ctl: SlaController, now: float) -> None:
+    asyncio.run(ctl.tidy(now))
+
+
 def _decide(ctl: SlaController, tenant: str | None = "acme", cls: str | None = "B", **kw: Any) -> Any:
     probs = {"A": 0.0, "B": 0.0, "C": 0.0}
     if cls:
@@ -242,7 +255,7 @@ def _decide(ctl: SlaController, tenant: str | None = "acme", cls: str | None = "
         "use_response_cache": True,
     }
     args.update(kw)
-    return ctl.decide(**args)
+    return asyncio.run(ctl.decide(**args))
 
 
 def _teach(ctl: SlaController, policy: str, seconds: float, cls: str | None = None, n: int = 5) -> None:
@@ -258,7 +271,7 @@ def test_decision_rule_best_quality_that_fits() -> None:
     # Class B: single is best and fits interactive's 6 s.
     d = _decide(ctl, cls="B")
     assert d.plan.policy == "single" and not d.sla["degraded"]
-    ctl.finish(d.sla["ticket"], Outcome(ok=True, latency_s=3.0, ttft_s=1.0, prompt_tokens=5, completion_tokens=5))
+    _finish(ctl, d.sla["ticket"], Outcome(ok=True, latency_s=3.0, ttft_s=1.0, prompt_tokens=5, completion_tokens=5))
     # Class C: multi is best but breaks 6 s, so single; for the standard tier (20 s) multi fits.
     assert _decide(ctl, cls="C").plan.policy == "single"
     ctl.load.jobs.clear()
@@ -350,24 +363,24 @@ def test_budget_and_caps() -> None:
     # tiny has 3000 tokens: the first request reserves 2048 (one call x max_model_len) ...
     first = _decide(ctl, tenant="tiny", cls="A")
     assert first.sla["tier"] == "batch"
-    assert ctl.ledger.usage("tiny", "day").reserved_tokens == 2048
+    assert _usage(ctl, "tiny", "day").reserved_tokens == 2048
     # ... so a second cannot be reserved until the first settles.
     with pytest.raises(BudgetExhaustedError) as info:
         _decide(ctl, tenant="tiny", cls="A")
     assert info.value.retry_after is not None and info.value.retry_after > 0
-    ctl.finish(first.sla["ticket"], Outcome(ok=True, latency_s=1, prompt_tokens=100, completion_tokens=20))
-    usage = ctl.ledger.usage("tiny", "day")
+    _finish(ctl, first.sla["ticket"], Outcome(ok=True, latency_s=1, prompt_tokens=100, completion_tokens=20))
+    usage = _usage(ctl, "tiny", "day")
     assert (usage.spent_tokens, usage.reserved_tokens) == (120, 0)
     second = _decide(ctl, tenant="tiny", cls="A")
-    ctl.finish(second.sla["ticket"], Outcome(ok=False, latency_s=1))  # failed before the model ran: nothing
-    assert ctl.ledger.usage("tiny", "day").spent_tokens == 120
+    _finish(ctl, second.sla["ticket"], Outcome(ok=False, latency_s=1))  # failed before the model ran: nothing
+    assert _usage(ctl, "tiny", "day").spent_tokens == 120
     # A request that failed (or lost its client) after the model ran is charged what it ran; a second
     # report of the same ticket charges nothing.
     third = _decide(ctl, tenant="tiny", cls="A")
     ran = Outcome(ok=False, latency_s=1, prompt_tokens=300, completion_tokens=7)
-    assert ctl.finish(third.sla["ticket"], ran) is not None
-    assert ctl.finish(third.sla["ticket"], ran) is None
-    assert ctl.ledger.usage("tiny", "day").spent_tokens == 120 + 307
+    assert _finish(ctl, third.sla["ticket"], ran) is not None
+    assert _finish(ctl, third.sla["ticket"], ran) is None
+    assert _usage(ctl, "tiny", "day").spent_tokens == 120 + 307
     # A per-request cap below every plan's worst case is the client's mistake (400), not a 429.
     with pytest.raises(PlanUnavailableError, match="smallest is 2048"):
         _decide(ctl, tenant="acme", cls="A", headers={"x-budget-tokens": "1000"})
@@ -395,12 +408,12 @@ def test_expired_tickets_release_their_reservations() -> None:
     assert isinstance(ticket, str) and len(ticket) == 32  # a uuid: unique across routers and restarts
     ctl.load.jobs[ctl._tickets[ticket].job_id].started = time.monotonic() - 10_000
     lease = ctl.store.policy.controller.ticket_lease_s
-    ctl._expire(now=time.time() + 1)
-    assert not ctl._tickets and ctl.ledger.usage("tiny", "day").reserved_tokens == 2048  # the lease holds it
-    ctl._expire(now=time.time() + lease + 10)
-    assert ctl.ledger.usage("tiny", "day").reserved_tokens == 0 and ctl.ledger.open_tickets() == 0
-    assert ctl.finish(ticket, Outcome(ok=True, latency_s=1, prompt_tokens=50, completion_tokens=5)) is None
-    assert ctl.ledger.usage("tiny", "day").spent_tokens == 0
+    _tidy(ctl, now=time.time() + 1)
+    assert not ctl._tickets and _usage(ctl, "tiny", "day").reserved_tokens == 2048  # the lease holds it
+    _tidy(ctl, now=time.time() + lease + 10)
+    assert _usage(ctl, "tiny", "day").reserved_tokens == 0 and asyncio.run(ctl.ledger.open_tickets()) == 0
+    assert _finish(ctl, ticket, Outcome(ok=True, latency_s=1, prompt_tokens=50, completion_tokens=5)) is None
+    assert _usage(ctl, "tiny", "day").spent_tokens == 0
 
 
 def test_shipped_policies_validate() -> None:
@@ -515,11 +528,13 @@ def test_money_budgets_charge_by_price_and_cap_by_cost() -> None:
     _teach(ctl, "none", 1.0)
     # The worst case of one call is 2048 tokens at the dearer price (4 per million): 8,192 micros.
     first = _decide(ctl, tenant="payg", cls="A")
-    assert ctl.ledger.usage("payg", "day").reserved_micros == 8192
+    assert _usage(ctl, "payg", "day").reserved_micros == 8192
     with pytest.raises(BudgetExhaustedError):  # 0.01 - 0.008192 left: no plan's worst case fits
         _decide(ctl, tenant="payg", cls="A")
-    settled = ctl.finish(first.sla["ticket"], Outcome(ok=True, latency_s=1, prompt_tokens=1000, completion_tokens=100))
-    usage = ctl.ledger.usage("payg", "day")
+    settled = _finish(
+        ctl, first.sla["ticket"], Outcome(ok=True, latency_s=1, prompt_tokens=1000, completion_tokens=100)
+    )
+    usage = _usage(ctl, "payg", "day")
     assert (usage.spent_micros, usage.reserved_micros) == (1000 * 2 + 100 * 4, 0)
     assert settled is not None and settled.budget is not None
     assert settled.budget["spent_cost"] == pytest.approx(0.0024)
@@ -576,12 +591,12 @@ def test_slo_accounting_counts_met_missed_and_failed() -> None:
     last = None
     for outcome, met in outcomes:
         last = _decide(ctl, cls="A")
-        settled = ctl.finish(last.sla["ticket"], outcome)
+        settled = _finish(ctl, last.sla["ticket"], outcome)
         assert settled is not None and settled.met is met
     assert {o: count(o) - before[o] for o in before} == {"met": 1, "missed": 2, "failed": 1}
     assert SLA_ATTAINMENT.labels("interactive")._value.get() == pytest.approx(0.25)
     # A ticket settles once: a late second report changes nothing.
-    assert last is not None and ctl.finish(last.sla["ticket"], Outcome(ok=True, latency_s=1.0)) is None
+    assert last is not None and _finish(ctl, last.sla["ticket"], Outcome(ok=True, latency_s=1.0)) is None
     assert count("met") - before["met"] == 1
 
 

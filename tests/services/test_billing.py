@@ -47,7 +47,7 @@ def _req(text: str = "Count to eight?") -> AnswerRequest:
 
 
 def _spent(controller: Any) -> int:
-    usage = controller.ledger.usage("acme", "day")
+    usage = asyncio.run(controller.ledger.usage("acme", "day"))
     assert usage.reserved_tokens == 0  # nothing left held
     return int(usage.spent_tokens)
 

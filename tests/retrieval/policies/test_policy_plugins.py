@@ -106,20 +106,22 @@ def test_the_sla_controller_budgets_it() -> None:
         }
     )
     ctl = SlaController(config, store, MemoryLedger(), quality={"single": {"A": 0.5, "B": 0.5, "C": 0.5}})
-    decision = ctl.decide(
-        tenant="t",
-        headers={},
-        complexity=None,
-        pinned_policy="single_rerank",
-        pinned_model=None,
-        top_k=4,
-        max_tokens=32,
-        cacheable=True,
-        use_response_cache=True,
+    decision = asyncio.run(
+        ctl.decide(
+            tenant="t",
+            headers={},
+            complexity=None,
+            pinned_policy="single_rerank",
+            pinned_model=None,
+            top_k=4,
+            max_tokens=32,
+            cacheable=True,
+            use_response_cache=True,
+        )
     )
     assert decision.plan.policy == "single_rerank"
     # One model call at most (its max_llm_calls), so the reservation is one call's worst case.
-    assert ctl.ledger.usage("t", "day").reserved_tokens == config.default_model.max_model_len
+    assert asyncio.run(ctl.ledger.usage("t", "day")).reserved_tokens == config.default_model.max_model_len
 
 
 def test_it_runs_like_any_policy() -> None:
