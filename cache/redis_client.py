@@ -33,29 +33,47 @@ BREAKER_FAILURES = 3
 BREAKER_RESET_S = 2.0
 
 
-def _options(retries: int, timeout_s: float) -> dict[str, Any]:
+def _options(retries: int, timeout_s: float, *, asynchronous: bool) -> dict[str, Any]:
     import redis
     from redis.backoff import ExponentialBackoff
-    from redis.retry import Retry
 
+    # The asyncio client needs redis.asyncio's Retry: given the sync one, it awaits a call the Retry never
+    # looked inside, and no error is ever retried.
+    if asynchronous:
+        from redis.asyncio.retry import Retry as AsyncRetry
+
+        retry: Any = AsyncRetry(ExponentialBackoff(cap=1.0, base=0.05), retries=retries)
+    else:
+        from redis.retry import Retry
+
+        retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=retries)
     return {
         "socket_timeout": timeout_s,
         "socket_connect_timeout": CONNECT_TIMEOUT_S,
-        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=retries),
+        "retry": retry,
         "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
     }
+
+
+# Connections one client may open. redis-py's default pool refuses past 100 ("Too many connections"), which a
+# burst of concurrent requests reaches and the breaker would then read as a store that is down.
+MAX_CONNECTIONS = 1024
 
 
 def sync_client(url: str, *, retries: int = 3, timeout_s: float = SOCKET_TIMEOUT_S) -> Any:
     import redis
 
-    return redis.Redis.from_url(url, **_options(retries, timeout_s))
+    return redis.Redis.from_url(
+        url, max_connections=MAX_CONNECTIONS, **_options(retries, timeout_s, asynchronous=False)
+    )
 
 
 def async_client(url: str, *, retries: int = 3, timeout_s: float = SOCKET_TIMEOUT_S) -> Any:
     import redis.asyncio as aioredis
 
-    return aioredis.Redis.from_url(url, **_options(retries, timeout_s))
+    return aioredis.Redis.from_url(
+        url, max_connections=MAX_CONNECTIONS, **_options(retries, timeout_s, asynchronous=True)
+    )
 
 
 def redis_errors() -> tuple[type[BaseException], ...]:
@@ -87,7 +105,10 @@ class Guard:
 
     def __init__(self, what: str) -> None:
         self.what = what
-        self._errors: tuple[type[BaseException], ...] = (pybreaker.CircuitBreakerError, *redis_errors())
+        # Anything a client call raises means the store did not answer: besides redis-py's and socket errors,
+        # redis.asyncio raises a bare RuntimeError ("unable to perform operation on <TCPTransport closed=True>")
+        # when a reset lands mid-command. (CancelledError is a BaseException and passes through.)
+        self._errors: tuple[type[BaseException], ...] = (pybreaker.CircuitBreakerError, Exception)
         self.breaker = pybreaker.CircuitBreaker(fail_max=BREAKER_FAILURES, reset_timeout=BREAKER_RESET_S, name=what)
 
     def _unavailable(self, exc: BaseException) -> BackendUnavailableError:
