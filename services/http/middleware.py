@@ -55,6 +55,14 @@ class BodyGuardMiddleware:
         body = b"".join(parts)
         media = headers.get("content-type", "").split(";")[0].strip().lower()
         if body.strip() and (media == "application/json" or media.endswith("+json")):
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError:
+                # RFC 8259 JSON is UTF-8. Python's json also reads UTF-16 and UTF-32, which orjson (and so the
+                # depth check) does not: refused here, such a body could not be bounded.
+                error = InvalidRequestError("the JSON body is not UTF-8", code="invalid_encoding")
+                await json_error(error)(scope, receive, send)
+                return
             if json_depth(body) > self.max_depth:
                 error = InvalidRequestError(
                     f"the JSON body is nested deeper than {self.max_depth} levels", code="json_too_deep"
