@@ -74,6 +74,7 @@ class RagService:
             router = LocalRouter(RouterService(config))
         self.router = router
         self.cache = cache
+        self._reports: set[asyncio.Future[Any]] = set()  # SLA reports in flight (kept from the GC)
 
     # -- planning ------------------------------------------------------------------------------
     async def decide(self, req: AnswerRequest, *, dry_run: bool = False) -> tuple[RouteDecision, SamplingParams]:
@@ -148,8 +149,13 @@ class RagService:
                 ttft_s=ttft_s if ttft_s is not None else max(0.0, latency - timings.get("decode_s", 0.0)),
                 model=decision.plan.model,
             )
+        # Shielded: a client that leaves cancels the request's task, and the report must go in all the same
+        # (else the reservation waits out its lease and the tokens the model ran are never charged).
+        report = asyncio.ensure_future(self.router.finish(decision.sla["ticket"], outcome))
+        self._reports.add(report)
+        report.add_done_callback(self._reports.discard)
         try:
-            settled = await self.router.finish(decision.sla["ticket"], outcome)
+            settled = await asyncio.shield(report)
         except Exception:  # noqa: BLE001 - the answer stands; the ticket expires and releases its reservation
             logger.exception("could not report SLA ticket %s", decision.sla.get("ticket"))
             return
