@@ -395,7 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_calibrate_dragin)
 
     p = sub.add_parser("bench", help="benchmarks: results as JSON plus a markdown table")
-    p.add_argument("what", choices=["router", "policies", "spec", "kvcache", "sla", "retrieval", "docsqa", "tenancy"])
+    p.add_argument(
+        "what", choices=["router", "policies", "spec", "kvcache", "sla", "retrieval", "docsqa", "tenancy", "chaos"]
+    )
     p.add_argument("--data", action="append", help="QA JSONL file (repeatable)")
     p.add_argument("--out", required=True)
     p.add_argument("--repeats", type=int, default=200, help="router: timing repeats")
@@ -448,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", help="tenancy: corpus sizes in chunks, comma-separated (default 10000,100000)")
     p.add_argument("--tenants", type=int, default=20, help="tenancy: tenants sharing the corpus")
     p.add_argument("--queries", type=int, default=200, help="tenancy: queries per size")
+    p.add_argument("--fault-seconds", type=float, default=10.0, help="chaos: how long each Redis fault lasts")
+    p.add_argument("--writer-kills", type=int, default=200, help="chaos: kill -9 of the store writer subprocess")
+    p.add_argument("--scenarios", help="chaos: comma-separated subset (default: all; see bench_chaos.SCENARIOS)")
     p.set_defaults(func=cmd_bench)
     return parser
 

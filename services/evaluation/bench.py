@@ -139,6 +139,17 @@ def run_bench(what: str, config: AppConfig, args: argparse.Namespace) -> str:
 
         sizes = tuple(number_list(args.sizes, int, "--sizes")) if args.sizes else (10_000, 100_000)
         return bench_tenancy(args.out, sizes=sizes, tenants=args.tenants, queries=args.queries)
+    if what == "chaos":
+        from services.evaluation.bench_chaos import SCENARIOS, bench_chaos
+        from services.evaluation.chaos.scenarios import Settings
+
+        only = tuple(s.strip() for s in args.scenarios.split(",")) if args.scenarios else SCENARIOS
+        if set(only) - set(SCENARIOS):
+            named = ", ".join(sorted(set(only) - set(SCENARIOS)))
+            raise ValueError(f"unknown chaos scenarios {named}; valid: {', '.join(SCENARIOS)}")
+        settings = Settings(fault_s=args.fault_seconds, writer_kills=args.writer_kills)
+        base = {"ray": {"temp_dir": config.ray.temp_dir}, "cache_dir": config.cache_dir}
+        return bench_chaos(args.out, base, settings, only)
     raise ValueError(f"unknown benchmark {what!r}")
 
 

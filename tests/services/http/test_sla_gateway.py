@@ -4,6 +4,7 @@ Real model, real index, no Ray (the Serve path runs in test_serve_sla.py and `ra
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -81,7 +82,7 @@ def test_tenant_answer_is_planned_and_charged(sla_env: Any) -> None:
     assert sla["candidates"] and "best expected quality" in sla["reason"]
     used = body["usage"]["total_tokens"]
     assert sla["budget_after"]["spent_tokens"] == used and sla["budget_after"]["reserved_tokens"] == 0
-    assert ctl.ledger.usage("acme", "day").spent_tokens == used
+    assert asyncio.run(ctl.ledger.usage("acme", "day")).spent_tokens == used
     # Streaming: the budget settles when the stream ends.
     with client.stream(
         "POST",
@@ -92,7 +93,7 @@ def test_tenant_answer_is_planned_and_charged(sla_env: Any) -> None:
         lines = [line for line in stream.iter_lines() if line.startswith("data: {")]
     final = json.loads(lines[-1][6:])
     assert final["ragyard"]["sla"]["tier"] == "interactive"
-    usage = ctl.ledger.usage("acme", "day")
+    usage = asyncio.run(ctl.ledger.usage("acme", "day"))
     assert usage.reserved_tokens == 0 and usage.spent_tokens > used
     assert not ctl.load.jobs and not ctl._tickets
 
@@ -124,7 +125,7 @@ def test_overload_sheds_with_retry_after(sla_env: Any) -> None:
     finally:
         ctl.load.jobs.clear()
     # The budget: tiny (2,500 tokens) can reserve one worst case (2,048), not two.
-    ctl.ledger.reserve("held-by-test", "tiny", "day", 2048, 0, 2500, None, lease_s=600)
+    asyncio.run(ctl.ledger.reserve("held-by-test", "tiny", "day", 2048, 0, 2500, None, lease_s=600))
     resp = _qa(client, "k-tiny")
     err = _error(resp, 429, "insufficient_quota")
     assert err["type"] == "insufficient_quota" and int(resp.headers["retry-after"]) > 0
@@ -199,12 +200,12 @@ def test_cached_answers_are_not_charged(local_service: Any, base_config: dict[st
         ask = {"question": "Which port does make run serve on?", "style": "short", "max_tokens": 6}
         auth = {"authorization": "Bearer k-acme"}
         first = client.post("/v1/qa", json=ask, headers=auth).json()
-        spent = ctl.ledger.usage("acme", "day").spent_tokens
+        spent = asyncio.run(ctl.ledger.usage("acme", "day")).spent_tokens
         again = client.post("/v1/qa", json=ask, headers=auth).json()
     assert first["cache"]["response"] == "miss" and again["cache"]["response"] == "hit"
     assert spent == first["usage"]["total_tokens"] > 0
     # A cached answer is charged its original tokens (the policy's cache_charge, 1.0 by default).
-    assert ctl.ledger.usage("acme", "day").spent_tokens == 2 * spent
+    assert asyncio.run(ctl.ledger.usage("acme", "day")).spent_tokens == 2 * spent
     assert again["sla"]["tier"] == "interactive" and again["sla"]["ticket"] != first["sla"]["ticket"]
     assert not ctl._tickets
 
@@ -213,7 +214,7 @@ def test_plan_is_explained_without_admission(sla_env: Any) -> None:
     """POST /v1/plan: the controller's choice for the same body and headers, but no ticket, no reservation,
     no decision counted; a request /v1/qa would refuse is refused the same way."""
     client, ctl, _ = sla_env
-    before = ctl.ledger.usage("acme", "day")
+    before = asyncio.run(ctl.ledger.usage("acme", "day"))
     body = {"question": "What does Ragyard decide per question?", "style": "short", "max_tokens": 8}
     resp = client.post("/v1/plan", json=body, headers={"authorization": "Bearer k-acme"})
     assert resp.status_code == 200, resp.text
@@ -221,7 +222,7 @@ def test_plan_is_explained_without_admission(sla_env: Any) -> None:
     assert out["object"] == "qa.plan" and out["sla"]["ticket"] is None and out["sla"]["tier"] == "interactive"
     assert out["plan"]["model"] == MODEL and "best expected quality" in out["plan"]["reason"]
     assert "answer" not in out and "usage" not in out
-    after = ctl.ledger.usage("acme", "day")
+    after = asyncio.run(ctl.ledger.usage("acme", "day"))
     assert (after.spent_tokens, after.reserved_tokens) == (before.spent_tokens, before.reserved_tokens)
     assert not ctl._tickets and not ctl.load.jobs
     # The same plan /v1/qa then runs.

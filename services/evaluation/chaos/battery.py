@@ -1,0 +1,279 @@
+"""The bad-input battery: requests no client should send, at every route and header, each with the status a
+careful server answers. None may be a 5xx; after every ten, a normal request must still answer.
+
+A case is a name, the request and the statuses it may get (one, unless the standards allow two: a wrong
+method may be 404 or 405 depending on the route table). Keys are the scenario's own: ``TENANT_KEY`` (a
+tenant on the `standard` tier, allowed to pick `batch`), ``OTHER_KEY`` (another tenant), ``OPERATOR_KEY``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+TENANT_KEY = "k-acme"
+OTHER_KEY = "k-globex"
+OPERATOR_KEY = "op-chaos"
+
+CHAT = "/v1/chat/completions"
+QA = "/v1/qa"
+DOCS = "/v1/documents"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    kind: str  # shapes, encodings, nesting, sizes, numbers, roles, auth, sla, documents, routes
+    method: str
+    path: str
+    expect: frozenset[int]
+    json_body: Any = None
+    content: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    key: str | None = TENANT_KEY
+    chunked: bool = False
+
+    def request_headers(self) -> dict[str, str]:
+        out = {"content-type": "application/json"} if self.json_body is not None or self.content is not None else {}
+        if self.key is not None:
+            out["authorization"] = f"Bearer {self.key}"
+        out.update(self.headers)
+        return out
+
+    def body(self) -> bytes | None:
+        if self.content is not None:
+            return self.content
+        if self.json_body is not None:
+            return json.dumps(self.json_body).encode("utf-8")
+        return None
+
+
+def _chat(**over: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": "auto",
+        "messages": [{"role": "user", "content": "What is Ragyard?"}],
+        "max_tokens": 4,
+        "policy": "none",
+    }
+    body.update(over)
+    return {k: v for k, v in body.items() if v is not ...}
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def normal_request() -> Case:
+    """The request that must still answer between the bad ones."""
+    return Case("normal", "normal", "POST", CHAT, frozenset({200}), _chat(max_tokens=2))
+
+
+def cases() -> list[Case]:
+    c: list[Case] = []
+
+    def add(name: str, kind: str, method: str, path: str, expect: int | set[int], **kw: Any) -> None:
+        c.append(Case(name, kind, method, path, frozenset({expect} if isinstance(expect, int) else expect), **kw))
+
+    # -- shapes -------------------------------------------------------------------------------------
+    add("chat: body is not JSON", "shapes", "POST", CHAT, 400, content=b"{not json")
+    add("chat: body is a JSON array", "shapes", "POST", CHAT, 400, json_body=[_chat()])
+    add("chat: body is a JSON string", "shapes", "POST", CHAT, 400, json_body="hello")
+    add("chat: empty body", "shapes", "POST", CHAT, 400, content=b"")
+    add("chat: no messages", "shapes", "POST", CHAT, 400, json_body=_chat(messages=...))
+    add("chat: empty messages", "shapes", "POST", CHAT, 400, json_body=_chat(messages=[]))
+    add("chat: messages is a string", "shapes", "POST", CHAT, 400, json_body=_chat(messages="hi"))
+    add("chat: message without content", "shapes", "POST", CHAT, 400, json_body=_chat(messages=[{"role": "user"}]))
+    add(
+        "chat: content is a number",
+        "shapes",
+        "POST",
+        CHAT,
+        400,
+        json_body=_chat(messages=[{"role": "user", "content": 7}]),
+    )
+    image = [{"type": "image_url", "image_url": {"url": "http://127.0.0.1/x.png"}}]
+    add("chat: image part", "shapes", "POST", CHAT, 400, json_body=_chat(messages=[{"role": "user", "content": image}]))
+    add("chat: model is empty", "shapes", "POST", CHAT, 400, json_body=_chat(model=""))
+    add("chat: unknown model", "shapes", "POST", CHAT, 404, json_body=_chat(model="gpt-9-ultra"))
+    add("chat: unknown policy", "shapes", "POST", CHAT, 400, json_body=_chat(policy="telepathy"))
+    add("chat: unknown style", "shapes", "POST", CHAT, 400, json_body=_chat(style="sonnet"))
+    add("chat: stream is a list", "shapes", "POST", CHAT, 400, json_body=_chat(stream=[1]))
+    add("chat: two choices", "shapes", "POST", CHAT, 400, json_body=_chat(n=2))
+    # -- roles --------------------------------------------------------------------------------------
+    add("chat: role tool", "roles", "POST", CHAT, 400, json_body=_chat(messages=[{"role": "tool", "content": "x"}]))
+    add("chat: role wizard", "roles", "POST", CHAT, 400, json_body=_chat(messages=[{"role": "wizard", "content": "x"}]))
+    add("chat: no role", "roles", "POST", CHAT, 400, json_body=_chat(messages=[{"content": "x"}]))
+    add(
+        "chat: only a system message",
+        "roles",
+        "POST",
+        CHAT,
+        400,
+        json_body=_chat(messages=[{"role": "system", "content": "Be brief."}]),
+    )
+    # -- encodings ----------------------------------------------------------------------------------
+    add("chat: invalid UTF-8", "encodings", "POST", CHAT, 400, content=b'{"model": "auto", "messages": "\xff\xfe"}')
+    add("chat: UTF-16 body", "encodings", "POST", CHAT, 400, content=json.dumps(_chat()).encode("utf-16"))
+    add("chat: UTF-16, 5,000 deep", "encodings", "POST", CHAT, 400, content=_nested(5000).encode("utf-16"))
+    add("chat: UTF-32 body", "encodings", "POST", CHAT, 400, content=json.dumps(_chat()).encode("utf-32"))
+    add("chat: NaN literal", "encodings", "POST", CHAT, 400, content=json.dumps(_chat()).replace("4", "NaN").encode())
+    add(
+        "documents: text/plain not UTF-8",
+        "encodings",
+        "POST",
+        DOCS,
+        400,
+        content=b"\xc3\x28 broken",
+        headers={"content-type": "text/plain"},
+    )
+    add(
+        "documents: unknown media type",
+        "encodings",
+        "POST",
+        DOCS,
+        415,
+        content=b"%PDF-1.7",
+        headers={"content-type": "application/x-shockwave-flash"},
+    )
+    # -- nesting ------------------------------------------------------------------------------------
+    add("chat: 5,000-deep JSON", "nesting", "POST", CHAT, 400, content=_nested(5000).encode())
+    deep_meta = '{"documents": [{"text": "x", "metadata": {"a": ' + _nested(700) + "}}]}"
+    add("documents: 700-deep metadata", "nesting", "POST", DOCS, 400, content=deep_meta.encode())
+    add(
+        "documents: 5-level metadata",
+        "nesting",
+        "POST",
+        DOCS,
+        400,
+        json_body={"documents": [{"text": "x", "metadata": {"a": {"b": {"c": {"d": {"e": 1}}}}}}]},
+    )
+    # -- sizes --------------------------------------------------------------------------------------
+    big = json.dumps(_chat(messages=[{"role": "user", "content": "x" * 2_200_000}])).encode()
+    add("chat: 2.2 MB body", "sizes", "POST", CHAT, 413, content=big)
+    add("chat: 1.3 MB chunked body", "sizes", "POST", CHAT, 413, content=big[:1_300_000], chunked=True)
+    add(
+        "chat: 513 messages",
+        "sizes",
+        "POST",
+        CHAT,
+        400,
+        json_body=_chat(messages=[{"role": "user", "content": "x"}] * 513),
+    )
+    parts = [{"type": "text", "text": "x"}] * 65
+    add(
+        "chat: 65 content parts",
+        "sizes",
+        "POST",
+        CHAT,
+        400,
+        json_body=_chat(messages=[{"role": "user", "content": parts}]),
+    )
+    add("qa: 9,000-character question", "sizes", "POST", QA, 400, json_body={"question": "why " * 2250})
+    add("qa: empty question", "sizes", "POST", QA, 400, json_body={"question": ""})
+    add(
+        "documents: 9 KB metadata",
+        "sizes",
+        "POST",
+        DOCS,
+        400,
+        json_body={"documents": [{"text": "x", "metadata": {"blob": "m" * 9000}}]},
+    )
+    add(
+        "documents: 600-character id",
+        "sizes",
+        "POST",
+        DOCS,
+        400,
+        json_body={"documents": [{"id": "i" * 600, "text": "x"}]},
+    )
+    add("documents: none", "sizes", "POST", DOCS, 400, json_body={"documents": []})
+    # -- numbers ------------------------------------------------------------------------------------
+    add("chat: max_tokens 0", "numbers", "POST", CHAT, 400, json_body=_chat(max_tokens=0))
+    add("chat: max_tokens -5", "numbers", "POST", CHAT, 400, json_body=_chat(max_tokens=-5))
+    add("chat: max_tokens 1.5", "numbers", "POST", CHAT, 400, json_body=_chat(max_tokens=1.5))
+    add("chat: max_tokens a word", "numbers", "POST", CHAT, 400, json_body=_chat(max_tokens="ten"))
+    add("chat: max_tokens 10^30", "numbers", "POST", CHAT, 400, json_body=_chat(max_tokens=10**30))
+    add("chat: temperature 5", "numbers", "POST", CHAT, 400, json_body=_chat(temperature=5))
+    add("chat: top_p 0", "numbers", "POST", CHAT, 400, json_body=_chat(top_p=0))
+    add("chat: seed 2^70", "numbers", "POST", CHAT, 400, json_body=_chat(seed=2**70))
+    add("chat: top_k 0", "numbers", "POST", CHAT, 400, json_body=_chat(top_k=0))
+    add("documents: list limit 0", "numbers", "GET", DOCS, 400, params={"limit": "0"})
+    add("documents: list limit a word", "numbers", "GET", DOCS, 400, params={"limit": "many"})
+    # -- auth header forms --------------------------------------------------------------------------
+    add("auth: no header", "auth", "POST", CHAT, 401, json_body=_chat(), key=None)
+    for name, header in (("Bearer and nothing", "Bearer"), ("Basic scheme", "Basic dXNlcjpwYXNz")):
+        add(f"auth: {name}", "auth", "POST", CHAT, 401, json_body=_chat(), key=None, headers={"authorization": header})
+    add("auth: wrong key", "auth", "POST", CHAT, 401, json_body=_chat(), key="k-nobody")
+    add("auth: key and junk", "auth", "POST", CHAT, 401, json_body=_chat(), key=f"{TENANT_KEY} extra")
+    add("auth: 8 KB key", "auth", "POST", CHAT, 401, json_body=_chat(), key="k" * 8000)
+    add("auth: tenant key on /metrics", "auth", "GET", "/metrics", 403)
+    add("auth: tenant key on /openapi.json", "auth", "GET", "/openapi.json", 403)
+    # -- SLA headers --------------------------------------------------------------------------------
+    sla_cases: list[tuple[str, int, dict[str, str]]] = [
+        ("unknown tier", 400, {"x-sla-tier": "platinum"}),
+        ("a tier above the tenant's", 403, {"x-sla-tier": "interactive"}),
+        ("latency a word", 400, {"x-slo-latency-ms": "soon"}),
+        ("latency negative", 400, {"x-slo-latency-ms": "-1"}),
+        ("latency looser than the tier", 403, {"x-slo-latency-ms": "999999999"}),
+        ("budget tokens a word", 400, {"x-budget-tokens": "lots"}),
+        ("budget below any plan", 400, {"x-budget-tokens": "1"}),
+        ("a lower tier does not bring its larger cap", 403, {"x-sla-tier": "batch", "x-budget-tokens": "9000"}),
+    ]
+    for name, status, headers in sla_cases:
+        add(f"sla: {name}", "sla", "POST", CHAT, status, json_body=_chat(), headers=headers)
+    # -- documents ----------------------------------------------------------------------------------
+    add("documents: no text", "documents", "POST", DOCS, 400, json_body={"documents": [{"title": "t"}]})
+    add(
+        "documents: unknown type",
+        "documents",
+        "POST",
+        DOCS,
+        415,
+        json_body={"documents": [{"text": "x", "type": "exe"}]},
+    )
+    add(
+        "documents: broken JSONL line",
+        "documents",
+        "POST",
+        DOCS,
+        400,
+        content=b'{"text": "ok"}\n{"text": \n',
+        headers={"content-type": "application/jsonl"},
+    )
+    add(
+        "documents: another tenant's namespace",
+        "documents",
+        "POST",
+        DOCS,
+        403,
+        json_body={"documents": [{"text": "x"}]},
+        params={"namespace": "globex"},
+    )
+    add("documents: read another namespace", "documents", "GET", DOCS, 403, params={"namespace": "globex"})
+    add("documents: unknown id", "documents", "GET", f"{DOCS}/no-such-document", 404)
+    add("documents: delete a shared document", "documents", "DELETE", f"{DOCS}/file:README.md", 403)
+    add("documents: path traversal", "documents", "GET", f"{DOCS}/../../etc/passwd", 404)
+    # -- routes and browsers ------------------------------------------------------------------------
+    add("routes: GET on chat", "routes", "GET", CHAT, 405)
+    add("routes: PUT on documents", "routes", "PUT", DOCS, 405, json_body={"documents": []})
+    add("routes: unknown route", "routes", "GET", "/v1/nothing-here", 404)
+    add(
+        "routes: foreign Origin",
+        "routes",
+        "POST",
+        CHAT,
+        403,
+        json_body=_chat(),
+        headers={"origin": "https://evil.example"},
+    )
+    add("routes: foreign Host", "routes", "GET", "/v1/models", 403, headers={"host": "evil.example"})
+    add("routes: plan with a bad policy", "routes", "POST", "/v1/plan", 400, json_body={"question": "q", "policy": "x"})
+    return c
+
+
+def batches(all_cases: list[Case], size: int = 10) -> Iterator[list[Case]]:
+    for i in range(0, len(all_cases), size):
+        yield all_cases[i : i + size]

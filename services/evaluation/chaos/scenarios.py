@@ -1,0 +1,657 @@
+"""The chaos scenarios, on a real Serve app on loopback whose Redis (budgets, rate limits, response cache)
+sits behind a fault proxy in front of a real redis-server with its append-only file.
+
+Each scenario returns a plain dict of figures; `ragyard bench chaos` runs them all and writes the report,
+and `tests/reliability` runs them with shorter faults and asserts the goals. Every server started here
+binds to loopback and is stopped by `Chaos.stop`; every load is bounded in clients and seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from services.evaluation.chaos import battery
+from services.evaluation.chaos.battery import CHAT, DOCS, OPERATOR_KEY, OTHER_KEY, TENANT_KEY, Case
+from services.evaluation.chaos.proxy import FaultProxy
+from services.evaluation.chaos.redis_server import RedisServer
+from services.evaluation.chaos.writer import kill_writers
+
+MODEL = "smollm2-135m-instruct"
+# One call of the `none` or `single` policy may reserve up to the model's context (its worst case).
+WORST_TOKENS = 2048
+RACE_BUDGET = 3 * WORST_TOKENS
+# Statuses a client is told to retry: 429 and 503 carry Retry-After; 0 is a connection that broke.
+RETRYABLE = {0, 429, 503}
+REPLICAS = ("worker", "router", "retriever", "gateway")
+
+
+@dataclass
+class Settings:
+    fault_s: float = 10.0  # how long each Redis fault lasts
+    clients: int = 4  # concurrent clients of the load
+    recover_s: float = 120.0  # the longest a scenario waits for the first 200 after a fault
+    writer_kills: int = 200
+    streams: int = 30
+    race_requests: int = 200
+    ingest_docs: int = 24
+    lease_s: int = 15  # the SLA tickets' lease in the scenario's policy
+    replicas: tuple[str, ...] = REPLICAS
+
+
+def policy(settings: Settings) -> dict[str, Any]:
+    tenant = {"tier": "standard", "budget": {"tokens": 50_000_000}}
+    return {
+        "default_tier": "standard",
+        "tiers": {
+            "interactive": {"priority": 3, "latency_ms": 600_000},
+            "standard": {"priority": 2, "latency_ms": 900_000, "max_tokens_per_request": 8192},
+            "batch": {"priority": 1, "latency_ms": 1_800_000},
+        },
+        "tenants": {
+            "acme": {"api_keys": [TENANT_KEY], **tenant},
+            "globex": {"api_keys": [OTHER_KEY], **tenant},
+            "meter": {"api_keys": ["k-meter"], **tenant},
+            "streamer": {"api_keys": ["k-streamer"], **tenant},
+            "race": {"api_keys": ["k-race"], "tier": "standard", "budget": {"tokens": RACE_BUDGET}},
+        },
+        "controller": {"ticket_lease_s": settings.lease_s},
+    }
+
+
+@dataclass
+class Sample:
+    started: float
+    ended: float
+    status: int
+    code: str | None = None
+    stream: bool = False
+    outcome: str = ""  # streams: complete, error_event, cut
+
+
+def _auth(key: str | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"} if key else {}
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summarise(samples: list[Sample], *, window: tuple[float, float], recovered_from: float) -> dict[str, Any]:
+    """The figures of one fault: statuses and latencies of the requests it met (in flight at some moment
+    while it lasted: started before its end, ended after its start), seconds from its end to the first 200
+    of a request started after it, and what no client should see."""
+    inside = [s for s in samples if s.started < window[1] and s.ended > window[0]]
+    latencies = [s.ended - s.started for s in inside]
+    first = min((s.ended for s in samples if s.status == 200 and s.started >= recovered_from), default=None)
+    return {
+        "requests": len(inside),
+        "statuses": dict(sorted(Counter(str(s.status) for s in inside).items())),
+        "codes": dict(sorted(Counter(s.code for s in inside if s.code).items())),
+        "streams": dict(sorted(Counter(s.outcome for s in inside if s.stream and s.status == 200).items())),
+        "p50_s": None if not latencies else round(statistics.median(latencies), 3),
+        "p95_s": None if not latencies else round(_percentile(latencies, 0.95) or 0.0, 3),
+        "seconds_to_first_200": None if first is None else round(max(0.0, first - recovered_from), 2),
+        "not_retryable": sum(1 for s in inside if s.status >= 500 and s.status not in RETRYABLE),
+        # Of those, the requests already in flight when the fault began (a replica killed under them).
+        "not_retryable_in_flight": sum(
+            1 for s in inside if s.status >= 500 and s.status not in RETRYABLE and s.started < window[0]
+        ),
+    }
+
+
+@dataclass
+class Chaos:
+    workdir: Path
+    settings: Settings = field(default_factory=Settings)
+    url: str = ""
+    redis: RedisServer | None = None
+    proxy: FaultProxy | None = None
+
+    # -- the app ------------------------------------------------------------------------------------
+    def start(self, base: dict[str, Any] | None = None) -> Chaos:
+        """redis-server (AOF) behind the fault proxy, then the app on Serve with 2 gateway replicas."""
+        from services.config import load_config
+        from services.deployments import local as serving
+
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        self.workdir.mkdir(parents=True)
+        self.redis = RedisServer(self.workdir / "redis").start()
+        self.proxy = FaultProxy(self.redis.port).start()
+        policy_path = self.workdir / "sla.yaml"
+        policy_path.write_text(yaml.safe_dump(policy(self.settings)), encoding="utf-8")
+        base = dict(base or {})
+        config = {
+            **base,
+            "models": [{"id": MODEL}],
+            "index": {"dir": str(self.workdir / "index")},
+            # Two gateway replicas (the budget race goes through both); Ray sized by the app, not the caller.
+            "ray": {**base.get("ray", {}), "num_cpus": None, "gateway_replicas": 2, "health_check_period_s": 2.0},
+            "cache": {"response_cache_url": self.proxy.url},
+            "sla": {"enabled": True, "policy_path": str(policy_path), "budget_url": self.proxy.url},
+            "server": {"api_keys": [OPERATOR_KEY]},
+        }
+        for attempt in range(3):  # a port another process took between the pick and Serve's bind
+            cfg = load_config({**config, "server": {**config["server"], "host": "127.0.0.1", "port": _free_port()}})
+            try:
+                self.url = serving.start(cfg, wait_ready_s=600)
+                return self
+            except Exception as exc:
+                serving.stop()
+                if "Failed to bind" not in str(exc) or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def stop(self) -> None:
+        from services.deployments import local as serving
+
+        with contextlib.suppress(Exception):
+            serving.stop()
+        if self.proxy is not None:
+            self.proxy.stop()
+        if self.redis is not None:
+            self.redis.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _post(
+        self, path: str, body: Any, key: str | None = TENANT_KEY, timeout: float = 120.0, **kw: Any
+    ) -> httpx.Response:
+        return httpx.post(
+            f"{self.url}{path}", json=body, headers={**_auth(key), **kw.pop("headers", {})}, timeout=timeout, **kw
+        )
+
+    def _get(self, path: str, key: str | None = TENANT_KEY, **kw: Any) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", headers=_auth(key), timeout=60.0, **kw)
+
+    def usage(self, key: str, tenant: str) -> dict[str, Any]:
+        resp = self._get("/v1/sla", key)
+        resp.raise_for_status()
+        usage: dict[str, Any] = resp.json()["tenants"][tenant]["usage"]
+        return usage
+
+    def answer(self, question: str, key: str = TENANT_KEY, **over: Any) -> httpx.Response:
+        body = {"model": "auto", "messages": [{"role": "user", "content": question}], "max_tokens": 6, "policy": "none"}
+        body.update(over)
+        return self._post(CHAT, body, key)
+
+    def wait_answering(self, timeout_s: float | None = None) -> float:
+        """Seconds until a normal request answers 200 again."""
+        started = time.monotonic()
+        deadline = started + (timeout_s or self.settings.recover_s)
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if self.answer("Are you there?", max_tokens=2).status_code == 200:
+                    return time.monotonic() - started
+            time.sleep(0.5)
+        raise TimeoutError(f"no 200 within {timeout_s or self.settings.recover_s:g} s")
+
+    def settled(self, key: str, tenant: str, timeout_s: float | None = None) -> dict[str, Any]:
+        """The tenant's usage once nothing is reserved any more (in-flight reports settled, lapsed leases
+        released), or as it stands when the wait runs out. Requests keep the router tidying meanwhile."""
+        deadline = time.monotonic() + (timeout_s or self.settings.lease_s + 30)
+        usage = self.usage(key, tenant)
+        while usage["reserved_tokens"] and time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                self.answer("Still settling?", key, max_tokens=1)
+            time.sleep(1.0)
+            usage = self.usage(key, tenant)
+        return usage
+
+    # -- load ---------------------------------------------------------------------------------------
+    async def _client(self, n: int, stop: asyncio.Event, samples: list[Sample]) -> None:
+        limits = httpx.Limits(max_connections=2)
+        async with httpx.AsyncClient(timeout=120.0, limits=limits) as http:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                stream = i % 2 == 0
+                # Every third question repeats (response-cache hits); the rest are new.
+                question = (
+                    "What is Ragyard?" if i % 3 == 0 else f"Load {n}-{i} {uuid.uuid4().hex[:6]}: what is Ragyard?"
+                )
+                body = {
+                    "model": "auto",
+                    "messages": [{"role": "user", "content": question}],
+                    "max_tokens": 6,
+                    "policy": "single" if i % 4 == 1 else "none",
+                    "stream": stream,
+                }
+                started = time.monotonic()
+                sample = Sample(started, started, 0, stream=stream)
+                try:
+                    if stream:
+                        await self._stream(http, body, sample)
+                    else:
+                        resp = await http.post(f"{self.url}{CHAT}", json=body, headers=_auth(TENANT_KEY))
+                        sample.status = resp.status_code
+                        sample.code = _code(resp)
+                except httpx.HTTPError as exc:
+                    sample.code = type(exc).__name__
+                    sample.outcome = sample.outcome or ("cut" if stream else "")
+                sample.ended = time.monotonic()
+                samples.append(sample)
+                if sample.status != 200:
+                    await asyncio.sleep(0.2)  # a failing server is not hammered in a tight loop
+
+    async def _stream(self, http: httpx.AsyncClient, body: dict[str, Any], sample: Sample) -> None:
+        async with http.stream("POST", f"{self.url}{CHAT}", json=body, headers=_auth(TENANT_KEY)) as resp:
+            sample.status = resp.status_code
+            if resp.status_code != 200:
+                await resp.aread()
+                sample.code = _code(resp)
+                return
+            sample.outcome = "cut"
+            async for line in resp.aiter_lines():
+                if line.startswith("data: [DONE]"):
+                    if sample.outcome == "cut":
+                        sample.outcome = "complete"
+                    return
+                if line.startswith("data: ") and '"error"' in line:
+                    sample.outcome = "error_event"
+                    with contextlib.suppress(ValueError, KeyError, TypeError):
+                        sample.code = json.loads(line[6:])["error"].get("code")
+
+    async def _health(self, stop: asyncio.Event, worst: list[float]) -> None:
+        async with httpx.AsyncClient(timeout=30.0) as http:
+            while not stop.is_set():
+                started = time.monotonic()
+                with contextlib.suppress(httpx.HTTPError):
+                    await http.get(f"{self.url}/healthz")
+                worst.append(time.monotonic() - started)
+                await asyncio.sleep(0.25)
+
+    async def _under_load(self, fault: Callable[[], None], heal: Callable[[], None], hold_s: float) -> dict[str, Any]:
+        """Run the load, apply ``fault`` for ``hold_s`` seconds (0: until it heals by itself, as a killed
+        replica does), heal, and keep the load on until a request started after it answers 200."""
+        samples: list[Sample] = []
+        health: list[float] = []
+        stop = asyncio.Event()
+        tasks = [asyncio.ensure_future(self._client(n, stop, samples)) for n in range(self.settings.clients)]
+        tasks.append(asyncio.ensure_future(self._health(stop, health)))
+        try:
+            await asyncio.sleep(1.5)
+            t0 = time.monotonic()
+            await asyncio.to_thread(fault)
+            await asyncio.sleep(hold_s)
+            await asyncio.to_thread(heal)
+            t1 = time.monotonic()
+            deadline = t1 + self.settings.recover_s
+            while time.monotonic() < deadline and not any(s.status == 200 and s.started >= t1 for s in samples):
+                await asyncio.sleep(0.1)
+            t2 = time.monotonic()
+        finally:
+            stop.set()
+            ended = await asyncio.gather(*tasks, return_exceptions=True)
+        # A fault that heals by itself lasts until the service answers again.
+        window = (t0, t1 if hold_s else t2)
+        out = summarise(samples, window=window, recovered_from=t1)
+        out["worst_healthz_s"] = round(max(health), 3) if health else None
+        out["load_requests"] = len(samples)
+        out["client_errors"] = [repr(e) for e in ended if isinstance(e, BaseException)]
+        out["fault_s"] = round(window[1] - window[0], 2)
+        return out
+
+    # -- scenarios ----------------------------------------------------------------------------------
+    def bad_inputs(self) -> dict[str, Any]:
+        """Every battery case, a normal request after each ten."""
+        rows: list[dict[str, Any]] = []
+        normal_failures = []
+        with httpx.Client(timeout=120.0) as http:
+            for n, group in enumerate(battery.batches(battery.cases())):
+                for case in group:
+                    status, code = _send(http, self.url, case)
+                    rows.append(
+                        {
+                            "name": case.name,
+                            "kind": case.kind,
+                            "status": status,
+                            "code": code,
+                            "expected": sorted(case.expect),
+                            "ok": status in case.expect,
+                        }
+                    )
+                status, code = _send(http, self.url, battery.normal_request())
+                if status != 200:
+                    normal_failures.append({"after_batch": n, "status": status, "code": code})
+        return {
+            "tried": len(rows),
+            "kinds": dict(Counter(r["kind"] for r in rows)),
+            "five_xx": sum(1 for r in rows if r["status"] >= 500),
+            "unexpected": [r for r in rows if not r["ok"]],
+            "normal_request_failures": normal_failures,
+            "cases": rows,
+        }
+
+    def redis_faults(self) -> dict[str, Any]:
+        assert self.proxy is not None and self.redis is not None
+        proxy, redis = self.proxy, self.redis
+        hold = self.settings.fault_s
+        faults: dict[str, tuple[Callable[[], None], Callable[[], None]]] = {
+            "refused": (lambda: proxy.set("refuse"), lambda: proxy.set("pass")),
+            "blackholed": (lambda: proxy.set("blackhole"), lambda: proxy.set("pass")),
+            "delayed_500ms": (lambda: proxy.set("delay", 0.5), lambda: proxy.set("pass")),
+            "killed_restarted_from_aof": (redis.kill, lambda: None if redis.start() else None),
+        }
+        before = self.usage(TENANT_KEY, "acme")
+        out = {name: asyncio.run(self._under_load(fault, heal, hold)) for name, (fault, heal) in faults.items()}
+        after = self.settled(TENANT_KEY, "acme")
+        out["acme_usage"] = {"before": before, "after": after}
+        return out
+
+    def replica_kills(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self.settings.replicas:
+            pids = replica_pids(name)
+            if not pids:
+                out[name] = {"error": "no replica process found"}
+                continue
+            victim = pids[0]
+
+            def kill(pid: int = victim) -> None:
+                os.kill(pid, signal.SIGKILL)
+
+            out[name] = asyncio.run(self._under_load(kill, lambda: None, 0))
+            out[name]["killed_pid"] = victim
+            self.wait_answering()
+
+            # Serve replaces the replica; the next kill waits until this one's replacement is up.
+            def replaced(deployment: str = name, count: int = len(pids)) -> bool:
+                return len(replica_pids(deployment)) >= count
+
+            _wait_for(replaced, self.settings.recover_s)
+        out["acme_usage_after"] = self.settled(TENANT_KEY, "acme")
+        return out
+
+    def ingest_under_retriever_kills(self, kills: int = 3) -> dict[str, Any]:
+        """Nonce documents uploaded one at a time while the retriever replica is killed ``kills`` times;
+        then each one acknowledged must be found."""
+        acked: list[str] = []
+        statuses: Counter[str] = Counter()
+        nonce = uuid.uuid4().hex[:8]
+        kill_at = {round((k + 1) * self.settings.ingest_docs / (kills + 1)) for k in range(kills)}
+        killed = 0
+        for i in range(self.settings.ingest_docs):
+            if i in kill_at:
+                pids = replica_pids("retriever")
+                if pids:
+                    os.kill(pids[0], signal.SIGKILL)
+                    killed += 1
+            doc_id = f"chaos-{nonce}-{i}"
+            deadline = time.monotonic() + self.settings.recover_s
+            while time.monotonic() < deadline:  # a client retries what it was told to retry
+                try:
+                    resp = self._post(DOCS, {"documents": [{"id": doc_id, "text": f"Chaos nonce {nonce} number {i}."}]})
+                    status = resp.status_code
+                except httpx.HTTPError:
+                    status = 0
+                statuses[str(status)] += 1
+                if status == 200:
+                    acked.append(doc_id)
+                    break
+                if status not in RETRYABLE:
+                    break
+                time.sleep(0.5)
+        self.wait_answering()
+        lost = [d for d in acked if self._get(f"{DOCS}/{d}").status_code != 200]
+        return {
+            "documents": self.settings.ingest_docs,
+            "kills": killed,
+            "acknowledged": len(acked),
+            "lost": len(lost),
+            "lost_ids": lost[:10],
+            "statuses": dict(statuses),
+        }
+
+    def store_writers(self) -> dict[str, Any]:
+        return kill_writers(self.workdir / "writer-index", self.settings.writer_kills)
+
+    def streams_closed_early(self) -> dict[str, Any]:
+        """Streams read for 3 events, then closed: each is charged what the model ran, nothing stays held."""
+        before = self.usage("k-streamer", "streamer")["spent_tokens"]
+
+        async def one(i: int, http: httpx.AsyncClient) -> int:
+            body = {
+                "model": "auto",
+                "messages": [{"role": "user", "content": f"Count slowly to fifty, run {i}."}],
+                "max_tokens": 64,
+                "policy": "none",
+                "stream": True,
+            }
+            events = 0
+            async with http.stream("POST", f"{self.url}{CHAT}", json=body, headers=_auth("k-streamer")) as resp:
+                if resp.status_code != 200:
+                    return -resp.status_code
+                async for line in resp.aiter_lines():
+                    if line.startswith("data: "):
+                        events += 1
+                        if events == 3:
+                            break  # the client leaves
+            return events
+
+        async def run() -> list[int]:
+            async with httpx.AsyncClient(timeout=120.0) as http:
+                gate = asyncio.Semaphore(3)
+
+                async def gated(i: int) -> int:
+                    async with gate:
+                        return await one(i, http)
+
+                return await asyncio.gather(*(gated(i) for i in range(self.settings.streams)))
+
+        events = asyncio.run(run())
+        after = self.settled("k-streamer", "streamer")
+        return {
+            "streams": self.settings.streams,
+            "closed_after_3_events": sum(1 for e in events if e == 3),
+            "refused": [e for e in events if e < 0],
+            "charged_tokens": after["spent_tokens"] - before,
+            "reserved_after": after["reserved_tokens"],
+        }
+
+    def metering(self, n: int = 6) -> dict[str, Any]:
+        """Tokens charged against tokens delivered (each response's usage), cached answers included."""
+        before = self.usage("k-meter", "meter")["spent_tokens"]
+        delivered = 0
+        hits = 0
+        for i in range(n):
+            question = "What does the meter read?" if i % 3 == 2 else f"Meter question {i} {uuid.uuid4().hex[:6]}?"
+            resp = self._post("/v1/qa", {"question": question, "policy": "none", "max_tokens": 8}, "k-meter")
+            resp.raise_for_status()
+            rec = resp.json()
+            delivered += rec["usage"]["total_tokens"]
+            hits += rec["cache"]["response"] == "hit"
+        after = self.settled("k-meter", "meter")
+        return {
+            "requests": n,
+            "cache_hits": hits,
+            "tokens_delivered": delivered,
+            "tokens_charged": after["spent_tokens"] - before,
+            "reserved_after": after["reserved_tokens"],
+        }
+
+    def budget_race(self) -> dict[str, Any]:
+        """``race_requests`` requests at once, spread by Serve over the 2 gateway replicas, against a budget
+        of three worst cases."""
+
+        async def run() -> list[tuple[int, str | None]]:
+            limits = httpx.Limits(max_connections=self.settings.race_requests)
+            async with httpx.AsyncClient(timeout=300.0, limits=limits) as http:
+
+                async def one(i: int) -> tuple[int, str | None]:
+                    body = {
+                        "model": "auto",
+                        "messages": [{"role": "user", "content": f"Race {i}: hello?"}],
+                        "max_tokens": 4,
+                        "policy": "none",
+                    }
+                    try:
+                        resp = await http.post(f"{self.url}{CHAT}", json=body, headers=_auth("k-race"))
+                    except httpx.HTTPError as exc:
+                        return 0, type(exc).__name__
+                    return resp.status_code, _code(resp)
+
+                return list(await asyncio.gather(*(one(i) for i in range(self.settings.race_requests))))
+
+        answers = asyncio.run(run())
+        after = self.settled("k-race", "race")
+        return {
+            "requests": len(answers),
+            "statuses": dict(sorted(Counter(str(s) for s, _ in answers).items())),
+            "codes": dict(sorted(Counter(c for _, c in answers if c).items())),
+            "budget_tokens": RACE_BUDGET,
+            "spent_tokens": after["spent_tokens"],
+            "overspend": max(0, after["spent_tokens"] - RACE_BUDGET),
+            "reserved_after": after["reserved_tokens"],
+        }
+
+    def cross_tenant(self) -> dict[str, Any]:
+        """globex tries to read, list, overwrite, delete and learn from acme's document and cached answer."""
+        nonce = uuid.uuid4().hex[:10]
+        doc_id = f"acme-secret-{nonce}"
+        text = f"The acme vault code is {nonce}. It opens the acme vault."
+        self._post(DOCS, {"documents": [{"id": doc_id, "title": "Acme vault", "text": text}]}).raise_for_status()
+        question = f"What is the acme vault code {nonce}?"
+        self._post("/v1/qa", {"question": question, "policy": "single", "max_tokens": 8}).raise_for_status()
+        probes: dict[str, bool] = {}
+        probes["get by id"] = self._get(f"{DOCS}/{doc_id}", OTHER_KEY).status_code == 200
+        listed = self._get(DOCS, OTHER_KEY, params={"limit": "1000"}).json().get("data", [])
+        probes["listed"] = any(d.get("id") == doc_id for d in listed)
+        over = self._post(DOCS, {"documents": [{"id": doc_id, "text": "globex was here"}]}, OTHER_KEY)
+        probes["overwrite"] = (
+            over.status_code == 200 and self._get(f"{DOCS}/{doc_id}").json().get("title") != "Acme vault"
+        )
+        probes["delete"] = (
+            httpx.delete(f"{self.url}{DOCS}/{doc_id}", headers=_auth(OTHER_KEY), timeout=60).status_code == 200
+        )
+        rec = self._post("/v1/qa", {"question": question, "policy": "single", "max_tokens": 8}, OTHER_KEY).json()
+        probes["cited"] = any(c.get("doc_id") == doc_id for c in rec.get("citations", []))
+        probes["cache hit"] = rec.get("cache", {}).get("response") == "hit"
+        probes["answer leaks the code"] = nonce in rec.get("answer", "")
+        still = self._get(f"{DOCS}/{doc_id}").status_code == 200
+        return {"probes": probes, "succeeded": sum(probes.values()), "owner_still_has_it": still}
+
+    def tier_downgrade(self) -> dict[str, Any]:
+        """acme (standard, 8,192-token cap) picks `batch` (no cap): it gets batch's targets, never a looser cap."""
+        resp = self._post(
+            "/v1/qa", {"question": "Downgrade me?", "policy": "none", "max_tokens": 4}, headers={"x-sla-tier": "batch"}
+        )
+        sla = resp.json().get("sla", {}) if resp.status_code == 200 else {}
+        looser = self._post(
+            "/v1/qa",
+            {"question": "Downgrade me?", "policy": "none", "max_tokens": 4},
+            headers={"x-sla-tier": "batch", "x-budget-tokens": "9000"},
+        )
+        return {
+            "status": resp.status_code,
+            "tier": sla.get("tier"),
+            "cap": sla.get("max_tokens_per_request"),
+            "looser_cap_status": looser.status_code,
+        }
+
+    def midnight(self) -> dict[str, Any]:
+        """A reservation made at 23:59:59 UTC and settled after midnight is charged to the day it started, in
+        the same Redis the app uses (clock patched in this process)."""
+        from unittest import mock
+
+        import router.budgets as budgets
+        from router.budgets import RedisLedger
+
+        assert self.proxy is not None
+        ledger = RedisLedger(self.proxy.url, prefix=f"chaos-midnight-{uuid.uuid4().hex[:6]}:")
+
+        def day(key: str) -> Any:
+            return mock.patch.object(budgets, "period_key", lambda period, now=None: key)
+
+        async def run() -> dict[str, Any]:
+            with day("2026-12-01"):
+                await ledger.reserve("late", "t", "day", 100, 0, 1000, None, lease_s=600)  # at 23:59:59
+            with day("2026-12-02"):  # past midnight
+                await ledger.settle("late", 40, 0)
+                new_day = await ledger.usage("t", "day")
+            with day("2026-12-01"):
+                old_day = await ledger.usage("t", "day")
+            return {
+                "old_day_spent": old_day.spent_tokens,
+                "old_day_reserved": old_day.reserved_tokens,
+                "new_day_spent": new_day.spent_tokens,
+            }
+
+        return asyncio.run(run())
+
+
+def _code(resp: httpx.Response) -> str | None:
+    with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+        return str(resp.json()["error"]["code"])
+    return None
+
+
+def _send(http: httpx.Client, url: str, case: Case) -> tuple[int, str | None]:
+    body = case.body()
+    content: Any = body
+    if case.chunked and body is not None:
+        content = iter([body[i : i + 65536] for i in range(0, len(body), 65536)])
+    try:
+        resp = http.request(
+            case.method,
+            f"{url}{case.path}",
+            content=content,
+            headers=case.request_headers(),
+            params=case.params or None,
+        )
+    except httpx.HTTPError as exc:
+        return 0, type(exc).__name__
+    return resp.status_code, _code(resp)
+
+
+def replica_pids(deployment: str) -> list[int]:
+    """The processes of a deployment's replicas (Ray titles them ``ray::ServeReplica:<app>:<deployment>``)."""
+    import psutil
+
+    from services.deployments.app import deployment_name
+    from services.deployments.local import APP_NAME
+
+    name = deployment_name(MODEL) if deployment == "worker" else deployment
+    title = f"ServeReplica:{APP_NAME}:{name}"
+    out = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if title in cmd.split() or cmd.startswith(f"ray::{title}"):
+                out.append(p.info["pid"])
+    return sorted(out)
+
+
+def _wait_for(check: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
