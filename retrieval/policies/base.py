@@ -145,11 +145,37 @@ def final_messages(question: Question, passages: list[Passage] | None, ctx: Poli
 @dataclass
 class Ran:
     """The tokens the model has run for one answer so far, kept up to date by `answer_events` whatever
-    happens next: a request that fails or whose client leaves is charged these. The calls a policy makes
-    while preparing count once preparing is done."""
+    happens next: a request that fails or whose client leaves is charged these. Each call a policy makes
+    while preparing counts as it returns (a call that itself fails part way is not known to have run)."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+
+def _counting(ctx: PolicyContext, ran: Ran) -> PolicyContext:
+    """The context a policy prepares with: each model call it makes adds its tokens to ``ran`` as it
+    returns, so a policy that fails after some calls is still charged them."""
+
+    def add(stats: GenerationStats) -> None:
+        ran.prompt_tokens += stats.prompt_tokens
+        ran.completion_tokens += stats.completion_tokens
+
+    async def generate(*args: Any, **kwargs: Any) -> GenerationResult:
+        result = await ctx.generate(*args, **kwargs)
+        add(result.stats)
+        return result
+
+    signals = ctx.generate_with_signals
+    counted_signals = None
+    if signals is not None:
+
+        async def counted_signals(*args: Any, **kwargs: Any) -> SignalResult:
+            assert signals is not None
+            result = await signals(*args, **kwargs)
+            add(result.stats)
+            return result
+
+    return replace(ctx, generate=generate, generate_with_signals=counted_signals)
 
 
 @dataclass
@@ -177,7 +203,7 @@ async def answer_events(
     ``ran``: updated with the tokens run so far."""
     started = time.perf_counter() if started is None else started
     ran = ran if ran is not None else Ran()
-    prepared = await policy.prepare(question, ctx)
+    prepared = await policy.prepare(question, _counting(ctx, ran))
     ran.prompt_tokens, ran.completion_tokens = prepared.prompt_tokens_before, prepared.completion_tokens_before
     parts: list[str] = []
     finish = "length"

@@ -96,6 +96,32 @@ def test_a_failure_part_way_is_charged_what_ran(env: tuple[RagService, ScriptedE
     assert charged == engine.count_tokens(engine.prompts[-1]) + 3
 
 
+def test_a_policy_that_fails_while_preparing_is_charged_its_earlier_calls(embedder: Any, tmp_path: Path) -> None:
+    """`multi` reasons step by step before its answer: when its second reasoning call fails, the first call's
+    tokens are charged all the same (they used to count only once preparing finished)."""
+    calls = 0
+
+    def reply(prompt: str) -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise EngineFailure("scripted failure on the second reasoning call")
+        return "The first clue points north."
+
+    svc, engine, controller = _service(embedder, tmp_path, 1.0)
+    engine.reply = reply
+    req = AnswerRequest(
+        question=Question(text="Where does the trail lead?"),
+        policy="multi",
+        max_tokens=16,
+        sla={"tenant": "acme", "headers": {}},
+    )
+    with pytest.raises(EngineFailure):
+        asyncio.run(svc.answer(req))
+    first = engine.count_tokens(engine.prompts[0]) + len("The first clue points north.".split())
+    assert calls == 2 and _spent(controller) == first
+
+
 def test_a_client_that_leaves_mid_stream_is_charged_what_ran(env: tuple[RagService, ScriptedEngine, Any]) -> None:
     svc, engine, controller = env
     before = _spent(controller)
