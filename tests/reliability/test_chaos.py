@@ -120,6 +120,12 @@ def test_kill_9_of_each_replica_under_load_is_retryable_and_recovers(chaos: Chao
     assert r["acme_usage_after"]["reserved_tokens"] == 0
 
 
+def test_nothing_stays_reserved_for_any_tenant(chaos: Chaos) -> None:
+    RESULTS["final_usage"] = usage = chaos.final_usage()
+    assert {"acme", "globex", "meter", "streamer", "race"} <= set(usage)
+    assert {name: u["reserved_tokens"] for name, u in usage.items() if u["reserved_tokens"]} == {}
+
+
 def test_the_report_holds_every_goal(tmp_path: Path) -> None:
     """Written from the scenarios this module ran (all of them in file order; fewer when selected or shuffled:
     a goal whose scenario did not run reads None)."""

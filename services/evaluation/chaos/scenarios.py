@@ -216,6 +216,24 @@ class Chaos:
             usage = self.usage(key, tenant)
         return usage
 
+    def final_usage(self, timeout_s: float | None = None) -> dict[str, Any]:
+        """Every tenant's usage once nothing is held any more (or as it stands when the wait runs out): what
+        is still reserved after every report settled and every lapsed lease was released is leaked."""
+        deadline = time.monotonic() + (timeout_s or self.settings.lease_s + 30)
+
+        def read() -> dict[str, Any]:
+            resp = self._get("/v1/sla", OPERATOR_KEY)
+            resp.raise_for_status()
+            return {name: t["usage"] for name, t in resp.json()["tenants"].items() if "usage" in t}
+
+        usage = read()
+        while any(u["reserved_tokens"] for u in usage.values()) and time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                self.answer("Anything left to settle?", max_tokens=1)  # a decision tidies the router
+            time.sleep(1.0)
+            usage = read()
+        return usage
+
     # -- load ---------------------------------------------------------------------------------------
     async def _client(self, n: int, stop: asyncio.Event, samples: list[Sample]) -> None:
         limits = httpx.Limits(max_connections=2)
