@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
-import statistics
 import time
 import uuid
 from collections import Counter
@@ -28,6 +26,7 @@ import yaml
 
 from services.evaluation.chaos import battery
 from services.evaluation.chaos.battery import CHAT, DOCS, OPERATOR_KEY, OTHER_KEY, TENANT_KEY, Case
+from services.evaluation.chaos.load import RETRYABLE, Load, auth_headers, error_code
 from services.evaluation.chaos.proxy import FaultProxy
 from services.evaluation.chaos.redis_server import RedisServer
 from services.evaluation.chaos.writer import kill_writers
@@ -36,8 +35,6 @@ MODEL = "smollm2-135m-instruct"
 # One call of the `none` or `single` policy may reserve up to the model's context (its worst case).
 WORST_TOKENS = 2048
 RACE_BUDGET = 3 * WORST_TOKENS
-# Statuses a client is told to retry: 429 and 503 carry Retry-After; 0 is a connection that broke.
-RETRYABLE = {0, 429, 503}
 REPLICAS = ("worker", "router", "retriever", "gateway")
 
 
@@ -71,50 +68,6 @@ def policy(settings: Settings) -> dict[str, Any]:
             "race": {"api_keys": ["k-race"], "tier": "standard", "budget": {"tokens": RACE_BUDGET}},
         },
         "controller": {"ticket_lease_s": settings.lease_s},
-    }
-
-
-@dataclass
-class Sample:
-    started: float
-    ended: float
-    status: int
-    code: str | None = None
-    stream: bool = False
-    outcome: str = ""  # streams: complete, error_event, cut
-
-
-def _auth(key: str | None) -> dict[str, str]:
-    return {"authorization": f"Bearer {key}"} if key else {}
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def summarise(samples: list[Sample], *, window: tuple[float, float], recovered_from: float) -> dict[str, Any]:
-    """The figures of one fault: statuses and latencies of the requests it met (in flight at some moment
-    while it lasted: started before its end, ended after its start), seconds from its end to the first 200
-    of a request started after it, and what no client should see."""
-    inside = [s for s in samples if s.started < window[1] and s.ended > window[0]]
-    latencies = [s.ended - s.started for s in inside]
-    first = min((s.ended for s in samples if s.status == 200 and s.started >= recovered_from), default=None)
-    return {
-        "requests": len(inside),
-        "statuses": dict(sorted(Counter(str(s.status) for s in inside).items())),
-        "codes": dict(sorted(Counter(s.code for s in inside if s.code).items())),
-        "streams": dict(sorted(Counter(s.outcome for s in inside if s.stream and s.status == 200).items())),
-        "p50_s": None if not latencies else round(statistics.median(latencies), 3),
-        "p95_s": None if not latencies else round(_percentile(latencies, 0.95) or 0.0, 3),
-        "seconds_to_first_200": None if first is None else round(max(0.0, first - recovered_from), 2),
-        "not_retryable": sum(1 for s in inside if s.status >= 500 and s.status not in RETRYABLE),
-        # Of those, the requests already in flight when the fault began (a replica killed under them).
-        "not_retryable_in_flight": sum(
-            1 for s in inside if s.status >= 500 and s.status not in RETRYABLE and s.started < window[0]
-        ),
     }
 
 
@@ -176,11 +129,15 @@ class Chaos:
         self, path: str, body: Any, key: str | None = TENANT_KEY, timeout: float = 120.0, **kw: Any
     ) -> httpx.Response:
         return httpx.post(
-            f"{self.url}{path}", json=body, headers={**_auth(key), **kw.pop("headers", {})}, timeout=timeout, **kw
+            f"{self.url}{path}",
+            json=body,
+            headers={**auth_headers(key), **kw.pop("headers", {})},
+            timeout=timeout,
+            **kw,
         )
 
     def _get(self, path: str, key: str | None = TENANT_KEY, **kw: Any) -> httpx.Response:
-        return httpx.get(f"{self.url}{path}", headers=_auth(key), timeout=60.0, **kw)
+        return httpx.get(f"{self.url}{path}", headers=auth_headers(key), timeout=60.0, **kw)
 
     def usage(self, key: str, tenant: str) -> dict[str, Any]:
         resp = self._get("/v1/sla", key)
@@ -216,6 +173,9 @@ class Chaos:
             usage = self.usage(key, tenant)
         return usage
 
+    def _load(self) -> Load:
+        return Load(self.url, clients=self.settings.clients, recover_s=self.settings.recover_s)
+
     def final_usage(self, timeout_s: float | None = None) -> dict[str, Any]:
         """Every tenant's usage once nothing is held any more (or as it stands when the wait runs out): what
         is still reserved after every report settled and every lapsed lease was released is leaked."""
@@ -235,99 +195,6 @@ class Chaos:
         return usage
 
     # -- load ---------------------------------------------------------------------------------------
-    async def _client(self, n: int, stop: asyncio.Event, samples: list[Sample]) -> None:
-        limits = httpx.Limits(max_connections=2)
-        async with httpx.AsyncClient(timeout=120.0, limits=limits) as http:
-            i = 0
-            while not stop.is_set():
-                i += 1
-                stream = i % 2 == 0
-                # Every third question repeats (response-cache hits); the rest are new.
-                question = (
-                    "What is Ragyard?" if i % 3 == 0 else f"Load {n}-{i} {uuid.uuid4().hex[:6]}: what is Ragyard?"
-                )
-                body = {
-                    "model": "auto",
-                    "messages": [{"role": "user", "content": question}],
-                    "max_tokens": 6,
-                    "policy": "single" if i % 4 == 1 else "none",
-                    "stream": stream,
-                }
-                started = time.monotonic()
-                sample = Sample(started, started, 0, stream=stream)
-                try:
-                    if stream:
-                        await self._stream(http, body, sample)
-                    else:
-                        resp = await http.post(f"{self.url}{CHAT}", json=body, headers=_auth(TENANT_KEY))
-                        sample.status = resp.status_code
-                        sample.code = _code(resp)
-                except httpx.HTTPError as exc:
-                    sample.code = type(exc).__name__
-                    sample.outcome = sample.outcome or ("cut" if stream else "")
-                sample.ended = time.monotonic()
-                samples.append(sample)
-                if sample.status != 200:
-                    await asyncio.sleep(0.2)  # a failing server is not hammered in a tight loop
-
-    async def _stream(self, http: httpx.AsyncClient, body: dict[str, Any], sample: Sample) -> None:
-        async with http.stream("POST", f"{self.url}{CHAT}", json=body, headers=_auth(TENANT_KEY)) as resp:
-            sample.status = resp.status_code
-            if resp.status_code != 200:
-                await resp.aread()
-                sample.code = _code(resp)
-                return
-            sample.outcome = "cut"
-            async for line in resp.aiter_lines():
-                if line.startswith("data: [DONE]"):
-                    if sample.outcome == "cut":
-                        sample.outcome = "complete"
-                    return
-                if line.startswith("data: ") and '"error"' in line:
-                    sample.outcome = "error_event"
-                    with contextlib.suppress(ValueError, KeyError, TypeError):
-                        sample.code = json.loads(line[6:])["error"].get("code")
-
-    async def _health(self, stop: asyncio.Event, worst: list[float]) -> None:
-        async with httpx.AsyncClient(timeout=30.0) as http:
-            while not stop.is_set():
-                started = time.monotonic()
-                with contextlib.suppress(httpx.HTTPError):
-                    await http.get(f"{self.url}/healthz")
-                worst.append(time.monotonic() - started)
-                await asyncio.sleep(0.25)
-
-    async def _under_load(self, fault: Callable[[], None], heal: Callable[[], None], hold_s: float) -> dict[str, Any]:
-        """Run the load, apply ``fault`` for ``hold_s`` seconds (0: until it heals by itself, as a killed
-        replica does), heal, and keep the load on until a request started after it answers 200."""
-        samples: list[Sample] = []
-        health: list[float] = []
-        stop = asyncio.Event()
-        tasks = [asyncio.ensure_future(self._client(n, stop, samples)) for n in range(self.settings.clients)]
-        tasks.append(asyncio.ensure_future(self._health(stop, health)))
-        try:
-            await asyncio.sleep(1.5)
-            t0 = time.monotonic()
-            await asyncio.to_thread(fault)
-            await asyncio.sleep(hold_s)
-            await asyncio.to_thread(heal)
-            t1 = time.monotonic()
-            deadline = t1 + self.settings.recover_s
-            while time.monotonic() < deadline and not any(s.status == 200 and s.started >= t1 for s in samples):
-                await asyncio.sleep(0.1)
-            t2 = time.monotonic()
-        finally:
-            stop.set()
-            ended = await asyncio.gather(*tasks, return_exceptions=True)
-        # A fault that heals by itself lasts until the service answers again.
-        window = (t0, t1 if hold_s else t2)
-        out = summarise(samples, window=window, recovered_from=t1)
-        out["worst_healthz_s"] = round(max(health), 3) if health else None
-        out["load_requests"] = len(samples)
-        out["client_errors"] = [repr(e) for e in ended if isinstance(e, BaseException)]
-        out["fault_s"] = round(window[1] - window[0], 2)
-        return out
-
     # -- scenarios ----------------------------------------------------------------------------------
     def bad_inputs(self) -> dict[str, Any]:
         """Every battery case, a normal request after each ten."""
@@ -370,7 +237,7 @@ class Chaos:
             "killed_restarted_from_aof": (redis.kill, lambda: None if redis.start() else None),
         }
         before = self.usage(TENANT_KEY, "acme")
-        out = {name: asyncio.run(self._under_load(fault, heal, hold)) for name, (fault, heal) in faults.items()}
+        out = {name: asyncio.run(self._load().under(fault, heal, hold)) for name, (fault, heal) in faults.items()}
         after = self.settled(TENANT_KEY, "acme")
         out["acme_usage"] = {"before": before, "after": after}
         return out
@@ -387,7 +254,7 @@ class Chaos:
             def kill(pid: int = victim) -> None:
                 os.kill(pid, signal.SIGKILL)
 
-            out[name] = asyncio.run(self._under_load(kill, lambda: None, 0))
+            out[name] = asyncio.run(self._load().under(kill, lambda: None, 0))
             out[name]["killed_pid"] = victim
             self.wait_answering()
 
@@ -455,7 +322,7 @@ class Chaos:
                 "stream": True,
             }
             events = 0
-            async with http.stream("POST", f"{self.url}{CHAT}", json=body, headers=_auth("k-streamer")) as resp:
+            async with http.stream("POST", f"{self.url}{CHAT}", json=body, headers=auth_headers("k-streamer")) as resp:
                 if resp.status_code != 200:
                     return -resp.status_code
                 async for line in resp.aiter_lines():
@@ -522,10 +389,10 @@ class Chaos:
                         "policy": "none",
                     }
                     try:
-                        resp = await http.post(f"{self.url}{CHAT}", json=body, headers=_auth("k-race"))
+                        resp = await http.post(f"{self.url}{CHAT}", json=body, headers=auth_headers("k-race"))
                     except httpx.HTTPError as exc:
                         return 0, type(exc).__name__
-                    return resp.status_code, _code(resp)
+                    return resp.status_code, error_code(resp)
 
                 return list(await asyncio.gather(*(one(i) for i in range(self.settings.race_requests))))
 
@@ -558,7 +425,7 @@ class Chaos:
             over.status_code == 200 and self._get(f"{DOCS}/{doc_id}").json().get("title") != "Acme vault"
         )
         probes["delete"] = (
-            httpx.delete(f"{self.url}{DOCS}/{doc_id}", headers=_auth(OTHER_KEY), timeout=60).status_code == 200
+            httpx.delete(f"{self.url}{DOCS}/{doc_id}", headers=auth_headers(OTHER_KEY), timeout=60).status_code == 200
         )
         rec = self._post("/v1/qa", {"question": question, "policy": "single", "max_tokens": 8}, OTHER_KEY).json()
         probes["cited"] = any(c.get("doc_id") == doc_id for c in rec.get("citations", []))
@@ -616,12 +483,6 @@ class Chaos:
         return asyncio.run(run())
 
 
-def _code(resp: httpx.Response) -> str | None:
-    with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
-        return str(resp.json()["error"]["code"])
-    return None
-
-
 def _send(http: httpx.Client, url: str, case: Case) -> tuple[int, str | None]:
     body = case.body()
     content: Any = body
@@ -637,7 +498,7 @@ def _send(http: httpx.Client, url: str, case: Case) -> tuple[int, str | None]:
         )
     except httpx.HTTPError as exc:
         return 0, type(exc).__name__
-    return resp.status_code, _code(resp)
+    return resp.status_code, error_code(resp)
 
 
 def replica_pids(deployment: str) -> list[int]:
