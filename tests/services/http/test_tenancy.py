@@ -25,9 +25,10 @@ ZED = {"authorization": "Bearer k-zed"}
 SECRET = "The acme launch code is tangerine-42."
 
 
-@pytest.fixture(scope="module")
-def env(embedder: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, RagService]]:
-    tmp = tmp_path_factory.mktemp("tenancy")
+@pytest.fixture
+def env(embedder: Any, tmp_path: Any) -> Iterator[tuple[TestClient, RagService]]:
+    """A fresh service and index per test: each test's documents are its own, in any order."""
+    tmp = tmp_path
     policy = tmp / "sla.yaml"
     policy.write_text(
         "default_tier: standard\ntiers: {standard: {priority: 1, latency_ms: 600000}}\n"
@@ -76,6 +77,8 @@ def test_a_tenants_documents_are_its_own(env: tuple[TestClient, RagService]) -> 
 
 def test_another_tenants_id_and_the_shared_namespace_are_not_writable(env: tuple[TestClient, RagService]) -> None:
     c, svc = env
+    assert _upload(c, OP, "handbook", "The shared handbook says: be kind.").status_code == 200
+    assert _upload(c, ACME, "acme-secret", SECRET).status_code == 200
     before = asyncio.run(svc.retriever.documents(None))
     over = _upload(c, ZED, "acme-secret", "zed was here")
     assert over.status_code == 403 and over.json()["error"]["code"] == "document_not_yours"
