@@ -214,6 +214,9 @@ def test_a_failed_save_is_a_503_and_leaves_nothing_half_visible(
 
     import retrieval.store as store_module
 
+    # A snapshot to keep, whichever tests ran before this one.
+    first = open_client.post("/v1/documents", json={"documents": [{"id": "fits-first", "text": "Room enough."}]})
+    assert first.status_code == 200
     before = asyncio.run(svc.retriever.documents(None))
     store = svc.retriever.service.retriever.store  # type: ignore[attr-defined]
     current = (store.directory / "CURRENT").read_text()
