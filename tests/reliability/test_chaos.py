@@ -89,7 +89,10 @@ def test_redis_faults_fail_over_fast_and_leave_nothing_held(chaos: Chaos) -> Non
         assert fault["requests"] > 0 and fault["not_retryable"] == 0, (name, fault)
         assert fault["seconds_to_first_200"] is not None and fault["seconds_to_first_200"] < 30, (name, fault)
         assert fault["worst_healthz_s"] < 2.0, (name, fault)  # the event loop never waits on Redis
-    assert set(r["refused"]["statuses"]) <= {"200", "503"} and "503" in r["refused"]["statuses"]
+        assert fault["probes"]["requests"] > 0 and fault["probes"]["not_retryable"] == 0, (name, fault)
+    for name in ("refused", "killed_restarted_from_aof"):  # the limits fail closed, at once
+        probes = r[name]["probes"]
+        assert set(probes["statuses"]) <= {"200", "503"} and "503" in probes["statuses"], (name, probes)
     assert r["delayed_500ms"]["statuses"].get("200", 0) > 0  # slow, not down
     assert r["acme_usage"]["after"]["reserved_tokens"] == 0
     assert r["acme_usage"]["after"]["spent_tokens"] > r["acme_usage"]["before"]["spent_tokens"]  # the AOF kept it

@@ -126,6 +126,24 @@ class Load:
                     with contextlib.suppress(ValueError, KeyError, TypeError):
                         sample.code = json.loads(line[6:])["error"].get("code")
 
+    async def _probe(self, stop: asyncio.Event, samples: list[Sample]) -> None:
+        """A cheap tenant call every quarter second (a one-document list: the key and rate-limit checks,
+        no model), so every fault meets requests however long the answers take."""
+        async with httpx.AsyncClient(timeout=30.0) as http:
+            while not stop.is_set():
+                started = time.monotonic()
+                sample = Sample(started, started, 0)
+                try:
+                    resp = await http.get(
+                        f"{self.url}/v1/documents", params={"limit": "1"}, headers=auth_headers(TENANT_KEY)
+                    )
+                    sample.status, sample.code = resp.status_code, error_code(resp)
+                except httpx.HTTPError as exc:
+                    sample.code = type(exc).__name__
+                sample.ended = time.monotonic()
+                samples.append(sample)
+                await asyncio.sleep(0.25)
+
     async def _health(self, stop: asyncio.Event, worst: list[float]) -> None:
         async with httpx.AsyncClient(timeout=30.0) as http:
             while not stop.is_set():
@@ -143,6 +161,8 @@ class Load:
         stop = asyncio.Event()
         tasks = [asyncio.ensure_future(self._client(n, stop, samples)) for n in range(self.clients)]
         tasks.append(asyncio.ensure_future(self._health(stop, health)))
+        probes: list[Sample] = []
+        tasks.append(asyncio.ensure_future(self._probe(stop, probes)))
         try:
             await asyncio.sleep(1.5)
             t0 = time.monotonic()
@@ -161,6 +181,8 @@ class Load:
         window = (t0, t1 if hold_s else t2)
         out = summarise(samples, window=window, recovered_from=t1)
         out["worst_healthz_s"] = round(max(health), 3) if health else None
+        probed = summarise(probes, window=window, recovered_from=t1)
+        out["probes"] = {k: probed[k] for k in ("requests", "statuses", "codes", "not_retryable")}
         out["load_requests"] = len(samples)
         out["client_errors"] = [repr(e) for e in ended if isinstance(e, BaseException)]
         out["fault_s"] = round(window[1] - window[0], 2)
