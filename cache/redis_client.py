@@ -76,13 +76,6 @@ def async_client(url: str, *, retries: int = 3, timeout_s: float = SOCKET_TIMEOU
     )
 
 
-def redis_errors() -> tuple[type[BaseException], ...]:
-    """What a Redis call raises when the store is unreachable or refuses (its own errors and socket ones)."""
-    import redis
-
-    return (redis.RedisError, OSError, asyncio.TimeoutError)
-
-
 class LoopClients(Generic[T]):
     """``build()`` once per running event loop, kept as long as that loop lives."""
 
