@@ -166,14 +166,20 @@ class Chaos:
 
     def settled(self, key: str, tenant: str, timeout_s: float | None = None) -> dict[str, Any]:
         """The tenant's usage once nothing is reserved any more (in-flight reports settled, lapsed leases
-        released), or as it stands when the wait runs out. Requests keep the router tidying meanwhile."""
+        released), or as it stands when the wait runs out."""
+        usage: dict[str, Any] = self._released(lambda: {tenant: self.usage(key, tenant)}, key, timeout_s)[tenant]
+        return usage
+
+    def _released(self, read: Callable[[], dict[str, Any]], key: str, timeout_s: float | None) -> dict[str, Any]:
+        """``read()`` (usage by tenant) again until none holds a reserved token or the wait runs out; a small
+        request each second keeps the router tidying (a decision releases lapsed leases)."""
         deadline = time.monotonic() + (timeout_s or self.settings.lease_s + 30)
-        usage = self.usage(key, tenant)
-        while usage["reserved_tokens"] and time.monotonic() < deadline:
+        usage = read()
+        while any(u["reserved_tokens"] for u in usage.values()) and time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
-                self.answer("Still settling?", key, max_tokens=1)
+                self.answer("Anything left to settle?", key, max_tokens=1)
             time.sleep(1.0)
-            usage = self.usage(key, tenant)
+            usage = read()
         return usage
 
     def _load(self) -> Load:
@@ -182,22 +188,14 @@ class Chaos:
     def final_usage(self, timeout_s: float | None = None) -> dict[str, Any]:
         """Every tenant's usage once nothing is held any more (or as it stands when the wait runs out): what
         is still reserved after every report settled and every lapsed lease was released is leaked."""
-        deadline = time.monotonic() + (timeout_s or self.settings.lease_s + 30)
 
         def read() -> dict[str, Any]:
             resp = self._get("/v1/sla", OPERATOR_KEY)
             resp.raise_for_status()
             return {name: t["usage"] for name, t in resp.json()["tenants"].items() if "usage" in t}
 
-        usage = read()
-        while any(u["reserved_tokens"] for u in usage.values()) and time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                self.answer("Anything left to settle?", max_tokens=1)  # a decision tidies the router
-            time.sleep(1.0)
-            usage = read()
-        return usage
+        return self._released(read, TENANT_KEY, timeout_s)
 
-    # -- load ---------------------------------------------------------------------------------------
     # -- scenarios ----------------------------------------------------------------------------------
     def bad_inputs(self) -> dict[str, Any]:
         """Every battery case, a normal request after each ten."""
