@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from cache.base import BatchedMixin
-from cache.redis_client import Guard, LoopClients, async_client, sync_client
+from cache.errors import BackendUnavailableError
+from core.redis_client import Guard, LoopClients, async_client, sync_client
 
 
 class RedisBackend(BatchedMixin):
@@ -21,7 +22,7 @@ class RedisBackend(BatchedMixin):
         return cls(url, prefix=prefix, default_ttl_s=ttl_s)
 
     def __init__(self, url: str, *, prefix: str = "ragyard:", default_ttl_s: int | None = None) -> None:
-        self.guard = Guard(f"redis cache {prefix!r}")
+        self.guard = Guard(f"redis cache {prefix!r}", BackendUnavailableError)
         self.client = sync_client(url, retries=1)
         self._aclients: LoopClients[Any] = LoopClients(lambda: async_client(url, retries=1))
         self.prefix = prefix

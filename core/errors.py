@@ -32,3 +32,11 @@ class ConfigError(RagyardError):
     """The configuration is invalid."""
 
     code = "invalid_config"
+
+
+class StoreUnavailableError(RagyardError):
+    """A shared store (Redis) did not answer in time, or its circuit breaker is open."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "store_unavailable"

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from cache.redis_client import Guard, LoopClients, async_client
+from cache.errors import BackendUnavailableError
+from core.redis_client import Guard, LoopClients, async_client
 
 MICRO = 1_000_000
 _FIELDS = ("spent_tokens", "reserved_tokens", "spent_micros", "reserved_micros")
@@ -281,7 +282,7 @@ class RedisLedger:
     name = "redis"
 
     def __init__(self, url: str, *, prefix: str = "ragyard:budget:") -> None:
-        self.guard = Guard("budget store (redis)")
+        self.guard = Guard("budget store (redis)", BackendUnavailableError)
         self.prefix = prefix
 
         # A blip (a dropped connection, a timeout) is retried with backoff by the client: every script is

@@ -18,7 +18,8 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cache.redis_client import CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, Guard, async_client
+from cache.errors import BackendUnavailableError
+from core.redis_client import CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, Guard, async_client
 from router.sla import PolicyStore, RateLimits
 from services.errors import RateLimitError, ServiceUnavailableError
 from services.http.errors import json_error
@@ -96,7 +97,7 @@ class RateLimiter:
             else MemoryStorage()
         )
         # A deadline and a breaker over every call to the store: a Redis that is down refuses at once.
-        self.guard = Guard("rate-limit store (redis)")
+        self.guard = Guard("rate-limit store (redis)", BackendUnavailableError)
         self.limiter = SlidingWindowCounterRateLimiter(self.storage)
         self.slots = Slots(url if redis else None)
 

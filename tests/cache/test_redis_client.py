@@ -14,7 +14,7 @@ import pytest
 
 from cache.errors import BackendUnavailableError
 from cache.redis_backend import RedisBackend
-from cache.redis_client import BREAKER_RESET_S, CALL_DEADLINE_S
+from core.redis_client import BREAKER_RESET_S, CALL_DEADLINE_S
 from services.evaluation.chaos.proxy import FaultProxy
 from services.evaluation.chaos.redis_server import RedisServer
 

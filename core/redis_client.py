@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 
 import pybreaker
 
-from cache.errors import BackendUnavailableError
+from core.errors import StoreUnavailableError
 
 T = TypeVar("T")
 
@@ -93,23 +93,25 @@ class LoopClients(Generic[T]):
 
 class Guard:
     """One store's calls, sync or async, under a deadline and a circuit breaker. Every failure comes out as
-    `BackendUnavailableError` naming the store; callers decide whether that fails the request (budgets,
-    rate limits: closed) or counts as a miss (caches)."""
+    ``error`` (each layer names its own: the caches' `BackendUnavailableError`, the corpus log's) naming the
+    store; callers decide whether that fails the request (budgets, rate limits, document writes: closed) or
+    counts as a miss (caches)."""
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, error: type[Exception] = StoreUnavailableError) -> None:
         self.what = what
+        self.error = error
         # Anything a client call raises means the store did not answer: besides redis-py's and socket errors,
         # redis.asyncio raises a bare RuntimeError ("unable to perform operation on <TCPTransport closed=True>")
         # when a reset lands mid-command. (CancelledError is a BaseException and passes through.)
         self._errors: tuple[type[BaseException], ...] = (pybreaker.CircuitBreakerError, Exception)
         self.breaker = pybreaker.CircuitBreaker(fail_max=BREAKER_FAILURES, reset_timeout=BREAKER_RESET_S, name=what)
 
-    def _unavailable(self, exc: BaseException) -> BackendUnavailableError:
+    def _unavailable(self, exc: BaseException) -> Exception:
         if isinstance(exc, pybreaker.CircuitBreakerError):
-            return BackendUnavailableError(
+            return self.error(
                 f"{self.what}: not called for {BREAKER_RESET_S:g} s after {BREAKER_FAILURES} failures in a row"
             )
-        return BackendUnavailableError(f"{self.what}: {exc or type(exc).__name__}")
+        return self.error(f"{self.what}: {exc or type(exc).__name__}")
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
