@@ -25,6 +25,18 @@ class IndexConfig(Section):
         description="How long opening `dir` waits for another process's writer lock before it fails (one "
         "writer per index directory).",
     )
+    log_url: str | None = Field(
+        None,
+        description="The corpus log, the store of record that several retriever replicas share: redis://host:port/db "
+        "(each replica applies its entries to its own snapshot under `dir`/replica-N). None: `dir` itself is the "
+        "record, and one retriever replica may write it.",
+    )
+    log_fsync: bool = Field(
+        True,
+        description="Acknowledge a document only once Redis has written it to its append-only file (WAITAOF; "
+        "needs `appendonly yes`). false: acknowledged once in Redis's memory.",
+    )
+    log_prefix: str = Field("ragyard:corpus", min_length=1, description="Key prefix of the corpus log in Redis.")
 
     @model_validator(mode="after")
     def _overlap(self) -> IndexConfig:

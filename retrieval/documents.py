@@ -106,6 +106,8 @@ class IngestReport:
     updated: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     chunks_added: int = 0
+    # The corpus generation that holds the batch (a later request may ask for at least this one).
+    generation: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -113,4 +115,5 @@ class IngestReport:
             "updated": self.updated,
             "unchanged": self.unchanged,
             "chunks_added": self.chunks_added,
+            "generation": self.generation,
         }

@@ -37,3 +37,23 @@ class IndexLockedError(IndexStateError):
 
 class IndexWriteError(RetrievalError):
     """A snapshot could not be written (the disk is full or read-only); the previous one stays current."""
+
+
+class CorpusLogError(RetrievalError):
+    """The corpus log is misconfigured or holds an entry this replica cannot read."""
+
+
+class CorpusLogUnavailableError(RetrievalError):
+    """The corpus log (Redis) did not answer: a write is not acknowledged, a catch-up did not happen."""
+
+
+class CorpusBusyError(RetrievalError):
+    """Other writers kept moving the corpus log while this write was checked against it; try again."""
+
+
+class GenerationAheadError(RetrievalError):
+    """A request asked for a corpus generation the log has not reached (no write ever returned it)."""
+
+
+class GenerationLagError(RetrievalError):
+    """This replica could not catch up to the generation a request asked for in time."""

@@ -46,6 +46,19 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
+def document_record(doc: Document, pieces: list[tuple[int, str]]) -> dict[str, Any]:
+    """A document as the store (and the corpus log) keeps it: its fields and its chunks' (start, text)."""
+    return {
+        "id": doc.id,
+        "namespace": doc.namespace,
+        "fingerprint": doc.fingerprint,
+        "title": doc.title,
+        "source": doc.source,
+        "metadata": doc.metadata,
+        "pieces": [[int(start), text] for start, text in pieces],
+    }
+
+
 class VectorStore:
     def __init__(self, dim: int, embedder_name: str, directory: str | Path | None = None) -> None:
         import faiss
@@ -57,7 +70,14 @@ class VectorStore:
         self.docs: dict[str, dict[str, Any]] = {}
         self.chunks: dict[int, Chunk] = {}
         self.next_chunk_id = 0
+        # Two counters. `generation` moves on every change in memory (undone ones too): what is derived from
+        # the content (the BM25 index, the namespace bitmaps) is rebuilt when it moves. `corpus_generation`
+        # counts committed batches: the corpus log's entry number when a log is the store of record, else
+        # this store's own count; it is what responses carry and what a request may ask to have reached.
         self.generation = 0
+        self.corpus_generation = 0
+        # The corpus log this store follows (its epoch), when one is the store of record.
+        self.epoch: str | None = None
         self._lock = threading.RLock()
         # Inside `transaction()`: how to undo each change made so far, newest last.
         self._undo: list[Callable[[], None]] | None = None
@@ -168,14 +188,14 @@ class VectorStore:
                 yield
                 return
             self._undo = []
-            next_id = self.next_chunk_id
+            next_id, committed = self.next_chunk_id, self.corpus_generation
             try:
                 yield
             except BaseException:
                 undo, self._undo = self._undo, None  # the undo steps themselves are not logged
                 for step in reversed(undo):
                     step()
-                self.next_chunk_id = next_id
+                self.next_chunk_id, self.corpus_generation = next_id, committed
                 self.generation += 1
                 self._gpu_index = None
                 raise
@@ -183,32 +203,76 @@ class VectorStore:
                 self._undo = None
 
     def upsert(self, doc: Document, pieces: list[tuple[int, str]], vectors: np.ndarray) -> UpsertOutcome:
+        return self.upsert_record(document_record(doc, pieces), vectors)
+
+    def upsert_record(self, record: dict[str, Any], vectors: np.ndarray) -> UpsertOutcome:
+        """Add or replace one document given as a `document_record` (what the corpus log carries)."""
+        pieces = record["pieces"]
+        doc_id, namespace, title, source = record["id"], record["namespace"], record["title"], record["source"]
         if len(pieces) != len(vectors):
             raise ValueError("one vector per chunk is required")
         with self._lock:
-            old = self.fingerprint(doc.id)
-            if old == doc.fingerprint:
+            old = self.fingerprint(doc_id)
+            if old == record["fingerprint"]:
                 return "unchanged"
             if old is not None:
-                self._remove_locked(doc.id)
+                self._remove_locked(doc_id)
             ids = np.arange(self.next_chunk_id, self.next_chunk_id + len(pieces), dtype=np.int64)
             self.next_chunk_id += len(pieces)
-            self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+            if len(pieces):
+                self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
             for n, (cid, (start, text)) in enumerate(zip(ids.tolist(), pieces, strict=True)):
-                self.chunks[cid] = Chunk(cid, doc.id, doc.title, text, n, start, doc.source, doc.namespace)
-            self.docs[doc.id] = {
-                "namespace": doc.namespace,
-                "fingerprint": doc.fingerprint,
-                "title": doc.title,
-                "source": doc.source,
-                "metadata": doc.metadata,
+                self.chunks[cid] = Chunk(cid, doc_id, title, text, n, int(start), source, namespace)
+            self.docs[doc_id] = {
+                "namespace": namespace,
+                "fingerprint": record["fingerprint"],
+                "title": title,
+                "source": source,
+                "metadata": record["metadata"],
                 "chunk_ids": ids.tolist(),
             }
             if self._undo is not None:
-                self._undo.append(lambda: self._remove_locked(doc.id))
+                self._undo.append(lambda: self._remove_locked(doc_id))
             self.generation += 1
             self._gpu_index = None
             return "added" if old is None else "updated"
+
+    def records(self) -> tuple[list[dict[str, Any]], np.ndarray]:
+        """Every document as a `document_record`, and their chunks' vectors in the same order (what seeding
+        an empty corpus log from this store writes)."""
+        with self._lock:
+            out, rows = [], []
+            for doc_id in sorted(self.docs):
+                entry = self.docs[doc_id]
+                ids = [int(i) for i in entry["chunk_ids"]]
+                out.append(
+                    {
+                        "id": doc_id,
+                        "namespace": entry.get("namespace", SHARED_NAMESPACE),
+                        "fingerprint": entry["fingerprint"],
+                        "title": entry["title"],
+                        "source": entry["source"],
+                        "metadata": entry["metadata"],
+                        "pieces": [[self.chunks[i].start, self.chunks[i].text] for i in ids],
+                    }
+                )
+                rows += [self.index.reconstruct(i) for i in ids]
+            vectors = np.vstack(rows).astype(np.float32) if rows else np.zeros((0, self.dim), dtype=np.float32)
+            return out, vectors
+
+    def clear(self) -> None:
+        """Forget every document (a replica whose snapshot came from another corpus log starts over)."""
+        import faiss
+
+        with self._lock:
+            self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+            self.docs, self.chunks = {}, {}
+            self.next_chunk_id = 0
+            self.corpus_generation = 0
+            self.epoch = None
+            self.generation += 1
+            self._gpu_index = None
+            self._bitmaps.clear()
 
     def remove(self, doc_id: str) -> bool:
         with self._lock:
@@ -281,6 +345,8 @@ class VectorStore:
                 "dim": self.dim,
                 "embedder": self.embedder_name,
                 "generation": self.generation,
+                "corpus_generation": self.corpus_generation,
+                "epoch": self.epoch,
                 "documents": len(self.docs),
                 "chunks": len(self.chunks),
             }
@@ -396,6 +462,9 @@ class VectorStore:
         store.chunks = {int(c["chunk_id"]): Chunk(**c) for c in data["chunks"]}
         store.next_chunk_id = int(data["next_chunk_id"])
         store.generation = int(manifest["generation"])
+        # Snapshots from before the corpus log count their changes only.
+        store.corpus_generation = int(manifest.get("corpus_generation", 0))
+        store.epoch = manifest.get("epoch")
         if store.index.ntotal != len(store.chunks):
             raise IndexStateError(f"index snapshot {snap} is inconsistent: vectors and chunks differ")
         logger.info("loaded index snapshot %s: %d docs, %d chunks", snap, len(store.docs), len(store.chunks))

@@ -41,6 +41,8 @@ class AnswerRequest:
     # The document namespaces the asker may read (a tenant: its own and the shared one); None: all
     # (the library path: `ragyard ask`, the benchmarks).
     namespaces: tuple[str, ...] | None = None
+    # The corpus generation retrieval must read at least (the one the asker's last upload returned).
+    min_generation: int = 0
     # The tokens the model has run for this request so far (the pipeline keeps it current; the edge's
     # rate limiter reads it once the response is out).
     ran: Ran = field(default_factory=Ran)
@@ -180,7 +182,7 @@ class RagService:
         namespaces = list(req.namespaces) if req.namespaces is not None else None
 
         async def retrieve(query: str, k: int) -> list[Passage]:
-            return await self.retriever.search(query, k, namespaces)
+            return await self.retriever.search(query, k, namespaces, req.min_generation)
 
         return PolicyContext(
             retrieve=retrieve,
@@ -197,7 +199,7 @@ class RagService:
     async def _cache_key(self, req: AnswerRequest, decision: RouteDecision, params: SamplingParams) -> str | None:
         if self.cache is None or not decision.plan.use_response_cache:
             return None
-        generation = (await self.retriever.stats()).get("generation", 0)
+        generation = (await self.retriever.stats(req.min_generation)).get("generation", 0)
         q = req.question
         return ResponseCache.key(
             question=q.text,

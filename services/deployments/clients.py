@@ -16,7 +16,12 @@ logger = logging.getLogger(__name__)
 
 
 class RetrieverClient(Protocol):
-    async def search(self, query: str, k: int, namespaces: list[str] | None = None) -> list[Passage]: ...
+    """``min_generation``: answer only from a replica that holds at least that corpus generation (the one an
+    ingest returned), so a writer reads its writes whichever replica answers."""
+
+    async def search(
+        self, query: str, k: int, namespaces: list[str] | None = None, min_generation: int = 0
+    ) -> list[Passage]: ...
 
     async def embed(self, text: str) -> list[float]: ...
 
@@ -24,11 +29,13 @@ class RetrieverClient(Protocol):
 
     async def remove(self, doc_id: str, namespace: str | None = None) -> dict[str, Any]: ...
 
-    async def documents(self, namespaces: list[str] | None = None) -> list[dict[str, Any]]: ...
+    async def documents(self, namespaces: list[str] | None = None, min_generation: int = 0) -> list[dict[str, Any]]: ...
 
-    async def document(self, doc_id: str, namespaces: list[str] | None = None) -> dict[str, Any]: ...
+    async def document(
+        self, doc_id: str, namespaces: list[str] | None = None, min_generation: int = 0
+    ) -> dict[str, Any]: ...
 
-    async def stats(self) -> dict[str, Any]: ...
+    async def stats(self, min_generation: int = 0) -> dict[str, Any]: ...
 
     async def ready(self) -> dict[str, Any]: ...
 
@@ -124,8 +131,10 @@ class LocalRetriever:
     def __init__(self, service: Any) -> None:
         self.service = service
 
-    async def search(self, query: str, k: int, namespaces: list[str] | None = None) -> list[Passage]:
-        return await self.service.search(query, k, namespaces)
+    async def search(
+        self, query: str, k: int, namespaces: list[str] | None = None, min_generation: int = 0
+    ) -> list[Passage]:
+        return await self.service.search(query, k, namespaces, min_generation)
 
     async def embed(self, text: str) -> list[float]:
         return await self.service.embed(text)
@@ -136,14 +145,16 @@ class LocalRetriever:
     async def remove(self, doc_id: str, namespace: str | None = None) -> dict[str, Any]:
         return await self.service.remove(doc_id, namespace)
 
-    async def documents(self, namespaces: list[str] | None = None) -> list[dict[str, Any]]:
-        return await self.service.documents(namespaces)
+    async def documents(self, namespaces: list[str] | None = None, min_generation: int = 0) -> list[dict[str, Any]]:
+        return await self.service.documents(namespaces, min_generation)
 
-    async def document(self, doc_id: str, namespaces: list[str] | None = None) -> dict[str, Any]:
-        return await self.service.document(doc_id, namespaces)
+    async def document(
+        self, doc_id: str, namespaces: list[str] | None = None, min_generation: int = 0
+    ) -> dict[str, Any]:
+        return await self.service.document(doc_id, namespaces, min_generation)
 
-    async def stats(self) -> dict[str, Any]:
-        return await self.service.stats()
+    async def stats(self, min_generation: int = 0) -> dict[str, Any]:
+        return await self.service.stats(min_generation)
 
     async def ready(self) -> dict[str, Any]:
         return self.service.ready()
@@ -204,8 +215,10 @@ class HandleRetriever:
     def __init__(self, handle: Any) -> None:
         self.handle = handle
 
-    async def search(self, query: str, k: int, namespaces: list[str] | None = None) -> list[Passage]:
-        return await once_more(self.handle.search, query, k, namespaces)
+    async def search(
+        self, query: str, k: int, namespaces: list[str] | None = None, min_generation: int = 0
+    ) -> list[Passage]:
+        return await once_more(self.handle.search, query, k, namespaces, min_generation)
 
     async def embed(self, text: str) -> list[float]:
         return await once_more(self.handle.embed, text)
@@ -216,14 +229,16 @@ class HandleRetriever:
     async def remove(self, doc_id: str, namespace: str | None = None) -> dict[str, Any]:
         return await self.handle.remove.remote(doc_id, namespace)
 
-    async def documents(self, namespaces: list[str] | None = None) -> list[dict[str, Any]]:
-        return await self.handle.documents.remote(namespaces)
+    async def documents(self, namespaces: list[str] | None = None, min_generation: int = 0) -> list[dict[str, Any]]:
+        return await once_more(self.handle.documents, namespaces, min_generation)
 
-    async def document(self, doc_id: str, namespaces: list[str] | None = None) -> dict[str, Any]:
-        return await self.handle.document.remote(doc_id, namespaces)
+    async def document(
+        self, doc_id: str, namespaces: list[str] | None = None, min_generation: int = 0
+    ) -> dict[str, Any]:
+        return await once_more(self.handle.document, doc_id, namespaces, min_generation)
 
-    async def stats(self) -> dict[str, Any]:
-        return await once_more(self.handle.stats)
+    async def stats(self, min_generation: int = 0) -> dict[str, Any]:
+        return await once_more(self.handle.stats, min_generation)
 
     async def ready(self) -> dict[str, Any]:
         return await asyncio.wait_for(self.handle.ready.remote(), timeout=5.0)

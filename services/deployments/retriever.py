@@ -1,12 +1,18 @@
-"""The retriever as a service: loads the index, indexes the sample corpus, answers searches."""
+"""The retriever as a service: loads the index, indexes the sample corpus, answers searches.
+
+With ``index.log_url`` set, each replica follows the shared corpus log: it catches up before its constructor
+returns (so Serve reports it ready only then), applies new entries on a thread of its own, and a request that
+names a ``min_generation`` is answered only once this replica has applied that generation."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
+from retrieval.corpus_log import open_log
 from retrieval.documents import Document, Passage
 from retrieval.ingest import load_path
 from retrieval.retriever import Retriever
@@ -28,9 +34,29 @@ class RetrieverService:
             device=emb.device,
             batch_size=emb.batch_size,
             lock_timeout_s=idx.lock_timeout_s,
+            log=open_log(idx.log_url, fsync=idx.log_fsync, prefix=idx.log_prefix) if idx.log_url else None,
         )
         if self.config.corpus.ingest_on_start:
             self.ingest_paths(self.config.corpus.paths)
+        self._stop = threading.Event()
+        self._follower: threading.Thread | None = None
+        if self.retriever.log is not None:
+            self._follower = threading.Thread(
+                target=self.retriever.follow, args=(self._stop,), name="corpus-log-follower", daemon=True
+            )
+            self._follower.start()
+
+    def close(self) -> None:
+        """Stop following the log (the thread ends within its blocking read's second) and let go of the index."""
+        self._stop.set()
+        if self._follower is not None:
+            self._follower.join(timeout=5.0)
+        self.retriever.store.close()
+
+    def __del__(self) -> None:  # Serve drops a replica's object when it stops it
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
 
     def ingest_paths(self, paths: list[str]) -> dict[str, Any]:
         docs: list[Document] = []
@@ -57,8 +83,16 @@ class RetrieverService:
     def ready(self) -> dict[str, Any]:
         return {"ready": True, **self.retriever.stats()}
 
-    async def search(self, query: str, k: int, namespaces: list[str] | None = None) -> list[Passage]:
-        """The top-k passages among the documents of ``namespaces`` (None: every document)."""
+    async def _reach(self, min_generation: int) -> None:
+        if min_generation > self.retriever.generation:
+            await asyncio.to_thread(self.retriever.catch_up, min_generation)
+
+    async def search(
+        self, query: str, k: int, namespaces: list[str] | None = None, min_generation: int = 0
+    ) -> list[Passage]:
+        """The top-k passages among the documents of ``namespaces`` (None: every document), once this
+        replica holds corpus generation ``min_generation``."""
+        await self._reach(min_generation)
         r = self.config.retrieval
         return await asyncio.to_thread(
             self.retriever.search,
@@ -77,17 +111,22 @@ class RetrieverService:
 
     async def ingest(self, docs: list[Document]) -> dict[str, Any]:
         report = await asyncio.to_thread(self.retriever.ingest, docs)
-        return {**report.as_dict(), "generation": self.retriever.store.generation}
+        return report.as_dict()
 
     async def remove(self, doc_id: str, namespace: str | None = None) -> dict[str, Any]:
         removed = await asyncio.to_thread(self.retriever.remove, doc_id, namespace)
-        return {"id": doc_id, "deleted": removed, "generation": self.retriever.store.generation}
+        return {"id": doc_id, "deleted": removed, "generation": self.retriever.generation}
 
-    async def documents(self, namespaces: list[str] | None = None) -> list[dict[str, Any]]:
+    async def documents(self, namespaces: list[str] | None = None, min_generation: int = 0) -> list[dict[str, Any]]:
+        await self._reach(min_generation)
         return self.retriever.documents(namespaces)
 
-    async def document(self, doc_id: str, namespaces: list[str] | None = None) -> dict[str, Any]:
+    async def document(
+        self, doc_id: str, namespaces: list[str] | None = None, min_generation: int = 0
+    ) -> dict[str, Any]:
+        await self._reach(min_generation)
         return self.retriever.document(doc_id, namespaces)
 
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self, min_generation: int = 0) -> dict[str, Any]:
+        await self._reach(min_generation)
         return self.retriever.stats()

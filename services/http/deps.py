@@ -11,7 +11,13 @@ from fastapi import Depends, Request
 
 from router.sla import HEADERS as SLA_HEADERS
 from router.sla import PolicyStore
+from services.errors import InvalidRequestError
 from services.rag import RagService
+
+# The request header that asks for at least a corpus generation (read-your-writes across retriever replicas),
+# and the response header that carries the generation a write made.
+MIN_GENERATION_HEADER = "x-ragyard-min-generation"
+GENERATION_HEADER = "X-Ragyard-Generation"
 
 
 class ServiceHolder:
@@ -43,6 +49,20 @@ def sla_context(request: Request) -> dict[str, Any] | None:
         return None
     headers = {h: request.headers[h] for h in SLA_HEADERS if h in request.headers}
     return {"tenant": getattr(request.state, "tenant", None), "headers": headers}
+
+
+def min_generation(request: Request) -> int:
+    """The corpus generation the request asks to read at least (its X-Ragyard-Min-Generation; 0: any)."""
+    raw = request.headers.get(MIN_GENERATION_HEADER)
+    if raw is None:
+        return 0
+    if not raw.strip().isdigit() or len(raw.strip()) > 15:
+        raise InvalidRequestError(
+            f"{MIN_GENERATION_HEADER} must be a generation a write returned (a whole number), not {raw[:40]!r}",
+            param=MIN_GENERATION_HEADER,
+            code="invalid_min_generation",
+        )
+    return int(raw)
 
 
 # A route's parameter ``svc: Service`` is the app's RagService.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 
 from retrieval.documents import Document
@@ -19,7 +19,7 @@ from retrieval.errors import DocumentFormatError, UnsupportedDocumentTypeError
 from retrieval.ingest import parse, type_for_media
 from services.errors import InvalidRequestError, PermissionDeniedError
 from services.http.auth import Principal, principal
-from services.http.deps import Service
+from services.http.deps import GENERATION_HEADER, Service, min_generation
 from services.schemas import DocumentsRequest
 
 router = APIRouter()
@@ -74,7 +74,10 @@ def read_namespaces(who: Principal, asked: str | None) -> list[str] | None:
 
 @router.post("/v1/documents")
 async def add_documents(
-    request: Request, svc: Service, namespace: str | None = Query(None, min_length=1, max_length=128)
+    request: Request,
+    response: Response,
+    svc: Service,
+    namespace: str | None = Query(None, min_length=1, max_length=128),
 ) -> dict[str, Any]:
     target = write_namespace(principal(request), namespace)
     media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
@@ -95,7 +98,11 @@ async def add_documents(
             source="api",
             namespace=target,
         )
-    return {"object": "ingest.result", "namespace": target, **await svc.ingest(docs)}
+    result = await svc.ingest(docs)
+    # The corpus generation that holds the batch: send it back as X-Ragyard-Min-Generation and any retriever
+    # replica answers with these documents in view.
+    response.headers[GENERATION_HEADER] = str(result.get("generation", 0))
+    return {"object": "ingest.result", "namespace": target, **result}
 
 
 @router.get("/v1/documents")
@@ -106,7 +113,7 @@ async def list_documents(
     limit: int = Query(100, ge=1, le=1000),
     after: str | None = Query(None, max_length=512, description="The last id of the previous page."),
 ) -> dict[str, Any]:
-    docs = await svc.retriever.documents(read_namespaces(principal(request), namespace))
+    docs = await svc.retriever.documents(read_namespaces(principal(request), namespace), min_generation(request))
     if after is not None:
         docs = [d for d in docs if d["id"] > after]
     page = docs[:limit]
@@ -121,14 +128,16 @@ async def list_documents(
 
 @router.get("/v1/documents/{doc_id:path}")
 async def get_document(request: Request, svc: Service, doc_id: str) -> dict[str, Any]:
-    return {"object": "document", **await svc.retriever.document(doc_id, read_namespaces(principal(request), None))}
+    found = await svc.retriever.document(doc_id, read_namespaces(principal(request), None), min_generation(request))
+    return {"object": "document", **found}
 
 
 @router.delete("/v1/documents/{doc_id:path}")
-async def delete_document(request: Request, svc: Service, doc_id: str) -> dict[str, Any]:
+async def delete_document(request: Request, response: Response, svc: Service, doc_id: str) -> dict[str, Any]:
     who = principal(request)
     # Another tenant's document is not found (its existence is not this caller's business); a shared one
     # is readable, so deleting it is refused by name.
-    await svc.retriever.document(doc_id, read_namespaces(who, None))
+    await svc.retriever.document(doc_id, read_namespaces(who, None), min_generation(request))
     result = await svc.retriever.remove(doc_id, None if who.operator else who.namespace)
+    response.headers[GENERATION_HEADER] = str(result.get("generation", 0))
     return {"object": "document.deleted", **result}

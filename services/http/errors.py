@@ -19,9 +19,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cache.errors import BackendUnavailableError
 from retrieval.errors import (
+    CorpusBusyError,
+    CorpusLogUnavailableError,
     DocumentFormatError,
     DocumentNotFoundError,
     DocumentOwnershipError,
+    GenerationAheadError,
+    GenerationLagError,
     IndexWriteError,
     UnknownPolicyError,
     UnsupportedDocumentTypeError,
@@ -85,6 +89,13 @@ CONVERSIONS: tuple[tuple[type[Exception], Callable[[Any], RagyardError]], ...] =
     (SlaRequestError, lambda e: InvalidRequestError(e.message, param=e.param)),
     (BackendUnavailableError, lambda e: ServiceUnavailableError(str(e), code="budget_store_unavailable")),
     (IndexWriteError, lambda e: ServiceUnavailableError(str(e), code="index_write_failed")),
+    (
+        GenerationAheadError,
+        lambda e: InvalidRequestError(str(e), param="x-ragyard-min-generation", code="invalid_min_generation"),
+    ),
+    (GenerationLagError, lambda e: _unavailable(str(e), code="corpus_behind")),
+    (CorpusLogUnavailableError, lambda e: _unavailable(str(e), code="corpus_store_unavailable")),
+    (CorpusBusyError, lambda e: _unavailable(str(e), code="corpus_busy")),
     # A replica that died or is restarting, or a deployment whose queue is full: come back in a second.
     (ActorUnavailableError, lambda e: _unavailable("a replica this request needed is unavailable")),
     (RayActorError, lambda e: _unavailable("a replica this request needed is gone or restarting")),

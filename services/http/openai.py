@@ -13,7 +13,7 @@ from retrieval.generation import ChatMessage
 from retrieval.policies.base import Question
 from router.routing import AUTO_MODEL
 from services.http.auth import principal
-from services.http.deps import Service, sla_context
+from services.http.deps import Service, min_generation, sla_context
 from services.http.sse import chat_events, extension
 from services.rag import AnswerRequest
 from services.schemas import ChatCompletionRequest
@@ -68,6 +68,7 @@ async def chat(body: ChatCompletionRequest, request: Request, svc: Service) -> J
     req = chat_to_answer(body)
     req.sla = sla_context(request)
     req.namespaces = principal(request).readable
+    req.min_generation = min_generation(request)
     request.state.ran = req.ran  # what the rate limiter counts against TPM
     created = int(time.time())
     cid = "chatcmpl-" + uuid.uuid4().hex[:24]

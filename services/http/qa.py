@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 
 from retrieval.policies.base import Question
 from services.http.auth import principal
-from services.http.deps import Service, sla_context
+from services.http.deps import Service, min_generation, sla_context
 from services.rag import AnswerRequest
 from services.schemas import QARequest
 
@@ -26,6 +26,7 @@ def qa_request(body: QARequest, request: Request) -> AnswerRequest:
         temperature=body.temperature,
         sla=sla_context(request),
         namespaces=principal(request).readable,
+        min_generation=min_generation(request),
     )
 
 

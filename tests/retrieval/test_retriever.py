@@ -126,11 +126,11 @@ def test_a_failing_batch_changes_nothing_in_memory_or_on_disk(
     if fail_at == "embed":
         monkeypatch.setattr(retriever.embedder, "encode", mock.Mock(side_effect=boom))
     elif fail_at == "second upsert":
-        real = retriever.store.upsert
+        real = retriever.store.upsert_record
         calls = iter(range(100))
         monkeypatch.setattr(
             retriever.store,
-            "upsert",
+            "upsert_record",
             lambda *a, **k: real(*a, **k) if next(calls) == 0 else (_ for _ in ()).throw(boom),
         )
     else:

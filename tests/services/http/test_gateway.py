@@ -148,6 +148,24 @@ def test_documents_are_searchable_at_once_and_not_duplicated(client: TestClient)
     assert len(jl["added"]) == 1
 
 
+def test_a_write_returns_its_corpus_generation_and_a_read_may_ask_for_it(client: TestClient) -> None:
+    resp = client.post("/v1/documents", json={"documents": [{"id": "gen-doc", "text": "The Lim bridge is red."}]})
+    generation = int(resp.headers["x-ragyard-generation"])
+    assert resp.json()["generation"] == generation >= 1
+    asked = {"x-ragyard-min-generation": str(generation)}
+    listed = client.get("/v1/documents", headers=asked).json()
+    assert "gen-doc" in [d["id"] for d in listed["data"]]
+    qa = client.post("/v1/qa", json={"question": "What colour is the Lim bridge?", "max_tokens": 8}, headers=asked)
+    assert qa.status_code == 200
+    # A generation no write returned, and one that is not a number, are the client's mistakes.
+    ahead = client.get("/v1/documents", headers={"x-ragyard-min-generation": str(generation + 1000)})
+    assert ahead.status_code == 400 and ahead.json()["error"]["code"] == "invalid_min_generation"
+    bad = client.post("/v1/qa", json={"question": "q", "max_tokens": 8}, headers={"x-ragyard-min-generation": "soon"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "x-ragyard-min-generation"
+    gone = client.delete("/v1/documents/gen-doc")
+    assert int(gone.headers["x-ragyard-generation"]) == generation + 1 == gone.json()["generation"]
+
+
 BAD_CHAT = [
     (b"{", 400, "not valid JSON"),
     (b'{"model": "auto"}', 400, "messages: field required"),
