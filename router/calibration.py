@@ -20,6 +20,7 @@ class LatencyCalibration:
         self, *, ttl_s: float = RATIO_TTL_S, window: int = 100, min_ratios: int = 10, quantile: float = 0.9
     ) -> None:
         self.ttl_s = ttl_s
+        self.window = window
         self.min_ratios = min_ratios
         self.quantile = quantile
         # (when, observed / predicted) per priority, newest last.
@@ -28,6 +29,16 @@ class LatencyCalibration:
     def observe(self, priority: int, observed_s: float, predicted_s: float) -> None:
         if predicted_s > 0:
             self.ratios[priority].append((time.monotonic(), observed_s / predicted_s))
+
+    def replace(self, ratios: list[tuple[float, int, float]]) -> None:
+        """Take the shared ratios, (seconds ago, priority, ratio) oldest first, for this router's own (every
+        router's observations are in the shared list, its own included)."""
+        now = time.monotonic()
+        fresh: dict[int, deque[tuple[float, float]]] = defaultdict(lambda: deque(maxlen=self.window))
+        for ago, priority, ratio in ratios:
+            if ago <= self.ttl_s:
+                fresh[priority].append((now - ago, ratio))
+        self.ratios = fresh
 
     def factor(self, priority: int | None = None) -> float:
         """What this priority's predictions are multiplied by (1.0 until there are enough ratios)."""

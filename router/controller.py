@@ -41,11 +41,12 @@ from router.eligibility import (
     fits_unloaded,
 )
 from router.errors import BudgetExhaustedError, OverloadedError, PlanUnavailableError
-from router.estimates import Estimator, LoadModel, PlanKey
+from router.estimates import Estimator, Job, LoadModel, PlanKey
 from router.plan import Complexity, Outcome, Plan, RouteDecision, Settlement
 from router.priors import LatencyPriors
 from router.quality import CLASSES, QualityTable, measured_quality
 from router.settlement import Settlements, charge
+from router.shared_load import JOB_TTL_S, SYNC_EVERY_S, SharedLoad
 from router.sla import PolicyStore, RequestSlo, SlaPolicy, TierPolicy, resolve
 from router.sla_metrics import (
     DECISIONS,
@@ -92,6 +93,7 @@ class SlaController:
         class_prior: dict[str, float] | None = None,
         model_quality: QualityTable | None = None,
         priors: LatencyPriors | None = None,
+        shared: SharedLoad | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -117,6 +119,10 @@ class SlaController:
         self.calibrator = LatencyCalibration()
         self._lock = threading.RLock()
         self._tidying: asyncio.Future[None] | None = None
+        # Several router replicas: the others' jobs in this load model (ticket -> job id), from the shared view.
+        self.shared = shared
+        self._foreign: dict[str, int] = {}
+        self._synced_at = -math.inf
         POLICY_VERSION.set(store.version)
 
     @staticmethod
@@ -251,6 +257,7 @@ class SlaController:
         # Unique across routers and restarts: a late report can only ever settle its own request.
         ticket_id = uuid.uuid4().hex
         period: str | None = None
+        await self.sync()
         for _attempt in range(3):
             remaining = await self._remaining(policy, slo)
             with self._lock:
@@ -285,6 +292,15 @@ class SlaController:
                 )
                 self._tickets[ticket_id] = _Ticket(
                     ticket_id, slo, chosen.key, cls, period is not None, job.id, chosen.pred_raw
+                )
+            if self.shared is not None:
+                await self.shared.publish(
+                    ticket_id,
+                    model=chosen.key.model,
+                    priority=slo.priority,
+                    service_s=chosen.est.median_s,
+                    target_s=slo.latency_ms / 1000,
+                    predicted_s=chosen.pred_raw,
                 )
         if not dry_run:
             DECISIONS.labels(slo.tier, chosen.label()).inc()
@@ -456,14 +472,11 @@ class SlaController:
         """Settle a request: charge what it used (also when it failed or its client left, and a cached
         answer at the policy's `cache_charge`), learn its service time, count its SLO. Idempotent: a second
         report of the same ticket charges nothing. A ticket this router does not know (made before a
-        restart, or by another router) is still settled in the ledger."""
+        restart, or by another router) is still settled in the ledger, and with a shared view its outcome
+        goes to the router that admitted it, which learns from it."""
         with self._lock:
             ticket = self._tickets.pop(ticket_id, None)
             job = self.load.finish(ticket.job_id) if ticket is not None else None
-            if ticket is not None:
-                IN_FLIGHT.labels(ticket.key.model).set(
-                    sum(1 for j in self.load.jobs.values() if j.model == ticket.key.model)
-                )
         policy = self.store.policy
         model = ticket.key.model if ticket is not None else outcome.model
         tokens, micros = charge(policy, model, outcome)
@@ -471,7 +484,21 @@ class SlaController:
         if ticket is None or ticket.budgeted:
             charged = await self.settlements.settle(ticket_id, tokens, micros)
         if ticket is None:
+            if self.shared is not None:
+                await self.shared.hand_over(ticket_id, outcome.model_dump(mode="json"))
             return Settlement(met=False, budget=charged) if charged is not None else None
+        if self.shared is not None:
+            await self.shared.retract(ticket_id)
+        with self._lock:
+            met = self._learn(ticket, job, outcome, tokens, micros)
+        if self.shared is not None and outcome.ok and not outcome.cache_hit:
+            await self.shared.observe(ticket.slo.priority, outcome.latency_s, ticket.predicted_s)
+        return Settlement(met=met, budget=charged)
+
+    def _learn(self, ticket: _Ticket, job: Job | None, outcome: Outcome, tokens: int, micros: int) -> bool:
+        """What an ended request teaches: its service time, the calibration, its tier's SLO figures. Whether
+        it met its SLO."""
+        IN_FLIGHT.labels(ticket.key.model).set(sum(1 for j in self.load.jobs.values() if j.model == ticket.key.model))
         ok = outcome.ok
         if ticket.slo.tenant is not None and tokens:
             SPENT_TOKENS.labels(ticket.slo.tenant).inc(tokens)
@@ -499,12 +526,62 @@ class SlaController:
         recent = self._recent.setdefault(ticket.slo.tier, deque(maxlen=200))
         recent.append(met)
         SLA_ATTAINMENT.labels(ticket.slo.tier).set(sum(recent) / len(recent))
-        return Settlement(met=met, budget=charged)
+        return met
+
+    async def sync(self, *, force: bool = False) -> None:
+        """Bring the shared view into this router (at most every SYNC_EVERY_S unless ``force``): the other
+        routers' jobs into the load model, the outcomes they handed over into what this router learns, the
+        shared ratios into its calibration."""
+        if self.shared is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._synced_at < SYNC_EVERY_S:
+            return
+        self._synced_at = now
+        view = await self.shared.sync()
+        if view is None:
+            return
+        policy = self.store.policy
+        with self._lock:
+            self.load.advance()
+            remote = {t: r for t, r in view.jobs.items() if t not in self._tickets}
+            for t in [t for t in self._foreign if t not in remote]:
+                self.load.finish(self._foreign.pop(t))
+            for t, r in remote.items():
+                if t in self._foreign or r.get("router") == self.shared.router_id:
+                    continue  # known, or this router's own job that ended elsewhere (its outcome is in `done`)
+                elapsed = max(0.0, time.time() - float(r["at"]))
+                target = r.get("target_s")
+                job = self.load.admit(
+                    r["model"], int(r["priority"]), float(r["service_s"]), math.inf if target is None else target
+                )
+                # An estimate: the time it has run at a fair share of its model's servers.
+                job.started -= elapsed
+                job.deadline -= elapsed
+                servers = self.load.servers.get(job.model, 1)
+                sharing = sum(1 for j in self.load.jobs.values() if j.model == job.model)
+                job.attained = min(job.service_s, elapsed * min(1.0, servers / max(1, sharing)))
+                self._foreign[t] = job.id
+            learned = []
+            for t, raw in view.done:
+                ticket = self._tickets.pop(t, None)
+                if ticket is None:
+                    continue
+                ended = self.load.finish(ticket.job_id)
+                outcome = Outcome.model_validate(raw)
+                tokens, micros = charge(policy, ticket.key.model, outcome)
+                self._learn(ticket, ended, outcome, tokens, micros)
+                if outcome.ok and not outcome.cache_hit:
+                    learned.append((ticket.slo.priority, outcome.latency_s, ticket.predicted_s))
+            # The shared ratios, and the ones learned just now (on their way to the shared list).
+            self.calibrator.replace(view.ratios + [(0.0, p, o / e) for p, o, e in learned if e > 0])
+        for priority, observed, predicted in learned:
+            await self.shared.observe(priority, observed, predicted)
 
     def _expire_local(self) -> None:
         """Drop local tickets whose gateway never reported back (a crashed replica, a lost stream); their
         reservations are released by lease (``tidy``). Under the lock."""
-        for job in self.load.expire(older_than_s=900.0):
+        for job in self.load.expire(older_than_s=JOB_TTL_S):
             ticket = next((t for t in self._tickets.values() if t.job_id == job.id), None)
             if ticket is not None:
                 del self._tickets[ticket.id]

@@ -2,8 +2,8 @@
 `router` deployment, and the gateway asks it through a handle (or directly on the library path).
 
 With `sla.enabled`, the SLA controller plans within the request's tier and its tenant's budget, and
-it is told when each admitted request ends (`finish`). One router replica sees every admission, so
-its view of the load is the whole app's; budgets live in the shared budget store.
+it is told when each admitted request ends (`finish`). With the budgets in Redis, the router replicas also
+share their load view and calibration there (router/shared_load.py), so any number of them admit as one.
 """
 
 from __future__ import annotations
@@ -38,6 +38,12 @@ class RouterService:
             store = PolicyStore(
                 sla.policy_path, reload_interval_s=sla.reload_interval_s, models=[m.id for m in self.config.models]
             )
+            shared = None
+            if sla.budget_url and sla.budget_url.startswith(("redis://", "rediss://", "unix://")):
+                from router.shared_load import SharedLoad
+
+                # Router replicas share the load view and the calibration where they share the budgets.
+                shared = SharedLoad(sla.budget_url, prefix=f"{sla.budget_prefix}load:")
             self.controller = SlaController(
                 self.config,
                 store,
@@ -45,6 +51,7 @@ class RouterService:
                 class_prior=self._prior(),
                 model_quality=self.router.quality,
                 priors=self._priors(),
+                shared=shared,
             )
 
     def _priors(self) -> LatencyPriors | None:
