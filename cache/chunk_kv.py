@@ -23,10 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from cache.errors import CacheError
 from cache.eviction import ByteBoundedCache, EvictionPolicy
+from core.metrics import counter, gauge
 
 if TYPE_CHECKING:
     import torch
@@ -42,29 +43,29 @@ Tier = Literal["memory", "redis", "miss"]
 
 # A registry of its own: a worker replica serves these through the gateway's /metrics.
 REGISTRY = CollectorRegistry(auto_describe=True)
-LOOKUPS = Counter(
+LOOKUPS = counter(
     "ragyard_chunk_kv_lookups_total",
     "Chunk-KV lookups by tier and result (hit, miss, corrupt, error).",
     ["tier", "result"],
     registry=REGISTRY,
 )
-BYTES = Counter(
+BYTES = counter(
     "ragyard_chunk_kv_bytes_total",
     "Chunk-KV bytes moved by tier and direction (read, write).",
     ["tier", "direction"],
     registry=REGISTRY,
 )
-TOKENS = Counter(
+TOKENS = counter(
     "ragyard_chunk_kv_tokens_total",
     "Prompt tokens by how prefill got their KV: reused (stored), recomputed (stored but recomputed), "
     "computed (no entry: misses, separators, the question).",
     ["kind"],
     registry=REGISTRY,
 )
-EVICTIONS = Counter(
+EVICTIONS = counter(
     "ragyard_chunk_kv_evictions_total", "Entries evicted from the memory tier.", ["policy"], registry=REGISTRY
 )
-MEMORY_BYTES = Gauge("ragyard_chunk_kv_memory_bytes", "Bytes held by the memory tier.", registry=REGISTRY)
+MEMORY_BYTES = gauge("ragyard_chunk_kv_memory_bytes", "Bytes held by the memory tier.", registry=REGISTRY)
 
 
 def metrics_text() -> str:

@@ -11,14 +11,13 @@ import json
 import logging
 from typing import Any
 
-from prometheus_client import Counter
-
 from cache.base import KVBackend
 from cache.errors import CacheError
+from core.metrics import counter
 
 logger = logging.getLogger(__name__)
 
-CACHE_REQUESTS = Counter(
+CACHE_REQUESTS = counter(
     "ragyard_response_cache_requests_total",
     "Response cache lookups and writes by backend and result.",
     ["backend", "op", "result"],

@@ -303,7 +303,7 @@ class SlaController:
                     predicted_s=chosen.pred_raw,
                 )
         if not dry_run:
-            DECISIONS.labels(slo.tier, chosen.label()).inc()
+            DECISIONS.labels(slo.tier, chosen.key.policy, chosen.key.model).inc()
             if info["degraded"]:
                 DEGRADED.labels(slo.tier).inc()
         m = self.config.model(chosen.key.model)

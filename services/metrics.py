@@ -1,31 +1,40 @@
-"""Prometheus metrics of the gateway (requests, plans, stages, tokens)."""
+"""Metrics of the gateway (requests, plans, stages, tokens): Prometheus families that a Serve replica also
+exports through Ray (core/metrics.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import Counter, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
+from core.metrics import counter, histogram
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
 
-HTTP_REQUESTS = Counter(
+HTTP_REQUESTS = counter(
     "ragyard_http_requests_total", "HTTP requests by route, method and status.", ["route", "method", "status"]
 )
-HTTP_LATENCY = Histogram(
+HTTP_LATENCY = histogram(
     "ragyard_http_request_seconds", "HTTP request latency by route.", ["route"], buckets=_LATENCY_BUCKETS
 )
-PLAN_REQUESTS = Counter("ragyard_plan_requests_total", "Questions answered by plan.", ["plan", "cache"])
-PLAN_LATENCY = Histogram(
-    "ragyard_plan_seconds", "End-to-end answer latency by plan.", ["plan"], buckets=_LATENCY_BUCKETS
+PLAN_REQUESTS = counter(
+    "ragyard_plan_requests_total",
+    "Questions answered by retrieval policy, model and cache result.",
+    ["policy", "model", "cache"],
 )
-STAGE_LATENCY = Histogram(
+PLAN_LATENCY = histogram(
+    "ragyard_plan_seconds",
+    "End-to-end answer latency by policy and model.",
+    ["policy", "model"],
+    buckets=_LATENCY_BUCKETS,
+)
+STAGE_LATENCY = histogram(
     "ragyard_stage_seconds", "Time per stage (retrieve, prefill, decode).", ["stage"], buckets=_LATENCY_BUCKETS
 )
-TTFT = Histogram("ragyard_ttft_seconds", "Time to first token by model.", ["model"], buckets=_LATENCY_BUCKETS)
-TOKENS = Counter("ragyard_tokens_total", "Tokens by model and kind (prompt, completion).", ["model", "kind"])
+TTFT = histogram("ragyard_ttft_seconds", "Time to first token by model.", ["model"], buckets=_LATENCY_BUCKETS)
+TOKENS = counter("ragyard_tokens_total", "Tokens by model and kind (prompt, completion).", ["model", "kind"])
 
 
 def merge_exposition(texts: Iterable[str]) -> bytes:

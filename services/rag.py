@@ -334,13 +334,13 @@ class RagService:
             "total_s": round(time.perf_counter() - started, 4),
         }
         plan = record.get("plan", {})
-        metrics.PLAN_REQUESTS.labels(f"{plan.get('policy')}/{plan.get('model')}", "hit").inc()
+        metrics.PLAN_REQUESTS.labels(plan.get("policy"), plan.get("model"), "hit").inc()
         return record
 
     def _observe(self, decision: RouteDecision, record: dict[str, Any], timings: dict[str, float]) -> None:
-        label = decision.plan.label()
-        metrics.PLAN_REQUESTS.labels(label, record["cache"]["response"]).inc()
-        metrics.PLAN_LATENCY.labels(label).observe(timings["total_s"])
+        policy, model = decision.plan.policy, decision.plan.model
+        metrics.PLAN_REQUESTS.labels(policy, model, record["cache"]["response"]).inc()
+        metrics.PLAN_LATENCY.labels(policy, model).observe(timings["total_s"])
         for stage in ("retrieve", "prefill", "decode"):
             metrics.STAGE_LATENCY.labels(stage).observe(timings[f"{stage}_s"])
         metrics.TTFT.labels(decision.plan.model).observe(timings["ttft_s"])

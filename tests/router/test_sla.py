@@ -576,7 +576,7 @@ def test_slo_accounting_counts_met_missed_and_failed() -> None:
     from router.sla_metrics import SLA_ATTAINMENT, SLA_REQUESTS
 
     def count(outcome: str) -> float:
-        return float(SLA_REQUESTS.labels("interactive", outcome)._value.get())
+        return float(SLA_REQUESTS.labels("interactive", outcome).value())
 
     before = {o: count(o) for o in ("met", "missed", "failed")}
     ctl = _controller()
@@ -594,7 +594,7 @@ def test_slo_accounting_counts_met_missed_and_failed() -> None:
         settled = _finish(ctl, last.sla["ticket"], outcome)
         assert settled is not None and settled.met is met
     assert {o: count(o) - before[o] for o in before} == {"met": 1, "missed": 2, "failed": 1}
-    assert SLA_ATTAINMENT.labels("interactive")._value.get() == pytest.approx(0.25)
+    assert SLA_ATTAINMENT.labels("interactive").value() == pytest.approx(0.25)
     # A ticket settles once: a late second report changes nothing.
     assert last is not None and _finish(ctl, last.sla["ticket"], Outcome(ok=True, latency_s=1.0)) is None
     assert count("met") - before["met"] == 1

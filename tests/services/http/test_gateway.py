@@ -97,7 +97,7 @@ def test_qa_returns_answer_citations_plan_timings(client: TestClient) -> None:
 def test_plan_explains_without_answering(client: TestClient) -> None:
     from services import metrics
 
-    generated = metrics.TOKENS.labels("smollm2-135m-instruct", "completion")._value.get()
+    generated = metrics.TOKENS.labels("smollm2-135m-instruct", "completion").value()
     body = {"question": "Which engine is the embedded default?", "policy": "adaptive", "max_tokens": 24}
     resp = client.post("/v1/plan", json=body)
     assert resp.status_code == 200, resp.text
@@ -107,7 +107,7 @@ def test_plan_explains_without_answering(client: TestClient) -> None:
     assert plan["policy"] == "adaptive" and plan["complexity"]["class"] in ("A", "B", "C")
     assert plan["complexity"]["policy"] in ("none", "single", "multi") and plan["reason"]
     assert out["sampling"]["max_tokens"] == 24
-    assert metrics.TOKENS.labels("smollm2-135m-instruct", "completion")._value.get() == generated
+    assert metrics.TOKENS.labels("smollm2-135m-instruct", "completion").value() == generated
     # What /v1/qa then runs is that plan.
     ran = client.post("/v1/qa", json=body).json()
     assert ran["plan"]["complexity"]["policy"] == plan["complexity"]["policy"]
@@ -254,7 +254,7 @@ def test_metrics_expose_routes_plans_ttft_tokens(client: TestClient) -> None:
         "ragyard_stage_seconds_bucket",
     ):
         assert name in text
-    assert 'route="/v1/chat/completions"' in text and 'plan="single/smollm2-135m-instruct"' in text
+    assert 'route="/v1/chat/completions"' in text and 'model="smollm2-135m-instruct",policy="single"' in text
 
 
 def test_api_keys_when_configured(local_service: Any) -> None:

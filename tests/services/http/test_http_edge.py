@@ -266,7 +266,7 @@ def test_the_middleware_counts_what_it_refuses(engine: ScriptedEngine, embedder:
     svc = RagService(config, retriever, {MODEL: LocalWorker(Worker(config, MODEL, engine=engine))}, cache=None)
 
     def count(route: str, status: str) -> float:
-        return float(metrics.HTTP_REQUESTS.labels(route, "POST", status)._value.get())
+        return float(metrics.HTTP_REQUESTS.labels(route, "POST", status).value())
 
     before = (count("/v1/qa", "401"), count("other", "401"))
     with TestClient(create_app(svc, max_body_bytes=1024, api_keys=["op"])) as c:

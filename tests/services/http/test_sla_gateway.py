@@ -164,7 +164,7 @@ def test_sla_status_reload_and_metrics(sla_env: Any) -> None:
     text = client.get("/metrics", headers={"authorization": "Bearer operator"}).text
     for family in (
         "ragyard_sla_requests_total",
-        "ragyard_sla_slo_attainment",
+        "ragyard_sla_slo_attainment_ratio",
         "ragyard_sla_decisions_total",
         "ragyard_sla_budget_spent_tokens_total",
         "ragyard_sla_policy_version",
