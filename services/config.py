@@ -246,6 +246,17 @@ class RayConfig(Section):
     worker_replicas: int = Field(1, gt=0, description="Replicas of each model worker.")
     retriever_replicas: int = Field(1, gt=0, description="Replicas of the retriever.")
     gateway_replicas: int = Field(1, gt=0, description="Replicas of the HTTP gateway.")
+    router_replicas: int = Field(
+        1,
+        gt=0,
+        description="Replicas of the router. Above 1, the budgets must be in Redis (sla.budget_url): the replicas "
+        "share their load view and calibration there.",
+    )
+    worker_routing: Literal["affinity", "default"] = Field(
+        "affinity",
+        description="How a request picks a worker replica: affinity (to the replica that owns most of its chunks' "
+        "KV, or its prompt prefix; services/deployments/affinity.py) or default (Serve's power of two choices).",
+    )
     max_queued_requests: int = Field(
         256,
         ge=1,
@@ -321,6 +332,17 @@ class AppConfig(BaseSettings):
             raise ValueError(
                 f"retrieval.default_policy {self.retrieval.default_policy!r} is unknown; "
                 f"valid: {', '.join(available_policies())}"
+            )
+        if self.ray.retriever_replicas > 1 and not self.index.log_url:
+            raise ValueError(
+                "ray.retriever_replicas > 1 needs index.log_url (the corpus log the replicas share): without it "
+                "each replica would hold only the documents written through it"
+            )
+        redis_budgets = (self.sla.budget_url or "").startswith(("redis://", "rediss://", "unix://"))
+        if self.ray.router_replicas > 1 and self.sla.enabled and not redis_budgets:
+            raise ValueError(
+                "ray.router_replicas > 1 needs sla.budget_url on Redis: the routers share budgets, load and "
+                "calibration there"
             )
         return self
 

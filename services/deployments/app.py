@@ -67,7 +67,12 @@ def logical_cpus_needed(config: AppConfig) -> float:
     """What the app's replicas reserve together, so a local Ray can be sized to place all of them."""
     r = config.ray
     workers = WORKER_CPUS * r.worker_replicas * len(config.models)
-    return RETRIEVER_CPUS * r.retriever_replicas + ROUTER_CPUS + workers + GATEWAY_CPUS * r.gateway_replicas
+    return (
+        RETRIEVER_CPUS * r.retriever_replicas
+        + ROUTER_CPUS * r.router_replicas
+        + workers
+        + GATEWAY_CPUS * r.gateway_replicas
+    )
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
@@ -94,11 +99,21 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     )(RetrieverService).bind(plain)
     router = serve.deployment(
         name="router",
-        num_replicas=1,
+        num_replicas=ray_cfg.router_replicas,
         ray_actor_options={"num_cpus": ROUTER_CPUS},
         max_ongoing_requests=256,
         **common,
     )(RouterService).bind(plain)
+    routing: dict[str, Any] = {}
+    if ray_cfg.worker_routing == "affinity":
+        from ray.serve.config import RequestRouterConfig
+
+        options: dict[str, Any] = {
+            "request_router_class": "services.deployments.affinity:ChunkAffinityRouter",
+            # Queue lengths come from the replicas' own reports this often (the load guard reads them).
+            "request_routing_stats_period_s": 2.0,
+        }
+        routing["request_router_config"] = RequestRouterConfig(**options)
     workers = {
         m.id: serve.deployment(
             name=deployment_name(m.id),
@@ -106,6 +121,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
             ray_actor_options={"num_cpus": WORKER_CPUS, **({"num_gpus": 1} if m.device.startswith("cuda") else {})},
             # Concurrent streams interleave token by token inside one replica.
             max_ongoing_requests=32,
+            **routing,
             **common,
         )(Worker).bind(plain, m.id)
         for m in config.models
