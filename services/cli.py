@@ -396,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks: results as JSON plus a markdown table")
     p.add_argument(
-        "what", choices=["router", "policies", "spec", "kvcache", "sla", "retrieval", "docsqa", "tenancy", "chaos"]
+        "what",
+        choices=["router", "policies", "spec", "kvcache", "sla", "retrieval", "docsqa", "tenancy", "chaos", "scale"],
     )
     p.add_argument("--data", action="append", help="QA JSONL file (repeatable)")
     p.add_argument("--out", required=True)
@@ -453,6 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fault-seconds", type=float, default=10.0, help="chaos: how long each Redis fault lasts")
     p.add_argument("--writer-kills", type=int, default=200, help="chaos: kill -9 of the store writer subprocess")
     p.add_argument("--scenarios", help="chaos: comma-separated subset (default: all; see bench_chaos.SCENARIOS)")
+    p.add_argument("--docs", type=int, default=20, help="scale: documents written for ingest-to-visible")
+    p.add_argument("--rounds", type=int, default=4, help="scale: rounds over the chunk sets per router")
+    p.add_argument("--load-seconds", type=float, default=45.0, help="scale: seconds of each load (throughput, kill)")
+    p.add_argument("--clients", type=int, default=3, help="scale: concurrent clients of each load")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -21,6 +21,16 @@ from services.config import AppConfig, load_config
 logger = logging.getLogger(__name__)
 
 
+def replica_name() -> str:
+    """This Serve replica's id ("local" outside Serve)."""
+    try:
+        from ray import serve
+
+        return str(serve.get_replica_context().replica_id.unique_id)
+    except Exception:  # noqa: BLE001 - not in a replica
+        return "local"
+
+
 class RetrieverService:
     def __init__(self, config: AppConfig | dict[str, Any] | str, *, retriever: Retriever | None = None) -> None:
         self.config = load_config(config)
@@ -130,3 +140,13 @@ class RetrieverService:
     async def stats(self, min_generation: int = 0) -> dict[str, Any]:
         await self._reach(min_generation)
         return self.retriever.stats()
+
+    async def inventory(self, doc_ids: list[str]) -> dict[str, Any]:
+        """Which of ``doc_ids`` this replica holds now (no catch-up first): what the scale-out checks ask each
+        replica, to see every committed document reach every replica."""
+        held = self.retriever.store.docs
+        return {
+            "replica": replica_name(),
+            "generation": self.retriever.generation,
+            "missing": [d for d in doc_ids if d not in held],
+        }

@@ -150,6 +150,10 @@ def run_bench(what: str, config: AppConfig, args: argparse.Namespace) -> str:
         settings = Settings(fault_s=args.fault_seconds, writer_kills=args.writer_kills)
         base = {"ray": {"temp_dir": config.ray.temp_dir}, "cache_dir": config.cache_dir}
         return bench_chaos(args.out, base, settings, only)
+    if what == "scale":
+        from services.evaluation.bench_scale import bench_scale
+
+        return bench_scale(args.out, docs=args.docs, rounds=args.rounds, load_s=args.load_seconds, clients=args.clients)
     raise ValueError(f"unknown benchmark {what!r}")
 
 
