@@ -137,8 +137,13 @@ def build() -> dict[str, Any]:
                 {
                     "config": app_config,
                     "autoscaling": obj(
-                        {"gateway": AUTOSCALING, "retriever": AUTOSCALING, "workers": AUTOSCALING},
-                        ["gateway", "retriever", "workers"],
+                        {
+                            "gateway": AUTOSCALING,
+                            "router": AUTOSCALING,
+                            "retriever": AUTOSCALING,
+                            "workers": AUTOSCALING,
+                        },
+                        ["gateway", "router", "retriever", "workers"],
                     ),
                     "workerAutoscaling": {"type": "object", "additionalProperties": AUTOSCALING},
                 },
@@ -195,6 +200,13 @@ def build() -> dict[str, Any]:
                     "lockTimeoutSeconds": {"type": "integer", "minimum": 0},
                 },
                 ["persistence"],
+            ),
+            "metrics": obj(
+                {
+                    "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                    "podMonitor": obj({"enabled": BOOL, "interval": STR, "labels": STR_MAP}, ["enabled"]),
+                },
+                ["port", "podMonitor"],
             ),
             "rayAutoscaler": obj(
                 {

@@ -39,8 +39,6 @@ def _free_port() -> int:
 def run_scale(
     *, docs: int = 20, rounds: int = 4, load_s: float = 45.0, clients: int = 3, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    from ray import serve
-
     from services.deployments.cluster import LocalCluster, deploy
     from services.evaluation.chaos.redis_server import RedisServer
 
@@ -49,7 +47,9 @@ def run_scale(
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     redis = RedisServer(root / "redis").start()
-    cluster = LocalCluster(root / "ray")
+    cluster = LocalCluster(root / "ray")  # before Ray is imported: it sets the token Ray reads then
+    from ray import serve
+
     port = _free_port()
     results: dict[str, Any] = {}
 
@@ -76,6 +76,17 @@ def run_scale(
             log(f"scale: chunk-set affinity, {routing} routing")
             questions, generation = asyncio.run(scale.seed_affinity_docs(url, tag=routing))
             results[f"affinity_{routing}"] = asyncio.run(scale.affinity(url, questions, generation, rounds))
+        # The same with a working set twice what one worker's memory tier holds: affinity splits it between the
+        # replicas, Serve's default makes each replica hold all of it.
+        per_chunk = results["affinity_affinity"].get("bytes_per_chunk") or 1 << 20
+        sets = 2 * scale.SETS
+        memory = int(per_chunk * sets * 0.6)
+        results["bounded_memory_bytes"] = memory
+        for routing in ("affinity", "default"):
+            url = redeploy(worker_routing=routing, chunk_memory_bytes=memory)
+            log(f"scale: chunk-set affinity, {routing} routing, {memory} bytes of chunk KV per worker")
+            questions, generation = asyncio.run(scale.seed_affinity_docs(url, tag=f"b{routing}", sets=sets))
+            results[f"bounded_{routing}"] = asyncio.run(scale.affinity(url, questions, generation, rounds))
         for workers in (1, 2):
             url = redeploy(worker_replicas=workers)
             log(f"scale: throughput with {workers} worker replica(s)")
@@ -103,6 +114,8 @@ def run_scale(
 def goals(results: dict[str, Any]) -> dict[str, Any]:
     aff = (results.get("affinity_affinity") or {}).get("hit_rate")
     default = (results.get("affinity_default") or {}).get("hit_rate")
+    b_aff = (results.get("bounded_affinity") or {}).get("hit_rate")
+    b_default = (results.get("bounded_default") or {}).get("hit_rate")
     kill = results.get("node_kill") or {}
     t1 = (results.get("throughput_1_workers") or {}).get("answers_per_s")
     t2 = (results.get("throughput_2_workers") or {}).get("answers_per_s")
@@ -113,6 +126,9 @@ def goals(results: dict[str, Any]) -> dict[str, Any]:
         "affinity_hit_rate": aff,
         "default_hit_rate": default,
         "affinity_vs_default": round(aff / default, 2) if aff is not None and default else None,
+        "bounded_affinity_hit_rate": b_aff,
+        "bounded_default_hit_rate": b_default,
+        "bounded_affinity_vs_default": round(b_aff / b_default, 2) if b_aff is not None and b_default else None,
         "node_kill_lost_ratio": kill.get("lost_ratio"),
         "node_kill_lost_retryable": kill.get("lost_retryable"),
         "node_kill_lost_in_dead_gateway": kill.get("lost_in_dead_gateway"),
@@ -151,6 +167,11 @@ def _markdown(report: dict[str, Any]) -> str:
         ("chunk-set hit rate, affinity router", g["affinity_hit_rate"]),
         ("chunk-set hit rate, Serve's default router", g["default_hit_rate"]),
         ("affinity / default", g["affinity_vs_default"]),
+        (
+            f"hit rate, {2 * scale.SETS} chunk sets, {r.get('bounded_memory_bytes')} B of chunk KV per worker: "
+            "affinity / default",
+            f"{g['bounded_affinity_hit_rate']} / {g['bounded_default_hit_rate']} ({g['bounded_affinity_vs_default']}x)",
+        ),
         (
             "node kill: requests / lost (ratio)",
             f"{kill.get('requests')} / {kill.get('lost')} ({g['node_kill_lost_ratio']})",

@@ -42,10 +42,19 @@ def write_policy(path: Path) -> Path:
 
 
 def scale_config(
-    root: Path, redis_url: str, port: int, *, worker_routing: str = "affinity", worker_replicas: int = 2
+    root: Path,
+    redis_url: str,
+    port: int,
+    *,
+    worker_routing: str = "affinity",
+    worker_replicas: int = 2,
+    chunk_memory_bytes: int | None = None,
 ) -> dict[str, Any]:
+    chunk_cache: dict[str, Any] = {"enabled": True}
+    if chunk_memory_bytes is not None:
+        chunk_cache["memory_bytes"] = chunk_memory_bytes
     return {
-        "models": [{"id": MODEL, "chunk_cache": {"enabled": True}}],
+        "models": [{"id": MODEL, "chunk_cache": chunk_cache}],
         "index": {"dir": str(root / "index"), "log_url": redis_url},
         "cache": {"response_cache_url": "memory://"},
         "sla": {"enabled": True, "budget_url": redis_url, "policy_path": str(write_policy(root / "policy.yaml"))},
@@ -140,13 +149,13 @@ def _q(values: list[float], q: float) -> float | None:
 SETS = 6  # distinct chunk sets (each a question over its own documents)
 
 
-async def seed_affinity_docs(url: str, tag: str = "a") -> tuple[list[str], int]:
+async def seed_affinity_docs(url: str, tag: str = "a", sets: int = SETS) -> tuple[list[str], int]:
     """One small document per chunk set, so each question retrieves its own chunks (``tag`` makes sets no
     worker has seen)."""
     questions = []
     async with httpx.AsyncClient(timeout=60.0) as client:
         docs = []
-        for n in range(SETS):
+        for n in range(sets):
             town = f"Vell{n}ora"
             docs.append(
                 {"id": f"affinity-{n}", "title": town, "text": f"The town of {town} grows {n + 3} kinds of pear."}
@@ -162,7 +171,7 @@ async def seed_affinity_docs(url: str, tag: str = "a") -> tuple[list[str], int]:
 async def affinity(url: str, questions: list[str], generation: int, rounds: int) -> dict[str, Any]:
     """Ask every question ``rounds`` times, round-robin (temperature 0.1, so the response cache stays out);
     from the second round on, the share of chunks a worker found in its own memory tier."""
-    hits = chunks = first_hits = first_chunks = 0
+    hits = chunks = first_hits = first_chunks = read = 0
     async with httpx.AsyncClient(timeout=120.0) as client:
         for r in range(rounds):
             for question in questions:
@@ -179,6 +188,7 @@ async def affinity(url: str, questions: list[str], generation: int, rounds: int)
                     first_hits, first_chunks = first_hits + memory, first_chunks + total
                 else:
                     hits, chunks = hits + memory, chunks + total
+                    read += int(report.get("bytes_read", 0))
     return {
         "rounds": rounds,
         "chunk_sets": len(questions),
@@ -186,6 +196,8 @@ async def affinity(url: str, questions: list[str], generation: int, rounds: int)
         "memory_hits": hits,
         "hit_rate": round(hits / chunks, 4) if chunks else None,
         "first_round_hit_rate": round(first_hits / first_chunks, 4) if first_chunks else None,
+        # What one chunk's KV takes (memory hits only read the memory tier here).
+        "bytes_per_chunk": read // hits if hits else None,
     }
 
 

@@ -29,6 +29,8 @@ VARIANTS = {
         "apiKeys.keys[0]=sk-operator-0001",
         "--set",
         "redis.auth.enabled=false",
+        "--set",
+        "metrics.podMonitor.enabled=true",
     ),
 }
 
@@ -62,7 +64,8 @@ def test_core_manifests_pass_strict_kubernetes_validation(
     rendered: tuple[str, list[dict[str, Any]]], tmp_path: Path
 ) -> None:
     name, docs = rendered
-    core = [d for d in docs if d["kind"] != "RayService"]
+    # The CRDs' kinds (KubeRay's RayService, prometheus-operator's PodMonitor) are checked by tests of their own.
+    core = [d for d in docs if d["kind"] not in ("RayService", "PodMonitor")]
     kinds = {d["kind"] for d in core}
     assert {"ConfigMap", "ServiceAccount", "Pod"} <= kinds
     if name != "everything":
@@ -71,6 +74,49 @@ def test_core_manifests_pass_strict_kubernetes_validation(
         assert "Ingress" in kinds
     proc = run(tool("kubernetes-validate"), "--strict", "-k", "1.33.0", *_write(core, tmp_path))
     assert proc.stdout.count("passed") == len(core), proc.stdout
+
+
+def test_the_pod_monitor_scrapes_every_ray_pod_on_its_metrics_port() -> None:
+    docs = documents(
+        helm_template(
+            "--set", "metrics.podMonitor.enabled=true", "--set", "metrics.podMonitor.labels.release=prom"
+        ).stdout
+    )
+    (pm,) = by_kind(docs, "PodMonitor")
+    assert pm["apiVersion"] == "monitoring.coreos.com/v1" and pm["metadata"]["labels"]["release"] == "prom"
+    selector = pm["spec"]["selector"]
+    (endpoint,) = pm["spec"]["podMetricsEndpoints"]
+    rs = _rayservice(docs)["spec"]["rayClusterConfig"]
+    templates = [rs["headGroupSpec"]["template"], *(g["template"] for g in rs["workerGroupSpecs"])]
+    params = [rs["headGroupSpec"]["rayStartParams"], *(g["rayStartParams"] for g in rs["workerGroupSpecs"])]
+    (allowed,) = [e["values"] for e in selector["matchExpressions"] if e["key"] == "app.kubernetes.io/component"]
+    for template, start in zip(templates, params, strict=True):
+        labels = template["metadata"]["labels"]
+        assert all(labels.get(k) == v for k, v in selector["matchLabels"].items())
+        assert labels["app.kubernetes.io/component"] in allowed
+        (container,) = template["spec"]["containers"]
+        port = next(p for p in container["ports"] if p["name"] == endpoint["port"])
+        assert start["metrics-export-port"] == str(port["containerPort"])
+    # The Redis pod is not a Ray pod: not scraped.
+    (redis,) = by_kind(docs, "StatefulSet")
+    assert redis["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] not in allowed
+    # Off by default (the CRD may not be installed).
+    assert not by_kind(documents(helm_template().stdout), "PodMonitor")
+
+
+def test_every_deployment_scales_out_and_the_retrievers_follow_the_corpus_log() -> None:
+    docs = documents(helm_template().stdout)
+    rs = _rayservice(docs)
+    (app_cfg,) = _serve_config(rs)["applications"]
+    scaled = {d["name"]: d["autoscaling_config"] for d in app_cfg["deployments"]}
+    assert scaled["router"]["max_replicas"] > 1 and scaled["retriever"]["max_replicas"] > 1
+    env = {
+        e["name"]: e
+        for e in rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["RAGYARD_INDEX__LOG_URL"]["value"] == "$(REDIS_URL)"
+    names = list(env)
+    assert names.index("REDIS_URL") < names.index("RAGYARD_INDEX__LOG_URL")  # Kubernetes expands only earlier vars
 
 
 def test_rayservice_passes_the_crd_schema(rendered: tuple[str, list[dict[str, Any]]], tmp_path: Path) -> None:
@@ -284,12 +330,16 @@ def _index_volumes(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def test_the_index_lives_on_a_kept_rwx_claim_mounted_where_the_app_writes() -> None:
-    """Uploaded documents outlive a pod: every Ray pod mounts one ReadWriteMany claim at index.dir, the claim
-    survives `helm uninstall`, and the app waits for an upgrade's old writer (index.lock_timeout_s)."""
+def test_the_index_is_a_cache_of_the_corpus_log_on_a_pod_or_on_a_kept_rwx_claim() -> None:
+    """By default each pod's index is an emptyDir (the corpus log in Redis is the record; a new replica rebuilds
+    from it). With persistence on, every Ray pod mounts one ReadWriteMany claim at index.dir, the claim survives
+    `helm uninstall`, and the app waits for an upgrade's old writer (index.lock_timeout_s)."""
     from services.config import load_config
 
-    docs = documents(helm_template().stdout)
+    default = documents(helm_template().stdout)
+    assert not by_kind(default, "PersistentVolumeClaim")
+    assert all(v["emptyDir"]["sizeLimit"] == "2Gi" for v in _index_volumes(default))
+    docs = documents(helm_template("--set", "index.persistence.enabled=true").stdout)
     (pvc,) = by_kind(docs, "PersistentVolumeClaim")
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"] and pvc["spec"]["resources"]["requests"]["storage"] == "10Gi"
     assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
@@ -299,7 +349,11 @@ def test_the_index_lives_on_a_kept_rwx_claim_mounted_where_the_app_writes() -> N
         assert volume["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
         assert volume["mountPath"] == app.index.dir
 
-    own = documents(helm_template("--set", "index.persistence.existingClaim=docs-nfs").stdout)
+    own = documents(
+        helm_template(
+            "--set", "index.persistence.enabled=true", "--set", "index.persistence.existingClaim=docs-nfs"
+        ).stdout
+    )
     assert not by_kind(own, "PersistentVolumeClaim")
     assert {v["persistentVolumeClaim"]["claimName"] for v in _index_volumes(own)} == {"docs-nfs"}
 

@@ -126,7 +126,7 @@ app.kubernetes.io/part-of: ragyard
 {{/* The Ray Serve config (serveConfigV2): our import path, the app config as args, autoscaling. */}}
 {{- define "ragyard.serveConfig" -}}
 {{- $deployments := list -}}
-{{- range $name := list "gateway" "retriever" -}}
+{{- range $name := list "gateway" "router" "retriever" -}}
 {{- $deployments = append $deployments (dict "name" $name "num_replicas" "auto" "autoscaling_config" (index $.Values.app.autoscaling $name)) -}}
 {{- end -}}
 {{- range $id := (include "ragyard.modelIds" . | fromJsonArray) -}}
@@ -171,6 +171,9 @@ app.kubernetes.io/part-of: ragyard
 - name: REDIS_URL
   value: {{ .Values.redis.url | quote }}
 {{- end }}
+# The corpus log (the documents' store of record) is the Redis of budgets and caches.
+- name: RAGYARD_INDEX__LOG_URL
+  value: "$(REDIS_URL)"
 {{- if or .Values.apiKeys.existingSecret .Values.apiKeys.keys }}
 - name: RAGYARD_SERVER__API_KEYS
   valueFrom:
