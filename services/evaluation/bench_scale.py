@@ -76,11 +76,14 @@ def run_scale(
             log(f"scale: chunk-set affinity, {routing} routing")
             questions, generation = asyncio.run(scale.seed_affinity_docs(url, tag=routing))
             results[f"affinity_{routing}"] = asyncio.run(scale.affinity(url, questions, generation, rounds))
+            if routing == "affinity":
+                results["unbounded_affinity_kv_bytes"] = _kv_bytes_held(cluster)
         # The same with a working set twice what one worker's memory tier holds: affinity splits it between the
-        # replicas, Serve's default makes each replica hold all of it.
-        per_chunk = results["affinity_affinity"].get("bytes_per_chunk") or 1 << 20
+        # replicas, Serve's default makes each replica hold all of it. The tier's size: 1.2 x what both workers
+        # held after the unbounded affinity run (one copy of SETS chunk sets), for 2 x SETS sets.
         sets = 2 * scale.SETS
-        memory = int(per_chunk * sets * 0.6)
+        held = results["unbounded_affinity_kv_bytes"]
+        memory = int(1.2 * held) if held > 0 else 8 << 20
         results["bounded_memory_bytes"] = memory
         for routing in ("affinity", "default"):
             url = redeploy(worker_routing=routing, chunk_memory_bytes=memory)
@@ -109,6 +112,15 @@ def run_scale(
         cluster.stop()
         redis.stop()
     return results
+
+
+def _kv_bytes_held(cluster: Any) -> float:
+    """Chunk KV in the workers' memory tiers, summed over replicas (Ray's export lags: polled, bounded)."""
+    held, deadline = 0.0, time.monotonic() + 60
+    while held <= 0 and time.monotonic() < deadline:
+        time.sleep(3)
+        held = sum(scale.ray_metric(cluster, "ray_ragyard_chunk_kv_memory_bytes").values())
+    return held
 
 
 def goals(results: dict[str, Any]) -> dict[str, Any]:

@@ -150,17 +150,21 @@ SETS = 6  # distinct chunk sets (each a question over its own documents)
 
 
 async def seed_affinity_docs(url: str, tag: str = "a", sets: int = SETS) -> tuple[list[str], int]:
-    """One small document per chunk set, so each question retrieves its own chunks (``tag`` makes sets no
-    worker has seen)."""
+    """Two small documents per chunk set, both about one town, so each question retrieves its own two chunks
+    (``tag`` makes sets no worker has seen)."""
     questions = []
     async with httpx.AsyncClient(timeout=60.0) as client:
         docs = []
         for n in range(sets):
-            town = f"Vell{n}ora"
+            town = f"Vell{n}ora-{tag}"
+            month = ("May", "June", "July", "August")[n % 4]
             docs.append(
-                {"id": f"affinity-{n}", "title": town, "text": f"The town of {town} grows {n + 3} kinds of pear."}
+                {"id": f"affinity-{tag}-{n}", "title": town, "text": f"The town of {town} grows {n + 3} kinds of pear."}
             )
-            questions.append(f"How many kinds of pear does {town} grow?")
+            docs.append(
+                {"id": f"affinity-{tag}-{n}-h", "title": town, "text": f"{town} harvests its pears in {month}."}
+            )
+            questions.append(f"How many kinds of pear does {town} grow, and when are they harvested?")
         resp = await client.post(
             f"{url}/v1/documents", json={"documents": docs}, headers={"authorization": "Bearer sk-operator"}
         )
@@ -171,7 +175,7 @@ async def seed_affinity_docs(url: str, tag: str = "a", sets: int = SETS) -> tupl
 async def affinity(url: str, questions: list[str], generation: int, rounds: int) -> dict[str, Any]:
     """Ask every question ``rounds`` times, round-robin (temperature 0.1, so the response cache stays out);
     from the second round on, the share of chunks a worker found in its own memory tier."""
-    hits = chunks = first_hits = first_chunks = read = 0
+    hits = chunks = first_hits = first_chunks = 0
     async with httpx.AsyncClient(timeout=120.0) as client:
         for r in range(rounds):
             for question in questions:
@@ -188,7 +192,6 @@ async def affinity(url: str, questions: list[str], generation: int, rounds: int)
                     first_hits, first_chunks = first_hits + memory, first_chunks + total
                 else:
                     hits, chunks = hits + memory, chunks + total
-                    read += int(report.get("bytes_read", 0))
     return {
         "rounds": rounds,
         "chunk_sets": len(questions),
@@ -196,8 +199,6 @@ async def affinity(url: str, questions: list[str], generation: int, rounds: int)
         "memory_hits": hits,
         "hit_rate": round(hits / chunks, 4) if chunks else None,
         "first_round_hit_rate": round(first_hits / first_chunks, 4) if first_chunks else None,
-        # What one chunk's KV takes (memory hits only read the memory tier here).
-        "bytes_per_chunk": read // hits if hits else None,
     }
 
 
