@@ -41,6 +41,11 @@ NODE_ENV = {
     # Every node is this machine: the head's HTTP proxy should spread requests over the gateway replicas of
     # both nodes, not keep them on its own (Serve's default for a real multi-machine cluster).
     "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0",
+    # The GCS declares a node dead after 3 missed health checks 1 s apart (Ray's defaults take tens of seconds),
+    # so the calls that wait on a dead node's replicas fail over within a few seconds.
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_timeout_ms": "1000",
+    "RAY_health_check_failure_threshold": "3",
 }
 
 

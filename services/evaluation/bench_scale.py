@@ -193,6 +193,10 @@ def _markdown(report: dict[str, Any]) -> str:
             f"{g['node_kill_lost_retryable']} / {g['node_kill_lost_in_dead_gateway']}",
         ),
         ("node kill: statuses", kill.get("statuses")),
+        (
+            "node kill: answers begun after it / longest silence after it",
+            f"{kill.get('answered_after_fault')} / {kill.get('longest_silence_after_fault_s')} s",
+        ),
         ("answers/s, 1 worker replica", g["answers_per_s_1_worker"]),
         ("answers/s, 2 worker replicas", g["answers_per_s_2_workers"]),
         ("2 / 1 workers", g["throughput_ratio"]),

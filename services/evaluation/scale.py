@@ -282,6 +282,13 @@ def summarise_load(samples: list[Sample], seconds: float, *, fault_at: float | N
     if fault_at is not None:
         after = [s for s in ok if s.started - base > fault_at]
         out["answered_after_fault"] = len(after)
+        # The longest stretch after the fault with no answer coming back (a stall while the cluster noticed).
+        ends = sorted(
+            [base + fault_at] + [s.started + s.seconds for s in ok if s.started + s.seconds > base + fault_at]
+        )
+        out["longest_silence_after_fault_s"] = (
+            round(max(b - a for a, b in zip(ends, ends[1:], strict=False)), 2) if len(ends) > 1 else None
+        )
     return out
 
 
