@@ -91,6 +91,7 @@ class Retriever:
             store = VectorStore.open(emb.dim, emb.name, index_dir, lock_timeout_s=lock_timeout_s)
         else:
             store = _open_replica_dir(emb.dim, emb.name, Path(index_dir))
+            _adopt_legacy_snapshot(store, Path(index_dir), lock_timeout_s)
         return cls(emb, store, Chunker(emb.tokenizer, chunk_tokens, chunk_overlap_tokens), log)
 
     @property
@@ -407,6 +408,24 @@ class Retriever:
             "embedder": self.store.embedder_name,
             "corpus_log": self.log is not None,
         }
+
+
+def _adopt_legacy_snapshot(store: VectorStore, root: Path, lock_timeout_s: float) -> None:
+    """An index directory from before the corpus log holds its snapshot at its root: an empty replica folder
+    takes that snapshot's documents (and joining the log then seeds an empty log with them)."""
+    if store.docs or store.epoch is not None or not (root / "CURRENT").exists():
+        return
+    legacy = VectorStore.open(store.dim, store.embedder_name, root, lock_timeout_s=lock_timeout_s)
+    try:
+        records, vectors = legacy.records()
+    finally:
+        legacy.close()
+    offset = 0
+    for record in records:
+        n = len(record["pieces"])
+        store.upsert_record(record, vectors[offset : offset + n])
+        offset += n
+    logger.info("took %d documents from the index snapshot at %s (from before the corpus log)", len(records), root)
 
 
 def _open_replica_dir(dim: int, embedder_name: str, root: Path) -> VectorStore:

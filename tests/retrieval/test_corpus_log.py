@@ -120,7 +120,7 @@ def test_a_restarted_replica_continues_from_its_snapshot(embedder: Any, tmp_path
 
 def test_a_snapshot_from_before_the_log_seeds_an_empty_log(embedder: Any, tmp_path: Path) -> None:
     # A single-replica install (its index directory the record) moves to a corpus log.
-    local = Retriever.create(index_dir=tmp_path / "idx" / "replica-0", embedder=embedder)
+    local = Retriever.create(index_dir=tmp_path / "idx", embedder=embedder)
     local.ingest([QUUX, FROB])
     local.store.close()
     log = MemoryCorpusLog()
