@@ -46,7 +46,7 @@ from router.plan import Complexity, Outcome, Plan, RouteDecision, Settlement
 from router.priors import LatencyPriors
 from router.quality import CLASSES, QualityTable, measured_quality
 from router.settlement import Settlements, charge
-from router.shared_load import JOB_TTL_S, SYNC_EVERY_S, SharedLoad
+from router.shared_load import JOB_TTL_S, SYNC_EVERY_S, SharedLoad, merge_foreign_jobs
 from router.sla import PolicyStore, RequestSlo, SlaPolicy, TierPolicy, resolve
 from router.sla_metrics import (
     DECISIONS,
@@ -487,12 +487,12 @@ class SlaController:
             if self.shared is not None:
                 await self.shared.hand_over(ticket_id, outcome.model_dump(mode="json"))
             return Settlement(met=False, budget=charged) if charged is not None else None
-        if self.shared is not None:
-            await self.shared.retract(ticket_id)
         with self._lock:
             met = self._learn(ticket, job, outcome, tokens, micros)
-        if self.shared is not None and outcome.ok and not outcome.cache_hit:
-            await self.shared.observe(ticket.slo.priority, outcome.latency_s, ticket.predicted_s)
+        if self.shared is not None:
+            learned = outcome.ok and not outcome.cache_hit
+            ratio = [(ticket.slo.priority, outcome.latency_s, ticket.predicted_s)] if learned else []
+            await self.shared.retract(ticket_id, ratio)
         return Settlement(met=met, budget=charged)
 
     def _learn(self, ticket: _Ticket, job: Job | None, outcome: Outcome, tokens: int, micros: int) -> bool:
@@ -544,24 +544,7 @@ class SlaController:
         policy = self.store.policy
         with self._lock:
             self.load.advance()
-            remote = {t: r for t, r in view.jobs.items() if t not in self._tickets}
-            for t in [t for t in self._foreign if t not in remote]:
-                self.load.finish(self._foreign.pop(t))
-            for t, r in remote.items():
-                if t in self._foreign or r.get("router") == self.shared.router_id:
-                    continue  # known, or this router's own job that ended elsewhere (its outcome is in `done`)
-                elapsed = max(0.0, time.time() - float(r["at"]))
-                target = r.get("target_s")
-                job = self.load.admit(
-                    r["model"], int(r["priority"]), float(r["service_s"]), math.inf if target is None else target
-                )
-                # An estimate: the time it has run at a fair share of its model's servers.
-                job.started -= elapsed
-                job.deadline -= elapsed
-                servers = self.load.servers.get(job.model, 1)
-                sharing = sum(1 for j in self.load.jobs.values() if j.model == job.model)
-                job.attained = min(job.service_s, elapsed * min(1.0, servers / max(1, sharing)))
-                self._foreign[t] = job.id
+            merge_foreign_jobs(self.load, self._foreign, view.jobs, own=self._tickets, router_id=self.shared.router_id)
             learned = []
             for t, raw in view.done:
                 ticket = self._tickets.pop(t, None)
@@ -575,8 +558,8 @@ class SlaController:
                     learned.append((ticket.slo.priority, outcome.latency_s, ticket.predicted_s))
             # The shared ratios, and the ones learned just now (on their way to the shared list).
             self.calibrator.replace(view.ratios + [(0.0, p, o / e) for p, o, e in learned if e > 0])
-        for priority, observed, predicted in learned:
-            await self.shared.observe(priority, observed, predicted)
+        if learned:
+            await self.shared.retract(None, learned)
 
     def _expire_local(self) -> None:
         """Drop local tickets whose gateway never reported back (a crashed replica, a lost stream); their

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from cache.errors import BackendUnavailableError
 from core.redis_client import Guard, LoopClients, async_client
+from router.estimates import LoadModel
 
 logger = logging.getLogger(__name__)
 
@@ -117,18 +120,27 @@ class SharedLoad:
         except BackendUnavailableError as exc:
             self._warn("publishing a job", exc)
 
-    async def retract(self, ticket: str) -> None:
-        """This router's own job ended here."""
+    async def retract(self, ticket: str | None, ratios: Sequence[tuple[int, float, float]] = ()) -> None:
+        """This router's own job ended here (``ticket``; None: none), and what it learned: each (priority, observed
+        seconds, predicted seconds) goes to the shared calibration. One round trip for both."""
+        now = time.time()
+        entries = [json.dumps([now, p, o / e]) for p, o, e in ratios if e > 0]
+        if ticket is None and not entries:
+            return
         client, _, _ = self._clients.get()
 
-        async def drop() -> None:
+        async def write() -> None:
             async with client.pipeline(transaction=True) as pipe:
-                pipe.hdel(self._keys[0], ticket)
-                pipe.zrem(self._keys[1], ticket)
+                if ticket is not None:
+                    pipe.hdel(self._keys[0], ticket)
+                    pipe.zrem(self._keys[1], ticket)
+                if entries:
+                    pipe.rpush(self.prefix + "ratios", *entries)
+                    pipe.ltrim(self.prefix + "ratios", -RATIOS_KEPT, -1)
                 await pipe.execute()
 
         try:
-            await self.guard.acall(drop)
+            await self.guard.acall(write)
         except BackendUnavailableError as exc:
             self._warn("retracting a job", exc)
 
@@ -144,23 +156,6 @@ class SharedLoad:
             return None
         router = router.decode() if isinstance(router, bytes) else str(router or "")
         return router or None
-
-    async def observe(self, priority: int, observed_s: float, predicted_s: float) -> None:
-        if predicted_s <= 0:
-            return
-        client, _, _ = self._clients.get()
-        entry = json.dumps([time.time(), priority, observed_s / predicted_s])
-
-        async def push() -> None:
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.rpush(self.prefix + "ratios", entry)
-                pipe.ltrim(self.prefix + "ratios", -RATIOS_KEPT, -1)
-                await pipe.execute()
-
-        try:
-            await self.guard.acall(push)
-        except BackendUnavailableError as exc:
-            self._warn("sharing a latency ratio", exc)
 
     async def sync(self) -> View | None:
         """The shared view now, or None when Redis does not answer."""
@@ -192,3 +187,27 @@ class SharedLoad:
             at, priority, ratio = json.loads(raw)
             view.ratios.append((max(0.0, now - float(at)), int(priority), float(ratio)))
         return view
+
+
+def merge_foreign_jobs(
+    load: LoadModel, foreign: dict[str, int], records: dict[str, dict[str, Any]], *, own: Container[str], router_id: str
+) -> None:
+    """Make ``load`` count the other routers' jobs in ``records`` (ticket -> job record): add the new ones, drop
+    those that ended. ``foreign`` maps their tickets to job ids in ``load`` and is kept current; ``own`` are this
+    router's tickets (already in ``load``)."""
+    remote = {t: r for t, r in records.items() if t not in own}
+    for t in [t for t in foreign if t not in remote]:
+        load.finish(foreign.pop(t))
+    for t, r in remote.items():
+        if t in foreign or r.get("router") == router_id:
+            continue  # known, or this router's own job that ended elsewhere (its outcome is in its inbox)
+        elapsed = max(0.0, time.time() - float(r["at"]))
+        target = r.get("target_s")
+        job = load.admit(r["model"], int(r["priority"]), float(r["service_s"]), math.inf if target is None else target)
+        # An estimate: the time it has run at a fair share of its model's servers.
+        job.started -= elapsed
+        job.deadline -= elapsed
+        servers = load.servers.get(job.model, 1)
+        sharing = sum(1 for j in load.jobs.values() if j.model == job.model)
+        job.attained = min(job.service_s, elapsed * min(1.0, servers / max(1, sharing)))
+        foreign[t] = job.id

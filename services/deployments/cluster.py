@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from typing import Any
 import psutil
 
 from services.config import AppConfig
+from services.deployments.local import free_port
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +47,6 @@ NODE_ENV = {
     "RAY_health_check_timeout_ms": "1000",
     "RAY_health_check_failure_threshold": "3",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -116,14 +110,14 @@ class LocalCluster:
         if len(str(temp)) > 47:
             raise ValueError(f"ray temp dir {temp} is too long for Ray's socket paths: keep it within 47 characters")
         temp.mkdir(parents=True, exist_ok=True)
-        metrics = _free_port()
+        metrics = free_port()
         ports = {
-            "--node-manager-port": _free_port(),
-            "--object-manager-port": _free_port(),
+            "--node-manager-port": free_port(),
+            "--object-manager-port": free_port(),
             "--metrics-export-port": metrics,
-            "--dashboard-agent-listen-port": _free_port(),
-            "--dashboard-agent-grpc-port": _free_port(),
-            "--runtime-env-agent-port": _free_port(),
+            "--dashboard-agent-listen-port": free_port(),
+            "--dashboard-agent-grpc-port": free_port(),
+            "--runtime-env-agent-port": free_port(),
         }
         base = 20000 + 2000 * len(self.nodes) + self._port_base
         cmd = [
@@ -149,14 +143,14 @@ class LocalCluster:
         return node
 
     def start_head(self, *, object_store_mb: int = 256) -> LocalCluster:
-        self.gcs_port = _free_port()
+        self.gcs_port = free_port()
         self._start(
             "head",
             [
                 "--head",
                 f"--port={self.gcs_port}",
                 "--include-dashboard=false",
-                f"--ray-client-server-port={_free_port()}",
+                f"--ray-client-server-port={free_port()}",
                 f"--object-store-memory={object_store_mb * 1024 * 1024}",
             ],
             self.head_cpus,

@@ -19,6 +19,15 @@ logger = logging.getLogger(__name__)
 APP_NAME = "ragyard"
 
 
+def free_port() -> int:
+    """A TCP port free on loopback now (another process may take it before it is bound: callers retry)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def local_cpus(config: AppConfig) -> float:
     """The logical CPUs the app's replicas reserve; a ConfigError when ``ray.num_cpus`` is set below that
     (Serve would wait for ever to place the last replicas)."""

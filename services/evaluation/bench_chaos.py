@@ -8,14 +8,13 @@ charged equal to tokens delivered; no cross-tenant read that succeeds.
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from services.evaluation import reports
 from services.evaluation.chaos.scenarios import Chaos, Settings
 
 # Scenario order: the kills last, so a replica that comes back slowly cannot spoil the other figures.
@@ -76,18 +75,7 @@ def goals(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_report(out: str | Path, results: dict[str, Any], settings: Settings) -> str:
-    report = {
-        "goals": goals(results),
-        "results": results,
-        "settings": dict(vars(settings)),
-        "machine": {"cpus": os.cpu_count() or 0, "python": platform.python_version()},
-    }
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "chaos.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    md = _markdown(report)
-    (out_dir / "chaos.md").write_text(md, encoding="utf-8")
-    return md
+    return reports.write_report(out, "chaos", goals(results), results, dict(vars(settings)), _markdown)
 
 
 def _markdown(report: dict[str, Any]) -> str:

@@ -14,9 +14,7 @@ the new retrievers up to date before they report ready)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import platform
 import shutil
 import time
 from collections.abc import Callable
@@ -25,15 +23,8 @@ from typing import Any
 
 from core.config import PROJECT_ROOT
 from services.config import load_config
-from services.evaluation import scale
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from services.deployments.local import free_port
+from services.evaluation import reports, scale
 
 
 def run_scale(
@@ -50,7 +41,7 @@ def run_scale(
     cluster = LocalCluster(root / "ray")  # before Ray is imported: it sets the token Ray reads then
     from ray import serve
 
-    port = _free_port()
+    port = free_port()
     results: dict[str, Any] = {}
 
     def redeploy(**kw: Any) -> str:
@@ -151,18 +142,7 @@ def goals(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_report(out: str | Path, results: dict[str, Any], settings: dict[str, Any]) -> str:
-    report = {
-        "goals": goals(results),
-        "results": results,
-        "settings": settings,
-        "machine": {"cpus": os.cpu_count() or 0, "python": platform.python_version()},
-    }
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "scale.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    md = _markdown(report)
-    (out_dir / "scale.md").write_text(md, encoding="utf-8")
-    return md
+    return reports.write_report(out, "scale", goals(results), results, settings, _markdown)
 
 
 def _markdown(report: dict[str, Any]) -> str:

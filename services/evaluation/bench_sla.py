@@ -17,7 +17,6 @@ import logging
 import os
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import httpx
 from core.scoring import score
 from router.sla import SlaPolicy, load_policy_file
 from services.config import PROJECT_ROOT, AppConfig
+from services.deployments.local import free_port
 from services.evaluation.harness import percentile, read_rows
 
 logger = logging.getLogger(__name__)
@@ -40,12 +40,6 @@ MIX = {"interactive": 0.3, "standard": 0.4, "batch": 0.3}
 KEYS = {"interactive": "bench-interactive", "standard": "bench-standard", "batch": "bench-batch"}
 OPERATOR_KEY = "bench-operator"
 MODES = ("static_single", "static_multi", "controller")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _app_config(
@@ -208,7 +202,7 @@ def bench_sla(
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     offset = 0
-    port = _free_port()
+    port = free_port()
     try:
         for n_mode, m in enumerate(modes):
             if url is None:

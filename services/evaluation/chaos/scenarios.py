@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import yaml
 
+from services.deployments.local import free_port
 from services.evaluation.chaos import battery
 from services.evaluation.chaos.battery import CHAT, DOCS, OPERATOR_KEY, OTHER_KEY, TENANT_KEY, Case
 from services.evaluation.chaos.load import RETRYABLE, Load, auth_headers, error_code
@@ -106,7 +107,7 @@ class Chaos:
             "server": {"api_keys": [OPERATOR_KEY]},
         }
         for attempt in range(3):  # a port another process took between the pick and Serve's bind
-            cfg = load_config({**config, "server": {**config["server"], "host": "127.0.0.1", "port": _free_port()}})
+            cfg = load_config({**config, "server": {**config["server"], "host": "127.0.0.1", "port": free_port()}})
             try:
                 self.url = serving.start(cfg, wait_ready_s=600)
                 return self
@@ -527,11 +528,3 @@ def _wait_for(check: Callable[[], bool], timeout_s: float) -> bool:
             return True
         time.sleep(0.5)
     return False
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
