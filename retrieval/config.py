@@ -10,6 +10,9 @@ from core.config import PROJECT_ROOT, Section
 
 
 class EmbedderConfig(Section):
+    id: str = Field(
+        "all-minilm-l6-v2", min_length=1, description="The model id /v1/embeddings answers to and /v1/models lists."
+    )
     path: str | None = Field(None, description="sentence-transformers folder; None = packaged MiniLM.")
     device: str = Field("cpu", description="torch device for the embedder.")
     batch_size: int = Field(32, gt=0, description="Texts per embedding batch.")

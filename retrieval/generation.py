@@ -23,6 +23,35 @@ class ChatMessage(BaseModel):
     content: str
 
 
+class ResponseFormat(BaseModel):
+    """A structured-output constraint on the final answer: any JSON object, or JSON valid under a schema."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: Literal["json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = Field(None, description="The JSON Schema (type json_schema).")
+
+
+@dataclass
+class TokenLogprob:
+    """One generated token's log-probability and its most likely alternatives (OpenAI's ``logprobs``)."""
+
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+    def openai(self) -> dict[str, Any]:
+        return {
+            "token": self.token,
+            "logprob": self.logprob,
+            "bytes": list(self.token.encode("utf-8")),
+            "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode("utf-8"))} for t, lp in self.top],
+        }
+
+
+MAX_TOP_LOGPROBS = 20
+
+
 class SamplingParams(BaseModel):
     """How to pick tokens. temperature 0 is greedy (and then deterministic)."""
 
@@ -38,10 +67,33 @@ class SamplingParams(BaseModel):
     chunk_cache: bool = True
     # The SLA tier's priority: the torch engine runs waiting steps of higher priority first.
     priority: int = Field(0, ge=0, le=100)
+    # OpenAI's penalties over the tokens generated so far: logit -= count * frequency + (count > 0) * presence.
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    # None: no log-probabilities; n: each token's, with its n most likely alternatives.
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    response_format: ResponseFormat | None = None
+    # The caller's request id (X-Request-Id); engines that name their requests (vLLM) use it.
+    request_id: str | None = None
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def penalised(self) -> bool:
+        return self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
+
+    @property
+    def shapes_output(self) -> bool:
+        """The final answer must come from one call under these params (a constraint or its logprobs)."""
+        return self.response_format is not None or self.logprobs is not None
+
+    def plain(self) -> SamplingParams:
+        """These params for a policy's intermediate calls: no output constraint, no logprobs."""
+        if not self.shapes_output:
+            return self
+        return self.model_copy(update={"response_format": None, "logprobs": None})
 
 
 @dataclass
@@ -55,6 +107,8 @@ class GenerationChunk:
     stats: GenerationStats | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # The tokens behind ``text``, when the params asked for logprobs.
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -83,6 +137,7 @@ class GenerationResult:
     text: str
     finish_reason: FinishReason
     stats: GenerationStats = field(default_factory=GenerationStats)
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -138,10 +193,13 @@ async def collect(chunks: AsyncIterator[GenerationChunk]) -> GenerationResult:
     parts: list[str] = []
     finish: FinishReason = "length"
     stats = GenerationStats()
+    logprobs: list[TokenLogprob] | None = None
     async for chunk in chunks:
         parts.append(chunk.text)
+        if chunk.logprobs is not None:
+            logprobs = (logprobs or []) + chunk.logprobs
         if chunk.finish_reason is not None:
             finish = chunk.finish_reason
         if chunk.stats is not None:
             stats = chunk.stats
-    return GenerationResult(text="".join(parts), finish_reason=finish, stats=stats)
+    return GenerationResult(text="".join(parts), finish_reason=finish, stats=stats, logprobs=logprobs)

@@ -218,6 +218,17 @@ class ServerConfig(Section):
         description="Browser origins (scheme://host[:port]) besides the server's own that may send "
         "state-changing requests; ['*'] = any.",
     )
+    sse_keepalive_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="A streamed response silent this long (retrieval, a multi-step plan's reasoning) sends an SSE "
+        "comment, so proxies and clients with idle timeouts keep the connection.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text or as JSON objects (Ray Serve's LoggingConfig encoding under Serve)."
+    )
+    web_chat: bool = Field(True, description="Serve the web chat page at `/`.")
 
     @field_validator("api_keys")
     @classmethod

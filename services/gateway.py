@@ -13,18 +13,20 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from router.sla import PolicyStore
-from services.http import documents, errors, openai, ops, qa
+from services.http import completions, documents, errors, openai, ops, qa, vectors, web
 from services.http.deps import ServiceHolder
 from services.http.middleware import (
     ApiKeyMiddleware,
     BodyGuardMiddleware,
     BrowserGuardMiddleware,
     ObserveMiddleware,
+    RequestIdMiddleware,
 )
 from services.http.ratelimit import RateLimitMiddleware
 from services.rag import RagService
+from services.telemetry import setup_tracing
 
-ROUTERS = (ops.router, openai.router, qa.router, documents.router)
+ROUTERS = (ops.router, openai.router, completions.router, vectors.router, qa.router, documents.router)
 
 
 def create_app(
@@ -37,13 +39,18 @@ def create_app(
     allowed_origins: list[str] | None = None,
     sla_policy: PolicyStore | None = None,
     rate_limit_url: str | None = None,
+    behind_serve: bool = False,
+    web_chat: bool = True,
 ) -> FastAPI:
     """The FastAPI app over a RagService (or a coroutine that builds one, awaited on first use).
 
     ``api_keys``: operator keys. ``sla_policy``: the SLA policy store (when the controller is on); its
     tenants' API keys are accepted besides, and each request is tagged with its principal.
     ``allowed_hosts`` (None: any Host) and ``allowed_origins``: the browser guard's lists.
-    ``rate_limit_url``: where the tenants' rate limits count (redis://...; None: in this process)."""
+    ``rate_limit_url``: where the tenants' rate limits count (redis://...; None: in this process).
+    ``behind_serve``: Serve's proxy sets the X-Request-Id response header (so this app does not).
+    ``web_chat``: serve the web chat page at ``/`` (services/web/)."""
+    setup_tracing()
     app = FastAPI(title="Ragyard", version="0.1.0", docs_url="/docs", redoc_url=None)
     if sla_policy is None and isinstance(service_or_factory, RagService) and service_or_factory.config.sla.enabled:
         cfg = service_or_factory.config
@@ -55,6 +62,8 @@ def create_app(
     for router in ROUTERS:
         app.include_router(router)
     errors.install(app)
+    if web_chat:
+        web.install(app)
     known = frozenset(r.path for router in ROUTERS for r in router.routes if isinstance(r, APIRoute))
     # The last added runs first: metrics (which count every refusal below), the body guard, the browser
     # guard, API keys, then the tenant's rate limits.
@@ -63,10 +72,13 @@ def create_app(
     app.add_middleware(BrowserGuardMiddleware, allowed_hosts=allowed_hosts, allowed_origins=list(allowed_origins or []))
     app.add_middleware(BodyGuardMiddleware, max_bytes=max_body_bytes, max_depth=max_json_depth)
     app.add_middleware(ObserveMiddleware, routes=known)
+    app.add_middleware(RequestIdMiddleware, set_header=not behind_serve)
     return app
 
 
-def create_app_for(service: RagService, sla_policy: PolicyStore | None = None) -> FastAPI:
+def create_app_for(
+    service: RagService, sla_policy: PolicyStore | None = None, *, behind_serve: bool = False
+) -> FastAPI:
     """`create_app` with the limits, keys and browser guard of the service's ``server`` config."""
     server = service.config.server
     return create_app(
@@ -78,4 +90,6 @@ def create_app_for(service: RagService, sla_policy: PolicyStore | None = None) -
         allowed_origins=server.allowed_origins,
         sla_policy=sla_policy,
         rate_limit_url=service.config.sla.budget_url,
+        behind_serve=behind_serve,
+        web_chat=server.web_chat,
     )

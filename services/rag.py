@@ -4,6 +4,7 @@ generate, account. Used by the HTTP gateway and by the library path (`ragyard as
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -13,11 +14,18 @@ from typing import Any
 
 from cache.response_cache import ResponseCache
 from retrieval.documents import Passage
-from retrieval.generation import SamplingParams
-from retrieval.policies.base import PolicyContext, PolicyResult, Question, Ran, answer_events
+from retrieval.generation import GenerationStats, ResponseFormat, SamplingParams, TokenLogprob
+from retrieval.policies.base import (
+    PolicyContext,
+    PolicyResult,
+    Question,
+    Ran,
+    answer_events,
+    prompt_cache_record,
+)
 from retrieval.policies.registry import get_policy
 from router.plan import Outcome, RouteDecision
-from services import metrics
+from services import metrics, telemetry
 from services.config import AppConfig, RetrievalConfig
 from services.deployments.clients import LocalRouter, RetrieverClient, RouterClient, WorkerClient
 from services.errors import InvalidRequestError, ServiceUnavailableError
@@ -36,6 +44,16 @@ class AnswerRequest:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logprobs: int | None = None  # None: none; n: each token's with its n most likely alternatives
+    response_format: ResponseFormat | None = None
+    # The request's id (X-Request-Id): in the record, the logs, the trace and vLLM's request ids.
+    request_id: str | None = None
+    # OpenTelemetry's gen_ai.operation.name for the request's span: chat, or text_completion.
+    operation: str = "chat"
+    # The request's span: opened by `decide`, closed when the answer (or its failure) is in.
+    span: Any = None
     # The SLA context from the HTTP edge: {"tenant": name or None, "headers": {x-sla-tier: ..., ...}}.
     sla: dict[str, Any] | None = None
     # The document namespaces the asker may read (a tenant: its own and the shared one); None: all
@@ -55,6 +73,7 @@ class StreamEvent:
     text: str = ""
     done: bool = False
     record: dict[str, Any] = field(default_factory=dict)
+    logprobs: list[TokenLogprob] | None = None  # the tokens behind ``text``, when asked for
 
 
 class RagService:
@@ -80,6 +99,33 @@ class RagService:
 
     # -- planning ------------------------------------------------------------------------------
     async def decide(self, req: AnswerRequest, *, dry_run: bool = False) -> tuple[RouteDecision, SamplingParams]:
+        if req.span is None:
+            req.span = telemetry.start(
+                f"{req.operation} {req.model or 'auto'}", None, **telemetry.request_attributes(req, req.operation)
+            )
+        route = telemetry.start("route", req.span)
+        try:
+            decision, params = await self._decide(req, dry_run=dry_run)
+        except BaseException as exc:
+            telemetry.end(route, exc)
+            self.close_span(req, error=exc)
+            raise
+        telemetry.set_attributes(route, telemetry.plan_attributes(decision))
+        telemetry.end(route)
+        return decision, params
+
+    def close_span(
+        self, req: AnswerRequest, record: dict[str, Any] | None = None, error: BaseException | None = None
+    ) -> None:
+        """End the request's span, with the response's attributes when there is one."""
+        span, req.span = req.span, None
+        if span is None:
+            return
+        if record is not None:
+            telemetry.set_attributes(span, telemetry.response_attributes(record))
+        telemetry.end(span, error)
+
+    async def _decide(self, req: AnswerRequest, *, dry_run: bool = False) -> tuple[RouteDecision, SamplingParams]:
         if req.top_k is not None and req.top_k > self.config.retrieval.max_top_k:
             raise InvalidRequestError(
                 f"top_k {req.top_k} is over the limit of {self.config.retrieval.max_top_k}", param="top_k"
@@ -94,7 +140,8 @@ class RagService:
             policy=req.policy,
             top_k=req.top_k,
             max_tokens=req.max_tokens,
-            cacheable=req.temperature == 0.0,
+            # A cached answer has no logprobs to give.
+            cacheable=req.temperature == 0.0 and req.logprobs is None,
             **({"sla": req.sla} if req.sla is not None or self.config.sla.enabled else {}),
             **({"dry_run": True} if dry_run else {}),
         )
@@ -113,6 +160,11 @@ class RagService:
             speculative=decision.plan.speculative,
             chunk_cache=decision.plan.chunk_cache,
             priority=int((decision.sla or {}).get("priority", 0)),
+            frequency_penalty=req.frequency_penalty,
+            presence_penalty=req.presence_penalty,
+            logprobs=req.logprobs,
+            response_format=req.response_format,
+            request_id=req.request_id,
         )
         return decision, params
 
@@ -123,12 +175,30 @@ class RagService:
         started: float,
         ttft_s: float | None = None,
         ran: Ran | None = None,
+        parent: Any = None,
     ) -> None:
         """Tell the SLA controller how an admitted request ended (record None: it failed, or its client
-        left; ``ran``: the tokens the model ran for it all the same, which are charged)."""
+        left; ``ran``: the tokens the model ran for it all the same, which are charged). ``parent``: the
+        request's span, under which the settlement gets its own."""
         ran = ran or Ran()
-        if decision.sla is None or decision.sla.get("ticket") is None:
+        ticket = (decision.sla or {}).get("ticket")
+        span = telemetry.start("settle", parent, **{"ragyard.sla.ticket": ticket, "ragyard.sla.admitted": bool(ticket)})
+        if ticket is None:  # no SLA controller, or a dry run: nothing was reserved
+            telemetry.end(span)
             return
+        try:
+            await self._settle(decision, record, started, ttft_s, ran)
+        finally:
+            budget = (record or {}).get("sla", {}).get("budget_after")
+            telemetry.set_attributes(
+                span, {"ragyard.sla.ok": record is not None, "ragyard.sla.budget_after": json.dumps(budget)}
+            )
+            telemetry.end(span)
+
+    async def _settle(
+        self, decision: RouteDecision, record: dict[str, Any] | None, started: float, ttft_s: float | None, ran: Ran
+    ) -> None:
+        assert decision.sla is not None
         latency = time.perf_counter() - started
         outcome = Outcome(
             ok=False,
@@ -171,14 +241,18 @@ class RagService:
             return self.config.retrieval
         return self.config.retrieval.model_copy(update={"dragin_threshold": threshold})
 
-    def _context(self, req: AnswerRequest, decision: RouteDecision, params: SamplingParams) -> PolicyContext:
-        worker = self.workers.get(decision.plan.model)
+    def worker_for(self, model_id: str) -> WorkerClient:
+        worker = self.workers.get(model_id)
         if worker is None:
             # The router chose a configured model this process serves no worker for (a partial deployment,
             # or an evaluator started with a subset of the models): the service's fault, said plainly.
             raise ServiceUnavailableError(
-                f"model {decision.plan.model!r} has no worker here (workers: {', '.join(sorted(self.workers))})"
+                f"model {model_id!r} has no worker here (workers: {', '.join(sorted(self.workers))})"
             )
+        return worker
+
+    def _context(self, req: AnswerRequest, decision: RouteDecision, params: SamplingParams) -> PolicyContext:
+        worker = self.worker_for(decision.plan.model)
         namespaces = list(req.namespaces) if req.namespaces is not None else None
 
         async def retrieve(query: str, k: int) -> list[Passage]:
@@ -210,6 +284,7 @@ class RagService:
             # matters through the policy it picked, which is.
             plan=decision.plan.model_dump(exclude={"complexity"}),
             stop=list(params.stop),
+            **_shaping_key(params),
             index_generation=generation,
             # What the asker may read decides what it is told: one tenant's answer is never another's.
             namespaces=sorted(req.namespaces) if req.namespaces is not None else None,
@@ -220,6 +295,7 @@ class RagService:
         generated, no budget is reserved and no ticket is taken."""
         started = time.perf_counter()
         decision, params = await self.decide(req, dry_run=True)
+        self.close_span(req)
         return {
             "object": "qa.plan",
             "model": decision.plan.model,
@@ -236,14 +312,19 @@ class RagService:
         decision, params = await self.decide(req)
         record: dict[str, Any] | None = None
         ran = req.ran
+        error: BaseException | None = None
         try:
             async for ev in self._events(req, decision, params, started, stream=False, ran=ran):
                 if ev.done:
                     record = ev.record
             assert record is not None, "the answer pipeline ends with its record"
             return record
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
-            await self.finish(decision, record, started, ran=ran)
+            await self.finish(decision, record, started, ran=ran, parent=req.span)
+            self.close_span(req, record, error)
 
     async def stream(
         self, req: AnswerRequest, decided: tuple[RouteDecision, SamplingParams] | None = None
@@ -253,19 +334,24 @@ class RagService:
         started = time.perf_counter()
         decision, params = decided or await self.decide(req)
         first: float | None = None
-        reported = False
+        record: dict[str, Any] | None = None
+        error: BaseException | None = None
         ran = req.ran
         try:
             async for ev in self._events(req, decision, params, started, stream=True, ran=ran):
                 if first is None:
                     first = time.perf_counter() - started
                 if ev.done:
-                    reported = True
-                    await self.finish(decision, ev.record, started, first, ran)
+                    record = ev.record
+                    await self.finish(decision, ev.record, started, first, ran, parent=req.span)
                 yield ev
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
-            if not reported:  # failed, or the client went away: charged what the model ran
-                await self.finish(decision, None, started, ran=ran)
+            if record is None:  # failed, or the client went away: charged what the model ran
+                await self.finish(decision, None, started, ran=ran, parent=req.span)
+            self.close_span(req, record, error)
 
     async def _events(
         self,
@@ -280,7 +366,12 @@ class RagService:
         """The one pipeline behind `answer` and `stream`: the response cache, the policy's answer
         pipeline, the record, the metrics and the cache put, in that order."""
         key = await self._cache_key(req, decision, params)
-        cached = await self.cache.get(key) if key is not None and self.cache is not None else None
+        cached = None
+        if key is not None and self.cache is not None:
+            lookup = telemetry.start("cache", req.span, **{"ragyard.cache.operation": "get"})
+            cached = await self.cache.get(key)
+            lookup.set_attribute("ragyard.cache.result", "hit" if cached is not None else "miss")
+            telemetry.end(lookup)
         if cached is not None:
             record = self._from_cache(cached, started, decision)
             yield StreamEvent(text=record["answer"])
@@ -288,15 +379,19 @@ class RagService:
             return
         policy = get_policy(decision.plan.policy)
         ctx = self._context(req, decision, params)
+        if req.span is not None:
+            ctx = telemetry.traced_context(ctx, req.span, decision.plan.model)
         async for ev in answer_events(policy, req.question, ctx, params, stream=stream, started=started, ran=ran):
             if ev.result is None:
-                yield StreamEvent(text=ev.text)
+                yield StreamEvent(text=ev.text, logprobs=ev.logprobs)
                 continue
             record = self._record(decision, ev.result, key)
             self._observe(decision, record, ev.result.timings)
             # Only a whole answer gets here: an engine that fails (or aborts) raises before its result.
             if key is not None and self.cache is not None:
+                put = telemetry.start("cache", req.span, **{"ragyard.cache.operation": "put"})
                 await self.cache.put(key, {k: v for k, v in record.items() if k != "sla"})
+                telemetry.end(put)
             yield StreamEvent(done=True, record=record)
 
     @staticmethod
@@ -315,6 +410,7 @@ class RagService:
             "trace": result.steps,
             "cache": {"response": "miss" if key else "bypass", **(result.prompt_cache or {})},
             **({"speculative": result.speculative} if result.speculative else {}),
+            **({"logprobs": [t.openai() for t in result.logprobs]} if result.logprobs is not None else {}),
             **({"sla": {**decision.sla, "reason": decision.reason}} if decision.sla is not None else {}),
         }
 
@@ -348,6 +444,74 @@ class RagService:
         metrics.TOKENS.labels(decision.plan.model, "prompt").inc(usage["prompt_tokens"])
         metrics.TOKENS.labels(decision.plan.model, "completion").inc(usage["completion_tokens"])
 
+    # -- the completions API -------------------------------------------------------------------
+    async def complete(
+        self, req: AnswerRequest, prompt: str, decided: tuple[RouteDecision, SamplingParams] | None = None
+    ) -> AsyncIterator[StreamEvent]:
+        """A raw prompt continued by the plan's model (no retrieval, no chat template), as text deltas and
+        then the record. Planned and settled like an answer: the SLA controller admits it and is told how it
+        ended, so a tenant's budget and limits count it."""
+        started = time.perf_counter()
+        decision, params = decided or await self.decide(req)
+        worker = self.worker_for(decision.plan.model)
+        first: float | None = None
+        record: dict[str, Any] | None = None
+        parts: list[str] = []
+        tokens: list[TokenLogprob] = []
+        finish = "length"
+        stats = GenerationStats()
+        error: BaseException | None = None
+        chunks = worker.stream(prompt, params)
+        if req.span is not None:
+            chunks = telemetry.trace_stream(chunks, req.span, decision.plan.model, params)
+        try:
+            async for chunk in chunks:
+                if first is None:
+                    first = time.perf_counter() - started
+                if chunk.prompt_tokens or chunk.completion_tokens:
+                    req.ran.prompt_tokens, req.ran.completion_tokens = chunk.prompt_tokens, chunk.completion_tokens
+                if chunk.logprobs:
+                    tokens += chunk.logprobs
+                if chunk.text or chunk.logprobs:
+                    parts.append(chunk.text)
+                    yield StreamEvent(text=chunk.text, logprobs=chunk.logprobs)
+                if chunk.finish_reason is not None:
+                    finish = chunk.finish_reason
+                if chunk.stats is not None:
+                    stats = chunk.stats
+            req.ran.prompt_tokens, req.ran.completion_tokens = stats.prompt_tokens, stats.completion_tokens
+            timings = {
+                "retrieve_s": 0.0,
+                "queue_s": stats.queue_s,
+                "prefill_s": stats.prefill_s,
+                "decode_s": stats.decode_s,
+                "ttft_s": stats.ttft_s,
+                "total_s": time.perf_counter() - started,
+            }
+            record = {
+                "id": "cmpl-" + uuid.uuid4().hex[:24],
+                "text": "".join(parts),
+                "finish_reason": finish,
+                "model": decision.plan.model,
+                "plan": {**decision.plan.model_dump(), "reason": decision.reason},
+                "timings": {k: round(v, 4) for k, v in timings.items()},
+                "usage": _usage(stats.prompt_tokens, stats.completion_tokens),
+                "cache": {"response": "bypass", **(prompt_cache_record(stats) or {})},
+                **({"speculative": stats.speculative} if stats.speculative else {}),
+                **({"logprobs": [t.openai() for t in tokens]} if params.logprobs is not None else {}),
+                **({"request_id": req.request_id} if req.request_id else {}),
+            }
+            self._observe(decision, record, timings)
+            await self.finish(decision, record, started, first, req.ran, parent=req.span)
+            yield StreamEvent(done=True, record=record)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if record is None:  # failed, or the client went away: charged what the model ran
+                await self.finish(decision, None, started, ran=req.ran, parent=req.span)
+            self.close_span(req, record, error)
+
     async def ingest(self, docs: list[Any]) -> dict[str, Any]:
         return await self.retriever.ingest(docs)
 
@@ -373,6 +537,16 @@ class RagService:
         out: dict[str, Any] = {"retriever": await self.retriever.ready(), "router": await self.router.ready()}
         out["workers"] = {mid: await w.ready() for mid, w in self.workers.items()}
         return out
+
+
+def _shaping_key(params: SamplingParams) -> dict[str, Any]:
+    """The output-shaping params in a response-cache key (absent when unset, so older keys still hit)."""
+    out: dict[str, Any] = {}
+    if params.penalised:
+        out["penalties"] = [params.frequency_penalty, params.presence_penalty]
+    if params.response_format is not None:
+        out["response_format"] = params.response_format.model_dump()
+    return out
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:

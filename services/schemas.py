@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from retrieval.documents import METADATA_BYTES, METADATA_DEPTH, check_metadata
+from retrieval.generation import MAX_TOP_LOGPROBS, ResponseFormat
 from retrieval.ingest import DOCUMENT_TYPES
 
 MAX_MESSAGES = 512  # messages in one chat request
@@ -54,8 +56,61 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+UNSUPPORTED = "unsupported_parameter"  # the error code of a field Ragyard refuses (services/http/errors.py)
+
+
+def unsupported(field: str, why: str) -> PydanticCustomError:
+    return PydanticCustomError(UNSUPPORTED, "{field} is not supported: {why}", {"field": field, "why": why})
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    name: str = Field("response", max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema", description="The JSON Schema.")
+    strict: bool | None = None
+
+
+class ResponseFormatIn(BaseModel):
+    """OpenAI's ``response_format``: text (the default), any JSON object, or JSON under a schema."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormatIn:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type json_schema needs json_schema: {'name': ..., 'schema': {...}}")
+        return self
+
+    def constraint(self) -> ResponseFormat | None:
+        if self.type == "text":
+            return None
+        schema = self.json_schema.schema_ if self.type == "json_schema" and self.json_schema else None
+        return ResponseFormat(type=self.type, json_schema=schema)
+
+
+# Fields of OpenAI's chat completions that would change the output and that Ragyard does not implement:
+# refused with a 400 naming them rather than accepted and dropped. (None and empty values pass: clients
+# send some of them as defaults.)
+REFUSED_CHAT_FIELDS = {
+    "tools": "tool calling is not implemented; retrieval is Ragyard's own tool",
+    "functions": "function calling is not implemented",
+    "logit_bias": "logit_bias is not implemented",
+    "audio": "audio output is not implemented",
+    "prediction": "predicted outputs are not implemented",
+    "web_search_options": "web search is not implemented; Ragyard retrieves from its own documents",
+    "reasoning_effort": "no configured model reasons in a separate channel",
+    "verbosity": "no configured model takes a verbosity",
+}
+
+
 class ChatCompletionRequest(BaseModel):
-    """OpenAI's fields that change the output are honoured or refused; the rest are ignored."""
+    """OpenAI's fields that change the output are honoured or refused (with a 400 naming the field); the
+    rest (``user``, ``metadata``, ``store``, ``service_tier``, ...) change nothing here and are ignored."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -73,6 +128,23 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="A 64-bit signed integer.")
     n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
     user: str | None = None
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    response_format: ResponseFormatIn | None = None
+    tool_choice: Any = None
+    function_call: Any = None
+    parallel_tool_calls: bool | None = None
+    modalities: list[str] | None = None
+    tools: Any = None
+    functions: Any = None
+    logit_bias: Any = None
+    audio: Any = None
+    prediction: Any = None
+    web_search_options: Any = None
+    reasoning_effort: Any = None
+    verbosity: Any = None
     # Ragyard extensions (the openai client sends them through `extra_body`).
     policy: str | None = Field(None, description="Retrieval policy; default: the router's choice.")
     top_k: int | None = Field(None, gt=0, description="Passages per retrieval step.")
@@ -84,6 +156,37 @@ class ChatCompletionRequest(BaseModel):
         if isinstance(value, list) and len(value) > 4:
             raise ValueError("at most 4 stop sequences")
         return value
+
+    @field_validator(*REFUSED_CHAT_FIELDS)
+    @classmethod
+    def _refused(cls, value: Any, info: Any) -> Any:
+        if value not in (None, [], {}):
+            raise unsupported(info.field_name, REFUSED_CHAT_FIELDS[info.field_name])
+        return None
+
+    @field_validator("tool_choice", "function_call")
+    @classmethod
+    def _no_tool_choice(cls, value: Any, info: Any) -> Any:
+        if value not in (None, "none", "auto"):
+            raise unsupported(info.field_name, "tool calling is not implemented")
+        return None
+
+    @field_validator("modalities")
+    @classmethod
+    def _text_only(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and set(value) - {"text"}:
+            raise unsupported("modalities", "only text output")
+        return value
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise PydanticCustomError("invalid_request", "top_logprobs needs logprobs: true")
+        return self
+
+    def logprobs_asked(self) -> int | None:
+        """None: no logprobs; n: each token's with its n most likely alternatives."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @model_validator(mode="after")
     def _last_is_user(self) -> ChatCompletionRequest:
@@ -144,3 +247,180 @@ class DocumentsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     documents: list[DocumentIn] = Field(min_length=1, max_length=10000)
+
+
+MAX_INPUTS = 2048  # texts in one embeddings request (OpenAI's limit)
+
+
+def _no_token_arrays(value: Any, field: str) -> Any:
+    """OpenAI lets a prompt or input be token ids; Ragyard takes text (its engines tokenize themselves)."""
+    items = value if isinstance(value, list) else [value]
+    if any(isinstance(v, int | list) for v in items):
+        raise unsupported(field, "token-id arrays; send text")
+    return value
+
+
+# Completions fields Ragyard does not implement: (the values that pass, why the others are refused).
+REFUSED_COMPLETION_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
+    "echo": ((None, False), "the prompt is not echoed"),
+    "suffix": ((None, ""), "no configured model fills in the middle"),
+    "best_of": ((None, 1), "one candidate per request"),
+    "logit_bias": ((None, {}), "logit_bias is not implemented"),
+}
+
+
+class CompletionRequest(BaseModel):
+    """OpenAI's (legacy) completions: the prompt as it is, continued by a model; no retrieval."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, description="'auto' or a configured model id.")
+    prompt: str | list[str] = Field(description="The text to continue (a list of one text).")
+    max_tokens: int = Field(16, gt=0)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    user: str | None = None
+    echo: bool | None = None
+    suffix: str | None = None
+    best_of: int | None = None
+    logit_bias: Any = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        _no_token_arrays(value, "prompt")
+        if isinstance(value, list) and len(value) != 1:
+            raise unsupported("prompt", "a batch of prompts; send one prompt per request")
+        if (value if isinstance(value, str) else value[0]) == "":
+            raise ValueError("the prompt is empty")
+        return value
+
+    @field_validator(*REFUSED_COMPLETION_FIELDS)
+    @classmethod
+    def _refused(cls, value: Any, info: Any) -> Any:
+        passes, why = REFUSED_COMPLETION_FIELDS[info.field_name]
+        if value not in passes:
+            raise unsupported(info.field_name, why)
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return value
+
+    def text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+    def stop_list(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, description="The embedder's id (embedder.id) or 'auto'.")
+    input: str | list[str] = Field(description="A text or a list of texts.")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, gt=0)
+    user: str | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _texts(cls, value: Any) -> Any:
+        _no_token_arrays(value, "input")
+        if isinstance(value, list) and not 1 <= len(value) <= MAX_INPUTS:
+            raise ValueError(f"input takes 1 to {MAX_INPUTS} texts")
+        if any(v == "" for v in (value if isinstance(value, list) else [value])):
+            raise ValueError("an input text is empty")
+        return value
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class TokenizeRequest(BaseModel):
+    """vLLM's ``/tokenize``: a prompt, or chat messages as the model's chat template renders them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("auto", min_length=1, description="A configured model id; 'auto': the first model.")
+    prompt: str | None = None
+    messages: list[ChatMessageIn] | None = Field(None, min_length=1, max_length=MAX_MESSAGES)
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+    return_token_strs: bool = False
+
+    @model_validator(mode="after")
+    def _one_of(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give prompt or messages (one of them)")
+        if self.messages is not None and not self.add_generation_prompt:
+            raise unsupported("add_generation_prompt", "messages render with the assistant's opening")
+        return self
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("auto", min_length=1)
+    tokens: list[int] = Field(max_length=1 << 17)
+
+
+class VectorStoreSearchRequest(BaseModel):
+    """OpenAI's vector store search: a query, how many results, and (not supported) filters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: str | list[str] = Field(description="The query (a list is joined with spaces).")
+    max_num_results: int = Field(10, ge=1, le=50)
+    rewrite_query: bool = False
+    filters: dict[str, Any] | None = None
+    ranking_options: dict[str, Any] | None = None
+
+    @field_validator("query")
+    @classmethod
+    def _query(cls, value: str | list[str]) -> str | list[str]:
+        if not (value if isinstance(value, str) else " ".join(value)).strip():
+            raise ValueError("the query is empty")
+        return value
+
+    @field_validator("rewrite_query")
+    @classmethod
+    def _no_rewrite(cls, value: bool) -> bool:
+        if value:
+            raise unsupported("rewrite_query", "queries are searched as they are")
+        return value
+
+    @field_validator("filters")
+    @classmethod
+    def _no_filters(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value:
+            raise unsupported("filters", "attribute filters are not implemented")
+        return value
+
+    @field_validator("ranking_options")
+    @classmethod
+    def _ranking(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value and set(value) - {"score_threshold", "ranker"}:
+            raise unsupported("ranking_options", "only score_threshold and ranker")
+        if value and value.get("ranker") not in (None, "auto", "default-2024-11-15"):
+            raise unsupported("ranking_options.ranker", "the retriever's configured ranking is used")
+        return value
+
+    def text(self) -> str:
+        return (self.query if isinstance(self.query, str) else " ".join(self.query)).strip()
+
+    def score_threshold(self) -> float:
+        return float((self.ranking_options or {}).get("score_threshold") or 0.0)

@@ -16,6 +16,7 @@ from retrieval.generation import (
     GenerationStats,
     SamplingParams,
     SignalResult,
+    TokenLogprob,
 )
 from retrieval.prompts import AnswerStyle, build_messages, canonical_order, chunk_texts, fit_passages
 
@@ -81,6 +82,7 @@ class PolicyResult:
     speculative: dict[str, Any] | None = None
     # The final generation's prompt-cache figures: chunk-KV reuse (torch) or prefix-cache hits (vLLM).
     prompt_cache: dict[str, Any] | None = None
+    logprobs: list[TokenLogprob] | None = None  # the final answer's tokens, when asked for
 
 
 class PolicyFacts:
@@ -184,6 +186,7 @@ class AnswerEvent:
 
     text: str = ""
     result: PolicyResult | None = None
+    logprobs: list[TokenLogprob] | None = None  # the tokens behind ``text``, when they were asked for
 
 
 async def answer_events(
@@ -208,13 +211,17 @@ async def answer_events(
     parts: list[str] = []
     finish = "length"
     stats = GenerationStats()
+    logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
 
-    def emit(text: str) -> AnswerEvent | None:
+    def emit(text: str, tokens: list[TokenLogprob] | None = None) -> AnswerEvent | None:
         text = text if parts else text.lstrip()
-        if not text:
+        if tokens and logprobs is not None:
+            logprobs.extend(tokens)
+        if not text and not tokens:
             return None
-        parts.append(text)
-        return AnswerEvent(text=text)
+        if text:
+            parts.append(text)
+        return AnswerEvent(text=text, logprobs=tokens or None)
 
     if prepared.answer is not None:
         # Preparing produced the answer; its call and tokens are already counted in the *_before figures.
@@ -232,7 +239,7 @@ async def answer_events(
                 if chunk.prompt_tokens or chunk.completion_tokens:
                     ran.prompt_tokens = prepared.prompt_tokens_before + chunk.prompt_tokens
                     ran.completion_tokens = prepared.completion_tokens_before + chunk.completion_tokens
-                if (ev := emit(chunk.text)) is not None:
+                if (ev := emit(chunk.text, chunk.logprobs)) is not None:
                     yield ev
                 if chunk.finish_reason is not None:
                     finish = chunk.finish_reason
@@ -240,7 +247,7 @@ async def answer_events(
                     stats = chunk.stats
         else:
             whole = await ctx.generate(*args)
-            if (ev := emit(whole.text)) is not None:
+            if (ev := emit(whole.text, whole.logprobs)) is not None:
                 yield ev
             finish, stats = whole.finish_reason, whole.stats
         llm_calls = prepared.llm_calls_before + 1
@@ -269,6 +276,7 @@ async def answer_events(
             },
             speculative=stats.speculative,
             prompt_cache=prompt_cache_record(stats),
+            logprobs=logprobs,
         )
     )
 

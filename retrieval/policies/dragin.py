@@ -48,7 +48,9 @@ class DraginPolicy(PolicyFacts):
         if ctx.generate_with_signals is None:
             raise RuntimeError("the dragin policy needs a worker that can generate with signals")
         settings = ctx.settings or RetrievalConfig()
-        params = ctx.params or SamplingParams()
+        asked = ctx.params or SamplingParams()
+        # The passes that decide when to retrieve run unconstrained and without logprobs (they are drafts).
+        params = asked.plain()
         steps: list[dict[str, Any]] = []
         passages: list[Passage] = []
         prefix, prefix_tokens = "", 0
@@ -75,9 +77,11 @@ class DraginPolicy(PolicyFacts):
             steps.append(step)
             if trigger is None or retrievals >= settings.dragin_max_retrievals:
                 step["trigger"] = None
-                answer = GenerationResult(prefix + result.text, result.finish_reason, result.stats)
+                # A constrained answer (response_format) or one whose logprobs were asked for comes from a
+                # call under the request's own params: the final generation, over what was retrieved.
+                shaped = asked.shapes_output
                 return Prepared(
-                    messages,
+                    final_messages(question, passages or None, ctx) if shaped else messages,
                     passages,
                     steps,
                     retrieval_steps=retrievals,
@@ -85,7 +89,9 @@ class DraginPolicy(PolicyFacts):
                     llm_calls_before=calls,
                     prompt_tokens_before=prompt_tokens,
                     completion_tokens_before=completion_tokens,
-                    answer=answer,
+                    answer=None
+                    if shaped
+                    else GenerationResult(prefix + result.text, result.finish_reason, result.stats),
                 )
             step["trigger"] = {"token": trigger.token, "index": trigger.index, "score": round(trigger.score, 4)}
             upto = result.prompt_len + trigger.index

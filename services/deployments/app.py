@@ -11,6 +11,7 @@ from typing import Any
 
 from ray import serve
 from ray.serve import Application
+from ray.serve.schema import LoggingConfig
 
 from services.config import AppConfig, load_config
 
@@ -37,7 +38,7 @@ class GatewayDeployment:
     def __serve_build_asgi_app__(self) -> Any:
         from services.gateway import create_app_for
 
-        return create_app_for(self.service)
+        return create_app_for(self.service, behind_serve=True)
 
 
 def _config_from_args(args: dict[str, Any] | None) -> AppConfig:
@@ -89,6 +90,8 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         "max_queued_requests": ray_cfg.max_queued_requests,
         "health_check_period_s": ray_cfg.health_check_period_s,
         "health_check_timeout_s": ray_cfg.health_check_timeout_s,
+        # JSON lines carry Serve's request id (the caller's X-Request-Id, or the proxy's) on every record.
+        "logging_config": LoggingConfig(encoding="JSON" if config.server.log_format == "json" else "TEXT"),
     }
     retriever = serve.deployment(
         name="retriever",

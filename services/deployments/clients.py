@@ -25,6 +25,8 @@ class RetrieverClient(Protocol):
 
     async def embed(self, text: str) -> list[float]: ...
 
+    async def embed_many(self, texts: list[str]) -> dict[str, Any]: ...
+
     async def ingest(self, docs: list[Document]) -> dict[str, Any]: ...
 
     async def remove(self, doc_id: str, namespace: str | None = None) -> dict[str, Any]: ...
@@ -43,7 +45,7 @@ class RetrieverClient(Protocol):
 class WorkerClient(Protocol):
     async def generate(
         self,
-        messages: list[ChatMessage],
+        messages: list[ChatMessage] | str,
         params: SamplingParams,
         assistant_prefix: str = "",
         chunks: list[str] | None = None,
@@ -51,7 +53,7 @@ class WorkerClient(Protocol):
 
     def stream(
         self,
-        messages: list[ChatMessage],
+        messages: list[ChatMessage] | str,
         params: SamplingParams,
         assistant_prefix: str = "",
         chunks: list[str] | None = None,
@@ -60,6 +62,10 @@ class WorkerClient(Protocol):
     async def generate_with_signals(
         self, messages: list[ChatMessage], params: SamplingParams, assistant_prefix: str = ""
     ) -> SignalResult: ...
+
+    async def tokenize(self, text: str | list[ChatMessage], add_special_tokens: bool = True) -> dict[str, Any]: ...
+
+    async def detokenize(self, tokens: list[int]) -> dict[str, Any]: ...
 
     async def ready(self) -> dict[str, Any]: ...
 
@@ -139,6 +145,9 @@ class LocalRetriever:
     async def embed(self, text: str) -> list[float]:
         return await self.service.embed(text)
 
+    async def embed_many(self, texts: list[str]) -> dict[str, Any]:
+        return await self.service.embed_many(texts)
+
     async def ingest(self, docs: list[Document]) -> dict[str, Any]:
         return await self.service.ingest(docs)
 
@@ -166,7 +175,7 @@ class LocalWorker:
 
     async def generate(
         self,
-        messages: list[ChatMessage],
+        messages: list[ChatMessage] | str,
         params: SamplingParams,
         assistant_prefix: str = "",
         chunks: list[str] | None = None,
@@ -175,7 +184,7 @@ class LocalWorker:
 
     def stream(
         self,
-        messages: list[ChatMessage],
+        messages: list[ChatMessage] | str,
         params: SamplingParams,
         assistant_prefix: str = "",
         chunks: list[str] | None = None,
@@ -186,6 +195,12 @@ class LocalWorker:
         self, messages: list[ChatMessage], params: SamplingParams, assistant_prefix: str = ""
     ) -> SignalResult:
         return await self.worker.generate_with_signals(messages, params, assistant_prefix)
+
+    async def tokenize(self, text: str | list[ChatMessage], add_special_tokens: bool = True) -> dict[str, Any]:
+        return dict(self.worker.tokenize(text, add_special_tokens))
+
+    async def detokenize(self, tokens: list[int]) -> dict[str, Any]:
+        return dict(self.worker.detokenize(tokens))
 
     async def ready(self) -> dict[str, Any]:
         return self.worker.ready()
@@ -223,6 +238,9 @@ class HandleRetriever:
     async def embed(self, text: str) -> list[float]:
         return await once_more(self.handle.embed, text)
 
+    async def embed_many(self, texts: list[str]) -> dict[str, Any]:
+        return await once_more(self.handle.embed_many, texts)
+
     async def ingest(self, docs: list[Document]) -> dict[str, Any]:
         return await self.handle.ingest.remote(docs)
 
@@ -250,7 +268,7 @@ class HandleWorker:
 
     async def generate(
         self,
-        messages: list[ChatMessage],
+        messages: list[ChatMessage] | str,
         params: SamplingParams,
         assistant_prefix: str = "",
         chunks: list[str] | None = None,
@@ -259,7 +277,7 @@ class HandleWorker:
 
     async def stream(
         self,
-        messages: list[ChatMessage],
+        messages: list[ChatMessage] | str,
         params: SamplingParams,
         assistant_prefix: str = "",
         chunks: list[str] | None = None,
@@ -272,6 +290,12 @@ class HandleWorker:
         self, messages: list[ChatMessage], params: SamplingParams, assistant_prefix: str = ""
     ) -> SignalResult:
         return await once_more(self.handle.generate_with_signals, messages, params, assistant_prefix)
+
+    async def tokenize(self, text: str | list[ChatMessage], add_special_tokens: bool = True) -> dict[str, Any]:
+        return await once_more(self.handle.tokenize, text, add_special_tokens)
+
+    async def detokenize(self, tokens: list[int]) -> dict[str, Any]:
+        return await once_more(self.handle.detokenize, tokens)
 
     async def ready(self) -> dict[str, Any]:
         return await asyncio.wait_for(self.handle.ready.remote(), timeout=5.0)

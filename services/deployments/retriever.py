@@ -119,6 +119,24 @@ class RetrieverService:
         vec = await asyncio.to_thread(self.retriever.embed_query, text)
         return [float(v) for v in vec]
 
+    async def embed_many(self, texts: list[str]) -> dict[str, Any]:
+        """The embedder's vectors for ``texts`` in one batch (the embeddings API), with each text's token
+        count (what the embedder read of it: it truncates at its maximum sequence length)."""
+
+        def run() -> dict[str, Any]:
+            embedder = self.retriever.embedder
+            vectors = embedder.encode(texts)
+            limit = int(getattr(embedder.model, "max_seq_length", 0) or 0)
+            counts = [len(ids) for ids in embedder.tokenizer(texts, add_special_tokens=True).input_ids]
+            return {
+                "model": embedder.name,
+                "dim": int(vectors.shape[1]),
+                "vectors": vectors.tolist(),
+                "tokens": [min(c, limit) if limit else c for c in counts],
+            }
+
+        return await asyncio.to_thread(run)
+
     async def ingest(self, docs: list[Document]) -> dict[str, Any]:
         report = await asyncio.to_thread(self.retriever.ingest, docs)
         return report.as_dict()

@@ -76,13 +76,43 @@ class Worker:
             parts.append(metrics_text())
         return "".join(parts)
 
-    def prompt(self, messages: list[ChatMessage], assistant_prefix: str = "") -> str:
-        """The chat template's prompt; ``assistant_prefix`` is text the answer continues from."""
+    def prompt(self, messages: list[ChatMessage] | str, assistant_prefix: str = "") -> str:
+        """The chat template's prompt; ``assistant_prefix`` is text the answer continues from. A string is
+        a raw prompt (the completions API): the model continues it as it is."""
+        if isinstance(messages, str):
+            return messages + assistant_prefix
         return self.engine.render_chat(messages) + assistant_prefix
+
+    def tokenize(self, text: str | list[ChatMessage], add_special_tokens: bool = True) -> dict[str, Any]:
+        """Token ids of a text, or of messages as the chat template renders them (with the assistant's
+        opening, as a chat request's prompt has it)."""
+        tokenizer = getattr(self.engine, "tokenizer", None)
+        if tokenizer is None:
+            raise InvalidRequestError("this model's engine has no tokenizer to show", param="model")
+        prompt = text if isinstance(text, str) else self.engine.render_chat(text)
+        ids = list(tokenizer(prompt, add_special_tokens=add_special_tokens and isinstance(text, str)).input_ids)
+        return {
+            "count": len(ids),
+            "max_model_len": self.engine.max_model_len,
+            "tokens": ids,
+            "token_strs": [str(t) for t in tokenizer.convert_ids_to_tokens(ids)],
+        }
+
+    def detokenize(self, tokens: list[int]) -> dict[str, Any]:
+        tokenizer = getattr(self.engine, "tokenizer", None)
+        if tokenizer is None:
+            raise InvalidRequestError("this model's engine has no tokenizer to show", param="model")
+        size = len(tokenizer)
+        bad = [t for t in tokens if not 0 <= t < size]
+        if bad:
+            raise InvalidRequestError(
+                f"token ids out of this model's vocabulary (0..{size - 1}): {bad[:5]}", param="tokens"
+            )
+        return {"prompt": str(tokenizer.decode(tokens))}
 
     async def generate(
         self,
-        messages: list[ChatMessage],
+        messages: list[ChatMessage] | str,
         params: SamplingParams,
         assistant_prefix: str = "",
         chunks: list[str] | None = None,
@@ -93,7 +123,7 @@ class Worker:
 
     async def stream(
         self,
-        messages: list[ChatMessage],
+        messages: list[ChatMessage] | str,
         params: SamplingParams,
         assistant_prefix: str = "",
         chunks: list[str] | None = None,

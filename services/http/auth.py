@@ -17,6 +17,8 @@ from router.sla import SlaPolicy, hash_api_key, stored_digest
 # Routes only an operator key opens once keys are configured: the metrics name tenants and their spend,
 # and the schema pages list every route.
 OPERATOR_PATHS = frozenset({"/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
+# Routes outside /v1/ that need a key like /v1/ does once keys are configured (vLLM's tokenizer routes).
+KEYED_PATHS = frozenset({"/tokenize", "/detokenize"})
 
 
 @dataclass(frozen=True)

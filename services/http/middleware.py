@@ -1,20 +1,24 @@
-"""The edge's middleware, outermost first: request metrics, the body guard, the browser guard, API keys."""
+"""The edge's middleware, outermost first: the request id, request metrics, the body guard, the browser
+guard, API keys."""
 
 from __future__ import annotations
 
+import re
 import time
+import uuid
 from urllib.parse import urlsplit
 
 import orjson
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.nesting import nesting_depth
 from router.sla import PolicyStore
 from services import metrics
 from services.errors import AuthenticationError, InvalidRequestError, PayloadTooLargeError, PermissionDeniedError
-from services.http.auth import OPERATOR_PATHS, KeyRing, bearer_token
+from services.http.auth import KEYED_PATHS, OPERATOR_PATHS, KeyRing, bearer_token
 from services.http.errors import json_error
+from services.telemetry import REQUEST_ID
 
 
 class BodyGuardMiddleware:
@@ -196,7 +200,8 @@ class ApiKeyMiddleware:
         state = scope.setdefault("state", {})  # what `request.state` reads
         state.update(principal=who, tenant=who.tenant, auth_required=required)
         path = scope["path"]
-        if required and who.kind == "anonymous" and (path.startswith("/v1/") or path in OPERATOR_PATHS):
+        keyed = path.startswith("/v1/") or path in OPERATOR_PATHS or path in KEYED_PATHS
+        if required and who.kind == "anonymous" and keyed:
             missing = AuthenticationError("a valid API key is required: Authorization: Bearer <key>")
             await json_error(missing)(scope, receive, send)
             return
@@ -205,3 +210,53 @@ class ApiKeyMiddleware:
             await json_error(denied)(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+
+
+class RequestIdMiddleware:
+    """Every request gets an id: the caller's ``X-Request-Id`` when it sends a sane one (at most 128 of
+    ``A-Za-z0-9._:/+=@-``; anything else is a 400), else a new one. It is in ``request.state``, in the
+    logging context (`services.telemetry.REQUEST_ID`), on the request's spans, in vLLM's request ids,
+    and in the response header. Under Serve the proxy has already put one in the request (the caller's or
+    its own) and adds the response header itself, so ``set_header`` is off there."""
+
+    def __init__(self, app: ASGIApp, set_header: bool = True) -> None:
+        self.app = app
+        self.set_header = set_header
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = Headers(scope=scope).get(REQUEST_ID_HEADER)
+        rid = given if given is not None else uuid.uuid4().hex
+        if not _REQUEST_ID.fullmatch(rid):
+            rid = uuid.uuid4().hex
+            error = InvalidRequestError(
+                "X-Request-Id must be 1 to 128 characters of A-Z a-z 0-9 . _ : / + = @ -",
+                param="x-request-id",
+                code="invalid_request_id",
+            )
+            await self._send_with_id(json_error(error), rid, scope, receive, send)
+            return
+        scope.setdefault("state", {})["request_id"] = rid
+        token = REQUEST_ID.set(rid)
+        try:
+            await self._send_with_id(self.app, rid, scope, receive, send)
+        finally:
+            REQUEST_ID.reset(token)
+
+    async def _send_with_id(self, app: ASGIApp, rid: str, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.set_header:
+            await app(scope, receive, send)
+            return
+
+        async def with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = rid
+            await send(message)
+
+        await app(scope, receive, with_id)

@@ -14,7 +14,7 @@ from retrieval.policies.base import Question
 from router.routing import AUTO_MODEL
 from services.http.auth import principal
 from services.http.deps import Service, min_generation, sla_context
-from services.http.sse import chat_events, extension
+from services.http.sse import chat_events, extension, keep_alive
 from services.rag import AnswerRequest
 from services.schemas import ChatCompletionRequest
 
@@ -34,6 +34,15 @@ async def models(svc: Service) -> dict[str, Any]:
         }
     ]
     data += [{"id": m.id, "object": "model", "created": created, "owned_by": "ragyard"} for m in svc.config.models]
+    data.append(
+        {
+            "id": svc.config.embedder.id,
+            "object": "model",
+            "created": created,
+            "owned_by": "ragyard",
+            "description": "the retriever's embedder (/v1/embeddings)",
+        }
+    )
     return {"object": "list", "data": data}
 
 
@@ -60,6 +69,10 @@ def chat_to_answer(body: ChatCompletionRequest) -> AnswerRequest:
         top_p=body.top_p,
         stop=body.stop_list(),
         seed=body.seed,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        presence_penalty=body.presence_penalty or 0.0,
+        logprobs=body.logprobs_asked(),
+        response_format=body.response_format.constraint() if body.response_format else None,
     )
 
 
@@ -67,6 +80,7 @@ def chat_to_answer(body: ChatCompletionRequest) -> AnswerRequest:
 async def chat(body: ChatCompletionRequest, request: Request, svc: Service) -> JSONResponse | StreamingResponse:
     req = chat_to_answer(body)
     req.sla = sla_context(request)
+    req.request_id = getattr(request.state, "request_id", None)
     req.namespaces = principal(request).readable
     req.min_generation = min_generation(request)
     request.state.ran = req.ran  # what the rate limiter counts against TPM
@@ -85,7 +99,7 @@ async def chat(body: ChatCompletionRequest, request: Request, svc: Service) -> J
                         "index": 0,
                         "message": {"role": "assistant", "content": record["answer"]},
                         "finish_reason": record["finish_reason"],
-                        "logprobs": None,
+                        "logprobs": {"content": record["logprobs"]} if "logprobs" in record else None,
                     }
                 ],
                 "usage": record["usage"],
@@ -96,7 +110,7 @@ async def chat(body: ChatCompletionRequest, request: Request, svc: Service) -> J
     decided = await svc.decide(req)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return StreamingResponse(
-        chat_events(svc, req, decided, cid, created, include_usage),
+        keep_alive(chat_events(svc, req, decided, cid, created, include_usage), svc.config.server.sse_keepalive_s),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

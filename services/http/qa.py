@@ -27,6 +27,7 @@ def qa_request(body: QARequest, request: Request) -> AnswerRequest:
         sla=sla_context(request),
         namespaces=principal(request).readable,
         min_generation=min_generation(request),
+        request_id=getattr(request.state, "request_id", None),
     )
 
 
@@ -41,6 +42,14 @@ async def qa(body: QARequest, request: Request, svc: Service) -> dict[str, Any]:
 async def plan(body: QARequest, request: Request, svc: Service) -> dict[str, Any]:
     # What /v1/qa would run for the same body and headers, without generating (like EXPLAIN).
     return await svc.plan(qa_request(body, request))
+
+
+@router.get("/v1/policies")
+async def policies() -> dict[str, Any]:
+    """The retrieval policies a request may name (the registry's, plug-ins included)."""
+    from retrieval.policies.registry import available_policies
+
+    return {"object": "list", "data": [{"id": name, "object": "policy"} for name in available_policies()]}
 
 
 @router.get("/v1/sla")

@@ -25,6 +25,7 @@ from retrieval.generation import (
     collect,
 )
 from services.workers.engines.priority_lock import PriorityLock, run_with_priority
+from services.workers.engines.shaping import EnforcerTables, OutputShaper
 from services.workers.model_store import resolve_model_path
 from services.workers.spec.verify import sample_token
 from services.workers.text import TokenizerMixin
@@ -60,6 +61,7 @@ class TorchEngine(TokenizerMixin):
         model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, _DTYPES[config.dtype]))
         self.model: Any = model.to(self.device).eval()
         self.eos_ids = self.end_ids(getattr(self.model.generation_config, "eos_token_id", None))
+        self.enforcer_tables = EnforcerTables(self.tokenizer, self.eos_ids)  # built on the first response_format
         self.spec: SpecSetup | None = None
         if config.speculative is not None:
             from services.workers.spec.decode import build_setup
@@ -95,11 +97,13 @@ class TorchEngine(TokenizerMixin):
         spec: SpecSetup | None = None,
         spec_stats: SpecStats | None = None,
         prefilled: Prefilled | None = None,
+        shaper: OutputShaper | None = None,
     ) -> Generator[tuple[int, float], None, None]:
         """Yield (token id, seconds the forward pass took). Stops at max_tokens or EOS (yielded).
         With ``entropies``, the entropy of each step's distribution is appended to it (the plain loop
         runs then). With ``spec`` (a draft pair) and ``spec_stats``, decoding is speculative. ``prefilled``
-        holds the prompt's KV and first logits when chunk-KV reuse computed them."""
+        holds the prompt's KV and first logits when chunk-KV reuse computed them. ``shaper`` (penalties, a
+        structured-output constraint, logprobs) works on each step's logits, so the plain loop runs then."""
         import torch
         from transformers import DynamicCache
 
@@ -108,7 +112,7 @@ class TorchEngine(TokenizerMixin):
         if not params.greedy:
             gen = torch.Generator(device="cpu")
             gen.manual_seed(params.seed if params.seed is not None else int(time.time_ns() % (2**63)))
-        if spec is not None and spec_stats is not None and entropies is None:
+        if spec is not None and spec_stats is not None and entropies is None and shaper is None:
             from services.workers.spec.decode import speculative_steps
 
             yield from speculative_steps(
@@ -138,7 +142,11 @@ class TorchEngine(TokenizerMixin):
                     out = self.model(input_ids=inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
                     logits = out.logits[0, -1].to("cpu")
                     spent = time.perf_counter() - start
-            token = sample_token(logits, params, gen)
+            if shaper is not None:
+                token = sample_token(shaper.process(logits), params, gen)
+                shaper.observe(token, logits)
+            else:
+                token = sample_token(logits, params, gen)
             if entropies is not None:
                 logp = torch.log_softmax(logits.float(), dim=-1)
                 entropies.append(float(-(logp.exp() * logp).sum()))
@@ -171,6 +179,14 @@ class TorchEngine(TokenizerMixin):
         detok = _StopAwareDetokenizer(self.tokenizer, params.stop)
         finish: FinishReason = "length"
         setup = (self.spec if params.speculative else None) if spec is True else (spec or None)
+        shaper = (
+            OutputShaper(params, self.tokenizer, self.enforcer_tables, self.eos_ids)
+            if OutputShaper.needed(params)
+            else None
+        )
+        if shaper is not None:
+            # Drafts are verified against unshaped logits: a shaped request decodes plainly.
+            setup = None
         spec_stats = SpecStats() if setup is not None else None
         prefilled = None
         if self.chunk_reuse is not None and chunks and params.chunk_cache:
@@ -186,7 +202,16 @@ class TorchEngine(TokenizerMixin):
             self.chunk_reuse.store.flush_writes()
             prompt_ids = prefilled.prompt_ids
             stats.chunk_cache = prefilled.report
-        steps = self.iter_tokens(prompt_ids, params, spec=setup, spec_stats=spec_stats, prefilled=prefilled)
+        steps = self.iter_tokens(
+            prompt_ids, params, spec=setup, spec_stats=spec_stats, prefilled=prefilled, shaper=shaper
+        )
+
+        def piece(
+            text: str, finish: FinishReason | None = None, final: GenerationStats | None = None
+        ) -> GenerationChunk:
+            logprobs = shaper.take() if shaper is not None else None
+            return GenerationChunk(text, finish, final, stats.prompt_tokens, stats.completion_tokens, logprobs)
+
         try:
             for token, spent in steps:
                 if stats.completion_tokens == 0 and stats.first_token is None:
@@ -204,10 +229,10 @@ class TorchEngine(TokenizerMixin):
                 if stopped:
                     finish = "stop"
                     if delta:
-                        yield GenerationChunk(delta, None, None, stats.prompt_tokens, stats.completion_tokens)
+                        yield piece(delta)
                     break
                 if delta:
-                    yield GenerationChunk(delta, None, None, stats.prompt_tokens, stats.completion_tokens)
+                    yield piece(delta)
         finally:
             steps.close()
             if prefilled is not None and prefilled.after is not None:
@@ -217,7 +242,9 @@ class TorchEngine(TokenizerMixin):
                 self.chunk_reuse.store.flush_writes()
         if setup is not None and spec_stats is not None:
             stats.speculative = {**setup.describe(), **spec_stats.as_dict()}
-        yield GenerationChunk(detok.flush() if finish == "length" or not detok.stopped else "", finish, stats)
+        last = piece(detok.flush() if finish == "length" or not detok.stopped else "", finish, stats)
+        last.prompt_tokens = last.completion_tokens = 0
+        yield last
 
     async def stream(
         self, prompt: str, params: SamplingParams, chunks: list[str] | None = None
@@ -275,7 +302,9 @@ class TorchEngine(TokenizerMixin):
         stats = GenerationStats(prompt_tokens=len(prompt_ids))
         finish: FinishReason = "length"
         detok = _StopAwareDetokenizer(self.tokenizer, params.stop)
-        steps = self.iter_tokens(prompt_ids, params, entropies)
+        # DRAGIN's passes are unconstrained (the policy asks with plain params); penalties still apply.
+        shaper = OutputShaper(params.plain(), self.tokenizer, None, self.eos_ids) if params.penalised else None
+        steps = self.iter_tokens(prompt_ids, params, entropies, shaper=shaper)
         text_parts: list[str] = []
         try:
             for token, spent in steps:

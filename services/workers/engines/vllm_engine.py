@@ -32,6 +32,7 @@ from retrieval.generation import (
     GenerationStats,
     SamplingParams,
     SignalResult,
+    TokenLogprob,
     collect,
 )
 from services.workers.model_store import resolve_model_path
@@ -219,9 +220,17 @@ class VllmEngine(TokenizerMixin):
             self._thread.join(timeout=10)
 
     def sampling_params(self, params: SamplingParams, max_new: int, *, logprobs: int | None = None) -> Any:
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
         from vllm.sampling_params import SamplingParams as VllmSamplingParams
 
+        structured = None
+        fmt = params.response_format
+        if fmt is not None:
+            structured = (
+                StructuredOutputsParams(json=fmt.json_schema)
+                if fmt.type == "json_schema"
+                else StructuredOutputsParams(json_object=True)
+            )
         return VllmSamplingParams(
             max_tokens=max_new,
             temperature=params.temperature,
@@ -229,7 +238,10 @@ class VllmEngine(TokenizerMixin):
             seed=params.seed,
             stop=list(params.stop) or None,
             stop_token_ids=sorted(self.eos_ids),
-            logprobs=logprobs,
+            logprobs=logprobs if logprobs is not None else params.logprobs,
+            frequency_penalty=params.frequency_penalty,
+            presence_penalty=params.presence_penalty,
+            structured_outputs=structured,
             skip_special_tokens=True,
             output_kind=RequestOutputKind.DELTA,
         )
@@ -241,7 +253,8 @@ class VllmEngine(TokenizerMixin):
         # ``chunks`` needs nothing here: vLLM's prefix cache finds shared prompt prefixes on its own.
         prompt_ids = self.encode(prompt)
         max_new = self._check_prompt(prompt_ids, params)
-        async for chunk in self._bridge(self._run(prompt_ids, self.sampling_params(params, max_new))):
+        run = self._run(prompt_ids, self.sampling_params(params, max_new), request_id_base=params.request_id)
+        async for chunk in self._bridge(run):
             yield chunk
 
     async def _bridge(self, producer: Any) -> AsyncIterator[Any]:
@@ -297,6 +310,7 @@ class VllmEngine(TokenizerMixin):
         sampling: Any,
         ids_out: list[int] | None = None,
         entropies_out: list[float] | None = None,
+        request_id_base: str | None = None,
     ) -> AsyncIterator[GenerationChunk]:
         """On the engine loop: one request, as GenerationChunks, the last with finish reason and stats.
         ``ids_out`` collects the token ids, ``entropies_out`` each token's entropy (the sampling params
@@ -306,11 +320,15 @@ class VllmEngine(TokenizerMixin):
         finish: FinishReason = "length"
         first_at: float | None = None
         last_ids: list[int] = []
-        request_id = f"ragyard-{uuid.uuid4().hex}"
+        # The caller's X-Request-Id names the request in vLLM's logs and traces; a suffix keeps the several
+        # calls of one multi-step answer apart (vLLM refuses a request id that is still running).
+        request_id = f"{request_id_base or 'ragyard'}-{uuid.uuid4().hex[:12]}"
+        wants_logprobs = sampling.logprobs is not None and entropies_out is None
         async for out in self.llm.generate(self._engine_input(prompt_ids), sampling, request_id):
             completion = out.outputs[0]
             now = time.perf_counter()
             new_ids = list(completion.token_ids)
+            logprobs = self._token_logprobs(new_ids, completion.logprobs, sampling.logprobs) if wants_logprobs else None
             if new_ids and first_at is None:
                 first_at = now
                 stats.ttft_s = now - started
@@ -335,10 +353,28 @@ class VllmEngine(TokenizerMixin):
                     stats.speculative = self.describe_spec(getattr(completion, "spec_decode_metrics", None))
                 cached = getattr(out, "num_cached_tokens", None)
                 stats.cached_prompt_tokens = int(cached) if isinstance(cached, int) else None
-                yield GenerationChunk(completion.text, finish, stats)
+                yield GenerationChunk(completion.text, finish, stats, logprobs=logprobs)
                 return
-            if completion.text:
-                yield GenerationChunk(completion.text, None, None, stats.prompt_tokens, stats.completion_tokens)
+            if completion.text or logprobs:
+                yield GenerationChunk(
+                    completion.text, None, None, stats.prompt_tokens, stats.completion_tokens, logprobs
+                )
+
+    def _token_logprobs(self, ids: list[int], tops: Any, n: int) -> list[TokenLogprob]:
+        """vLLM's per-token {id: Logprob} maps (the sampled token plus the top n) as TokenLogprobs."""
+        out = []
+        for token, top in zip(ids, tops or [], strict=False):
+            if token in self.eos_ids:
+                continue
+            ranked = sorted(top.items(), key=lambda kv: kv[1].rank or 0)
+            alternatives = [(self._piece(t, lp), lp.logprob) for t, lp in ranked if lp.rank is not None][:n]
+            chosen = top.get(token)
+            out.append(TokenLogprob(self._piece(token, chosen), chosen.logprob if chosen else 0.0, alternatives))
+        return out
+
+    def _piece(self, token: int, lp: Any) -> str:
+        text = getattr(lp, "decoded_token", None)
+        return text if isinstance(text, str) else str(self.tokenizer.decode([token]))
 
     def describe_spec(self, metrics: Any) -> dict[str, Any]:
         """The trace's speculative record, in the torch engine's terms."""
@@ -366,7 +402,9 @@ class VllmEngine(TokenizerMixin):
         sampling = self.sampling_params(params, max_new, logprobs=self.config.vllm.max_logprobs)
         ids: list[int] = []
         entropies: list[float] = []
-        result = await collect(self._bridge(self._run(prompt_ids, sampling, ids, entropies)))
+        result = await collect(
+            self._bridge(self._run(prompt_ids, sampling, ids, entropies, request_id_base=params.request_id))
+        )
         if ids and ids[-1] in self.eos_ids:
             ids.pop()
             entropies.pop()

@@ -46,7 +46,7 @@ def oai(served: str) -> Any:
 
 
 def test_models_and_health(served: str, oai: Any) -> None:
-    assert [m.id for m in oai.models.list().data] == ["auto", *LADDER]
+    assert [m.id for m in oai.models.list().data] == ["auto", *LADDER, "all-minilm-l6-v2"]
     assert httpx.get(f"{served}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{served}/readyz").json()
     assert ready["status"] == "ready" and all(ready["workers"][m]["ready"] for m in LADDER)
@@ -124,3 +124,22 @@ def test_qa_documents_metrics_over_http(served: str) -> None:
     assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "context_length_exceeded"
     metrics = httpx.get(f"{served}/metrics").text
     assert "ragyard_plan_seconds_bucket" in metrics and "ragyard_ttft_seconds_bucket" in metrics
+
+
+def test_the_rest_of_the_surface_under_serve(served: str, oai: Any) -> None:
+    """Completions, embeddings, tokenize and the vector store search through Serve's handles, and one
+    X-Request-Id on the response (Serve's proxy sets it; the gateway does not add a second)."""
+    body = {"model": LADDER[0], "max_tokens": 2, "policy": "none", "messages": [{"role": "user", "content": "Hi"}]}
+    resp = httpx.post(f"{served}/v1/chat/completions", json=body, headers={"X-Request-Id": "serve-rid-1"}, timeout=120)
+    assert resp.status_code == 200 and resp.headers.get_list("x-request-id") == ["serve-rid-1"]
+    made = httpx.get(f"{served}/healthz").headers.get_list("x-request-id")
+    assert len(made) == 1 and made[0]
+    done = oai.completions.create(model=LADDER[1], prompt="The capital of France is", max_tokens=3, temperature=0)
+    assert done.choices[0].text and done.model == LADDER[1]
+    vectors = oai.embeddings.create(model="all-minilm-l6-v2", input=["one", "two"])
+    assert [len(d.embedding) for d in vectors.data] == [384, 384]
+    tokens = httpx.post(f"{served}/tokenize", json={"model": LADDER[1], "prompt": "hello there"}).json()
+    back = httpx.post(f"{served}/detokenize", json={"model": LADDER[1], "tokens": tokens["tokens"]}).json()
+    assert tokens["count"] > 0 and back["prompt"] == "hello there"
+    hits = list(oai.vector_stores.search(vector_store_id="shared", query="How do I run the tests?", max_num_results=2))
+    assert 0 < len(hits) <= 2 and hits[0].content[0].text

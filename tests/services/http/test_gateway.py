@@ -41,7 +41,7 @@ def test_health_ready_models(client: TestClient) -> None:
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     assert ready.json()["retriever"]["documents"] > 0
     ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
-    assert ids == ["auto", "smollm2-135m-instruct"]
+    assert ids == ["auto", "smollm2-135m-instruct", "all-minilm-l6-v2"]
 
 
 def test_usage_is_exact(client: TestClient, local_service: Any, engine: Any) -> None:

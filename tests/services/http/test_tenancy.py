@@ -123,3 +123,29 @@ def test_listing_pages(env: tuple[TestClient, RagService]) -> None:
     everything = c.get("/v1/documents", headers=ACME, params={"limit": 1000}).json()["data"]
     assert [d["id"] for d in first["data"] + rest["data"]] == [d["id"] for d in everything]
     assert c.get("/v1/documents", headers=ACME, params={"limit": 0}).status_code == 400
+
+
+def test_vector_stores_are_the_namespaces_a_key_may_read(env: tuple[TestClient, RagService]) -> None:
+    c, _ = env
+    _upload(c, OP, "handbook", "The shared handbook says: be kind.")
+    _upload(c, ACME, "acme-secret", SECRET)
+    listed = c.get("/v1/vector_stores", headers=ACME).json()
+    by_id = {s["id"]: s for s in listed["data"]}
+    assert set(by_id) == {"acme", "shared"} and by_id["acme"]["file_counts"]["completed"] == 1
+    assert {s["id"] for s in c.get("/v1/vector_stores", headers=ZED).json()["data"]} == {"zed", "shared"}
+    query = {"query": "What is the acme launch code?", "max_num_results": 3}
+    found = c.post("/v1/vector_stores/acme/search", json=query, headers=ACME).json()
+    assert found["object"] == "vector_store.search_results.page"
+    assert [r["file_id"] for r in found["data"]] == ["acme-secret"]
+    assert found["data"][0]["content"][0]["text"] == SECRET and 0 < found["data"][0]["score"] <= 1
+    # Another tenant's store is not found, neither listed nor searched; the shared one holds no secret.
+    other = c.post("/v1/vector_stores/acme/search", json=query, headers=ZED)
+    assert other.status_code == 404 and other.json()["error"]["code"] == "vector_store_not_found"
+    shared = c.post("/v1/vector_stores/shared/search", json=query, headers=ZED).json()
+    assert "acme-secret" not in [r["file_id"] for r in shared["data"]]
+    # What the search does not implement is refused by name.
+    refused = c.post("/v1/vector_stores/acme/search", json={**query, "filters": {"type": "eq"}}, headers=ACME)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "filters"
+    assert refused.json()["error"]["code"] == "unsupported_parameter"
+    # An operator sees every namespace that holds documents.
+    assert {"acme", "shared"} <= {s["id"] for s in c.get("/v1/vector_stores", headers=OP).json()["data"]}

@@ -147,6 +147,46 @@ def test_sampling_is_seeded_and_greedy_is_deterministic(engines: Engines) -> Non
     assert len({first, other, greedy[0]}) >= 2
 
 
+def test_structured_output_logprobs_penalties_and_request_ids(engines: Engines) -> None:
+    from retrieval.generation import ResponseFormat
+
+    engine = engines.get("plain")
+    prompt = _chat(engine, "Give a JSON object with a name and an age of a person.")
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}}
+    fmt = ResponseFormat(type="json_schema", json_schema={**schema, "required": ["name", "age"]})
+    shaped = asyncio.run(engine.generate(prompt, SamplingParams(max_tokens=60, response_format=fmt)))
+    out = json.loads(shaped.text)
+    assert set(out) == {"name", "age"} and isinstance(out["age"], int), shaped.text
+    obj = asyncio.run(
+        engine.generate(prompt, SamplingParams(max_tokens=60, response_format=ResponseFormat(type="json_object")))
+    )
+    assert isinstance(json.loads(obj.text), dict), obj.text
+    # Logprobs: one per completion token (the end of turn left out), each with its 3 alternatives.
+    scored = asyncio.run(engine.generate(prompt, SamplingParams(max_tokens=8, logprobs=3)))
+    assert scored.logprobs is not None and len(scored.logprobs) == scored.stats.completion_tokens
+    assert all(t.logprob <= 0 and len(t.top) == 3 for t in scored.logprobs)
+    assert "".join(t.token for t in scored.logprobs) == scored.text
+    plain = asyncio.run(engine.generate(prompt, SamplingParams(max_tokens=40)))
+    penalised = asyncio.run(
+        engine.generate(prompt, SamplingParams(max_tokens=40, frequency_penalty=2.0, presence_penalty=2.0))
+    )
+    assert penalised.text != plain.text
+    # The caller's request id names the vLLM request (with a suffix per call).
+    seen: list[str] = []
+    generate = engine.llm.generate
+
+    def recording(prompt_in: Any, sampling: Any, request_id: str, *args: Any, **kwargs: Any) -> Any:
+        seen.append(request_id)
+        return generate(prompt_in, sampling, request_id, *args, **kwargs)
+
+    engine.llm.generate = recording
+    try:
+        asyncio.run(engine.generate(prompt, SamplingParams(max_tokens=2, request_id="req-abc")))
+    finally:
+        engine.llm.generate = generate
+    assert len(seen) == 1 and seen[0].startswith("req-abc-")
+
+
 def test_signals_give_one_entropy_per_token_and_no_attention(engines: Engines) -> None:
     engine = engines.get("plain")
     prompt = _chat(engine, "Who wrote Hamlet?")

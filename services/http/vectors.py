@@ -1,0 +1,138 @@
+"""Retrieval as an API: ``/v1/embeddings`` (the retriever's embedder, batched) and OpenAI's vector store
+routes over the tenant's namespaces: ``GET /v1/vector_stores`` (the stores this key may read: its own
+namespace and the shared one), ``GET /v1/vector_stores/{id}`` and ``POST /v1/vector_stores/{id}/search``.
+
+A vector store here is a document namespace: its id is the namespace's name. Stores are made by writing
+documents (``POST /v1/documents``), not through OpenAI's file and store creation routes."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+
+from retrieval.documents import SHARED_NAMESPACE
+from router.errors import UnknownModelError
+from router.routing import AUTO_MODEL
+from services.errors import InvalidRequestError, NotFoundError
+from services.http.auth import Principal, principal
+from services.http.deps import Service, min_generation
+from services.rag import RagService
+from services.schemas import EmbeddingRequest, VectorStoreSearchRequest
+
+router = APIRouter()
+
+
+@router.post("/v1/embeddings")
+async def embeddings(body: EmbeddingRequest, svc: Service) -> dict[str, Any]:
+    model_id = svc.config.embedder.id
+    if body.model not in (model_id, AUTO_MODEL):
+        raise UnknownModelError(f"unknown embedding model {body.model!r}; this server embeds with {model_id!r}")
+    out = await svc.retriever.embed_many(body.texts())
+    if body.dimensions is not None and body.dimensions != out["dim"]:
+        raise InvalidRequestError(
+            f"dimensions {body.dimensions}: {model_id} embeds in {out['dim']} dimensions only", param="dimensions"
+        )
+
+    def encode(vector: list[float]) -> list[float] | str:
+        if body.encoding_format == "float":
+            return vector
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+
+    tokens = sum(out["tokens"])
+    return {
+        "object": "list",
+        "model": model_id,
+        "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(out["vectors"])],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+def _readable(who: Principal) -> list[str]:
+    return list(who.readable)
+
+
+async def _stores(svc: RagService, who: Principal, request: Request) -> dict[str, dict[str, Any]]:
+    """The stores this principal may read, with their document and chunk counts. An operator sees every
+    namespace that holds documents (and the shared one)."""
+    names = None if who.operator else _readable(who)
+    docs = await svc.retriever.documents(names, min_generation(request))
+    stores: dict[str, dict[str, Any]] = {n: _store(n) for n in (names or [SHARED_NAMESPACE])}
+    for d in docs:
+        store = stores.setdefault(d["namespace"], _store(d["namespace"]))
+        store["file_counts"]["completed"] += 1
+        store["file_counts"]["total"] += 1
+        store["ragyard"]["chunks"] += d["chunks"]
+    return stores
+
+
+def _store(name: str) -> dict[str, Any]:
+    return {
+        "id": name,
+        "object": "vector_store",
+        "name": name,
+        "created_at": 0,  # namespaces are not created; they hold documents or not
+        "status": "completed",
+        "usage_bytes": 0,
+        "file_counts": {"in_progress": 0, "completed": 0, "failed": 0, "cancelled": 0, "total": 0},
+        "metadata": {},
+        "expires_after": None,
+        "expires_at": None,
+        "last_active_at": None,
+        "ragyard": {"chunks": 0, "shared": name == SHARED_NAMESPACE},
+    }
+
+
+@router.get("/v1/vector_stores")
+async def list_vector_stores(request: Request, svc: Service) -> dict[str, Any]:
+    stores = sorted((await _stores(svc, principal(request), request)).values(), key=lambda s: s["id"])
+    return {
+        "object": "list",
+        "data": stores,
+        "first_id": stores[0]["id"] if stores else None,
+        "last_id": stores[-1]["id"] if stores else None,
+        "has_more": False,
+    }
+
+
+async def _one(svc: RagService, request: Request, store_id: str) -> dict[str, Any]:
+    who = principal(request)
+    stores = await _stores(svc, who, request)
+    if store_id not in stores:
+        # Another tenant's store is not found: its existence is not this caller's business.
+        raise NotFoundError(f"no vector store {store_id!r}", param="vector_store_id", code="vector_store_not_found")
+    return stores[store_id]
+
+
+@router.get("/v1/vector_stores/{store_id}")
+async def get_vector_store(store_id: str, request: Request, svc: Service) -> dict[str, Any]:
+    return await _one(svc, request, store_id)
+
+
+@router.post("/v1/vector_stores/{store_id}/search")
+async def search_vector_store(
+    store_id: str, body: VectorStoreSearchRequest, request: Request, svc: Service
+) -> dict[str, Any]:
+    await _one(svc, request, store_id)
+    query = body.text()
+    passages = await svc.retriever.search(query, body.max_num_results, [store_id], min_generation(request))
+    threshold = body.score_threshold()
+    return {
+        "object": "vector_store.search_results.page",
+        "search_query": [query],
+        "data": [
+            {
+                "file_id": p.chunk.doc_id,
+                "filename": p.chunk.title or p.chunk.doc_id,
+                "score": round(float(p.score), 6),
+                "attributes": {"chunk": p.chunk.chunk_index, "source": p.chunk.source, "namespace": store_id},
+                "content": [{"type": "text", "text": p.chunk.text}],
+            }
+            for p in passages
+            if p.score >= threshold
+        ],
+        "has_more": False,
+        "next_page": None,
+    }

@@ -1,0 +1,122 @@
+"""Observability: a multi-step request's trace in an in-memory exporter (every step a span with its
+duration and GenAI attributes, on the real model), request ids in log records, and SSE keep-alive
+comments while a stream is silent."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from services import telemetry
+from services.gateway import create_app
+from services.http.sse import KEEP_ALIVE, keep_alive
+from tests.fakes import ScriptedEngine, scripted_config, scripted_service
+
+
+@pytest.fixture
+def spans() -> Iterator[Any]:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry.use_provider(provider)
+    yield exporter
+    telemetry.use_provider(None)
+    provider.shutdown()
+
+
+@pytest.mark.integration
+@pytest.mark.model
+def test_a_multi_step_request_traces_every_step(local_service: Any, spans: Any) -> None:
+    with TestClient(create_app(local_service)) as client:
+        body = {
+            "question": "Which file does make test run, and what does it install first? (trace test)",
+            "policy": "multi",
+            "max_tokens": 24,
+        }
+        resp = client.post("/v1/qa", json=body, headers={"X-Request-Id": "multi-step-1"})
+    assert resp.status_code == 200, resp.text
+    record = resp.json()
+    finished = spans.get_finished_spans()
+    roots = [s for s in finished if s.parent is None]
+    assert len(roots) == 1, [s.name for s in finished]
+    root = roots[0]
+    assert root.name == "chat auto"
+    children = [s for s in finished if s is not root]
+    assert all(s.parent.span_id == root.context.span_id for s in children)
+    assert all(s.context.trace_id == root.context.trace_id for s in finished)
+    names = [s.name for s in sorted(children, key=lambda s: s.start_time)]
+    assert names[0] == "route" and names[1] == "cache" and names[-2:] == ["cache", "settle"], names
+    assert names.count("retrieve") == record["retrieval_steps"] >= 1
+    assert names.count("generate") == record["llm_calls"] >= 2  # at least one reasoning step and the answer
+    for span in finished:
+        assert span.end_time > span.start_time, span.name  # each step has its duration
+        assert span.attributes["ragyard.request_id"] == "multi-step-1"
+    a = root.attributes
+    assert a["gen_ai.operation.name"] == "chat" and a["gen_ai.provider.name"] == "ragyard"
+    assert a["gen_ai.request.model"] == "auto" and a["gen_ai.response.model"] == record["model"]
+    assert a["gen_ai.usage.input_tokens"] == record["usage"]["prompt_tokens"]
+    assert a["gen_ai.usage.output_tokens"] == record["usage"]["completion_tokens"]
+    assert list(a["gen_ai.response.finish_reasons"]) == [record["finish_reason"]]
+    route = next(s for s in children if s.name == "route").attributes
+    assert route["ragyard.plan.policy"] == "multi" and route["ragyard.plan.model"] == record["model"]
+    generations = [s.attributes for s in children if s.name == "generate"]
+    assert sum(g["gen_ai.usage.output_tokens"] for g in generations) == record["usage"]["completion_tokens"]
+    assert all(g["gen_ai.request.model"] == record["model"] for g in generations)
+    retrievals = [s.attributes for s in children if s.name == "retrieve"]
+    assert all(r["ragyard.retrieval.results"] > 0 and r["ragyard.retrieval.query"] for r in retrievals)
+    lookups = [s.attributes["ragyard.cache.operation"] for s in children if s.name == "cache"]
+    assert lookups == ["get", "put"]
+
+
+@pytest.mark.integration
+@pytest.mark.model  # the real embedder
+def test_keep_alive_comments_fill_a_silent_stream(embedder: Any, tmp_path: Any) -> None:
+    hold = threading.Event()
+    config = scripted_config(tmp_path / "index", server={"sse_keepalive_s": 0.05})
+    svc = scripted_service(config, embedder, ScriptedEngine("one two three", hold=hold))
+    timer = threading.Timer(0.6, hold.set)
+    body = {"model": "auto", "messages": [{"role": "user", "content": "Count."}], "stream": True, "policy": "none"}
+    with TestClient(create_app(svc)) as client:
+        timer.start()
+        with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+            raw = b"".join(resp.iter_bytes())
+    timer.cancel()
+    assert raw.count(KEEP_ALIVE) >= 3, raw[:400]
+    assert raw.endswith(b"data: [DONE]\n\n") and b'"content": " two"' in raw
+
+
+def test_keep_alive_passes_events_through_in_order() -> None:
+    async def source() -> AsyncIterator[bytes]:
+        yield b"a"
+        await asyncio.sleep(0.12)
+        yield b"b"
+
+    async def collect() -> list[bytes]:
+        return [item async for item in keep_alive(source(), 0.05)]
+
+    out = asyncio.run(collect())
+    assert out[0] == b"a" and out[-1] == b"b" and set(out[1:-1]) == {KEEP_ALIVE} and len(out) >= 3
+
+
+def test_log_records_carry_the_request_id(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.handler.addFilter(telemetry.RequestIdFilter())
+    log = logging.getLogger("tests.telemetry")
+    token = telemetry.REQUEST_ID.set("rid-7")
+    try:
+        with caplog.at_level(logging.INFO):
+            log.info("inside")
+    finally:
+        telemetry.REQUEST_ID.reset(token)
+    with caplog.at_level(logging.INFO):
+        log.info("outside")
+    assert [getattr(r, "request_id", None) for r in caplog.records] == ["rid-7", "-"]
