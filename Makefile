@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-data install-models install-vllm helm run test test-random test-vllm test-deploy lint typecheck redis clean
+.PHONY: install install-data install-models install-vllm helm chromium web-screenshots run test test-random test-vllm test-deploy lint typecheck redis clean
 
 install: $(STAMP)
 
@@ -100,14 +100,27 @@ redis:
 	    || { $$SUDO apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q redis-server >/dev/null; }; }
 	@command -v redis-server >/dev/null
 
+# Debian's chromium for the web chat's browser tests (tests/web, marker `browser`), driven by Playwright.
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  echo "installing chromium (Debian package)"; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium >/dev/null \
+	    || { $$SUDO apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium >/dev/null; }; }
+	@command -v chromium >/dev/null
+
+# The web chat's screenshots in results/web/ (the browser tests write them there when asked).
+web-screenshots: install chromium
+	RAGYARD_REQUIRE_BROWSER=1 RAGYARD_SCREENSHOTS=results/web $(PY) -m pytest -m browser $(PYTEST_ARGS)
+
 run: install
 	HOST=$(HOST) PORT=$(PORT) $(VENV)/bin/ragyard serve
 
-test: install install-data install-vllm helm redis
+test: install install-data install-vllm helm redis chromium
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
-	RAGYARD_REQUIRE_VLLM=1 RAGYARD_REQUIRE_HELM=1 $(PY) -m pytest $(PYTEST_ARGS)
+	RAGYARD_REQUIRE_VLLM=1 RAGYARD_REQUIRE_HELM=1 RAGYARD_REQUIRE_BROWSER=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 # The whole suite in a random order (pytest-randomly). The seed is printed at the start;
 # `make test-random PYTEST_ARGS=--randomly-seed=N` repeats that order. `make test` keeps the file order.
