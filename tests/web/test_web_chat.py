@@ -46,6 +46,9 @@ def server(engine: Any, embedder: Any, session_tmp: Path) -> Iterator[str]:
             "index": {"dir": str(session_tmp / "web-index")},
             "corpus": {"ingest_on_start": False},
             "cache": {"enabled": False},
+            # The SLA controller on (built-in tiers, budgets in memory): the page shows the tiers it may
+            # pick and the candidates the controller weighed.
+            "sla": {"enabled": True},
         }
     )
     retriever = Retriever.create(index_dir=config.index.dir, embedder=embedder)
@@ -99,6 +102,8 @@ def test_upload_ask_stream_and_open_a_citation(server: str, browser: Any, shots:
     assert page.title() == "Ragyard"
     page.wait_for_selector("#model option[value='smollm2-135m-instruct']", state="attached")
     assert "single" in page.locator("#policy option").all_inner_texts()
+    tiers = page.locator("#tier option").all_inner_texts()
+    assert len(tiers) > 1, tiers
 
     # Documents tab: add a document, see it listed.
     page.get_by_role("tab", name="Documents").click()
@@ -136,6 +141,8 @@ def test_upload_ask_stream_and_open_a_citation(server: str, browser: Any, shots:
     page.locator("details.plan summary").last.click()
     assert "single" in page.locator("details.plan summary").last.inner_text()
     assert page.locator("details.plan .reason").last.inner_text().strip()
+    weighed = page.locator("details.plan table.candidates").last
+    assert "predicted latency s" in weighed.inner_text() and "yes" in weighed.inner_text()
     assert page.locator("details.timings summary").last.inner_text().startswith("Timings:")
     assert "prompt" in page.locator(".usage").last.inner_text()
     page.screenshot(path=str(shots / "chat.png"), full_page=True)
