@@ -144,8 +144,10 @@ class ChatRagyard(ChatOpenAI):
 
     def _create_chat_result(self, response: Any, generation_info: dict[str, Any] | None = None) -> ChatResult:
         result = super()._create_chat_result(response, generation_info)
-        body = response if isinstance(response, dict) else response.model_dump()
-        extension = body.get("ragyard")
+        # Ragyard's field is an extra of the openai client's response model (a dict when raw).
+        extension = (
+            response.get("ragyard") if isinstance(response, dict) else (response.model_extra or {}).get("ragyard")
+        )
         if extension is not None:
             for generation in result.generations:
                 generation.message.response_metadata["ragyard"] = extension

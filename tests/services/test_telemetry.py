@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -120,3 +122,48 @@ def test_log_records_carry_the_request_id(caplog: pytest.LogCaptureFixture) -> N
     with caplog.at_level(logging.INFO):
         log.info("outside")
     assert [getattr(r, "request_id", None) for r in caplog.records] == ["rid-7", "-"]
+
+
+def test_otlp_export_when_the_endpoint_is_set(tmp_path: Any) -> None:
+    """A process with OTEL_EXPORTER_OTLP_ENDPOINT set sends its spans by OTLP/HTTP to that endpoint (a
+    loopback collector here, recording what it is sent)."""
+    import http.server
+    import subprocess
+    import sys
+
+    from services.deployments.local import free_port
+
+    received: list[tuple[str, bytes]] = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            received.append((self.path, body))
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    port = free_port()
+    collector = http.server.HTTPServer(("127.0.0.1", port), Collector)
+    thread = threading.Thread(target=collector.serve_forever, daemon=True)
+    thread.start()
+    script = (
+        "from opentelemetry import trace\n"
+        "from services import telemetry\n"
+        "assert telemetry.setup_tracing()\n"
+        "span = telemetry.start('probe-span', None, **{'gen_ai.operation.name': 'chat'})\n"
+        "telemetry.end(span)\n"
+        "trace.get_tracer_provider().shutdown()\n"
+    )
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_SERVICE_NAME": "ragyard-test"}
+    try:
+        subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=60, cwd=str(Path.cwd()))
+    finally:
+        collector.shutdown()
+        thread.join(timeout=5)
+    assert [path for path, _ in received] == ["/v1/traces"]
+    body = received[0][1]
+    assert b"probe-span" in body and b"ragyard-test" in body and b"gen_ai.operation.name" in body

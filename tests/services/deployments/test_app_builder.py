@@ -93,3 +93,14 @@ def test_a_call_to_a_replica_that_died_is_sent_once_more() -> None:
     with pytest.raises(BackPressureError):
         asyncio.run(once_more(full))
     assert full.calls == 1
+
+
+@pytest.mark.parametrize(("log_format", "encoding"), [("json", "JSON"), ("text", "TEXT")])
+def test_server_log_format_sets_every_deployments_log_encoding(log_format: str, encoding: str) -> None:
+    app = build_app(load_config({"server": {"log_format": log_format}}).model_dump(mode="json"))
+    ingress = app._bound_deployment
+    _, router, retriever, workers = ingress.init_args
+    deployments = [ingress, router._bound_deployment, retriever._bound_deployment]
+    deployments += [w._bound_deployment for w in workers.values()]
+    for d in deployments:
+        assert d._deployment_config.logging_config["encoding"] == encoding, d.name

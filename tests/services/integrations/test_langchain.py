@@ -67,3 +67,63 @@ def test_chat_ragyard_keeps_citations_and_the_plan(client: TestClient) -> None:
     assert merged is not None and merged.content
     assert merged.response_metadata["ragyard"]["plan"]["policy"] == "single"
     assert merged.response_metadata["ragyard"]["citations"]
+
+
+def test_langchain_drives_the_rest_of_the_surface(client: TestClient, engine: Any) -> None:
+    """What a LangChain user reaches through langchain-openai's own classes: structured output, logprobs,
+    penalties, a refused tool, legacy completions and embeddings."""
+    from langchain_openai import OpenAI, OpenAIEmbeddings
+    from openai import BadRequestError
+    from pydantic import BaseModel
+
+    class Person(BaseModel):
+        name: str
+        age: int
+
+    chat = ChatRagyard(
+        base_url="http://testserver/v1", http_client=client, max_tokens=60, extra_body={"policy": "none"}
+    )
+    person = chat.with_structured_output(Person, method="json_schema").invoke(
+        "Give a JSON object with a name and an age of a person."
+    )
+    assert isinstance(person, Person) and person.name
+    scored = chat.bind(logprobs=True, top_logprobs=2, max_tokens=6).invoke("Say hello.")
+    tokens = scored.response_metadata["logprobs"]["content"]
+    assert len(tokens) == scored.usage_metadata["output_tokens"] and all(len(t["top_logprobs"]) == 2 for t in tokens)
+    plain = chat.invoke("Give a JSON object with a name and an age of a person.").content
+    penalised = ChatRagyard(
+        base_url="http://testserver/v1",
+        http_client=client,
+        max_tokens=60,
+        frequency_penalty=2.0,
+        presence_penalty=2.0,
+        extra_body={"policy": "none"},
+    ).invoke("Give a JSON object with a name and an age of a person.")
+    assert penalised.content != plain
+
+    def lookup(city: str) -> str:
+        """Look a city up."""
+        return city
+
+    with pytest.raises(BadRequestError) as caught:
+        chat.bind_tools([lookup]).invoke("Where is Paris?")
+    assert caught.value.body["param"] == "tools" and caught.value.body["code"] == "unsupported_parameter"
+
+    llm = OpenAI(
+        model="smollm2-135m-instruct",
+        base_url="http://testserver/v1",
+        api_key="none",
+        http_client=client,
+        max_tokens=5,
+        temperature=0,
+    )
+    assert llm.invoke("The capital of France is").strip()
+    # langchain-openai's embeddings send tiktoken ids unless told not to; Ragyard's embedder reads text.
+    vectors = OpenAIEmbeddings(
+        model="all-minilm-l6-v2",
+        base_url="http://testserver/v1",
+        api_key="none",
+        http_client=client,
+        check_embedding_ctx_length=False,
+    ).embed_documents(["first text", "second text"])
+    assert [len(v) for v in vectors] == [384, 384]
