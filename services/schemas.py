@@ -71,6 +71,20 @@ class JsonSchemaFormat(BaseModel):
     schema_: dict[str, Any] = Field(default_factory=dict, alias="schema", description="The JSON Schema.")
     strict: bool | None = None
 
+    @field_validator("schema_")
+    @classmethod
+    def _valid_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Checked here against the JSON Schema metaschema: an invalid schema reaches neither engine (the
+        # torch engine's enforcer would fail part way through an answer, vLLM's compiler with its own words).
+        from jsonschema import Draft202012Validator
+        from jsonschema.exceptions import SchemaError
+
+        try:
+            Draft202012Validator.check_schema(value)
+        except SchemaError as exc:
+            raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+        return value
+
 
 class ResponseFormatIn(BaseModel):
     """OpenAI's ``response_format``: text (the default), any JSON object, or JSON under a schema."""

@@ -35,6 +35,7 @@ from retrieval.generation import (
     TokenLogprob,
     collect,
 )
+from services.errors import InvalidRequestError
 from services.workers.model_store import resolve_model_path
 from services.workers.text import TokenizerMixin
 
@@ -324,7 +325,7 @@ class VllmEngine(TokenizerMixin):
         # calls of one multi-step answer apart (vLLM refuses a request id that is still running).
         request_id = f"{request_id_base or 'ragyard'}-{uuid.uuid4().hex[:12]}"
         wants_logprobs = sampling.logprobs is not None and entropies_out is None
-        async for out in self.llm.generate(self._engine_input(prompt_ids), sampling, request_id):
+        async for out in self._checked(self.llm.generate(self._engine_input(prompt_ids), sampling, request_id)):
             completion = out.outputs[0]
             now = time.perf_counter()
             new_ids = list(completion.token_ids)
@@ -359,6 +360,20 @@ class VllmEngine(TokenizerMixin):
                 yield GenerationChunk(
                     completion.text, None, None, stats.prompt_tokens, stats.completion_tokens, logprobs
                 )
+
+    @staticmethod
+    async def _checked(outputs: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """vLLM's outputs; a ValueError before the first is vLLM refusing the request itself (a schema it
+        cannot compile, more logprobs than ``max_logprobs``...): the client's mistake, said as vLLM says it."""
+        first = True
+        try:
+            async for out in outputs:
+                first = False
+                yield out
+        except ValueError as exc:
+            if not first:
+                raise
+            raise InvalidRequestError(f"vLLM refused the request: {exc}", code="invalid_request") from exc
 
     def _token_logprobs(self, ids: list[int], tops: Any, n: int) -> list[TokenLogprob]:
         """vLLM's per-token {id: Logprob} maps (the sampled token plus the top n) as TokenLogprobs."""

@@ -250,3 +250,13 @@ def test_the_web_chat_page_and_the_policy_list(client: TestClient) -> None:
     assert client.get("/web/app.js").status_code == 200 and client.get("/web/nope.js").status_code == 404
     names = [p["id"] for p in client.get("/v1/policies").json()["data"]]
     assert {"none", "single", "multi", "dragin", "adaptive"} <= set(names)
+
+
+def test_an_invalid_json_schema_is_a_400_before_any_engine(client: TestClient) -> None:
+    bad = {
+        "type": "json_schema",
+        "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"type": "nonsense"}}}},
+    }
+    resp = client.post("/v1/chat/completions", json={"model": MODEL, "messages": _ask("Hi"), "response_format": bad})
+    assert resp.status_code == 400 and "not a valid JSON Schema" in resp.json()["error"]["message"], resp.text
+    assert resp.json()["error"]["param"].startswith("response_format")
