@@ -313,9 +313,9 @@ class CompletionRequest(BaseModel):
         _no_token_arrays(value, "prompt")
         if isinstance(value, list) and len(value) != 1:
             raise unsupported("prompt", "a batch of prompts; send one prompt per request")
-        if (value if isinstance(value, str) else value[0]) == "":
+        if (value if isinstance(value, str) else value[0] if isinstance(value, list) else None) == "":
             raise ValueError("the prompt is empty")
-        return value
+        return value  # anything else but text fails the field's own type check
 
     @field_validator(*REFUSED_COMPLETION_FIELDS)
     @classmethod
@@ -392,6 +392,15 @@ class DetokenizeRequest(BaseModel):
     tokens: list[int] = Field(max_length=1 << 17)
 
 
+class RankingOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ranker: Literal["auto", "default-2024-11-15"] | None = Field(
+        None, description="Accepted for OpenAI's clients; the retriever's configured ranking is used."
+    )
+    score_threshold: float | None = Field(None, ge=0.0, le=1.0, description="Drop results scored below this.")
+
+
 class VectorStoreSearchRequest(BaseModel):
     """OpenAI's vector store search: a query, how many results, and (not supported) filters."""
 
@@ -401,7 +410,7 @@ class VectorStoreSearchRequest(BaseModel):
     max_num_results: int = Field(10, ge=1, le=50)
     rewrite_query: bool = False
     filters: dict[str, Any] | None = None
-    ranking_options: dict[str, Any] | None = None
+    ranking_options: RankingOptions | None = None
 
     @field_validator("query")
     @classmethod
@@ -424,17 +433,8 @@ class VectorStoreSearchRequest(BaseModel):
             raise unsupported("filters", "attribute filters are not implemented")
         return value
 
-    @field_validator("ranking_options")
-    @classmethod
-    def _ranking(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value and set(value) - {"score_threshold", "ranker"}:
-            raise unsupported("ranking_options", "only score_threshold and ranker")
-        if value and value.get("ranker") not in (None, "auto", "default-2024-11-15"):
-            raise unsupported("ranking_options.ranker", "the retriever's configured ranking is used")
-        return value
-
     def text(self) -> str:
         return (self.query if isinstance(self.query, str) else " ".join(self.query)).strip()
 
     def score_threshold(self) -> float:
-        return float((self.ranking_options or {}).get("score_threshold") or 0.0)
+        return (self.ranking_options.score_threshold or 0.0) if self.ranking_options else 0.0

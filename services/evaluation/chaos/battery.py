@@ -25,7 +25,7 @@ DOCS = "/v1/documents"
 @dataclass(frozen=True)
 class Case:
     name: str
-    kind: str  # shapes, encodings, nesting, sizes, numbers, roles, auth, sla, documents, routes
+    kind: str  # shapes, encodings, nesting, sizes, numbers, roles, auth, sla, documents, routes, openai
     method: str
     path: str
     expect: frozenset[int]
@@ -271,6 +271,83 @@ def cases() -> list[Case]:
     )
     add("routes: foreign Host", "routes", "GET", "/v1/models", 403, headers={"host": "evil.example"})
     add("routes: plan with a bad policy", "routes", "POST", "/v1/plan", 400, json_body={"question": "q", "policy": "x"})
+    # -- the rest of the OpenAI surface ---------------------------------------------------------------
+    for name, key, value in (
+        ("a tool", "tools", [{"type": "function", "function": {"name": "f"}}]),
+        ("logit_bias", "logit_bias", {"1": 5}),
+        ("more logprobs than 20", "top_logprobs", 21),
+        ("top_logprobs without logprobs", "top_logprobs", 2),
+        ("a penalty over 2", "frequency_penalty", 2.5),
+        (
+            "a schema that is not one",
+            "response_format",
+            {"type": "json_schema", "json_schema": {"schema": {"type": 7}}},
+        ),
+        ("an unknown response_format", "response_format", {"type": "yaml"}),
+    ):
+        add(f"openai: chat with {name}", "openai", "POST", CHAT, 400, json_body=_chat(**{key: value}))
+    completion = {"model": "auto", "prompt": "Hello", "max_tokens": 2}
+    for name, extra in (
+        ("no prompt", {"prompt": None}),
+        ("token ids", {"prompt": [1, 2, 3]}),
+        ("a batch", {"prompt": ["a", "b"]}),
+        ("echo", {"echo": True}),
+        ("best_of 3", {"best_of": 3}),
+    ):
+        add(
+            f"openai: completion with {name}",
+            "openai",
+            "POST",
+            "/v1/completions",
+            400,
+            json_body={**completion, **extra},
+        )
+    embedding = {"model": "auto", "input": "hello"}
+    for name, extra in (
+        ("token ids", {"input": [[1, 2]]}),
+        ("an empty text", {"input": [""]}),
+        ("other dimensions", {"dimensions": 7}),
+        ("an unknown encoding", {"encoding_format": "hex"}),
+    ):
+        add(
+            f"openai: embeddings with {name}", "openai", "POST", "/v1/embeddings", 400, json_body={**embedding, **extra}
+        )
+    add(
+        "openai: embeddings of another model",
+        "openai",
+        "POST",
+        "/v1/embeddings",
+        404,
+        json_body={**embedding, "model": "ada"},
+    )
+    add("openai: tokenize neither prompt nor messages", "openai", "POST", "/tokenize", 400, json_body={"model": "auto"})
+    add("openai: detokenize an id out of range", "openai", "POST", "/detokenize", 400, json_body={"tokens": [2**40]})
+    search = "/v1/vector_stores/shared/search"
+    add(
+        "openai: search with filters",
+        "openai",
+        "POST",
+        search,
+        400,
+        json_body={"query": "x", "filters": {"type": "eq"}},
+    )
+    add(
+        "openai: search with a threshold that is a word",
+        "openai",
+        "POST",
+        search,
+        400,
+        json_body={"query": "x", "ranking_options": {"score_threshold": "high"}},
+    )
+    add(
+        "openai: search another tenant's store",
+        "openai",
+        "POST",
+        "/v1/vector_stores/globex/search",
+        404,
+        json_body={"query": "x"},
+    )
+    add("openai: a request id with spaces", "openai", "GET", "/v1/models", 400, headers={"x-request-id": "a b"})
     return c
 
 
