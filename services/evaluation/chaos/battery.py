@@ -287,13 +287,14 @@ def cases() -> list[Case]:
     ):
         add(f"openai: chat with {name}", "openai", "POST", CHAT, 400, json_body=_chat(**{key: value}))
     completion = {"model": "auto", "prompt": "Hello", "max_tokens": 2}
-    for name, extra in (
+    completions: tuple[tuple[str, dict[str, Any]], ...] = (
         ("no prompt", {"prompt": None}),
         ("token ids", {"prompt": [1, 2, 3]}),
         ("a batch", {"prompt": ["a", "b"]}),
         ("echo", {"echo": True}),
         ("best_of 3", {"best_of": 3}),
-    ):
+    )
+    for name, extra in completions:
         add(
             f"openai: completion with {name}",
             "openai",
@@ -303,12 +304,13 @@ def cases() -> list[Case]:
             json_body={**completion, **extra},
         )
     embedding = {"model": "auto", "input": "hello"}
-    for name, extra in (
+    embeddings: tuple[tuple[str, dict[str, Any]], ...] = (
         ("token ids", {"input": [[1, 2]]}),
         ("an empty text", {"input": [""]}),
         ("other dimensions", {"dimensions": 7}),
         ("an unknown encoding", {"encoding_format": "hex"}),
-    ):
+    )
+    for name, extra in embeddings:
         add(
             f"openai: embeddings with {name}", "openai", "POST", "/v1/embeddings", 400, json_body={**embedding, **extra}
         )

@@ -11,7 +11,6 @@ it once, on the first constrained request.
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -82,6 +81,7 @@ class OutputShaper:
         self.counts: Counter[int] = Counter()
         self.generated: list[int] = []
         self.logprobs: list[TokenLogprob] = []
+        self._texts: dict[int, str] = {}  # token id -> text, for this request's logprobs
         self._enforcer = None
         if params.response_format is not None:
             if tables is None:
@@ -124,9 +124,11 @@ class OutputShaper:
             top = [(self._text(int(i)), float(v)) for v, i in zip(values, ids, strict=True)]
         self.logprobs.append(TokenLogprob(self._text(token), float(logp[token]), top))
 
-    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one shaper per request; the cache dies with it
     def _text(self, token: int) -> str:
-        return str(self.tokenizer.decode([token]))
+        text = self._texts.get(token)
+        if text is None:
+            text = self._texts[token] = str(self.tokenizer.decode([token]))
+        return text
 
     def take(self) -> list[TokenLogprob] | None:
         """The log-probabilities recorded since the last call (None when none were asked for)."""
