@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from retrieval.documents import METADATA_BYTES, METADATA_DEPTH, check_metadata
@@ -48,6 +48,22 @@ class ChatMessageIn(BaseModel):
         if isinstance(self.content, str):
             return self.content
         return "".join(p.text for p in self.content)
+
+
+def _at_most_four(value: str | list[str] | None) -> str | list[str] | None:
+    if isinstance(value, list) and len(value) > 4:
+        raise ValueError("at most 4 stop sequences")
+    return value
+
+
+# OpenAI's stop sequences: one string or up to four (chat and completions alike).
+Stop = Annotated[str | list[str] | None, AfterValidator(_at_most_four)]
+
+
+def stop_tuple(stop: str | list[str] | None) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    return (stop,) if isinstance(stop, str) else tuple(stop)
 
 
 class StreamOptions(BaseModel):
@@ -138,7 +154,7 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, gt=0)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
+    stop: Stop = None
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="A 64-bit signed integer.")
     n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
     user: str | None = None
@@ -163,13 +179,6 @@ class ChatCompletionRequest(BaseModel):
     policy: str | None = Field(None, description="Retrieval policy; default: the router's choice.")
     top_k: int | None = Field(None, gt=0, description="Passages per retrieval step.")
     style: Literal["chat", "short"] = Field("chat", description="'short' asks for the bare answer.")
-
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return value
 
     @field_validator(*REFUSED_CHAT_FIELDS)
     @classmethod
@@ -211,9 +220,7 @@ class ChatCompletionRequest(BaseModel):
         return self
 
     def stop_list(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        return stop_tuple(self.stop)
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -293,7 +300,7 @@ class CompletionRequest(BaseModel):
     max_tokens: int = Field(16, gt=0)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
+    stop: Stop = None
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -325,20 +332,11 @@ class CompletionRequest(BaseModel):
             raise unsupported(info.field_name, why)
         return value
 
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return value
-
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
     def stop_list(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        return stop_tuple(self.stop)
 
 
 class EmbeddingRequest(BaseModel):

@@ -15,6 +15,7 @@ from retrieval.policies.base import Question
 from router.errors import UnknownModelError
 from router.routing import AUTO_MODEL
 from services.http.deps import Service, sla_context
+from services.http.openai import sampling_of
 from services.http.sse import event, keep_alive, stream_error
 from services.rag import AnswerRequest, RagService, StreamEvent
 from services.schemas import CompletionRequest, DetokenizeRequest, TokenizeRequest
@@ -42,14 +43,9 @@ def completion_request(body: CompletionRequest, request: Request) -> AnswerReque
         model=body.model,
         policy="none",  # the prompt is the model's whole input: nothing is retrieved
         max_tokens=body.max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        stop=body.stop_list(),
-        seed=body.seed,
-        frequency_penalty=body.frequency_penalty or 0.0,
-        presence_penalty=body.presence_penalty or 0.0,
         logprobs=body.logprobs,
         request_id=getattr(request.state, "request_id", None),
+        **sampling_of(body),
     )
     req.sla = sla_context(request)
     request.state.ran = req.ran

@@ -16,7 +16,7 @@ from services.http.auth import principal
 from services.http.deps import Service, min_generation, sla_context
 from services.http.sse import chat_events, extension, keep_alive
 from services.rag import AnswerRequest
-from services.schemas import ChatCompletionRequest
+from services.schemas import ChatCompletionRequest, CompletionRequest
 
 router = APIRouter()
 
@@ -65,15 +65,22 @@ def chat_to_answer(body: ChatCompletionRequest) -> AnswerRequest:
         policy=body.policy,
         top_k=body.top_k,
         max_tokens=body.requested_max_tokens(),
-        temperature=body.temperature,
-        top_p=body.top_p,
-        stop=body.stop_list(),
-        seed=body.seed,
-        frequency_penalty=body.frequency_penalty or 0.0,
-        presence_penalty=body.presence_penalty or 0.0,
         logprobs=body.logprobs_asked(),
         response_format=body.response_format.constraint() if body.response_format else None,
+        **sampling_of(body),
     )
+
+
+def sampling_of(body: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
+    """The sampling fields chat and completions share, as AnswerRequest takes them."""
+    return {
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "stop": body.stop_list(),
+        "seed": body.seed,
+        "frequency_penalty": body.frequency_penalty or 0.0,
+        "presence_penalty": body.presence_penalty or 0.0,
+    }
 
 
 @router.post("/v1/chat/completions", response_model=None)
