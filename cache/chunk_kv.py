@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -194,9 +194,30 @@ def deserialize(
 
 @dataclass
 class Lookup:
-    entry: ChunkKV | None
+    entry: Any  # ChunkKV (torch) or ChunkState (llama.cpp): whatever the store's codec makes; None on a miss
     tier: Tier
     bytes_read: int = 0
+
+
+class EntryCodec(Protocol):
+    """How a store's entries become bytes for the shared tier and back, checked against the caller's key."""
+
+    def encode(self, entry: Any) -> bytes: ...
+
+    def decode(self, blob: bytes, *, key: str, model: str, token_ids: list[int]) -> Any: ...
+
+
+class TensorCodec:
+    """The torch engine's entries: safetensors K and V of a known shape and dtype."""
+
+    def __init__(self, shape: tuple[int, int, int], dtype: Any) -> None:
+        self.shape, self.dtype = shape, dtype
+
+    def encode(self, entry: ChunkKV) -> bytes:
+        return serialize(entry)
+
+    def decode(self, blob: bytes, *, key: str, model: str, token_ids: list[int]) -> ChunkKV:
+        return deserialize(blob, key=key, model=model, token_ids=token_ids, shape=self.shape, dtype=self.dtype)
 
 
 class ChunkKVStore:
@@ -214,29 +235,35 @@ class ChunkKVStore:
         self,
         *,
         model: str,
-        shape: tuple[int, int, int],
-        dtype: Any,
+        shape: tuple[int, int, int] | None = None,
+        dtype: Any = None,
         memory_bytes: int,
         policy: EvictionPolicy = "craft",
         backend: KVBackend | None = None,
         ttl_s: int | None = None,
+        codec: EntryCodec | None = None,
     ) -> None:
+        """``codec``: how entries cross the shared tier; None is the torch engine's tensors of ``shape``
+        and ``dtype`` (the llama.cpp engine passes its opaque sequence states' codec)."""
         self.model = model
-        self.shape = shape
-        self.dtype = dtype
-        self.memory: ByteBoundedCache[ChunkKV] = ByteBoundedCache(memory_bytes, policy)
+        if codec is None:
+            if shape is None or dtype is None:
+                raise ValueError("a tensor store needs shape and dtype (or pass a codec)")
+            codec = TensorCodec(shape, dtype)
+        self.codec = codec
+        self.memory: ByteBoundedCache[Any] = ByteBoundedCache(memory_bytes, policy)
         self.backend = backend
         self.ttl_s = ttl_s
         self._inflight: dict[str, threading.Event] = {}
         self._inflight_lock = threading.Lock()
-        self._unwritten: list[ChunkKV] = []  # deferred backend writes, oldest first
+        self._unwritten: list[Any] = []  # deferred backend writes, oldest first
         self._unwritten_lock = threading.Lock()
 
     @property
     def backend_tier(self) -> str:
         return self.backend.name if self.backend is not None else "none"
 
-    def _remember(self, entry: ChunkKV) -> None:
+    def _remember(self, entry: Any) -> None:
         evicted = self.memory.put(entry.key, entry, entry.nbytes, entry.compute_s)
         if evicted:
             EVICTIONS.labels(self.memory.policy).inc(len([k for k in evicted if k != entry.key]))
@@ -267,9 +294,7 @@ class ChunkKVStore:
             return Lookup(None, "miss")
         BYTES.labels(tier, "read").inc(len(blob))
         try:
-            entry = deserialize(
-                blob, key=key, model=self.model, token_ids=token_ids, shape=self.shape, dtype=self.dtype
-            )
+            entry = self.codec.decode(blob, key=key, model=self.model, token_ids=token_ids)
         except CorruptEntryError as exc:
             LOOKUPS.labels(tier, "corrupt").inc()
             logger.warning("dropping corrupt chunk-KV entry %s: %s", key, exc)
@@ -279,7 +304,7 @@ class ChunkKVStore:
         self._remember(entry)
         return Lookup(entry, "redis", len(blob))
 
-    def put(self, entry: ChunkKV, *, defer: bool = False) -> int:
+    def put(self, entry: Any, *, defer: bool = False) -> int:
         """Store in both tiers; returns the bytes written to the backend (none yet when deferred)."""
         self._remember(entry)
         if self.backend is None:
@@ -296,9 +321,9 @@ class ChunkKVStore:
             entries, self._unwritten = self._unwritten, []
         return sum(self._write(e) for e in entries)
 
-    def _write(self, entry: ChunkKV) -> int:
+    def _write(self, entry: Any) -> int:
         assert self.backend is not None
-        blob = serialize(entry)
+        blob = self.codec.encode(entry)
         try:
             self.backend.put(entry.key, blob, self.ttl_s)
         except CacheError as exc:
@@ -309,7 +334,7 @@ class ChunkKVStore:
         return len(blob)
 
     def get_or_compute(
-        self, key: str, token_ids: list[int], compute: Callable[[], ChunkKV], *, local: bool = False
+        self, key: str, token_ids: list[int], compute: Callable[[], Any], *, local: bool = False
     ) -> tuple[Lookup, bool]:
         """The entry from a tier, or computed once (concurrent callers of one key wait for that one).
         Returns the lookup and whether this call computed it. ``local``: the memory tier only, and a

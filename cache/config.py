@@ -10,12 +10,17 @@ from core.config import Section
 
 
 class ChunkCacheConfig(Section):
-    """Chunk-KV reuse (Cache-Craft, CacheBlend) in the torch engine: the KV of retrieved chunks is stored
-    once and reused, with a fraction of chunk tokens recomputed so chunks see each other."""
+    """Chunk-KV reuse (Cache-Craft, CacheBlend) in the torch and llama.cpp engines: the KV of retrieved
+    chunks is stored once and reused, with a fraction of chunk tokens recomputed so chunks see each other."""
 
     enabled: bool = Field(False, description="Reuse stored chunk KV at prefill (answers may differ slightly).")
-    recompute_fraction: float = Field(
-        0.15, ge=0.0, le=1.0, description="Share of reused chunk tokens recomputed (0 = plain reuse, 1 = full prefill)."
+    recompute_fraction: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Share of reused chunk tokens recomputed (0 = plain reuse, 1 = full prefill); None = the "
+        "engine's measured default: torch 0.15 (tokens picked by layer-1 deviation), llamacpp 0.05 (the first "
+        "tokens of each chunk).",
     )
     memory_bytes: int = Field(1 << 30, ge=0, description="Bytes of chunk KV the worker keeps in memory.")
     eviction: Literal["craft", "lru"] = Field(
@@ -26,6 +31,16 @@ class ChunkCacheConfig(Section):
     )
     ttl_s: int = Field(7 * 86400, gt=0, description="Lifetime of entries in the second tier, seconds.")
     min_chunk_tokens: int = Field(8, ge=1, description="Chunks shorter than this are computed, not stored.")
+    precompute: bool = Field(
+        True,
+        description="llamacpp: compute the KV of ingested chunks (and the bundled corpus at start) in the "
+        "background, so the first question about a document reuses it; torch computes on first sight.",
+    )
+    precompute_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="llamacpp: bytes of chunk KV computed ahead at most (the rest on demand); None = memory_bytes.",
+    )
 
 
 class CacheConfig(Section):

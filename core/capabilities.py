@@ -10,6 +10,8 @@ ADAPTIVE_K = "adaptive_k"  # SpecDec++ candidate length
 SELF_DRAFT = "self_draft"  # the target's first layers draft
 HYBRID_DRAFT = "hybrid_draft"  # prompt lookup first, the draft model where lookup finds nothing
 ATTENTION_SIGNALS = "attention_signals"  # per-token attention for DRAGIN (entropies every engine has)
+DRAFT_MODEL = "draft_model"  # a smaller model with the same tokenizer drafts
+CHUNK_PRECOMPUTE = "chunk_precompute"  # computes ingested chunks' KV ahead, in the background
 CAPABILITIES = (
     PRIORITY_SCHEDULING,
     CHUNK_CACHE,
@@ -18,4 +20,6 @@ CAPABILITIES = (
     SELF_DRAFT,
     HYBRID_DRAFT,
     ATTENTION_SIGNALS,
+    DRAFT_MODEL,
+    CHUNK_PRECOMPUTE,
 )

@@ -371,6 +371,17 @@ class Retriever:
             raise DocumentNotFoundError(f"no document {doc_id!r}")
         return next(d for d in self.store.documents([owner]) if d["id"] == doc_id)
 
+    def chunk_bodies(self, doc_ids: Collection[str] | None = None) -> list[str]:
+        """Each chunk of these documents (None: every document) as a prompt shows it after its number: what
+        an engine's chunk-KV cache computes ahead of the first question about it."""
+        from retrieval.prompts import passage_body
+
+        store = self.store
+        with store._lock:
+            ids = list(store.docs) if doc_ids is None else [d for d in doc_ids if d in store.docs]
+            chunks = [store.chunks[c] for d in ids for c in store.docs[d]["chunk_ids"] if c in store.chunks]
+        return [passage_body(Passage(chunk=c, score=0.0)) for c in chunks]
+
     def embed_query(self, query: str) -> np.ndarray:
         return self.embedder.encode([query])[0]
 

@@ -73,7 +73,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     """Put every model the config needs in place (the container image runs this at build time);
     ``--model NAME`` converts only those packaged models."""
     from retrieval.embedder import embedder_dir
-    from services.workers.model_store import ensure_packaged, resolve_model_path
+    from services.workers.model_store import ensure_packaged, resolve_gguf, resolve_model_path
 
     config = load_config(args.config)
     if args.model:
@@ -81,7 +81,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             print(f"model {name}: {ensure_packaged(name, config.cache_dir)}", flush=True)
         return 0
     for model in config.models:
-        print(f"model {model.id}: {resolve_model_path(model.path, config.cache_dir)}", flush=True)
+        # llama.cpp reads the GGUF as it is (joined and checked once); the other engines a converted HF folder.
+        where = (
+            resolve_gguf(model.path, config.cache_dir)
+            if model.engine == "llamacpp"
+            else resolve_model_path(model.path, config.cache_dir)
+        )
+        print(f"model {model.id}: {where}", flush=True)
         spec = model.speculative
         if spec is not None and spec.method in ("draft_model", "hybrid"):
             print(f"  draft: {resolve_model_path(spec.model, config.cache_dir)}", flush=True)
@@ -397,7 +403,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks: results as JSON plus a markdown table")
     p.add_argument(
         "what",
-        choices=["router", "policies", "spec", "kvcache", "sla", "retrieval", "docsqa", "tenancy", "chaos", "scale"],
+        choices=[
+            "router",
+            "policies",
+            "spec",
+            "kvcache",
+            "engines",
+            "sla",
+            "retrieval",
+            "docsqa",
+            "tenancy",
+            "chaos",
+            "scale",
+        ],
     )
     p.add_argument("--data", action="append", help="QA JSONL file (repeatable)")
     p.add_argument("--out", required=True)
@@ -426,6 +444,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="spec: start one vLLM engine at a time (when the engines do not fit in memory together)",
     )
     p.add_argument("--fraction", type=float, help="kvcache: recompute fraction (default: the model's chunk_cache)")
+    p.add_argument(
+        "--engine", help="kvcache: the first model's engine for this run (llamacpp, torch; default: the config's)"
+    )
+    p.add_argument(
+        "--engines", default="torch,llamacpp,bare,vllm", help="engines: which to compare (vllm skipped if missing)"
+    )
+    p.add_argument("--threads", type=int, help="engines: CPU threads for every engine (default: every core)")
+    p.add_argument("--no-rss", action="store_true", help="engines: skip the peak-RSS subprocess per engine")
     p.add_argument("--sweep", help="kvcache: further recompute fractions measured side by side, e.g. 0.3,0.5")
     p.add_argument(
         "--redis-url", help="kvcache: Redis tier (default: $REDIS_URL; none: memory only); sla: the budget store"
@@ -445,7 +471,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--downstream-limit", type=int, default=0, help="retrieval: also answer N test questions per file per mode"
     )
     p.add_argument("--model", help="retrieval: model id for the downstream answers (default: the config's first)")
-    p.add_argument("--models", help="docsqa, policies: comma-separated model ids (default: every configured model)")
+    p.add_argument(
+        "--models",
+        help="docsqa, policies: comma-separated model ids (default: every configured model); engines: catalog names "
+        "(default: qwen2.5-coder-0.5b-instruct)",
+    )
     p.add_argument("--policies", help="policies: comma-separated subset of none,single,multi,dragin,adaptive")
     p.add_argument("--qa-policy", default="single", help="docsqa: retrieval policy the answers use")
     p.add_argument("--sizes", help="tenancy: corpus sizes in chunks, comma-separated (default 10000,100000)")

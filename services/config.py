@@ -17,7 +17,7 @@ from pydantic import Field, JsonValue, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cache.config import CacheConfig, ChunkCacheConfig
-from core.capabilities import ADAPTIVE_K, CHUNK_CACHE, HYBRID_DRAFT, SELF_DRAFT
+from core.capabilities import ADAPTIVE_K, CHUNK_CACHE, DRAFT_MODEL, HYBRID_DRAFT, SELF_DRAFT
 from core.config import PROJECT_ROOT, Section
 from core.errors import ConfigError
 from retrieval.config import CorpusConfig, EmbedderConfig, IndexConfig, RetrievalConfig
@@ -42,6 +42,7 @@ __all__ = [
     "RouterConfig",
     "ServerConfig",
     "SlaConfig",
+    "LlamaCppConfig",
     "SpeculativeConfig",
     "VllmConfig",
     "load_config",
@@ -117,6 +118,19 @@ class VllmConfig(Section):
     )
 
 
+class LlamaCppConfig(Section):
+    """Settings of the llama.cpp engine (``engine: llamacpp``); the model and lengths come from the model."""
+
+    threads: int | None = Field(None, gt=0, description="CPU threads for prefill and decode; None = every core.")
+    parallel: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Requests decoded at once, step by step in one context (a KV sequence each); more wait.",
+    )
+    n_batch: int = Field(512, ge=32, le=4096, description="Prompt tokens per forward pass at most.")
+
+
 class ModelConfig(Section):
     id: str = Field(DEFAULT_MODEL_ID, min_length=1, description="Name clients pass as `model`.")
     path: str | None = Field(
@@ -127,7 +141,8 @@ class ModelConfig(Section):
     )
     engine: str = Field(
         "torch",
-        description="Engine that runs the model: torch (embedded default) or vllm (`make install-vllm`); "
+        description="Engine that runs the model: llamacpp (the embedded default's ladder: the GGUF as it is), "
+        "torch (HF folders; DRAGIN's attention, self-draft, adaptive K) or vllm (`make install-vllm`); "
         "any engine registered in services/workers/registry.py.",
         json_schema_extra={"enum": _ENGINE_NAMES},
     )
@@ -153,6 +168,9 @@ class ModelConfig(Section):
     )
     speculative: SpeculativeConfig | None = Field(None, description="Draft pair for speculative decoding.")
     vllm: VllmConfig = Field(default_factory=VllmConfig, description="vLLM engine settings (engine: vllm).")
+    llamacpp: LlamaCppConfig = Field(
+        default_factory=LlamaCppConfig, description="llama.cpp engine settings (engine: llamacpp)."
+    )
     chunk_cache: ChunkCacheConfig = Field(
         default_factory=ChunkCacheConfig, description="Chunk-KV reuse (torch engine)."
     )
@@ -175,11 +193,12 @@ class ModelConfig(Section):
         spec = self.speculative
         can = self.capabilities
         if spec is not None:
-            needs = {"self_draft": SELF_DRAFT, "hybrid": HYBRID_DRAFT}.get(spec.method)
+            needs = {"self_draft": SELF_DRAFT, "hybrid": HYBRID_DRAFT, "draft_model": DRAFT_MODEL}.get(spec.method)
             if needs is not None and needs not in can:
+                takes = "ngram or draft_model" if DRAFT_MODEL in can else "ngram"
                 raise ValueError(
                     f"speculative.method {spec.method} runs on the {engines_with(needs)} engine only; "
-                    f"{self.engine} takes ngram or draft_model"
+                    f"{self.engine} takes {takes}"
                 )
             if spec.adaptive and ADAPTIVE_K not in can:
                 raise ValueError(
@@ -289,7 +308,12 @@ class AppConfig(BaseSettings):
 
     cache_dir: str = Field(str(Path.home() / ".cache" / "ragyard"), description="Converted models and other caches.")
     models: list[ModelConfig] = Field(
-        default_factory=lambda: [ModelConfig(id=m, path="package:" + m) for m in DEFAULT_LADDER],
+        # The embedded default's ladder runs on llama.cpp, reading the packaged GGUF as it is, with chunk KV
+        # computed ahead (README: Engines).
+        default_factory=lambda: [
+            ModelConfig(id=m, path="package:" + m, engine="llamacpp", chunk_cache=ChunkCacheConfig(enabled=True))
+            for m in DEFAULT_LADDER
+        ],
         min_length=1,
         description="Models the service runs, cheapest first (the first is the default when `auto` has no "
         "quality table to route by).",

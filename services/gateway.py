@@ -7,7 +7,10 @@ with the status that fits: a client's mistake is a 4xx, never a 500 (`services/h
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -27,6 +30,24 @@ from services.rag import RagService
 from services.telemetry import setup_tracing
 
 ROUTERS = (ops.router, openai.router, completions.router, vectors.router, qa.router, documents.router)
+
+
+def _lifespan(service_or_factory: Any) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Start-up work: the stored corpus's chunk KV is computed in the background (when a model's engine does
+    that), so the first question about a document is as fast as the hundredth; the app answers meanwhile."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        task = None
+        if isinstance(service_or_factory, RagService) and service_or_factory.precompute_models():
+            task = asyncio.create_task(service_or_factory.warm_chunk_kv())
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+
+    return lifespan
 
 
 def create_app(
@@ -51,13 +72,16 @@ def create_app(
     ``behind_serve``: Serve's proxy sets the X-Request-Id response header (so this app does not).
     ``web_chat``: serve the web chat page at ``/`` (services/web/)."""
     setup_tracing()
-    app = FastAPI(title="Ragyard", version="0.1.0", docs_url="/docs", redoc_url=None)
+    app = FastAPI(
+        title="Ragyard", version="0.1.0", docs_url="/docs", redoc_url=None, lifespan=_lifespan(service_or_factory)
+    )
     if sla_policy is None and isinstance(service_or_factory, RagService) and service_or_factory.config.sla.enabled:
         cfg = service_or_factory.config
         sla_policy = PolicyStore(
             cfg.sla.policy_path, reload_interval_s=cfg.sla.reload_interval_s, models=[m.id for m in cfg.models]
         )
     app.state.service = ServiceHolder(service_or_factory)
+
     app.state.sla_policy = sla_policy
     for router in ROUTERS:
         app.include_router(router)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cache.response_cache import ResponseCache
+from core.capabilities import CHUNK_PRECOMPUTE
 from retrieval.documents import Passage
 from retrieval.generation import GenerationStats, ResponseFormat, SamplingParams, TokenLogprob
 from retrieval.policies.base import (
@@ -513,7 +514,54 @@ class RagService:
             self.close_span(req, record, error)
 
     async def ingest(self, docs: list[Any]) -> dict[str, Any]:
-        return await self.retriever.ingest(docs)
+        result = await self.retriever.ingest(docs)
+        changed = [*result.get("added", []), *result.get("updated", [])]
+        if changed:
+            # The workers compute the new chunks' KV in the background: the ingest never waits for it.
+            self._background(self.precompute_chunks(changed))
+        return result
+
+    def precompute_models(self) -> list[str]:
+        """The models whose engine computes chunk KV ahead and whose config asks for it."""
+        return [
+            m.id
+            for m in self.config.models
+            if m.chunk_cache.enabled and m.chunk_cache.precompute and CHUNK_PRECOMPUTE in m.capabilities
+        ]
+
+    async def precompute_chunks(self, doc_ids: list[str] | None = None) -> dict[str, Any]:
+        """Hand the chunks of these documents (None: every document) to each precomputing worker."""
+        models = [m for m in self.precompute_models() if m in self.workers]
+        if not models:
+            return {}
+        bodies = await self.retriever.chunk_bodies(doc_ids)
+        out: dict[str, Any] = {}
+        for mid in models:
+            try:
+                out[mid] = await self.workers[mid].precompute(bodies)
+            except Exception as exc:  # noqa: BLE001 - a worker that cannot take them computes on first sight
+                logger.warning("chunk KV precompute on %s failed: %s", mid, exc)
+        return out
+
+    async def warm_chunk_kv(self, *, attempts: int = 60, delay_s: float = 5.0) -> dict[str, Any]:
+        """At start-up: once the retriever answers (it indexes the bundled corpus first), queue every stored
+        chunk for the precomputing workers."""
+        if not self.precompute_models():
+            return {}
+        for _ in range(attempts):
+            try:
+                await self.retriever.ready()
+                return await self.precompute_chunks(None)
+            except Exception as exc:  # noqa: BLE001 - not up yet: try again
+                logger.debug("chunk KV warm-up waits for the retriever: %s", exc)
+                await asyncio.sleep(delay_s)
+        logger.warning("chunk KV warm-up gave up: the retriever did not answer")
+        return {}
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
 
     async def worker_metrics(self) -> list[str]:
         """The workers' engine metrics (vLLM's families) in Prometheus text form."""

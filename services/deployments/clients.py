@@ -29,6 +29,8 @@ class RetrieverClient(Protocol):
 
     async def ingest(self, docs: list[Document]) -> dict[str, Any]: ...
 
+    async def chunk_bodies(self, doc_ids: list[str] | None = None) -> list[str]: ...
+
     async def remove(self, doc_id: str, namespace: str | None = None) -> dict[str, Any]: ...
 
     async def documents(self, namespaces: list[str] | None = None, min_generation: int = 0) -> list[dict[str, Any]]: ...
@@ -70,6 +72,8 @@ class WorkerClient(Protocol):
     async def ready(self) -> dict[str, Any]: ...
 
     async def metrics_text(self) -> str: ...
+
+    async def precompute(self, texts: list[str]) -> dict[str, Any]: ...
 
 
 class RouterClient(Protocol):
@@ -151,6 +155,9 @@ class LocalRetriever:
     async def ingest(self, docs: list[Document]) -> dict[str, Any]:
         return await self.service.ingest(docs)
 
+    async def chunk_bodies(self, doc_ids: list[str] | None = None) -> list[str]:
+        return await self.service.chunk_bodies(doc_ids)
+
     async def remove(self, doc_id: str, namespace: str | None = None) -> dict[str, Any]:
         return await self.service.remove(doc_id, namespace)
 
@@ -209,6 +216,9 @@ class LocalWorker:
         # Same process: the engine's families are in this process's registry already.
         return str(self.worker.metrics_text(include_engine=False))
 
+    async def precompute(self, texts: list[str]) -> dict[str, Any]:
+        return dict(self.worker.precompute(texts))
+
 
 async def once_more(method: Any, *args: Any, **kwargs: Any) -> Any:
     """``method.remote(*args, **kwargs)``, sent again once when the replica that took it died or went away: Serve
@@ -243,6 +253,9 @@ class HandleRetriever:
 
     async def ingest(self, docs: list[Document]) -> dict[str, Any]:
         return await self.handle.ingest.remote(docs)
+
+    async def chunk_bodies(self, doc_ids: list[str] | None = None) -> list[str]:
+        return await once_more(self.handle.chunk_bodies, doc_ids)
 
     async def remove(self, doc_id: str, namespace: str | None = None) -> dict[str, Any]:
         return await self.handle.remove.remote(doc_id, namespace)
@@ -303,3 +316,8 @@ class HandleWorker:
     async def metrics_text(self) -> str:
         # One replica answers: with several replicas, each scrape shows the series of the one that answered.
         return await asyncio.wait_for(self.handle.metrics_text.remote(), timeout=5.0)
+
+    async def precompute(self, texts: list[str]) -> dict[str, Any]:
+        # One replica takes the texts (Serve's router picks it); with several replicas the others compute
+        # a chunk on its first sight, as before.
+        return await self.handle.precompute.remote(texts)

@@ -141,6 +141,10 @@ class RetrieverService:
         report = await asyncio.to_thread(self.retriever.ingest, docs)
         return report.as_dict()
 
+    async def chunk_bodies(self, doc_ids: list[str] | None = None) -> list[str]:
+        """The chunks of these documents (None: all) as prompts show them, for the workers' chunk-KV cache."""
+        return await asyncio.to_thread(self.retriever.chunk_bodies, doc_ids)
+
     async def remove(self, doc_id: str, namespace: str | None = None) -> dict[str, Any]:
         removed = await asyncio.to_thread(self.retriever.remove, doc_id, namespace)
         return {"id": doc_id, "deleted": removed, "generation": self.retriever.generation}

@@ -76,6 +76,14 @@ class Worker:
             parts.append(metrics_text())
         return "".join(parts)
 
+    def precompute(self, texts: list[str]) -> dict[str, Any]:
+        """Queue chunk texts for the engine to compute their KV in the background (llamacpp); returns at once.
+        Engines without ahead-of-time chunk KV say so and do nothing."""
+        precompute = getattr(self.engine, "precompute", None)
+        if precompute is None:
+            return {"queued": 0, "enabled": False}
+        return dict(precompute(texts))
+
     def prompt(self, messages: list[ChatMessage] | str, assistant_prefix: str = "") -> str:
         """The chat template's prompt; ``assistant_prefix`` is text the answer continues from. A string is
         a raw prompt (the completions API): the model continues it as it is."""

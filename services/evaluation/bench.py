@@ -71,6 +71,11 @@ def run_bench(what: str, config: AppConfig, args: argparse.Namespace) -> str:
         fractions += number_list(args.sweep, float, "--sweep") if args.sweep else []
         if any(not 0.0 <= f <= 1.0 for f in fractions):
             raise ValueError("--fraction and --sweep take fractions between 0 and 1")
+        if args.engine:
+            first = config.models[0].model_copy(update={"engine": args.engine})
+            config = config.model_copy(
+                update={"models": [type(first).model_validate(first.model_dump()), *config.models[1:]]}
+            )
         return bench_kvcache(
             config,
             args.data,
@@ -83,6 +88,27 @@ def run_bench(what: str, config: AppConfig, args: argparse.Namespace) -> str:
             seed=args.seed,
             vllm_prompts=0 if args.no_vllm else args.vllm_prompts,
             sweep=tuple(number_list(args.sweep, float, "--sweep")) if args.sweep else (),
+        )
+    if what == "engines":
+        from services.evaluation.bench_engines import ENGINES, bench_engines
+
+        if not args.data:
+            raise ValueError("bench engines needs --data FILE (repeatable)")
+        engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
+        unknown = set(engines) - set(ENGINES)
+        if unknown:
+            raise ValueError(f"--engines takes {', '.join(ENGINES)}; got {', '.join(sorted(unknown))}")
+        models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+        return bench_engines(
+            config,
+            args.data,
+            args.out,
+            models=models or ["qwen2.5-coder-0.5b-instruct"],
+            engines=engines,
+            limit=args.limit or 4,
+            max_tokens=args.max_tokens or 64,
+            threads=args.threads,
+            rss=not args.no_rss,
         )
     if what == "sla":
         from services.evaluation.bench_sla import MODES, bench_sla

@@ -232,6 +232,58 @@ def ensure_packaged(name: str, cache_dir: str | Path, *, entries: dict[str, Cata
     return target
 
 
+def ensure_gguf(name: str, cache_dir: str | Path, *, entries: dict[str, CatalogEntry] | None = None) -> Path:
+    """The assembled GGUF of a catalog model, for engines that read it as it is (llama.cpp).
+
+    A single part is used where it lies; several are joined once into ``<cache_dir>/models/<name>.gguf``.
+    Either way the sha256 is checked once and remembered in a marker beside the file (keyed by the parts'
+    sizes and mtimes), so a later start does not hash a gigabyte again."""
+    entry = catalog_entry(name, entries)
+    paths = part_paths(entry)
+    folder = Path(cache_dir).expanduser() / "models"
+    target = paths[0] if len(paths) == 1 else folder / f"{entry.name}.gguf"
+    marker = folder / f"{entry.name}.gguf.json"
+    stamp = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
+    if target.is_file():
+        try:
+            known = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            known = {}
+        if known.get("sha256") == entry.sha256 and known.get("parts") == stamp and target.stat().st_size == entry.size:
+            return target
+    with _convert_lock:
+        folder.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".assemble-{entry.name}-", dir=folder))
+        try:
+            gguf, sha = _assemble(entry, paths, work)
+            if gguf != paths[0]:
+                os.replace(gguf, target)
+            marker.write_text(json.dumps({"sha256": sha, "parts": stamp}) + "\n", encoding="utf-8")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def resolve_gguf(path: str | None, cache_dir: str | Path) -> Path:
+    """``package:<name>`` (or None: the packaged SmolLM2) → its checked GGUF; else a GGUF file's path."""
+    if path is None:
+        return ensure_gguf(DEFAULT_PACKAGED_MODEL, cache_dir)
+    if path.startswith(PACKAGE_PREFIX):
+        return ensure_gguf(path[len(PACKAGE_PREFIX) :], cache_dir)
+    resolved = Path(path).expanduser()
+    if resolved.is_dir():
+        found = sorted(resolved.glob("*.gguf"))
+        if len(found) != 1:
+            raise ConfigError(f"model path {resolved} must hold exactly one .gguf file for engine llamacpp")
+        resolved = found[0]
+    if not resolved.is_file():
+        raise ConfigError(f"model path {resolved} is not a GGUF file")
+    with resolved.open("rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise ConfigError(f"model path {resolved} is not a GGUF file (no GGUF magic)")
+    return resolved
+
+
 def _check_template(entry: CatalogEntry, folder: Path) -> None:
     text = ""
     for candidate in ("chat_template.jinja", "tokenizer_config.json"):

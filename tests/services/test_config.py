@@ -14,7 +14,8 @@ def test_defaults_are_valid() -> None:
     cfg = load_config({})
     assert cfg.server.host == "127.0.0.1"
     assert cfg.server.port == 8000
-    assert cfg.default_model.engine == "torch"
+    assert cfg.default_model.engine == "llamacpp" and cfg.default_model.chunk_cache.enabled
+    assert [m.engine for m in cfg.models] == ["llamacpp", "llamacpp"]
     assert cfg.cache.response_cache_url == "memory://"
 
 
@@ -47,7 +48,10 @@ def test_yaml_file_and_env_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyP
         ({"models": [{"chunk_cache": {"recompute_fraction": 1.5}}]}, "models.0.chunk_cache.recompute_fraction"),
         ({"models": [{"chunk_cache": {"eviction": "fifo"}}]}, "models.0.chunk_cache.eviction"),
         ({"models": [{"chunk_cache": {"memory_bytes": -1}}]}, "models.0.chunk_cache.memory_bytes"),
-        ({"models": [{"engine": "vllm", "chunk_cache": {"enabled": True}}]}, "chunk_cache runs on the torch engine"),
+        (
+            {"models": [{"engine": "vllm", "chunk_cache": {"enabled": True}}]},
+            "chunk_cache runs on the llamacpp or torch engine",
+        ),
     ],
 )
 def test_invalid_config_names_the_path(data: dict, fragment: str) -> None:

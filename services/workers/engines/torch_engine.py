@@ -1,4 +1,5 @@
-"""HF transformers on CPU or GPU: the embedded default engine.
+"""HF transformers on CPU or GPU: the engine of the research features (DRAGIN's attention signals, the
+self-draft, SpecDec++'s adaptive K, blended chunk KV by layer-1 deviation) and of operators' HF folders.
 
 The decode loop is ours rather than ``model.generate`` because the worker needs per-stage
 timings, stop strings applied to streamed text, fair interleaving of concurrent requests and,
@@ -7,25 +8,26 @@ in later work, direct access to the KV cache (chunk-KV reuse, speculative drafts
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Generator
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
 
 from retrieval.generation import (
     FinishReason,
     GenerationChunk,
-    GenerationResult,
     GenerationStats,
     SamplingParams,
     SignalResult,
-    collect,
 )
-from services.workers.engines.priority_lock import PriorityLock, run_with_priority
 from services.workers.engines.shaping import EnforcerTables, OutputShaper
+from services.workers.engines.stepping import (
+    SteppedEngine,
+    StopAwareDetokenizer,
+    emit_tokens,
+    last_chunk,
+    signal_tokens,
+)
 from services.workers.model_store import resolve_model_path
 from services.workers.spec.verify import sample_token
 from services.workers.text import TokenizerMixin
@@ -39,14 +41,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-# Threads for the decode steps of one engine: more than the requests a worker replica takes at once.
-STEP_THREADS = 64
-
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
-class TorchEngine(TokenizerMixin):
+class TorchEngine(SteppedEngine, TokenizerMixin):
     def __init__(self, config: ModelConfig, *, cache_dir: str) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -77,15 +75,7 @@ class TorchEngine(TokenizerMixin):
         self.chunk_reuse: ChunkReuse | None = None
         if config.chunk_cache.enabled:
             self.chunk_reuse = _build_chunk_reuse(config, self.model, self.tokenizer)
-        # One forward pass at a time: concurrent requests interleave step by step instead of
-        # fighting over the same cores, the highest priority (SLA tier) first.
-        self._lock = PriorityLock()
-        # The steps' threads. Each in-flight request's next step waits on the lock in a thread of its own:
-        # with asyncio's default pool (min(32, CPUs + 4) threads, 6 here) the steps queued first-come
-        # first-served in the pool before they ever reached the lock, so priority could not act, and a
-        # higher request's next step could be stuck behind lower ones holding every thread. Blocked
-        # threads cost nothing; the worker accepts 32 requests at a time (services/deployments/app.py).
-        self._steps = ThreadPoolExecutor(max_workers=STEP_THREADS, thread_name_prefix=f"torch-{config.id}")
+        self._start_steps(f"torch-{config.id}")
         logger.info("torch engine loaded %s from %s on %s", self.model_id, path, self.device)
 
     def iter_tokens(
@@ -176,7 +166,7 @@ class TorchEngine(TokenizerMixin):
         started = time.perf_counter()
         prompt_ids = self.encode(prompt)
         stats = GenerationStats(prompt_tokens=len(prompt_ids))
-        detok = _StopAwareDetokenizer(self.tokenizer, params.stop)
+        detok = StopAwareDetokenizer(self.tokenizer, params.stop)
         finish: FinishReason = "length"
         setup = (self.spec if params.speculative else None) if spec is True else (spec or None)
         shaper = (
@@ -206,33 +196,8 @@ class TorchEngine(TokenizerMixin):
             prompt_ids, params, spec=setup, spec_stats=spec_stats, prefilled=prefilled, shaper=shaper
         )
 
-        def piece(
-            text: str, finish: FinishReason | None = None, final: GenerationStats | None = None
-        ) -> GenerationChunk:
-            logprobs = shaper.take() if shaper is not None else None
-            return GenerationChunk(text, finish, final, stats.prompt_tokens, stats.completion_tokens, logprobs)
-
         try:
-            for token, spent in steps:
-                if stats.completion_tokens == 0 and stats.first_token is None:
-                    stats.ttft_s = time.perf_counter() - started
-                    stats.first_token = token
-                    stats.prefill_s = spent
-                    stats.queue_s = max(0.0, stats.ttft_s - spent)
-                else:
-                    stats.decode_s += spent
-                if token in self.eos_ids:
-                    finish = "stop"
-                    break
-                stats.completion_tokens += 1
-                delta, stopped = detok.push(token)
-                if stopped:
-                    finish = "stop"
-                    if delta:
-                        yield piece(delta)
-                    break
-                if delta:
-                    yield piece(delta)
+            finish = yield from emit_tokens(steps, detok, stats, self.eos_ids, started, shaper)
         finally:
             steps.close()
             if prefilled is not None and prefilled.after is not None:
@@ -242,55 +207,7 @@ class TorchEngine(TokenizerMixin):
                 self.chunk_reuse.store.flush_writes()
         if setup is not None and spec_stats is not None:
             stats.speculative = {**setup.describe(), **spec_stats.as_dict()}
-        last = piece(detok.flush() if finish == "length" or not detok.stopped else "", finish, stats)
-        last.prompt_tokens = last.completion_tokens = 0
-        yield last
-
-    async def stream(
-        self, prompt: str, params: SamplingParams, chunks: list[str] | None = None
-    ) -> AsyncIterator[GenerationChunk]:
-        it = self.stream_sync(prompt, params, chunks=chunks)
-        done = object()
-        step: asyncio.Future[Any] | None = None
-        try:
-            with self._lock.active(params.priority):
-                while True:
-                    # Each step runs in a thread: torch releases the GIL, the event loop keeps serving.
-                    step = asyncio.ensure_future(self._in_thread(params.priority, next, it, done))
-                    # Shielded: if the caller goes away mid-step, the step still ends before the generator
-                    # closes.
-                    chunk: Any = await asyncio.shield(step)
-                    step = None
-                    if chunk is done:
-                        return
-                    yield chunk
-        finally:
-            if step is not None and not step.done():
-                # A thread is inside the generator: close it once that step returns (closing it now raises
-                # "generator already executing" and leaves it open).
-                step.add_done_callback(lambda _f: asyncio.ensure_future(self._in_thread(0, it.close)))
-            else:
-                it.close()
-
-    async def generate(self, prompt: str, params: SamplingParams, chunks: list[str] | None = None) -> GenerationResult:
-        return await collect(self.stream(prompt, params, chunks))
-
-    def generate_sync(
-        self,
-        prompt: str,
-        params: SamplingParams,
-        *,
-        spec: SpecSetup | None | bool = True,
-        chunks: list[str] | None = None,
-        reuse: ReuseMode | None = None,
-        fraction: float | None = None,
-    ) -> GenerationResult:
-        parts, last = [], None
-        for chunk in self.stream_sync(prompt, params, spec=spec, chunks=chunks, reuse=reuse, fraction=fraction):
-            parts.append(chunk.text)
-            last = chunk
-        assert last is not None and last.finish_reason is not None
-        return GenerationResult("".join(parts), last.finish_reason, last.stats or GenerationStats())
+        yield last_chunk(detok, finish, stats, shaper)
 
     def generate_with_signals_sync(self, prompt: str, params: SamplingParams) -> SignalResult:
         import torch
@@ -298,36 +215,15 @@ class TorchEngine(TokenizerMixin):
         started = time.perf_counter()
         prompt_ids = self.encode(prompt)
         entropies: list[float] = []
-        ids: list[int] = []
         stats = GenerationStats(prompt_tokens=len(prompt_ids))
-        finish: FinishReason = "length"
-        detok = _StopAwareDetokenizer(self.tokenizer, params.stop)
+        detok = StopAwareDetokenizer(self.tokenizer, params.stop)
         # DRAGIN's passes are unconstrained (the policy asks with plain params); penalties still apply.
         shaper = OutputShaper(params.plain(), self.tokenizer, None, self.eos_ids) if params.penalised else None
         steps = self.iter_tokens(prompt_ids, params, entropies, shaper=shaper)
-        text_parts: list[str] = []
         try:
-            for token, spent in steps:
-                if not ids and stats.completion_tokens == 0:
-                    stats.ttft_s = time.perf_counter() - started
-                    stats.prefill_s = spent
-                else:
-                    stats.decode_s += spent
-                if token in self.eos_ids:
-                    finish = "stop"
-                    entropies.pop()
-                    break
-                ids.append(token)
-                stats.completion_tokens += 1
-                delta, stopped = detok.push(token)
-                text_parts.append(delta)
-                if stopped:
-                    finish = "stop"
-                    break
+            ids, text, finish = signal_tokens(steps, detok, stats, self.eos_ids, entropies, started)
         finally:
             steps.close()
-        if finish == "length" or not detok.stopped:
-            text_parts.append(detok.flush())
         attention = None
         if ids:
             # The decode loop runs SDPA, which cannot return attention weights; one eager pass over
@@ -346,7 +242,7 @@ class TorchEngine(TokenizerMixin):
                 stats.decode_s += time.perf_counter() - start
         tokens = [str(self.tokenizer.decode([t])) for t in prompt_ids + ids]
         return SignalResult(
-            text="".join(text_parts),
+            text=text,
             finish_reason=finish,
             token_ids=ids,
             tokens=tokens,
@@ -356,15 +252,6 @@ class TorchEngine(TokenizerMixin):
             stats=stats,
         )
 
-    async def generate_with_signals(self, prompt: str, params: SamplingParams) -> SignalResult:
-        with self._lock.active(params.priority):
-            return await self._in_thread(params.priority, self.generate_with_signals_sync, prompt, params)
-
-    async def _in_thread(self, priority: int, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on one of the engine's step threads, its lock acquisitions at ``priority``."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._steps, functools.partial(run_with_priority, priority, fn, *args))
-
     def close(self) -> None:
         self._steps.shutdown(wait=False, cancel_futures=True)
         if self.chunk_reuse is not None:
@@ -373,17 +260,14 @@ class TorchEngine(TokenizerMixin):
 
 
 def _build_chunk_reuse(config: ModelConfig, model: Any, tokenizer: Any) -> ChunkReuse:
-    import os
-
-    from cache.backends import open_backend
+    from cache.backends import chunk_cache_backend
     from cache.chunk_kv import model_fingerprint
     from cache.chunk_reuse import ChunkReuse
     from cache.kv_blend import UnsupportedModelError
     from services.errors import ConfigError
 
     cc = config.chunk_cache
-    url = cc.backend_url or os.environ.get("REDIS_URL") or None
-    backend = open_backend(url) if url and not url.startswith("memory:") else None
+    backend = chunk_cache_backend(cc.backend_url)
     try:
         return ChunkReuse(
             model,
@@ -393,66 +277,8 @@ def _build_chunk_reuse(config: ModelConfig, model: Any, tokenizer: Any) -> Chunk
             policy=cc.eviction,
             backend=backend,
             ttl_s=cc.ttl_s,
-            recompute_fraction=cc.recompute_fraction,
+            recompute_fraction=0.15 if cc.recompute_fraction is None else cc.recompute_fraction,
             min_chunk_tokens=cc.min_chunk_tokens,
         )
     except UnsupportedModelError as exc:
         raise ConfigError(f"models[{config.id}].chunk_cache: {exc}") from exc
-
-
-class _StopAwareDetokenizer:
-    """Turns token ids into text deltas, holding back text that may still become a stop string.
-
-    Decoding the whole completion each step keeps multi-byte characters split across tokens
-    intact (a trailing U+FFFD means "wait for the next token").
-    """
-
-    def __init__(self, tokenizer: Any, stop: tuple[str, ...]) -> None:
-        self.tokenizer = tokenizer
-        self.stop = tuple(s for s in stop if s)
-        self.ids: list[int] = []
-        self.emitted = 0
-        self.stopped = False
-
-    def _text(self) -> str:
-        return str(self.tokenizer.decode(self.ids, skip_special_tokens=True))
-
-    def push(self, token: int) -> tuple[str, bool]:
-        self.ids.append(token)
-        text = self._text()
-        if text.endswith("\ufffd"):
-            return "", False
-        if self.stop:
-            # A stop string may straddle earlier text: search from the oldest place it could begin.
-            longest = max(len(s) for s in self.stop)
-            window_start = max(0, self.emitted - longest)
-            hits = [p for p in (text.find(s, window_start) for s in self.stop) if p != -1]
-            if hits:
-                cut = min(hits)
-                self.stopped = True
-                delta = text[self.emitted : cut] if cut > self.emitted else ""
-                self.emitted = max(self.emitted, cut)
-                return delta, True
-            hold = self._held_suffix(text)
-            safe_end = len(text) - hold
-        else:
-            safe_end = len(text)
-        delta = text[self.emitted : safe_end] if safe_end > self.emitted else ""
-        self.emitted = max(self.emitted, safe_end)
-        return delta, False
-
-    def _held_suffix(self, text: str) -> int:
-        """Length of the longest suffix of ``text`` that begins some stop string."""
-        best = 0
-        for s in self.stop:
-            for n in range(min(len(s) - 1, len(text)), 0, -1):
-                if text.endswith(s[:n]):
-                    best = max(best, n)
-                    break
-        return best
-
-    def flush(self) -> str:
-        text = self._text().rstrip("\ufffd")
-        delta = text[self.emitted :]
-        self.emitted = len(text)
-        return delta

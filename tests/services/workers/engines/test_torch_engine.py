@@ -7,7 +7,7 @@ import pytest
 
 from retrieval.generation import ChatMessage, SamplingParams
 from services.errors import InvalidRequestError
-from services.workers.engines.torch_engine import _StopAwareDetokenizer
+from services.workers.engines.stepping import StopAwareDetokenizer
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 
@@ -81,7 +81,7 @@ class _CharTokenizer:
 
 @pytest.mark.unit
 def test_detokenizer_holds_back_partial_stop_strings() -> None:
-    d = _StopAwareDetokenizer(_CharTokenizer(), ("END",))
+    d = StopAwareDetokenizer(_CharTokenizer(), ("END",))
     out = [d.push(ord(c)) for c in "abEN"]
     assert "".join(t for t, _ in out) == "ab"  # "EN" could begin "END"
     assert d.push(ord("x")) == ("ENx", False)
@@ -94,7 +94,7 @@ def test_detokenizer_holds_back_partial_stop_strings() -> None:
 
 @pytest.mark.unit
 def test_detokenizer_flush_releases_held_text() -> None:
-    d = _StopAwareDetokenizer(_CharTokenizer(), ("END",))
+    d = StopAwareDetokenizer(_CharTokenizer(), ("END",))
     for c in "hiE":
         d.push(ord(c))
     assert d.flush() == "E"

@@ -1,0 +1,495 @@
+"""Chunk-KV reuse on llama.cpp: stored per-sequence states of chunks, placed at their positions in a new
+prompt, with the first tokens of each chunk recomputed; chunk states computed ahead, in the background.
+
+A stored chunk is the KV of its tokens computed once after the engine's canonical passage prefix (the chat
+template's system prompt and "Passages: [1]"), saved with ``llama_state_seq_get_data`` and keyed by the
+engine's fingerprint and its token ids, so any prompt that holds the same chunk text can use it, whatever
+its own prefix. A prompt is assembled left to right in its request's sequence:
+
+* the prompt's own prefix (everything before the first chunk) is an exact entry of its own;
+* for each chunk, the separator before it and the chunk's first ``ceil(fraction * n)`` tokens are decoded
+  fresh (they see everything before them, as in a full prefill), and the stored KV of the rest is restored
+  into a scratch sequence, shifted to its place (llama.cpp re-rotates the keys' RoPE on the next decode)
+  and copied into the request's sequence;
+* the question is decoded last and gives the first token's logits.
+
+Which tokens are recomputed differs from the torch path: there the tokens whose layer-1 KV deviates most
+are picked (CacheBlend), which needs the model run layer by layer; llama.cpp runs whole forwards and
+requires each sequence's new positions to follow its last one, so the recomputed tokens are a contiguous
+run at the start of each chunk. That is EPIC's choice (Hu et al. 2024, "LegoLink": a chunk computed alone
+turns its first tokens into attention sinks, and recomputing those few restores most of the accuracy).
+Fraction 1 recomputes every chunk token: the same KV as a full prefill.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from cache.chunk_kv import LOOKUPS, TOKENS, ChunkKVStore, Lookup, chunk_key
+from cache.chunk_reuse import Span, locate_chunks
+from cache.chunk_state import ChunkState, StateCodec
+from core.metrics import counter, gauge
+from retrieval.generation import ChatMessage
+from retrieval.prompts import SYSTEM_RAG
+from services.workers.engines.priority_lock import run_with_priority
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from cache.base import KVBackend
+    from cache.eviction import EvictionPolicy
+    from services.config import ModelConfig
+    from services.workers.engines.llamacpp_engine import LlamaCppEngine
+
+logger = logging.getLogger(__name__)
+
+from cache.chunk_kv import REGISTRY  # noqa: E402 - the chunk-KV families share one registry
+
+PRECOMPUTED = counter(
+    "ragyard_chunk_kv_precompute_total",
+    "Chunks handed to the background KV computation, by outcome (computed, present, over_budget, failed).",
+    ["result"],
+    registry=REGISTRY,
+)
+PENDING = gauge("ragyard_chunk_kv_precompute_pending", "Chunks waiting for their KV to be computed.", registry=REGISTRY)
+
+# Background work runs below every SLA tier (their priorities are 0..100).
+BACKGROUND_PRIORITY = -1
+# Tokens of a chunk decoded per lock hold in the background, so a request's step waits little.
+BACKGROUND_PIECE = 64
+MAX_PENDING = 100_000
+# The first 5% of each chunk's tokens: `bench kvcache --engine llamacpp` (README) measured F1 within a point of
+# full prefill at 3.4x its TTFT, where 15% bought no F1 within that run's noise at 2.5x.
+DEFAULT_FRACTION = 0.05
+_SENTINEL = "Ragyard sentinel passage."
+
+
+@dataclass
+class LlamaPrefill:
+    logits: np.ndarray
+    seconds: float
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+class LlamaChunkReuse:
+    def __init__(
+        self,
+        engine: LlamaCppEngine,
+        *,
+        memory_bytes: int,
+        policy: EvictionPolicy = "craft",
+        backend: KVBackend | None = None,
+        ttl_s: int | None = None,
+        recompute_fraction: float = 0.05,
+        min_chunk_tokens: int = 8,
+        precompute: bool = True,
+        precompute_bytes: int | None = None,
+    ) -> None:
+        self.engine = engine
+        self.rt = engine.runtime
+        self.fingerprint = engine.fingerprint
+        self.recompute_fraction = recompute_fraction
+        self.min_chunk_tokens = min_chunk_tokens
+        self.store = ChunkKVStore(
+            model=self.fingerprint,
+            memory_bytes=memory_bytes,
+            policy=policy,
+            backend=backend,
+            ttl_s=ttl_s,
+            codec=StateCodec(),
+        )
+        self.precompute_enabled = precompute
+        self.precompute_bytes = memory_bytes if precompute_bytes is None else precompute_bytes
+        # The canonical prompt: where stored chunks are computed (their KV saw this prefix).
+        self._canon_before, self._canon_after = self._canonical_template()
+        ids, spans = self.tokenize(self._canon_before + _SENTINEL + self._canon_after, [_SENTINEL], min_tokens=1)
+        if not spans:
+            raise RuntimeError("the canonical passage prompt does not tokenize around its chunk")
+        self.canonical_ids = ids[: spans[0].start]
+        self._canonical_state: bytes | None = None
+        self._queue: collections.deque[list[int]] = collections.deque()
+        self._queued_keys: set[str] = set()
+        self._cond = threading.Condition()
+        self._stop = False
+        self.progress = {"queued": 0, "computed": 0, "present": 0, "over_budget": 0, "failed": 0}
+        self._thread = threading.Thread(target=self._work, name=f"chunk-kv-{engine.model_id}", daemon=True)
+        self._thread.start()
+
+    def _canonical_template(self) -> tuple[str, str]:
+        messages = [
+            ChatMessage(role="system", content=SYSTEM_RAG),
+            ChatMessage(role="user", content=f"Passages:\n[1] {_SENTINEL}\n\nQuestion: ?"),
+        ]
+        text = self.engine.render_chat(messages)
+        at = text.index(_SENTINEL)
+        return text[:at], text[at + len(_SENTINEL) :]
+
+    def describe(self) -> dict[str, Any]:
+        with self._cond:
+            pending = len(self._queue)
+        return {
+            "engine": "llamacpp",
+            "recompute_fraction": self.recompute_fraction,
+            "recompute": "first tokens of each chunk (EPIC)",
+            "memory_bytes": self.store.memory.capacity,
+            "memory_used_bytes": self.store.memory.used_bytes,
+            "entries": len(self.store.memory),
+            "eviction": self.store.memory.policy,
+            "backend": self.store.backend_tier,
+            "precompute": {
+                "enabled": self.precompute_enabled,
+                "budget_bytes": self.precompute_bytes,
+                "pending": pending,
+                **self.progress,
+            },
+        }
+
+    # -- tokens -----------------------------------------------------------------------------------
+
+    def tokenize(
+        self, prompt: str, chunks: list[str], *, min_tokens: int | None = None
+    ) -> tuple[list[int], list[Span]]:
+        """The prompt's ids (as a plain prefill sees them) and each chunk's token span in them. Offsets come
+        from the tokens' bytes; latin-1 gives a string with one character per byte to search in."""
+        ids = self.rt.tokenize(prompt)
+        data = prompt.encode("utf-8")
+        offsets: list[tuple[int, int]] = []
+        at = 0
+        for t in ids:
+            n = len(self.rt.piece(t))
+            offsets.append((at, at + n))
+            at += n
+        if at != len(data):
+            return ids, []  # the pieces do not spell the prompt back: reuse nothing rather than misplace KV
+        as_bytes = data.decode("latin-1")
+        texts = [c.encode("utf-8").decode("latin-1") for c in chunks]
+        spans = locate_chunks(as_bytes, offsets, texts, self.min_chunk_tokens if min_tokens is None else min_tokens)
+        return ids, spans
+
+    def _chunk_key(self, chunk_ids: list[int]) -> str:
+        return chunk_key(self.fingerprint, self.canonical_ids, chunk_ids)
+
+    # -- computing a chunk's state (caller holds the engine lock, except in the background) ----------
+
+    def _canonical(self) -> bytes:
+        if self._canonical_state is None:
+            seq = self.engine.ingest_seq
+            self.rt.seq_rm(seq)
+            self.rt.decode(seq, self.canonical_ids, 0)
+            self._canonical_state = self.rt.save(seq)
+            self.rt.seq_rm(seq)
+        return self._canonical_state
+
+    def _compute(self, chunk_ids: list[int], *, background: bool = False) -> ChunkState:
+        """The chunk's KV after the canonical prefix, in the ingest sequence; only its cells are saved.
+        ``background``: the engine lock is taken per piece of the chunk (the caller holds none)."""
+        started = time.perf_counter()
+        seq = self.engine.ingest_seq
+        lock = self.engine._lock
+        p = len(self.canonical_ids)
+        piece = BACKGROUND_PIECE if background else len(chunk_ids)
+        try:
+            for at in range(0, len(chunk_ids), piece):
+                held = lock if background else None
+                if held is not None:
+                    held.acquire()
+                try:
+                    if at == 0 and not self.rt.restore(seq, self._canonical()):
+                        raise RuntimeError("llama.cpp refused the canonical prefix state")
+                    self.rt.decode(seq, chunk_ids[at : at + piece], p + at)
+                finally:
+                    if held is not None:
+                        held.release()
+            if background:
+                lock.acquire()
+            try:
+                self.rt.seq_rm(seq, 0, p)
+                blob = self.rt.save(seq)
+            finally:
+                self.rt.seq_rm(seq)
+                if background:
+                    lock.release()
+        except BaseException:
+            if background:
+                with lock:
+                    self.rt.seq_rm(seq)
+            raise
+        key = self._chunk_key(chunk_ids)
+        return ChunkState(key, self.fingerprint, list(chunk_ids), p, blob, time.perf_counter() - started)
+
+    # -- prefill ----------------------------------------------------------------------------------
+
+    def prefetch(self, prompt: str, chunks: list[str]) -> tuple[list[int], list[Span], dict[str, Lookup]]:
+        """Tokenize and look every entry up in every tier, before the engine lock (a slow Redis delays
+        this request alone)."""
+        ids, spans = self.tokenize(prompt, chunks)
+        found: dict[str, Lookup] = {}
+        if spans:
+            prefix_ids = ids[: spans[0].start]
+            found[chunk_key(self.fingerprint, [], prefix_ids)] = self.store.get(
+                chunk_key(self.fingerprint, [], prefix_ids), prefix_ids
+            )
+            for s in spans:
+                cid = ids[s.start : s.end]
+                found[self._chunk_key(cid)] = self.store.get(self._chunk_key(cid), cid)
+        return ids, spans, found
+
+    def prefill(
+        self,
+        seq: int,
+        ids: list[int],
+        spans: list[Span],
+        fetched: dict[str, Lookup],
+        *,
+        fraction: float | None = None,
+        mode: str = "blend",
+    ) -> LlamaPrefill | None:
+        """Assemble ``ids`` in sequence ``seq`` from stored states (caller holds the engine lock).
+        None when the prompt holds no stored-size chunk (the plain prefill runs). ``mode`` prefix: only the
+        prompt's stored prefix is reused, everything after it computed (what prefix caching gives)."""
+        if not spans:
+            return None
+        started = time.perf_counter()
+        fraction = self.recompute_fraction if fraction is None else fraction
+        rt, scratch = self.rt, self.engine.scratch_seq
+        tiers = {"memory": 0, "redis": 0}
+        misses: list[list[int]] = []
+        bytes_read = sum(f.bytes_read for f in fetched.values())
+        computed = 0
+        recomputed = 0
+        reused = 0
+        logits = None
+        rt.seq_rm(seq)
+        # The prompt's own prefix: an exact entry at position 0.
+        prefix_ids = ids[: spans[0].start]
+        prefix_key = chunk_key(self.fingerprint, [], prefix_ids)
+        hit = fetched.get(prefix_key)
+        prefix_tier = "miss"
+        if hit is not None and hit.entry is not None and rt.restore(seq, hit.entry.blob):
+            prefix_tier = hit.tier
+        else:
+            logits = rt.decode(seq, prefix_ids, 0)
+            computed += len(prefix_ids)
+            saved = rt.save(seq)
+            self.store.put(ChunkState(prefix_key, self.fingerprint, list(prefix_ids), 0, saved), defer=True)
+        pos = len(prefix_ids)
+        for s in spans if mode == "blend" else []:
+            sep = ids[pos : s.start]
+            cid = ids[s.start : s.end]
+            entry = fetched.get(self._chunk_key(cid))
+            if entry is None or entry.entry is None:
+                entry = self.store.get(self._chunk_key(cid), cid, local=True)
+            if entry.entry is None:
+                # Not stored: computed in place (exact), its stored form queued for the background.
+                logits = rt.decode(seq, sep + cid, pos)
+                computed += len(sep) + len(cid)
+                misses.append(cid)
+                pos = s.end
+                continue
+            r = min(len(cid), math.ceil(fraction * len(cid))) if fraction > 0 else 0
+            fresh = sep + cid[:r]
+            if fresh:
+                logits = rt.decode(seq, fresh, pos)
+            computed += len(sep)
+            recomputed += r
+            if r < len(cid):
+                state: ChunkState = entry.entry
+                if not rt.restore(scratch, state.blob):
+                    # llama.cpp refused the blob (another build's layout slipped past the fingerprint):
+                    # drop it and compute the rest of the chunk in place.
+                    LOOKUPS.labels(entry.tier, "corrupt").inc()
+                    self.store.memory.remove(state.key)
+                    logits = rt.decode(seq, cid[r:], s.start + r)
+                    computed += len(cid) - r
+                    misses.append(cid)
+                    pos = s.end
+                    continue
+                base = state.base
+                rt.seq_rm(scratch, base, base + r)
+                rt.seq_add(scratch, base + r, base + len(cid), s.start - base)
+                rt.seq_cp(scratch, seq)
+                rt.seq_rm(scratch)
+                reused += len(cid) - r
+            tiers[entry.tier] = tiers.get(entry.tier, 0) + 1
+            pos = s.end
+        tail = ids[pos:]
+        if tail:
+            logits = rt.decode(seq, tail, pos)
+            computed += len(tail)
+        assert logits is not None, "a prompt ends with the question after its chunks"
+        low, high = rt.pos_range(seq)
+        if (low, high) != (0, len(ids) - 1):
+            raise RuntimeError(f"assembled sequence spans {low}..{high}, expected 0..{len(ids) - 1}")
+        done = time.perf_counter()
+        TOKENS.labels("reused").inc(reused)
+        TOKENS.labels("recomputed").inc(recomputed)
+        TOKENS.labels("computed").inc(computed)
+        if misses and self.precompute_enabled:
+            self._enqueue_ids(misses)
+        chunk_tokens = sum(s.end - s.start for s in spans)
+        return LlamaPrefill(
+            logits,
+            done - started,
+            {
+                "mode": mode,
+                "engine": "llamacpp",
+                "prompt_tokens": len(ids),
+                "chunks": len(spans),
+                "chunk_hits": tiers,
+                "chunk_misses": len(misses) if mode == "blend" else len(spans),
+                "prefix": prefix_tier,
+                "chunk_tokens": chunk_tokens,
+                "chunk_tokens_reused": reused,
+                "chunk_tokens_recomputed": recomputed,
+                "recomputed_share": round(recomputed / chunk_tokens, 4) if chunk_tokens else 0.0,
+                "tokens_computed": len(ids) - reused,
+                "recompute_fraction": round(fraction, 4),
+                "bytes_read": bytes_read,
+                "prefill_s": round(done - started, 6),
+            },
+        )
+
+    # -- ahead of time --------------------------------------------------------------------------
+
+    def warm(self, prompt: str, chunks: list[str]) -> dict[str, int]:
+        """Store this prompt's prefix and chunk states now, in the calling thread (benchmarks, tests)."""
+        ids, spans = self.tokenize(prompt, chunks)
+        counts = {"chunks": len(spans), "computed": 0}
+        if not spans:
+            return counts
+        prefix_ids = ids[: spans[0].start]
+        prefix_key = chunk_key(self.fingerprint, [], prefix_ids)
+        lock = self.engine._lock
+        if self.store.get(prefix_key, prefix_ids).entry is None:
+            seq = self.engine.ingest_seq
+            with lock:
+                started = time.perf_counter()
+                self.rt.seq_rm(seq)
+                self.rt.decode(seq, prefix_ids, 0)
+                state = self.rt.save(seq)
+                self.rt.seq_rm(seq)
+            took = time.perf_counter() - started
+            self.store.put(ChunkState(prefix_key, self.fingerprint, list(prefix_ids), 0, state, took))
+            counts["computed"] += 1
+        for s in spans:
+            cid = ids[s.start : s.end]
+            key = self._chunk_key(cid)
+            if self.store.get(key, cid).entry is None:
+                with lock:
+                    entry = self._compute(cid)
+                self.store.put(entry)
+                counts["computed"] += 1
+        return counts
+
+    def drop_from_memory(self, prompt: str, chunks: list[str]) -> int:
+        """Take this prompt's prefix and chunk entries out of the memory tier (the next lookups go to the
+        shared tier); returns how many were there."""
+        ids, spans = self.tokenize(prompt, chunks)
+        if not spans:
+            return 0
+        keys = [chunk_key(self.fingerprint, [], ids[: spans[0].start])]
+        keys += [self._chunk_key(ids[s.start : s.end]) for s in spans]
+        return sum(self.store.memory.remove(k) for k in keys)
+
+    def chunk_ids(self, text: str) -> list[int] | None:
+        """The ids ``text`` has as a passage in a prompt (None: too short to store)."""
+        ids, spans = self.tokenize(self._canon_before + text + self._canon_after, [text])
+        if not spans:
+            return None
+        return ids[spans[0].start : spans[0].end]
+
+    def enqueue(self, texts: list[str]) -> dict[str, Any]:
+        """Queue chunk texts for the background; returns at once."""
+        if not self.precompute_enabled:
+            return {"queued": 0, "enabled": False}
+        found = [cid for cid in (self.chunk_ids(t) for t in texts) if cid is not None]
+        return {"queued": self._enqueue_ids(found), "enabled": True}
+
+    def _enqueue_ids(self, items: list[list[int]]) -> int:
+        added = 0
+        with self._cond:
+            for cid in items:
+                key = self._chunk_key(cid)
+                if key in self._queued_keys or len(self._queue) >= MAX_PENDING:
+                    continue
+                self._queued_keys.add(key)
+                self._queue.append(cid)
+                added += 1
+            self.progress["queued"] += added
+            PENDING.set(len(self._queue))
+            self._cond.notify()
+        return added
+
+    def _work(self) -> None:
+        run_with_priority(BACKGROUND_PRIORITY, self._loop)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                cid = self._queue.popleft()
+                PENDING.set(len(self._queue))
+            key = self._chunk_key(cid)
+            try:
+                result = self._precompute_one(key, cid)
+            except Exception:  # noqa: BLE001 - one chunk's failure must not stop the rest
+                logger.exception("background chunk KV failed")
+                result = "failed"
+            finally:
+                with self._cond:
+                    self._queued_keys.discard(key)
+            self.progress[result] += 1
+            PRECOMPUTED.labels(result).inc()
+
+    def _precompute_one(self, key: str, cid: list[int]) -> str:
+        if self.store.get(key, cid).entry is not None:
+            return "present"
+        if self.store.memory.used_bytes >= self.precompute_bytes:
+            return "over_budget"
+        entry = self._compute(cid, background=True)
+        self.store.put(entry)
+        return "computed"
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until the background queue is empty and nothing is being computed (tests, benchmarks)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._cond:
+                if not self._queue and not self._queued_keys:
+                    return True
+            time.sleep(0.05)
+        return False
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._queue.clear()
+            self._cond.notify_all()
+        self._thread.join(timeout=30)
+        self.store.close()
+
+
+def build_chunk_reuse(engine: LlamaCppEngine, config: ModelConfig) -> LlamaChunkReuse:
+    from cache.backends import chunk_cache_backend
+
+    cc = config.chunk_cache
+    return LlamaChunkReuse(
+        engine,
+        memory_bytes=cc.memory_bytes,
+        policy=cc.eviction,
+        backend=chunk_cache_backend(cc.backend_url),
+        ttl_s=cc.ttl_s,
+        recompute_fraction=DEFAULT_FRACTION if cc.recompute_fraction is None else cc.recompute_fraction,
+        min_chunk_tokens=cc.min_chunk_tokens,
+        precompute=cc.precompute,
+        precompute_bytes=cc.precompute_bytes,
+    )
