@@ -13,6 +13,10 @@ its own prefix. A prompt is assembled left to right in its request's sequence:
   and copied into the request's sequence;
 * the question is decoded last and gives the first token's logits.
 
+Chunks are computed ahead in a background thread (documents at ingest, the corpus at start, and chunks a
+prompt had to compute in place), in the engine's idle time: while any request holds a sequence it waits, and
+a piece of a chunk at a time takes the step lock below every SLA tier.
+
 Which tokens are recomputed differs from the torch path: there the tokens whose layer-1 KV deviates most
 are picked (CacheBlend), which needs the model run layer by layer; llama.cpp runs whole forwards and
 requires each sequence's new positions to follow its last one, so the recomputed tokens are a contiguous
@@ -63,6 +67,7 @@ PENDING = gauge("ragyard_chunk_kv_precompute_pending", "Chunks waiting for their
 BACKGROUND_PRIORITY = -1
 # Tokens of a chunk decoded per lock hold in the background, so a request's step waits little.
 BACKGROUND_PIECE = 64
+IDLE_POLL_S = 0.05
 MAX_PENDING = 100_000
 # The first 5% of each chunk's tokens: `bench kvcache --engine llamacpp` (README) measured F1 within a point of
 # full prefill at 3.4x its TTFT, where 15% bought no F1 within that run's noise at 2.5x.
@@ -198,6 +203,10 @@ class LlamaChunkReuse:
             for at in range(0, len(chunk_ids), piece):
                 held = lock if background else None
                 if held is not None:
+                    # Idle time only: while a request is answered, its steps get the cores (a piece that
+                    # already runs ends within a fraction of a second).
+                    while self.engine.busy and not self._stop:
+                        time.sleep(IDLE_POLL_S)
                     held.acquire()
                 try:
                     if at == 0 and not self.rt.restore(seq, self._canonical()):

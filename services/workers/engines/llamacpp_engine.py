@@ -86,8 +86,13 @@ class _Slots:
     """The context's request sequences: a request holds one while it runs (its KV lives there)."""
 
     def __init__(self, n: int) -> None:
+        self.n = n
         self._free = list(range(n))
         self._cond = threading.Condition()
+
+    @property
+    def in_use(self) -> int:
+        return self.n - len(self._free)
 
     def acquire(self) -> int:
         with self._cond:
@@ -381,6 +386,11 @@ class LlamaCppEngine(SteppedEngine, TokenizerMixin):
             attention=None,
             stats=stats,
         )
+
+    @property
+    def busy(self) -> bool:
+        """Whether a request is being answered (background work waits until none is)."""
+        return self._slots.in_use > 0
 
     def precompute(self, texts: list[str]) -> dict[str, Any]:
         """Queue chunk texts for their KV to be computed in the background (ingest); never waits."""
