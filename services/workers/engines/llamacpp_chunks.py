@@ -57,11 +57,13 @@ from cache.chunk_kv import REGISTRY  # noqa: E402 - the chunk-KV families share 
 
 PRECOMPUTED = counter(
     "ragyard_chunk_kv_precompute_total",
-    "Chunks handed to the background KV computation, by outcome (computed, present, over_budget, failed).",
-    ["result"],
+    "Chunks handed to the background KV computation, by model and outcome (computed, present, over_budget, failed).",
+    ["model", "result"],
     registry=REGISTRY,
 )
-PENDING = gauge("ragyard_chunk_kv_precompute_pending", "Chunks waiting for their KV to be computed.", registry=REGISTRY)
+PENDING = gauge(
+    "ragyard_chunk_kv_precompute_pending", "Chunks waiting for their KV to be computed.", ["model"], registry=REGISTRY
+)
 
 # Background work runs below every SLA tier (their priorities are 0..100).
 BACKGROUND_PRIORITY = -1
@@ -431,7 +433,7 @@ class LlamaChunkReuse:
                 self._queue.append(cid)
                 added += 1
             self.progress["queued"] += added
-            PENDING.set(len(self._queue))
+            PENDING.labels(self.engine.model_id).set(len(self._queue))
             self._cond.notify()
         return added
 
@@ -446,7 +448,7 @@ class LlamaChunkReuse:
                 if self._stop:
                     return
                 cid = self._queue.popleft()
-                PENDING.set(len(self._queue))
+                PENDING.labels(self.engine.model_id).set(len(self._queue))
             key = self._chunk_key(cid)
             try:
                 result = self._precompute_one(key, cid)
@@ -457,7 +459,7 @@ class LlamaChunkReuse:
                 with self._cond:
                     self._queued_keys.discard(key)
             self.progress[result] += 1
-            PRECOMPUTED.labels(result).inc()
+            PRECOMPUTED.labels(self.engine.model_id, result).inc()
 
     def _precompute_one(self, key: str, cid: list[int]) -> str:
         if self.store.get(key, cid).entry is not None:
