@@ -78,10 +78,11 @@ def bench_spec(
     check_arguments(ks, drafters, thresholds)
     if vllm_k < 1:
         raise ValueError("--vllm-k needs a positive candidate length")
+    if config.default_model.engine != "torch":
+        # The drafters, the verify widths and the acceptance predictors are the torch engine's.
+        raise ValueError("bench spec measures the torch engine; configure models[0].engine: torch")
     evaluator = Evaluator(config)
     engine: Any = evaluator.worker.engine
-    if not hasattr(engine, "iter_tokens"):
-        raise ValueError("bench spec measures the torch engine; configure models[0].engine: torch")
     calib_prompts: list[str] = []
     test_prompts: list[str] = []
     for path in data:
