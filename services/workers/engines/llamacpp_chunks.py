@@ -27,10 +27,8 @@ Fraction 1 recomputes every chunk token: the same KV as a full prefill.
 
 from __future__ import annotations
 
-import collections
 import logging
 import math
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -38,10 +36,9 @@ from typing import TYPE_CHECKING, Any
 from cache.chunk_kv import LOOKUPS, TOKENS, ChunkKVStore, Lookup, chunk_key
 from cache.chunk_reuse import Span, locate_chunks
 from cache.chunk_state import ChunkState, StateCodec
-from core.metrics import counter, gauge
 from retrieval.generation import ChatMessage
 from retrieval.prompts import SYSTEM_RAG
-from services.workers.engines.priority_lock import run_with_priority
+from services.workers.engines.llamacpp_precompute import BackgroundChunks
 
 if TYPE_CHECKING:
     import numpy as np
@@ -53,24 +50,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-from cache.chunk_kv import REGISTRY  # noqa: E402 - the chunk-KV families share one registry
-
-PRECOMPUTED = counter(
-    "ragyard_chunk_kv_precompute_total",
-    "Chunks handed to the background KV computation, by model and outcome (computed, present, over_budget, failed).",
-    ["model", "result"],
-    registry=REGISTRY,
-)
-PENDING = gauge(
-    "ragyard_chunk_kv_precompute_pending", "Chunks waiting for their KV to be computed.", ["model"], registry=REGISTRY
-)
-
-# Background work runs below every SLA tier (their priorities are 0..100).
-BACKGROUND_PRIORITY = -1
 # Tokens of a chunk decoded per lock hold in the background, so a request's step waits little.
 BACKGROUND_PIECE = 64
 IDLE_POLL_S = 0.05
-MAX_PENDING = 100_000
 # The first 5% of each chunk's tokens: `bench kvcache --engine llamacpp` (README) measured F1 within a point of
 # full prefill at 3.4x its TTFT, where 15% bought no F1 within that run's noise at 2.5x.
 DEFAULT_FRACTION = 0.05
@@ -120,13 +102,7 @@ class LlamaChunkReuse:
             raise RuntimeError("the canonical passage prompt does not tokenize around its chunk")
         self.canonical_ids = ids[: spans[0].start]
         self._canonical_state: bytes | None = None
-        self._queue: collections.deque[list[int]] = collections.deque()
-        self._queued_keys: set[str] = set()
-        self._cond = threading.Condition()
-        self._stop = False
-        self.progress = {"queued": 0, "computed": 0, "present": 0, "over_budget": 0, "failed": 0}
-        self._thread = threading.Thread(target=self._work, name=f"chunk-kv-{engine.model_id}", daemon=True)
-        self._thread.start()
+        self.background = BackgroundChunks(engine.model_id, self._chunk_key, self._precompute_one)
 
     def _canonical_template(self) -> tuple[str, str]:
         messages = [
@@ -137,9 +113,11 @@ class LlamaChunkReuse:
         at = text.index(_SENTINEL)
         return text[:at], text[at + len(_SENTINEL) :]
 
+    @property
+    def progress(self) -> dict[str, int]:
+        return self.background.progress
+
     def describe(self) -> dict[str, Any]:
-        with self._cond:
-            pending = len(self._queue)
         return {
             "engine": "llamacpp",
             "recompute_fraction": self.recompute_fraction,
@@ -152,8 +130,7 @@ class LlamaChunkReuse:
             "precompute": {
                 "enabled": self.precompute_enabled,
                 "budget_bytes": self.precompute_bytes,
-                "pending": pending,
-                **self.progress,
+                **self.background.describe(),
             },
         }
 
@@ -207,7 +184,7 @@ class LlamaChunkReuse:
                 if held is not None:
                     # Idle time only: while a request is answered, its steps get the cores (a piece that
                     # already runs ends within a fraction of a second).
-                    while self.engine.busy and not self._stop:
+                    while self.engine.busy and not self.background.stopping:
                         time.sleep(IDLE_POLL_S)
                     held.acquire()
                 try:
@@ -342,7 +319,7 @@ class LlamaChunkReuse:
         TOKENS.labels("recomputed").inc(recomputed)
         TOKENS.labels("computed").inc(computed)
         if misses and self.precompute_enabled:
-            self._enqueue_ids(misses)
+            self.background.add(misses)
         chunk_tokens = sum(s.end - s.start for s in spans)
         return LlamaPrefill(
             logits,
@@ -420,46 +397,7 @@ class LlamaChunkReuse:
         if not self.precompute_enabled:
             return {"queued": 0, "enabled": False}
         found = [cid for cid in (self.chunk_ids(t) for t in texts) if cid is not None]
-        return {"queued": self._enqueue_ids(found), "enabled": True}
-
-    def _enqueue_ids(self, items: list[list[int]]) -> int:
-        added = 0
-        with self._cond:
-            for cid in items:
-                key = self._chunk_key(cid)
-                if key in self._queued_keys or len(self._queue) >= MAX_PENDING:
-                    continue
-                self._queued_keys.add(key)
-                self._queue.append(cid)
-                added += 1
-            self.progress["queued"] += added
-            PENDING.labels(self.engine.model_id).set(len(self._queue))
-            self._cond.notify()
-        return added
-
-    def _work(self) -> None:
-        run_with_priority(BACKGROUND_PRIORITY, self._loop)
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._stop:
-                    self._cond.wait()
-                if self._stop:
-                    return
-                cid = self._queue.popleft()
-                PENDING.labels(self.engine.model_id).set(len(self._queue))
-            key = self._chunk_key(cid)
-            try:
-                result = self._precompute_one(key, cid)
-            except Exception:  # noqa: BLE001 - one chunk's failure must not stop the rest
-                logger.exception("background chunk KV failed")
-                result = "failed"
-            finally:
-                with self._cond:
-                    self._queued_keys.discard(key)
-            self.progress[result] += 1
-            PRECOMPUTED.labels(self.engine.model_id, result).inc()
+        return {"queued": self.background.add(found), "enabled": True}
 
     def _precompute_one(self, key: str, cid: list[int]) -> str:
         if self.store.get(key, cid).entry is not None:
@@ -471,21 +409,10 @@ class LlamaChunkReuse:
         return "computed"
 
     def wait_idle(self, timeout: float) -> bool:
-        """Block until the background queue is empty and nothing is being computed (tests, benchmarks)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._cond:
-                if not self._queue and not self._queued_keys:
-                    return True
-            time.sleep(0.05)
-        return False
+        return self.background.wait_idle(timeout)
 
     def close(self) -> None:
-        with self._cond:
-            self._stop = True
-            self._queue.clear()
-            self._cond.notify_all()
-        self._thread.join(timeout=30)
+        self.background.close()
         self.store.close()
 
 

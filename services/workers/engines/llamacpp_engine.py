@@ -28,7 +28,7 @@ from retrieval.generation import (
 )
 from services.errors import ConfigError
 from services.workers.engines.llamacpp_grammar import GrammarConstraint
-from services.workers.engines.llamacpp_runtime import LlamaRuntime
+from services.workers.engines.llamacpp_runtime import LlamaRuntime, LlamaTokenizer
 from services.workers.engines.shaping import OutputShaper
 from services.workers.engines.stepping import (
     SteppedEngine,
@@ -50,36 +50,6 @@ if TYPE_CHECKING:
     from services.workers.engines.llamacpp_chunks import LlamaChunkReuse, LlamaPrefill
 
 logger = logging.getLogger(__name__)
-
-
-class _Encoded:
-    def __init__(self, ids: list[int]) -> None:
-        self.input_ids = ids
-
-    def __getitem__(self, key: str) -> list[int]:
-        if key != "input_ids":
-            raise KeyError(key)
-        return self.input_ids
-
-
-class LlamaTokenizer:
-    """The slice of a HF tokenizer's surface that Ragyard's shared code calls (encode, decode, token
-    texts, vocabulary size), answered by the GGUF's own tokenizer through llama.cpp."""
-
-    def __init__(self, runtime: LlamaRuntime) -> None:
-        self.runtime = runtime
-
-    def __call__(self, text: str, add_special_tokens: bool = False, **_: Any) -> _Encoded:
-        return _Encoded(self.runtime.tokenize(text))
-
-    def __len__(self) -> int:
-        return self.runtime.n_vocab
-
-    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
-        return self.runtime.detokenize(list(ids), special=not skip_special_tokens)
-
-    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
-        return [self.runtime.piece(int(t)).decode("utf-8", errors="replace") for t in ids]
 
 
 class _Slots:
