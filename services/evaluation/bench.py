@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from services.config import AppConfig
+from services.config import AppConfig, ModelConfig
 
 if TYPE_CHECKING:
     from router.routing import ConfigRouter
@@ -72,10 +72,9 @@ def run_bench(what: str, config: AppConfig, args: argparse.Namespace) -> str:
         if any(not 0.0 <= f <= 1.0 for f in fractions):
             raise ValueError("--fraction and --sweep take fractions between 0 and 1")
         if args.engine:
-            first = config.models[0].model_copy(update={"engine": args.engine})
-            config = config.model_copy(
-                update={"models": [type(first).model_validate(first.model_dump()), *config.models[1:]]}
-            )
+            # Validated again: the engine decides which settings the model may have.
+            first = ModelConfig.model_validate({**config.models[0].model_dump(), "engine": args.engine})
+            config = config.model_copy(update={"models": [first, *config.models[1:]]})
         return bench_kvcache(
             config,
             args.data,

@@ -220,12 +220,9 @@ class LlamaChunkReuse:
         found: dict[str, Lookup] = {}
         if spans:
             prefix_ids = ids[: spans[0].start]
-            found[chunk_key(self.fingerprint, [], prefix_ids)] = self.store.get(
-                chunk_key(self.fingerprint, [], prefix_ids), prefix_ids
-            )
-            for s in spans:
-                cid = ids[s.start : s.end]
-                found[self._chunk_key(cid)] = self.store.get(self._chunk_key(cid), cid)
+            wanted = [(chunk_key(self.fingerprint, [], prefix_ids), prefix_ids)]
+            wanted += [(self._chunk_key(ids[sp.start : sp.end]), ids[sp.start : sp.end]) for sp in spans]
+            found = {key: self.store.get(key, token_ids) for key, token_ids in wanted}
         return ids, spans, found
 
     def prefill(
