@@ -43,6 +43,27 @@ def local_cpus(config: AppConfig) -> float:
     return needed
 
 
+# Ray puts Unix sockets at <temp>/session_<date>_<time>_<pid>/sockets/plasma_store (60 bytes more than the
+# temp dir), and a socket path may have 107 bytes.
+RAY_TEMP_MAX = 47
+
+
+def ray_temp_dir(configured: str | Path, max_len: int = RAY_TEMP_MAX) -> Path:
+    """``configured`` resolved; when that is longer than ``max_len`` (a clone at a deep path would overflow Ray's
+    socket paths), a short directory of its own under the system temp dir, named by a hash of the configured
+    one, so two checkouts never share one and one checkout always gets the same."""
+    import hashlib
+    import tempfile
+
+    temp = Path(configured).resolve()
+    if len(str(temp)) <= max_len:
+        return temp
+    short = Path(tempfile.gettempdir()) / f"ragyard-ray-{hashlib.sha256(str(temp).encode()).hexdigest()[:10]}"
+    if len(str(short)) > max_len:
+        short = Path("/tmp") / short.name
+    return short
+
+
 def start_ray(config: AppConfig) -> None:
     import ray
 
@@ -53,7 +74,7 @@ def start_ray(config: AppConfig) -> None:
     if config.ray.address:
         ray.init(address=config.ray.address, logging_level=logging.WARNING)
         return
-    temp = Path(config.ray.temp_dir).resolve()
+    temp = ray_temp_dir(config.ray.temp_dir)
     temp.mkdir(parents=True, exist_ok=True)
     needed = local_cpus(config)
 

@@ -19,6 +19,7 @@ import pytest
 
 from services.config import load_config
 from services.deployments.cluster import LocalCluster, deploy
+from services.deployments.local import RAY_TEMP_MAX, ray_temp_dir
 from services.evaluation import scale
 from services.evaluation.chaos.redis_server import RedisServer
 from tests.conftest import TMP, free_port
@@ -31,8 +32,9 @@ def app() -> Iterator[dict[str, Any]]:
     import ray
     from ray import serve
 
-    # Short: Ray's socket paths under each node's temp dir must stay within 107 bytes.
-    root = TMP / f"sc{os.getpid() % 100000}"
+    # Short, wherever the clone lies: Ray's socket paths under each node's temp dir must stay within 107 bytes.
+    # (each node's temp dir is <root>/ray/<node>, at most 10 characters more).
+    root = ray_temp_dir(TMP / f"sc{os.getpid() % 100000}", max_len=RAY_TEMP_MAX - len("/ray/node2"))
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     saved = dict(os.environ)
