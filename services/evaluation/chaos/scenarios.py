@@ -143,10 +143,20 @@ class Chaos:
     def _get(self, path: str, key: str | None = TENANT_KEY, **kw: Any) -> httpx.Response:
         return httpx.get(f"{self.url}{path}", headers=auth_headers(key), timeout=60.0, **kw)
 
+    def _read(self, path: str, key: str, timeout_s: float = 30.0) -> Any:
+        """GET ``path`` once the service answers it: right after a Redis fault heals, the load has seen one
+        replica answer 200 while another may still hold its breaker open for a moment (a retryable 503, the
+        fail-closed contract); a reading waits that out, bounded, instead of failing the scenario on it."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            resp = self._get(path, key)
+            if resp.status_code != 503 or time.monotonic() >= deadline:
+                resp.raise_for_status()
+                return resp.json()
+            time.sleep(0.5)
+
     def usage(self, key: str, tenant: str) -> dict[str, Any]:
-        resp = self._get("/v1/sla", key)
-        resp.raise_for_status()
-        usage: dict[str, Any] = resp.json()["tenants"][tenant]["usage"]
+        usage: dict[str, Any] = self._read("/v1/sla", key)["tenants"][tenant]["usage"]
         return usage
 
     def answer(self, question: str, key: str = TENANT_KEY, **over: Any) -> httpx.Response:
@@ -191,9 +201,8 @@ class Chaos:
         is still reserved after every report settled and every lapsed lease was released is leaked."""
 
         def read() -> dict[str, Any]:
-            resp = self._get("/v1/sla", OPERATOR_KEY)
-            resp.raise_for_status()
-            return {name: t["usage"] for name, t in resp.json()["tenants"].items() if "usage" in t}
+            tenants = self._read("/v1/sla", OPERATOR_KEY)["tenants"]
+            return {name: t["usage"] for name, t in tenants.items() if "usage" in t}
 
         return self._released(read, TENANT_KEY, timeout_s)
 
