@@ -40,7 +40,8 @@ RUN apt-get update \
 WORKDIR /opt/ragyard
 
 # Dependencies first (a layer that only changes with pyproject.toml): install the project once from its
-# metadata with empty packages, then the real sources on top without touching the dependencies.
+# metadata with empty packages, then the real sources on top without touching the dependencies. The benchmarks
+# (bench/) stay out of the image: `ragyard` there has the serving commands only.
 COPY pyproject.toml README.md ./
 RUN if [ "$VARIANT" = "cpu" ]; then \
         pip install torch==2.13.0 --index-url "$TORCH_CPU_INDEX" \

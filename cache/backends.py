@@ -3,12 +3,12 @@ URL (``from_url(url, *, prefix, max_entries, ttl_s)``), registered here by schem
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 from urllib.parse import urlparse
 
 from cache.base import KVBackend
 from cache.errors import UnknownBackendError
+from core.loading import load_object
 
 BACKENDS: dict[str, str] = {
     "memory": "cache.memory_backend:MemoryBackend",
@@ -21,8 +21,7 @@ def open_backend(url: str, **options: Any) -> KVBackend:
     scheme = urlparse(url).scheme
     if scheme not in BACKENDS:
         raise UnknownBackendError(f"no cache backend for {url!r}; schemes: {', '.join(sorted(BACKENDS))}")
-    module, _, attr = BACKENDS[scheme].partition(":")
-    cls = getattr(importlib.import_module(module), attr)
+    cls = load_object(BACKENDS[scheme])
     backend: KVBackend = cls.from_url(url, **options)
     return backend
 

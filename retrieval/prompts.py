@@ -13,7 +13,7 @@ AnswerStyle = Literal["chat", "short"]
 # SmolLM2's and Llama-style tokenizers average about 4 characters a token on English prose.
 CHARS_PER_TOKEN = 3.5
 
-# Chat answers over passages. Measured on the docs-QA set (services/evaluation/data/docs_qa.jsonl, `ragyard
+# Chat answers over passages. Measured on the docs-QA set (bench/data/docs_qa.jsonl, `ragyard
 # bench docsqa`): asking for citations like [1] made both small models open with "[1] <title>" and paste the
 # passages back; the answer's citations are returned beside it anyway, so the prompt asks for a plain answer
 # in a sentence or two, in the model's own words.

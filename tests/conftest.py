@@ -40,7 +40,7 @@ def start_serve(config: dict[str, Any], *, wait_ready_s: float = 300) -> str:
     `free_port` and Serve's bind (Ray's own processes open ports all the time) is retried with another, up
     to three times; anything else is raised."""
     from services.config import load_config
-    from services.deployments import local as serving
+    from services.serve import local as serving
 
     for attempt in range(3):
         cfg = load_config({**config, "server": {**config.get("server", {}), "host": "127.0.0.1", "port": free_port()}})
@@ -137,15 +137,15 @@ def local_service(base_config: dict[str, Any], engine: Any, embedder: Any, sessi
     """The library path (no Ray) over the session's model and embedder, indexing the bundled corpus."""
     from retrieval.retriever import Retriever
     from services.config import load_config
-    from services.deployments.clients import LocalRetriever, LocalWorker
     from services.deployments.retriever import RetrieverService
     from services.deployments.worker import Worker
-    from services.rag import RagService, build_cache
+    from services.pipeline import RagService, build_cache
+    from services.pipeline.clients import local_retriever, local_worker
 
     config = load_config({**base_config, "index": {"dir": str(session_tmp / "local-index")}})
     retriever = Retriever.create(index_dir=config.index.dir, embedder=embedder)
     rsvc = RetrieverService(config, retriever=retriever)
     worker = Worker(config, engine=engine)
     return RagService(
-        config, LocalRetriever(rsvc), {config.default_model.id: LocalWorker(worker)}, cache=build_cache(config)
+        config, local_retriever(rsvc), {config.default_model.id: local_worker(worker)}, cache=build_cache(config)
     )

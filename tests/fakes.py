@@ -107,16 +107,16 @@ def scripted_service(config: Any, embedder: Any, engine: ScriptedEngine, *, cach
     """A RagService of the library path over ``config``'s first model answered by ``engine``, with the
     real embedder and a FAISS index in ``config.index.dir``."""
     from retrieval.retriever import Retriever
-    from services.deployments.clients import LocalRetriever, LocalWorker
     from services.deployments.retriever import RetrieverService
     from services.deployments.worker import Worker
-    from services.rag import RagService
+    from services.pipeline import RagService
+    from services.pipeline.clients import local_retriever, local_worker
 
     model = config.models[0].id
-    retriever = LocalRetriever(
+    retriever = local_retriever(
         RetrieverService(config, retriever=Retriever.create(index_dir=config.index.dir, embedder=embedder))
     )
-    return RagService(config, retriever, {model: LocalWorker(Worker(config, model, engine=engine))}, cache=cache)
+    return RagService(config, retriever, {model: local_worker(Worker(config, model, engine=engine))}, cache=cache)
 
 
 def scripted_config(index_dir: Any, **sections: Any) -> Any:

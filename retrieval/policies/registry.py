@@ -8,9 +8,9 @@ by ``retrieval.plugins: {name: "module:Class"}`` in the config.
 
 from __future__ import annotations
 
-import importlib
 import threading
 
+from core.loading import LoadError, load_object
 from retrieval.errors import UnknownPolicyError
 from retrieval.policies.base import RetrievalPolicy
 
@@ -33,13 +33,10 @@ def available_policies() -> list[str]:
 
 
 def _load(name: str, target: str) -> RetrievalPolicy:
-    module, sep, attr = target.partition(":")
-    if not sep or not module or not attr:
-        raise UnknownPolicyError(f'policy {name!r}: {target!r} is not "module:Class"')
     try:
-        cls = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise UnknownPolicyError(f"policy {name!r}: cannot load {target!r}: {exc}") from exc
+        cls = load_object(target)
+    except LoadError as exc:
+        raise UnknownPolicyError(f"policy {name!r}: {exc}") from exc
     policy = cls()
     missing = [
         a for a in ("name", "rank", "choosable", "label_class", "max_llm_calls", "prepare") if not hasattr(policy, a)

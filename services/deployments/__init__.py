@@ -1,3 +1,2 @@
-"""The Ray Serve side: the plain classes each deployment wraps (gateway, retriever, router, worker),
-the clients the pipeline reaches them through (in-process or by DeploymentHandle), the application
-graph, and starting a local Ray on loopback."""
+"""The plain classes each Ray Serve deployment wraps (retriever, router, worker): usable in one process as they
+are, and bound into the Serve graph by `services.serve.app`."""

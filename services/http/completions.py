@@ -16,9 +16,9 @@ from router.errors import UnknownModelError
 from router.routing import AUTO_MODEL
 from services.http.deps import Service, sla_context
 from services.http.openai import sampling_of
+from services.http.schemas import CompletionRequest, DetokenizeRequest, TokenizeRequest
 from services.http.sse import event, keep_alive, stream_error
-from services.rag import AnswerRequest, RagService, StreamEvent
-from services.schemas import CompletionRequest, DetokenizeRequest, TokenizeRequest
+from services.pipeline import AnswerRequest, RagService, StreamEvent
 
 router = APIRouter()
 

@@ -12,7 +12,7 @@ from fastapi import Depends, Request
 from router.sla import HEADERS as SLA_HEADERS
 from router.sla import PolicyStore
 from services.errors import InvalidRequestError
-from services.rag import RagService
+from services.pipeline import RagService
 
 # The request header that asks for at least a corpus generation (read-your-writes across retriever replicas),
 # and the response header that carries the generation a write made.

@@ -20,7 +20,7 @@ from retrieval.ingest import parse, type_for_media
 from services.errors import InvalidRequestError, PermissionDeniedError
 from services.http.auth import Principal, principal
 from services.http.deps import GENERATION_HEADER, Service, min_generation
-from services.schemas import DocumentsRequest
+from services.http.schemas import DocumentsRequest
 
 router = APIRouter()
 

@@ -148,7 +148,7 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
         msg = "field required"
     more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
     text = f"{param}: {msg}{more}" if param else f"{msg}{more}"
-    # A field Ragyard knows and does not implement says so in its code (services/schemas.py: UNSUPPORTED).
+    # A field Ragyard knows and does not implement says so in its code (services/http/schemas.py: UNSUPPORTED).
     code = "unsupported_parameter" if first.get("type") == "unsupported_parameter" else "invalid_request"
     return JSONResponse(error_body(text, "invalid_request_error", param, code), status_code=400)
 

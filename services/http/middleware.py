@@ -18,7 +18,7 @@ from services import metrics
 from services.errors import AuthenticationError, InvalidRequestError, PayloadTooLargeError, PermissionDeniedError
 from services.http.auth import KEYED_PATHS, OPERATOR_PATHS, KeyRing, bearer_token
 from services.http.errors import json_error
-from services.telemetry import REQUEST_ID
+from services.pipeline.telemetry import REQUEST_ID
 
 
 class BodyGuardMiddleware:
@@ -219,7 +219,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 class RequestIdMiddleware:
     """Every request gets an id: the caller's ``X-Request-Id`` when it sends a sane one (at most 128 of
     ``A-Za-z0-9._:/+=@-``; anything else is a 400), else a new one. It is in ``request.state``, in the
-    logging context (`services.telemetry.REQUEST_ID`), on the request's spans, in vLLM's request ids,
+    logging context (`services.pipeline.telemetry.REQUEST_ID`), on the request's spans, in vLLM's request ids,
     and in the response header. Under Serve the proxy has already put one in the request (the caller's or
     its own) and adds the response header itself, so ``set_header`` is off there."""
 

@@ -14,9 +14,9 @@ from retrieval.policies.base import Question
 from router.routing import AUTO_MODEL
 from services.http.auth import principal
 from services.http.deps import Service, min_generation, sla_context
+from services.http.schemas import ChatCompletionRequest, CompletionRequest
 from services.http.sse import chat_events, extension, keep_alive
-from services.rag import AnswerRequest
-from services.schemas import ChatCompletionRequest, CompletionRequest
+from services.pipeline import AnswerRequest
 
 router = APIRouter()
 

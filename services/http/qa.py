@@ -10,8 +10,8 @@ from fastapi import APIRouter, Request
 from retrieval.policies.base import Question
 from services.http.auth import principal
 from services.http.deps import Service, min_generation, sla_context
-from services.rag import AnswerRequest
-from services.schemas import QARequest
+from services.http.schemas import QARequest
+from services.pipeline import AnswerRequest
 
 router = APIRouter()
 

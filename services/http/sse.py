@@ -14,7 +14,7 @@ from typing import Any
 from retrieval.generation import SamplingParams
 from router.plan import RouteDecision
 from services.http.errors import error_body, to_ragyard
-from services.rag import AnswerRequest, RagService
+from services.pipeline import AnswerRequest, RagService
 
 logger = logging.getLogger(__name__)
 

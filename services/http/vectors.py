@@ -19,8 +19,8 @@ from router.routing import AUTO_MODEL
 from services.errors import InvalidRequestError, NotFoundError
 from services.http.auth import Principal, principal
 from services.http.deps import Service, min_generation
-from services.rag import RagService
-from services.schemas import EmbeddingRequest, VectorStoreSearchRequest
+from services.http.schemas import EmbeddingRequest, VectorStoreSearchRequest
+from services.pipeline import RagService
 
 router = APIRouter()
 

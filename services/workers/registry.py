@@ -6,10 +6,9 @@ consumer, ``retrieval.generation``. A new engine is one new module registered in
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from core.capabilities import (
     CAPABILITIES,
@@ -20,10 +19,15 @@ from core.capabilities import (
     SPEC_PER_REQUEST,
 )
 from core.errors import ConfigError
+from core.loading import load_object
 from retrieval.generation import Engine
 
-if TYPE_CHECKING:
-    from services.config import ModelConfig
+
+class EngineSettings(Protocol):
+    """What building an engine reads of a worker's config (`services.workers.config.ModelConfig`)."""
+
+    @property
+    def engine(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -71,11 +75,11 @@ def load_engine_class(name: str) -> type:
         entry = ENGINES[name]
     except KeyError:
         raise ValueError(f"unknown engine {name!r}; valid: {', '.join(sorted(ENGINES))}") from None
-    module, _, attr = entry.target.partition(":")
     if entry.requires and importlib.util.find_spec(entry.requires) is None:
         raise ConfigError(f"engine {name} needs {entry.requires}: run {entry.install}")
-    return getattr(importlib.import_module(module), attr)
+    engine: type = load_object(entry.target)
+    return engine
 
 
-def build_engine(config: ModelConfig, cache_dir: str) -> Engine:
+def build_engine(config: EngineSettings, cache_dir: str) -> Engine:
     return load_engine_class(config.engine)(config, cache_dir=cache_dir)

@@ -381,13 +381,13 @@ def test_the_service_reports_chunk_reuse_in_trace_ready_and_metrics(chunk_engine
     import asyncio
 
     from retrieval.policies.base import Question
-    from services.deployments.clients import LocalWorker
     from services.deployments.worker import Worker
-    from services.rag import AnswerRequest, RagService
+    from services.pipeline import AnswerRequest, RagService
+    from services.pipeline.clients import local_worker
 
     config = local_service.config
     worker = Worker(config, engine=chunk_engine)
-    service = RagService(config, local_service.retriever, {config.default_model.id: LocalWorker(worker)}, cache=None)
+    service = RagService(config, local_service.retriever, {config.default_model.id: local_worker(worker)}, cache=None)
     req = AnswerRequest(question=Question(text="Which engine is the embedded default?"), policy="single", max_tokens=8)
     first = asyncio.run(service.answer(req))
     second = asyncio.run(service.answer(req))

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
+from bench.chaos.proxy import FaultProxy
+from bench.chaos.redis_server import RedisServer
 from cache.errors import BackendUnavailableError
 from cache.redis_backend import RedisBackend
 from core.redis_client import BREAKER_RESET_S, CALL_DEADLINE_S
-from services.evaluation.chaos.proxy import FaultProxy
-from services.evaluation.chaos.redis_server import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.integration]
 

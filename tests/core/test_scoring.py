@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from bench.harness import percentile, summarise
 from core.scoring import f1, normalize_answer, score, yes_no
-from services.evaluation.harness import percentile, summarise
 
 pytestmark = pytest.mark.unit
 

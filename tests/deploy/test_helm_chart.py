@@ -198,7 +198,7 @@ def test_serve_config_is_loaded_by_our_build_app(rendered: tuple[str, list[dict[
     overridden = {d["name"] for d in app_cfg["deployments"]}
     assert overridden <= names, f"the chart scales deployments the app does not have: {overridden - names}"
     ids = [m.id for m in load_config(app_cfg["args"]).models]
-    from services.deployments.app import deployment_name
+    from services.serve.app import deployment_name
 
     assert {deployment_name(i) for i in ids} <= overridden  # every model worker autoscales
     for dep in app_cfg["deployments"]:

@@ -1,4 +1,4 @@
-"""The chaos suite: the scenarios of `ragyard bench chaos` (services/evaluation/chaos/) with shorter faults,
+"""The chaos suite: the scenarios of `ragyard bench chaos` (bench/chaos/) with shorter faults,
 each asserting its goal. One Serve app on loopback (2 gateway replicas, SmolLM2) whose Redis sits behind a
 fault proxy in front of a real redis-server with its append-only file; the module starts and stops them.
 
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from services.evaluation.bench_chaos import write_report
-from services.evaluation.chaos.scenarios import Chaos, Settings
+from bench.bench_chaos import write_report
+from bench.chaos.scenarios import Chaos, Settings
 from tests.conftest import TMP
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.ray, pytest.mark.redis, pytest.mark.model]

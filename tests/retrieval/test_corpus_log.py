@@ -183,7 +183,7 @@ def test_redis_log_refuses_a_redis_that_would_lose_acknowledged_writes(redis_url
 
 
 def test_redis_log_waits_for_the_append_only_file(embedder: Any, tmp_path: Path) -> None:
-    from services.evaluation.chaos.redis_server import RedisServer
+    from bench.chaos.redis_server import RedisServer
 
     server = RedisServer(tmp_path / "redis").start()
     try:

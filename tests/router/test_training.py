@@ -54,9 +54,9 @@ def _run(qid: str, question: str, hops: int, model: str, policy: str, f1: float)
 
 @pytest.mark.integration
 def test_train_from_runs_writes_artifact_labels_and_metrics(tmp_path: Path) -> None:
+    from bench.train_router import train_from_runs
     from router.classifier import ComplexityClassifier
     from services.config import load_config
-    from services.evaluation.train_router import train_from_runs
 
     runs = []
     for i in range(12):

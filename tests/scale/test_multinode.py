@@ -17,11 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
+from bench import scale
+from bench.chaos.redis_server import RedisServer
+from bench.cluster import LocalCluster, deploy
 from services.config import load_config
-from services.deployments.cluster import LocalCluster, deploy
-from services.deployments.local import RAY_TEMP_MAX, ray_temp_dir
-from services.evaluation import scale
-from services.evaluation.chaos.redis_server import RedisServer
+from services.serve.local import RAY_TEMP_MAX, ray_temp_dir
 from tests.conftest import TMP, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.scale]

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from retrieval.policies.base import Question
-from services.rag import AnswerRequest, RagService, build_cache
+from services.pipeline import AnswerRequest, RagService, build_cache
 from tests.fakes import EngineFailure, ScriptedEngine, scripted_config, scripted_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]  # the real embedder
@@ -36,7 +36,7 @@ def _service(embedder: Any, tmp: Path, cache_charge: float) -> tuple[RagService,
     )
     engine = ScriptedEngine(ANSWER)
     svc: RagService = scripted_service(config, embedder, engine, cache=build_cache(config))
-    controller = svc.router.service.controller  # type: ignore[attr-defined]
+    controller = svc.router.target.controller  # type: ignore[attr-defined]
     return svc, engine, controller
 
 

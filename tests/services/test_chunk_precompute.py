@@ -54,7 +54,7 @@ def test_an_ingest_queues_its_chunks_and_does_not_wait(tmp_path: Path, embedder:
     result = asyncio.run(run())
     assert sorted(result["added"]) == ["ferry", "quux"]
     [texts] = engine.precomputed
-    stored = [p for d in ("ferry", "quux") for p in svc.retriever.service.retriever.chunk_bodies([d])]
+    stored = [p for d in ("ferry", "quux") for p in svc.retriever.target.retriever.chunk_bodies([d])]
     assert sorted(texts) == sorted(stored)
     assert "Ferry\nThe Brindle ferry leaves the north pier at nine every morning." in texts
     # Unchanged documents queue nothing.
@@ -64,10 +64,10 @@ def test_an_ingest_queues_its_chunks_and_does_not_wait(tmp_path: Path, embedder:
 
 def test_warm_up_hands_the_whole_corpus(tmp_path: Path, embedder: Any) -> None:
     svc, engine = _service(tmp_path, embedder, chunk_cache={"enabled": True})
-    svc.retriever.service.retriever.ingest([Document(id="a", title="A", text="Alpha is the first letter.")])
+    svc.retriever.target.retriever.ingest([Document(id="a", title="A", text="Alpha is the first letter.")])
     out = asyncio.run(svc.warm_chunk_kv(attempts=1))
     assert out == {"smollm2-135m-instruct": {"queued": 1, "enabled": True}}
-    chunk = next(iter(svc.retriever.service.retriever.store.chunks.values()))
+    chunk = next(iter(svc.retriever.target.retriever.store.chunks.values()))
     from retrieval.documents import Passage
 
     assert engine.precomputed == [[passage_body(Passage(chunk=chunk, score=0.0))]]

@@ -29,7 +29,7 @@ def test_a_model_without_a_worker_is_a_503_not_a_key_error() -> None:
     from retrieval.policies.base import Question
     from services.config import load_config
     from services.errors import ServiceUnavailableError
-    from services.rag import AnswerRequest, RagService
+    from services.pipeline import AnswerRequest, RagService
 
     service = RagService(load_config({}), retriever=None, workers={})  # type: ignore[arg-type]
     req = AnswerRequest(question=Question(text="Is water wet?"), policy="none", model="smollm2-135m-instruct")

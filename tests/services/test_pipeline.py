@@ -15,10 +15,10 @@ from retrieval.documents import Document
 from retrieval.policies.base import Question
 from retrieval.retriever import Retriever
 from services.config import load_config
-from services.deployments.clients import LocalRetriever, LocalWorker
 from services.deployments.retriever import RetrieverService
 from services.deployments.worker import Worker
-from services.rag import AnswerRequest, RagService, StreamEvent, build_cache
+from services.pipeline import AnswerRequest, RagService, StreamEvent, build_cache
+from services.pipeline.clients import RetrieverClient, local_retriever, local_worker
 from tests.fakes import EngineFailure, ScriptedEngine
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]  # the real embedder
@@ -27,7 +27,7 @@ MODEL = "smollm2-135m-instruct"
 
 
 @pytest.fixture(scope="module")
-def retriever(embedder: Any, session_tmp: Path) -> LocalRetriever:
+def retriever(embedder: Any, session_tmp: Path) -> RetrieverClient:
     config = load_config({"index": {"dir": str(session_tmp / "pipeline-index")}, "corpus": {"ingest_on_start": False}})
     svc = RetrieverService(config, retriever=Retriever.create(index_dir=config.index.dir, embedder=embedder))
     svc.retriever.ingest(
@@ -36,14 +36,14 @@ def retriever(embedder: Any, session_tmp: Path) -> LocalRetriever:
             Document(id="port", title="Ports", text="Ragyard serves on port 8000 by default."),
         ]
     )
-    return LocalRetriever(svc)
+    return local_retriever(svc)
 
 
 @pytest.fixture
-def service(retriever: LocalRetriever) -> Callable[[ScriptedEngine], RagService]:
+def service(retriever: RetrieverClient) -> Callable[[ScriptedEngine], RagService]:
     def build(engine: ScriptedEngine) -> RagService:
         config = load_config({"models": [{"id": MODEL}], "cache": {"response_cache_url": "memory://"}})
-        worker = LocalWorker(Worker(config, MODEL, engine=engine))
+        worker = local_worker(Worker(config, MODEL, engine=engine))
         return RagService(config, retriever, {MODEL: worker}, cache=build_cache(config))
 
     return build

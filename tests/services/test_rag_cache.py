@@ -8,7 +8,7 @@ import pytest
 
 from retrieval.policies.base import Question
 from services.config import load_config
-from services.rag import AnswerRequest, RagService, build_cache
+from services.pipeline import AnswerRequest, RagService, build_cache
 
 pytestmark = [pytest.mark.integration, pytest.mark.model, pytest.mark.redis]
 

@@ -11,7 +11,7 @@ import pytest
 
 from retrieval.policies import registry
 from retrieval.policies.base import Question
-from services.rag import AnswerRequest
+from services.pipeline import AnswerRequest
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 

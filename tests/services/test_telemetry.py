@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from services import telemetry
-from services.gateway import create_app
+from services.http.app import create_app
 from services.http.sse import KEEP_ALIVE, keep_alive
+from services.pipeline import telemetry
 from tests.fakes import ScriptedEngine, scripted_config, scripted_service
 
 
@@ -131,7 +131,7 @@ def test_otlp_export_when_the_endpoint_is_set(tmp_path: Any) -> None:
     import subprocess
     import sys
 
-    from services.deployments.local import free_port
+    from services.serve.local import free_port
 
     received: list[tuple[str, bytes]] = []
 
@@ -152,7 +152,7 @@ def test_otlp_export_when_the_endpoint_is_set(tmp_path: Any) -> None:
     thread.start()
     script = (
         "from opentelemetry import trace\n"
-        "from services import telemetry\n"
+        "from services.pipeline import telemetry\n"
         "assert telemetry.setup_tracing()\n"
         "span = telemetry.start('probe-span', None, **{'gen_ai.operation.name': 'chat'})\n"
         "telemetry.end(span)\n"

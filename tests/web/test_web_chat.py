@@ -33,12 +33,12 @@ def server(engine: Any, embedder: Any, session_tmp: Path) -> Iterator[str]:
 
     from retrieval.retriever import Retriever
     from services.config import load_config
-    from services.deployments.clients import LocalRetriever, LocalWorker
-    from services.deployments.local import free_port
     from services.deployments.retriever import RetrieverService
     from services.deployments.worker import Worker
-    from services.gateway import create_app_for
-    from services.rag import RagService
+    from services.http.app import create_app_for
+    from services.pipeline import RagService
+    from services.pipeline.clients import local_retriever, local_worker
+    from services.serve.local import free_port
 
     config = load_config(
         {
@@ -54,8 +54,8 @@ def server(engine: Any, embedder: Any, session_tmp: Path) -> Iterator[str]:
     retriever = Retriever.create(index_dir=config.index.dir, embedder=embedder)
     svc = RagService(
         config,
-        LocalRetriever(RetrieverService(config, retriever=retriever)),
-        {config.default_model.id: LocalWorker(Worker(config, engine=engine))},
+        local_retriever(RetrieverService(config, retriever=retriever)),
+        {config.default_model.id: local_worker(Worker(config, engine=engine))},
     )
     port = free_port()
     uv = uvicorn.Server(uvicorn.Config(create_app_for(svc), host="127.0.0.1", port=port, log_level="warning"))

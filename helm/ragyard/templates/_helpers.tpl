@@ -53,7 +53,7 @@ app.kubernetes.io/part-of: ragyard
 {{- default (printf "%s-api-keys" (include "ragyard.fullname" .)) .Values.apiKeys.existingSecret -}}
 {{- end -}}
 
-{{/* Serve deployment name of a model id, as services/deployments/app.py:deployment_name makes it. */}}
+{{/* Serve deployment name of a model id, as services/serve/app.py:deployment_name makes it. */}}
 {{- define "ragyard.workerDeployment" -}}
 {{- printf "worker-%s" (regexReplaceAll "[^A-Za-z0-9_-]" . "-") -}}
 {{- end -}}
@@ -133,7 +133,7 @@ app.kubernetes.io/part-of: ragyard
 {{- $scaling := index $.Values.app.workerAutoscaling $id | default $.Values.app.autoscaling.workers -}}
 {{- $deployments = append $deployments (dict "name" (include "ragyard.workerDeployment" $id) "num_replicas" "auto" "autoscaling_config" $scaling) -}}
 {{- end -}}
-{{- $app := dict "name" "ragyard" "route_prefix" "/" "import_path" "services.deployments.app:build_app" "args" (include "ragyard.appConfig" . | fromYaml) "deployments" $deployments -}}
+{{- $app := dict "name" "ragyard" "route_prefix" "/" "import_path" "services.serve.app:build_app" "args" (include "ragyard.appConfig" . | fromYaml) "deployments" $deployments -}}
 {{- $config := dict "proxy_location" "EveryNode" "http_options" (dict "host" "0.0.0.0" "port" (int .Values.service.port)) "applications" (list $app) -}}
 {{- toYaml $config -}}
 {{- end -}}

@@ -31,7 +31,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cache.chunk_kv import LOOKUPS, TOKENS, ChunkKVStore, Lookup, chunk_key
 from cache.chunk_reuse import Span, locate_chunks
@@ -45,10 +45,29 @@ if TYPE_CHECKING:
 
     from cache.base import KVBackend
     from cache.eviction import EvictionPolicy
-    from services.config import ModelConfig
-    from services.workers.engines.llamacpp_engine import LlamaCppEngine
+    from services.workers.config import ModelConfig
+    from services.workers.engines.llamacpp_runtime import LlamaRuntime
+    from services.workers.engines.priority_lock import PriorityLock
 
 logger = logging.getLogger(__name__)
+
+
+class ChunkHost(Protocol):
+    """What the chunk cache uses of the engine it serves (`LlamaCppEngine`): its context and model, the two
+    sequences it may use (a scratch one to restore states into, one to compute chunks in), its chat template,
+    and the lock that orders work on the context (the engine's busy flag: requests are waiting or running)."""
+
+    runtime: LlamaRuntime
+    fingerprint: str
+    model_id: str
+    scratch_seq: int
+    ingest_seq: int
+    _lock: PriorityLock
+
+    @property
+    def busy(self) -> bool: ...
+
+    def render_chat(self, messages: list[ChatMessage]) -> str: ...
 
 # Tokens of a chunk decoded per lock hold in the background, so a request's step waits little.
 BACKGROUND_PIECE = 64
@@ -69,7 +88,7 @@ class LlamaPrefill:
 class LlamaChunkReuse:
     def __init__(
         self,
-        engine: LlamaCppEngine,
+        engine: ChunkHost,
         *,
         memory_bytes: int,
         policy: EvictionPolicy = "craft",
@@ -413,7 +432,7 @@ class LlamaChunkReuse:
         self.store.close()
 
 
-def build_chunk_reuse(engine: LlamaCppEngine, config: ModelConfig) -> LlamaChunkReuse:
+def build_chunk_reuse(engine: ChunkHost, config: ModelConfig) -> LlamaChunkReuse:
     from cache.backends import chunk_cache_backend
 
     cc = config.chunk_cache

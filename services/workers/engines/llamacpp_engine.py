@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from services.config import ModelConfig
+    from services.workers.config import ModelConfig
     from services.workers.engines.llamacpp_chunks import LlamaChunkReuse, LlamaPrefill
 
 logger = logging.getLogger(__name__)

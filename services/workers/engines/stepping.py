@@ -47,7 +47,7 @@ class SteppedEngine:
         # with asyncio's default pool (min(32, CPUs + 4) threads) the steps queued first-come first-served
         # in the pool before they ever reached the lock, so priority could not act, and a higher request's
         # next step could be stuck behind lower ones holding every thread. Blocked threads cost nothing;
-        # the worker accepts 32 requests at a time (services/deployments/app.py).
+        # the worker accepts 32 requests at a time (services/serve/app.py).
         self._steps = ThreadPoolExecutor(max_workers=STEP_THREADS, thread_name_prefix=name)
 
     # What each engine provides: its synchronous stream (keywords of its own: chunks, spec, reuse, ...) and

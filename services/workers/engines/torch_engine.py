@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     import torch
 
     from cache.chunk_reuse import ChunkReuse, Prefilled, ReuseMode
-    from services.config import ModelConfig
+    from services.workers.config import ModelConfig
     from services.workers.spec.decode import SpecSetup, SpecStats
 
 logger = logging.getLogger(__name__)

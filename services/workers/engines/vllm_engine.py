@@ -40,7 +40,7 @@ from services.workers.model_store import resolve_model_path
 from services.workers.text import TokenizerMixin
 
 if TYPE_CHECKING:
-    from services.config import ModelConfig, SpeculativeConfig
+    from services.workers.config import ModelConfig, SpeculativeConfig
 
 logger = logging.getLogger(__name__)
 

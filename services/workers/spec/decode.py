@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from cache.chunk_reuse import Prefilled
     from retrieval.generation import SamplingParams
-    from services.config import SpeculativeConfig
+    from services.workers.config import SpeculativeConfig
 
 
 _DRAFTS: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], Any]] = weakref.WeakKeyDictionary()

@@ -11,7 +11,7 @@ import pytest
 from retrieval.errors import UnknownPolicyError
 from retrieval.policies.base import Question
 from retrieval.policies.registry import available_policies, get_policy
-from services.rag import AnswerRequest
+from services.pipeline import AnswerRequest
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 
@@ -116,9 +116,9 @@ def test_adaptive_runs_the_classified_policy(shared_data: Path, local_service: A
     from router.features import feature_vector
     from router.routing import ConfigRouter
     from router.training import fit
-    from services.deployments.clients import LocalRouter
     from services.deployments.router import RouterService
-    from services.rag import RagService
+    from services.pipeline import RagService
+    from services.pipeline.clients import local_router
 
     hot = [json.loads(line)["question"] for line in (shared_data / "dev_hotpotqa.jsonl").read_text().splitlines()]
     boolq = [json.loads(line)["question"] for line in (shared_data / "dev_boolq.jsonl").read_text().splitlines()]
@@ -148,7 +148,7 @@ def test_adaptive_runs_the_classified_policy(shared_data: Path, local_service: A
         local_service.config,
         local_service.retriever,
         local_service.workers,
-        router=LocalRouter(router_service),
+        router=local_router(router_service),
         cache=None,
     )
     rec = asyncio.run(

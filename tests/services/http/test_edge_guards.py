@@ -16,8 +16,8 @@ from router.sla import PolicyStore, hash_api_key
 from services import metrics
 from services.config import load_config
 from services.errors import ConfigError
-from services.gateway import create_app
-from services.rag import RagService
+from services.http.app import create_app
+from services.pipeline import RagService
 from tests.fakes import ScriptedEngine, scripted_config, scripted_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]  # the real embedder
@@ -218,7 +218,7 @@ def test_a_failed_save_is_a_503_and_leaves_nothing_half_visible(
     first = open_client.post("/v1/documents", json={"documents": [{"id": "fits-first", "text": "Room enough."}]})
     assert first.status_code == 200
     before = asyncio.run(svc.retriever.documents(None))
-    store = svc.retriever.service.retriever.store  # type: ignore[attr-defined]
+    store = svc.retriever.target.retriever.store  # type: ignore[attr-defined]
     current = (store.directory / "CURRENT").read_text()
 
     def full(path: Path, data: bytes) -> None:

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from retrieval.generation import ChatMessage
-from services.gateway import create_app
+from services.http.app import create_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 
@@ -266,7 +266,7 @@ def test_api_keys_when_configured(local_service: Any) -> None:
 
 def test_chat_history_and_system_reach_the_prompt(local_service: Any) -> None:
     from services.http.openai import chat_to_answer as _chat_to_answer
-    from services.schemas import ChatCompletionRequest
+    from services.http.schemas import ChatCompletionRequest
 
     req = _chat_to_answer(
         ChatCompletionRequest.model_validate(

@@ -22,12 +22,12 @@ from retrieval import errors as retrieval_errors
 from retrieval.retriever import Retriever
 from router import errors as router_errors
 from services.config import load_config
-from services.deployments.clients import LocalRetriever, LocalWorker
 from services.deployments.retriever import RetrieverService
 from services.deployments.worker import Worker
-from services.gateway import create_app
+from services.http.app import create_app
 from services.http.errors import CONVERSIONS
-from services.rag import RagService
+from services.pipeline import RagService
+from services.pipeline.clients import local_retriever, local_worker
 from tests.fakes import ScriptedEngine
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]  # the real embedder
@@ -51,10 +51,10 @@ def client(engine: ScriptedEngine, embedder: Any, session_tmp: Path) -> Iterator
             "cache": {"response_cache_url": "memory://"},
         }
     )
-    retriever = LocalRetriever(
+    retriever = local_retriever(
         RetrieverService(config, retriever=Retriever.create(index_dir=config.index.dir, embedder=embedder))
     )
-    svc = RagService(config, retriever, {MODEL: LocalWorker(Worker(config, MODEL, engine=engine))}, cache=None)
+    svc = RagService(config, retriever, {MODEL: local_worker(Worker(config, MODEL, engine=engine))}, cache=None)
     app = create_app(svc)
     raising = APIRouter()
 
@@ -191,10 +191,10 @@ def test_readyz_says_what_is_wrong_with_corrupt_router_artifacts(
             "router": {"artifact": str(tmp_path / "complexity.npz"), "quality_table": str(tmp_path / "quality.json")},
         }
     )
-    retriever = LocalRetriever(
+    retriever = local_retriever(
         RetrieverService(config, retriever=Retriever.create(index_dir=config.index.dir, embedder=embedder))
     )
-    svc = RagService(config, retriever, {MODEL: LocalWorker(Worker(config, MODEL, engine=engine))})
+    svc = RagService(config, retriever, {MODEL: local_worker(Worker(config, MODEL, engine=engine))})
     with TestClient(create_app(svc)) as c:
         ready = c.get("/readyz")
         assert ready.status_code == 200, ready.text
@@ -231,10 +231,10 @@ def test_an_unreachable_budget_store_is_a_503(
             },
         }
     )
-    retriever = LocalRetriever(
+    retriever = local_retriever(
         RetrieverService(config, retriever=Retriever.create(index_dir=config.index.dir, embedder=embedder))
     )
-    svc = RagService(config, retriever, {MODEL: LocalWorker(Worker(config, MODEL, engine=engine))})
+    svc = RagService(config, retriever, {MODEL: local_worker(Worker(config, MODEL, engine=engine))})
     asked = len(engine.prompts)
     with TestClient(create_app(svc)) as c:
         resp = c.post(
@@ -260,10 +260,10 @@ def test_the_middleware_counts_what_it_refuses(engine: ScriptedEngine, embedder:
             "corpus": {"ingest_on_start": False},
         }
     )
-    retriever = LocalRetriever(
+    retriever = local_retriever(
         RetrieverService(config, retriever=Retriever.create(index_dir=config.index.dir, embedder=embedder))
     )
-    svc = RagService(config, retriever, {MODEL: LocalWorker(Worker(config, MODEL, engine=engine))}, cache=None)
+    svc = RagService(config, retriever, {MODEL: local_worker(Worker(config, MODEL, engine=engine))}, cache=None)
 
     def count(route: str, status: str) -> float:
         return float(metrics.HTTP_REQUESTS.labels(route, "POST", status).value())

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from services.gateway import create_app
+from services.http.app import create_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 

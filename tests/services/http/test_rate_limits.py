@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from router.sla import PolicyStore
-from services.gateway import create_app
+from services.http.app import create_app
 from services.http.ratelimit import Slots
 from tests.fakes import ScriptedEngine, scripted_config, scripted_service
 

@@ -17,10 +17,10 @@ import yaml
 from fastapi.testclient import TestClient
 
 from services.config import load_config
-from services.deployments.clients import LocalRouter
 from services.deployments.router import RouterService
-from services.gateway import create_app
-from services.rag import RagService
+from services.http.app import create_app
+from services.pipeline import RagService
+from services.pipeline.clients import local_router
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 
@@ -52,7 +52,9 @@ def sla_env(local_service: Any, base_config: dict[str, Any], tmp_path: Path) -> 
         }
     )
     router = RouterService(config)
-    service = RagService(config, local_service.retriever, local_service.workers, router=LocalRouter(router), cache=None)
+    service = RagService(
+        config, local_service.retriever, local_service.workers, router=local_router(router), cache=None
+    )
     with TestClient(create_app(service, api_keys=config.server.api_keys)) as client:
         yield client, router.controller, path
 
@@ -179,7 +181,7 @@ def test_controller_off_reports_so(local_service: Any) -> None:
 
 
 def test_cached_answers_are_not_charged(local_service: Any, base_config: dict[str, Any], tmp_path: Path) -> None:
-    from services.rag import build_cache
+    from services.pipeline import build_cache
 
     path = tmp_path / "sla.yaml"
     path.write_text(yaml.safe_dump(POLICY))
@@ -192,7 +194,7 @@ def test_cached_answers_are_not_charged(local_service: Any, base_config: dict[st
     )
     router = RouterService(config)
     service = RagService(
-        config, local_service.retriever, local_service.workers, router=LocalRouter(router), cache=build_cache(config)
+        config, local_service.retriever, local_service.workers, router=local_router(router), cache=build_cache(config)
     )
     ctl = router.controller
     assert ctl is not None

@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from router.sla import PolicyStore
-from services.gateway import create_app
-from services.rag import RagService, build_cache
+from services.http.app import create_app
+from services.pipeline import RagService, build_cache
 from tests.fakes import ScriptedEngine, scripted_config, scripted_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]  # the real embedder

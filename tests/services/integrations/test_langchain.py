@@ -12,7 +12,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from services.gateway import create_app
+from services.http.app import create_app
 from services.integrations.langchain import ChatRagyard, RagyardError, RagyardRetriever
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]

@@ -277,16 +277,16 @@ def test_canonical_chunk_order_makes_a_repeated_chunk_set_hit_the_prefix_cache(
 def test_the_gateway_reports_speculation_and_serves_vllm_metrics(engines: Engines, local_service: Any) -> None:
     from fastapi.testclient import TestClient
 
-    from services.deployments.clients import LocalWorker
     from services.deployments.worker import Worker
-    from services.gateway import create_app
-    from services.rag import RagService
+    from services.http.app import create_app
+    from services.pipeline import RagService
+    from services.pipeline.clients import local_worker
 
     engine = engines.get("ngram", speculative=NGRAM)
     model = {"engine": "vllm", "max_model_len": 2048, "speculative": NGRAM}
     config = load_config({"models": [model], "cache": {"enabled": False}})
     worker = Worker(config, engine=engine)
-    service = RagService(config, local_service.retriever, {config.default_model.id: LocalWorker(worker)}, cache=None)
+    service = RagService(config, local_service.retriever, {config.default_model.id: local_worker(worker)}, cache=None)
     with TestClient(create_app(service)) as client:
         body = {"model": "auto", "policy": "none", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
         resp = client.post("/v1/chat/completions", json=body)

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.model]
 
 def rag_prompts(engine: Any, shared_data: Path, n: int) -> list[str]:
     """Question + top passages from the shared sets, as the workers see them."""
-    from services.evaluation.harness import read_rows
+    from bench.harness import read_rows
 
     prompts = []
     for name in ("dev_hotpotqa.jsonl", "dev_boolq.jsonl"):

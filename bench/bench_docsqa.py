@@ -1,0 +1,178 @@
+"""`ragyard bench docsqa`: a newcomer's questions about Ragyard itself, answered over the bundled docs.
+
+The set (``data/docs_qa.jsonl``, written once by hand) has a reference answer per question and the key
+facts a right answer must hold: ``must_include`` is a list of groups, each a list of alternatives, and an
+answer is right when every group has one alternative in it (case-insensitive). The corpus is the one the
+service indexes at startup (``corpus.paths``: the README and docs/). Each model answers every question in
+the chat style the HTTP API uses, the models interleaved question by question.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from services.config import AppConfig
+
+DOCS_QA = Path(__file__).with_name("data") / "docs_qa.jsonl"
+
+
+def read_docs_qa(path: str | Path = DOCS_QA) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    for r in rows:
+        groups = r.get("must_include")
+        if not r.get("question") or not r.get("answers") or not groups or not all(groups):
+            raise ValueError(f"docs-QA row {r.get('id')!r} needs question, answers and non-empty must_include groups")
+    return rows
+
+
+def judge(answer: str, must_include: list[list[str]]) -> tuple[bool, list[list[str]]]:
+    """Right when every group of key facts has one alternative in the answer; returns the groups missed."""
+    text = answer.lower()
+    missed = [group for group in must_include if not any(alt.lower() in text for alt in group)]
+    return not missed, missed
+
+
+def bench_docsqa(
+    config: AppConfig,
+    out: str | Path,
+    *,
+    models: list[str] | None = None,
+    policy: str = "single",
+    max_tokens: int = 96,
+    limit: int | None = None,
+    data: str | Path = DOCS_QA,
+) -> str:
+    from bench.harness import Evaluator, index_dir_for, percentile
+    from retrieval.ingest import load_path
+    from retrieval.policies.base import Question
+    from retrieval.retriever import Retriever
+    from services.deployments.retriever import RetrieverService
+    from services.pipeline import AnswerRequest, RagService
+    from services.pipeline.clients import local_retriever, local_worker
+
+    rows = read_docs_qa(data)[:limit]
+    evaluator = Evaluator(config, models=models or [m.id for m in config.models])
+    docs = [d for p in config.corpus.paths if Path(p).exists() for d in load_path(p)]
+    retriever = Retriever.create(
+        index_dir=index_dir_for(config, docs),
+        chunk_tokens=config.index.chunk_tokens,
+        chunk_overlap_tokens=config.index.chunk_overlap_tokens,
+        embedder=evaluator.embedder,
+    )
+    retriever.ingest(docs)
+    # How often the top-k passages hold every key fact, per search mode: the ceiling for the answers.
+    r = config.retrieval
+    recall = {
+        mode: sum(
+            judge(
+                "\n".join(
+                    f"{p.chunk.title}\n{p.chunk.text}"
+                    for p in retriever.search(
+                        row["question"], r.top_k, mode=mode, candidates=r.hybrid_candidates, rrf_k=r.rrf_k
+                    )
+                ),
+                row["must_include"],
+            )[0]
+            for row in rows
+        )
+        for mode in ("dense", "bm25", "hybrid")
+    }
+    cfg = config.model_copy(update={"corpus": config.corpus.model_copy(update={"ingest_on_start": False})})
+    service = RagService(
+        cfg,
+        local_retriever(RetrieverService(cfg, retriever=retriever)),
+        {mid: local_worker(w) for mid, w in evaluator.workers.items()},
+        cache=None,
+    )
+    ids = list(evaluator.workers)
+    preds: dict[str, list[dict[str, Any]]] = {m: [] for m in ids}
+    # As `make run` does at start-up: the corpus's chunks go to the engines that compute their KV ahead,
+    # and the questions start once that is done (the figures are the steady state, not the warm-up).
+    started = time.perf_counter()
+    queued = asyncio.run(service.precompute_chunks(None))
+    for mid in queued:
+        reuse = getattr(evaluator.workers[mid].engine, "chunk_reuse", None)
+        if reuse is not None and not reuse.wait_idle(3600):
+            raise RuntimeError(f"{mid}: the chunk KV of the corpus was not computed within an hour")
+    precompute = {
+        "seconds": round(time.perf_counter() - started, 1),
+        "models": {
+            mid: evaluator.workers[mid].engine.chunk_reuse.describe()["precompute"] for mid in queued if queued[mid]
+        },
+    }
+
+    async def run() -> None:
+        for n, row in enumerate(rows):
+            for model in ids[n % len(ids) :] + ids[: n % len(ids)]:
+                started = time.perf_counter()
+                rec = await service.answer(
+                    AnswerRequest(
+                        question=Question(text=row["question"], style="chat"),
+                        model=model,
+                        policy=policy,
+                        max_tokens=max_tokens,
+                    )
+                )
+                right, missed = judge(rec["answer"], row["must_include"])
+                preds[model].append(
+                    {
+                        "id": row["id"],
+                        "question": row["question"],
+                        "answer": rec["answer"],
+                        "right": right,
+                        "missed": missed,
+                        "latency_s": round(time.perf_counter() - started, 3),
+                        "completion_tokens": rec["usage"]["completion_tokens"],
+                        "citations": [c["title"] for c in rec["citations"]],
+                    }
+                )
+            print(f"  docsqa {n + 1}/{len(rows)}", flush=True)  # noqa: T201
+
+    asyncio.run(run())
+    summary = {
+        m: {
+            "right": sum(p["right"] for p in ps),
+            "questions": len(ps),
+            "engine": config.model(m).engine,
+            "median_latency_s": round(statistics.median(p["latency_s"] for p in ps), 3) if ps else None,
+            "p90_latency_s": round(percentile([p["latency_s"] for p in ps], 0.9), 3) if ps else None,
+            "median_completion_tokens": statistics.median(p["completion_tokens"] for p in ps) if ps else None,
+        }
+        for m, ps in preds.items()
+    }
+    result: dict[str, Any] = {
+        "policy": policy,
+        "max_tokens": max_tokens,
+        "search": config.retrieval.search,
+        "top_k": config.retrieval.top_k,
+        "set": str(data),
+        "facts_in_top_k_passages": {m: f"{n}/{len(rows)}" for m, n in recall.items()},
+        "chunk_kv_precompute": precompute,
+        "models": summary,
+    }
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "docsqa.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    with open(out_dir / "answers.jsonl", "w", encoding="utf-8") as fh:
+        for m, ps in preds.items():
+            for p in ps:
+                fh.write(json.dumps({"model": m, **p}) + "\n")
+    lines = [
+        "| model | engine | right | median s | p90 s | median completion tokens |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for m, s in summary.items():
+        lines.append(
+            f"| {m} | {s['engine']} | {s['right']}/{s['questions']} | {s['median_latency_s']} | {s['p90_latency_s']} "
+            f"| {s['median_completion_tokens']} |"
+        )
+    facts = ", ".join(f"{m} {n}/{len(rows)}" for m, n in recall.items())
+    lines += ["", f"Every key fact in the top {config.retrieval.top_k} passages (search mode: questions): {facts}"]
+    table = "\n".join(lines) + "\n"
+    (out_dir / "docsqa.md").write_text(table, encoding="utf-8")
+    return table

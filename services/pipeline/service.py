@@ -1,0 +1,580 @@
+"""Answering a question: route, (maybe) serve from the response cache, run the retrieval policy,
+generate, account. Used by the HTTP gateway and by the library path (`ragyard ask`, `eval`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from cache.response_cache import ResponseCache
+from core.capabilities import CHUNK_PRECOMPUTE
+from retrieval.documents import Passage
+from retrieval.generation import GenerationStats, SamplingParams, TokenLogprob
+from retrieval.policies.base import (
+    PolicyContext,
+    PolicyResult,
+    Ran,
+    answer_events,
+    prompt_cache_record,
+)
+from retrieval.policies.registry import get_policy
+from router.plan import Outcome, RouteDecision
+from services import metrics
+from services.config import AppConfig, RetrievalConfig
+from services.errors import InvalidRequestError, ServiceUnavailableError
+from services.pipeline import telemetry
+from services.pipeline.clients import RetrieverClient, RouterClient, WorkerClient, local_router
+from services.pipeline.records import AnswerRequest, StreamEvent
+
+logger = logging.getLogger(__name__)
+
+
+class RagService:
+    def __init__(
+        self,
+        config: AppConfig,
+        retriever: RetrieverClient,
+        workers: dict[str, WorkerClient],
+        *,
+        router: RouterClient | None = None,
+        cache: ResponseCache | None = None,
+    ) -> None:
+        self.config = config
+        self.retriever = retriever
+        self.workers = workers
+        if router is None:
+            from services.deployments.router import RouterService
+
+            router = local_router(RouterService(config))
+        self.router = router
+        self.cache = cache
+        self._reports: set[asyncio.Future[Any]] = set()  # SLA reports in flight (kept from the GC)
+
+    # -- planning ------------------------------------------------------------------------------
+    async def decide(self, req: AnswerRequest, *, dry_run: bool = False) -> tuple[RouteDecision, SamplingParams]:
+        if req.span is None:
+            req.span = telemetry.start(
+                f"{req.operation} {req.model or 'auto'}", None, **telemetry.request_attributes(req, req.operation)
+            )
+        route = telemetry.start("route", req.span)
+        try:
+            decision, params = await self._decide(req, dry_run=dry_run)
+        except BaseException as exc:
+            telemetry.end(route, exc)
+            self.close_span(req, error=exc)
+            raise
+        telemetry.set_attributes(route, telemetry.plan_attributes(decision))
+        telemetry.end(route)
+        return decision, params
+
+    def close_span(
+        self, req: AnswerRequest, record: dict[str, Any] | None = None, error: BaseException | None = None
+    ) -> None:
+        """End the request's span, with the response's attributes when there is one."""
+        span, req.span = req.span, None
+        if span is None:
+            return
+        if record is not None:
+            telemetry.set_attributes(span, telemetry.response_attributes(record))
+        telemetry.end(span, error)
+
+    async def _decide(self, req: AnswerRequest, *, dry_run: bool = False) -> tuple[RouteDecision, SamplingParams]:
+        if req.top_k is not None and req.top_k > self.config.retrieval.max_top_k:
+            raise InvalidRequestError(
+                f"top_k {req.top_k} is over the limit of {self.config.retrieval.max_top_k}", param="top_k"
+            )
+        embedding = None
+        if await self.router.needs_embedding(req.policy, req.model):
+            embedding = await self.retriever.embed(req.question.text)
+        decision = await self.router.route(
+            req.question.text,
+            embedding=embedding,
+            model=req.model,
+            policy=req.policy,
+            top_k=req.top_k,
+            max_tokens=req.max_tokens,
+            # A cached answer has no logprobs to give.
+            cacheable=req.temperature == 0.0 and req.logprobs is None,
+            **({"sla": req.sla} if req.sla is not None or self.config.sla.enabled else {}),
+            **({"dry_run": True} if dry_run else {}),
+        )
+        limit = self.config.model(decision.plan.model).max_tokens_limit
+        if decision.plan.max_tokens > limit:
+            await self.finish(decision, None, time.perf_counter())
+            raise InvalidRequestError(
+                f"max_tokens {decision.plan.max_tokens} is over this model's limit of {limit}", param="max_tokens"
+            )
+        params = SamplingParams(
+            max_tokens=decision.plan.max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            stop=req.stop,
+            seed=req.seed,
+            speculative=decision.plan.speculative,
+            chunk_cache=decision.plan.chunk_cache,
+            priority=int((decision.sla or {}).get("priority", 0)),
+            frequency_penalty=req.frequency_penalty,
+            presence_penalty=req.presence_penalty,
+            logprobs=req.logprobs,
+            response_format=req.response_format,
+            request_id=req.request_id,
+        )
+        return decision, params
+
+    async def finish(
+        self,
+        decision: RouteDecision,
+        record: dict[str, Any] | None,
+        started: float,
+        ttft_s: float | None = None,
+        ran: Ran | None = None,
+        parent: Any = None,
+    ) -> None:
+        """Tell the SLA controller how an admitted request ended (record None: it failed, or its client
+        left; ``ran``: the tokens the model ran for it all the same, which are charged). ``parent``: the
+        request's span, under which the settlement gets its own."""
+        ran = ran or Ran()
+        ticket = (decision.sla or {}).get("ticket")
+        span = telemetry.start("settle", parent, **{"ragyard.sla.ticket": ticket, "ragyard.sla.admitted": bool(ticket)})
+        if ticket is None:  # no SLA controller, or a dry run: nothing was reserved
+            telemetry.end(span)
+            return
+        try:
+            await self._settle(decision, record, started, ttft_s, ran)
+        finally:
+            budget = (record or {}).get("sla", {}).get("budget_after")
+            telemetry.set_attributes(
+                span, {"ragyard.sla.ok": record is not None, "ragyard.sla.budget_after": json.dumps(budget)}
+            )
+            telemetry.end(span)
+
+    async def _settle(
+        self, decision: RouteDecision, record: dict[str, Any] | None, started: float, ttft_s: float | None, ran: Ran
+    ) -> None:
+        assert decision.sla is not None
+        latency = time.perf_counter() - started
+        outcome = Outcome(
+            ok=False,
+            latency_s=latency,
+            prompt_tokens=ran.prompt_tokens,
+            completion_tokens=ran.completion_tokens,
+            model=decision.plan.model,
+        )
+        if record is not None:
+            usage = record["usage"]
+            timings = record.get("timings", {})
+            hit = record.get("cache", {}).get("response") == "hit"
+            outcome = Outcome(
+                ok=True,
+                latency_s=latency,
+                # A cached answer reports its original tokens; the policy's cache_charge says what of them is charged.
+                prompt_tokens=usage["prompt_tokens"],
+                completion_tokens=usage["completion_tokens"],
+                cache_hit=hit,
+                ttft_s=ttft_s if ttft_s is not None else max(0.0, latency - timings.get("decode_s", 0.0)),
+                model=decision.plan.model,
+            )
+        # Shielded: a client that leaves cancels the request's task, and the report must go in all the same
+        # (else the reservation waits out its lease and the tokens the model ran are never charged).
+        report = asyncio.ensure_future(self.router.finish(decision.sla["ticket"], outcome))
+        self._reports.add(report)
+        report.add_done_callback(self._reports.discard)
+        try:
+            settled = await asyncio.shield(report)
+        except Exception:  # noqa: BLE001 - the answer stands; the ticket expires and releases its reservation
+            logger.exception("could not report SLA ticket %s", decision.sla.get("ticket"))
+            return
+        if record is not None and settled is not None:
+            record.setdefault("sla", {})["budget_after"] = settled.budget
+
+    def _retrieval_settings(self, model_id: str) -> RetrievalConfig:
+        """The retrieval settings a policy runs with for this model (DRAGIN's threshold is per model)."""
+        threshold = self.config.dragin_threshold(model_id)
+        if threshold == self.config.retrieval.dragin_threshold:
+            return self.config.retrieval
+        return self.config.retrieval.model_copy(update={"dragin_threshold": threshold})
+
+    def worker_for(self, model_id: str) -> WorkerClient:
+        worker = self.workers.get(model_id)
+        if worker is None:
+            # The router chose a configured model this process serves no worker for (a partial deployment,
+            # or an evaluator started with a subset of the models): the service's fault, said plainly.
+            raise ServiceUnavailableError(
+                f"model {model_id!r} has no worker here (workers: {', '.join(sorted(self.workers))})"
+            )
+        return worker
+
+    def _context(self, req: AnswerRequest, decision: RouteDecision, params: SamplingParams) -> PolicyContext:
+        worker = self.worker_for(decision.plan.model)
+        namespaces = list(req.namespaces) if req.namespaces is not None else None
+
+        async def retrieve(query: str, k: int) -> list[Passage]:
+            return await self.retriever.search(query, k, namespaces, req.min_generation)
+
+        return PolicyContext(
+            retrieve=retrieve,
+            generate=worker.generate,
+            stream=worker.stream,
+            generate_with_signals=worker.generate_with_signals,
+            top_k=decision.plan.top_k,
+            max_context_tokens=self.config.retrieval.max_context_tokens,
+            settings=self._retrieval_settings(decision.plan.model),
+            params=params,
+            complexity=decision.plan.complexity.model_dump() if decision.plan.complexity else None,
+        )
+
+    async def _cache_key(self, req: AnswerRequest, decision: RouteDecision, params: SamplingParams) -> str | None:
+        if self.cache is None or not decision.plan.use_response_cache:
+            return None
+        generation = (await self.retriever.stats(req.min_generation)).get("generation", 0)
+        q = req.question
+        return ResponseCache.key(
+            question=q.text,
+            history=[m.model_dump() for m in q.history],
+            system=q.system,
+            style=q.style,
+            # The classifier's output is not part of the key: it varies run to run (its timing) and only
+            # matters through the policy it picked, which is.
+            plan=decision.plan.model_dump(exclude={"complexity"}),
+            stop=list(params.stop),
+            **_shaping_key(params),
+            index_generation=generation,
+            # What the asker may read decides what it is told: one tenant's answer is never another's.
+            namespaces=sorted(req.namespaces) if req.namespaces is not None else None,
+        )
+
+    async def plan(self, req: AnswerRequest) -> dict[str, Any]:
+        """The plan `answer` would run, with its reasons, without running it (like EXPLAIN): nothing is
+        generated, no budget is reserved and no ticket is taken."""
+        started = time.perf_counter()
+        decision, params = await self.decide(req, dry_run=True)
+        self.close_span(req)
+        return {
+            "object": "qa.plan",
+            "model": decision.plan.model,
+            "plan": {**decision.plan.model_dump(), "reason": decision.reason},
+            **({"sla": {**decision.sla, "reason": decision.reason}} if decision.sla is not None else {}),
+            "sampling": {"max_tokens": params.max_tokens, "temperature": params.temperature},
+            "seconds": round(time.perf_counter() - started, 4),
+        }
+
+    # -- answering -----------------------------------------------------------------------------
+    async def answer(self, req: AnswerRequest) -> dict[str, Any]:
+        """The answer pipeline collected (the final generation in one piece)."""
+        started = time.perf_counter()
+        decision, params = await self.decide(req)
+        record: dict[str, Any] | None = None
+        ran = req.ran
+        error: BaseException | None = None
+        try:
+            async for ev in self._events(req, decision, params, started, stream=False, ran=ran):
+                if ev.done:
+                    record = ev.record
+            assert record is not None, "the answer pipeline ends with its record"
+            return record
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            await self.finish(decision, record, started, ran=ran, parent=req.span)
+            self.close_span(req, record, error)
+
+    async def stream(
+        self, req: AnswerRequest, decided: tuple[RouteDecision, SamplingParams] | None = None
+    ) -> AsyncIterator[StreamEvent]:
+        """Text deltas of the final answer as they are generated, then the record. ``decided``: the
+        plan, when the caller has made it already (the gateway plans before it sends the 200)."""
+        started = time.perf_counter()
+        decision, params = decided or await self.decide(req)
+        first: float | None = None
+        record: dict[str, Any] | None = None
+        error: BaseException | None = None
+        ran = req.ran
+        try:
+            async for ev in self._events(req, decision, params, started, stream=True, ran=ran):
+                if first is None:
+                    first = time.perf_counter() - started
+                if ev.done:
+                    record = ev.record
+                    await self.finish(decision, ev.record, started, first, ran, parent=req.span)
+                yield ev
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if record is None:  # failed, or the client went away: charged what the model ran
+                await self.finish(decision, None, started, ran=ran, parent=req.span)
+            self.close_span(req, record, error)
+
+    async def _events(
+        self,
+        req: AnswerRequest,
+        decision: RouteDecision,
+        params: SamplingParams,
+        started: float,
+        *,
+        stream: bool,
+        ran: Ran | None = None,
+    ) -> AsyncIterator[StreamEvent]:
+        """The one pipeline behind `answer` and `stream`: the response cache, the policy's answer
+        pipeline, the record, the metrics and the cache put, in that order."""
+        key = await self._cache_key(req, decision, params)
+        cached = None
+        if key is not None and self.cache is not None:
+            lookup = telemetry.start("cache", req.span, **{"ragyard.cache.operation": "get"})
+            cached = await self.cache.get(key)
+            lookup.set_attribute("ragyard.cache.result", "hit" if cached is not None else "miss")
+            telemetry.end(lookup)
+        if cached is not None:
+            record = self._from_cache(cached, started, decision)
+            yield StreamEvent(text=record["answer"])
+            yield StreamEvent(done=True, record=record)
+            return
+        policy = get_policy(decision.plan.policy)
+        ctx = self._context(req, decision, params)
+        if req.span is not None:
+            ctx = telemetry.traced_context(ctx, req.span, decision.plan.model)
+        async for ev in answer_events(policy, req.question, ctx, params, stream=stream, started=started, ran=ran):
+            if ev.result is None:
+                yield StreamEvent(text=ev.text, logprobs=ev.logprobs)
+                continue
+            record = self._record(decision, ev.result, key)
+            self._observe(decision, record, ev.result.timings)
+            # Only a whole answer gets here: an engine that fails (or aborts) raises before its result.
+            if key is not None and self.cache is not None:
+                put = telemetry.start("cache", req.span, **{"ragyard.cache.operation": "put"})
+                await self.cache.put(key, {k: v for k, v in record.items() if k != "sla"})
+                telemetry.end(put)
+            yield StreamEvent(done=True, record=record)
+
+    @staticmethod
+    def _record(decision: RouteDecision, result: PolicyResult, key: str | None) -> dict[str, Any]:
+        return {
+            "id": "qa-" + uuid.uuid4().hex[:24],
+            "answer": result.answer,
+            "finish_reason": result.finish_reason,
+            "model": decision.plan.model,
+            "citations": [p.citation() for p in result.passages],
+            "plan": {**decision.plan.model_dump(), "reason": decision.reason},
+            "timings": {k: round(v, 4) for k, v in result.timings.items()},
+            "usage": _usage(result.prompt_tokens, result.completion_tokens),
+            "retrieval_steps": result.retrieval_steps,
+            "llm_calls": result.llm_calls,
+            "trace": result.steps,
+            "cache": {"response": "miss" if key else "bypass", **(result.prompt_cache or {})},
+            **({"speculative": result.speculative} if result.speculative else {}),
+            **({"logprobs": [t.openai() for t in result.logprobs]} if result.logprobs is not None else {}),
+            **({"sla": {**decision.sla, "reason": decision.reason}} if decision.sla is not None else {}),
+        }
+
+    def _from_cache(self, cached: dict[str, Any], started: float, decision: RouteDecision) -> dict[str, Any]:
+        record = dict(cached)
+        record["id"] = "qa-" + uuid.uuid4().hex[:24]
+        record["cache"] = {"response": "hit"}
+        record.pop("sla", None)
+        if decision.sla is not None:
+            record["sla"] = {**decision.sla, "reason": decision.reason}
+        record["timings"] = {
+            "retrieve_s": 0.0,
+            "queue_s": 0.0,
+            "prefill_s": 0.0,
+            "decode_s": 0.0,
+            "ttft_s": 0.0,
+            "total_s": round(time.perf_counter() - started, 4),
+        }
+        plan = record.get("plan", {})
+        metrics.PLAN_REQUESTS.labels(plan.get("policy"), plan.get("model"), "hit").inc()
+        return record
+
+    def _observe(self, decision: RouteDecision, record: dict[str, Any], timings: dict[str, float]) -> None:
+        policy, model = decision.plan.policy, decision.plan.model
+        metrics.PLAN_REQUESTS.labels(policy, model, record["cache"]["response"]).inc()
+        metrics.PLAN_LATENCY.labels(policy, model).observe(timings["total_s"])
+        for stage in ("retrieve", "prefill", "decode"):
+            metrics.STAGE_LATENCY.labels(stage).observe(timings[f"{stage}_s"])
+        metrics.TTFT.labels(decision.plan.model).observe(timings["ttft_s"])
+        usage = record["usage"]
+        metrics.TOKENS.labels(decision.plan.model, "prompt").inc(usage["prompt_tokens"])
+        metrics.TOKENS.labels(decision.plan.model, "completion").inc(usage["completion_tokens"])
+
+    # -- the completions API -------------------------------------------------------------------
+    async def complete(
+        self, req: AnswerRequest, prompt: str, decided: tuple[RouteDecision, SamplingParams] | None = None
+    ) -> AsyncIterator[StreamEvent]:
+        """A raw prompt continued by the plan's model (no retrieval, no chat template), as text deltas and
+        then the record. Planned and settled like an answer: the SLA controller admits it and is told how it
+        ended, so a tenant's budget and limits count it."""
+        started = time.perf_counter()
+        decision, params = decided or await self.decide(req)
+        worker = self.worker_for(decision.plan.model)
+        first: float | None = None
+        record: dict[str, Any] | None = None
+        parts: list[str] = []
+        tokens: list[TokenLogprob] = []
+        finish = "length"
+        stats = GenerationStats()
+        error: BaseException | None = None
+        chunks = worker.stream(prompt, params)
+        if req.span is not None:
+            chunks = telemetry.trace_stream(chunks, req.span, decision.plan.model, params)
+        try:
+            async for chunk in chunks:
+                if first is None:
+                    first = time.perf_counter() - started
+                if chunk.prompt_tokens or chunk.completion_tokens:
+                    req.ran.prompt_tokens, req.ran.completion_tokens = chunk.prompt_tokens, chunk.completion_tokens
+                if chunk.logprobs:
+                    tokens += chunk.logprobs
+                if chunk.text or chunk.logprobs:
+                    parts.append(chunk.text)
+                    yield StreamEvent(text=chunk.text, logprobs=chunk.logprobs)
+                if chunk.finish_reason is not None:
+                    finish = chunk.finish_reason
+                if chunk.stats is not None:
+                    stats = chunk.stats
+            req.ran.prompt_tokens, req.ran.completion_tokens = stats.prompt_tokens, stats.completion_tokens
+            timings = {
+                "retrieve_s": 0.0,
+                "queue_s": stats.queue_s,
+                "prefill_s": stats.prefill_s,
+                "decode_s": stats.decode_s,
+                "ttft_s": stats.ttft_s,
+                "total_s": time.perf_counter() - started,
+            }
+            record = {
+                "id": "cmpl-" + uuid.uuid4().hex[:24],
+                "text": "".join(parts),
+                "finish_reason": finish,
+                "model": decision.plan.model,
+                "plan": {**decision.plan.model_dump(), "reason": decision.reason},
+                "timings": {k: round(v, 4) for k, v in timings.items()},
+                "usage": _usage(stats.prompt_tokens, stats.completion_tokens),
+                "cache": {"response": "bypass", **(prompt_cache_record(stats) or {})},
+                **({"speculative": stats.speculative} if stats.speculative else {}),
+                **({"logprobs": [t.openai() for t in tokens]} if params.logprobs is not None else {}),
+                **({"request_id": req.request_id} if req.request_id else {}),
+            }
+            self._observe(decision, record, timings)
+            await self.finish(decision, record, started, first, req.ran, parent=req.span)
+            yield StreamEvent(done=True, record=record)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if record is None:  # failed, or the client went away: charged what the model ran
+                await self.finish(decision, None, started, ran=req.ran, parent=req.span)
+            self.close_span(req, record, error)
+
+    async def ingest(self, docs: list[Any]) -> dict[str, Any]:
+        result = await self.retriever.ingest(docs)
+        changed = [*result.get("added", []), *result.get("updated", [])]
+        if changed:
+            # The workers compute the new chunks' KV in the background: the ingest never waits for it.
+            self._background(self.precompute_chunks(changed))
+        return result
+
+    def precompute_models(self) -> list[str]:
+        """The models whose engine computes chunk KV ahead and whose config asks for it."""
+        return [
+            m.id
+            for m in self.config.models
+            if m.chunk_cache.enabled and m.chunk_cache.precompute and CHUNK_PRECOMPUTE in m.capabilities
+        ]
+
+    async def precompute_chunks(self, doc_ids: list[str] | None = None) -> dict[str, Any]:
+        """Hand the chunks of these documents (None: every document) to each precomputing worker."""
+        models = [m for m in self.precompute_models() if m in self.workers]
+        if not models:
+            return {}
+        bodies = await self.retriever.chunk_bodies(doc_ids)
+        out: dict[str, Any] = {}
+        for mid in models:
+            try:
+                out[mid] = await self.workers[mid].precompute(bodies)
+            except Exception as exc:  # noqa: BLE001 - a worker that cannot take them computes on first sight
+                logger.warning("chunk KV precompute on %s failed: %s", mid, exc)
+        return out
+
+    async def warm_chunk_kv(self, *, attempts: int = 60, delay_s: float = 5.0) -> dict[str, Any]:
+        """At start-up: once the retriever answers (it indexes the bundled corpus first), queue every stored
+        chunk for the precomputing workers."""
+        if not self.precompute_models():
+            return {}
+        for _ in range(attempts):
+            try:
+                await self.retriever.ready()
+                return await self.precompute_chunks(None)
+            except Exception as exc:  # noqa: BLE001 - not up yet: try again
+                logger.debug("chunk KV warm-up waits for the retriever: %s", exc)
+                await asyncio.sleep(delay_s)
+        logger.warning("chunk KV warm-up gave up: the retriever did not answer")
+        return {}
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+    async def worker_metrics(self) -> list[str]:
+        """The workers' engine metrics (vLLM's families) in Prometheus text form."""
+        texts = await asyncio.gather(*(w.metrics_text() for w in self.workers.values()), return_exceptions=True)
+        out = []
+        for mid, text in zip(self.workers, texts, strict=True):
+            if isinstance(text, BaseException):
+                logger.warning("metrics of worker %s unavailable: %s", mid, text)
+            else:
+                out.append(text)
+        return out
+
+    async def sla(self, tenant: str | None = None) -> dict[str, Any]:
+        return await self.router.sla(tenant)
+
+    async def router_metrics(self) -> str:
+        return await self.router.metrics_text()
+
+    async def readiness(self) -> dict[str, Any]:
+        """Each component's readiness; raises when one is not reachable."""
+        out: dict[str, Any] = {"retriever": await self.retriever.ready(), "router": await self.router.ready()}
+        out["workers"] = {mid: await w.ready() for mid, w in self.workers.items()}
+        return out
+
+
+def _shaping_key(params: SamplingParams) -> dict[str, Any]:
+    """The output-shaping params in a response-cache key (absent when unset, so older keys still hit)."""
+    out: dict[str, Any] = {}
+    if params.penalised:
+        out["penalties"] = [params.frequency_penalty, params.presence_penalty]
+    if params.response_format is not None:
+        out["response_format"] = params.response_format.model_dump()
+    return out
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def build_local(config: AppConfig) -> RagService:
+    """The library path: every component in this process, no Ray."""
+    from services.deployments.retriever import RetrieverService
+    from services.deployments.worker import Worker
+    from services.pipeline.clients import local_retriever, local_worker
+
+    retriever = local_retriever(RetrieverService(config))
+    workers: dict[str, WorkerClient] = {m.id: local_worker(Worker(config, m.id)) for m in config.models}
+    return RagService(config, retriever, workers, cache=build_cache(config))
+
+
+def build_cache(config: AppConfig) -> ResponseCache | None:
+    from cache.backends import open_backend
+
+    if not config.cache.enabled:
+        return None
+    backend = open_backend(
+        config.cache.response_cache_url, max_entries=config.cache.max_entries, ttl_s=config.cache.ttl_s
+    )
+    return ResponseCache(backend, ttl_s=config.cache.ttl_s)
