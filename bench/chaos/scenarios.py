@@ -439,7 +439,7 @@ class Chaos:
             httpx.delete(f"{self.url}{DOCS}/{doc_id}", headers=auth_headers(OTHER_KEY), timeout=60).status_code == 200
         )
         rec = self._post("/v1/qa", {"question": question, "policy": "single", "max_tokens": 8}, OTHER_KEY).json()
-        probes["cited"] = any(c.get("doc_id") == doc_id for c in rec.get("citations", []))
+        probes["cited"] = any(c.get("document_id") == doc_id for c in rec.get("citations", []))
         probes["cache hit"] = rec.get("cache", {}).get("response") == "hit"
         probes["answer leaks the code"] = nonce in rec.get("answer", "")
         still = self._get(f"{DOCS}/{doc_id}").status_code == 200

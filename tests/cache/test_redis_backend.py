@@ -62,9 +62,7 @@ def test_unreachable_redis_is_a_backend_error_then_skipped() -> None:
     assert asyncio.run(ResponseCache(b).get("k")) is None
     with pytest.raises(BackendUnavailableError):
         asyncio.run(b.aput("k", b"v"))
-    started = time.perf_counter()
     with pytest.raises(BackendUnavailableError, match="not called for"):
         b.get("k")
     with pytest.raises(BackendUnavailableError, match="not called for"):
         asyncio.run(b.aget("k"))
-    assert time.perf_counter() - started < 0.5

@@ -17,6 +17,7 @@ import pytest
 
 from bench.bench_chaos import write_report
 from bench.chaos.scenarios import Chaos, Settings
+from core.redis_client import CALL_DEADLINE_S
 from tests.conftest import TMP
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.ray, pytest.mark.redis, pytest.mark.model]
@@ -88,7 +89,8 @@ def test_redis_faults_fail_over_fast_and_leave_nothing_held(chaos: Chaos) -> Non
         fault = r[name]
         assert fault["requests"] > 0 and fault["not_retryable"] == 0, (name, fault)
         assert fault["seconds_to_first_200"] is not None and fault["seconds_to_first_200"] < 30, (name, fault)
-        assert fault["worst_healthz_s"] < 2.0, (name, fault)  # the event loop never waits on Redis
+        # The event loop never waits on Redis: a /healthz that had would take a Redis call's whole deadline.
+        assert fault["worst_healthz_s"] < CALL_DEADLINE_S, (name, fault)
         assert fault["probes"]["requests"] > 0 and fault["probes"]["not_retryable"] == 0, (name, fault)
     for name in ("refused", "killed_restarted_from_aof"):  # the limits fail closed, at once
         probes = r[name]["probes"]
@@ -132,12 +134,23 @@ def test_nothing_stays_reserved_for_any_tenant(chaos: Chaos) -> None:
 def test_the_report_holds_every_goal(tmp_path: Path) -> None:
     """Written from the scenarios this module ran (all of them in file order; fewer when selected or shuffled:
     a goal whose scenario did not run reads None)."""
+    if not RESULTS:
+        pytest.skip("no chaos scenario ran in this session")
     md = write_report(tmp_path, RESULTS, SETTINGS)
     goals = json.loads((tmp_path / "chaos.json").read_text())["goals"]
-    for name in ("bad_inputs_5xx", "cross_tenant_reads_succeeded", "acknowledged_documents_lost", "overspend_tokens"):
-        assert goals[name] in (0, None), (name, goals[name])
-    assert goals["tokens_charged"] == goals["tokens_delivered"]
-    assert set(goals["leaked_reserved_tokens"].values()) <= {0}
+    # Each goal of a scenario that ran is exactly 0 (None only where its scenario did not run).
+    ran = {
+        "bad_inputs_5xx": "bad_inputs" in RESULTS,
+        "cross_tenant_reads_succeeded": "cross_tenant" in RESULTS,
+        "acknowledged_documents_lost": bool({"store_writers", "ingest_under_retriever_kills"} & set(RESULTS)),
+        "overspend_tokens": "budget_race" in RESULTS,
+    }
+    for name, did in ran.items():
+        assert goals[name] == (0 if did else None), (name, goals[name])
+    if "metering" in RESULTS:
+        assert goals["tokens_charged"] == goals["tokens_delivered"] > 0
+    if "final_usage" in RESULTS:
+        assert goals["leaked_reserved_tokens"] and set(goals["leaked_reserved_tokens"].values()) == {0}
     assert md.startswith("| goal | figure |") and (tmp_path / "chaos.md").read_text() == md
     if "redis_faults" in RESULTS:
         assert "| redis refused |" in md

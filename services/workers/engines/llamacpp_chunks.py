@@ -69,6 +69,7 @@ class ChunkHost(Protocol):
 
     def render_chat(self, messages: list[ChatMessage]) -> str: ...
 
+
 # Tokens of a chunk decoded per lock hold in the background, so a request's step waits little.
 BACKGROUND_PIECE = 64
 IDLE_POLL_S = 0.05

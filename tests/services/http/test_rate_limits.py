@@ -66,6 +66,9 @@ def test_requests_per_minute(embedder: Any, tmp_path: Path, store: str | None) -
         assert (
             1 <= int(refused.headers["retry-after"]) <= 60 and refused.headers["x-ratelimit-remaining-requests"] == "0"
         )
+        # The window's reset, as OpenAI writes it ("12s"), and the Retry-After it gives.
+        reset = refused.headers["x-ratelimit-reset-requests"]
+        assert reset.endswith("s") and max(1, int(reset[:-1])) == int(refused.headers["retry-after"]), refused.headers
         assert c.get("/v1/documents", headers=key).status_code == 429  # every /v1 call counts
         free = c.post(CHAT, json=ASK, headers={"authorization": "Bearer k-free"})  # a tenant without limits
         assert free.status_code == 200 and "x-ratelimit-limit-requests" not in free.headers

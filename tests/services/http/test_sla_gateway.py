@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -180,11 +181,16 @@ def test_controller_off_reports_so(local_service: Any) -> None:
     assert body["enabled"] is False and "sla.enabled" in body["detail"]
 
 
-def test_cached_answers_are_not_charged(local_service: Any, base_config: dict[str, Any], tmp_path: Path) -> None:
+@pytest.mark.parametrize(("cache_charge", "charged"), [(1.0, 1.0), (0.0, 0.0), (0.5, 0.5)])
+def test_a_cached_answer_is_charged_the_policys_cache_charge(
+    local_service: Any, base_config: dict[str, Any], tmp_path: Path, cache_charge: float, charged: float
+) -> None:
+    """A cached answer reports its original tokens; the policy's `cache_charge` (1.0 by default) is the share of
+    them charged again: all, none, or half (rounded up per prompt and completion)."""
     from services.pipeline import build_cache
 
     path = tmp_path / "sla.yaml"
-    path.write_text(yaml.safe_dump(POLICY))
+    path.write_text(yaml.safe_dump({**POLICY, "cache_charge": cache_charge}))
     config = load_config(
         {
             **base_config,
@@ -206,8 +212,9 @@ def test_cached_answers_are_not_charged(local_service: Any, base_config: dict[st
         again = client.post("/v1/qa", json=ask, headers=auth).json()
     assert first["cache"]["response"] == "miss" and again["cache"]["response"] == "hit"
     assert spent == first["usage"]["total_tokens"] > 0
-    # A cached answer is charged its original tokens (the policy's cache_charge, 1.0 by default).
-    assert asyncio.run(ctl.ledger.usage("acme", "day")).spent_tokens == 2 * spent
+    usage = first["usage"]
+    expected = math.ceil(usage["prompt_tokens"] * charged) + math.ceil(usage["completion_tokens"] * charged)
+    assert asyncio.run(ctl.ledger.usage("acme", "day")).spent_tokens == spent + expected
     assert again["sla"]["tier"] == "interactive" and again["sla"]["ticket"] != first["sla"]["ticket"]
     assert not ctl._tickets
 
