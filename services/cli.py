@@ -152,6 +152,23 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_settings(args: argparse.Namespace) -> int:
+    from core.config import settings_table
+    from services.config import AppConfig
+
+    print(settings_table(AppConfig, title="Settings", intro=SETTINGS_INTRO), end="")
+    return 0
+
+
+SETTINGS_INTRO = (
+    "Every setting of Ragyard's app config, written by `ragyard settings > services/settings.md` from the config "
+    "models themselves (a test holds this page to them). Set them in a YAML file (`ragyard --config FILE`, "
+    "`RAGYARD_CONFIG`; `services/ragyard.yaml` is a commented start) or in the environment: "
+    "`RAGYARD_<SECTION>__<FIELD>` (`RAGYARD_SERVER__PORT=8080`), and the short `HOST`, `PORT` and `REDIS_URL`. "
+    "Paths are shown from the repository (`<repo>`) and the home directory (`~`)."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ragyard", description="Adaptive RAG question answering.")
     parser.add_argument("--config", help="YAML config file (default: $RAGYARD_CONFIG or built-in defaults)")
@@ -162,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="bind address (default 127.0.0.1; HOST)")
     p.add_argument("--port", type=int, help="port (default 8000; PORT)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("settings", help="print every config setting with its default and description (markdown)")
+    p.set_defaults(func=cmd_settings)
 
     p = sub.add_parser("prepare", help="convert and check every model the config needs, then exit")
     p.add_argument("--model", action="append", help="only this packaged model (catalog name; repeatable)")

@@ -9,7 +9,7 @@ import pytest
 
 from bench.bench_docsqa import bench_docsqa, judge, read_docs_qa
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.unit

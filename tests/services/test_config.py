@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,3 +105,47 @@ def test_dragin_threshold_per_model_then_config_then_catalog() -> None:
     assert own.dragin_threshold("x") == 0.9 and own.dragin_threshold("y") == 0.45
     with pytest.raises(ConfigError):
         load_config({"models": [{"dragin_threshold": 0}]})
+
+
+def test_the_settings_reference_is_current() -> None:
+    """services/settings.md is `ragyard settings` (written from the config models): a setting added, renamed or
+    with a new default or description must be written there too."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    now = subprocess.run(
+        [sys.executable, "-m", "services.cli", "settings"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
+    assert (root / "services" / "settings.md").read_text() == now, "run `ragyard settings > services/settings.md`"
+    for name in ("server.max_json_depth", "server.web_chat", "ray.max_queued_requests", "sla.latency_priors"):
+        assert f"`{name}`" in now
+
+
+def test_the_sample_config_holds_the_codes_defaults() -> None:
+    """Each value services/ragyard.yaml sets is the code's default (it is a commented start, not an override),
+    save the two paths it writes relative to where `ragyard` runs."""
+    import yaml
+
+    from services.config import AppConfig
+
+    root = Path(__file__).resolve().parents[2]
+    shipped = yaml.safe_load((root / "services" / "ragyard.yaml").read_text())
+    default = AppConfig().model_dump(mode="json")
+    relative = {"index.dir", "ray.temp_dir"}
+    differs = []
+
+    def walk(mine: Any, code: Any, path: str) -> None:
+        if isinstance(mine, dict) and isinstance(code, dict):
+            for key, value in mine.items():
+                assert key in code, f"{path}{key} is not a setting"
+                walk(value, code[key], f"{path}{key}.")
+        elif path.rstrip(".") == "models":
+            assert [m["id"] for m in mine] == [m["id"] for m in code]
+            for m, c in zip(mine, code, strict=True):
+                walk(m, c, "models[].")
+        elif path.rstrip(".") not in relative and mine != code:
+            differs.append((path.rstrip("."), mine, code))
+
+    walk(shipped, default, "")
+    assert differs == []
