@@ -61,15 +61,13 @@ class RagService:
             req.span = telemetry.start(
                 f"{req.operation} {req.model or 'auto'}", None, **telemetry.request_attributes(req, req.operation)
             )
-        route = telemetry.start("route", req.span)
         try:
-            decision, params = await self._decide(req, dry_run=dry_run)
+            with telemetry.span("route", req.span) as route:
+                decision, params = await self._decide(req, dry_run=dry_run)
+                telemetry.set_attributes(route, telemetry.plan_attributes(decision))
         except BaseException as exc:
-            telemetry.end(route, exc)
             self.close_span(req, error=exc)
             raise
-        telemetry.set_attributes(route, telemetry.plan_attributes(decision))
-        telemetry.end(route)
         return decision, params
 
     def close_span(
@@ -140,18 +138,18 @@ class RagService:
         request's span, under which the settlement gets its own."""
         ran = ran or Ran()
         ticket = (decision.sla or {}).get("ticket")
-        span = telemetry.start("settle", parent, **{"ragyard.sla.ticket": ticket, "ragyard.sla.admitted": bool(ticket)})
-        if ticket is None:  # no SLA controller, or a dry run: nothing was reserved
-            telemetry.end(span)
-            return
-        try:
-            await self._settle(decision, record, started, ttft_s, ran)
-        finally:
-            budget = (record or {}).get("sla", {}).get("budget_after")
-            telemetry.set_attributes(
-                span, {"ragyard.sla.ok": record is not None, "ragyard.sla.budget_after": json.dumps(budget)}
-            )
-            telemetry.end(span)
+        with telemetry.span(
+            "settle", parent, **{"ragyard.sla.ticket": ticket, "ragyard.sla.admitted": bool(ticket)}
+        ) as span:
+            if ticket is None:  # no SLA controller, or a dry run: nothing was reserved
+                return
+            try:
+                await self._settle(decision, record, started, ttft_s, ran)
+            finally:
+                budget = (record or {}).get("sla", {}).get("budget_after")
+                telemetry.set_attributes(
+                    span, {"ragyard.sla.ok": record is not None, "ragyard.sla.budget_after": json.dumps(budget)}
+                )
 
     async def _settle(
         self, decision: RouteDecision, record: dict[str, Any] | None, started: float, ttft_s: float | None, ran: Ran
@@ -326,10 +324,9 @@ class RagService:
         key = await self._cache_key(req, decision, params)
         cached = None
         if key is not None and self.cache is not None:
-            lookup = telemetry.start("cache", req.span, **{"ragyard.cache.operation": "get"})
-            cached = await self.cache.get(key)
-            lookup.set_attribute("ragyard.cache.result", "hit" if cached is not None else "miss")
-            telemetry.end(lookup)
+            with telemetry.span("cache", req.span, **{"ragyard.cache.operation": "get"}) as lookup:
+                cached = await self.cache.get(key)
+                lookup.set_attribute("ragyard.cache.result", "hit" if cached is not None else "miss")
         if cached is not None:
             record = self._from_cache(cached, started, decision)
             yield StreamEvent(text=record["answer"])
@@ -347,9 +344,8 @@ class RagService:
             self._observe(decision, record, ev.result.timings)
             # Only a whole answer gets here: an engine that fails (or aborts) raises before its result.
             if key is not None and self.cache is not None:
-                put = telemetry.start("cache", req.span, **{"ragyard.cache.operation": "put"})
-                await self.cache.put(key, {k: v for k, v in record.items() if k != "sla"})
-                telemetry.end(put)
+                with telemetry.span("cache", req.span, **{"ragyard.cache.operation": "put"}):
+                    await self.cache.put(key, {k: v for k, v in record.items() if k != "sla"})
             yield StreamEvent(done=True, record=record)
 
     @staticmethod

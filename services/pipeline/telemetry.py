@@ -10,11 +10,12 @@ applying as usual; without it the API's no-op provider makes every span free.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
@@ -102,6 +103,19 @@ def end(span: Span, error: BaseException | None = None) -> None:
         span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"[:500]))
         span.set_attribute("error.type", type(error).__name__)
     span.end()
+
+
+@contextlib.contextmanager
+def span(name: str, parent: Span | None = None, **attributes: Any) -> Iterator[Span]:
+    """`start` and `end` around a block: the span ends with the block, marked failed if it raised. Nothing is
+    attached to the context (as `start`), so the block may await; it must not yield from an async generator."""
+    current = start(name, parent, **attributes)
+    try:
+        yield current
+    except BaseException as exc:
+        end(current, exc)
+        raise
+    end(current)
 
 
 class RequestIdFilter(logging.Filter):
@@ -192,16 +206,12 @@ def traced_context(ctx: PolicyContext, parent: Span, model: str) -> PolicyContex
     retrieve, generate, stream, signals = ctx.retrieve, ctx.generate, ctx.stream, ctx.generate_with_signals
 
     async def traced_retrieve(query: str, k: int) -> Any:
-        span = start("retrieve", parent, **{"ragyard.retrieval.query": query[:500], "ragyard.retrieval.top_k": k})
-        try:
+        attributes = {"ragyard.retrieval.query": query[:500], "ragyard.retrieval.top_k": k}
+        with span("retrieve", parent, **attributes) as current:
             found = await retrieve(query, k)
-        except BaseException as exc:
-            end(span, exc)
-            raise
-        span.set_attribute("ragyard.retrieval.results", len(found))
-        if found:
-            span.set_attribute("ragyard.retrieval.top_score", round(float(found[0].score), 4))
-        end(span)
+            current.set_attribute("ragyard.retrieval.results", len(found))
+            if found:
+                current.set_attribute("ragyard.retrieval.top_score", round(float(found[0].score), 4))
         return found
 
     async def traced_generate(messages: Any, params: SamplingParams, *args: Any) -> Any:
@@ -228,14 +238,9 @@ async def _traced_call(
     fn: Any, parent: Span, model: str, extra: dict[str, Any], messages: Any, params: SamplingParams, *args: Any
 ) -> Any:
     """One model call (generate, or generate with signals) inside a ``generate`` span."""
-    span = start("generate", parent, **extra)
-    try:
+    with span("generate", parent, **extra) as current:
         result = await fn(messages, params, *args)
-    except BaseException as exc:
-        end(span, exc)
-        raise
-    set_attributes(span, generation_attributes(model, params, result.stats, result.finish_reason))
-    end(span)
+        set_attributes(current, generation_attributes(model, params, result.stats, result.finish_reason))
     return result
 
 
