@@ -35,7 +35,7 @@ from services.serve.local import free_port
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_POLICY = PROJECT_ROOT / "services" / "evaluation" / "sla_bench.yaml"
+DEFAULT_POLICY = PROJECT_ROOT / "bench" / "sla_bench.yaml"
 MIX = {"interactive": 0.3, "standard": 0.4, "batch": 0.3}
 KEYS = {"interactive": "bench-interactive", "standard": "bench-standard", "batch": "bench-batch"}
 OPERATOR_KEY = "bench-operator"

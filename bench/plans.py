@@ -65,6 +65,7 @@ def write_plans(
     embedder: Any = None,
 ) -> dict[str, Any]:
     from retrieval.embedder import Embedder
+    from router.plan import RouteRequest
     from services.deployments.router import RouterService
 
     rows = read_questions(data, limit)
@@ -78,11 +79,13 @@ def write_plans(
         for n, row in enumerate(rows):
             decision = asyncio.run(
                 router.route(
-                    row["question"],
-                    dry_run=True,
-                    policy=policy,
-                    model=model,
-                    embedding=None if vectors is None else vectors[n],
+                    RouteRequest(
+                        question=row["question"],
+                        dry_run=True,
+                        policy=policy,
+                        model=model,
+                        embedding=None if vectors is None else [float(x) for x in vectors[n]],
+                    )
                 )
             )
             rec = plan_row(row, n, decision)

@@ -50,6 +50,44 @@ class Plan(BaseModel):
         return f"{self.policy}/{self.model}"
 
 
+class SlaContext(BaseModel):
+    """Who asks, and the SLA headers they sent, as the HTTP edge saw them (the SLA controller's input)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tenant: str | None = Field(None, description="The tenant whose key the request carries; None: an operator.")
+    headers: dict[str, str] = Field(default_factory=dict, description="The request's X-SLA-* headers, as sent.")
+
+
+class RouteRequest(BaseModel):
+    """What the answer pipeline asks the router for one question (it crosses the Ray boundary from the gateway
+    to the router): the caller's choices, the question's embedding when the router needs it, and the SLA
+    context when the controller is on."""
+
+    model_config = ConfigDict(frozen=True)
+
+    question: str
+    embedding: list[float] | None = Field(None, description="The question's embedding, for the classifier.")
+    model: str | None = Field(None, description="The model asked for; None or `auto`: the router picks.")
+    policy: str | None = Field(None, description="The retrieval policy asked for; None: the config's default.")
+    top_k: int | None = Field(None, gt=0, description="Passages per retrieval step; None: the config's.")
+    max_tokens: int | None = Field(None, gt=0, description="Completion token cap; None: the model's default.")
+    cacheable: bool = Field(True, description="Whether a cached answer may serve it (not with logprobs).")
+    sla: SlaContext | None = Field(None, description="The SLA context; None: the controller plans without one.")
+    dry_run: bool = Field(False, description="The plan without admitting it (no ticket, nothing reserved).")
+
+    def choices(self) -> dict[str, Any]:
+        """The caller's choices as `ConfigRouter.route` takes them."""
+        return {
+            "model": self.model,
+            "policy": self.policy,
+            "top_k": self.top_k,
+            "max_tokens": self.max_tokens,
+            "cacheable": self.cacheable,
+            "embedding": self.embedding,
+        }
+
+
 class RouteDecision(BaseModel):
     plan: Plan
     reason: str

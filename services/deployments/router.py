@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from router.errors import RouterArtifactError
-from router.plan import Outcome, RouteDecision, Settlement
+from router.plan import Outcome, RouteDecision, RouteRequest, Settlement, SlaContext
 from router.priors import LatencyPriors
 from router.routing import ADAPTIVE, AUTO_MODEL, ConfigRouter
 from services.config import AppConfig, load_config
@@ -79,14 +79,11 @@ class RouterService:
             return self.router.classifier is not None and policy in (None, ADAPTIVE)
         return self.router.needs_embedding(policy, model)
 
-    async def route(
-        self, question: str, *, sla: dict[str, Any] | None = None, dry_run: bool = False, **choices: Any
-    ) -> RouteDecision:
-        """The plan for a question; ``dry_run``: the same plan without admitting it (no ticket, no budget)."""
+    async def route(self, request: RouteRequest) -> RouteDecision:
+        """The plan for a question; a dry run: the same plan without admitting it (no ticket, no budget)."""
         if self.controller is None:
-            return self.router.route(question, **choices)
-        policy = choices.get("policy")
-        model = choices.get("model")
+            return self.router.route(request.question, **request.choices())
+        policy, model = request.policy, request.model
         if model not in (None, AUTO_MODEL):
             self.router.resolve_model(model)  # refuses an unknown model
         if policy is not None and policy != ADAPTIVE:
@@ -99,20 +96,20 @@ class RouterService:
                 )
         pinned = policy if policy not in (None, ADAPTIVE) else None
         complexity = None
-        if pinned is None and choices.get("embedding") is not None:
-            complexity = self.router.classify(question, choices["embedding"])
-        sla = sla or {}
+        if pinned is None and request.embedding is not None:
+            complexity = self.router.classify(request.question, request.embedding)
+        sla = request.sla or SlaContext()
         return await self.controller.decide(
-            tenant=sla.get("tenant"),
-            headers=sla.get("headers") or {},
+            tenant=sla.tenant,
+            headers=dict(sla.headers),
             complexity=complexity,
             pinned_policy=pinned,
             pinned_model=None if model in (None, AUTO_MODEL) else model,
-            top_k=choices.get("top_k") or self.config.retrieval.top_k,
-            max_tokens=choices.get("max_tokens"),
-            cacheable=choices.get("cacheable", True),
+            top_k=request.top_k or self.config.retrieval.top_k,
+            max_tokens=request.max_tokens,
+            cacheable=request.cacheable,
             use_response_cache=self.config.cache.enabled,
-            dry_run=dry_run,
+            dry_run=request.dry_run,
         )
 
     async def finish(self, ticket: str, outcome: Outcome) -> Settlement | None:

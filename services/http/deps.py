@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 
+from router.plan import SlaContext
 from router.sla import HEADERS as SLA_HEADERS
 from router.sla import PolicyStore
 from services.errors import InvalidRequestError
@@ -42,13 +43,13 @@ async def service(request: Request) -> RagService:
     return await holder.get()
 
 
-def sla_context(request: Request) -> dict[str, Any] | None:
+def sla_context(request: Request) -> SlaContext | None:
     """The tenant and the SLA headers, when the SLA controller is on (None otherwise)."""
     store: PolicyStore | None = request.app.state.sla_policy
     if store is None:
         return None
     headers = {h: request.headers[h] for h in SLA_HEADERS if h in request.headers}
-    return {"tenant": getattr(request.state, "tenant", None), "headers": headers}
+    return SlaContext(tenant=getattr(request.state, "tenant", None), headers=headers)
 
 
 def min_generation(request: Request) -> int:

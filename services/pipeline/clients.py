@@ -11,7 +11,7 @@ from typing import Any, Protocol, cast
 
 from retrieval.documents import Document, Passage
 from retrieval.generation import ChatMessage, GenerationChunk, GenerationResult, SamplingParams, SignalResult
-from router.plan import Outcome, RouteDecision, Settlement
+from router.plan import Outcome, RouteDecision, RouteRequest, Settlement
 
 
 class RetrieverClient(Protocol):
@@ -76,7 +76,7 @@ class WorkerClient(Protocol):
 
 
 class RouterClient(Protocol):
-    async def route(self, question: str, **choices: Any) -> RouteDecision: ...
+    async def route(self, request: RouteRequest) -> RouteDecision: ...
 
     async def needs_embedding(self, policy: str | None, model: str | None = None) -> bool: ...
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from retrieval.generation import ResponseFormat, TokenLogprob
 from retrieval.policies.base import Question, Ran
+from router.plan import SlaContext
 
 
 @dataclass
@@ -31,8 +32,8 @@ class AnswerRequest:
     operation: str = "chat"
     # The request's span: opened by `decide`, closed when the answer (or its failure) is in.
     span: Any = None
-    # The SLA context from the HTTP edge: {"tenant": name or None, "headers": {x-sla-tier: ..., ...}}.
-    sla: dict[str, Any] | None = None
+    # The SLA context from the HTTP edge (the tenant and its X-SLA-* headers); None: the SLA controller is off.
+    sla: SlaContext | None = None
     # The document namespaces the asker may read (a tenant: its own and the shared one); None: all
     # (the library path: `ragyard ask`, the benchmarks).
     namespaces: tuple[str, ...] | None = None

@@ -23,7 +23,7 @@ from retrieval.policies.base import (
     prompt_cache_record,
 )
 from retrieval.policies.registry import get_policy
-from router.plan import Outcome, RouteDecision
+from router.plan import Outcome, RouteDecision, RouteRequest
 from services import metrics
 from services.config import AppConfig, RetrievalConfig
 from services.errors import InvalidRequestError, ServiceUnavailableError
@@ -90,16 +90,18 @@ class RagService:
         if await self.router.needs_embedding(req.policy, req.model):
             embedding = await self.retriever.embed(req.question.text)
         decision = await self.router.route(
-            req.question.text,
-            embedding=embedding,
-            model=req.model,
-            policy=req.policy,
-            top_k=req.top_k,
-            max_tokens=req.max_tokens,
-            # A cached answer has no logprobs to give.
-            cacheable=req.temperature == 0.0 and req.logprobs is None,
-            **({"sla": req.sla} if req.sla is not None or self.config.sla.enabled else {}),
-            **({"dry_run": True} if dry_run else {}),
+            RouteRequest(
+                question=req.question.text,
+                embedding=embedding,
+                model=req.model,
+                policy=req.policy,
+                top_k=req.top_k,
+                max_tokens=req.max_tokens,
+                # A cached answer has no logprobs to give.
+                cacheable=req.temperature == 0.0 and req.logprobs is None,
+                sla=req.sla,
+                dry_run=dry_run,
+            )
         )
         limit = self.config.model(decision.plan.model).max_tokens_limit
         if decision.plan.max_tokens > limit:

@@ -142,7 +142,7 @@ def request_attributes(req: AnswerRequest, operation: str) -> dict[str, Any]:
         "gen_ai.request.presence_penalty": req.presence_penalty or None,
         "gen_ai.output.type": "json" if req.response_format is not None else "text",
         "ragyard.request.policy": req.policy,
-        "ragyard.tenant": (req.sla or {}).get("tenant"),
+        "ragyard.tenant": req.sla.tenant if req.sla is not None else None,
     }
 
 

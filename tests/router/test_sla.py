@@ -418,7 +418,7 @@ def test_expired_tickets_release_their_reservations() -> None:
 
 def test_shipped_policies_validate() -> None:
     root = Path(__file__).resolve().parents[2]
-    for path in (root / "services" / "sla" / "policy.yaml", root / "services" / "evaluation" / "sla_bench.yaml"):
+    for path in (root / "services" / "sla" / "policy.yaml", root / "bench" / "sla_bench.yaml"):
         policy = PolicyStore(path, models=[MODEL]).policy
         assert {"interactive", "standard", "batch"} <= set(policy.tiers)
 

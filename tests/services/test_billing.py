@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from retrieval.policies.base import Question
+from router.plan import SlaContext
 from services.pipeline import AnswerRequest, RagService, build_cache
 from tests.fakes import EngineFailure, ScriptedEngine, scripted_config, scripted_service
 
@@ -41,9 +42,7 @@ def _service(embedder: Any, tmp: Path, cache_charge: float) -> tuple[RagService,
 
 
 def _req(text: str = "Count to eight?") -> AnswerRequest:
-    return AnswerRequest(
-        question=Question(text=text), policy="none", max_tokens=16, sla={"tenant": "acme", "headers": {}}
-    )
+    return AnswerRequest(question=Question(text=text), policy="none", max_tokens=16, sla=SlaContext(tenant="acme"))
 
 
 def _spent(controller: Any) -> int:
@@ -114,7 +113,7 @@ def test_a_policy_that_fails_while_preparing_is_charged_its_earlier_calls(embedd
         question=Question(text="Where does the trail lead?"),
         policy="multi",
         max_tokens=16,
-        sla={"tenant": "acme", "headers": {}},
+        sla=SlaContext(tenant="acme"),
     )
     with pytest.raises(EngineFailure):
         asyncio.run(svc.answer(req))
