@@ -139,7 +139,8 @@ test: install install-data install-vllm helm redis chromium
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
-	RAGYARD_REQUIRE_VLLM=1 RAGYARD_REQUIRE_HELM=1 RAGYARD_REQUIRE_BROWSER=1 $(PY) -m pytest --durations=40 $(PYTEST_ARGS)
+	RAGYARD_REQUIRE_VLLM=1 RAGYARD_REQUIRE_HELM=1 RAGYARD_REQUIRE_BROWSER=1 $(PY) -m pytest --durations=25 \
+	  --cov --cov-report=term -m "not bench_vllm" $(PYTEST_ARGS)
 
 # The whole suite in a random order (pytest-randomly). The seed is printed at the start;
 # `make test-random PYTEST_ARGS=--randomly-seed=N` repeats that order. `make test` keeps the file order.

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
+import importlib.util
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,7 @@ def test_bench_spec_rejects_bad_arguments(tmp_path: Path) -> None:
 @pytest.mark.integration
 @pytest.mark.model
 def test_bench_spec_on_one_prompt(shared_data: Path, tmp_path: Path) -> None:
-    """Both engines: the torch drafters, and vLLM's ngram and draft model (the configured pair: SmolLM2
-    drafting for itself here; three vLLM engines start, one after the other)."""
+    """The torch drafters (the vLLM leg is the next test's)."""
     pair = {"method": "draft_model", "model": "package:smollm2-135m-instruct"}
     table = bench_spec(
         load_config({"models": [{"id": "smollm2-135m-instruct", "speculative": pair}]}),
@@ -36,6 +35,7 @@ def test_bench_spec_on_one_prompt(shared_data: Path, tmp_path: Path) -> None:
         max_tokens=10,
         ks=(2,),
         drafters=("ngram",),
+        vllm=False,
     )
     result = json.loads((tmp_path / "spec.json").read_text())
     setups = result["engines"]["torch"]["setups"]
@@ -57,17 +57,35 @@ def test_bench_spec_on_one_prompt(shared_data: Path, tmp_path: Path) -> None:
     )
     assert setups["ngram adaptive"]["setup"]["threshold"] == ngram["stop_threshold"]
     assert "| torch | plain |" in table
-    vllm = result["engines"]["vllm"]
-    if "skipped" in vllm:
-        assert os.environ.get("RAGYARD_REQUIRE_VLLM") != "1", vllm["skipped"]
-    else:
-        assert set(vllm["setups"]) == {"ngram K=4", "draft_model K=4"}
-        for figures in vllm["setups"].values():
-            assert figures["identical_greedy"] == 1.0 and figures["speedup"] > 0
-        assert vllm["package"].startswith("vllm")
-        assert "| vllm | ngram K=4 |" in table
+    assert "vllm" not in result["engines"]
     prompts = json.loads((tmp_path / "prompts.json").read_text())
     assert len(prompts["measured"]) == 1 and len(prompts["calibration"]) == 1
+
+
+@pytest.mark.integration
+@pytest.mark.model
+@pytest.mark.vllm
+@pytest.mark.bench_vllm
+def test_bench_spec_vllm_leg_on_one_prompt(engine: Any, shared_data: Path) -> None:
+    """vLLM plain against vLLM with ngram and with the configured draft model (SmolLM2 drafting for itself),
+    three engines one after the other, on one real RAG prompt."""
+    from bench.bench_spec_vllm import bench_vllm
+    from retrieval.generation import SamplingParams
+    from tests.services.workers.spec.test_spec_engine import rag_prompts
+
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vLLM is not installed (`make install-vllm`)")
+    pair = {"method": "draft_model", "model": "package:smollm2-135m-instruct"}
+    config = load_config({"models": [{"id": "smollm2-135m-instruct", "speculative": pair}]})
+    prompts = rag_prompts(engine, shared_data, 1)
+    vllm = bench_vllm(config, prompts, SamplingParams(max_tokens=10), 4, one_at_a_time=True)
+    assert set(vllm["setups"]) == {"ngram K=4", "draft_model K=4"}
+    for figures in vllm["setups"].values():
+        # The draft is the target itself; one prompt: its speedup is its decode rate over plain decoding's.
+        assert figures["identical_greedy"] == 1.0 and 0 <= figures["acceptance_rate"] <= 1
+        plain = vllm["plain_decode_tokens_per_s_median"]
+        assert figures["speedup"] == pytest.approx(figures["decode_tokens_per_s_median"] / plain, rel=0.05)
+    assert vllm["package"].startswith("vllm") and vllm["one_at_a_time"]
 
 
 @pytest.mark.integration
