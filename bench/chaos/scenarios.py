@@ -469,7 +469,7 @@ class Chaos:
         from unittest import mock
 
         import router.budgets as budgets
-        from router.budgets import RedisLedger
+        from router.budgets.redis_ledger import RedisLedger
 
         assert self.proxy is not None
         ledger = RedisLedger(self.proxy.url, prefix=f"chaos-midnight-{uuid.uuid4().hex[:6]}:")

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from router.budgets import MemoryLedger, RedisLedger, open_ledger, period_key, seconds_to_reset
+from router.budgets import open_ledger, period_key, seconds_to_reset
+from router.budgets.memory_ledger import MemoryLedger
+from router.budgets.redis_ledger import RedisLedger
 from router.controller import SlaController
 from router.errors import BudgetExhaustedError
 from router.estimates import PlanKey

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from router.budgets import MemoryLedger
+from router.budgets.memory_ledger import MemoryLedger
 from router.controller import SlaController
 from router.errors import OverloadedError
 from router.estimates import PlanKey

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from router.budgets import MemoryLedger
+from router.budgets.memory_ledger import MemoryLedger
 from router.controller import SlaController
 from router.errors import (
     BudgetExhaustedError,

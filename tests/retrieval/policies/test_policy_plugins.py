@@ -92,7 +92,7 @@ def test_the_router_plans_it() -> None:
 
 
 def test_the_sla_controller_budgets_it() -> None:
-    from router.budgets import MemoryLedger
+    from router.budgets.memory_ledger import MemoryLedger
     from router.controller import SlaController
     from router.sla import PolicyStore, parse_policy
 
