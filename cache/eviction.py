@@ -4,8 +4,8 @@
 they are reused, and ages them so that recency still counts: the GreedyDual-Size-Frequency rule,
 ``priority = clock + hits * recompute_cost / bytes``, where ``clock`` rises to the priority of each
 evicted entry (an entry not touched for a while falls below newer ones). ``lru`` evicts the least
-recently used entry. cachetools has LRU and LFU but nothing weighing cost, size and frequency together,
-hence this class.
+recently used entry. Each policy is a small class behind `Eviction`. cachetools has LRU and LFU but nothing
+weighing cost, size and frequency together, hence these classes.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import itertools
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 V = TypeVar("V")
 
@@ -32,6 +32,63 @@ class _Slot(Generic[V]):
     version: int
 
 
+class Eviction(Protocol):
+    """The rule that picks what a full `ByteBoundedCache` lets go (LMCache's ``cache_policy`` is the model): told
+    of every entry stored or read, it names the next victim among the entries held."""
+
+    def touched(self, key: str, slot: _Slot[Any], slots: OrderedDict[str, _Slot[Any]]) -> None: ...
+
+    def victim(self, slots: OrderedDict[str, _Slot[Any]]) -> str: ...
+
+    def clear(self) -> None: ...
+
+
+class LruEviction:
+    """The least recently used entry goes first (the cache keeps its entries in order of use)."""
+
+    def touched(self, key: str, slot: _Slot[Any], slots: OrderedDict[str, _Slot[Any]]) -> None:
+        return None
+
+    def victim(self, slots: OrderedDict[str, _Slot[Any]]) -> str:
+        return next(iter(slots))
+
+    def clear(self) -> None:
+        return None
+
+
+class CraftEviction:
+    """Cache-Craft's cost-aware rule (GreedyDual-Size-Frequency): the entry with the lowest
+    ``clock + hits * recompute_cost / bytes`` goes first; the clock rises to each victim's priority, so an entry
+    not touched for a while falls below newer ones. A lazy min-heap; stale versions are skipped on pop."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, str]] = []
+        self._clock = 0.0
+        self._versions = itertools.count()
+
+    def touched(self, key: str, slot: _Slot[Any], slots: OrderedDict[str, _Slot[Any]]) -> None:
+        slot.priority = self._clock + slot.hits * slot.cost / max(1, slot.nbytes)
+        slot.version = next(self._versions)
+        heapq.heappush(self._heap, (slot.priority, slot.version, key))
+        if len(self._heap) > 4 * len(slots) + 64:  # mostly stale: rebuilt from the live entries
+            self._heap = [(s.priority, s.version, k) for k, s in slots.items()]
+            heapq.heapify(self._heap)
+
+    def victim(self, slots: OrderedDict[str, _Slot[Any]]) -> str:
+        while True:
+            priority, version, key = heapq.heappop(self._heap)
+            slot = slots.get(key)
+            if slot is not None and slot.version == version:
+                self._clock = priority
+                return key
+
+    def clear(self) -> None:
+        self._heap.clear()
+
+
+EVICTIONS: dict[str, type[LruEviction] | type[CraftEviction]] = {"craft": CraftEviction, "lru": LruEviction}
+
+
 class ByteBoundedCache(Generic[V]):
     """Thread-safe map bounded by the bytes its values declare; ``put`` returns the evicted keys."""
 
@@ -42,11 +99,8 @@ class ByteBoundedCache(Generic[V]):
             raise ValueError(f"unknown eviction policy {policy!r}; valid: craft, lru")
         self.capacity = capacity_bytes
         self.policy: EvictionPolicy = policy
+        self._eviction: Eviction = EVICTIONS[policy]()
         self._slots: OrderedDict[str, _Slot[V]] = OrderedDict()
-        # craft: a lazy min-heap of (priority, version, key); stale versions are skipped on pop.
-        self._heap: list[tuple[float, int, str]] = []
-        self._clock = 0.0
-        self._versions = itertools.count()
         self._used = 0
         self._lock = threading.Lock()
         self.evictions = 0
@@ -61,18 +115,9 @@ class ByteBoundedCache(Generic[V]):
     def __contains__(self, key: str) -> bool:
         return key in self._slots
 
-    def _score(self, slot: _Slot[V]) -> float:
-        return self._clock + slot.hits * slot.cost / max(1, slot.nbytes)
-
     def _touch(self, key: str, slot: _Slot[V]) -> None:
         self._slots.move_to_end(key)
-        if self.policy == "craft":
-            slot.priority = self._score(slot)
-            slot.version = next(self._versions)
-            heapq.heappush(self._heap, (slot.priority, slot.version, key))
-            if len(self._heap) > 4 * len(self._slots) + 64:
-                self._heap = [(s.priority, s.version, k) for k, s in self._slots.items()]
-                heapq.heapify(self._heap)
+        self._eviction.touched(key, slot, self._slots)
 
     def get(self, key: str) -> V | None:
         with self._lock:
@@ -82,16 +127,6 @@ class ByteBoundedCache(Generic[V]):
             slot.hits += 1
             self._touch(key, slot)
             return slot.value
-
-    def _victim(self) -> str:
-        if self.policy == "lru":
-            return next(iter(self._slots))
-        while True:
-            priority, version, key = heapq.heappop(self._heap)
-            slot = self._slots.get(key)
-            if slot is not None and slot.version == version:
-                self._clock = priority
-                return key
 
     def put(self, key: str, value: V, nbytes: int, cost: float) -> list[str]:
         """Store ``value``; an entry larger than the whole capacity is not kept (returned as evicted)."""
@@ -109,7 +144,7 @@ class ByteBoundedCache(Generic[V]):
             self._touch(key, slot)
             evicted: list[str] = []
             while self._used > self.capacity:
-                victim = self._victim()
+                victim = self._eviction.victim(self._slots)
                 gone = self._slots.pop(victim)
                 self._used -= gone.nbytes
                 evicted.append(victim)
@@ -127,7 +162,7 @@ class ByteBoundedCache(Generic[V]):
     def clear(self) -> None:
         with self._lock:
             self._slots.clear()
-            self._heap.clear()
+            self._eviction.clear()
             self._used = 0
 
     def keys(self) -> list[str]:
