@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from core.errors import RagyardError
 
-class CacheError(Exception):
-    """Root of the cache package's errors."""
+
+class CacheError(RagyardError):
+    """Root of the cache package's errors (under the project's root, `core.errors.RagyardError`)."""
 
 
 class UnknownBackendError(CacheError):

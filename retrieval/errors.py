@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from core.errors import RagyardError
 
-class RetrievalError(Exception):
-    """Root of the retrieval package's errors."""
+
+class RetrievalError(RagyardError):
+    """Root of the retrieval package's errors (under the project's root, `core.errors.RagyardError`)."""
 
 
 class DocumentFormatError(RetrievalError):

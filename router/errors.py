@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.errors import RagyardError
 
-class RouterError(Exception):
-    """Root of the router package's errors."""
+
+class RouterError(RagyardError):
+    """Root of the router package's errors (under the project's root, `core.errors.RagyardError`)."""
 
 
 class UnknownModelError(RouterError):
@@ -26,9 +28,7 @@ class SlaRequestError(RouterError):
     429s, how many seconds to wait. Picklable with its fields (it crosses Ray actor boundaries)."""
 
     def __init__(self, message: str, *, param: str | None = None, retry_after: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
+        super().__init__(message, param=param)
         self.retry_after = retry_after
 
     def __reduce__(self) -> tuple[Any, ...]:

@@ -17,7 +17,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cache.errors import BackendUnavailableError
+from cache.errors import BackendUnavailableError, CacheError
 from retrieval.errors import (
     CorpusBusyError,
     CorpusLogUnavailableError,
@@ -27,6 +27,7 @@ from retrieval.errors import (
     GenerationAheadError,
     GenerationLagError,
     IndexWriteError,
+    RetrievalError,
     UnknownPolicyError,
     UnsupportedDocumentTypeError,
 )
@@ -34,6 +35,7 @@ from router.errors import (
     BudgetExhaustedError,
     OverloadedError,
     PlanUnavailableError,
+    RouterError,
     SlaHeaderError,
     SlaOverrideError,
     SlaRequestError,
@@ -117,12 +119,18 @@ def to_ragyard(exc: BaseException) -> RagyardError:
     cause = getattr(exc, "cause", None)
     if isinstance(cause, BaseException) and cause is not exc:
         return to_ragyard(cause)
-    if isinstance(exc, RagyardError) and hasattr(exc, "message"):
-        return exc
     for cls, convert in CONVERSIONS:
         if isinstance(exc, cls):
             return convert(exc)
+    # The edge's own errors say their status; a lower layer's error the table does not convert is, like any
+    # other exception, the service's fault.
+    if isinstance(exc, RagyardError) and not isinstance(exc, LOWER_ROOTS) and hasattr(exc, "message"):
+        return exc
     return RagyardError("internal error; the server log has the details", code="internal_error")
+
+
+# The lower layers' error roots: they know nothing of HTTP, so only the table above gives them a status.
+LOWER_ROOTS: tuple[type[Exception], ...] = (CacheError, RetrievalError, RouterError)
 
 
 def json_error(exc: RagyardError) -> JSONResponse:

@@ -35,3 +35,36 @@ def test_a_model_without_a_worker_is_a_503_not_a_key_error() -> None:
     req = AnswerRequest(question=Question(text="Is water wet?"), policy="none", model="smollm2-135m-instruct")
     with pytest.raises(ServiceUnavailableError, match="has no worker here"):
         asyncio.run(service.answer(req))
+
+
+def test_every_packages_error_root_is_the_projects() -> None:
+    from cache.errors import CacheError
+    from core.errors import RagyardError
+    from retrieval.errors import RetrievalError
+    from router.errors import RouterError
+    from services.errors import InvalidRequestError, ServiceUnavailableError
+
+    for root in (CacheError, RetrievalError, RouterError, InvalidRequestError, ServiceUnavailableError):
+        assert issubclass(root, RagyardError), root
+
+
+def test_a_lower_error_the_table_does_not_convert_is_an_opaque_500() -> None:
+    from retrieval.errors import CorpusLogError, DocumentNotFoundError
+    from services.http.errors import to_ragyard
+
+    hidden = to_ragyard(CorpusLogError("entry 7 of the log is unreadable"))
+    assert (hidden.status_code, hidden.code) == (500, "internal_error") and "entry 7" not in hidden.message
+    shown = to_ragyard(DocumentNotFoundError("no document 'x'"))
+    assert (shown.status_code, shown.code, shown.param) == (404, "document_not_found", "id")
+
+
+def test_lower_errors_cross_a_process_boundary_with_their_fields() -> None:
+    import pickle
+
+    from retrieval.errors import DocumentNotFoundError
+    from router.errors import OverloadedError
+
+    shed = pickle.loads(pickle.dumps(OverloadedError("shed", param="x-sla-tier", retry_after=3)))
+    assert (type(shed), shed.message, shed.param, shed.retry_after) == (OverloadedError, "shed", "x-sla-tier", 3)
+    gone = pickle.loads(pickle.dumps(DocumentNotFoundError("no document 'x'")))
+    assert type(gone) is DocumentNotFoundError and gone.message == "no document 'x'"
