@@ -124,7 +124,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_ask(args: argparse.Namespace) -> int:
     from retrieval.policies.base import Question
-    from services.pipeline import AnswerRequest, build_local
+    from services.pipeline.records import AnswerRequest
+    from services.pipeline.service import build_local
 
     config = load_config(args.config)
     service = build_local(config)

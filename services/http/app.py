@@ -26,7 +26,7 @@ from services.http.middleware import (
     RequestIdMiddleware,
 )
 from services.http.ratelimit import RateLimitMiddleware
-from services.pipeline import RagService
+from services.pipeline.service import RagService
 from services.pipeline.telemetry import setup_tracing
 
 ROUTERS = (ops.router, openai.router, completions.router, vectors.router, qa.router, documents.router)

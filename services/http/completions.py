@@ -18,7 +18,8 @@ from services.http.deps import Service, sla_context
 from services.http.openai import sampling_of
 from services.http.schemas import CompletionRequest, DetokenizeRequest, TokenizeRequest
 from services.http.sse import event, keep_alive, stream_error
-from services.pipeline import AnswerRequest, RagService, StreamEvent
+from services.pipeline.records import AnswerRequest, StreamEvent
+from services.pipeline.service import RagService
 
 router = APIRouter()
 

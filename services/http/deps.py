@@ -13,7 +13,7 @@ from router.plan import SlaContext
 from router.sla import HEADERS as SLA_HEADERS
 from router.sla import PolicyStore
 from services.errors import InvalidRequestError
-from services.pipeline import RagService
+from services.pipeline.service import RagService
 
 # The request header that asks for at least a corpus generation (read-your-writes across retriever replicas),
 # and the response header that carries the generation a write made.

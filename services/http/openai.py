@@ -16,7 +16,7 @@ from services.http.auth import principal
 from services.http.deps import Service, min_generation, sla_context
 from services.http.schemas import ChatCompletionRequest, CompletionRequest
 from services.http.sse import chat_events, extension, keep_alive
-from services.pipeline import AnswerRequest
+from services.pipeline.records import AnswerRequest
 
 router = APIRouter()
 

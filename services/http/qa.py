@@ -11,7 +11,7 @@ from retrieval.policies.base import Question
 from services.http.auth import principal
 from services.http.deps import Service, min_generation, sla_context
 from services.http.schemas import QARequest
-from services.pipeline import AnswerRequest
+from services.pipeline.records import AnswerRequest
 
 router = APIRouter()
 

@@ -14,7 +14,8 @@ from typing import Any
 from retrieval.generation import SamplingParams
 from router.plan import RouteDecision
 from services.http.errors import error_body, to_ragyard
-from services.pipeline import AnswerRequest, RagService
+from services.pipeline.records import AnswerRequest
+from services.pipeline.service import RagService
 
 logger = logging.getLogger(__name__)
 

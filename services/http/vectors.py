@@ -20,7 +20,7 @@ from services.errors import InvalidRequestError, NotFoundError
 from services.http.auth import Principal, principal
 from services.http.deps import Service, min_generation
 from services.http.schemas import EmbeddingRequest, VectorStoreSearchRequest
-from services.pipeline import RagService
+from services.pipeline.service import RagService
 
 router = APIRouter()
 

@@ -22,8 +22,8 @@ class GatewayDeployment:
     """The HTTP ingress. Its FastAPI app is built on the replica, over handles to the other deployments."""
 
     def __init__(self, config: dict[str, Any], router: Any, retriever: Any, workers: dict[str, Any]) -> None:
-        from services.pipeline import RagService, build_cache
         from services.pipeline.clients import WorkerClient
+        from services.pipeline.service import RagService, build_cache
         from services.serve.handles import remote_retriever, remote_router, remote_worker
 
         self.config = load_config(config)
