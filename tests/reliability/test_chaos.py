@@ -13,9 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from bench.bench_chaos import write_report
+from bench.chaos.load import auth_headers
 from bench.chaos.scenarios import Chaos, Settings
 from core.redis_client import CALL_DEADLINE_S
 from tests.conftest import TMP
@@ -46,6 +48,24 @@ def test_bad_inputs_get_their_4xx_and_the_service_keeps_answering(chaos: Chaos) 
     assert r["five_xx"] == 0, [c for c in r["cases"] if c["status"] >= 500]
     assert r["unexpected"] == []
     assert r["normal_request_failures"] == []
+
+
+def test_an_answer_over_serve_is_planned_and_settled_by_the_router_replica(chaos: Chaos) -> None:
+    """A tenant's answer is planned by the router deployment, its typed outcome crosses back and settles the
+    budget to the token; /readyz shows operators the policy and the latency priors in force."""
+    from bench.chaos.battery import OPERATOR_KEY, TENANT_KEY
+
+    assert httpx.get(f"{chaos.url}/readyz", timeout=30).json() == {"status": "ready"}  # details: operators only
+    ready = httpx.get(f"{chaos.url}/readyz", headers=auth_headers(OPERATOR_KEY), timeout=30).json()
+    sla = ready["router"]["sla"]
+    assert sla["policy_version"] >= 1 and sla["latency_priors"] and sla["latency_priors_error"] is None
+    before = chaos.settled(TENANT_KEY, "acme")["spent_tokens"]  # the earlier tests' answers all settled
+    body = {"question": "What does Ragyard decide per question?", "style": "short", "max_tokens": 8}
+    rec = httpx.post(f"{chaos.url}/v1/qa", json=body, headers=auth_headers(TENANT_KEY), timeout=120).json()
+    assert rec["sla"]["tenant"] == "acme" and rec["sla"]["tier"] == "standard", rec
+    used = rec["usage"]["total_tokens"]
+    assert rec["sla"]["budget_after"]["spent_tokens"] == before + used
+    assert chaos.settled(TENANT_KEY, "acme")["spent_tokens"] == before + used
 
 
 def test_no_tenant_reads_writes_or_learns_from_another(chaos: Chaos) -> None:

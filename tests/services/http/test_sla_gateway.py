@@ -1,6 +1,6 @@
 """The SLA controller behind the HTTP edge: tenants by API key, header overrides, 429s with
 Retry-After, budgets charged per answer, GET /v1/sla, hot reload, and the /metrics families.
-Real model, real index, no Ray (the Serve path runs in test_serve_sla.py and `ragyard bench sla`)."""
+Real model, real index, no Ray (the Serve path runs in the chaos suite, tests/reliability, and `ragyard bench sla`)."""
 
 from __future__ import annotations
 
