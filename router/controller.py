@@ -42,7 +42,7 @@ from router.eligibility import (
 )
 from router.errors import BudgetExhaustedError, OverloadedError, PlanUnavailableError
 from router.estimates import Estimator, Job, LoadModel, PlanKey
-from router.plan import Complexity, Outcome, Plan, RouteDecision, Settlement
+from router.plan import Admission, Complexity, Outcome, Plan, RouteDecision, Settlement
 from router.priors import LatencyPriors
 from router.quality import CLASSES, QualityTable, measured_quality
 from router.settlement import Settlements, charge
@@ -327,17 +327,17 @@ class SlaController:
             reason = (
                 f"tier {slo.tier!r}: no plan meets {slo.latency_ms} ms even unloaded; the fastest, {chosen.label()}"
             )
-        sla = {
-            "ticket": ticket,
+        admission = Admission(
+            ticket=ticket,
             **slo.describe(),
-            "class": cls,
-            "degraded": info["degraded"],
-            "queue_wait_s": round(max(0.0, chosen.pred_latency - chosen.est.latency_s), 3),
-            "calibration": round(self.calibration(slo.priority), 3),
-            "candidates": info["candidates"],
-            "policy_version": self.store.version,
-        }
-        return RouteDecision(plan=plan, reason=reason, sla=sla)
+            cls=cls,
+            degraded=info["degraded"],
+            queue_wait_s=round(max(0.0, chosen.pred_latency - chosen.est.latency_s), 3),
+            calibration=round(self.calibration(slo.priority), 3),
+            candidates=info["candidates"],
+            policy_version=self.store.version,
+        )
+        return RouteDecision(plan=plan, reason=reason, sla=admission)
 
     def _choose(
         self,

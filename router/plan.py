@@ -88,12 +88,38 @@ class RouteRequest(BaseModel):
         }
 
 
+class Admission(BaseModel):
+    """The SLA controller's admission of one request: its ticket, the tier and targets it is held to, and what
+    the decision weighed. Serialised as the answer's ``sla`` record (``class`` for the class; ``overrides`` only
+    when a header set some)."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, serialize_by_alias=True)
+
+    ticket: str | None = Field(description="The reservation's ticket; None for a dry run (nothing reserved).")
+    tenant: str | None = Field(description="The tenant; None for an operator's request.")
+    tier: str
+    priority: int
+    latency_ms: int = Field(description="The latency target the plan was chosen within.")
+    ttft_ms: int | None = Field(description="The time-to-first-token target, if the tier has one.")
+    max_tokens_per_request: int | None
+    max_cost_per_request: float | None
+    overrides: dict[str, Any] | None = Field(None, description="What the request's X-SLA-* headers changed.")
+    cls: str | None = Field(alias="class", description="The question's complexity class, when classified.")
+    degraded: bool = Field(description="Whether load made the controller pick a cheaper plan than the best.")
+    queue_wait_s: float = Field(description="The queue wait the load model predicted for the plan.")
+    calibration: float = Field(description="Observed over predicted latency at this priority.")
+    candidates: list[dict[str, Any]] = Field(description="Every plan considered, and why each lost.")
+    policy_version: int = Field(description="The SLA policy's version in force.")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_overrides(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None or k != "overrides"}
+
+
 class RouteDecision(BaseModel):
     plan: Plan
     reason: str
-    sla: dict[str, Any] | None = Field(
-        None, description="The SLA controller's admission: ticket, tier, targets, candidates considered."
-    )
+    sla: Admission | None = Field(None, description="The SLA controller's admission (None: the controller is off).")
 
 
 class Outcome(BaseModel):

@@ -117,7 +117,7 @@ class RagService:
             seed=req.seed,
             speculative=decision.plan.speculative,
             chunk_cache=decision.plan.chunk_cache,
-            priority=int((decision.sla or {}).get("priority", 0)),
+            priority=decision.sla.priority if decision.sla is not None else 0,
             frequency_penalty=req.frequency_penalty,
             presence_penalty=req.presence_penalty,
             logprobs=req.logprobs,
@@ -139,7 +139,7 @@ class RagService:
         left; ``ran``: the tokens the model ran for it all the same, which are charged). ``parent``: the
         request's span, under which the settlement gets its own."""
         ran = ran or Ran()
-        ticket = (decision.sla or {}).get("ticket")
+        ticket = decision.sla.ticket if decision.sla is not None else None
         with telemetry.span(
             "settle", parent, **{"ragyard.sla.ticket": ticket, "ragyard.sla.admitted": bool(ticket)}
         ) as span:
@@ -156,7 +156,8 @@ class RagService:
     async def _settle(
         self, decision: RouteDecision, record: dict[str, Any] | None, started: float, ttft_s: float | None, ran: Ran
     ) -> None:
-        assert decision.sla is not None
+        assert decision.sla is not None and decision.sla.ticket is not None
+        ticket = decision.sla.ticket
         latency = time.perf_counter() - started
         outcome = Outcome(
             ok=False,
@@ -181,13 +182,13 @@ class RagService:
             )
         # Shielded: a client that leaves cancels the request's task, and the report must go in all the same
         # (else the reservation waits out its lease and the tokens the model ran are never charged).
-        report = asyncio.ensure_future(self.router.finish(decision.sla["ticket"], outcome))
+        report = asyncio.ensure_future(self.router.finish(ticket, outcome))
         self._reports.add(report)
         report.add_done_callback(self._reports.discard)
         try:
             settled = await asyncio.shield(report)
         except Exception:  # noqa: BLE001 - the answer stands; the ticket expires and releases its reservation
-            logger.exception("could not report SLA ticket %s", decision.sla.get("ticket"))
+            logger.exception("could not report SLA ticket %s", ticket)
             return
         if record is not None and settled is not None:
             record.setdefault("sla", {})["budget_after"] = settled.budget
@@ -258,7 +259,11 @@ class RagService:
             "object": "qa.plan",
             "model": decision.plan.model,
             "plan": {**decision.plan.model_dump(), "reason": decision.reason},
-            **({"sla": {**decision.sla, "reason": decision.reason}} if decision.sla is not None else {}),
+            **(
+                {"sla": {**decision.sla.model_dump(mode="json"), "reason": decision.reason}}
+                if decision.sla is not None
+                else {}
+            ),
             "sampling": {"max_tokens": params.max_tokens, "temperature": params.temperature},
             "seconds": round(time.perf_counter() - started, 4),
         }
@@ -367,7 +372,11 @@ class RagService:
             "cache": {"response": "miss" if key else "bypass", **(result.prompt_cache or {})},
             **({"speculative": result.speculative} if result.speculative else {}),
             **({"logprobs": [t.openai() for t in result.logprobs]} if result.logprobs is not None else {}),
-            **({"sla": {**decision.sla, "reason": decision.reason}} if decision.sla is not None else {}),
+            **(
+                {"sla": {**decision.sla.model_dump(mode="json"), "reason": decision.reason}}
+                if decision.sla is not None
+                else {}
+            ),
         }
 
     def _from_cache(self, cached: dict[str, Any], started: float, decision: RouteDecision) -> dict[str, Any]:
@@ -376,7 +385,7 @@ class RagService:
         record["cache"] = {"response": "hit"}
         record.pop("sla", None)
         if decision.sla is not None:
-            record["sla"] = {**decision.sla, "reason": decision.reason}
+            record["sla"] = {**decision.sla.model_dump(mode="json"), "reason": decision.reason}
         record["timings"] = {
             "retrieve_s": 0.0,
             "queue_s": 0.0,

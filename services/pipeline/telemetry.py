@@ -165,7 +165,7 @@ def response_attributes(record: dict[str, Any]) -> dict[str, Any]:
 
 def plan_attributes(decision: RouteDecision) -> dict[str, Any]:
     plan = decision.plan
-    sla = decision.sla or {}
+    sla = decision.sla
     return {
         "ragyard.plan.policy": plan.policy,
         "ragyard.plan.model": plan.model,
@@ -176,8 +176,8 @@ def plan_attributes(decision: RouteDecision) -> dict[str, Any]:
         "ragyard.plan.reason": str(decision.reason)[:500] if decision.reason else None,
         "ragyard.plan.complexity": plan.complexity.cls if plan.complexity is not None else None,
         "ragyard.plan.adaptive_policy": plan.complexity.policy if plan.complexity is not None else None,
-        "ragyard.sla.tier": sla.get("tier"),
-        "ragyard.sla.ticket": sla.get("ticket"),
+        "ragyard.sla.tier": sla.tier if sla is not None else None,
+        "ragyard.sla.ticket": sla.ticket if sla is not None else None,
     }
 
 

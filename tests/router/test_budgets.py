@@ -282,7 +282,7 @@ async def _admit(ctl: SlaController, tenant: str = "t") -> str:
         cacheable=True,
         use_response_cache=False,
     )
-    ticket: str = d.sla["ticket"]
+    ticket: str = d.sla.ticket
     return ticket
 
 

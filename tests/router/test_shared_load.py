@@ -60,9 +60,9 @@ def test_routers_see_each_others_jobs_and_shed_as_one(redis_url: str) -> None:
         # with no queue in view; together the second admission anywhere sees the first.
         first = await _decide(a)
         await b.sync(force=True)
-        assert len(b.load.jobs) == 1 and first.sla["ticket"] in b._foreign
+        assert len(b.load.jobs) == 1 and first.sla.ticket in b._foreign
         second = await _decide(b)
-        assert second.sla["queue_wait_s"] > 0 or second.sla["degraded"]
+        assert second.sla.queue_wait_s > 0 or second.sla.degraded
         # Enough work in flight across the two, and either router sheds the tier.
         shed = 0
         for n in range(6):
@@ -82,7 +82,7 @@ def test_an_outcome_reported_to_the_other_router_reaches_the_one_that_admitted(r
     async def scenario() -> None:
         a, b = _pair(redis_url)
         d = await _decide(a)
-        ticket = d.sla["ticket"]
+        ticket = d.sla.ticket
         await b.sync(force=True)
         assert ticket in b._foreign
         # The gateway's report lands on b: b settles it and hands it over.
@@ -104,8 +104,8 @@ def test_without_redis_each_router_keeps_its_own_view() -> None:
     async def scenario() -> None:
         a, _ = _pair("redis://127.0.0.1:1/0")  # nothing listens there
         d = await _decide(a)
-        assert d.sla["ticket"] in a._tickets and len(a.load.jobs) == 1
-        await a.finish(d.sla["ticket"], Outcome(ok=True, latency_s=2.0, prompt_tokens=1, completion_tokens=1))
+        assert d.sla.ticket in a._tickets and len(a.load.jobs) == 1
+        await a.finish(d.sla.ticket, Outcome(ok=True, latency_s=2.0, prompt_tokens=1, completion_tokens=1))
         assert not a.load.jobs
 
     asyncio.run(scenario())

@@ -270,15 +270,15 @@ def test_decision_rule_best_quality_that_fits() -> None:
     _teach(ctl, "multi", 9.0)
     # Class B: single is best and fits interactive's 6 s.
     d = _decide(ctl, cls="B")
-    assert d.plan.policy == "single" and not d.sla["degraded"]
-    _finish(ctl, d.sla["ticket"], Outcome(ok=True, latency_s=3.0, ttft_s=1.0, prompt_tokens=5, completion_tokens=5))
+    assert d.plan.policy == "single" and not d.sla.degraded
+    _finish(ctl, d.sla.ticket, Outcome(ok=True, latency_s=3.0, ttft_s=1.0, prompt_tokens=5, completion_tokens=5))
     # Class C: multi is best but breaks 6 s, so single; for the standard tier (20 s) multi fits.
     assert _decide(ctl, cls="C").plan.policy == "single"
     ctl.load.jobs.clear()
     ctl._tickets.clear()
     d = _decide(ctl, tenant=None, cls="C")
     assert d.plan.policy == "multi"
-    multi = next(c for c in d.sla["candidates"] if c["plan"].startswith("multi"))
+    multi = next(c for c in d.sla.candidates if c["plan"].startswith("multi"))
     assert multi["eligible"] and multi["predicted_latency_s"] == pytest.approx(9.0, rel=0.02)
     ctl.load.jobs.clear()
     ctl._tickets.clear()
@@ -310,7 +310,7 @@ def test_decision_rule_best_quality_that_fits() -> None:
     _teach(fl, "none", 1.0)
     _teach(fl, "single", 3.0)
     d = _decide(fl, tenant=None, cls="A")
-    assert d.plan.policy == "single" and all(not c["plan"].startswith("none") for c in d.sla["candidates"])
+    assert d.plan.policy == "single" and all(not c["plan"].startswith("none") for c in d.sla.candidates)
 
 
 def test_overload_degrades_lower_tiers_first_then_sheds() -> None:
@@ -323,13 +323,13 @@ def test_overload_degrades_lower_tiers_first_then_sheds() -> None:
         ctl.load.admit(MODEL, 3, 3.0, 60.0)
     # The standard tier waits for all of that higher work: multi (9 + 12 s) would miss 20 s, single fits.
     d = _decide(ctl, tenant=None, cls="C")
-    assert d.plan.policy == "single" and d.sla["degraded"]
-    multi = next(c for c in d.sla["candidates"] if c["plan"].startswith("multi"))
+    assert d.plan.policy == "single" and d.sla.degraded
+    multi = next(c for c in d.sla.candidates if c["plan"].startswith("multi"))
     assert multi["predicted_latency_s"] == pytest.approx(21.0, rel=0.02)
     # Another interactive one shares the worker with its peers only: single would take 3 + 4 x 3 = 15 s > 6 s,
     # so it degrades to `none` (1 + 4 x 1 = 5 s) rather than miss.
     d = _decide(ctl, cls="B")
-    assert d.plan.policy == "none" and d.sla["degraded"] and "degraded under load" in d.reason
+    assert d.plan.policy == "none" and d.sla.degraded and "degraded under load" in d.reason
     # Now the interactive tier's quickest plan would take 6 s, over 0.85 x its 6 s: lower tiers are shed
     # (they still take CPU outside the model's step lock), with Retry-After.
     with pytest.raises(OverloadedError) as info:
@@ -347,8 +347,8 @@ def test_overload_degrades_lower_tiers_first_then_sheds() -> None:
     for _ in range(6):
         busy.load.admit(MODEL, 1, 3.0, 60.0)
     d = _decide(busy, cls="B")
-    assert d.plan.policy == "single" and not d.sla["degraded"]
-    single = next(c for c in d.sla["candidates"] if c["plan"].startswith("single"))
+    assert d.plan.policy == "single" and not d.sla.degraded
+    single = next(c for c in d.sla.candidates if c["plan"].startswith("single"))
     assert single["predicted_latency_s"] == pytest.approx(3.0, rel=0.05)
     # Unloaded, a target no plan can meet alone runs the fastest plan as best effort, not a 429.
     quiet = _controller()
@@ -362,31 +362,31 @@ def test_budget_and_caps() -> None:
     _teach(ctl, "none", 1.0)
     # tiny has 3000 tokens: the first request reserves 2048 (one call x max_model_len) ...
     first = _decide(ctl, tenant="tiny", cls="A")
-    assert first.sla["tier"] == "batch"
+    assert first.sla.tier == "batch"
     assert _usage(ctl, "tiny", "day").reserved_tokens == 2048
     # ... so a second cannot be reserved until the first settles.
     with pytest.raises(BudgetExhaustedError) as info:
         _decide(ctl, tenant="tiny", cls="A")
     assert info.value.retry_after is not None and info.value.retry_after > 0
-    _finish(ctl, first.sla["ticket"], Outcome(ok=True, latency_s=1, prompt_tokens=100, completion_tokens=20))
+    _finish(ctl, first.sla.ticket, Outcome(ok=True, latency_s=1, prompt_tokens=100, completion_tokens=20))
     usage = _usage(ctl, "tiny", "day")
     assert (usage.spent_tokens, usage.reserved_tokens) == (120, 0)
     second = _decide(ctl, tenant="tiny", cls="A")
-    _finish(ctl, second.sla["ticket"], Outcome(ok=False, latency_s=1))  # failed before the model ran: nothing
+    _finish(ctl, second.sla.ticket, Outcome(ok=False, latency_s=1))  # failed before the model ran: nothing
     assert _usage(ctl, "tiny", "day").spent_tokens == 120
     # A request that failed (or lost its client) after the model ran is charged what it ran; a second
     # report of the same ticket charges nothing.
     third = _decide(ctl, tenant="tiny", cls="A")
     ran = Outcome(ok=False, latency_s=1, prompt_tokens=300, completion_tokens=7)
-    assert _finish(ctl, third.sla["ticket"], ran) is not None
-    assert _finish(ctl, third.sla["ticket"], ran) is None
+    assert _finish(ctl, third.sla.ticket, ran) is not None
+    assert _finish(ctl, third.sla.ticket, ran) is None
     assert _usage(ctl, "tiny", "day").spent_tokens == 120 + 307
     # A per-request cap below every plan's worst case is the client's mistake (400), not a 429.
     with pytest.raises(PlanUnavailableError, match="smallest is 2048"):
         _decide(ctl, tenant="acme", cls="A", headers={"x-budget-tokens": "1000"})
     # multi's worst case (5 calls x 2048) is over batch's 5000-token cap: never a candidate there.
     d = _decide(ctl, tenant="tiny", cls="C", pinned_policy=None)
-    multi = next(c for c in d.sla["candidates"] if c["plan"].startswith("multi"))
+    multi = next(c for c in d.sla.candidates if c["plan"].startswith("multi"))
     assert not multi["eligible"] and "over the cap" in multi["why_not"]
 
 
@@ -404,7 +404,7 @@ def test_expired_tickets_release_their_reservations() -> None:
     ctl = _controller()
     _teach(ctl, "none", 1.0)
     d = _decide(ctl, tenant="tiny", cls="A")
-    ticket = d.sla["ticket"]
+    ticket = d.sla.ticket
     assert isinstance(ticket, str) and len(ticket) == 32  # a uuid: unique across routers and restarts
     ctl.load.jobs[ctl._tickets[ticket].job_id].started = time.monotonic() - 10_000
     lease = ctl.store.policy.controller.ticket_lease_s
@@ -432,8 +432,8 @@ def test_admitted_requests_are_protected_and_errors_calibrate() -> None:
     # Another standard one would prefer single (3 + 3 shared = 6 s, well within its 20 s), but the admitted
     # one would then need 4 + 3 = 7 s: it gets `none` (4 + 1 = 5 s for the admitted one).
     d = _decide(ctl, tenant=None, cls="B")
-    assert d.plan.policy == "none" and d.sla["degraded"]
-    single = next(c for c in d.sla["candidates"] if c["plan"].startswith("single"))
+    assert d.plan.policy == "none" and d.sla.degraded
+    single = next(c for c in d.sla.candidates if c["plan"].startswith("single"))
     assert "admitted request" in single["why_not"]
     # Observed latencies twice the predictions: predictions are scaled by the 90th percentile ratio.
     quiet = _controller()
@@ -445,15 +445,15 @@ def test_admitted_requests_are_protected_and_errors_calibrate() -> None:
     quiet.calibrator.ratios[3].extend([(now, 2.0)] * 20)  # acme is interactive: priority 3
     assert quiet.calibration(3) == 2.0 and quiet.calibration() == 2.0  # pooled while others have none
     idle = _decide(quiet, cls="B").sla  # nothing in flight: no load to correct, the plans' p95 stand
-    assert {c["plan"]: c["predicted_latency_s"] for c in idle["candidates"]} == {
-        c["plan"]: c["predicted_latency_s"] for c in base["candidates"]
+    assert {c["plan"]: c["predicted_latency_s"] for c in idle.candidates} == {
+        c["plan"]: c["predicted_latency_s"] for c in base.candidates
     }
     quiet.load.jobs.clear()
     quiet.load.admit(MODEL, 1, 3.0)  # busy with lower-priority work, which does not delay interactive
     scaled = _decide(quiet, cls="B").sla
-    assert scaled["calibration"] == 2.0
-    first = {c["plan"]: c["predicted_latency_s"] for c in base["candidates"]}
-    for c in scaled["candidates"]:
+    assert scaled.calibration == 2.0
+    first = {c["plan"]: c["predicted_latency_s"] for c in base.candidates}
+    for c in scaled.candidates:
         assert c["predicted_latency_s"] == pytest.approx(2 * first[c["plan"]], rel=0.01)
     quiet.calibrator.ratios[1].extend([(now, 3.0)] * 20)
     assert quiet.calibration(1) == 3.0 and quiet.calibration(3) == 2.0  # each priority its own
@@ -496,7 +496,7 @@ def test_model_quality_table_lets_the_stronger_model_win_on_quality_and_the_chea
     # 1.5 s: only the small model is fast enough.
     d = _decide(ctl, tenant="acme", cls="B", headers={"x-slo-latency-ms": "1500"}, dry_run=True)
     assert (d.plan.model, d.plan.policy) == (MODEL, "none")
-    assert d.sla["ticket"] is None and not ctl._tickets and not ctl.load.jobs
+    assert d.sla.ticket is None and not ctl._tickets and not ctl.load.jobs
     assert ctl.quality_table(store.policy)["by_model"] == table
 
 
@@ -531,9 +531,7 @@ def test_money_budgets_charge_by_price_and_cap_by_cost() -> None:
     assert _usage(ctl, "payg", "day").reserved_micros == 8192
     with pytest.raises(BudgetExhaustedError):  # 0.01 - 0.008192 left: no plan's worst case fits
         _decide(ctl, tenant="payg", cls="A")
-    settled = _finish(
-        ctl, first.sla["ticket"], Outcome(ok=True, latency_s=1, prompt_tokens=1000, completion_tokens=100)
-    )
+    settled = _finish(ctl, first.sla.ticket, Outcome(ok=True, latency_s=1, prompt_tokens=1000, completion_tokens=100))
     usage = _usage(ctl, "payg", "day")
     assert (usage.spent_micros, usage.reserved_micros) == (1000 * 2 + 100 * 4, 0)
     assert settled is not None and settled.budget is not None
@@ -591,12 +589,12 @@ def test_slo_accounting_counts_met_missed_and_failed() -> None:
     last = None
     for outcome, met in outcomes:
         last = _decide(ctl, cls="A")
-        settled = _finish(ctl, last.sla["ticket"], outcome)
+        settled = _finish(ctl, last.sla.ticket, outcome)
         assert settled is not None and settled.met is met
     assert {o: count(o) - before[o] for o in before} == {"met": 1, "missed": 2, "failed": 1}
     assert SLA_ATTAINMENT.labels("interactive").value() == pytest.approx(0.25)
     # A ticket settles once: a late second report changes nothing.
-    assert last is not None and _finish(ctl, last.sla["ticket"], Outcome(ok=True, latency_s=1.0)) is None
+    assert last is not None and _finish(ctl, last.sla.ticket, Outcome(ok=True, latency_s=1.0)) is None
     assert count("met") - before["met"] == 1
 
 
