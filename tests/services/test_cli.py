@@ -88,3 +88,19 @@ def test_plan_writes_one_plan_per_question_without_answering(shared_data: Path, 
     bad.write_text('{"id": 1}\n')
     assert main(["plan", "--data", str(bad), "--out", str(tmp_path / "p2")]) == 2
     assert 'needs a non-empty "question"' in capsys.readouterr().err
+
+
+def test_the_benchmark_commands_come_from_their_entry_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bench/` registers its commands through the "ragyard.commands" entry point; an install without it (the
+    container image) keeps the serving commands and says nothing of the missing group."""
+    from importlib.metadata import EntryPoint
+
+    from services import cli
+
+    commands = cli.build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert {"serve", "ask", "settings", "bench", "eval", "train-router"} <= set(commands)
+
+    missing = EntryPoint("bench", "bench_not_installed.commands:register", "ragyard.commands")
+    monkeypatch.setattr(cli, "entry_points", lambda group: [missing])
+    commands = cli.build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert {"serve", "ask", "settings"} <= set(commands) and "bench" not in commands
