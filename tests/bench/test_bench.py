@@ -50,7 +50,9 @@ def test_bench_router_writes_json_and_table(tmp_path: Path) -> None:
     table = bench_router(config, [], tmp_path / "out", repeats=20)
     result = json.loads((tmp_path / "out" / "router.json").read_text())
     assert result["classifier"] == "bench-test" and result["questions"] == 2
-    assert result["decision_ms"]["p50"] > 0 and "router decision" in table
+    decision = result["decision_ms"]
+    assert 0 < decision["p50"] <= decision["p95"] <= decision["max"] and "router decision" in table
+    assert f"| router decision (classify + plan) | {decision['p50']} | {decision['p95']} |" in table
     assert sum(result["class_counts"].values()) == 2
 
 
