@@ -45,27 +45,53 @@ Tier = Literal["memory", "redis", "miss"]
 REGISTRY = CollectorRegistry(auto_describe=True)
 LOOKUPS = counter(
     "ragyard_chunk_kv_lookups_total",
-    "Chunk-KV lookups by tier and result (hit, miss, corrupt, error).",
-    ["tier", "result"],
+    "Chunk-KV lookups by model, tier and result (hit, miss, corrupt, error).",
+    ["model", "tier", "result"],
     registry=REGISTRY,
 )
 BYTES = counter(
     "ragyard_chunk_kv_bytes_total",
-    "Chunk-KV bytes moved by tier and direction (read, write).",
-    ["tier", "direction"],
+    "Chunk-KV bytes moved by model, tier and direction (read, write).",
+    ["model", "tier", "direction"],
     registry=REGISTRY,
 )
 TOKENS = counter(
     "ragyard_chunk_kv_tokens_total",
-    "Prompt tokens by how prefill got their KV: reused (stored), recomputed (stored but recomputed), "
+    "Prompt tokens by model and how prefill got their KV: reused (stored), recomputed (stored but recomputed), "
     "computed (no entry: misses, separators, the question).",
-    ["kind"],
+    ["model", "kind"],
     registry=REGISTRY,
 )
 EVICTIONS = counter(
-    "ragyard_chunk_kv_evictions_total", "Entries evicted from the memory tier.", ["policy"], registry=REGISTRY
+    "ragyard_chunk_kv_evictions_total", "Entries evicted from the memory tier.", ["model", "policy"], registry=REGISTRY
 )
-MEMORY_BYTES = gauge("ragyard_chunk_kv_memory_bytes", "Bytes held by the memory tier.", registry=REGISTRY)
+MEMORY_BYTES = gauge(
+    "ragyard_chunk_kv_memory_bytes", "Bytes held by the memory tier, by model.", ["model"], registry=REGISTRY
+)
+
+
+class ChunkMetrics:
+    """The chunk-KV families bound to one model (its id the ``model`` label): the store and the engine's reuse
+    path count through it, so two models' series never collide where the gateway merges the workers'
+    expositions, and no caller names a family."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    def lookup(self, tier: str, result: str) -> None:
+        LOOKUPS.labels(self.model, tier, result).inc()
+
+    def moved(self, tier: str, direction: str, nbytes: int) -> None:
+        BYTES.labels(self.model, tier, direction).inc(nbytes)
+
+    def tokens(self, kind: str, count: int) -> None:
+        TOKENS.labels(self.model, kind).inc(count)
+
+    def evicted(self, policy: str, count: int) -> None:
+        EVICTIONS.labels(self.model, policy).inc(count)
+
+    def held(self, nbytes: int) -> None:
+        MEMORY_BYTES.labels(self.model).set(nbytes)
 
 
 def metrics_text() -> str:
@@ -242,10 +268,13 @@ class ChunkKVStore:
         backend: KVBackend | None = None,
         ttl_s: int | None = None,
         codec: EntryCodec | None = None,
+        label: str | None = None,
     ) -> None:
         """``codec``: how entries cross the shared tier; None is the torch engine's tensors of ``shape``
-        and ``dtype`` (the llama.cpp engine passes its opaque sequence states' codec)."""
+        and ``dtype`` (the llama.cpp engine passes its opaque sequence states' codec). ``label``: the model id
+        its metrics carry (None: ``model``, the fingerprint)."""
         self.model = model
+        self.metrics = ChunkMetrics(label or model)
         if codec is None:
             if shape is None or dtype is None:
                 raise ValueError("a tensor store needs shape and dtype (or pass a codec)")
@@ -266,41 +295,41 @@ class ChunkKVStore:
     def _remember(self, entry: Any) -> None:
         evicted = self.memory.put(entry.key, entry, entry.nbytes, entry.compute_s)
         if evicted:
-            EVICTIONS.labels(self.memory.policy).inc(len([k for k in evicted if k != entry.key]))
-        MEMORY_BYTES.set(self.memory.used_bytes)
+            self.metrics.evicted(self.memory.policy, len([k for k in evicted if k != entry.key]))
+        self.metrics.held(self.memory.used_bytes)
 
     def get(self, key: str, token_ids: list[int], *, local: bool = False) -> Lookup:
         entry = self.memory.get(key)
         if entry is not None:
             if entry.token_ids == token_ids:
-                LOOKUPS.labels("memory", "hit").inc()
+                self.metrics.lookup("memory", "hit")
                 return Lookup(entry, "memory")
             # A hash collision or a bug: never serve it.
             self.memory.remove(key)
-            LOOKUPS.labels("memory", "corrupt").inc()
+            self.metrics.lookup("memory", "corrupt")
         else:
-            LOOKUPS.labels("memory", "miss").inc()
+            self.metrics.lookup("memory", "miss")
         if self.backend is None or local:
             return Lookup(None, "miss")
         tier = self.backend.name
         try:
             blob = self.backend.get(key)
         except CacheError as exc:
-            LOOKUPS.labels(tier, "error").inc()
+            self.metrics.lookup(tier, "error")
             logger.warning("chunk-KV backend get failed: %s", exc)
             return Lookup(None, "miss")
         if blob is None:
-            LOOKUPS.labels(tier, "miss").inc()
+            self.metrics.lookup(tier, "miss")
             return Lookup(None, "miss")
-        BYTES.labels(tier, "read").inc(len(blob))
+        self.metrics.moved(tier, "read", len(blob))
         try:
             entry = self.codec.decode(blob, key=key, model=self.model, token_ids=token_ids)
         except CorruptEntryError as exc:
-            LOOKUPS.labels(tier, "corrupt").inc()
+            self.metrics.lookup(tier, "corrupt")
             logger.warning("dropping corrupt chunk-KV entry %s: %s", key, exc)
             self._drop_backend(key)
             return Lookup(None, "miss", len(blob))
-        LOOKUPS.labels(tier, "hit").inc()
+        self.metrics.lookup(tier, "hit")
         self._remember(entry)
         return Lookup(entry, "redis", len(blob))
 
@@ -327,10 +356,10 @@ class ChunkKVStore:
         try:
             self.backend.put(entry.key, blob, self.ttl_s)
         except CacheError as exc:
-            LOOKUPS.labels(self.backend.name, "error").inc()
+            self.metrics.lookup(self.backend.name, "error")
             logger.warning("chunk-KV backend put failed: %s", exc)
             return 0
-        BYTES.labels(self.backend.name, "write").inc(len(blob))
+        self.metrics.moved(self.backend.name, "write", len(blob))
         return len(blob)
 
     def get_or_compute(
@@ -375,7 +404,7 @@ class ChunkKVStore:
 
     def clear_memory(self) -> None:
         self.memory.clear()
-        MEMORY_BYTES.set(0)
+        self.metrics.held(0)
 
     def close(self) -> None:
         self.clear_memory()

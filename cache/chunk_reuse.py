@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from cache.chunk_kv import MEMORY_BYTES, TOKENS, ChunkKV, ChunkKVStore, Lookup, chunk_key
+from cache.chunk_kv import ChunkKV, ChunkKVStore, Lookup, chunk_key
 from cache.kv_blend import BlendResult, KVBlender, to_dynamic_cache
 
 if TYPE_CHECKING:
@@ -83,7 +83,9 @@ class ChunkReuse:
         ttl_s: int | None = None,
         recompute_fraction: float = 0.15,
         min_chunk_tokens: int = 8,
+        label: str | None = None,
     ) -> None:
+        """``label``: the model id the cache's metrics carry (None: the fingerprint)."""
         self.blender = KVBlender(model)
         self.tokenizer = tokenizer
         self.fingerprint = fingerprint
@@ -98,6 +100,7 @@ class ChunkReuse:
             policy=policy,
             backend=backend,
             ttl_s=ttl_s,
+            label=label,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -164,7 +167,7 @@ class ChunkReuse:
         keys = [chunk_key(self.fingerprint, [], prefix_ids)]
         keys += [chunk_key(self.fingerprint, prefix_ids, ids[s.start : s.end]) for s in spans]
         dropped = sum(self.store.memory.remove(k) for k in keys)
-        MEMORY_BYTES.set(self.store.memory.used_bytes)
+        self.store.metrics.held(self.store.memory.used_bytes)
         return dropped
 
     # -- prefill ---------------------------------------------------------------------------------
@@ -267,9 +270,9 @@ class ChunkReuse:
         recomputed_chunk = int((candidates & result.recomputed).sum())
         computed = int((~stored).sum())
         reused = int((stored & ~result.recomputed).sum())
-        TOKENS.labels("reused").inc(reused)
-        TOKENS.labels("recomputed").inc(int((stored & result.recomputed).sum()))
-        TOKENS.labels("computed").inc(computed)
+        self.store.metrics.tokens("reused", reused)
+        self.store.metrics.tokens("recomputed", int((stored & result.recomputed).sum()))
+        self.store.metrics.tokens("computed", computed)
         report = {
             "mode": mode,
             "prompt_tokens": n,

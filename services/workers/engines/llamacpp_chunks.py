@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from cache.chunk_kv import LOOKUPS, TOKENS, ChunkKVStore, Lookup, chunk_key
+from cache.chunk_kv import ChunkKVStore, Lookup, chunk_key
 from cache.chunk_reuse import Span, locate_chunks
 from cache.chunk_state import ChunkState, StateCodec
 from retrieval.generation import ChatMessage
@@ -112,6 +112,7 @@ class LlamaChunkReuse:
             backend=backend,
             ttl_s=ttl_s,
             codec=StateCodec(),
+            label=engine.model_id,
         )
         self.precompute_enabled = precompute
         self.precompute_bytes = memory_bytes if precompute_bytes is None else precompute_bytes
@@ -308,7 +309,7 @@ class LlamaChunkReuse:
                 if not rt.restore(scratch, state.blob):
                     # llama.cpp refused the blob (another build's layout slipped past the fingerprint):
                     # drop it and compute the rest of the chunk in place.
-                    LOOKUPS.labels(entry.tier, "corrupt").inc()
+                    self.store.metrics.lookup(entry.tier, "corrupt")
                     self.store.memory.remove(state.key)
                     logits = rt.decode(seq, cid[r:], s.start + r)
                     computed += len(cid) - r
@@ -332,9 +333,9 @@ class LlamaChunkReuse:
         if (low, high) != (0, len(ids) - 1):
             raise RuntimeError(f"assembled sequence spans {low}..{high}, expected 0..{len(ids) - 1}")
         done = time.perf_counter()
-        TOKENS.labels("reused").inc(reused)
-        TOKENS.labels("recomputed").inc(recomputed)
-        TOKENS.labels("computed").inc(computed)
+        self.store.metrics.tokens("reused", reused)
+        self.store.metrics.tokens("recomputed", recomputed)
+        self.store.metrics.tokens("computed", computed)
         if misses and self.precompute_enabled:
             self.background.add(misses)
         chunk_tokens = sum(s.end - s.start for s in spans)

@@ -279,6 +279,7 @@ def _build_chunk_reuse(config: ModelConfig, model: Any, tokenizer: Any) -> Chunk
             ttl_s=cc.ttl_s,
             recompute_fraction=0.15 if cc.recompute_fraction is None else cc.recompute_fraction,
             min_chunk_tokens=cc.min_chunk_tokens,
+            label=config.id,
         )
     except UnsupportedModelError as exc:
         raise ConfigError(f"models[{config.id}].chunk_cache: {exc}") from exc
