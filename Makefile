@@ -12,6 +12,9 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
+# mypy's incremental cache beside the machine's other caches (wheels, models): a fresh clone type-checks in
+# seconds instead of a minute once any clone has run it; mypy re-checks whatever changed, by content.
+export MYPY_CACHE_DIR ?= $(HOME)/.cache/ragyard/mypy
 # llama-cpp-python (the default engine) ships as an sdist: llama.cpp is compiled once per machine (about 4
 # minutes on 2 cores) into a wheel kept under ~/.cache/ragyard/wheels, named by the build flags, and installed
 # from there by every later `make install` (a fresh clone or venv included). The flags are this CPU's vector
