@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,9 @@ def test_bench_spec_vllm_leg_on_one_prompt(engine: Any, shared_data: Path) -> No
     from tests.services.workers.spec.test_spec_engine import rag_prompts
 
     if importlib.util.find_spec("vllm") is None:
+        # `make test-vllm` sets RAGYARD_REQUIRE_VLLM=1: there a missing vLLM fails instead of skipping.
+        if os.environ.get("RAGYARD_REQUIRE_VLLM") == "1":
+            pytest.fail("RAGYARD_REQUIRE_VLLM=1 but vLLM is not installed: run `make install-vllm`")
         pytest.skip("vLLM is not installed (`make install-vllm`)")
     pair = {"method": "draft_model", "model": "package:smollm2-135m-instruct"}
     config = load_config({"models": [{"id": "smollm2-135m-instruct", "speculative": pair}]})
