@@ -118,17 +118,17 @@ def bench_docsqa(
                         max_tokens=max_tokens,
                     )
                 )
-                right, missed = judge(rec["answer"], row["must_include"])
+                right, missed = judge(rec.answer, row["must_include"])
                 preds[model].append(
                     {
                         "id": row["id"],
                         "question": row["question"],
-                        "answer": rec["answer"],
+                        "answer": rec.answer,
                         "right": right,
                         "missed": missed,
                         "latency_s": round(time.perf_counter() - started, 3),
-                        "completion_tokens": rec["usage"]["completion_tokens"],
-                        "citations": [c["title"] for c in rec["citations"]],
+                        "completion_tokens": rec.usage.completion_tokens,
+                        "citations": [c.title for c in rec.citations],
                     }
                 )
             print(f"  docsqa {n + 1}/{len(rows)}", flush=True)  # noqa: T201

@@ -182,25 +182,25 @@ class Evaluator:
             )
         )
         latency = time.perf_counter() - started
-        em, f, scored = score(record["answer"], row["answers"])
+        em, f, scored = score(record.answer, row["answers"])
         return {
             "id": row.get("id", str(n)),
             "question": row["question"],
             "answers": row["answers"],
-            "prediction": record["answer"],
+            "prediction": record.answer,
             "scored_as": scored,
             "em": em,
             "f1": round(f, 4),
             "hops": row.get("hops"),
-            "model": record["model"],
+            "model": record.model,
             "latency_s": round(latency, 4),
-            "retrieval_steps": record["retrieval_steps"],
-            "llm_calls": record["llm_calls"],
-            "prompt_tokens": record["usage"]["prompt_tokens"],
-            "completion_tokens": record["usage"]["completion_tokens"],
-            "citations": [{"title": c["title"], "score": c["score"]} for c in record["citations"]],
-            "timings": record["timings"],
-            "plan": record.get("plan"),
+            "retrieval_steps": record.retrieval_steps,
+            "llm_calls": record.llm_calls,
+            "prompt_tokens": record.usage.prompt_tokens,
+            "completion_tokens": record.usage.completion_tokens,
+            "citations": [{"title": c.title, "score": c.score} for c in record.citations],
+            "timings": record.timings,
+            "plan": record.plan.model_dump(mode="json"),
         }
 
 

@@ -92,7 +92,7 @@ async def _label(
                 question=Question(text=question, style="short"), policy=policy, max_tokens=max_tokens, stop=("\n",)
             )
         )
-        return str(rec["answer"])
+        return rec.answer
 
     def progress(n: int, total: int) -> None:
         if n % 10 == 0 or n == total:

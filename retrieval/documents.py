@@ -89,16 +89,6 @@ class Passage:
     chunk: Chunk
     score: float
 
-    def citation(self) -> dict[str, Any]:
-        return {
-            "document_id": self.chunk.doc_id,
-            "title": self.chunk.title,
-            "chunk": self.chunk.chunk_index,
-            "score": round(self.score, 4),
-            "text": self.chunk.text,
-            "source": self.chunk.source,
-        }
-
 
 @dataclass
 class IngestReport:

@@ -140,14 +140,14 @@ def cmd_ask(args: argparse.Namespace) -> int:
         )
     )
     if args.json:
-        print(json.dumps(record, indent=2))
+        print(json.dumps(record.wire(), indent=2))
         return 0
-    print(record["answer"])
-    for n, c in enumerate(record["citations"], start=1):
-        print(f"  [{n}] {c['title']} (document {c['document_id']}, chunk {c['chunk']}, score {c['score']})")
-    t = record["timings"]
+    print(record.answer)
+    for n, c in enumerate(record.citations, start=1):
+        print(f"  [{n}] {c.title} (document {c.document_id}, chunk {c.chunk}, score {c.score})")
+    t = record.timings
     print(
-        f"  plan: {record['plan']['policy']} on {record['plan']['model']}; retrieve {t['retrieve_s']:.2f}s, "
+        f"  plan: {record.plan.policy} on {record.plan.model}; retrieve {t['retrieve_s']:.2f}s, "
         f"prefill {t['prefill_s']:.2f}s, decode {t['decode_s']:.2f}s, total {t['total_s']:.2f}s"
     )
     return 0

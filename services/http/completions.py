@@ -18,7 +18,7 @@ from services.http.deps import Service, sla_context
 from services.http.openai import sampling_of
 from services.http.schemas import CompletionRequest, DetokenizeRequest, TokenizeRequest
 from services.http.sse import event, keep_alive, stream_error
-from services.pipeline.records import AnswerRequest, StreamEvent
+from services.pipeline.records import AnswerRequest, Completion, StreamEvent
 from services.pipeline.service import RagService
 
 router = APIRouter()
@@ -60,26 +60,27 @@ async def completions(body: CompletionRequest, request: Request, svc: Service) -
     decided = await svc.decide(req)
     prompt = body.text()
     if not body.stream:
-        record: dict[str, Any] = {}
+        record: Completion | None = None
         async for ev in svc.complete(req, prompt, decided):
-            if ev.done:
+            if ev.record is not None:
                 record = ev.record
+        assert record is not None, "a completion ends with its record"
         return JSONResponse(
             {
-                "id": record["id"],
+                "id": record.id,
                 "object": "text_completion",
                 "created": created,
-                "model": record["model"],
+                "model": record.model,
                 "choices": [
                     {
                         "index": 0,
-                        "text": record["text"],
-                        "finish_reason": record["finish_reason"],
-                        "logprobs": legacy_logprobs(record["logprobs"]) if "logprobs" in record else None,
+                        "text": record.text,
+                        "finish_reason": record.finish_reason,
+                        "logprobs": legacy_logprobs(record.logprobs) if record.logprobs is not None else None,
                     }
                 ],
-                "usage": record["usage"],
-                "ragyard": {k: record[k] for k in ("plan", "timings", "cache", "speculative") if k in record},
+                "usage": record.usage.model_dump(),
+                "ragyard": record.extension(),
             }
         )
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -92,27 +93,25 @@ async def completions(body: CompletionRequest, request: Request, svc: Service) -
 
 
 async def completion_events(
-    source: AsyncIterator[StreamEvent], model: str, created: int, include_usage: bool
+    source: AsyncIterator[StreamEvent[Completion]], model: str, created: int, include_usage: bool
 ) -> AsyncIterator[bytes]:
     cid = ""
     offset = 0
     head: dict[str, Any] = {"object": "text_completion", "created": created, "model": model}
     try:
         async for ev in source:
-            if ev.done:
-                record = ev.record
-                cid = record["id"]
+            record = ev.record
+            if record is not None:
+                cid = record.id
                 yield event(
                     {
                         **head,
                         "id": cid,
-                        "choices": [
-                            {"index": 0, "text": "", "finish_reason": record["finish_reason"], "logprobs": None}
-                        ],
+                        "choices": [{"index": 0, "text": "", "finish_reason": record.finish_reason, "logprobs": None}],
                     }
                 )
                 if include_usage:
-                    yield event({**head, "id": cid, "choices": [], "usage": record["usage"]})
+                    yield event({**head, "id": cid, "choices": [], "usage": record.usage.model_dump()})
                 continue
             logprobs = None
             if ev.logprobs is not None:

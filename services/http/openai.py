@@ -15,7 +15,7 @@ from router.routing import AUTO_MODEL
 from services.http.auth import principal
 from services.http.deps import Service, min_generation, sla_context
 from services.http.schemas import ChatCompletionRequest, CompletionRequest
-from services.http.sse import chat_events, extension, keep_alive
+from services.http.sse import chat_events, keep_alive
 from services.pipeline.records import AnswerRequest
 
 router = APIRouter()
@@ -100,17 +100,17 @@ async def chat(body: ChatCompletionRequest, request: Request, svc: Service) -> J
                 "id": cid,
                 "object": "chat.completion",
                 "created": created,
-                "model": record["model"],
+                "model": record.model,
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": record["answer"]},
-                        "finish_reason": record["finish_reason"],
-                        "logprobs": {"content": record["logprobs"]} if "logprobs" in record else None,
+                        "message": {"role": "assistant", "content": record.answer},
+                        "finish_reason": record.finish_reason,
+                        "logprobs": {"content": record.logprobs} if record.logprobs is not None else None,
                     }
                 ],
-                "usage": record["usage"],
-                "ragyard": extension(record),
+                "usage": record.usage.model_dump(),
+                "ragyard": record.extension(),
             }
         )
     # Plan (and fail on a bad model or limit) before the 200 and the first byte go out.

@@ -35,7 +35,7 @@ def qa_request(body: QARequest, request: Request) -> AnswerRequest:
 async def qa(body: QARequest, request: Request, svc: Service) -> dict[str, Any]:
     req = qa_request(body, request)
     request.state.ran = req.ran  # what the rate limiter counts against TPM
-    return await svc.answer(req)
+    return (await svc.answer(req)).wire()
 
 
 @router.post("/v1/plan")

@@ -19,14 +19,6 @@ from services.pipeline.service import RagService
 
 logger = logging.getLogger(__name__)
 
-EXTENSION_KEYS = ("citations", "plan", "timings", "retrieval_steps", "llm_calls", "cache", "speculative", "sla")
-
-
-def extension(record: dict[str, Any]) -> dict[str, Any]:
-    """The part of Ragyard's record a chat completion carries under ``ragyard``."""
-    return {k: record[k] for k in EXTENSION_KEYS if k in record}
-
-
 KEEP_ALIVE = b": keep-alive\n\n"
 
 
@@ -87,14 +79,14 @@ async def chat_events(
     yield _event(chunk({"role": "assistant", "content": ""}))
     try:
         async for ev in service.stream(req, decided):
-            if not ev.done:
+            record = ev.record
+            if record is None:
                 tokens = {"content": [t.openai() for t in ev.logprobs]} if ev.logprobs is not None else None
                 yield _event(chunk({"content": ev.text}, logprobs=tokens))
                 continue
-            record = ev.record
-            yield _event(chunk({}, record["finish_reason"], ragyard=extension(record)))
+            yield _event(chunk({}, record.finish_reason, ragyard=record.extension()))
             if include_usage:
-                yield _event({**head, "choices": [], "usage": record["usage"]})
+                yield _event({**head, "choices": [], "usage": record.usage.model_dump()})
     except Exception as exc:  # noqa: BLE001 - the status is sent; the error goes in the stream
         yield stream_error(exc)
     yield b"data: [DONE]\n\n"

@@ -1,14 +1,22 @@
-"""The records the answer pipeline takes and gives: the request it answers (`AnswerRequest`) and the events
-of a streamed answer (`StreamEvent`)."""
+"""The records the answer pipeline takes and gives: the request it answers (`AnswerRequest`), the record of an
+answer (`Answer`) or of a raw completion (`Completion`), and the events of a streamed one (`StreamEvent`).
+
+The records are pydantic models read by attribute; their JSON (``wire()``) is what `/v1/qa` returns, what a chat
+completion carries under ``ragyard``, and what the response cache stores, key for key as before they were typed."""
 
 from __future__ import annotations
 
+import time
+import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+
+from retrieval.documents import Passage
 from retrieval.generation import ResponseFormat, TokenLogprob
 from retrieval.policies.base import Question, Ran
-from router.plan import SlaContext
+from router.plan import Admission, Plan, RouteDecision, SlaContext
 
 
 @dataclass
@@ -44,11 +52,188 @@ class AnswerRequest:
     ran: Ran = field(default_factory=Ran)
 
 
+class Citation(BaseModel):
+    """A passage the answer was given, as the caller sees it."""
+
+    document_id: str
+    title: str
+    chunk: int = Field(description="The chunk's index within its document.")
+    score: float
+    text: str
+    source: str = ""
+
+    @classmethod
+    def of(cls, passage: Passage) -> Citation:
+        c = passage.chunk
+        return cls(
+            document_id=c.doc_id,
+            title=c.title,
+            chunk=c.chunk_index,
+            score=round(passage.score, 4),
+            text=c.text,
+            source=c.source,
+        )
+
+
+class TokenUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, prompt: int, completion: int) -> TokenUsage:
+        return cls(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+class PlanRecord(Plan):
+    """The plan that ran, with the router's reason for it."""
+
+    reason: str
+
+    @classmethod
+    def of(cls, decision: RouteDecision) -> PlanRecord:
+        return cls.model_validate({**decision.plan.model_dump(), "reason": decision.reason})
+
+
+class SlaRecord(Admission):
+    """The SLA controller's admission as the answer records it: with the router's reason and, once the
+    request is settled, the tenant's budget after it."""
+
+    model_config = ConfigDict(frozen=False)
+
+    reason: str
+    budget_after: Any = Field(None, description="The tenant's budget once this request was charged.")
+
+    @classmethod
+    def of(cls, decision: RouteDecision) -> SlaRecord | None:
+        if decision.sla is None:
+            return None
+        return cls.model_validate({**decision.sla.model_dump(mode="json"), "reason": decision.reason})
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None or k not in ("overrides", "budget_after")}
+
+
+class CacheRecord(BaseModel):
+    """Where the answer came from: the response cache's verdict, and how the prompt's KV was obtained
+    (``chunk_kv``, ``prefix_cached_tokens``) when a prompt cache was involved."""
+
+    response: Literal["hit", "miss", "bypass"]
+    chunk_kv: dict[str, Any] | None = Field(None, description="Chunk-KV reuse: chunks, hits per tier, recomputed.")
+    prefix_cached_tokens: int | None = Field(None, description="Prompt tokens the engine's prefix cache held.")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class _Record(BaseModel):
+    """What an answer and a completion record alike. Optional parts are left out of the JSON when unset."""
+
+    id: str
+    finish_reason: str | None
+    model: str
+    plan: PlanRecord
+    timings: dict[str, float]
+    usage: TokenUsage
+    cache: CacheRecord
+    speculative: dict[str, Any] | None = None
+    logprobs: list[dict[str, Any]] | None = None
+
+    # The keys left out of the JSON when None (every other key is always there).
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("speculative", "logprobs", "sla", "request_id")
+
+    def wire(self) -> dict[str, Any]:
+        """The record as JSON: the shape `/v1/qa` returns and the response cache stores."""
+        out = self.model_dump(mode="json")
+        return {k: v for k, v in out.items() if v is not None or k not in self.OPTIONAL}
+
+
+class Answer(_Record):
+    """The record of one answer: what `/v1/qa` returns, and what a chat completion carries under ``ragyard``."""
+
+    answer: str
+    citations: list[Citation]
+    retrieval_steps: int
+    llm_calls: int
+    trace: list[dict[str, Any]] = Field(description="The policy's steps (retrievals, generations), in order.")
+    sla: SlaRecord | None = None
+
+    # The parts of the record a chat completion carries under ``ragyard``.
+    EXTENSION: ClassVar[tuple[str, ...]] = (
+        "citations",
+        "plan",
+        "timings",
+        "retrieval_steps",
+        "llm_calls",
+        "cache",
+        "speculative",
+        "sla",
+    )
+
+    def extension(self) -> dict[str, Any]:
+        wire = self.wire()
+        return {k: wire[k] for k in self.EXTENSION if k in wire}
+
+    def cached(self) -> dict[str, Any]:
+        """What the response cache stores: the record less its admission (another request's)."""
+        out = self.wire()
+        out.pop("sla", None)
+        return out
+
+    def served_from_cache(self, decision: RouteDecision, started: float) -> Answer:
+        """This (cached) answer as a new request's record: its own id, a cache hit, that request's
+        admission, no model time."""
+        return self.model_copy(
+            update={
+                "id": new_id("qa"),
+                "cache": CacheRecord(response="hit"),
+                "sla": SlaRecord.of(decision),
+                "timings": {
+                    "retrieve_s": 0.0,
+                    "queue_s": 0.0,
+                    "prefill_s": 0.0,
+                    "decode_s": 0.0,
+                    "ttft_s": 0.0,
+                    "total_s": round(time.perf_counter() - started, 4),
+                },
+            }
+        )
+
+
+class Completion(_Record):
+    """The record of one raw completion (`/v1/completions`): the text, no retrieval."""
+
+    text: str
+    request_id: str | None = None
+
+    EXTENSION: ClassVar[tuple[str, ...]] = ("plan", "timings", "cache", "speculative")
+
+    def extension(self) -> dict[str, Any]:
+        wire = self.wire()
+        return {k: wire[k] for k in self.EXTENSION if k in wire}
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def rounded_timings(timings: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in timings.items()}
+
+
+def openai_logprobs(tokens: list[TokenLogprob] | None) -> list[dict[str, Any]] | None:
+    return [t.openai() for t in tokens] if tokens is not None else None
+
+
+R = TypeVar("R", Answer, Completion)
+
+
 @dataclass
-class StreamEvent:
-    """A text delta, or (last) the whole answer's record with ``done`` set."""
+class StreamEvent(Generic[R]):
+    """A text delta, or (last) the whole record."""
 
     text: str = ""
-    done: bool = False
-    record: dict[str, Any] = field(default_factory=dict)
+    record: R | None = None  # set on the last event only
     logprobs: list[TokenLogprob] | None = None  # the tokens behind ``text``, when asked for

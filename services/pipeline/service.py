@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -29,7 +28,20 @@ from services.config import AppConfig, RetrievalConfig
 from services.errors import InvalidRequestError, ServiceUnavailableError
 from services.pipeline import telemetry
 from services.pipeline.clients import RetrieverClient, RouterClient, WorkerClient, local_router
-from services.pipeline.records import AnswerRequest, StreamEvent
+from services.pipeline.records import (
+    Answer,
+    AnswerRequest,
+    CacheRecord,
+    Citation,
+    Completion,
+    PlanRecord,
+    SlaRecord,
+    StreamEvent,
+    TokenUsage,
+    new_id,
+    openai_logprobs,
+    rounded_timings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +83,7 @@ class RagService:
         return decision, params
 
     def close_span(
-        self, req: AnswerRequest, record: dict[str, Any] | None = None, error: BaseException | None = None
+        self, req: AnswerRequest, record: Answer | Completion | None = None, error: BaseException | None = None
     ) -> None:
         """End the request's span, with the response's attributes when there is one."""
         span, req.span = req.span, None
@@ -129,7 +141,7 @@ class RagService:
     async def finish(
         self,
         decision: RouteDecision,
-        record: dict[str, Any] | None,
+        record: Answer | Completion | None,
         started: float,
         ttft_s: float | None = None,
         ran: Ran | None = None,
@@ -148,13 +160,19 @@ class RagService:
             try:
                 await self._settle(decision, record, started, ttft_s, ran)
             finally:
-                budget = (record or {}).get("sla", {}).get("budget_after")
+                sla = record.sla if isinstance(record, Answer) else None
+                budget = sla.budget_after if sla is not None else None
                 telemetry.set_attributes(
                     span, {"ragyard.sla.ok": record is not None, "ragyard.sla.budget_after": json.dumps(budget)}
                 )
 
     async def _settle(
-        self, decision: RouteDecision, record: dict[str, Any] | None, started: float, ttft_s: float | None, ran: Ran
+        self,
+        decision: RouteDecision,
+        record: Answer | Completion | None,
+        started: float,
+        ttft_s: float | None,
+        ran: Ran,
     ) -> None:
         assert decision.sla is not None and decision.sla.ticket is not None
         ticket = decision.sla.ticket
@@ -167,17 +185,14 @@ class RagService:
             model=decision.plan.model,
         )
         if record is not None:
-            usage = record["usage"]
-            timings = record.get("timings", {})
-            hit = record.get("cache", {}).get("response") == "hit"
             outcome = Outcome(
                 ok=True,
                 latency_s=latency,
                 # A cached answer reports its original tokens; the policy's cache_charge says what of them is charged.
-                prompt_tokens=usage["prompt_tokens"],
-                completion_tokens=usage["completion_tokens"],
-                cache_hit=hit,
-                ttft_s=ttft_s if ttft_s is not None else max(0.0, latency - timings.get("decode_s", 0.0)),
+                prompt_tokens=record.usage.prompt_tokens,
+                completion_tokens=record.usage.completion_tokens,
+                cache_hit=record.cache.response == "hit",
+                ttft_s=ttft_s if ttft_s is not None else max(0.0, latency - record.timings.get("decode_s", 0.0)),
                 model=decision.plan.model,
             )
         # Shielded: a client that leaves cancels the request's task, and the report must go in all the same
@@ -190,8 +205,8 @@ class RagService:
         except Exception:  # noqa: BLE001 - the answer stands; the ticket expires and releases its reservation
             logger.exception("could not report SLA ticket %s", ticket)
             return
-        if record is not None and settled is not None:
-            record.setdefault("sla", {})["budget_after"] = settled.budget
+        if isinstance(record, Answer) and record.sla is not None and settled is not None:
+            record.sla.budget_after = settled.budget
 
     def _retrieval_settings(self, model_id: str) -> RetrievalConfig:
         """The retrieval settings a policy runs with for this model (DRAGIN's threshold is per model)."""
@@ -255,30 +270,27 @@ class RagService:
         started = time.perf_counter()
         decision, params = await self.decide(req, dry_run=True)
         self.close_span(req)
+        sla = SlaRecord.of(decision)
         return {
             "object": "qa.plan",
             "model": decision.plan.model,
-            "plan": {**decision.plan.model_dump(), "reason": decision.reason},
-            **(
-                {"sla": {**decision.sla.model_dump(mode="json"), "reason": decision.reason}}
-                if decision.sla is not None
-                else {}
-            ),
+            "plan": PlanRecord.of(decision).model_dump(mode="json"),
+            **({"sla": sla.model_dump(mode="json")} if sla is not None else {}),
             "sampling": {"max_tokens": params.max_tokens, "temperature": params.temperature},
             "seconds": round(time.perf_counter() - started, 4),
         }
 
     # -- answering -----------------------------------------------------------------------------
-    async def answer(self, req: AnswerRequest) -> dict[str, Any]:
+    async def answer(self, req: AnswerRequest) -> Answer:
         """The answer pipeline collected (the final generation in one piece)."""
         started = time.perf_counter()
         decision, params = await self.decide(req)
-        record: dict[str, Any] | None = None
+        record: Answer | None = None
         ran = req.ran
         error: BaseException | None = None
         try:
             async for ev in self._events(req, decision, params, started, stream=False, ran=ran):
-                if ev.done:
+                if ev.record is not None:
                     record = ev.record
             assert record is not None, "the answer pipeline ends with its record"
             return record
@@ -291,22 +303,22 @@ class RagService:
 
     async def stream(
         self, req: AnswerRequest, decided: tuple[RouteDecision, SamplingParams] | None = None
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncIterator[StreamEvent[Answer]]:
         """Text deltas of the final answer as they are generated, then the record. ``decided``: the
         plan, when the caller has made it already (the gateway plans before it sends the 200)."""
         started = time.perf_counter()
         decision, params = decided or await self.decide(req)
         first: float | None = None
-        record: dict[str, Any] | None = None
+        record: Answer | None = None
         error: BaseException | None = None
         ran = req.ran
         try:
             async for ev in self._events(req, decision, params, started, stream=True, ran=ran):
                 if first is None:
                     first = time.perf_counter() - started
-                if ev.done:
+                if ev.record is not None:
                     record = ev.record
-                    await self.finish(decision, ev.record, started, first, ran, parent=req.span)
+                    await self.finish(decision, record, started, first, ran, parent=req.span)
                 yield ev
         except BaseException as exc:
             error = exc
@@ -325,7 +337,7 @@ class RagService:
         *,
         stream: bool,
         ran: Ran | None = None,
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncIterator[StreamEvent[Answer]]:
         """The one pipeline behind `answer` and `stream`: the response cache, the policy's answer
         pipeline, the record, the metrics and the cache put, in that order."""
         key = await self._cache_key(req, decision, params)
@@ -334,10 +346,10 @@ class RagService:
             with telemetry.span("cache", req.span, **{"ragyard.cache.operation": "get"}) as lookup:
                 cached = await self.cache.get(key)
                 lookup.set_attribute("ragyard.cache.result", "hit" if cached is not None else "miss")
-        if cached is not None:
-            record = self._from_cache(cached, started, decision)
-            yield StreamEvent(text=record["answer"])
-            yield StreamEvent(done=True, record=record)
+        hit = self._from_cache(cached, started, decision) if cached is not None else None
+        if hit is not None:
+            yield StreamEvent(text=hit.answer)
+            yield StreamEvent(record=hit)
             return
         policy = get_policy(decision.plan.policy)
         ctx = self._context(req, decision, params)
@@ -352,67 +364,54 @@ class RagService:
             # Only a whole answer gets here: an engine that fails (or aborts) raises before its result.
             if key is not None and self.cache is not None:
                 with telemetry.span("cache", req.span, **{"ragyard.cache.operation": "put"}):
-                    await self.cache.put(key, {k: v for k, v in record.items() if k != "sla"})
-            yield StreamEvent(done=True, record=record)
+                    await self.cache.put(key, record.cached())
+            yield StreamEvent(record=record)
 
     @staticmethod
-    def _record(decision: RouteDecision, result: PolicyResult, key: str | None) -> dict[str, Any]:
-        return {
-            "id": "qa-" + uuid.uuid4().hex[:24],
-            "answer": result.answer,
-            "finish_reason": result.finish_reason,
-            "model": decision.plan.model,
-            "citations": [p.citation() for p in result.passages],
-            "plan": {**decision.plan.model_dump(), "reason": decision.reason},
-            "timings": {k: round(v, 4) for k, v in result.timings.items()},
-            "usage": _usage(result.prompt_tokens, result.completion_tokens),
-            "retrieval_steps": result.retrieval_steps,
-            "llm_calls": result.llm_calls,
-            "trace": result.steps,
-            "cache": {"response": "miss" if key else "bypass", **(result.prompt_cache or {})},
-            **({"speculative": result.speculative} if result.speculative else {}),
-            **({"logprobs": [t.openai() for t in result.logprobs]} if result.logprobs is not None else {}),
-            **(
-                {"sla": {**decision.sla.model_dump(mode="json"), "reason": decision.reason}}
-                if decision.sla is not None
-                else {}
-            ),
-        }
+    def _record(decision: RouteDecision, result: PolicyResult, key: str | None) -> Answer:
+        return Answer(
+            id=new_id("qa"),
+            answer=result.answer,
+            finish_reason=result.finish_reason,
+            model=decision.plan.model,
+            citations=[Citation.of(p) for p in result.passages],
+            plan=PlanRecord.of(decision),
+            timings=rounded_timings(result.timings),
+            usage=TokenUsage.of(result.prompt_tokens, result.completion_tokens),
+            retrieval_steps=result.retrieval_steps,
+            llm_calls=result.llm_calls,
+            trace=result.steps,
+            cache=CacheRecord(response="miss" if key else "bypass", **(result.prompt_cache or {})),
+            speculative=result.speculative or None,
+            logprobs=openai_logprobs(result.logprobs),
+            sla=SlaRecord.of(decision),
+        )
 
-    def _from_cache(self, cached: dict[str, Any], started: float, decision: RouteDecision) -> dict[str, Any]:
-        record = dict(cached)
-        record["id"] = "qa-" + uuid.uuid4().hex[:24]
-        record["cache"] = {"response": "hit"}
-        record.pop("sla", None)
-        if decision.sla is not None:
-            record["sla"] = {**decision.sla.model_dump(mode="json"), "reason": decision.reason}
-        record["timings"] = {
-            "retrieve_s": 0.0,
-            "queue_s": 0.0,
-            "prefill_s": 0.0,
-            "decode_s": 0.0,
-            "ttft_s": 0.0,
-            "total_s": round(time.perf_counter() - started, 4),
-        }
-        plan = record.get("plan", {})
-        metrics.PLAN_REQUESTS.labels(plan.get("policy"), plan.get("model"), "hit").inc()
-        return record
+    @staticmethod
+    def _from_cache(cached: dict[str, Any], started: float, decision: RouteDecision) -> Answer | None:
+        """The cached answer as this request's record; None (a miss) for an entry this version cannot read."""
+        try:
+            stored = Answer.model_validate(cached)
+        except ValueError:
+            logger.warning("response cache entry not readable as an answer: ignored")
+            return None
+        metrics.PLAN_REQUESTS.labels(stored.plan.policy, stored.plan.model, "hit").inc()
+        return stored.served_from_cache(decision, started)
 
-    def _observe(self, decision: RouteDecision, record: dict[str, Any], timings: dict[str, float]) -> None:
+    def _observe(self, decision: RouteDecision, record: Answer | Completion, timings: dict[str, float]) -> None:
         policy, model = decision.plan.policy, decision.plan.model
-        metrics.PLAN_REQUESTS.labels(policy, model, record["cache"]["response"]).inc()
+        metrics.PLAN_REQUESTS.labels(policy, model, record.cache.response).inc()
         metrics.PLAN_LATENCY.labels(policy, model).observe(timings["total_s"])
         for stage in ("retrieve", "prefill", "decode"):
             metrics.STAGE_LATENCY.labels(stage).observe(timings[f"{stage}_s"])
         metrics.TTFT.labels(decision.plan.model).observe(timings["ttft_s"])
-        usage = record["usage"]
-        metrics.TOKENS.labels(decision.plan.model, "prompt").inc(usage["prompt_tokens"])
-        metrics.TOKENS.labels(decision.plan.model, "completion").inc(usage["completion_tokens"])
+        metrics.TOKENS.labels(decision.plan.model, "prompt").inc(record.usage.prompt_tokens)
+        metrics.TOKENS.labels(decision.plan.model, "completion").inc(record.usage.completion_tokens)
 
     # -- the completions API -------------------------------------------------------------------
     async def complete(
         self, req: AnswerRequest, prompt: str, decided: tuple[RouteDecision, SamplingParams] | None = None
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncIterator[StreamEvent[Completion]]:
         """A raw prompt continued by the plan's model (no retrieval, no chat template), as text deltas and
         then the record. Planned and settled like an answer: the SLA controller admits it and is told how it
         ended, so a tenant's budget and limits count it."""
@@ -420,7 +419,7 @@ class RagService:
         decision, params = decided or await self.decide(req)
         worker = self.worker_for(decision.plan.model)
         first: float | None = None
-        record: dict[str, Any] | None = None
+        record: Completion | None = None
         parts: list[str] = []
         tokens: list[TokenLogprob] = []
         finish = "length"
@@ -453,22 +452,22 @@ class RagService:
                 "ttft_s": stats.ttft_s,
                 "total_s": time.perf_counter() - started,
             }
-            record = {
-                "id": "cmpl-" + uuid.uuid4().hex[:24],
-                "text": "".join(parts),
-                "finish_reason": finish,
-                "model": decision.plan.model,
-                "plan": {**decision.plan.model_dump(), "reason": decision.reason},
-                "timings": {k: round(v, 4) for k, v in timings.items()},
-                "usage": _usage(stats.prompt_tokens, stats.completion_tokens),
-                "cache": {"response": "bypass", **(prompt_cache_record(stats) or {})},
-                **({"speculative": stats.speculative} if stats.speculative else {}),
-                **({"logprobs": [t.openai() for t in tokens]} if params.logprobs is not None else {}),
-                **({"request_id": req.request_id} if req.request_id else {}),
-            }
+            record = Completion(
+                id=new_id("cmpl"),
+                text="".join(parts),
+                finish_reason=finish,
+                model=decision.plan.model,
+                plan=PlanRecord.of(decision),
+                timings=rounded_timings(timings),
+                usage=TokenUsage.of(stats.prompt_tokens, stats.completion_tokens),
+                cache=CacheRecord(response="bypass", **(prompt_cache_record(stats) or {})),
+                speculative=stats.speculative or None,
+                logprobs=openai_logprobs(tokens) if params.logprobs is not None else None,
+                request_id=req.request_id or None,
+            )
             self._observe(decision, record, timings)
             await self.finish(decision, record, started, first, req.ran, parent=req.span)
-            yield StreamEvent(done=True, record=record)
+            yield StreamEvent(record=record)
         except BaseException as exc:
             error = exc
             raise
@@ -559,10 +558,6 @@ def _shaping_key(params: SamplingParams) -> dict[str, Any]:
     if params.response_format is not None:
         out["response_format"] = params.response_format.model_dump()
     return out
-
-
-def _usage(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def build_local(config: AppConfig) -> RagService:

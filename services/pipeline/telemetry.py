@@ -20,17 +20,22 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
+from opentelemetry.util.types import AttributeValue
+
+from services.pipeline.records import Answer, AnswerRequest, Completion
 
 if TYPE_CHECKING:
     from retrieval.generation import GenerationChunk, SamplingParams
     from retrieval.policies.base import PolicyContext
     from router.plan import RouteDecision
-    from services.pipeline.records import AnswerRequest
 
 logger = logging.getLogger(__name__)
 
 # The request id of the request this task serves (the edge sets it; log records and spans read it).
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("ragyard_request_id", default=None)
+
+# A span's attributes as the pipeline builds them: None values are left off the span.
+Attributes = dict[str, AttributeValue | None]
 
 PROVIDER_NAME = "ragyard"  # gen_ai.provider.name: the service that answers, whatever engine runs inside
 
@@ -89,7 +94,7 @@ def start(name: str, parent: Span | None = None, **attributes: Any) -> Span:
     return span
 
 
-def set_attributes(span: Span, attributes: dict[str, Any]) -> None:
+def set_attributes(span: Span, attributes: Attributes) -> None:
     for key, value in attributes.items():
         if value is None:
             continue
@@ -128,7 +133,7 @@ class RequestIdFilter(logging.Filter):
 
 
 # -- the answer pipeline's spans --------------------------------------------------------------------
-def request_attributes(req: AnswerRequest, operation: str) -> dict[str, Any]:
+def request_attributes(req: AnswerRequest, operation: str) -> Attributes:
     return {
         "gen_ai.operation.name": operation,
         "gen_ai.provider.name": PROVIDER_NAME,
@@ -146,24 +151,23 @@ def request_attributes(req: AnswerRequest, operation: str) -> dict[str, Any]:
     }
 
 
-def response_attributes(record: dict[str, Any]) -> dict[str, Any]:
-    usage = record.get("usage", {})
-    plan = record.get("plan", {})
+def response_attributes(record: Answer | Completion) -> Attributes:
+    answer = record if isinstance(record, Answer) else None
     return {
-        "gen_ai.response.id": record.get("id"),
-        "gen_ai.response.model": record.get("model"),
-        "gen_ai.response.finish_reasons": [record["finish_reason"]] if record.get("finish_reason") else None,
-        "gen_ai.usage.input_tokens": usage.get("prompt_tokens"),
-        "gen_ai.usage.output_tokens": usage.get("completion_tokens"),
-        "ragyard.plan.policy": plan.get("policy"),
-        "ragyard.retrieval_steps": record.get("retrieval_steps"),
-        "ragyard.llm_calls": record.get("llm_calls"),
-        "ragyard.citations": len(record.get("citations", [])) if "citations" in record else None,
-        "ragyard.cache.response": record.get("cache", {}).get("response"),
+        "gen_ai.response.id": record.id,
+        "gen_ai.response.model": record.model,
+        "gen_ai.response.finish_reasons": [record.finish_reason] if record.finish_reason else None,
+        "gen_ai.usage.input_tokens": record.usage.prompt_tokens,
+        "gen_ai.usage.output_tokens": record.usage.completion_tokens,
+        "ragyard.plan.policy": record.plan.policy,
+        "ragyard.retrieval_steps": answer.retrieval_steps if answer else None,
+        "ragyard.llm_calls": answer.llm_calls if answer else None,
+        "ragyard.citations": len(answer.citations) if answer else None,
+        "ragyard.cache.response": record.cache.response,
     }
 
 
-def plan_attributes(decision: RouteDecision) -> dict[str, Any]:
+def plan_attributes(decision: RouteDecision) -> Attributes:
     plan = decision.plan
     sla = decision.sla
     return {
@@ -181,7 +185,7 @@ def plan_attributes(decision: RouteDecision) -> dict[str, Any]:
     }
 
 
-def generation_attributes(model: str, params: SamplingParams, stats: Any, finish: str | None) -> dict[str, Any]:
+def generation_attributes(model: str, params: SamplingParams, stats: Any, finish: str | None) -> Attributes:
     return {
         "gen_ai.operation.name": "chat",
         "gen_ai.provider.name": PROVIDER_NAME,
@@ -235,7 +239,7 @@ def traced_context(ctx: PolicyContext, parent: Span, model: str) -> PolicyContex
 
 
 async def _traced_call(
-    fn: Any, parent: Span, model: str, extra: dict[str, Any], messages: Any, params: SamplingParams, *args: Any
+    fn: Any, parent: Span, model: str, extra: Attributes, messages: Any, params: SamplingParams, *args: Any
 ) -> Any:
     """One model call (generate, or generate with signals) inside a ``generate`` span."""
     with span("generate", parent, **extra) as current:

@@ -395,8 +395,9 @@ def test_the_service_reports_chunk_reuse_in_trace_ready_and_metrics(chunk_engine
     req = AnswerRequest(question=Question(text="Which engine is the embedded default?"), policy="single", max_tokens=8)
     first = asyncio.run(service.answer(req))
     second = asyncio.run(service.answer(req))
-    kv = second["cache"]["chunk_kv"]
-    assert first["cache"]["chunk_kv"]["chunks"] == kv["chunks"] > 0
+    kv = second.cache.chunk_kv
+    assert kv is not None and first.cache.chunk_kv is not None
+    assert first.cache.chunk_kv["chunks"] == kv["chunks"] > 0
     assert kv["chunk_hits"]["memory"] == kv["chunks"] and kv["chunk_misses"] == 0
     assert 0 < kv["chunk_tokens_recomputed"] < kv["chunk_tokens"]
     assert worker.ready()["chunk_cache"]["recompute_fraction"] == 0.15
@@ -408,7 +409,9 @@ def test_the_service_reports_chunk_reuse_in_trace_ready_and_metrics(chunk_engine
     assert sample_sum(joined, "ragyard_chunk_kv_tokens_total", model=model, kind="reused") > 0
     # Streaming goes through the same reuse.
     events = asyncio.run(_collect(service.stream(req)))
-    assert events[-1].record["cache"]["chunk_kv"]["chunk_hits"]["memory"] == kv["chunks"]
+    last = events[-1].record
+    assert last is not None and last.cache.chunk_kv is not None
+    assert last.cache.chunk_kv["chunk_hits"]["memory"] == kv["chunks"]
 
 
 async def _collect(stream: Any) -> list[Any]:

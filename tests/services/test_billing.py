@@ -59,24 +59,24 @@ def env(embedder: Any, tmp_path: Path) -> Iterator[tuple[RagService, ScriptedEng
 def test_a_delivered_answer_and_its_cached_copy_are_charged(env: tuple[RagService, ScriptedEngine, Any]) -> None:
     svc, engine, controller = env
     record = asyncio.run(svc.answer(_req()))
-    used = record["usage"]["total_tokens"]
+    used = record.usage.total_tokens
     assert used > 8 and _spent(controller) == used
     again = asyncio.run(svc.answer(_req()))
-    assert again["cache"]["response"] == "hit"
+    assert again.cache.response == "hit"
     assert _spent(controller) == 2 * used  # cache_charge 1.0: the original tokens
 
 
 def test_a_cached_answer_at_a_lower_cache_charge(embedder: Any, tmp_path: Path) -> None:
     svc, _, controller = _service(embedder, tmp_path, 0.25)
-    used = asyncio.run(svc.answer(_req()))["usage"]
+    used = asyncio.run(svc.answer(_req())).usage
     asyncio.run(svc.answer(_req()))
-    quarter = -(-used["prompt_tokens"] // 4) + -(-used["completion_tokens"] // 4)  # each rounded up
-    assert _spent(controller) == used["total_tokens"] + quarter
+    quarter = -(-used.prompt_tokens // 4) + -(-used.completion_tokens // 4)  # each rounded up
+    assert _spent(controller) == used.total_tokens + quarter
 
 
 def test_a_failure_part_way_is_charged_what_ran(env: tuple[RagService, ScriptedEngine, Any]) -> None:
     svc, engine, controller = env
-    whole = asyncio.run(svc.answer(_req("A first question?")))["usage"]
+    whole = asyncio.run(svc.answer(_req("A first question?"))).usage
     before = _spent(controller)
     engine.fail_after = 3
     try:
@@ -91,7 +91,7 @@ def test_a_failure_part_way_is_charged_what_ran(env: tuple[RagService, ScriptedE
         engine.fail_after = None
     charged = _spent(controller) - before
     # the prompt (about the length of the first question's) and the 3 tokens streamed before the failure
-    assert 3 < charged < whole["prompt_tokens"] + 4
+    assert 3 < charged < whole.prompt_tokens + 4
     assert charged == engine.count_tokens(engine.prompts[-1]) + 3
 
 

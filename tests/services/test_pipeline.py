@@ -17,7 +17,7 @@ from retrieval.retriever import Retriever
 from services.config import load_config
 from services.deployments.retriever import RetrieverService
 from services.deployments.worker import Worker
-from services.pipeline import AnswerRequest, RagService, StreamEvent, build_cache
+from services.pipeline import Answer, AnswerRequest, RagService, StreamEvent, build_cache
 from services.pipeline.clients import RetrieverClient, local_retriever, local_worker
 from tests.fakes import EngineFailure, ScriptedEngine
 
@@ -49,18 +49,19 @@ def service(retriever: RetrieverClient) -> Callable[[ScriptedEngine], RagService
     return build
 
 
-def _stream(svc: RagService, req: AnswerRequest) -> list[StreamEvent]:
-    async def run() -> list[StreamEvent]:
+def _stream(svc: RagService, req: AnswerRequest) -> list[StreamEvent[Answer]]:
+    async def run() -> list[StreamEvent[Answer]]:
         return [ev async for ev in svc.stream(req)]
 
     return asyncio.run(run())
 
 
-def _same_but_ids_and_times(a: dict[str, Any], b: dict[str, Any]) -> None:
+def _same_but_ids_and_times(a: Answer, b: Answer | None) -> None:
+    assert b is not None
     skip = {"id", "timings", "trace"}
-    assert {k: v for k, v in a.items() if k not in skip} == {k: v for k, v in b.items() if k not in skip}
-    strip = [{k: v for k, v in s.items() if k != "seconds"} for s in a["trace"]]
-    assert strip == [{k: v for k, v in s.items() if k != "seconds"} for s in b["trace"]]
+    assert a.model_dump(exclude=skip) == b.model_dump(exclude=skip)
+    strip = [{k: v for k, v in s.items() if k != "seconds"} for s in a.trace]
+    assert strip == [{k: v for k, v in s.items() if k != "seconds"} for s in b.trace]
 
 
 @pytest.mark.parametrize("policy", ["none", "single", "multi", "dragin"])
@@ -70,19 +71,20 @@ def test_answer_and_stream_give_the_same_record(service: Any, policy: str) -> No
     answered = service(engine).answer(req)
     record = asyncio.run(answered)
     events = _stream(service(engine), req)
-    assert [ev.done for ev in events] == [False] * (len(events) - 1) + [True]
+    assert [ev.record is not None for ev in events] == [False] * (len(events) - 1) + [True]
     streamed = events[-1].record
+    assert streamed is not None
     # Leading and trailing whitespace go on both paths; the deltas join to the answer.
-    assert record["answer"] == "The Quux company maintains it." == "".join(ev.text for ev in events[:-1])
-    assert record["cache"] == streamed["cache"] == {"response": "miss"}
+    assert record.answer == "The Quux company maintains it." == "".join(ev.text for ev in events[:-1])
+    assert record.cache.model_dump() == streamed.cache.model_dump() == {"response": "miss"}
     _same_but_ids_and_times(record, streamed)
-    assert record["trace"][-1]["step"] == "generate" and record["llm_calls"] >= 1
+    assert record.trace[-1]["step"] == "generate" and record.llm_calls >= 1
     # Usage is the engine's own count of what it was given and gave.
     if policy in ("none", "single"):
-        assert record["usage"]["prompt_tokens"] == engine.count_tokens(engine.prompts[-1])
-        assert record["usage"]["completion_tokens"] == 5
+        assert record.usage.prompt_tokens == engine.count_tokens(engine.prompts[-1])
+        assert record.usage.completion_tokens == 5
     if policy == "single":
-        assert "Quux" in engine.prompts[-1] and record["citations"]
+        assert "Quux" in engine.prompts[-1] and record.citations
 
 
 def test_a_cut_answer_says_length_on_both_paths(service: Any) -> None:
@@ -90,9 +92,10 @@ def test_a_cut_answer_says_length_on_both_paths(service: Any) -> None:
     req = AnswerRequest(question=Question(text="Count."), policy="none", max_tokens=3)
     record = asyncio.run(service(engine).answer(req))
     streamed = _stream(service(engine), req)[-1].record
-    assert record["answer"] == streamed["answer"] == "one two three"
-    assert record["finish_reason"] == streamed["finish_reason"] == "length"
-    assert record["usage"]["completion_tokens"] == 3
+    assert streamed is not None
+    assert record.answer == streamed.answer == "one two three"
+    assert record.finish_reason == streamed.finish_reason == "length"
+    assert record.usage.completion_tokens == 3
 
 
 def test_a_failing_engine_caches_nothing_and_the_next_request_is_whole(service: Any) -> None:
@@ -113,8 +116,8 @@ def test_a_failing_engine_caches_nothing_and_the_next_request_is_whole(service: 
     engine.fail_after = None
     first = asyncio.run(svc.answer(req))
     second = asyncio.run(svc.answer(req))
-    assert first["cache"] == {"response": "miss"} and second["cache"] == {"response": "hit"}
-    assert first["answer"] == second["answer"] == "partial words then a crash"
+    assert first.cache.response == "miss" and second.cache.response == "hit"
+    assert first.answer == second.answer == "partial words then a crash"
 
 
 def test_a_cached_answer_streams_as_one_delta(service: Any) -> None:
@@ -124,5 +127,6 @@ def test_a_cached_answer_streams_as_one_delta(service: Any) -> None:
     asyncio.run(svc.answer(req))
     calls = len(engine.prompts)
     events = _stream(svc, req)
-    assert [ev.text for ev in events[:-1]] == ["Port 8000."] and events[-1].record["cache"] == {"response": "hit"}
+    last = events[-1].record
+    assert [ev.text for ev in events[:-1]] == ["Port 8000."] and last is not None and last.cache.response == "hit"
     assert len(engine.prompts) == calls  # the engine was not asked again

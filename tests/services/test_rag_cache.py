@@ -22,15 +22,15 @@ def test_redis_response_cache_is_shared_between_gateways(local_service: Any, red
     req = AnswerRequest(question=Question(text=question), max_tokens=8)
     a = asyncio.run(first.answer(req))
     b = asyncio.run(second.answer(req))
-    assert a["cache"] == {"response": "miss"} and b["cache"] == {"response": "hit"}
-    assert a["answer"] == b["answer"] and a["citations"] == b["citations"]
+    assert a.cache.model_dump() == {"response": "miss"} and b.cache.model_dump() == {"response": "hit"}
+    assert a.answer == b.answer and a.citations == b.citations
 
 
 def test_new_documents_invalidate_cached_answers(local_service: Any) -> None:
     req = AnswerRequest(question=Question(text="Who maintains the Lim bridge?"), max_tokens=8)
     asyncio.run(local_service.answer(req))
-    assert asyncio.run(local_service.answer(req))["cache"]["response"] == "hit"
+    assert asyncio.run(local_service.answer(req)).cache.response == "hit"
     from retrieval.documents import Document
 
     asyncio.run(local_service.ingest([Document(title="Lim bridge", text="The Lim bridge is maintained by Quux.")]))
-    assert asyncio.run(local_service.answer(req))["cache"]["response"] == "miss"
+    assert asyncio.run(local_service.answer(req)).cache.response == "miss"

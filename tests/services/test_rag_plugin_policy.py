@@ -32,8 +32,8 @@ def test_the_pipeline_serves_a_plugin_policy(local_service: Any, plugin: None) -
         question=Question(text="Which port does make run listen on?"), policy="single_rerank", max_tokens=8
     )
     rec = asyncio.run(local_service.answer(req))
-    assert rec["plan"]["policy"] == "single_rerank"
-    steps = [s["step"] for s in rec["trace"]]
+    assert rec.plan.policy == "single_rerank"
+    steps = [s["step"] for s in rec.trace]
     assert steps[:2] == ["retrieve", "rerank"]
-    assert rec["trace"][0]["top_k"] == 2 * rec["plan"]["top_k"]
-    assert 0 < len(rec["citations"]) <= rec["plan"]["top_k"]
+    assert rec.trace[0]["top_k"] == 2 * rec.plan.top_k
+    assert 0 < len(rec.citations) <= rec.plan.top_k

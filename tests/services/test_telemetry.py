@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from services.http.app import create_app
 from services.http.sse import KEEP_ALIVE, keep_alive
-from services.pipeline import telemetry
+from services.pipeline import Answer, telemetry
 from tests.fakes import ScriptedEngine, scripted_config, scripted_service
 
 
@@ -47,7 +47,7 @@ def test_a_multi_step_request_traces_every_step(local_service: Any, spans: Any) 
         }
         resp = client.post("/v1/qa", json=body, headers={"X-Request-Id": "multi-step-1"})
     assert resp.status_code == 200, resp.text
-    record = resp.json()
+    record = Answer.model_validate(resp.json())  # the wire JSON reads back as the record
     finished = spans.get_finished_spans()
     roots = [s for s in finished if s.parent is None]
     assert len(roots) == 1, [s.name for s in finished]
@@ -58,22 +58,22 @@ def test_a_multi_step_request_traces_every_step(local_service: Any, spans: Any) 
     assert all(s.context.trace_id == root.context.trace_id for s in finished)
     names = [s.name for s in sorted(children, key=lambda s: s.start_time)]
     assert names[0] == "route" and names[1] == "cache" and names[-2:] == ["cache", "settle"], names
-    assert names.count("retrieve") == record["retrieval_steps"] >= 1
-    assert names.count("generate") == record["llm_calls"] >= 2  # at least one reasoning step and the answer
+    assert names.count("retrieve") == record.retrieval_steps >= 1
+    assert names.count("generate") == record.llm_calls >= 2  # at least one reasoning step and the answer
     for span in finished:
         assert span.end_time > span.start_time, span.name  # each step has its duration
         assert span.attributes["ragyard.request_id"] == "multi-step-1"
     a = root.attributes
     assert a["gen_ai.operation.name"] == "chat" and a["gen_ai.provider.name"] == "ragyard"
-    assert a["gen_ai.request.model"] == "auto" and a["gen_ai.response.model"] == record["model"]
-    assert a["gen_ai.usage.input_tokens"] == record["usage"]["prompt_tokens"]
-    assert a["gen_ai.usage.output_tokens"] == record["usage"]["completion_tokens"]
-    assert list(a["gen_ai.response.finish_reasons"]) == [record["finish_reason"]]
+    assert a["gen_ai.request.model"] == "auto" and a["gen_ai.response.model"] == record.model
+    assert a["gen_ai.usage.input_tokens"] == record.usage.prompt_tokens
+    assert a["gen_ai.usage.output_tokens"] == record.usage.completion_tokens
+    assert list(a["gen_ai.response.finish_reasons"]) == [record.finish_reason]
     route = next(s for s in children if s.name == "route").attributes
-    assert route["ragyard.plan.policy"] == "multi" and route["ragyard.plan.model"] == record["model"]
+    assert route["ragyard.plan.policy"] == "multi" and route["ragyard.plan.model"] == record.model
     generations = [s.attributes for s in children if s.name == "generate"]
-    assert sum(g["gen_ai.usage.output_tokens"] for g in generations) == record["usage"]["completion_tokens"]
-    assert all(g["gen_ai.request.model"] == record["model"] for g in generations)
+    assert sum(g["gen_ai.usage.output_tokens"] for g in generations) == record.usage.completion_tokens
+    assert all(g["gen_ai.request.model"] == record.model for g in generations)
     retrievals = [s.attributes for s in children if s.name == "retrieve"]
     assert all(r["ragyard.retrieval.results"] > 0 and r["ragyard.retrieval.query"] for r in retrievals)
     lookups = [s.attributes["ragyard.cache.operation"] for s in children if s.name == "cache"]

@@ -33,26 +33,26 @@ def test_each_policy_end_to_end_on_real_questions(policy: str, shared_data: Path
                 AnswerRequest(question=Question(text=row["question"], style="short"), policy=policy, max_tokens=16)
             )
         )
-        assert rec["answer"]
-        assert rec["plan"]["policy"] == policy
-        steps = [s["step"] for s in rec["trace"]]
+        assert rec.answer
+        assert rec.plan.policy == policy
+        steps = [s["step"] for s in rec.trace]
         retrieves = steps.count("retrieve")
-        assert rec["retrieval_steps"] == retrieves
+        assert rec.retrieval_steps == retrieves
         if policy == "none":
-            assert rec["citations"] == [] and rec["retrieval_steps"] == 0 and steps == ["generate"]
+            assert rec.citations == [] and rec.retrieval_steps == 0 and steps == ["generate"]
         elif policy == "multi":
             assert steps[0] == "retrieve" and steps[-1] == "generate" and "reason" in steps
-            assert 1 <= retrieves <= 4 and rec["llm_calls"] == steps.count("reason") + 1
+            assert 1 <= retrieves <= 4 and rec.llm_calls == steps.count("reason") + 1
         elif policy == "dragin":
-            assert steps[0] == "generate" and rec["trace"][0]["signals"] == "entropy x attention"
-            assert rec["llm_calls"] == steps.count("generate")
-            assert retrieves == sum(1 for s in rec["trace"] if s["step"] == "generate" and s["trigger"])
+            assert steps[0] == "generate" and rec.trace[0]["signals"] == "entropy x attention"
+            assert rec.llm_calls == steps.count("generate")
+            assert retrieves == sum(1 for s in rec.trace if s["step"] == "generate" and s["trigger"])
         else:
-            assert rec["retrieval_steps"] == 1 and steps == ["retrieve", "generate"]
-            titles = {c["title"] for c in rec["citations"]}
+            assert rec.retrieval_steps == 1 and steps == ["retrieve", "generate"]
+            titles = {c.title for c in rec.citations}
             assert titles & {c["title"] for c in row["contexts"]}
-            assert all({"document_id", "title", "chunk", "score"} <= set(c) for c in rec["citations"])
-        assert set(rec["timings"]) >= {"retrieve_s", "prefill_s", "decode_s", "total_s"}
+            assert all({"document_id", "title", "chunk", "score"} <= set(c.model_dump()) for c in rec.citations)
+        assert set(rec.timings) >= {"retrieve_s", "prefill_s", "decode_s", "total_s"}
 
 
 def _contexts(row: dict[str, Any]) -> list[Any]:
@@ -154,11 +154,11 @@ def test_adaptive_runs_the_classified_policy(shared_data: Path, local_service: A
     rec = asyncio.run(
         service.answer(AnswerRequest(question=Question(text=hot[0], style="short"), policy="adaptive", max_tokens=16))
     )
-    complexity = rec["plan"]["complexity"]
-    assert complexity["class"] == "C" and complexity["policy"] == "multi"
-    assert rec["trace"][0]["step"] == "classify" and rec["trace"][0]["probabilities"]["C"] > 0.5
-    assert rec["retrieval_steps"] >= 1 and rec["answer"]
+    complexity = rec.plan.complexity
+    assert complexity is not None and complexity.cls == "C" and complexity.policy == "multi"
+    assert rec.trace[0]["step"] == "classify" and rec.trace[0]["probabilities"]["C"] > 0.5
+    assert rec.retrieval_steps >= 1 and rec.answer
     rec = asyncio.run(
         service.answer(AnswerRequest(question=Question(text="Good evening!"), policy="adaptive", max_tokens=8))
     )
-    assert rec["plan"]["complexity"]["policy"] == "none" and rec["retrieval_steps"] == 0
+    assert rec.plan.complexity is not None and rec.plan.complexity.policy == "none" and rec.retrieval_steps == 0
