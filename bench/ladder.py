@@ -24,13 +24,14 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from bench.harness import Evaluator, read_rows
 from retrieval.policies.registry import label_ladder
 from router.labels import split_rows
-from router.quality import is_correct
+from router.quality import LadderRun, is_correct
 from services.config import AppConfig
 from services.pipeline import RagService
 
@@ -64,10 +65,10 @@ def run_key(file: str, qid: Any, model: str, policy: str, mode: str = "full") ->
     return base if mode != "cascade" else base + "|cascade"
 
 
-def read_runs(path: Path) -> dict[str, dict[str, Any]]:
+def read_runs(path: Path) -> dict[str, LadderRun]:
     """The runs so far. A line cut short (the collector killed mid-write) is skipped, and that answer is
     simply asked again."""
-    runs: dict[str, dict[str, Any]] = {}
+    runs: dict[str, LadderRun] = {}
     if path.exists():
         for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             if not line.strip():
@@ -80,7 +81,7 @@ def read_runs(path: Path) -> dict[str, dict[str, Any]]:
     return runs
 
 
-def _append(path: Path, rec: dict[str, Any]) -> None:
+def _append(path: Path, rec: Mapping[str, Any]) -> None:
     with path.open("a+b") as fh:
         fh.seek(0, 2)
         if fh.tell() > 0:
@@ -100,7 +101,7 @@ def planned_pairs(
     return [(m, p) for p in allowed for m in models]
 
 
-def _done(done: dict[str, dict[str, Any]], file: str, qid: Any, model: str, policy: str, mode: str) -> Any:
+def _done(done: dict[str, LadderRun], file: str, qid: Any, model: str, policy: str, mode: str) -> LadderRun | None:
     """The answer a run of this mode can use: its own mode's, and for a cascade a full-matrix one too."""
     rec = done.get(run_key(file, qid, model, policy, mode))
     if rec is None and mode == "cascade":
@@ -109,7 +110,7 @@ def _done(done: dict[str, dict[str, Any]], file: str, qid: Any, model: str, poli
 
 
 def _finished(
-    file: str, row: dict[str, Any], pairs: list[tuple[str, str]], done: dict[str, dict[str, Any]], mode: str
+    file: str, row: dict[str, Any], pairs: list[tuple[str, str]], done: dict[str, LadderRun], mode: str
 ) -> bool:
     recs = [_done(done, file, row.get("id"), m, p, mode) for m, p in pairs]
     if mode == "cascade" and any(r is not None and is_correct(r["em"], r["f1"]) for r in recs):

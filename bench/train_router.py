@@ -9,7 +9,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from bench.harness import Evaluator, read_rows
 from retrieval.policies.base import Question
 from retrieval.policies.registry import label_ladder
 from router.features import feature_vector
-from router.labels import bias_label, collect, split_rows
+from router.labels import QARow, QuestionLabel, bias_label, collect, split_rows
 from router.training import fit
 from services.config import AppConfig
 from services.pipeline import AnswerRequest, RagService
@@ -42,7 +42,7 @@ def train_router(
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     evaluator = evaluator or Evaluator(config)
-    labelled: list[dict[str, Any]] = []
+    labelled: list[QuestionLabel] = []
     splits: dict[str, Any] = {}
     started = time.perf_counter()
     for path in data:
@@ -57,7 +57,9 @@ def train_router(
             "test_ids": split_ids(test),
         }
         service = evaluator.service_for(path)
-        labelled += asyncio.run(_label(service, train, out_dir / "labels.jsonl", max_tokens, Path(path).name))
+        labelled += asyncio.run(
+            _label(service, cast(list[QARow], train), out_dir / "labels.jsonl", max_tokens, Path(path).name)
+        )
     vectors = evaluator.embedder.encode([r["question"] for r in labelled])
     x = np.stack([feature_vector(v, r["question"]) for v, r in zip(vectors, labelled, strict=True)])
     clf, metrics = fit(x, [r["label"] for r in labelled], seed=seed)
@@ -83,9 +85,7 @@ def _count(values: Any) -> dict[str, int]:
     return out
 
 
-async def _label(
-    service: RagService, rows: list[dict[str, Any]], out: Path, max_tokens: int, name: str
-) -> list[dict[str, Any]]:
+async def _label(service: RagService, rows: list[QARow], out: Path, max_tokens: int, name: str) -> list[QuestionLabel]:
     async def answer(question: str, policy: str) -> str:
         rec = await service.answer(
             AnswerRequest(
@@ -192,7 +192,7 @@ def train_from_runs(
     clf.header.update({"version": version, "metrics": metrics, "embedder": embedder.name})
     clf.save(out_dir / f"{version}.npz")
     with (out_dir / "labels.jsonl").open("w", encoding="utf-8") as fh:
-        for r in labelled:
-            fh.write(json.dumps(r) + "\n")
+        for label in labelled:
+            fh.write(json.dumps(label) + "\n")
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return metrics

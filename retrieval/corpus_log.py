@@ -22,17 +22,31 @@ import logging
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
+from typing_extensions import TypedDict  # pydantic and FastAPI read it on Python 3.11
 
 from core.redis_client import Guard, sync_client
 from retrieval.errors import CorpusLogError, CorpusLogUnavailableError
+
+if TYPE_CHECKING:
+    from retrieval.documents import DocumentRecord
 
 logger = logging.getLogger(__name__)
 
 # Entries one read brings at most.
 READ_COUNT = 256
+
+
+class LogMeta(TypedDict, total=False):
+    """An entry's JSON part: an upsert (the embedder and the documents) or a removal (the document's id)."""
+
+    op: Literal["upsert", "remove"]
+    embedder: str
+    docs: list[DocumentRecord]
+    seed: bool  # the log's first entry, published from a replica's snapshot
+    id: str
 
 
 @dataclass(frozen=True)
@@ -41,7 +55,7 @@ class LogEntry:
     rows of every upserted chunk, in the order of ``meta``'s documents and their pieces."""
 
     generation: int
-    meta: dict[str, Any]
+    meta: LogMeta
     vectors: np.ndarray
 
     def encode(self) -> tuple[bytes, bytes]:

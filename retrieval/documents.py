@@ -5,9 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import (
+    Any,
+    NotRequired,  # pydantic and FastAPI read these on Python 3.11
+)
 
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypedDict
 
 from core.nesting import nesting_depth
 
@@ -90,6 +94,57 @@ class Passage:
     score: float
 
 
+class DocumentRecord(TypedDict):
+    """A document as the store writes it to a snapshot and the corpus log carries it: its fields and its
+    chunks' (start, text)."""
+
+    id: str
+    namespace: str
+    fingerprint: str
+    title: str
+    source: str
+    metadata: dict[str, Any]  # the caller's own JSON object, checked by `check_metadata`
+    pieces: list[tuple[int, str]]
+
+
+class StoredDocument(TypedDict):
+    """A document as the store holds it in memory, by id: its fields and its chunks' ids."""
+
+    namespace: NotRequired[str]  # absent in snapshots from before namespaces: the shared one
+    fingerprint: str
+    title: str
+    source: str
+    metadata: dict[str, Any]
+    chunk_ids: list[int]
+
+
+class DocumentSummary(TypedDict):
+    """A stored document as the documents API lists it."""
+
+    id: str
+    namespace: str
+    title: str
+    source: str
+    metadata: dict[str, Any]
+    chunks: int
+
+
+class CorpusStats(TypedDict):
+    documents: int
+    chunks: int
+    generation: int  # the corpus generation this replica holds
+    embedder: str
+    corpus_log: bool  # whether a corpus log is the store of record
+
+
+class IngestResult(TypedDict):
+    added: list[str]
+    updated: list[str]
+    unchanged: list[str]
+    chunks_added: int
+    generation: int  # the corpus generation that holds the batch
+
+
 @dataclass
 class IngestReport:
     added: list[str] = field(default_factory=list)
@@ -99,7 +154,7 @@ class IngestReport:
     # The corpus generation that holds the batch (a later request may ask for at least this one).
     generation: int = 0
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> IngestResult:
         return {
             "added": self.added,
             "updated": self.updated,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypedDict  # pydantic and FastAPI read it on Python 3.11
 
 FinishReason = Literal["stop", "length"]
 
@@ -158,6 +159,14 @@ class SignalResult:
     entropies: list[float]
     attention: Any = None
     stats: GenerationStats = field(default_factory=GenerationStats)
+
+
+class Precompute(TypedDict):
+    """What a worker did with chunk texts handed to it for ahead-of-time KV: how many it queued (it computes
+    them in the background), and whether its engine computes chunk KV ahead at all."""
+
+    queued: int
+    enabled: bool
 
 
 class Engine(Protocol):

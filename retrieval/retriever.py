@@ -8,13 +8,20 @@ import time
 import weakref
 from collections.abc import Collection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from retrieval.chunking import Chunker
-from retrieval.corpus_log import READ_COUNT, CorpusLog, LogEntry
-from retrieval.documents import Document, IngestReport, Passage
+from retrieval.corpus_log import READ_COUNT, CorpusLog, LogEntry, LogMeta
+from retrieval.documents import (
+    CorpusStats,
+    Document,
+    DocumentRecord,
+    DocumentSummary,
+    IngestReport,
+    Passage,
+)
 from retrieval.errors import (
     CorpusBusyError,
     CorpusLogError,
@@ -128,7 +135,7 @@ class Retriever:
             pending.append(doc)
         return report, pending
 
-    def _embed(self, pending: list[Document]) -> tuple[list[dict[str, Any]], np.ndarray]:
+    def _embed(self, pending: list[Document]) -> tuple[list[DocumentRecord], np.ndarray]:
         records = [document_record(doc, self.chunker.split(doc)) for doc in pending]
         texts = [
             self._embed_text(doc, text) for doc, r in zip(pending, records, strict=True) for _, text in r["pieces"]
@@ -152,7 +159,7 @@ class Retriever:
 
     def _ingest_logged(self, docs: list[Document]) -> IngestReport:
         assert self.log is not None
-        embedded: dict[tuple[str, str], tuple[dict[str, Any], np.ndarray]] = {}
+        embedded: dict[tuple[str, str], tuple[DocumentRecord, np.ndarray]] = {}
         for _ in range(APPEND_TRIES):
             self._catch_up_locked()
             report, pending = self._check(docs)
@@ -167,7 +174,7 @@ class Retriever:
                 embedded[(doc.id, doc.fingerprint)] = (record, vectors[offset : offset + n])
                 offset += n
             batch = [embedded[(d.id, d.fingerprint)] for d in pending]
-            meta = {"op": "upsert", "embedder": self.store.embedder_name, "docs": [r for r, _ in batch]}
+            meta: LogMeta = {"op": "upsert", "embedder": self.store.embedder_name, "docs": [r for r, _ in batch]}
             rows = np.vstack([v for _, v in batch]) if batch else np.zeros((0, self.store.dim), np.float32)
             entry = self._append(meta, rows)
             if entry is None:
@@ -177,13 +184,13 @@ class Retriever:
             return report
         raise CorpusBusyError(f"the corpus log moved under this write {APPEND_TRIES} times running; send it again")
 
-    def _append(self, meta: dict[str, Any], vectors: np.ndarray) -> LogEntry | None:
+    def _append(self, meta: LogMeta, vectors: np.ndarray) -> LogEntry | None:
         assert self.log is not None
         entry = LogEntry(0, meta, vectors)
         generation = self.log.append(self.store.corpus_generation, *entry.encode())
         return None if generation is None else LogEntry(generation, meta, vectors)
 
-    def _upsert_all(self, records: list[dict[str, Any]], vectors: np.ndarray, report: IngestReport | None) -> None:
+    def _upsert_all(self, records: list[DocumentRecord], vectors: np.ndarray, report: IngestReport | None) -> None:
         offset = 0
         for record in records:
             n = len(record["pieces"])
@@ -260,7 +267,7 @@ class Retriever:
 
     def _seed_locked(self) -> bool:
         records, vectors = self.store.records()
-        meta = {"op": "upsert", "embedder": self.store.embedder_name, "docs": records, "seed": True}
+        meta: LogMeta = {"op": "upsert", "embedder": self.store.embedder_name, "docs": records, "seed": True}
         assert self.log is not None
         generation = self.log.append(0, *LogEntry(0, meta, vectors).encode())
         if generation is None:
@@ -362,10 +369,10 @@ class Retriever:
         self._unsaved = False
         self._saved_at = time.monotonic()
 
-    def documents(self, namespaces: Collection[str] | None = None) -> list[dict[str, Any]]:
+    def documents(self, namespaces: Collection[str] | None = None) -> list[DocumentSummary]:
         return self.store.documents(namespaces)
 
-    def document(self, doc_id: str, namespaces: Collection[str] | None = None) -> dict[str, Any]:
+    def document(self, doc_id: str, namespaces: Collection[str] | None = None) -> DocumentSummary:
         owner = self.store.owner(doc_id)
         if owner is None or (namespaces is not None and owner not in namespaces):
             raise DocumentNotFoundError(f"no document {doc_id!r}")
@@ -411,7 +418,7 @@ class Retriever:
     ) -> list[list[Passage]]:
         return self.store.search(vectors, k, namespaces)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> CorpusStats:
         return {
             "documents": len(self.store.docs),
             "chunks": len(self.store),

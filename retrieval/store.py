@@ -20,7 +20,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from retrieval.documents import SHARED_NAMESPACE, Chunk, Document, Passage
+from retrieval.documents import (
+    SHARED_NAMESPACE,
+    Chunk,
+    Document,
+    DocumentRecord,
+    DocumentSummary,
+    Passage,
+    StoredDocument,
+)
 from retrieval.errors import IndexLockedError, IndexStateError, IndexWriteError
 
 logger = logging.getLogger(__name__)
@@ -46,7 +54,7 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
-def document_record(doc: Document, pieces: list[tuple[int, str]]) -> dict[str, Any]:
+def document_record(doc: Document, pieces: list[tuple[int, str]]) -> DocumentRecord:
     """A document as the store (and the corpus log) keeps it: its fields and its chunks' (start, text)."""
     return {
         "id": doc.id,
@@ -55,7 +63,7 @@ def document_record(doc: Document, pieces: list[tuple[int, str]]) -> dict[str, A
         "title": doc.title,
         "source": doc.source,
         "metadata": doc.metadata,
-        "pieces": [[int(start), text] for start, text in pieces],
+        "pieces": [(int(start), text) for start, text in pieces],
     }
 
 
@@ -67,7 +75,7 @@ class VectorStore:
         self.embedder_name = embedder_name
         self.directory = Path(directory) if directory else None
         self.index: Any = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-        self.docs: dict[str, dict[str, Any]] = {}
+        self.docs: dict[str, StoredDocument] = {}
         self.chunks: dict[int, Chunk] = {}
         self.next_chunk_id = 0
         # Two counters. `generation` moves on every change in memory (undone ones too): what is derived from
@@ -98,10 +106,10 @@ class VectorStore:
         entry = self.docs.get(doc_id)
         return None if entry is None else str(entry.get("namespace", SHARED_NAMESPACE))
 
-    def documents(self, namespaces: Collection[str] | None = None) -> list[dict[str, Any]]:
+    def documents(self, namespaces: Collection[str] | None = None) -> list[DocumentSummary]:
         """The stored documents (of ``namespaces``; None: all), by id."""
         with self._lock:
-            out = []
+            out: list[DocumentSummary] = []
             for doc_id in sorted(self.docs):
                 entry = self.docs[doc_id]
                 ns = entry.get("namespace", SHARED_NAMESPACE)
@@ -205,7 +213,7 @@ class VectorStore:
     def upsert(self, doc: Document, pieces: list[tuple[int, str]], vectors: np.ndarray) -> UpsertOutcome:
         return self.upsert_record(document_record(doc, pieces), vectors)
 
-    def upsert_record(self, record: dict[str, Any], vectors: np.ndarray) -> UpsertOutcome:
+    def upsert_record(self, record: DocumentRecord, vectors: np.ndarray) -> UpsertOutcome:
         """Add or replace one document given as a `document_record` (what the corpus log carries)."""
         pieces = record["pieces"]
         doc_id, namespace, title, source = record["id"], record["namespace"], record["title"], record["source"]
@@ -237,11 +245,12 @@ class VectorStore:
             self._gpu_index = None
             return "added" if old is None else "updated"
 
-    def records(self) -> tuple[list[dict[str, Any]], np.ndarray]:
+    def records(self) -> tuple[list[DocumentRecord], np.ndarray]:
         """Every document as a `document_record`, and their chunks' vectors in the same order (what seeding
         an empty corpus log from this store writes)."""
         with self._lock:
-            out, rows = [], []
+            out: list[DocumentRecord] = []
+            rows = []
             for doc_id in sorted(self.docs):
                 entry = self.docs[doc_id]
                 ids = [int(i) for i in entry["chunk_ids"]]
@@ -253,7 +262,7 @@ class VectorStore:
                         "title": entry["title"],
                         "source": entry["source"],
                         "metadata": entry["metadata"],
-                        "pieces": [[self.chunks[i].start, self.chunks[i].text] for i in ids],
+                        "pieces": [(self.chunks[i].start, self.chunks[i].text) for i in ids],
                     }
                 )
                 rows += [self.index.reconstruct(i) for i in ids]
@@ -296,7 +305,7 @@ class VectorStore:
             self.chunks.pop(int(cid), None)
 
     def _restore_locked(
-        self, doc_id: str, entry: dict[str, Any], ids: np.ndarray, vectors: np.ndarray | None, chunks: dict[int, Chunk]
+        self, doc_id: str, entry: StoredDocument, ids: np.ndarray, vectors: np.ndarray | None, chunks: dict[int, Chunk]
     ) -> None:
         if vectors is not None:
             self.index.add_with_ids(vectors, ids)

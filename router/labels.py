@@ -8,9 +8,10 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import NotRequired, TypeVar
 
 import numpy as np
+from typing_extensions import TypedDict
 
 from core.scoring import score
 from retrieval.policies.registry import label_ladder
@@ -18,6 +19,33 @@ from retrieval.policies.registry import label_ladder
 logger = logging.getLogger(__name__)
 
 CORRECT_F1 = 0.5
+
+T = TypeVar("T")
+
+
+class QARow(TypedDict):
+    """A question of a QA file (`../shared/data`, the datasets' loaders): its gold answers, and its hop
+    count where the dataset says (1 single-hop, 2 or more multi-hop)."""
+
+    question: str
+    answers: list[str]
+    id: NotRequired[str]
+    hops: NotRequired[int | None]
+
+
+class Tried(TypedDict):
+    prediction: str
+    em: float
+    f1: float
+
+
+class QuestionLabel(TypedDict):
+    id: str | None
+    question: str
+    hops: int | None
+    label: str  # A, B or C
+    source: str  # the policy that answered it, or "inductive bias"
+    tried: dict[str, Tried]  # by policy, the ones tried before it
 
 
 def is_correct(em: float, f1: float) -> bool:
@@ -28,7 +56,7 @@ def bias_label(hops: int | None) -> str:
     return "C" if (hops or 1) >= 2 else "B"
 
 
-def split_rows(rows: list[dict[str, Any]], seed: int, train_fraction: float = 0.5) -> tuple[list[Any], list[Any]]:
+def split_rows(rows: list[T], seed: int, train_fraction: float = 0.5) -> tuple[list[T], list[T]]:
     """A fixed, seed-determined split of one file's rows into train and test halves."""
     order = np.random.default_rng(seed).permutation(len(rows))
     cut = int(round(len(rows) * train_fraction))
@@ -37,8 +65,8 @@ def split_rows(rows: list[dict[str, Any]], seed: int, train_fraction: float = 0.
     return [rows[i] for i in train], [rows[i] for i in test]
 
 
-async def label_question(row: dict[str, Any], answer: Callable[[str, str], Awaitable[str]]) -> dict[str, Any]:
-    tried: dict[str, dict[str, Any]] = {}
+async def label_question(row: QARow, answer: Callable[[str, str], Awaitable[str]]) -> QuestionLabel:
+    tried: dict[str, Tried] = {}
     for policy, label in label_ladder():
         prediction = await answer(row["question"], policy)
         em, f1, _ = score(prediction, row["answers"])
@@ -63,13 +91,13 @@ async def label_question(row: dict[str, Any], answer: Callable[[str, str], Await
 
 
 async def collect(
-    rows: list[dict[str, Any]],
+    rows: list[QARow],
     answer: Callable[[str, str], Awaitable[str]],
     out: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[QuestionLabel]:
     """Label every row; with ``out``, finished rows are appended there and skipped on a rerun."""
-    done: dict[str, dict[str, Any]] = {}
+    done: dict[str, QuestionLabel] = {}
     if out is not None and out.exists():
         for line in out.read_text(encoding="utf-8").splitlines():
             if line.strip():

@@ -22,7 +22,9 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired
+
+from typing_extensions import TypedDict
 
 from retrieval.policies.registry import label_ladder, policy_rank
 from router.artifact_io import read_json, write_json
@@ -33,47 +35,75 @@ CORRECT_F1 = 0.5
 FORMAT = 1
 
 
+class LadderRun(TypedDict):
+    """One question answered by one (model, policy) of the ladder (`ragyard ladder`'s runs.jsonl row)."""
+
+    file: str
+    id: str
+    question: str
+    hops: NotRequired[int | None]
+    model: str
+    policy: str
+    em: float
+    f1: float
+    latency_s: float
+    prompt_tokens: int
+    completion_tokens: int
+    mode: NotRequired[str]  # full (every pair answers) or cascade (later pairs only where earlier failed)
+    prediction: NotRequired[str]
+    llm_calls: NotRequired[int]
+
+
+class LadderLabel(TypedDict, total=False):
+    file: str
+    id: str | None
+    question: str
+    hops: int | None
+    label: str  # A, B or C
+    source: str  # the policy that answered it, or "inductive bias"
+    model: str | None  # the cheapest model that did; None by inductive bias
+    tried: dict[str, dict[str, float]]  # by policy: the mean F1 the models got with it
+
+
 def is_correct(em: float, f1: float) -> bool:
     return em >= 1.0 or f1 >= CORRECT_F1
 
 
-def ladder_labels(runs: Iterable[dict[str, Any]], model_cost: dict[str, float]) -> list[dict[str, Any]]:
+def ladder_labels(runs: Iterable[LadderRun], model_cost: dict[str, float]) -> list[LadderLabel]:
     """One label per question from its runs (questions missing a policy's runs are still labelled by
     what they have; the ladder collector finishes one question's runs before the next)."""
-    by_q: dict[tuple[str, Any], list[dict[str, Any]]] = defaultdict(list)
+    by_q: dict[tuple[str, str], list[LadderRun]] = defaultdict(list)
     for r in runs:
         by_q[(r["file"], r["id"])].append(r)
     out = []
     for (file, qid), rs in by_q.items():
-        rec: dict[str, Any] = {"file": file, "id": qid, "question": rs[0]["question"], "hops": rs[0].get("hops")}
+        rec: LadderLabel = {"file": file, "id": qid, "question": rs[0]["question"], "hops": rs[0].get("hops")}
         for policy, label in label_ladder():
             correct = [r["model"] for r in rs if r["policy"] == policy and is_correct(r["em"], r["f1"])]
             if correct:
-                rec.update(
-                    label=label,
-                    source=policy,
-                    model=min(correct, key=lambda m: model_cost.get(m, math.inf)),
-                )
+                rec["label"], rec["source"] = label, policy
+                rec["model"] = min(correct, key=lambda m: model_cost.get(m, math.inf))
                 break
         else:
-            rec.update(label="C" if (rec["hops"] or 1) >= 2 else "B", source="inductive bias", model=None)
+            rec["label"] = "C" if (rec.get("hops") or 1) >= 2 else "B"
+            rec["source"], rec["model"] = "inductive bias", None
         out.append(rec)
     return out
 
 
-def _f1(r: dict[str, Any]) -> float:
+def _f1(r: LadderRun) -> float:
     return float(r["f1"])
 
 
-def _latency(r: dict[str, Any]) -> float:
+def _latency(r: LadderRun) -> float:
     return float(r["latency_s"])
 
 
-def _tokens(r: dict[str, Any]) -> float:
+def _tokens(r: LadderRun) -> float:
     return float(r["prompt_tokens"] + r["completion_tokens"])
 
 
-def build_table(runs: list[dict[str, Any]], *, version: str = "quality-v1") -> dict[str, Any]:
+def build_table(runs: Iterable[LadderRun], *, version: str = "quality-v1") -> dict[str, Any]:
     """The artifact's content: table, costs, labels' counts, from ladder runs. Labels come from every
     question; the table and costs only from full-matrix runs (``mode`` full, or no mode: runs from before
     modes existed), since a cascade answers its later pairs only where the earlier ones failed, which would

@@ -252,7 +252,12 @@ class AppConfig(BaseSettings):
 _SHORT_ENV = {"HOST": ("server", "host"), "PORT": ("server", "port"), "REDIS_URL": ("cache", "response_cache_url")}
 
 
-def load_config(source: AppConfig | dict[str, Any] | str | Path | None = None) -> AppConfig:
+# What a config can be given as: the model itself, its fields as a dict (a Serve deployment's argument), a YAML
+# file's path, or None (`RAGYARD_CONFIG`, else the defaults).
+ConfigSource = AppConfig | dict[str, Any] | str | Path | None
+
+
+def load_config(source: ConfigSource = None) -> AppConfig:
     """Build the config from a model, a dict or a YAML path (None: `RAGYARD_CONFIG` or defaults)."""
     if isinstance(source, AppConfig):
         return source

@@ -3,8 +3,10 @@ C → multi or dragin), and put the class and its probabilities at the head of t
 
 from __future__ import annotations
 
+from typing import cast
+
 from retrieval.config import RetrievalConfig
-from retrieval.policies.base import PolicyContext, PolicyFacts, Prepared, Question
+from retrieval.policies.base import PolicyContext, PolicyFacts, Prepared, Question, Step
 
 
 class AdaptivePolicy(PolicyFacts):
@@ -26,5 +28,5 @@ class AdaptivePolicy(PolicyFacts):
         if chosen == self.name:
             raise RuntimeError("the router cannot choose 'adaptive' for itself")
         prepared = await get_policy(chosen).prepare(question, ctx)
-        prepared.steps.insert(0, {"step": "classify", **ctx.complexity})
+        prepared.steps.insert(0, cast(Step, {"step": "classify", **ctx.complexity}))
         return prepared

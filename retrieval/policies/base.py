@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from typing_extensions import TypedDict  # pydantic and FastAPI read it on Python 3.11
+
 from retrieval.config import RetrievalConfig
 from retrieval.documents import Passage
 from retrieval.generation import (
@@ -48,13 +50,60 @@ class Question:
     style: AnswerStyle = "chat"
 
 
+class Hit(TypedDict):
+    """One passage a retrieval step found."""
+
+    document_id: str
+    chunk: int
+    score: float
+
+
+class Trigger(TypedDict):
+    """The token whose uncertainty made DRAGIN retrieve."""
+
+    token: str
+    index: int
+    score: float
+
+
+# One step of a policy's trace, as the answer's record shows it: ``step`` names its kind (classify, retrieve,
+# reason, generate; a plug-in policy may add kinds of its own) and the other keys are those of its kind.
+# Functional form: ``class`` (the classifier's verdict) is a keyword.
+Step = TypedDict(
+    "Step",
+    {
+        "step": str,
+        "seconds": float,
+        # retrieve
+        "query": str,
+        "top_k": int,
+        "hits": list[Hit],
+        # reason (multi-step) and generate
+        "sentence": str,
+        "completion_tokens": int,
+        "finish_reason": str | None,
+        # generate under DRAGIN
+        "max_rind": float,
+        "signals": str,
+        "trigger": Trigger | None,
+        # classify (adaptive): the router's verdict
+        "class": str | None,
+        "policy": str,
+        "probabilities": dict[str, float],
+        "fallback": str,
+        "classifier": str,
+    },
+    total=False,
+)
+
+
 @dataclass
 class Prepared:
     """The final generation a policy asks for, and how it got there."""
 
     messages: list[ChatMessage]
     passages: list[Passage]
-    steps: list[dict[str, Any]]
+    steps: list[Step]
     retrieval_steps: int
     retrieve_s: float
     llm_calls_before: int = 0
@@ -72,7 +121,7 @@ class PolicyResult:
     answer: str
     finish_reason: str
     passages: list[Passage]
-    steps: list[dict[str, Any]]
+    steps: list[Step]
     retrieval_steps: int
     llm_calls: int
     prompt_tokens: int
@@ -118,7 +167,7 @@ class RetrievalPolicy(Protocol):
         """Do the retrieval (and any intermediate reasoning) and build the final prompt."""
 
 
-async def retrieve_step(query: str, ctx: PolicyContext, steps: list[dict[str, Any]]) -> tuple[list[Passage], float]:
+async def retrieve_step(query: str, ctx: PolicyContext, steps: list[Step]) -> tuple[list[Passage], float]:
     start = time.perf_counter()
     passages = await ctx.retrieve(query, ctx.top_k)
     spent = time.perf_counter() - start

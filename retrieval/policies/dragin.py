@@ -10,12 +10,19 @@ On an engine without attentions the policy runs on entropy alone and says so in 
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from retrieval.config import RetrievalConfig
 from retrieval.documents import Passage
 from retrieval.generation import GenerationResult, SamplingParams
-from retrieval.policies.base import PolicyContext, PolicyFacts, Prepared, Question, final_messages, retrieve_step
+from retrieval.policies.base import (
+    PolicyContext,
+    PolicyFacts,
+    Prepared,
+    Question,
+    Step,
+    final_messages,
+    retrieve_step,
+)
 from retrieval.policies.dragin_signals import first_trigger, locate, qfs_query, rind_scores
 
 _SENTENCE_BREAK = re.compile(r"[.!?\n]\s*")
@@ -51,7 +58,7 @@ class DraginPolicy(PolicyFacts):
         asked = ctx.params or SamplingParams()
         # The passes that decide when to retrieve run unconstrained and without logprobs (they are drafts).
         params = asked.plain()
-        steps: list[dict[str, Any]] = []
+        steps: list[Step] = []
         passages: list[Passage] = []
         prefix, prefix_tokens = "", 0
         retrievals = calls = prompt_tokens = completion_tokens = 0
@@ -68,7 +75,7 @@ class DraginPolicy(PolicyFacts):
             completion = result.tokens[result.prompt_len :]
             scores = rind_scores(result.entropies, result.attention, completion, result.prompt_len)
             trigger = first_trigger(scores, completion, settings.dragin_threshold)
-            step: dict[str, Any] = {
+            step: Step = {
                 "step": "generate",
                 "completion_tokens": result.stats.completion_tokens,
                 "max_rind": round(max(scores, default=0.0), 4),

@@ -9,12 +9,19 @@ the steps so each hop keeps its best passages inside the context budget.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from retrieval.config import RetrievalConfig
 from retrieval.documents import Passage
 from retrieval.generation import ChatMessage, SamplingParams
-from retrieval.policies.base import PolicyContext, PolicyFacts, Prepared, Question, final_messages, retrieve_step
+from retrieval.policies.base import (
+    PolicyContext,
+    PolicyFacts,
+    Prepared,
+    Question,
+    Step,
+    final_messages,
+    retrieve_step,
+)
 from retrieval.prompts import format_passages
 
 REASON_SYSTEM = (
@@ -52,7 +59,7 @@ class MultiStepPolicy(PolicyFacts):
 
     async def prepare(self, question: Question, ctx: PolicyContext) -> Prepared:
         settings = ctx.settings or RetrievalConfig()
-        steps: list[dict[str, Any]] = []
+        steps: list[Step] = []
         first, spent = await retrieve_step(question.text, ctx, steps)
         per_step = [first]
         retrieve_s = spent

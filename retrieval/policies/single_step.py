@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from retrieval.policies.base import PolicyContext, PolicyFacts, Prepared, Question, final_messages, retrieve_step
+from retrieval.policies.base import (
+    PolicyContext,
+    PolicyFacts,
+    Prepared,
+    Question,
+    Step,
+    final_messages,
+    retrieve_step,
+)
 
 
 class SingleStepPolicy(PolicyFacts):
@@ -12,6 +18,6 @@ class SingleStepPolicy(PolicyFacts):
     label_class = "B"
 
     async def prepare(self, question: Question, ctx: PolicyContext) -> Prepared:
-        steps: list[dict[str, Any]] = []
+        steps: list[Step] = []
         passages, spent = await retrieve_step(question.text, ctx, steps)
         return Prepared(final_messages(question, passages, ctx), passages, steps, retrieval_steps=1, retrieve_s=spent)

@@ -10,15 +10,41 @@ import asyncio
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+
+from typing_extensions import TypedDict  # FastAPI reads a route's TypedDict on Python 3.11
 
 from retrieval.corpus_log import open_log
-from retrieval.documents import Document, Passage
+from retrieval.documents import CorpusStats, Document, DocumentSummary, IngestResult, Passage
 from retrieval.ingest import load_path
 from retrieval.retriever import Retriever
-from services.config import AppConfig, load_config
+from services.config import ConfigSource, load_config
 
 logger = logging.getLogger(__name__)
+
+
+class Embeddings(TypedDict):
+    """The embedder's vectors for a batch of texts, and what it read of each (the embeddings API)."""
+
+    model: str
+    dim: int
+    vectors: list[list[float]]
+    tokens: list[int]  # each text's token count, as far as the embedder reads (it truncates)
+
+
+class Removal(TypedDict):
+    id: str
+    deleted: bool  # False: there was no such document
+    generation: int
+
+
+class Readiness(CorpusStats):
+    ready: bool
+
+
+class Inventory(TypedDict):
+    replica: str
+    generation: int
+    missing: list[str]  # the asked-for documents this replica does not hold
 
 
 def replica_name() -> str:
@@ -32,7 +58,7 @@ def replica_name() -> str:
 
 
 class RetrieverService:
-    def __init__(self, config: AppConfig | dict[str, Any] | str, *, retriever: Retriever | None = None) -> None:
+    def __init__(self, config: ConfigSource, *, retriever: Retriever | None = None) -> None:
         self.config = load_config(config)
         idx = self.config.index
         emb = self.config.embedder
@@ -68,7 +94,7 @@ class RetrieverService:
         if stop is not None:
             stop.set()
 
-    def ingest_paths(self, paths: list[str]) -> dict[str, Any]:
+    def ingest_paths(self, paths: list[str]) -> IngestResult:
         docs: list[Document] = []
         for path in paths:
             if not Path(path).exists():
@@ -90,7 +116,7 @@ class RetrieverService:
         if store.index.ntotal != len(store.chunks):
             raise RuntimeError(f"index holds {store.index.ntotal} vectors for {len(store.chunks)} chunks")
 
-    def ready(self) -> dict[str, Any]:
+    def ready(self) -> Readiness:
         return {"ready": True, **self.retriever.stats()}
 
     async def _reach(self, min_generation: int) -> None:
@@ -119,11 +145,11 @@ class RetrieverService:
         vec = await asyncio.to_thread(self.retriever.embed_query, text)
         return [float(v) for v in vec]
 
-    async def embed_many(self, texts: list[str]) -> dict[str, Any]:
+    async def embed_many(self, texts: list[str]) -> Embeddings:
         """The embedder's vectors for ``texts`` in one batch (the embeddings API), with each text's token
         count (what the embedder read of it: it truncates at its maximum sequence length)."""
 
-        def run() -> dict[str, Any]:
+        def run() -> Embeddings:
             embedder = self.retriever.embedder
             vectors = embedder.encode(texts)
             limit = int(getattr(embedder.model, "max_seq_length", 0) or 0)
@@ -137,7 +163,7 @@ class RetrieverService:
 
         return await asyncio.to_thread(run)
 
-    async def ingest(self, docs: list[Document]) -> dict[str, Any]:
+    async def ingest(self, docs: list[Document]) -> IngestResult:
         report = await asyncio.to_thread(self.retriever.ingest, docs)
         return report.as_dict()
 
@@ -145,25 +171,25 @@ class RetrieverService:
         """The chunks of these documents (None: all) as prompts show them, for the workers' chunk-KV cache."""
         return await asyncio.to_thread(self.retriever.chunk_bodies, doc_ids)
 
-    async def remove(self, doc_id: str, namespace: str | None = None) -> dict[str, Any]:
+    async def remove(self, doc_id: str, namespace: str | None = None) -> Removal:
         removed = await asyncio.to_thread(self.retriever.remove, doc_id, namespace)
         return {"id": doc_id, "deleted": removed, "generation": self.retriever.generation}
 
-    async def documents(self, namespaces: list[str] | None = None, min_generation: int = 0) -> list[dict[str, Any]]:
+    async def documents(self, namespaces: list[str] | None = None, min_generation: int = 0) -> list[DocumentSummary]:
         await self._reach(min_generation)
         return self.retriever.documents(namespaces)
 
     async def document(
         self, doc_id: str, namespaces: list[str] | None = None, min_generation: int = 0
-    ) -> dict[str, Any]:
+    ) -> DocumentSummary:
         await self._reach(min_generation)
         return self.retriever.document(doc_id, namespaces)
 
-    async def stats(self, min_generation: int = 0) -> dict[str, Any]:
+    async def stats(self, min_generation: int = 0) -> CorpusStats:
         await self._reach(min_generation)
         return self.retriever.stats()
 
-    async def inventory(self, doc_ids: list[str]) -> dict[str, Any]:
+    async def inventory(self, doc_ids: list[str]) -> Inventory:
         """Which of ``doc_ids`` this replica holds now (no catch-up first): what the scale-out checks ask each
         replica, to see every committed document reach every replica."""
         held = self.retriever.store.docs

@@ -15,7 +15,7 @@ from router.errors import RouterArtifactError
 from router.plan import Outcome, RouteDecision, RouteRequest, Settlement, SlaContext
 from router.priors import LatencyPriors
 from router.routing import ADAPTIVE, AUTO_MODEL, ConfigRouter
-from services.config import AppConfig, load_config
+from services.config import ConfigSource, load_config
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ EMBEDDING_DIM = 384
 
 
 class RouterService:
-    def __init__(self, config: AppConfig | dict[str, Any] | str, *, embedding_dim: int = EMBEDDING_DIM) -> None:
+    def __init__(self, config: ConfigSource, *, embedding_dim: int = EMBEDDING_DIM) -> None:
         self.config = load_config(config)
         self.router = ConfigRouter(self.config, embedding_dim=embedding_dim)
         self.controller = None

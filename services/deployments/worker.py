@@ -5,27 +5,42 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import (
+    Any,
+    NotRequired,  # FastAPI reads a route's TypedDict on Python 3.11
+)
+
+from typing_extensions import TypedDict
 
 from retrieval.generation import (
     ChatMessage,
     Engine,
     GenerationChunk,
     GenerationResult,
+    Precompute,
     SamplingParams,
     SignalResult,
 )
-from services.config import AppConfig, load_config
+from services.config import ConfigSource, load_config
 from services.errors import InvalidRequestError
 from services.workers.registry import build_engine
 
 logger = logging.getLogger(__name__)
 
 
+class Tokens(TypedDict):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: NotRequired[list[str]]  # left out unless asked for
+
+
+class Detokenized(TypedDict):
+    prompt: str
+
+
 class Worker:
-    def __init__(
-        self, config: AppConfig | dict[str, Any] | str, model_id: str | None = None, *, engine: Engine | None = None
-    ) -> None:
+    def __init__(self, config: ConfigSource, model_id: str | None = None, *, engine: Engine | None = None) -> None:
         self.config = load_config(config)
         self.model_config = self.config.model(model_id) if model_id else self.config.default_model
         if engine is None and self.model_config.torch_threads is None and self.model_config.device == "cpu":
@@ -76,13 +91,14 @@ class Worker:
             parts.append(metrics_text())
         return "".join(parts)
 
-    def precompute(self, texts: list[str]) -> dict[str, Any]:
+    def precompute(self, texts: list[str]) -> Precompute:
         """Queue chunk texts for the engine to compute their KV in the background (llamacpp); returns at once.
         Engines without ahead-of-time chunk KV say so and do nothing."""
         precompute = getattr(self.engine, "precompute", None)
         if precompute is None:
             return {"queued": 0, "enabled": False}
-        return dict(precompute(texts))
+        result: Precompute = precompute(texts)
+        return result
 
     def prompt(self, messages: list[ChatMessage] | str, assistant_prefix: str = "") -> str:
         """The chat template's prompt; ``assistant_prefix`` is text the answer continues from. A string is
@@ -91,7 +107,7 @@ class Worker:
             return messages + assistant_prefix
         return self.engine.render_chat(messages) + assistant_prefix
 
-    def tokenize(self, text: str | list[ChatMessage], add_special_tokens: bool = True) -> dict[str, Any]:
+    def tokenize(self, text: str | list[ChatMessage], add_special_tokens: bool = True) -> Tokens:
         """Token ids of a text, or of messages as the chat template renders them (with the assistant's
         opening, as a chat request's prompt has it)."""
         tokenizer = getattr(self.engine, "tokenizer", None)
@@ -106,7 +122,7 @@ class Worker:
             "token_strs": [str(t) for t in tokenizer.convert_ids_to_tokens(ids)],
         }
 
-    def detokenize(self, tokens: list[int]) -> dict[str, Any]:
+    def detokenize(self, tokens: list[int]) -> Detokenized:
         tokenizer = getattr(self.engine, "tokenizer", None)
         if tokenizer is None:
             raise InvalidRequestError("this model's engine has no tokenizer to show", param="model")

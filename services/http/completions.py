@@ -14,6 +14,7 @@ from retrieval.generation import ChatMessage
 from retrieval.policies.base import Question
 from router.errors import UnknownModelError
 from router.routing import AUTO_MODEL
+from services.deployments.worker import Detokenized, Tokens
 from services.http.deps import Service, sla_context
 from services.http.openai import sampling_of
 from services.http.schemas import CompletionRequest, DetokenizeRequest, TokenizeRequest
@@ -139,7 +140,7 @@ def _model(svc: RagService, model: str) -> str:
 
 
 @router.post("/tokenize")
-async def tokenize(body: TokenizeRequest, svc: Service) -> dict[str, Any]:
+async def tokenize(body: TokenizeRequest, svc: Service) -> Tokens:
     model = _model(svc, body.model)
     text: str | list[ChatMessage]
     if body.messages is not None:
@@ -155,5 +156,5 @@ async def tokenize(body: TokenizeRequest, svc: Service) -> dict[str, Any]:
 
 
 @router.post("/detokenize")
-async def detokenize(body: DetokenizeRequest, svc: Service) -> dict[str, Any]:
+async def detokenize(body: DetokenizeRequest, svc: Service) -> Detokenized:
     return await svc.worker_for(_model(svc, body.model)).detokenize(body.tokens)

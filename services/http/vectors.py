@@ -8,10 +8,11 @@ documents (``POST /v1/documents``), not through OpenAI's file and store creation
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
 
 from retrieval.documents import SHARED_NAMESPACE
 from router.errors import UnknownModelError
@@ -25,8 +26,97 @@ from services.pipeline.service import RagService
 router = APIRouter()
 
 
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(description="The vector, or its little-endian float32 bytes in base64.")
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[Embedding]
+    usage: EmbeddingUsage
+
+
+class FileCounts(BaseModel):
+    """The store's documents, as OpenAI counts a store's files (every stored document is completed)."""
+
+    in_progress: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    total: int = 0
+
+
+class StoreExtension(BaseModel):
+    chunks: int = 0
+    shared: bool = Field(description="Whether this is the shared namespace every key reads.")
+
+
+class VectorStore(BaseModel):
+    """A document namespace in the shape of OpenAI's vector store object."""
+
+    id: str
+    object: Literal["vector_store"] = "vector_store"
+    name: str
+    created_at: int = 0  # namespaces are not created; they hold documents or not
+    status: Literal["completed"] = "completed"
+    usage_bytes: int = 0
+    file_counts: FileCounts = Field(default_factory=FileCounts)
+    metadata: dict[str, str] = Field(default_factory=dict)
+    expires_after: None = None
+    expires_at: None = None
+    last_active_at: None = None
+    ragyard: StoreExtension
+
+    @classmethod
+    def named(cls, name: str) -> VectorStore:
+        return cls(id=name, name=name, ragyard=StoreExtension(shared=name == SHARED_NAMESPACE))
+
+
+class VectorStoreList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[VectorStore]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool = False
+
+
+class ChunkAttributes(BaseModel):
+    chunk: int
+    source: str
+    namespace: str
+
+
+class TextContent(BaseModel):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class SearchResult(BaseModel):
+    file_id: str
+    filename: str
+    score: float
+    attributes: ChunkAttributes
+    content: list[TextContent]
+
+
+class SearchPage(BaseModel):
+    object: Literal["vector_store.search_results.page"] = "vector_store.search_results.page"
+    search_query: list[str]
+    data: list[SearchResult]
+    has_more: bool = False
+    next_page: None = None
+
+
 @router.post("/v1/embeddings")
-async def embeddings(body: EmbeddingRequest, svc: Service) -> dict[str, Any]:
+async def embeddings(body: EmbeddingRequest, svc: Service) -> EmbeddingList:
     model_id = svc.config.embedder.id
     if body.model not in (model_id, AUTO_MODEL):
         raise UnknownModelError(f"unknown embedding model {body.model!r}; this server embeds with {model_id!r}")
@@ -42,62 +132,42 @@ async def embeddings(body: EmbeddingRequest, svc: Service) -> dict[str, Any]:
         return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
 
     tokens = sum(out["tokens"])
-    return {
-        "object": "list",
-        "model": model_id,
-        "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(out["vectors"])],
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }
+    return EmbeddingList(
+        model=model_id,
+        data=[Embedding(index=i, embedding=encode(v)) for i, v in enumerate(out["vectors"])],
+        usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
+    )
 
 
 def _readable(who: Principal) -> list[str]:
     return list(who.readable)
 
 
-async def _stores(svc: RagService, who: Principal, request: Request) -> dict[str, dict[str, Any]]:
+async def _stores(svc: RagService, who: Principal, request: Request) -> dict[str, VectorStore]:
     """The stores this principal may read, with their document and chunk counts. An operator sees every
     namespace that holds documents (and the shared one)."""
     names = None if who.operator else _readable(who)
     docs = await svc.retriever.documents(names, min_generation(request))
-    stores: dict[str, dict[str, Any]] = {n: _store(n) for n in (names or [SHARED_NAMESPACE])}
+    stores = {n: VectorStore.named(n) for n in (names or [SHARED_NAMESPACE])}
     for d in docs:
-        store = stores.setdefault(d["namespace"], _store(d["namespace"]))
-        store["file_counts"]["completed"] += 1
-        store["file_counts"]["total"] += 1
-        store["ragyard"]["chunks"] += d["chunks"]
+        store = stores.setdefault(d["namespace"], VectorStore.named(d["namespace"]))
+        store.file_counts.completed += 1
+        store.file_counts.total += 1
+        store.ragyard.chunks += d["chunks"]
     return stores
 
 
-def _store(name: str) -> dict[str, Any]:
-    return {
-        "id": name,
-        "object": "vector_store",
-        "name": name,
-        "created_at": 0,  # namespaces are not created; they hold documents or not
-        "status": "completed",
-        "usage_bytes": 0,
-        "file_counts": {"in_progress": 0, "completed": 0, "failed": 0, "cancelled": 0, "total": 0},
-        "metadata": {},
-        "expires_after": None,
-        "expires_at": None,
-        "last_active_at": None,
-        "ragyard": {"chunks": 0, "shared": name == SHARED_NAMESPACE},
-    }
-
-
 @router.get("/v1/vector_stores")
-async def list_vector_stores(request: Request, svc: Service) -> dict[str, Any]:
-    stores = sorted((await _stores(svc, principal(request), request)).values(), key=lambda s: s["id"])
-    return {
-        "object": "list",
-        "data": stores,
-        "first_id": stores[0]["id"] if stores else None,
-        "last_id": stores[-1]["id"] if stores else None,
-        "has_more": False,
-    }
+async def list_vector_stores(request: Request, svc: Service) -> VectorStoreList:
+    stores = sorted((await _stores(svc, principal(request), request)).values(), key=lambda s: s.id)
+    return VectorStoreList(
+        data=stores,
+        first_id=stores[0].id if stores else None,
+        last_id=stores[-1].id if stores else None,
+    )
 
 
-async def _one(svc: RagService, request: Request, store_id: str) -> dict[str, Any]:
+async def _one(svc: RagService, request: Request, store_id: str) -> VectorStore:
     who = principal(request)
     stores = await _stores(svc, who, request)
     if store_id not in stores:
@@ -107,32 +177,29 @@ async def _one(svc: RagService, request: Request, store_id: str) -> dict[str, An
 
 
 @router.get("/v1/vector_stores/{store_id}")
-async def get_vector_store(store_id: str, request: Request, svc: Service) -> dict[str, Any]:
+async def get_vector_store(store_id: str, request: Request, svc: Service) -> VectorStore:
     return await _one(svc, request, store_id)
 
 
 @router.post("/v1/vector_stores/{store_id}/search")
 async def search_vector_store(
     store_id: str, body: VectorStoreSearchRequest, request: Request, svc: Service
-) -> dict[str, Any]:
+) -> SearchPage:
     await _one(svc, request, store_id)
     query = body.text()
     passages = await svc.retriever.search(query, body.max_num_results, [store_id], min_generation(request))
     threshold = body.score_threshold()
-    return {
-        "object": "vector_store.search_results.page",
-        "search_query": [query],
-        "data": [
-            {
-                "file_id": p.chunk.doc_id,
-                "filename": p.chunk.title or p.chunk.doc_id,
-                "score": round(float(p.score), 6),
-                "attributes": {"chunk": p.chunk.chunk_index, "source": p.chunk.source, "namespace": store_id},
-                "content": [{"type": "text", "text": p.chunk.text}],
-            }
+    return SearchPage(
+        search_query=[query],
+        data=[
+            SearchResult(
+                file_id=p.chunk.doc_id,
+                filename=p.chunk.title or p.chunk.doc_id,
+                score=round(float(p.score), 6),
+                attributes=ChunkAttributes(chunk=p.chunk.chunk_index, source=p.chunk.source, namespace=store_id),
+                content=[TextContent(text=p.chunk.text)],
+            )
             for p in passages
             if p.score >= threshold
         ],
-        "has_more": False,
-        "next_page": None,
-    }
+    )

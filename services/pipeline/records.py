@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler
 
 from retrieval.documents import Passage
 from retrieval.generation import ResponseFormat, TokenLogprob
-from retrieval.policies.base import Question, Ran
+from retrieval.policies.base import Question, Ran, Step
 from router.plan import Admission, Plan, RouteDecision, SlaContext
 
 
@@ -157,7 +157,7 @@ class Answer(_Record):
     citations: list[Citation]
     retrieval_steps: int
     llm_calls: int
-    trace: list[dict[str, Any]] = Field(description="The policy's steps (retrievals, generations), in order.")
+    trace: list[Step] = Field(description="The policy's steps (retrievals, generations), in order.")
     sla: SlaRecord | None = None
 
     # The parts of the record a chat completion carries under ``ragyard``.

@@ -12,8 +12,8 @@ from typing import Any
 
 from cache.response_cache import ResponseCache
 from core.capabilities import CHUNK_PRECOMPUTE
-from retrieval.documents import Passage
-from retrieval.generation import GenerationStats, SamplingParams, TokenLogprob
+from retrieval.documents import Document, IngestResult, Passage
+from retrieval.generation import GenerationStats, Precompute, SamplingParams, TokenLogprob
 from retrieval.policies.base import (
     PolicyContext,
     PolicyResult,
@@ -476,9 +476,9 @@ class RagService:
                 await self.finish(decision, None, started, ran=req.ran, parent=req.span)
             self.close_span(req, record, error)
 
-    async def ingest(self, docs: list[Any]) -> dict[str, Any]:
+    async def ingest(self, docs: list[Document]) -> IngestResult:
         result = await self.retriever.ingest(docs)
-        changed = [*result.get("added", []), *result.get("updated", [])]
+        changed = [*result["added"], *result["updated"]]
         if changed:
             # The workers compute the new chunks' KV in the background: the ingest never waits for it.
             self._background(self.precompute_chunks(changed))
@@ -492,13 +492,13 @@ class RagService:
             if m.chunk_cache.enabled and m.chunk_cache.precompute and CHUNK_PRECOMPUTE in m.capabilities
         ]
 
-    async def precompute_chunks(self, doc_ids: list[str] | None = None) -> dict[str, Any]:
+    async def precompute_chunks(self, doc_ids: list[str] | None = None) -> dict[str, Precompute]:
         """Hand the chunks of these documents (None: every document) to each precomputing worker."""
         models = [m for m in self.precompute_models() if m in self.workers]
         if not models:
             return {}
         bodies = await self.retriever.chunk_bodies(doc_ids)
-        out: dict[str, Any] = {}
+        out: dict[str, Precompute] = {}
         for mid in models:
             try:
                 out[mid] = await self.workers[mid].precompute(bodies)
@@ -506,7 +506,7 @@ class RagService:
                 logger.warning("chunk KV precompute on %s failed: %s", mid, exc)
         return out
 
-    async def warm_chunk_kv(self, *, attempts: int = 60, delay_s: float = 5.0) -> dict[str, Any]:
+    async def warm_chunk_kv(self, *, attempts: int = 60, delay_s: float = 5.0) -> dict[str, Precompute]:
         """At start-up: once the retriever answers (it indexes the bundled corpus first), queue every stored
         chunk for the precomputing workers."""
         if not self.precompute_models():

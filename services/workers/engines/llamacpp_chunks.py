@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from cache.chunk_kv import ChunkKVStore, Lookup, chunk_key
 from cache.chunk_reuse import Span, locate_chunks
 from cache.chunk_state import ChunkState, StateCodec
-from retrieval.generation import ChatMessage
+from retrieval.generation import ChatMessage, Precompute
 from retrieval.prompts import SYSTEM_RAG
 from services.workers.engines.llamacpp_precompute import BackgroundChunks
 
@@ -410,7 +410,7 @@ class LlamaChunkReuse:
             return None
         return ids[spans[0].start : spans[0].end]
 
-    def enqueue(self, texts: list[str]) -> dict[str, Any]:
+    def enqueue(self, texts: list[str]) -> Precompute:
         """Queue chunk texts for the background; returns at once."""
         if not self.precompute_enabled:
             return {"queued": 0, "enabled": False}

@@ -23,6 +23,7 @@ from retrieval.generation import (
     FinishReason,
     GenerationChunk,
     GenerationStats,
+    Precompute,
     SamplingParams,
     SignalResult,
 )
@@ -362,7 +363,7 @@ class LlamaCppEngine(SteppedEngine, TokenizerMixin):
         """Whether a request is being answered (background work waits until none is)."""
         return self._slots.in_use > 0
 
-    def precompute(self, texts: list[str]) -> dict[str, Any]:
+    def precompute(self, texts: list[str]) -> Precompute:
         """Queue chunk texts for their KV to be computed in the background (ingest); never waits."""
         if self.chunk_reuse is None:
             return {"queued": 0, "enabled": False}
