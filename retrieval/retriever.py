@@ -452,7 +452,7 @@ def _open_replica_dir(dim: int, embedder_name: str, root: Path) -> VectorStore:
     for n in range(MAX_REPLICA_DIRS):
         path = root / f"replica-{n}"
         held = _REPLICA_DIRS.get(path)
-        if held is not None and held._writer_lock is not None:
+        if held is not None and held.holds_lock:
             continue  # this process's own (the file lock counts per process, so it would let a second in)
         try:
             store = VectorStore.open(dim, embedder_name, path, lock_timeout_s=0)

@@ -1,20 +1,12 @@
-"""FAISS index plus doc store, persisted together as atomic snapshots.
-
-Each save writes a complete new snapshot folder (index, doc store, manifest last), fsyncs it, then
-swaps the one-line ``CURRENT`` pointer with ``os.replace``. A crash at any point leaves the previous
-snapshot named by ``CURRENT`` intact and readable. Two snapshots are kept.
-"""
+"""The FAISS index and the documents and chunks beside it: searches by namespace, changes inside an undoable
+transaction, and (with a directory) saves as atomic snapshots (`retrieval.snapshots`)."""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
 import threading
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,29 +21,11 @@ from retrieval.documents import (
     Passage,
     StoredDocument,
 )
-from retrieval.errors import IndexLockedError, IndexStateError, IndexWriteError
+from retrieval.snapshots import Snapshot, SnapshotDir
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-KEEP_SNAPSHOTS = 2
-
 UpsertOutcome = Literal["added", "updated", "unchanged"]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def document_record(doc: Document, pieces: list[tuple[int, str]]) -> DocumentRecord:
@@ -94,7 +68,8 @@ class VectorStore:
         # The readable chunks of a set of namespaces, as a bitmap over chunk ids, for the generation it
         # was built at.
         self._bitmaps: dict[frozenset[str], tuple[int, np.ndarray, int]] = {}
-        self._writer_lock: Any = None  # held from `open` to `close`
+        # The directory's snapshots and its writer lock (held from `open` to `close`), when there is one.
+        self.snapshots = SnapshotDir(self.directory, dim, embedder_name) if self.directory else None
 
     # -- queries -------------------------------------------------------------------------------
     def fingerprint(self, doc_id: str) -> str | None:
@@ -312,168 +287,50 @@ class VectorStore:
         self.chunks.update(chunks)
         self.docs[doc_id] = entry
 
-    # -- persistence ---------------------------------------------------------------------------
+    # -- persistence (the directory's snapshots and writer lock: `retrieval.snapshots`) -------------
     def save(self) -> Path | None:
-        """Write the state as a new snapshot and point CURRENT at it. A failure before the pointer moves (a
-        full or read-only disk) is an IndexWriteError, and the half-written snapshot is removed: CURRENT
-        still names the previous one, and nothing of the failed one is visible."""
-        if self.directory is None:
+        """Write the state as a new snapshot (`SnapshotDir.write`: atomic, or an IndexWriteError and nothing
+        changed on disk)."""
+        if self.snapshots is None:
             return None
-        try:
-            return self._save()
-        except OSError as exc:
-            for partial in (self.directory / "snapshots").glob(".*.tmp"):
-                shutil.rmtree(partial, ignore_errors=True)
-            (self.directory / ".CURRENT.tmp").unlink(missing_ok=True)
-            logger.error("index snapshot in %s not saved: %s", self.directory, exc)
-            raise IndexWriteError(f"the index could not be saved ({exc.strerror or exc}); nothing changed") from exc
-
-    def _save(self) -> Path:
-        assert self.directory is not None
-        import faiss
-
         with self._lock:
-            snapshots = self.directory / "snapshots"
-            snapshots.mkdir(parents=True, exist_ok=True)
-            name = f"{self.generation:012d}"
-            final = snapshots / name
-            if (final / "manifest.json").exists() and self._current_name() == name:
-                return final
-            tmp = snapshots / f".{name}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-            _write_file(tmp / "index.faiss", faiss.serialize_index(self.index).tobytes())
-            store = {
-                "docs": self.docs,
-                "chunks": [asdict(c) for c in self.chunks.values()],
-                "next_chunk_id": self.next_chunk_id,
-            }
-            _write_file(tmp / "docstore.json", json.dumps(store).encode("utf-8"))
-            manifest = {
-                "format": FORMAT_VERSION,
-                "dim": self.dim,
-                "embedder": self.embedder_name,
-                "generation": self.generation,
-                "corpus_generation": self.corpus_generation,
-                "epoch": self.epoch,
-                "documents": len(self.docs),
-                "chunks": len(self.chunks),
-            }
-            _write_file(tmp / "manifest.json", json.dumps(manifest).encode("utf-8"))
-            _fsync_dir(tmp)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            _fsync_dir(snapshots)
-            pointer = self.directory / ".CURRENT.tmp"
-            _write_file(pointer, name.encode("ascii"))
-            os.replace(pointer, self.directory / "CURRENT")
-            # Committed: CURRENT names the new snapshot. What follows must not raise, or a transaction
-            # would undo in memory what is already on disk.
-            try:
-                _fsync_dir(self.directory)
-                self._prune(snapshots, keep=name)
-            except OSError as exc:
-                logger.warning("index snapshot %s saved, but tidying up after it failed: %s", final, exc)
-            return final
+            return self.snapshots.write(
+                Snapshot(
+                    index=self.index,
+                    docs=self.docs,
+                    chunks=self.chunks,
+                    next_chunk_id=self.next_chunk_id,
+                    generation=self.generation,
+                    corpus_generation=self.corpus_generation,
+                    epoch=self.epoch,
+                )
+            )
 
-    def _current_name(self) -> str | None:
-        assert self.directory is not None
-        try:
-            return (self.directory / "CURRENT").read_text(encoding="ascii").strip() or None
-        except FileNotFoundError:
-            return None
-
-    def _prune(self, snapshots: Path, keep: str) -> None:
-        names = sorted(p.name for p in snapshots.iterdir() if p.is_dir() and not p.name.startswith("."))
-        for old in names[:-KEEP_SNAPSHOTS]:
-            if old != keep:
-                shutil.rmtree(snapshots / old, ignore_errors=True)
-
-    # -- the writer lock ------------------------------------------------------------------------
-    def _lock_writer(self, timeout_s: float) -> None:
-        """Hold the directory's writer lock (an OS file lock, ``.lock``) until `close`. A second process
-        that opens the directory waits up to ``timeout_s`` and then fails: two writers would each save
-        their own view and the last save would drop the other's documents. Stores of one process share
-        the lock (it counts), so a reopen in the same process is fine."""
-        import filelock
-
-        assert self.directory is not None
-        self.directory.mkdir(parents=True, exist_ok=True)
-        lock = filelock.FileLock(self.directory / ".lock", timeout=timeout_s, thread_local=False, is_singleton=True)
-        try:
-            lock.acquire()
-        except filelock.Timeout as exc:
-            raise IndexLockedError(
-                f"index directory {self.directory} has another writer (a running server, or `ragyard ingest`): "
-                f"waited {timeout_s:g} s for it. Send documents to the server (`ragyard ingest --url ...`) or "
-                "point index.dir elsewhere"
-            ) from exc
-        self._writer_lock = lock
+    @property
+    def holds_lock(self) -> bool:
+        """Whether this store holds its directory's writer lock (from `open` until `close`)."""
+        return self.snapshots is not None and self.snapshots.locked
 
     def close(self) -> None:
         """Let go of the writer lock (the process's last store of this directory releases it)."""
-        lock, self._writer_lock = self._writer_lock, None
-        if lock is not None:
-            lock.release()
-
-    def _prune_leftovers(self) -> None:
-        """What a save that crashed left behind: a half-written snapshot folder, a pointer not swapped in."""
-        assert self.directory is not None
-        snapshots = self.directory / "snapshots"
-        leftovers = list(snapshots.glob(".*.tmp")) if snapshots.is_dir() else []
-        leftovers += [p for p in [self.directory / ".CURRENT.tmp"] if p.exists()]
-        for path in leftovers:
-            logger.warning("removing %s, left by a save that did not finish", path)
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+        if self.snapshots is not None:
+            self.snapshots.release()
 
     @classmethod
     def open(cls, dim: int, embedder_name: str, directory: str | Path, *, lock_timeout_s: float = 10.0) -> VectorStore:
         """Take the directory's writer lock, tidy what an unfinished save left, then load the snapshot
         ``CURRENT`` names (or start empty when there is none)."""
-        import faiss
-
         store = cls(dim, embedder_name, directory)
-        store._lock_writer(lock_timeout_s)
+        assert store.snapshots is not None
+        store.snapshots.lock(lock_timeout_s)
         try:
-            store._load(faiss)
+            store.snapshots.prune_leftovers()
+            snap = store.snapshots.read()
         except BaseException:
             store.close()
             raise
+        if snap is not None:
+            store.index, store.docs, store.chunks = snap.index, snap.docs, snap.chunks
+            store.next_chunk_id = snap.next_chunk_id
+            store.generation, store.corpus_generation, store.epoch = snap.generation, snap.corpus_generation, snap.epoch
         return store
-
-    def _load(self, faiss: Any) -> None:
-        assert self.directory is not None
-        directory = self.directory
-        dim, embedder_name, store = self.dim, self.embedder_name, self
-        self._prune_leftovers()
-        name = store._current_name()
-        if name is None:
-            return
-        snap = Path(directory) / "snapshots" / name
-        try:
-            manifest = json.loads((snap / "manifest.json").read_text(encoding="utf-8"))
-            data = json.loads((snap / "docstore.json").read_text(encoding="utf-8"))
-            index = faiss.deserialize_index(np.frombuffer((snap / "index.faiss").read_bytes(), dtype=np.uint8))
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise IndexStateError(f"index snapshot {snap} is unreadable: {exc}") from exc
-        if manifest.get("format") != FORMAT_VERSION:
-            raise IndexStateError(f"index snapshot {snap} has format {manifest.get('format')}")
-        if manifest.get("dim") != dim or manifest.get("embedder") != embedder_name:
-            raise IndexStateError(
-                f"index at {directory} was built with {manifest.get('embedder')} ({manifest.get('dim')}-d); "
-                f"the configured embedder is {embedder_name} ({dim}-d): point index.dir elsewhere"
-            )
-        store.index = index
-        store.docs = data["docs"]
-        store.chunks = {int(c["chunk_id"]): Chunk(**c) for c in data["chunks"]}
-        store.next_chunk_id = int(data["next_chunk_id"])
-        store.generation = int(manifest["generation"])
-        # Snapshots from before the corpus log count their changes only.
-        store.corpus_generation = int(manifest.get("corpus_generation", 0))
-        store.epoch = manifest.get("epoch")
-        if store.index.ntotal != len(store.chunks):
-            raise IndexStateError(f"index snapshot {snap} is inconsistent: vectors and chunks differ")
-        logger.info("loaded index snapshot %s: %d docs, %d chunks", snap, len(store.docs), len(store.chunks))

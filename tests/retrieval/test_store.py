@@ -70,7 +70,7 @@ def test_crash_mid_save_leaves_previous_snapshot_readable(tmp_path: Path) -> Non
             raise OSError("simulated crash before the pointer swap")
         real_replace(src, dst)
 
-    with mock.patch("retrieval.store.os.replace", side_effect=crash_on_pointer), pytest.raises(IndexWriteError):
+    with mock.patch("retrieval.snapshots.os.replace", side_effect=crash_on_pointer), pytest.raises(IndexWriteError):
         store.save()
     back = VectorStore.open(DIM, "test", tmp_path)
     assert {c.text for c in back.chunks.values()} == {"first part 0"}

@@ -212,7 +212,7 @@ def test_a_failed_save_is_a_503_and_leaves_nothing_half_visible(
     import asyncio
     import errno
 
-    import retrieval.store as store_module
+    import retrieval.snapshots as store_module
 
     # A snapshot to keep, whichever tests ran before this one.
     first = open_client.post("/v1/documents", json={"documents": [{"id": "fits-first", "text": "Room enough."}]})

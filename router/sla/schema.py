@@ -1,21 +1,12 @@
-"""SLA policies: named tiers (latency and TTFT targets, cost caps, a quality floor, a priority), tenants
-(API keys mapped to a tier and a budget per period), a price table, and per-request header overrides
-that can only tighten what the tenant's tier allows.
-
-The policy is a YAML file validated with pydantic at load; `PolicyStore` re-reads it when it changes
-and keeps the last good policy in force when a new version does not validate.
-"""
+"""The SLA policy's schema: named tiers (latency and TTFT targets, cost caps, a quality floor, a priority),
+tenants (API keys, stored as digests, mapped to a tier and a budget per period), a price table and the
+controller's settings; validated with pydantic when a policy is parsed or its YAML file loaded."""
 
 from __future__ import annotations
 
 import hashlib
-import logging
-import math
 import re
-import threading
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,11 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from retrieval.documents import SHARED_NAMESPACE
 from retrieval.policies.registry import available_policies, choosable_policies
-from router.errors import SlaHeaderError, SlaOverrideError, SlaPolicyError
-
-logger = logging.getLogger(__name__)
-
-HEADERS = ("x-sla-tier", "x-slo-latency-ms", "x-slo-ttft-ms", "x-budget-tokens")
+from router.errors import SlaPolicyError
 
 
 class _Strict(BaseModel):
@@ -262,191 +249,3 @@ def load_policy_file(path: str | Path, *, models: list[str] | None = None) -> Sl
     except yaml.YAMLError as exc:
         raise SlaPolicyError(f"SLA policy file {p} is not valid YAML: {exc}") from exc
     return parse_policy(data, source=str(p), models=models)
-
-
-class PolicyStore:
-    """The policy in force. With a file, a change is picked up on the next access after
-    `reload_interval_s`; a file that fails validation is logged and reported, and the last good
-    policy stays in force."""
-
-    def __init__(
-        self, path: str | Path | None = None, *, reload_interval_s: float = 2.0, models: list[str] | None = None
-    ) -> None:
-        self.path = Path(path) if path else None
-        self.reload_interval_s = reload_interval_s
-        self.models = models
-        self._lock = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
-        self._checked = 0.0
-        self.version = 0
-        self.loaded_at = time.time()
-        self.last_error: str | None = None
-        self.reloads = {"ok": 0, "rejected": 0}
-        if self.path is None:
-            self._policy = parse_policy(DEFAULT_POLICY, source="built-in", models=models)
-        else:
-            self._policy = load_policy_file(self.path, models=models)  # a bad file at start is fatal
-            self._stamp = self._file_stamp()
-        self.version = 1
-
-    def _file_stamp(self) -> tuple[int, int] | None:
-        try:
-            st = self.path.stat() if self.path else None
-        except OSError:
-            return None
-        return None if st is None else (st.st_mtime_ns, st.st_size)
-
-    @property
-    def policy(self) -> SlaPolicy:
-        if self.path is not None and time.monotonic() - self._checked >= self.reload_interval_s:
-            self.maybe_reload()
-        return self._policy
-
-    def maybe_reload(self) -> bool:
-        """Re-read the file if it changed; True when a new policy came into force."""
-        with self._lock:
-            self._checked = time.monotonic()
-            stamp = self._file_stamp()
-            if stamp is None or stamp == self._stamp:
-                return False
-            self._stamp = stamp
-            try:
-                policy = load_policy_file(self.path, models=self.models)  # type: ignore[arg-type]
-            except SlaPolicyError as exc:
-                self.last_error = str(exc)
-                self.reloads["rejected"] += 1
-                logger.error("SLA policy reload rejected, the previous policy stays in force: %s", exc)
-                return False
-            self._policy = policy
-            self.version += 1
-            self.loaded_at = time.time()
-            self.last_error = None
-            self.reloads["ok"] += 1
-            logger.info("SLA policy version %d in force from %s", self.version, self.path)
-            return True
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "source": str(self.path) if self.path else "built-in",
-            "version": self.version,
-            "loaded_at": self.loaded_at,
-            "last_reload_error": self.last_error,
-            "reloads": dict(self.reloads),
-        }
-
-
-@dataclass(frozen=True)
-class RequestSlo:
-    """What one request is held to, after the tenant's tier and the header overrides."""
-
-    tenant: str | None
-    tier: str
-    priority: int
-    latency_ms: int
-    ttft_ms: int | None
-    max_tokens: int | None
-    max_cost: float | None
-    floor: QualityFloor
-    overrides: dict[str, Any] = field(default_factory=dict)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "tenant": self.tenant,
-            "tier": self.tier,
-            "priority": self.priority,
-            "latency_ms": self.latency_ms,
-            "ttft_ms": self.ttft_ms,
-            "max_tokens_per_request": self.max_tokens,
-            "max_cost_per_request": self.max_cost,
-            **({"overrides": self.overrides} if self.overrides else {}),
-        }
-
-
-def _positive_int(name: str, raw: str) -> int:
-    try:
-        value = int(raw.strip())
-    except ValueError as exc:
-        raise SlaHeaderError(f"header {name} must be a positive integer, got {raw!r}", param=name) from exc
-    if value <= 0:
-        raise SlaHeaderError(f"header {name} must be a positive integer, got {raw!r}", param=name)
-    return value
-
-
-def _tighter(a: float | None, b: float | None) -> float | None:
-    """The smaller of two caps, None meaning no cap."""
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return min(a, b)
-
-
-def resolve(policy: SlaPolicy, tenant: str | None, headers: Mapping[str, str]) -> RequestSlo:
-    """The request's SLO: the tenant's tier (or `x-sla-tier`, if the tenant may use it), then each
-    numeric override, which must not loosen the tier's value."""
-    headers = {k.lower(): v for k, v in headers.items() if k.lower() in HEADERS}
-    t = policy.tenants.get(tenant) if tenant else None
-    own = t.tier if t else policy.default_tier
-    tier_name = own
-    overrides: dict[str, Any] = {}
-    asked = headers.get("x-sla-tier", "").strip()
-    if asked:
-        if asked not in policy.tiers:
-            raise SlaHeaderError(
-                f"x-sla-tier {asked!r} is not a tier; tiers: {', '.join(policy.tiers)}", param="x-sla-tier"
-            )
-        allowed = (
-            set(t.allowed_tiers)
-            if t is not None and t.allowed_tiers is not None
-            else {n for n, tp in policy.tiers.items() if tp.priority <= policy.tiers[own].priority}
-        ) | {own}
-        if asked not in allowed:
-            raise SlaOverrideError(
-                f"x-sla-tier {asked!r} is above what this tenant's tier {own!r} allows "
-                f"(allowed: {', '.join(sorted(allowed))})",
-                param="x-sla-tier",
-            )
-        tier_name = asked
-        overrides["tier"] = asked
-    tier = policy.tiers[tier_name]
-    latency, ttft = tier.latency_ms, tier.ttft_ms
-    # A tier picked by header brings its targets and priority, never a larger allowance: the request's
-    # token and cost caps are the tighter of its own tier's and the picked one's.
-    home = policy.tiers[own]
-    tokens_cap = _tighter(tier.max_tokens_per_request, home.max_tokens_per_request)
-    max_tokens = int(tokens_cap) if tokens_cap is not None else None
-    max_cost = _tighter(tier.max_cost_per_request, home.max_cost_per_request)
-    for name, current in (
-        ("x-slo-latency-ms", latency),
-        ("x-slo-ttft-ms", ttft if ttft is not None else latency),
-        ("x-budget-tokens", max_tokens if max_tokens is not None else math.inf),
-    ):
-        raw = headers.get(name)
-        if raw is None or not raw.strip():
-            continue
-        value = _positive_int(name, raw)
-        if value > current:
-            raise SlaOverrideError(
-                f"{name} {value} would loosen tier {tier_name!r}'s limit of {current}; an override can only tighten",
-                param=name,
-            )
-        overrides[name] = value
-        if name == "x-slo-latency-ms":
-            latency = value
-        elif name == "x-slo-ttft-ms":
-            ttft = value
-        else:
-            max_tokens = value
-    if ttft is not None and ttft > latency:
-        ttft = latency
-    return RequestSlo(
-        tenant=tenant,
-        tier=tier_name,
-        priority=tier.priority,
-        latency_ms=latency,
-        ttft_ms=ttft,
-        max_tokens=max_tokens,
-        max_cost=max_cost,
-        floor=tier.quality_floor,
-        overrides=overrides,
-    )
