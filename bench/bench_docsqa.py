@@ -37,6 +37,39 @@ def judge(answer: str, must_include: list[list[str]]) -> tuple[bool, list[list[s
     return not missed, missed
 
 
+def docs_retriever(config: AppConfig, embedder: Any) -> Any:
+    """The bundled corpus (``corpus.paths``: the README and docs/) indexed as `make run` indexes it."""
+    from bench.harness import index_dir_for
+    from retrieval.ingest import load_path
+    from retrieval.retriever import Retriever
+
+    docs = [d for p in config.corpus.paths if Path(p).exists() for d in load_path(p)]
+    retriever = Retriever.create(
+        index_dir=index_dir_for(config, docs),
+        chunk_tokens=config.index.chunk_tokens,
+        chunk_overlap_tokens=config.index.chunk_overlap_tokens,
+        embedder=embedder,
+    )
+    retriever.ingest(docs)
+    return retriever
+
+
+def docs_service(config: AppConfig, evaluator: Any, retriever: Any = None) -> Any:
+    """A service over the bundled corpus with the evaluator's workers (no response cache)."""
+    from services.deployments.retriever import RetrieverService
+    from services.pipeline import RagService
+    from services.pipeline.clients import local_retriever, local_worker
+
+    retriever = retriever or docs_retriever(config, evaluator.embedder)
+    cfg = config.model_copy(update={"corpus": config.corpus.model_copy(update={"ingest_on_start": False})})
+    return RagService(
+        cfg,
+        local_retriever(RetrieverService(cfg, retriever=retriever)),
+        {mid: local_worker(w) for mid, w in evaluator.workers.items()},
+        cache=None,
+    )
+
+
 def bench_docsqa(
     config: AppConfig,
     out: str | Path,
@@ -47,24 +80,14 @@ def bench_docsqa(
     limit: int | None = None,
     data: str | Path = DOCS_QA,
 ) -> str:
-    from bench.harness import Evaluator, index_dir_for, percentile
-    from retrieval.ingest import load_path
+    from bench.harness import Evaluator, percentile
+    from retrieval.grounding import invented_names, restates
     from retrieval.policies.base import Question
-    from retrieval.retriever import Retriever
-    from services.deployments.retriever import RetrieverService
-    from services.pipeline import AnswerRequest, RagService
-    from services.pipeline.clients import local_retriever, local_worker
+    from services.pipeline import AnswerRequest
 
     rows = read_docs_qa(data)[:limit]
     evaluator = Evaluator(config, models=models or [m.id for m in config.models])
-    docs = [d for p in config.corpus.paths if Path(p).exists() for d in load_path(p)]
-    retriever = Retriever.create(
-        index_dir=index_dir_for(config, docs),
-        chunk_tokens=config.index.chunk_tokens,
-        chunk_overlap_tokens=config.index.chunk_overlap_tokens,
-        embedder=evaluator.embedder,
-    )
-    retriever.ingest(docs)
+    retriever = docs_retriever(config, evaluator.embedder)
     # How often the top-k passages hold every key fact, per search mode: the ceiling for the answers.
     r = config.retrieval
     recall = {
@@ -82,13 +105,7 @@ def bench_docsqa(
         )
         for mode in ("dense", "bm25", "hybrid")
     }
-    cfg = config.model_copy(update={"corpus": config.corpus.model_copy(update={"ingest_on_start": False})})
-    service = RagService(
-        cfg,
-        local_retriever(RetrieverService(cfg, retriever=retriever)),
-        {mid: local_worker(w) for mid, w in evaluator.workers.items()},
-        cache=None,
-    )
+    service = docs_service(config, evaluator, retriever)
     ids = list(evaluator.workers)
     preds: dict[str, list[dict[str, Any]]] = {m: [] for m in ids}
     # As `make run` does at start-up: the corpus's chunks go to the engines that compute their KV ahead,
@@ -126,6 +143,8 @@ def bench_docsqa(
                         "answer": rec.answer,
                         "right": right,
                         "missed": missed,
+                        "restated": restates(row["question"], rec.answer),
+                        "invented": invented_names(rec.answer, row["question"], [c.text for c in rec.citations]),
                         "latency_s": round(time.perf_counter() - started, 3),
                         "completion_tokens": rec.usage.completion_tokens,
                         "citations": [c.title for c in rec.citations],
@@ -142,6 +161,8 @@ def bench_docsqa(
             "median_latency_s": round(statistics.median(p["latency_s"] for p in ps), 3) if ps else None,
             "p90_latency_s": round(percentile([p["latency_s"] for p in ps], 0.9), 3) if ps else None,
             "median_completion_tokens": statistics.median(p["completion_tokens"] for p in ps) if ps else None,
+            "restatement_rate": round(sum(p["restated"] for p in ps) / len(ps), 3) if ps else None,
+            "invented_name_rate": round(sum(bool(p["invented"]) for p in ps) / len(ps), 3) if ps else None,
         }
         for m, ps in preds.items()
     }
@@ -163,13 +184,13 @@ def bench_docsqa(
             for p in ps:
                 fh.write(json.dumps({"model": m, **p}) + "\n")
     lines = [
-        "| model | engine | right | median s | p90 s | median completion tokens |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| model | engine | right | median s | p90 s | median completion tokens | restated | invented names |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for m, s in summary.items():
         lines.append(
             f"| {m} | {s['engine']} | {s['right']}/{s['questions']} | {s['median_latency_s']} | {s['p90_latency_s']} "
-            f"| {s['median_completion_tokens']} |"
+            f"| {s['median_completion_tokens']} | {s['restatement_rate']} | {s['invented_name_rate']} |"
         )
     facts = ", ".join(f"{m} {n}/{len(rows)}" for m, n in recall.items())
     lines += ["", f"Every key fact in the top {config.retrieval.top_k} passages (search mode: questions): {facts}"]

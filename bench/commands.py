@@ -242,6 +242,7 @@ def register(sub: Any) -> None:
             "sla",
             "retrieval",
             "docsqa",
+            "followups",
             "tenancy",
             "chaos",
             "scale",
@@ -307,7 +308,8 @@ def register(sub: Any) -> None:
         "(default: qwen2.5-coder-0.5b-instruct)",
     )
     p.add_argument("--policies", help="policies: comma-separated subset of none,single,multi,dragin,adaptive")
-    p.add_argument("--qa-policy", default="single", help="docsqa: retrieval policy the answers use")
+    p.add_argument("--qa-policy", default="single", help="docsqa, followups: retrieval policy the answers use")
+    p.add_argument("--modes", help="followups: comma-separated subset of off,history,model (retrieval.followup)")
     p.add_argument("--sizes", help="tenancy: corpus sizes in chunks, comma-separated (default 10000,100000)")
     p.add_argument("--tenants", type=int, default=20, help="tenancy: tenants sharing the corpus")
     p.add_argument("--queries", type=int, default=200, help="tenancy: queries per size")

@@ -144,6 +144,18 @@ def run_bench(what: str, config: AppConfig, args: argparse.Namespace) -> str:
             max_tokens=args.max_tokens or 96,
             limit=args.limit,
         )
+    if what == "followups":
+        from bench.bench_followups import MODES, bench_followups
+
+        return bench_followups(
+            config,
+            args.out,
+            model=args.model,
+            modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()) if args.modes else MODES,
+            policy=args.qa_policy,
+            max_tokens=args.max_tokens or 96,
+            limit=args.limit,
+        )
     if what == "retrieval":
         from bench.bench_retrieval import bench_retrieval
 

@@ -59,6 +59,12 @@ class RetrievalConfig(Section):
     hybrid_candidates: int = Field(20, gt=0, le=1000, description="hybrid: passages taken from each ranking.")
     rrf_k: int = Field(60, gt=0, description="hybrid: reciprocal rank fusion constant (score = sum 1/(rrf_k+rank)).")
     max_top_k: int = Field(20, gt=0, description="Largest top_k a request may ask for.")
+    followup: Literal["off", "history", "model"] = Field(
+        "history",
+        description="How a question that follows up the conversation is searched: history (joined to the "
+        "previous question when it refers back), model (rewritten standalone by the answering model, one short "
+        "call), off (as it is). `ragyard bench docsqa --followups` measures them (README: Follow-ups).",
+    )
     max_context_tokens: int = Field(1200, gt=0, description="Model tokens of passages in one prompt.")
     multi_max_steps: int = Field(4, ge=1, le=16, description="multi: retrieval steps at most.")
     multi_step_tokens: int = Field(40, gt=0, description="multi: tokens of one reasoning sentence.")

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from typing_extensions import TypedDict  # pydantic and FastAPI read it on Python 3.11
 
+from retrieval import followups
 from retrieval.config import RetrievalConfig
 from retrieval.documents import Passage
 from retrieval.generation import (
@@ -48,6 +49,12 @@ class Question:
     history: list[ChatMessage] = field(default_factory=list)
     system: str | None = None
     style: AnswerStyle = "chat"
+    # What retrieval searches for when it is not the text: a follow-up made standalone (`retrieval.followups`).
+    query: str | None = None
+
+    @property
+    def search_text(self) -> str:
+        return self.query or self.text
 
 
 class Hit(TypedDict):
@@ -86,6 +93,8 @@ Step = TypedDict(
         "max_rind": float,
         "signals": str,
         "trigger": Trigger | None,
+        # followup: the question made standalone ("method": history or model)
+        "method": str,
         # classify (adaptive): the router's verdict
         "class": str | None,
         "policy": str,
@@ -230,6 +239,46 @@ def _counting(ctx: PolicyContext, ran: Ran) -> PolicyContext:
 
 
 @dataclass
+class Standalone:
+    """A follow-up made standalone: the query retrieval searches, its trace step, what it took."""
+
+    query: str
+    step: Step
+    seconds: float
+    stats: GenerationStats | None = None  # the rewrite call's, in ``model`` mode
+
+
+async def standalone_question(policy: RetrievalPolicy, question: Question, ctx: PolicyContext) -> Standalone | None:
+    """The question as retrieval should search it, when it follows up the conversation (None: as it is, or
+    the policy does not retrieve, or ``retrieval.followup`` is off)."""
+    mode = (ctx.settings or RetrievalConfig()).followup
+    if mode == "off" or policy.rank == 0 or question.query is not None:
+        return None
+    started = time.perf_counter()
+    stats = None
+    query = followups.with_history(question.text, question.history)
+    if mode == "model" and followups.last_user_turn(question.history) is not None:
+        asked = ctx.params or SamplingParams()
+        params = SamplingParams(
+            max_tokens=followups.REWRITE_TOKENS,
+            stop=("\n",),
+            priority=asked.priority,
+            request_id=asked.request_id,
+            chunk_cache=False,
+        )
+        result = await ctx.generate(followups.rewrite_messages(question.text, question.history), params)
+        stats = result.stats
+        query = followups.clean_rewrite(result.text, question.text) or query
+    if query is None:
+        return None
+    seconds = time.perf_counter() - started
+    step: Step = {"step": "followup", "method": mode, "query": query, "seconds": round(seconds, 4)}
+    if stats is not None:
+        step["completion_tokens"] = stats.completion_tokens
+    return Standalone(query, step, seconds, stats)
+
+
+@dataclass
 class AnswerEvent:
     """One event of the answer pipeline: a text delta of the final answer, or (last) the whole result."""
 
@@ -255,7 +304,18 @@ async def answer_events(
     ``ran``: updated with the tokens run so far."""
     started = time.perf_counter() if started is None else started
     ran = ran if ran is not None else Ran()
-    prepared = await policy.prepare(question, _counting(ctx, ran))
+    counted = _counting(ctx, ran)
+    standalone = await standalone_question(policy, question, counted) if question.history else None
+    if standalone is not None:
+        question = replace(question, query=standalone.query)
+    prepared = await policy.prepare(question, counted)
+    if standalone is not None:
+        prepared.steps.insert(0, standalone.step)
+        if standalone.stats is not None:
+            prepared.llm_calls_before += 1
+            prepared.prompt_tokens_before += standalone.stats.prompt_tokens
+            prepared.completion_tokens_before += standalone.stats.completion_tokens
+        prepared.retrieve_s += standalone.seconds
     ran.prompt_tokens, ran.completion_tokens = prepared.prompt_tokens_before, prepared.completion_tokens_before
     parts: list[str] = []
     finish = "length"

@@ -111,7 +111,7 @@ class DraginPolicy(PolicyFacts):
             else:
                 query = ""
             if not query.strip():
-                query = f"{question.text} {prefix}{''.join(completion[: trigger.index])}".strip()
+                query = f"{question.search_text} {prefix}{''.join(completion[: trigger.index])}".strip()
             found, spent = await retrieve_step(query, ctx, steps)
             retrieve_s += spent
             retrievals += 1

@@ -60,7 +60,7 @@ class MultiStepPolicy(PolicyFacts):
     async def prepare(self, question: Question, ctx: PolicyContext) -> Prepared:
         settings = ctx.settings or RetrievalConfig()
         steps: list[Step] = []
-        first, spent = await retrieve_step(question.text, ctx, steps)
+        first, spent = await retrieve_step(question.search_text, ctx, steps)
         per_step = [first]
         retrieve_s = spent
         reasoning: list[str] = []

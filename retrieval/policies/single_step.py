@@ -19,5 +19,5 @@ class SingleStepPolicy(PolicyFacts):
 
     async def prepare(self, question: Question, ctx: PolicyContext) -> Prepared:
         steps: list[Step] = []
-        passages, spent = await retrieve_step(question.text, ctx, steps)
+        passages, spent = await retrieve_step(question.search_text, ctx, steps)
         return Prepared(final_messages(question, passages, ctx), passages, steps, retrieval_steps=1, retrieve_s=spent)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from retrieval.documents import Document
+from retrieval.generation import ChatMessage
 from retrieval.policies.base import Question
 from retrieval.retriever import Retriever
 from services.config import load_config
@@ -130,3 +131,61 @@ def test_a_cached_answer_streams_as_one_delta(service: Any) -> None:
     last = events[-1].record
     assert [ev.text for ev in events[:-1]] == ["Port 8000."] and last is not None and last.cache.response == "hit"
     assert len(engine.prompts) == calls  # the engine was not asked again
+
+
+def _followup_service(service: Any, engine: ScriptedEngine, mode: str) -> RagService:
+    svc = service(engine)
+    svc.config = svc.config.model_copy(update={"retrieval": svc.config.retrieval.model_copy(update={"followup": mode})})
+    return svc
+
+
+FOLLOWUP = AnswerRequest(
+    question=Question(
+        text="And who maintains it?",
+        history=[
+            ChatMessage(role="user", content="Which bridge crosses the Lim?"),
+            ChatMessage(role="assistant", content="The Lim bridge."),
+        ],
+    ),
+    policy="single",
+    max_tokens=16,
+)
+
+
+@pytest.mark.parametrize("mode", ["off", "history", "model"])
+def test_a_followup_is_searched_as_the_mode_says(service: Any, mode: str) -> None:
+    def reply(prompt: str) -> str:
+        if "Standalone question:" in prompt:
+            return "Who maintains the Lim bridge?"
+        return "The Quux company maintains it."
+
+    engine = ScriptedEngine(reply)
+    record = asyncio.run(_followup_service(service, engine, mode).answer(FOLLOWUP))
+    searched = [s["query"] for s in record.trace if s["step"] == "retrieve"]
+    steps = [s["step"] for s in record.trace]
+    if mode == "off":
+        assert searched == ["And who maintains it?"] and "followup" not in steps
+        assert record.llm_calls == 1
+        return
+    expected = {
+        "history": "Which bridge crosses the Lim? The Lim bridge. And who maintains it?",
+        "model": "Who maintains the Lim bridge?",
+    }[mode]
+    assert searched == [expected]
+    first = record.trace[0]
+    assert first["step"] == "followup" and first["method"] == mode and first["query"] == expected
+    # The answer's prompt keeps the conversation and the question as they were asked.
+    assert "Question: And who maintains it?" in engine.prompts[-1] and "Which bridge crosses" in engine.prompts[-1]
+    # The rewrite is a model call of its own, counted and charged.
+    assert record.llm_calls == (2 if mode == "model" else 1)
+    if mode == "model":
+        rewrite = engine.count_tokens(engine.prompts[0])
+        assert record.usage.prompt_tokens == rewrite + engine.count_tokens(engine.prompts[-1])
+
+
+def test_a_question_without_history_is_searched_as_it_is(service: Any) -> None:
+    engine = ScriptedEngine("Port 8000.")
+    req = AnswerRequest(question=Question(text="Which port?"), policy="single", max_tokens=8)
+    record = asyncio.run(_followup_service(service, engine, "model").answer(req))
+    assert [s["query"] for s in record.trace if s["step"] == "retrieve"] == ["Which port?"]
+    assert len(engine.prompts) == 1  # no rewrite call

@@ -1,0 +1,59 @@
+"""Two ways a small model's answer fails that can be seen without a reference (issue: right answers, not
+restated questions): it restates the question as its answer ("Which X does Y?" → "The X does Y."), or it names
+an identifier that is in no passage and not in the question (a make target, an environment variable, a route
+that does not exist). `ragyard bench docsqa` reports both rates; the answer pipeline can read them as signals.
+
+Hand-written: a few lines over word sets and one pattern for identifiers; no library defines these checks."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+_WORD = re.compile(r"[a-z0-9]+")
+_STOP = frozenset(
+    """a an the is are was were be been being do does did what which who whom whose how when where why of in on
+    at to for by with from can could would should will shall may might must i me my you your we our it its they
+    them their this that these those there here and or but not no yes so as if then than into onto about over
+    under any all some each every one use used using set sets get gets run runs also only just more most very
+    please tell say says said answer question passages passage based information provided""".split()
+)
+# Identifiers a reader could copy: `backticked` spans, words joined by _ . / : - (make targets, settings, routes,
+# files), and SHOUTING_CASE names (environment variables).
+_IDENT = re.compile(
+    r"`([^`\n]{2,60})`"  # backticked
+    r"|(?<![\w/.-])((?:/|[A-Za-z])[\w-]*(?:[_./:][\w-]+)+/?)"  # joined by _ . / :
+    r"|\b([A-Z][A-Z0-9]*_[A-Z0-9_]+)\b"  # SHOUTING_CASE
+)
+
+RESTATEMENT_SHARE = 0.75  # of the answer's content words found in the question
+
+
+def content_words(text: str) -> list[str]:
+    return [w for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 1]
+
+
+def restates(question: str, answer: str) -> bool:
+    """Whether the answer's content words are mostly the question's (it added next to nothing)."""
+    words = content_words(answer)
+    if not words:
+        return True  # an answer of stop words only says nothing either
+    asked = set(content_words(question))
+    return sum(w in asked for w in words) / len(words) >= RESTATEMENT_SHARE
+
+
+def identifiers(text: str) -> list[str]:
+    found = []
+    for m in _IDENT.finditer(text):
+        ident = next(g for g in m.groups() if g)
+        ident = ident.strip().rstrip(".,;:")
+        abbreviation = re.fullmatch(r"(?:[a-z]{1,2}\.)+[a-z]{0,2}", ident.lower())  # e.g, i.e
+        if len(ident) >= 3 and not ident.replace(".", "").isdigit() and not abbreviation:
+            found.append(ident)
+    return found
+
+
+def invented_names(answer: str, question: str, passages: Iterable[str]) -> list[str]:
+    """The identifiers in the answer that occur in no passage and not in the question (case-insensitive)."""
+    known = (question + "\n" + "\n".join(passages)).lower()
+    return [i for i in identifiers(answer) if i.lower() not in known]
