@@ -30,7 +30,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=O
   -DGGML_AVX512_VNNI=$(call cpu_has,avx512_vnni) -DGGML_AVX512_BF16=$(call cpu_has,avx512_bf16)
 LLAMA_WHEELS := $(HOME)/.cache/ragyard/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(shell echo '$(CMAKE_ARGS)' | sha256sum | cut -c1-12)
 
-.PHONY: install install-data install-models install-vllm helm chromium web-screenshots run test test-random test-vllm test-deploy lint typecheck redis clean
+.PHONY: install install-data install-models install-vllm helm chromium web-screenshots run test test-unit test-random test-vllm test-deploy lint typecheck redis clean
 
 install: $(STAMP)
 
@@ -142,11 +142,19 @@ test: install install-data install-vllm helm redis chromium
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
+	RAGYARD_REQUIRE_VLLM=1 RAGYARD_REQUIRE_HELM=1 RAGYARD_REQUIRE_BROWSER=1 $(PY) -m pytest -p randomly \
+	  -m "unit and not bench_vllm" --cov --cov-report= $(UNIT_ARGS)
 	RAGYARD_REQUIRE_VLLM=1 RAGYARD_REQUIRE_HELM=1 RAGYARD_REQUIRE_BROWSER=1 $(PY) -m pytest --durations=25 \
-	  --cov --cov-report=term -m "not bench_vllm" $(PYTEST_ARGS)
+	  --cov --cov-append --cov-report=term -m "not bench_vllm and not unit" $(PYTEST_ARGS)
+
+# The unit tests alone, in a random order (`make test` runs them so first: a test that leans on another's leftovers
+# fails there, not only in `make test-random`). The seed is printed; UNIT_ARGS=--randomly-seed=N repeats an order.
+test-unit: install
+	$(PY) -m pytest -p randomly -m unit $(UNIT_ARGS)
 
 # The whole suite in a random order (pytest-randomly). The seed is printed at the start;
-# `make test-random PYTEST_ARGS=--randomly-seed=N` repeats that order. `make test` keeps the file order.
+# `make test-random PYTEST_ARGS=--randomly-seed=N` repeats that order. `make test` keeps the file order (its unit
+# tests aside).
 test-random:
 	$(MAKE) test PYTEST_ARGS="-p randomly $(PYTEST_ARGS)"
 

@@ -71,14 +71,16 @@ async def one(client: httpx.AsyncClient, url: str, req: dict[str, Any], t0: floa
     return out
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+async def run(args: argparse.Namespace, transport: httpx.AsyncBaseTransport | None = None) -> dict[str, Any]:
+    """The load ``args`` describe, against ``args.url`` (``transport``: another way to reach it than the
+    network, e.g. an ASGI app in this process)."""
     reqs = [json.loads(line) for line in Path(args.requests).read_text().splitlines() if line.strip()]
     for n, r in enumerate(reqs):
         r.setdefault("i", n)
     limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
     timeout = httpx.Timeout(args.timeout, connect=30.0)
     results: list[dict[str, Any]] = []
-    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+    async with httpx.AsyncClient(limits=limits, timeout=timeout, transport=transport) as client:
         t0 = time.perf_counter()
         if args.burst:
             results = list(await asyncio.gather(*(one(client, args.url, r, t0, args.max_tokens) for r in reqs)))
