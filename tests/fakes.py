@@ -120,13 +120,7 @@ def scripted_service(config: Any, embedder: Any, engine: ScriptedEngine, *, cach
 
 
 def scripted_config(index_dir: Any, **sections: Any) -> Any:
-    """The app config the scripted tests share: one model, the index in ``index_dir``, no corpus indexed
-    on start; ``sections`` add or replace top-level sections (cache, sla, ...)."""
-    from services.config import load_config
+    """The app config the scripted tests share (`tests.utils.factories.app_config` with its index in ``index_dir``)."""
+    from tests.utils.factories import app_config
 
-    base: dict[str, Any] = {
-        "models": [{"id": "smollm2-135m-instruct"}],
-        "index": {"dir": str(index_dir)},
-        "corpus": {"ingest_on_start": False},
-    }
-    return load_config({**base, **sections})
+    return app_config(index_dir, **sections)

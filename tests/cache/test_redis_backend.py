@@ -54,7 +54,7 @@ def test_response_cache_over_redis_and_corrupt_entry(backend: RedisBackend) -> N
 def test_unreachable_redis_is_a_backend_error_then_skipped() -> None:
     """A refused store is a backend error (a miss for the cache); after a few in a row the breaker opens and
     the calls after it fail at once, sync and async alike."""
-    from tests.conftest import free_port
+    from tests.utils import free_port
 
     b = RedisBackend(f"redis://127.0.0.1:{free_port()}/0")
     with pytest.raises(BackendUnavailableError):

@@ -21,7 +21,7 @@ from bench.bench_chaos import write_report
 from bench.chaos.load import auth_headers
 from bench.chaos.scenarios import Chaos, Settings
 from core.redis_client import CALL_DEADLINE_S
-from tests.conftest import TMP
+from tests.utils import TMP
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.ray, pytest.mark.redis, pytest.mark.model]
 

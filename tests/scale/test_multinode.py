@@ -22,7 +22,7 @@ from bench.chaos.redis_server import RedisServer
 from bench.cluster import LocalCluster, deploy
 from services.config import load_config
 from services.serve.local import RAY_TEMP_MAX, ray_temp_dir
-from tests.conftest import TMP, free_port
+from tests.utils import TMP, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.scale]
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from retrieval.documents import Chunk, Document, Passage
+
+TEST_MODEL = "smollm2-135m-instruct"  # the smallest of the ladder: what a test answers with unless it says
 
 
 def document(text: str = "Zorblat is the capital of Quux.", title: str = "Quux", doc_id: str = "") -> Document:
@@ -19,3 +23,14 @@ def unit_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     v = rng.standard_normal((n, dim)).astype(np.float32)
     return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def app_config(index_dir: Any = None, **sections: Any) -> Any:
+    """An `AppConfig` for a test: SmolLM2 alone, no corpus indexed on start, the index in ``index_dir`` (when
+    given); ``sections`` add or replace top-level sections (cache, sla, models, ...)."""
+    from services.config import load_config
+
+    base: dict[str, Any] = {"models": [{"id": TEST_MODEL}], "corpus": {"ingest_on_start": False}}
+    if index_dir is not None:
+        base["index"] = {"dir": str(index_dir)}
+    return load_config({**base, **sections})

@@ -210,7 +210,7 @@ def test_an_unreachable_budget_store_is_a_503(
 ) -> None:
     """The SLA controller's budgets live in Redis; with Redis down (a closed loopback port) a tenant's
     request gets 503 budget_store_unavailable, not a 500, and nothing runs on the model."""
-    from tests.conftest import free_port
+    from tests.utils import free_port
 
     policy = tmp_path / "sla.yaml"
     policy.write_text(
