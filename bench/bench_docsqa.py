@@ -86,7 +86,11 @@ def bench_docsqa(
     from services.pipeline import AnswerRequest
 
     rows = read_docs_qa(data)[:limit]
-    evaluator = Evaluator(config, models=models or [m.id for m in config.models])
+    # "auto" answers as `model: auto` does (the router's choice; with router.cascade on, the cascade), with a
+    # worker for every configured model.
+    asked = models or [m.id for m in config.models]
+    serving = [m.id for m in config.models] if "auto" in asked else asked
+    evaluator = Evaluator(config, models=serving)
     retriever = docs_retriever(config, evaluator.embedder)
     # How often the top-k passages hold every key fact, per search mode: the ceiling for the answers.
     r = config.retrieval
@@ -106,7 +110,7 @@ def bench_docsqa(
         for mode in ("dense", "bm25", "hybrid")
     }
     service = docs_service(config, evaluator, retriever)
-    ids = list(evaluator.workers)
+    ids = asked
     preds: dict[str, list[dict[str, Any]]] = {m: [] for m in ids}
     # As `make run` does at start-up: the corpus's chunks go to the engines that compute their KV ahead,
     # and the questions start once that is done (the figures are the steady state, not the warm-up).
@@ -130,12 +134,13 @@ def bench_docsqa(
                 rec = await service.answer(
                     AnswerRequest(
                         question=Question(text=row["question"], style="chat"),
-                        model=model,
+                        model=None if model == "auto" else model,
                         policy=policy,
                         max_tokens=max_tokens,
                     )
                 )
                 right, missed = judge(rec.answer, row["must_include"])
+                cascade = next((s for s in rec.trace if s.get("step") == "cascade"), None)
                 preds[model].append(
                     {
                         "id": row["id"],
@@ -148,6 +153,10 @@ def bench_docsqa(
                         "latency_s": round(time.perf_counter() - started, 3),
                         "completion_tokens": rec.usage.completion_tokens,
                         "citations": [c.title for c in rec.citations],
+                        "answered_by": rec.model,
+                        "escalated": bool(cascade and cascade.get("escalated")),
+                        "first_answer": cascade.get("answer") if cascade else None,
+                        "confidence": cascade.get("confidence") if cascade else None,
                     }
                 )
             print(f"  docsqa {n + 1}/{len(rows)}", flush=True)  # noqa: T201
@@ -157,7 +166,8 @@ def bench_docsqa(
         m: {
             "right": sum(p["right"] for p in ps),
             "questions": len(ps),
-            "engine": config.model(m).engine,
+            "engine": config.model(m).engine if m != "auto" else "/".join(sorted({x.engine for x in config.models})),
+            "escalation_share": round(sum(p["escalated"] for p in ps) / len(ps), 3) if ps else None,
             "median_latency_s": round(statistics.median(p["latency_s"] for p in ps), 3) if ps else None,
             "p90_latency_s": round(percentile([p["latency_s"] for p in ps], 0.9), 3) if ps else None,
             "median_completion_tokens": statistics.median(p["completion_tokens"] for p in ps) if ps else None,
@@ -184,13 +194,15 @@ def bench_docsqa(
             for p in ps:
                 fh.write(json.dumps({"model": m, **p}) + "\n")
     lines = [
-        "| model | engine | right | median s | p90 s | median completion tokens | restated | invented names |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | engine | right | median s | p90 s | median completion tokens | restated | invented names "
+        "| escalated |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for m, s in summary.items():
         lines.append(
             f"| {m} | {s['engine']} | {s['right']}/{s['questions']} | {s['median_latency_s']} | {s['p90_latency_s']} "
-            f"| {s['median_completion_tokens']} | {s['restatement_rate']} | {s['invented_name_rate']} |"
+            f"| {s['median_completion_tokens']} | {s['restatement_rate']} | {s['invented_name_rate']} "
+            f"| {s['escalation_share']} |"
         )
     facts = ", ".join(f"{m} {n}/{len(rows)}" for m, n in recall.items())
     lines += ["", f"Every key fact in the top {config.retrieval.top_k} passages (search mode: questions): {facts}"]

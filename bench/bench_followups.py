@@ -64,7 +64,8 @@ def bench_followups(
 
     rows = read_followups(data)[:limit]
     model = model or config.default_model.id
-    evaluator = Evaluator(config, models=[model])
+    # "auto" answers as `model: auto` does (with router.cascade on, the cascade), a worker for every model.
+    evaluator = Evaluator(config, models=[m.id for m in config.models] if model == "auto" else [model])
     services: dict[str, RagService] = {}
     for corpus in sorted({r["corpus"] for r in rows}):
         services[corpus] = (
@@ -88,7 +89,7 @@ def bench_followups(
                 rec = await svc.answer(
                     AnswerRequest(
                         question=Question(text=row["question"], history=history, style="chat"),
-                        model=model,
+                        model=None if model == "auto" else model,
                         policy=policy,
                         max_tokens=max_tokens,
                         top_k=top_k,
@@ -114,6 +115,8 @@ def bench_followups(
                         "invented": invented_names(rec.answer, row["question"], passages),
                         "latency_s": round(latency, 3),
                         "completion_tokens": rec.usage.completion_tokens,
+                        "answered_by": rec.model,
+                        "escalated": any(s.get("step") == "cascade" and s.get("escalated") for s in rec.trace),
                     }
                 )
             print(f"  followups {n + 1}/{len(rows)}", flush=True)  # noqa: T201
@@ -133,13 +136,15 @@ def bench_followups(
             "facts_in_top_k": sum(p["facts_found"] for p in ps),
             "restatement_rate": round(sum(p["restated"] for p in ps) / len(ps), 3) if ps else None,
             "invented_name_rate": round(sum(bool(p["invented"]) for p in ps) / len(ps), 3) if ps else None,
+            "escalation_share": round(sum(p["escalated"] for p in ps) / len(ps), 3) if ps else None,
             "median_latency_s": round(statistics.median(lat), 3) if lat else None,
             "p90_latency_s": round(percentile(lat, 0.9), 3) if lat else None,
         }
 
+    engine = config.model(model).engine if model != "auto" else "/".join(sorted({m.engine for m in config.models}))
     result = {
         "model": model,
-        "engine": config.model(model).engine,
+        "engine": engine,
         "policy": policy,
         "top_k": top_k,
         "search": config.retrieval.search,
@@ -158,15 +163,16 @@ def bench_followups(
         f"{model} ({result['engine']}), policy {policy}, top {top_k} ({config.retrieval.search}), {len(rows)} "
         "conversations",
         "",
-        "| follow-up search | facts in top k | right | right by corpus | restated | invented names | median s "
-        "| p90 s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| follow-up search | facts in top k | right | right by corpus | restated | invented names | escalated "
+        "| median s | p90 s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for m, s in result["modes"].items():  # type: ignore[attr-defined]
         corpora = ", ".join(f"{c} {v}" for c, v in s["right_by_corpus"].items())
         lines.append(
             f"| {m} | {s['facts_in_top_k']}/{s['questions']} | {s['right']}/{s['questions']} | {corpora} "
-            f"| {s['restatement_rate']} | {s['invented_name_rate']} | {s['median_latency_s']} | {s['p90_latency_s']} |"
+            f"| {s['restatement_rate']} | {s['invented_name_rate']} | {s['escalation_share']} "
+            f"| {s['median_latency_s']} | {s['p90_latency_s']} |"
         )
     table = "\n".join(lines) + "\n"
     (out_dir / "followups.md").write_text(table, encoding="utf-8")

@@ -138,6 +138,21 @@ def cmd_calibrate_dragin(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate_cascade(args: argparse.Namespace) -> int:
+    from bench.calibrate_cascade import calibrate_cascade
+
+    table = calibrate_cascade(
+        load_config(args.config),
+        args.out,
+        escalate_share=args.escalate_share,
+        model=args.model,
+        limit=args.limit,
+        max_tokens=args.max_tokens,
+    )
+    print(table)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from bench.runner import run_bench
 
@@ -229,6 +244,14 @@ def register(sub: Any) -> None:
     p.add_argument("--limit", type=int, help="first N training questions of each file only")
     p.add_argument("--max-tokens", type=int, default=32)
     p.set_defaults(func=cmd_calibrate_dragin)
+
+    p = sub.add_parser("calibrate-cascade", help="choose the confidence cascade's threshold for a target share")
+    p.add_argument("--escalate-share", type=float, default=0.3, help="share of first answers to escalate")
+    p.add_argument("--model", help="the first model (default: the config's first)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--limit", type=int, help="first N docs-QA questions only")
+    p.add_argument("--max-tokens", type=int, default=96)
+    p.set_defaults(func=cmd_calibrate_cascade)
 
     p = sub.add_parser("bench", help="benchmarks: results as JSON plus a markdown table")
     p.add_argument(

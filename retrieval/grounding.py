@@ -7,8 +7,12 @@ Hand-written: a few lines over word sets and one pattern for identifiers; no lib
 
 from __future__ import annotations
 
+import functools
+import math
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 _WORD = re.compile(r"[a-z0-9]+")
 _STOP = frozenset(
@@ -27,10 +31,26 @@ _IDENT = re.compile(
 )
 
 RESTATEMENT_SHARE = 0.75  # of the answer's content words found in the question
+# An answer that says the passages do not hold it: for a cascade, a reason to ask the stronger model.
+_ABSTAINS = re.compile(
+    r"\b(do not know|don't know|not (?:mentioned|provided|specified|stated|given)|no information|"
+    r"cannot (?:find|answer|determine|be determined)|"
+    r"(?:do|does) not (?:say|mention|specify|provide|contain|include))\b",
+    re.IGNORECASE,
+)
+
+
+@functools.cache
+def _stemmer() -> Any:
+    import Stemmer  # PyStemmer, which the BM25 index uses too
+
+    return Stemmer.Stemmer("english")
 
 
 def content_words(text: str) -> list[str]:
-    return [w for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 1]
+    """The words that carry content, stemmed ("maintains" and "maintained" are one word)."""
+    words = [w for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 1]
+    return list(_stemmer().stemWords(words))
 
 
 def restates(question: str, answer: str) -> bool:
@@ -57,3 +77,35 @@ def invented_names(answer: str, question: str, passages: Iterable[str]) -> list[
     """The identifiers in the answer that occur in no passage and not in the question (case-insensitive)."""
     known = (question + "\n" + "\n".join(passages)).lower()
     return [i for i in identifiers(answer) if i.lower() not in known]
+
+
+def abstains(answer: str) -> bool:
+    return bool(_ABSTAINS.search(answer))
+
+
+@dataclass
+class Confidence:
+    """How sure an answer looks without a reference: the geometric-mean probability of its tokens, zeroed by
+    a sign that it failed (``reasons``: restated, invented names, abstained, empty)."""
+
+    score: float
+    token_probability: float | None
+    reasons: list[str] = field(default_factory=list)
+
+
+def confidence(question: str, answer: str, passages: list[str], token_logprobs: list[float] | None) -> Confidence:
+    reasons = []
+    if not answer.strip():
+        reasons.append("empty")
+    elif restates(question, answer):
+        reasons.append("restates the question")
+    invented = invented_names(answer, question, passages)
+    if invented:
+        reasons.append(f"names what no passage holds: {', '.join(invented[:3])}")
+    if abstains(answer):
+        reasons.append("says the passages do not hold it")
+    prob = math.exp(sum(token_logprobs) / len(token_logprobs)) if token_logprobs else None
+    score = 0.0 if reasons else (prob if prob is not None else 1.0)
+    return Confidence(
+        score=round(score, 4), token_probability=None if prob is None else round(prob, 4), reasons=reasons
+    )

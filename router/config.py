@@ -13,6 +13,29 @@ from retrieval.config import RetrievalConfig
 from retrieval.policies.registry import choosable_policies
 
 
+class CascadeConfig(Section):
+    enabled: bool = Field(
+        False,
+        description="A confidence cascade for `model: auto`: the planned model answers first, and an answer whose "
+        "confidence is below min_confidence is answered again by the next model of the ladder over the same "
+        "passages. Off by default: the embedded default's ladder has no stronger model than Qwen2.5-Coder-0.5B "
+        "(README: The confidence cascade).",
+    )
+    to: dict[str, str] = Field(
+        default_factory=dict,
+        description="Model id -> the model its answers escalate to; a model not named escalates to the next "
+        "configured model (the ladder's order), the last to none.",
+    )
+    min_confidence: float = Field(
+        0.35,
+        ge=0,
+        le=1,
+        description="Escalate below this confidence (the answer tokens' geometric-mean probability; 0 for an "
+        "answer that restates the question, names what no passage holds or says it does not know). "
+        "`ragyard calibrate-cascade --escalate-share S` picks it on training questions.",
+    )
+
+
 class RouterConfig(Section):
     artifact: str | None = Field(
         str(PROJECT_ROOT / "router" / "artifacts" / "complexity-v1.npz"),
@@ -36,6 +59,8 @@ class RouterConfig(Section):
         description="Share of the best expected F1 the router gives up for a cheaper (model, policy): 0.03 takes "
         "the cheapest pair expecting at least 97% of the best; 0 = always the best.",
     )
+
+    cascade: CascadeConfig = Field(default_factory=CascadeConfig, description="The confidence cascade.")
 
     @field_validator("multi_hop_policy", "fallback_policy")
     @classmethod

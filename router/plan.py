@@ -44,6 +44,9 @@ class Plan(BaseModel):
     )
     speculative: bool = Field(True, description="Decode with the worker's draft pair, if it has one.")
     chunk_cache: bool = Field(True, description="Reuse stored chunk KV, if the worker has the cache on.")
+    escalate_to: str | None = Field(
+        None, description="The confidence cascade's next model: it answers again when this model's answer is unsure."
+    )
 
     def label(self) -> str:
         """A short, bounded-cardinality name for metrics."""

@@ -171,16 +171,36 @@ class ConfigRouter:
             reasons.append(f"model {model_id!r}, the first configured, for 'auto' ({why})")
         elif routing is None or model not in (None, AUTO_MODEL):
             reasons.append(f"model {model_id!r}" + (" requested" if model not in (None, AUTO_MODEL) else ""))
+        escalate_to = self.escalation(model_id) if model in (None, AUTO_MODEL) else None
+        if escalate_to is not None:
+            reasons.append(
+                f"cascade: {escalate_to!r} answers again below confidence {self.config.router.cascade.min_confidence}"
+            )
         plan = Plan(
             policy=policy,
             top_k=top_k or self.config.retrieval.top_k,
             model=model_id,
+            escalate_to=escalate_to,
             max_tokens=max_tokens or mcfg.default_max_tokens,
             use_response_cache=self.config.cache.enabled and cacheable,
             complexity=complexity,
             routing=routing,
         )
         return RouteDecision(plan=plan, reason="; ".join(reasons))
+
+    def escalation(self, model_id: str) -> str | None:
+        """The model ``model_id``'s answers escalate to in the confidence cascade (None: no cascade, or it is
+        the ladder's last)."""
+        cascade = self.config.router.cascade
+        if not cascade.enabled:
+            return None
+        ids = [m.id for m in self.config.models]
+        if model_id in cascade.to:
+            target = cascade.to[model_id]
+        else:
+            at = ids.index(model_id) if model_id in ids else len(ids)
+            target = ids[at + 1] if at + 1 < len(ids) else ""
+        return target if target in ids and target != model_id else None
 
     def _route_by_quality(self, complexity: Complexity, pinned_model: str | None, policy: str) -> dict[str, Any] | None:
         """The quality table's choice among the candidate (model, policy) pairs, or None without one."""

@@ -203,6 +203,11 @@ class AppConfig(BaseSettings):
             raise ValueError("'auto' is reserved for the router's choice; rename that model")
         if self.retrieval.top_k > self.retrieval.max_top_k:
             raise ValueError("retrieval.top_k must not exceed retrieval.max_top_k")
+        for weak, strong in self.router.cascade.to.items():
+            if weak not in ids or strong not in ids or weak == strong:
+                raise ValueError(
+                    f"router.cascade.to: {weak!r} -> {strong!r} must join two different configured models ({ids})"
+                )
         if self.retrieval.default_policy not in available_policies():
             raise ValueError(
                 f"retrieval.default_policy {self.retrieval.default_policy!r} is unknown; "

@@ -35,6 +35,12 @@ STAGE_LATENCY = histogram(
 )
 TTFT = histogram("ragyard_ttft_seconds", "Time to first token by model.", ["model"], buckets=_LATENCY_BUCKETS)
 TOKENS = counter("ragyard_tokens_total", "Tokens by model and kind (prompt, completion).", ["model", "kind"])
+CASCADE = counter(
+    "ragyard_cascade_total",
+    "Confidence-cascade first answers by the model that gave them, whether the next model answered again, and "
+    "the question's complexity class (none without a classifier).",
+    ["model", "escalated", "class"],
+)
 
 
 def merge_exposition(texts: Iterable[str]) -> bytes:

@@ -36,6 +36,7 @@ class ScriptedEngine:
     prompts: list[str] = field(default_factory=list)
     closed: bool = False
     hold: threading.Event | None = None
+    logprob: float = -0.1  # each word's log-probability, when a request asks for them
 
     def render_chat(self, messages: list[gen.ChatMessage]) -> str:
         return "".join(f"<{m.role}>\n{m.content}\n" for m in messages) + "<assistant>\n"
@@ -66,8 +67,10 @@ class ScriptedEngine:
             while i == 1 and self.hold is not None and not self.hold.is_set():
                 await asyncio.sleep(0.005)
             last = i == len(words) - 1
+            piece = (" " if i else "") + word
             yield gen.GenerationChunk(
-                text=(" " if i else "") + word,
+                text=piece,
+                logprobs=[gen.TokenLogprob(piece, self.logprob)] if params.logprobs is not None else None,
                 finish_reason=finish if last else None,
                 stats=stats if last else None,
                 prompt_tokens=stats.prompt_tokens,

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from typing_extensions import TypedDict  # pydantic and FastAPI read it on Python 3.11
 
-from retrieval import followups
+from retrieval import followups, grounding
 from retrieval.config import RetrievalConfig
 from retrieval.documents import Passage
 from retrieval.generation import (
@@ -41,6 +41,16 @@ class PolicyContext:
     # The router's classification, for `adaptive`, as the plan serialises it (``class``, ``policy``,
     # ``probabilities``, ...): the router's `Complexity` sits above this layer.
     complexity: dict[str, Any] | None = None
+    # The confidence cascade's next model, when the plan has one: it answers again when this answer is unsure.
+    escalation: Escalation | None = None
+
+
+@dataclass
+class Escalation:
+    model: str
+    generate: Callable[..., Awaitable[GenerationResult]]
+    stream: Callable[..., AsyncIterator[GenerationChunk]]
+    min_confidence: float
 
 
 @dataclass
@@ -95,6 +105,14 @@ Step = TypedDict(
         "trigger": Trigger | None,
         # followup: the question made standalone ("method": history or model)
         "method": str,
+        # cascade: the first model's answer, its confidence, whether the next model answered again and why
+        "model": str,
+        "answer": str,
+        "confidence": float,
+        "token_probability": float | None,
+        "escalated": bool,
+        "escalated_to": str,
+        "reasons": list[str],
         # classify (adaptive): the router's verdict
         "class": str | None,
         "policy": str,
@@ -141,6 +159,8 @@ class PolicyResult:
     # The final generation's prompt-cache figures: chunk-KV reuse (torch) or prefix-cache hits (vLLM).
     prompt_cache: dict[str, Any] | None = None
     logprobs: list[TokenLogprob] | None = None  # the final answer's tokens, when asked for
+    # The model that gave the final answer when it is not the plan's (the cascade escalated).
+    answered_by: str | None = None
 
 
 class PolicyFacts:
@@ -278,6 +298,42 @@ async def standalone_question(policy: RetrievalPolicy, question: Question, ctx: 
     return Standalone(query, step, seconds, stats)
 
 
+async def _first_answer(
+    question: Question, prepared: Prepared, ctx: PolicyContext, params: SamplingParams, args: tuple[Any, ...]
+) -> tuple[GenerationResult, bool]:
+    """The cascade's first step: the plan's model answers in one piece, with its tokens' log-probabilities;
+    whether its answer is unsure enough to ask the next model (`retrieval.grounding.confidence`). Its call and
+    tokens join the figures of the steps before the final answer, and the trace gets a ``cascade`` step."""
+    assert ctx.escalation is not None
+    messages, _, prefix, chunks = args
+    first = await ctx.generate(messages, params.model_copy(update={"logprobs": 0}), prefix, chunks)
+    conf = grounding.confidence(
+        question.text,
+        prefix + first.text,
+        [p.chunk.text for p in prepared.passages],
+        [t.logprob for t in first.logprobs or []],
+    )
+    escalate = conf.score < ctx.escalation.min_confidence
+    prepared.llm_calls_before += 1
+    prepared.prompt_tokens_before += first.stats.prompt_tokens
+    prepared.completion_tokens_before += first.stats.completion_tokens
+    prepared.steps.append(
+        {"step": "generate", "completion_tokens": first.stats.completion_tokens, "finish_reason": first.finish_reason}
+    )
+    step: Step = {
+        "step": "cascade",
+        "answer": (prefix + first.text).strip()[:300],
+        "confidence": conf.score,
+        "token_probability": conf.token_probability,
+        "escalated": escalate,
+        "reasons": conf.reasons,
+    }
+    if escalate:
+        step["escalated_to"] = ctx.escalation.model
+    prepared.steps.append(step)
+    return first, escalate
+
+
 @dataclass
 class AnswerEvent:
     """One event of the answer pipeline: a text delta of the final answer, or (last) the whole result."""
@@ -318,6 +374,7 @@ async def answer_events(
         prepared.retrieve_s += standalone.seconds
     ran.prompt_tokens, ran.completion_tokens = prepared.prompt_tokens_before, prepared.completion_tokens_before
     parts: list[str] = []
+    answered_by: str | None = None
     finish = "length"
     stats = GenerationStats()
     logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
@@ -341,10 +398,23 @@ async def answer_events(
         llm_calls = prepared.llm_calls_before
     else:
         args = (prepared.messages, params, prepared.assistant_prefix, chunk_texts(prepared.passages))
+        final_generate, final_stream = ctx.generate, ctx.stream
+        first = None
+        if ctx.escalation is not None and not params.shapes_output:
+            first, escalate = await _first_answer(question, prepared, ctx, params, args)
+            ran.prompt_tokens, ran.completion_tokens = prepared.prompt_tokens_before, prepared.completion_tokens_before
+            if escalate:
+                final_generate, final_stream = ctx.escalation.generate, ctx.escalation.stream
+                answered_by = ctx.escalation.model
         if (ev := emit(prepared.assistant_prefix)) is not None:
             yield ev
-        if stream:
-            async for chunk in ctx.stream(*args):
+        if first is not None and answered_by is None:
+            # The first answer stands: it goes out as it is (its tokens are in the *_before figures).
+            if (ev := emit(first.text)) is not None:
+                yield ev
+            finish, stats = first.finish_reason, replace(first.stats, prompt_tokens=0, completion_tokens=0)
+        elif stream:
+            async for chunk in final_stream(*args):
                 if chunk.prompt_tokens or chunk.completion_tokens:
                     ran.prompt_tokens = prepared.prompt_tokens_before + chunk.prompt_tokens
                     ran.completion_tokens = prepared.completion_tokens_before + chunk.completion_tokens
@@ -355,16 +425,17 @@ async def answer_events(
                 if chunk.stats is not None:
                     stats = chunk.stats
         else:
-            whole = await ctx.generate(*args)
+            whole = await final_generate(*args)
             if (ev := emit(whole.text, whole.logprobs)) is not None:
                 yield ev
             finish, stats = whole.finish_reason, whole.stats
-        llm_calls = prepared.llm_calls_before + 1
+        llm_calls = prepared.llm_calls_before + (0 if first is not None and answered_by is None else 1)
         ran.prompt_tokens = prepared.prompt_tokens_before + stats.prompt_tokens
         ran.completion_tokens = prepared.completion_tokens_before + stats.completion_tokens
-        prepared.steps.append(
-            {"step": "generate", "completion_tokens": stats.completion_tokens, "finish_reason": finish}
-        )
+        if first is None or answered_by is not None:
+            prepared.steps.append(
+                {"step": "generate", "completion_tokens": stats.completion_tokens, "finish_reason": finish}
+            )
     yield AnswerEvent(
         result=PolicyResult(
             answer="".join(parts).rstrip(),
@@ -386,6 +457,7 @@ async def answer_events(
             speculative=stats.speculative,
             prompt_cache=prompt_cache_record(stats),
             logprobs=logprobs,
+            answered_by=answered_by,
         )
     )
 

@@ -15,6 +15,7 @@ from core.capabilities import CHUNK_PRECOMPUTE
 from retrieval.documents import Document, IngestResult, Passage
 from retrieval.generation import GenerationStats, Precompute, SamplingParams, TokenLogprob
 from retrieval.policies.base import (
+    Escalation,
     PolicyContext,
     PolicyResult,
     Ran,
@@ -242,7 +243,20 @@ class RagService:
             settings=self._retrieval_settings(decision.plan.model),
             params=params,
             complexity=decision.plan.complexity.model_dump() if decision.plan.complexity else None,
+            escalation=self._escalation(decision),
         )
+
+    def _escalation(self, decision: RouteDecision) -> Escalation | None:
+        """The cascade's next model, as the policy context carries it (None: the plan has none, or no worker of
+        it is here: the first answer stands)."""
+        target = decision.plan.escalate_to
+        if target is None:
+            return None
+        worker = self.workers.get(target)
+        if worker is None:
+            logger.warning("cascade to %s planned, but this process serves no worker of it", target)
+            return None
+        return Escalation(target, worker.generate, worker.stream, self.config.router.cascade.min_confidence)
 
     async def _cache_key(self, req: AnswerRequest, decision: RouteDecision, params: SamplingParams) -> str | None:
         if self.cache is None or not decision.plan.use_response_cache:
@@ -373,7 +387,7 @@ class RagService:
             id=new_id("qa"),
             answer=result.answer,
             finish_reason=result.finish_reason,
-            model=decision.plan.model,
+            model=result.answered_by or decision.plan.model,
             citations=[Citation.of(p) for p in result.passages],
             plan=PlanRecord.of(decision),
             timings=rounded_timings(result.timings),
@@ -405,6 +419,10 @@ class RagService:
         for stage in ("retrieve", "prefill", "decode"):
             metrics.STAGE_LATENCY.labels(stage).observe(timings[f"{stage}_s"])
         metrics.TTFT.labels(decision.plan.model).observe(timings["ttft_s"])
+        for step in record.trace if isinstance(record, Answer) else []:
+            if step.get("step") == "cascade":
+                cls = decision.plan.complexity.cls if decision.plan.complexity else None
+                metrics.CASCADE.labels(model, str(step.get("escalated")).lower(), cls or "none").inc()
         metrics.TOKENS.labels(decision.plan.model, "prompt").inc(record.usage.prompt_tokens)
         metrics.TOKENS.labels(decision.plan.model, "completion").inc(record.usage.completion_tokens)
 

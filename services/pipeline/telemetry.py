@@ -229,8 +229,22 @@ def traced_context(ctx: PolicyContext, parent: Span, model: str) -> PolicyContex
         assert signals is not None
         return await _traced_call(signals, parent, model, {"ragyard.signals": True}, messages, params, *args)
 
+    escalation = ctx.escalation
+    if escalation is not None:
+        strong = escalation.model
+        up_generate, up_stream = escalation.generate, escalation.stream
+
+        async def traced_up_generate(messages: Any, params: SamplingParams, *args: Any) -> Any:
+            return await _traced_call(up_generate, parent, strong, {"ragyard.cascade": True}, messages, params, *args)
+
+        async def traced_up_stream(messages: Any, params: SamplingParams, *args: Any) -> AsyncIterator[Any]:
+            async for chunk in trace_stream(up_stream(messages, params, *args), parent, strong, params):
+                yield chunk
+
+        escalation = replace(escalation, generate=traced_up_generate, stream=traced_up_stream)
     return replace(
         ctx,
+        escalation=escalation,
         retrieve=traced_retrieve,
         generate=traced_generate,
         stream=traced_stream,

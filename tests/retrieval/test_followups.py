@@ -80,3 +80,17 @@ def test_identifiers_and_invented_names() -> None:
     passages = ["POST /v1/qa answers. The README.md says so."]
     assert invented_names(text, "How do I test?", passages) == ["make test-fast", "RAGYARD_FOO_BAR"]
     assert invented_names("Use `make test`.", "Is it `make test`?", []) == []  # named in the question
+
+
+def test_confidence_is_the_token_probability_unless_the_answer_shows_it_failed() -> None:
+    from retrieval.grounding import abstains, confidence
+
+    q, passages = "Which route lists the models?", ["GET /v1/models lists auto and each model."]
+    sure = confidence(q, "`GET /v1/models` lists them.", passages, [-0.1, -0.3])
+    assert sure.reasons == [] and sure.score == sure.token_probability == pytest.approx(0.8187, abs=1e-4)
+    assert confidence(q, "The route lists the models.", passages, [-0.01]).reasons == ["restates the question"]
+    invented = confidence(q, "Use `GET /v2/catalog`.", passages, [-0.01])
+    assert invented.score == 0.0 and invented.reasons[0].startswith("names what no passage holds")
+    assert abstains("The passages do not mention it.") and not abstains("It is `GET /v1/models`.")
+    assert confidence(q, "I do not know.", passages, None).reasons == ["says the passages do not hold it"]
+    assert confidence(q, "`GET /v1/models`.", passages, None).score == 1.0  # no probabilities: nothing against it

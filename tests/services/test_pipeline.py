@@ -189,3 +189,68 @@ def test_a_question_without_history_is_searched_as_it_is(service: Any) -> None:
     record = asyncio.run(_followup_service(service, engine, "model").answer(req))
     assert [s["query"] for s in record.trace if s["step"] == "retrieve"] == ["Which port?"]
     assert len(engine.prompts) == 1  # no rewrite call
+
+
+WEAK, STRONG = MODEL, "qwen2.5-coder-0.5b-instruct"
+
+
+def _cascade(retriever: RetrieverClient, weak: ScriptedEngine, strong: ScriptedEngine, **cascade: Any) -> RagService:
+    config = load_config(
+        {
+            "models": [{"id": WEAK}, {"id": STRONG}],
+            "router": {"quality_table": None, "cascade": {"enabled": True, **cascade}},
+        }
+    )
+    workers = {
+        WEAK: local_worker(Worker(config, WEAK, engine=weak)),
+        STRONG: local_worker(Worker(config, STRONG, engine=strong)),
+    }
+    return RagService(config, retriever, workers)
+
+
+ASK = AnswerRequest(question=Question(text="Who maintains the Lim bridge?"), policy="single", max_tokens=16)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_unsure_first_answer_is_answered_again_by_the_next_model(retriever: RetrieverClient, stream: bool) -> None:
+    weak = ScriptedEngine("The Lim bridge is maintained.")  # restates the question
+    strong = ScriptedEngine("The Quux company maintains it.")
+    svc = _cascade(retriever, weak, strong)
+    if stream:
+        events = _stream(svc, ASK)
+        record = events[-1].record
+        assert record is not None and "".join(e.text for e in events[:-1]) == "The Quux company maintains it."
+    else:
+        record = asyncio.run(svc.answer(ASK))
+    assert record.answer == "The Quux company maintains it." and record.model == STRONG
+    assert record.plan.model == WEAK and record.plan.escalate_to == STRONG
+    cascade = next(s for s in record.trace if s["step"] == "cascade")
+    assert cascade["escalated"] and cascade["escalated_to"] == STRONG and cascade["confidence"] == 0.0
+    assert cascade["answer"] == "The Lim bridge is maintained." and cascade["reasons"] == ["restates the question"]
+    # Both calls ran over the same prompt (the passages are reused) and both are charged.
+    assert len(weak.prompts) == len(strong.prompts) == 1 and weak.prompts[0] == strong.prompts[0]
+    assert record.llm_calls == 2
+    assert record.usage.completion_tokens == 5 + 5
+    assert record.usage.prompt_tokens == 2 * weak.count_tokens(weak.prompts[0])
+
+
+def test_a_sure_first_answer_stands_and_the_next_model_is_not_asked(retriever: RetrieverClient) -> None:
+    weak = ScriptedEngine("The Quux company maintains it.", logprob=-0.05)
+    strong = ScriptedEngine("never asked")
+    record = asyncio.run(_cascade(retriever, weak, strong, min_confidence=0.5).answer(ASK))
+    assert record.answer == "The Quux company maintains it." and record.model == WEAK
+    cascade = next(s for s in record.trace if s["step"] == "cascade")
+    assert not cascade["escalated"] and cascade["confidence"] == pytest.approx(0.9512, abs=1e-4)
+    assert strong.prompts == [] and record.llm_calls == 1 and record.logprobs is None
+    assert record.usage.completion_tokens == 5
+
+
+def test_low_token_probability_escalates_and_a_pinned_model_never_does(retriever: RetrieverClient) -> None:
+    weak = ScriptedEngine("The Quux company maintains it.", logprob=-2.0)  # p = 0.135 per word
+    strong = ScriptedEngine("The Quux company.")
+    svc = _cascade(retriever, weak, strong, min_confidence=0.3)
+    assert asyncio.run(svc.answer(ASK)).model == STRONG
+    pinned = AnswerRequest(question=ASK.question, model=WEAK, policy="single", max_tokens=16)
+    record = asyncio.run(svc.answer(pinned))
+    assert record.model == WEAK and record.plan.escalate_to is None
+    assert not any(s["step"] == "cascade" for s in record.trace)
