@@ -31,6 +31,7 @@ _IDENT = re.compile(
 )
 
 RESTATEMENT_SHARE = 0.75  # of the answer's content words found in the question
+_NUMBER = re.compile(r"\b\d[\d.,:]*\b")
 # An answer that says the passages do not hold it: for a cascade, a reason to ask the stronger model.
 _ABSTAINS = re.compile(
     r"\b(do not know|don't know|not (?:mentioned|provided|specified|stated|given)|no information|"
@@ -54,12 +55,18 @@ def content_words(text: str) -> list[str]:
 
 
 def restates(question: str, answer: str) -> bool:
-    """Whether the answer's content words are mostly the question's (it added next to nothing)."""
+    """Whether the answer's content words are mostly the question's and it adds no value of its own (a number, or
+    an identifier the question does not hold: "gets HTTP 404" answers "which status?" in one new word)."""
     words = content_words(answer)
     if not words:
         return True  # an answer of stop words only says nothing either
     asked = set(content_words(question))
-    return sum(w in asked for w in words) / len(words) >= RESTATEMENT_SHARE
+    if sum(w in asked for w in words) / len(words) < RESTATEMENT_SHARE:
+        return False
+    low = question.lower()
+    new_values = [w for w in _NUMBER.findall(answer) if w not in low]
+    new_values += [i for i in identifiers(answer) if i.lower() not in low]
+    return not new_values
 
 
 def identifiers(text: str) -> list[str]:
