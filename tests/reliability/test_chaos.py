@@ -156,7 +156,7 @@ def test_the_report_holds_every_goal(tmp_path: Path) -> None:
     """Written from the scenarios this module ran (all of them in file order; fewer when selected or shuffled:
     a goal whose scenario did not run reads None)."""
     if not RESULTS:
-        pytest.skip("no chaos scenario ran in this session")
+        pytest.skip("no chaos scenario ran in this session: the report test was selected without the scenarios")
     md = write_report(tmp_path, RESULTS, SETTINGS)
     goals = json.loads((tmp_path / "chaos.json").read_text())["goals"]
     # Each goal of a scenario that ran is exactly 0 (None only where its scenario did not run).
