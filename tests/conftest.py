@@ -63,6 +63,15 @@ def embedder() -> Any:
 
 
 @pytest.fixture(scope="session")
+def hashing_embedder() -> Any:
+    """The embedder's interface without a model (tests/fakes.py): for tests of the edge, the pipeline's control
+    flow and billing, where what retrieval finds is not what they check."""
+    from tests.fakes import HashingEmbedder
+
+    return HashingEmbedder()
+
+
+@pytest.fixture(scope="session")
 def engine() -> Any:
     from services.config import ModelConfig, load_config
     from services.workers.engines.torch_engine import TorchEngine

@@ -3,16 +3,22 @@ answer pipeline, the policies' control flow and the HTTP edge can be tested fast
 "tokens" are whitespace-separated words; it records every prompt it was given; it can be told to fail
 part-way through a stream, as an engine whose replica dies does.
 
-Only the engine is scripted: the embedder, FAISS, the router and the cache the tests run with are real.
+A hashing embedder (`HashingEmbedder`) stands in for MiniLM where a test is about the edge, not about what
+retrieval finds: it embeds a text as its hashed words, so it loads in no time and lexical neighbours are near.
+FAISS, the router and the cache the tests run with stay real.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from retrieval import generation as gen
 
@@ -107,8 +113,8 @@ class ScriptedEngine:
 
 
 def scripted_service(config: Any, embedder: Any, engine: ScriptedEngine, *, cache: Any = None) -> Any:
-    """A RagService of the library path over ``config``'s first model answered by ``engine``, with the
-    real embedder and a FAISS index in ``config.index.dir``."""
+    """A RagService of the library path over ``config``'s first model answered by ``engine``, with ``embedder``
+    (the real one or a `HashingEmbedder`) and a FAISS index in ``config.index.dir``."""
     from retrieval.retriever import Retriever
     from services.deployments.retriever import RetrieverService
     from services.deployments.worker import Worker
@@ -127,3 +133,73 @@ def scripted_config(index_dir: Any, **sections: Any) -> Any:
     from tests.utils.factories import app_config
 
     return app_config(index_dir, **sections)
+
+
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def _bucket(word: str, size: int) -> int:
+    return int.from_bytes(hashlib.blake2b(word.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big") % size
+
+
+class _Encoding(dict[str, Any]):
+    """What a Hugging Face tokenizer's call returns, as far as Ragyard reads it: ``["input_ids"]`` and
+    ``.input_ids``."""
+
+    @property
+    def input_ids(self) -> Any:
+        return self["input_ids"]
+
+
+class WordTokenizer:
+    """Words and punctuation marks as tokens (ids are stable hashes), called the way Ragyard calls a Hugging Face
+    tokenizer (the chunker counts with it, `/v1/embeddings` reports its counts)."""
+
+    vocab_size = 30522
+    cls_id, sep_id = 101, 102
+
+    def _ids(self, text: str, special: bool) -> list[int]:
+        ids = [1000 + _bucket(w.lower(), self.vocab_size - 1000) for w in _WORD.findall(text)]
+        return [self.cls_id, *ids, self.sep_id] if special else ids
+
+    def __call__(self, text: str | list[str], add_special_tokens: bool = True, **_: Any) -> _Encoding:
+        if isinstance(text, str):
+            return _Encoding(input_ids=self._ids(text, add_special_tokens))
+        return _Encoding(input_ids=[self._ids(t, add_special_tokens) for t in text])
+
+
+@dataclass
+class _Limits:
+    max_seq_length: int = 256
+
+
+class HashingEmbedder:
+    """The embedder's interface (`retrieval.embedder.Embedder`) without a model: a text's vector is its
+    lower-cased words hashed into ``dim`` signed buckets, L2-normalised, so texts sharing words are near and
+    the same text always embeds the same. Its dimension is MiniLM's, so the router's classifier reads it."""
+
+    def __init__(self, dim: int = 384, name: str = "hashing-embedder") -> None:
+        self.dim, self.name = dim, name
+        self.tokenizer = WordTokenizer()
+        self.model = _Limits()
+        self.encoded = 0  # texts embedded so far (tests read it to see that work was or was not done)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            words = [w.lower() for w in _WORD.findall(text) if w.isalnum() or w == "_"][: self.model.max_seq_length]
+            for word in words or [text]:
+                h = _bucket(word, 2 * self.dim)
+                out[row, h % self.dim] += 1.0 if h < self.dim else -1.0
+            norm = float(np.linalg.norm(out[row]))
+            out[row] = out[row] / norm if norm else out[row]
+            if not norm:
+                out[row, 0] = 1.0
+        self.encoded += len(texts)
+        return out
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.encode(list(texts)).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.encode([text])[0].tolist()

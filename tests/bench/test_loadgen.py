@@ -16,12 +16,16 @@ from bench import loadgen
 from services.http.app import create_app
 from tests.fakes import ScriptedEngine, scripted_config, scripted_service
 
-pytestmark = [pytest.mark.integration, pytest.mark.model]  # the real embedder
+pytestmark = pytest.mark.unit  # the scripted engine and the hashing embedder
 
 
 @pytest.mark.parametrize("shape", ["burst", "concurrency", "rate"])
-def test_each_load_shape_streams_and_accounts_for_every_request(shape: str, embedder: Any, tmp_path: Path) -> None:
-    svc = scripted_service(scripted_config(tmp_path / "index"), embedder, ScriptedEngine("Zorblat is the capital."))
+def test_each_load_shape_streams_and_accounts_for_every_request(
+    shape: str, hashing_embedder: Any, tmp_path: Path
+) -> None:
+    svc = scripted_service(
+        scripted_config(tmp_path / "index"), hashing_embedder, ScriptedEngine("Zorblat is the capital.")
+    )
     reqs = tmp_path / "reqs.jsonl"
     reqs.write_text("".join(json.dumps({"question": f"Question {n}?", "tier": "gold"}) + "\n" for n in range(4)))
     args = argparse.Namespace(

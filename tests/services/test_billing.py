@@ -1,4 +1,4 @@
-"""Exact billing through the answer pipeline, on the scripted engine with the real embedder and router:
+"""Exact billing through the answer pipeline, on the scripted engine with the hashing embedder and the real router:
 a tenant is charged what the model ran for it when the answer is delivered, when the engine fails part
 way, when the client leaves mid-stream, and for a cached answer at the policy's cache charge."""
 
@@ -16,13 +16,13 @@ from router.plan import SlaContext
 from services.pipeline import AnswerRequest, RagService, build_cache
 from tests.fakes import EngineFailure, ScriptedEngine, scripted_config, scripted_service
 
-pytestmark = [pytest.mark.integration, pytest.mark.model]  # the real embedder
+pytestmark = pytest.mark.unit  # the scripted engine and the hashing embedder
 
 MODEL = "smollm2-135m-instruct"
 ANSWER = "one two three four five six seven eight"
 
 
-def _service(embedder: Any, tmp: Path, cache_charge: float) -> tuple[RagService, ScriptedEngine, Any]:
+def _service(hashing_embedder: Any, tmp: Path, cache_charge: float) -> tuple[RagService, ScriptedEngine, Any]:
     policy = tmp / f"sla-{cache_charge}.yaml"
     policy.write_text(
         "default_tier: standard\ntiers: {standard: {priority: 1, latency_ms: 600000}}\n"
@@ -36,7 +36,7 @@ def _service(embedder: Any, tmp: Path, cache_charge: float) -> tuple[RagService,
         sla={"enabled": True, "policy_path": str(policy), "budget_url": "memory://"},
     )
     engine = ScriptedEngine(ANSWER)
-    svc: RagService = scripted_service(config, embedder, engine, cache=build_cache(config))
+    svc: RagService = scripted_service(config, hashing_embedder, engine, cache=build_cache(config))
     controller = svc.router.target.controller  # type: ignore[attr-defined]
     return svc, engine, controller
 
@@ -52,8 +52,8 @@ def _spent(controller: Any) -> int:
 
 
 @pytest.fixture()
-def env(embedder: Any, tmp_path: Path) -> Iterator[tuple[RagService, ScriptedEngine, Any]]:
-    yield _service(embedder, tmp_path, 1.0)
+def env(hashing_embedder: Any, tmp_path: Path) -> Iterator[tuple[RagService, ScriptedEngine, Any]]:
+    yield _service(hashing_embedder, tmp_path, 1.0)
 
 
 def test_a_delivered_answer_and_its_cached_copy_are_charged(env: tuple[RagService, ScriptedEngine, Any]) -> None:
@@ -66,8 +66,8 @@ def test_a_delivered_answer_and_its_cached_copy_are_charged(env: tuple[RagServic
     assert _spent(controller) == 2 * used  # cache_charge 1.0: the original tokens
 
 
-def test_a_cached_answer_at_a_lower_cache_charge(embedder: Any, tmp_path: Path) -> None:
-    svc, _, controller = _service(embedder, tmp_path, 0.25)
+def test_a_cached_answer_at_a_lower_cache_charge(hashing_embedder: Any, tmp_path: Path) -> None:
+    svc, _, controller = _service(hashing_embedder, tmp_path, 0.25)
     used = asyncio.run(svc.answer(_req())).usage
     asyncio.run(svc.answer(_req()))
     quarter = -(-used.prompt_tokens // 4) + -(-used.completion_tokens // 4)  # each rounded up
@@ -95,7 +95,9 @@ def test_a_failure_part_way_is_charged_what_ran(env: tuple[RagService, ScriptedE
     assert charged == engine.count_tokens(engine.prompts[-1]) + 3
 
 
-def test_a_policy_that_fails_while_preparing_is_charged_its_earlier_calls(embedder: Any, tmp_path: Path) -> None:
+def test_a_policy_that_fails_while_preparing_is_charged_its_earlier_calls(
+    hashing_embedder: Any, tmp_path: Path
+) -> None:
     """`multi` reasons step by step before its answer: when its second reasoning call fails, the first call's
     tokens are charged all the same (they used to count only once preparing finished)."""
     calls = 0
@@ -107,7 +109,7 @@ def test_a_policy_that_fails_while_preparing_is_charged_its_earlier_calls(embedd
             raise EngineFailure("scripted failure on the second reasoning call")
         return "The first clue points north."
 
-    svc, engine, controller = _service(embedder, tmp_path, 1.0)
+    svc, engine, controller = _service(hashing_embedder, tmp_path, 1.0)
     engine.reply = reply
     req = AnswerRequest(
         question=Question(text="Where does the trail lead?"),

@@ -1,6 +1,7 @@
 """The one answer pipeline (`RagService._events` over `answer_events`) with a scripted engine: `answer`
 and `stream` give the same record, the stream's deltas join to the answer, a failing engine caches
-nothing and leaves the next request whole. The embedder, FAISS, router and response cache are real."""
+nothing and leaves the next request whole. FAISS, the router and the response cache are real; the embedder is
+the hashing one."""
 
 from __future__ import annotations
 
@@ -22,15 +23,15 @@ from services.pipeline import Answer, AnswerRequest, RagService, StreamEvent, bu
 from services.pipeline.clients import RetrieverClient, local_retriever, local_worker
 from tests.fakes import EngineFailure, ScriptedEngine
 
-pytestmark = [pytest.mark.integration, pytest.mark.model]  # the real embedder
+pytestmark = pytest.mark.unit  # the scripted engine and the hashing embedder
 
 MODEL = "smollm2-135m-instruct"
 
 
 @pytest.fixture(scope="module")
-def retriever(embedder: Any, session_tmp: Path) -> RetrieverClient:
+def retriever(hashing_embedder: Any, session_tmp: Path) -> RetrieverClient:
     config = load_config({"index": {"dir": str(session_tmp / "pipeline-index")}, "corpus": {"ingest_on_start": False}})
-    svc = RetrieverService(config, retriever=Retriever.create(index_dir=config.index.dir, embedder=embedder))
+    svc = RetrieverService(config, retriever=Retriever.create(index_dir=config.index.dir, embedder=hashing_embedder))
     svc.retriever.ingest(
         [
             Document(id="bridge", title="Lim bridge", text="The Lim bridge is maintained by the Quux company."),

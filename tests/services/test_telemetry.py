@@ -80,12 +80,11 @@ def test_a_multi_step_request_traces_every_step(local_service: Any, spans: Any) 
     assert lookups == ["get", "put"]
 
 
-@pytest.mark.integration
-@pytest.mark.model  # the real embedder
-def test_keep_alive_comments_fill_a_silent_stream(embedder: Any, tmp_path: Any) -> None:
+@pytest.mark.unit  # the scripted engine and the hashing embedder
+def test_keep_alive_comments_fill_a_silent_stream(hashing_embedder: Any, tmp_path: Any) -> None:
     hold = threading.Event()
     config = scripted_config(tmp_path / "index", server={"sse_keepalive_s": 0.05})
-    svc = scripted_service(config, embedder, ScriptedEngine("one two three", hold=hold))
+    svc = scripted_service(config, hashing_embedder, ScriptedEngine("one two three", hold=hold))
     timer = threading.Timer(0.6, hold.set)
     body = {"model": "auto", "messages": [{"role": "user", "content": "Count."}], "stream": True, "policy": "none"}
     with TestClient(create_app(svc)) as client:

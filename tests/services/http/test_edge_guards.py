@@ -20,7 +20,7 @@ from services.http.app import create_app
 from services.pipeline import RagService
 from tests.fakes import ScriptedEngine, scripted_config, scripted_service
 
-pytestmark = [pytest.mark.integration, pytest.mark.model]  # the real embedder
+pytestmark = pytest.mark.unit  # the scripted engine and the hashing embedder
 
 MODEL = "smollm2-135m-instruct"
 CHAT = "/v1/chat/completions"
@@ -29,9 +29,9 @@ ASK = {"model": MODEL, "messages": [{"role": "user", "content": "Capital?"}], "p
 
 
 @pytest.fixture(scope="module")
-def svc(embedder: Any, session_tmp: Path) -> RagService:
+def svc(hashing_embedder: Any, session_tmp: Path) -> RagService:
     config = scripted_config(session_tmp / "guards-index")
-    service: RagService = scripted_service(config, embedder, ScriptedEngine("Zorblat is the capital."))
+    service: RagService = scripted_service(config, hashing_embedder, ScriptedEngine("Zorblat is the capital."))
     return service
 
 

@@ -1,7 +1,7 @@
 """The HTTP edge's control flow over the scripted engine (tests/fakes.py): a failure after the 200 goes
 into the stream as an OpenAI error event, an engine failure on a plain request is a 500 in OpenAI's
 shape that says no more, every row of the error table has its status, and a request needing an
-unreachable budget store is a 503. The embedder, FAISS, router and cache are real."""
+unreachable budget store is a 503. FAISS, the router and the cache are real; the embedder is the hashing one."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from services.pipeline import RagService
 from services.pipeline.clients import local_retriever, local_worker
 from tests.fakes import ScriptedEngine
 
-pytestmark = [pytest.mark.integration, pytest.mark.model]  # the real embedder
+pytestmark = pytest.mark.unit  # the scripted engine and the hashing embedder
 
 MODEL = "smollm2-135m-instruct"
 CHAT = "/v1/chat/completions"
@@ -42,7 +42,7 @@ def engine() -> ScriptedEngine:
 
 
 @pytest.fixture(scope="module")
-def client(engine: ScriptedEngine, embedder: Any, session_tmp: Path) -> Iterator[TestClient]:
+def client(engine: ScriptedEngine, hashing_embedder: Any, session_tmp: Path) -> Iterator[TestClient]:
     config = load_config(
         {
             "models": [{"id": MODEL}],
@@ -52,7 +52,7 @@ def client(engine: ScriptedEngine, embedder: Any, session_tmp: Path) -> Iterator
         }
     )
     retriever = local_retriever(
-        RetrieverService(config, retriever=Retriever.create(index_dir=config.index.dir, embedder=embedder))
+        RetrieverService(config, retriever=Retriever.create(index_dir=config.index.dir, embedder=hashing_embedder))
     )
     svc = RagService(config, retriever, {MODEL: local_worker(Worker(config, MODEL, engine=engine))}, cache=None)
     app = create_app(svc)
@@ -177,7 +177,7 @@ def test_each_lower_layer_error_has_its_status(client: TestClient, n: int) -> No
 
 
 def test_readyz_says_what_is_wrong_with_corrupt_router_artifacts(
-    engine: ScriptedEngine, embedder: Any, session_tmp: Path, tmp_path: Path
+    engine: ScriptedEngine, hashing_embedder: Any, session_tmp: Path, tmp_path: Path
 ) -> None:
     """A corrupt classifier and quality table do not stop the service (adaptive falls back, auto is the
     first model); /readyz names both, and a question is still answered with the fallback plan."""
@@ -192,7 +192,7 @@ def test_readyz_says_what_is_wrong_with_corrupt_router_artifacts(
         }
     )
     retriever = local_retriever(
-        RetrieverService(config, retriever=Retriever.create(index_dir=config.index.dir, embedder=embedder))
+        RetrieverService(config, retriever=Retriever.create(index_dir=config.index.dir, embedder=hashing_embedder))
     )
     svc = RagService(config, retriever, {MODEL: local_worker(Worker(config, MODEL, engine=engine))})
     with TestClient(create_app(svc)) as c:
@@ -206,7 +206,7 @@ def test_readyz_says_what_is_wrong_with_corrupt_router_artifacts(
 
 
 def test_an_unreachable_budget_store_is_a_503(
-    engine: ScriptedEngine, embedder: Any, session_tmp: Path, tmp_path: Path
+    engine: ScriptedEngine, hashing_embedder: Any, session_tmp: Path, tmp_path: Path
 ) -> None:
     """The SLA controller's budgets live in Redis; with Redis down (a closed loopback port) a tenant's
     request gets 503 budget_store_unavailable, not a 500, and nothing runs on the model."""
@@ -232,7 +232,7 @@ def test_an_unreachable_budget_store_is_a_503(
         }
     )
     retriever = local_retriever(
-        RetrieverService(config, retriever=Retriever.create(index_dir=config.index.dir, embedder=embedder))
+        RetrieverService(config, retriever=Retriever.create(index_dir=config.index.dir, embedder=hashing_embedder))
     )
     svc = RagService(config, retriever, {MODEL: local_worker(Worker(config, MODEL, engine=engine))})
     asked = len(engine.prompts)
@@ -247,7 +247,9 @@ def test_an_unreachable_budget_store_is_a_503(
     assert len(engine.prompts) == asked
 
 
-def test_the_middleware_counts_what_it_refuses(engine: ScriptedEngine, embedder: Any, session_tmp: Path) -> None:
+def test_the_middleware_counts_what_it_refuses(
+    engine: ScriptedEngine, hashing_embedder: Any, session_tmp: Path
+) -> None:
     """A request without a key is a 401, counted by route and status (an unknown path as "other"); a body
     declared over the limit is a 413 in OpenAI's shape (a chunked one too: test_edge_guards.py); a request
     with the key is answered."""
@@ -261,7 +263,7 @@ def test_the_middleware_counts_what_it_refuses(engine: ScriptedEngine, embedder:
         }
     )
     retriever = local_retriever(
-        RetrieverService(config, retriever=Retriever.create(index_dir=config.index.dir, embedder=embedder))
+        RetrieverService(config, retriever=Retriever.create(index_dir=config.index.dir, embedder=hashing_embedder))
     )
     svc = RagService(config, retriever, {MODEL: local_worker(Worker(config, MODEL, engine=engine))}, cache=None)
 

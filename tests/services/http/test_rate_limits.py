@@ -18,14 +18,15 @@ from services.http.app import create_app
 from services.http.ratelimit import Slots
 from tests.fakes import ScriptedEngine, scripted_config, scripted_service
 
-pytestmark = [pytest.mark.integration, pytest.mark.model]  # the real embedder
+# The scripted engine and the hashing embedder: the memory store's tests are unit tests, the Redis store's need a
+# real redis-server.
 
 MODEL = "smollm2-135m-instruct"
 CHAT = "/v1/chat/completions"
 ASK = {"model": MODEL, "messages": [{"role": "user", "content": "Capital?"}], "policy": "none", "max_tokens": 8}
 
 
-def _app(embedder: Any, tmp: Path, limits: str, url: str | None, engine: ScriptedEngine) -> Any:
+def _app(hashing_embedder: Any, tmp: Path, limits: str, url: str | None, engine: ScriptedEngine) -> Any:
     name = f"t{uuid.uuid4().hex[:8]}"  # a tenant of its own: Redis keeps counts across tests
     policy = tmp / "sla.yaml"
     policy.write_text(
@@ -37,12 +38,17 @@ def _app(embedder: Any, tmp: Path, limits: str, url: str | None, engine: Scripte
     config = scripted_config(
         tmp / "index", sla={"enabled": True, "policy_path": str(policy), "budget_url": url or "memory://"}
     )
-    svc = scripted_service(config, embedder, engine)
+    svc = scripted_service(config, hashing_embedder, engine)
     app = create_app(svc, sla_policy=PolicyStore(policy, reload_interval_s=60), rate_limit_url=url)
     return app, {"authorization": f"Bearer k-{name}"}
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(
+    params=[
+        pytest.param("memory", marks=pytest.mark.unit),
+        pytest.param("redis", marks=[pytest.mark.integration, pytest.mark.redis]),
+    ]
+)
 def store(request: pytest.FixtureRequest) -> str | None:
     if request.param == "memory":
         return None
@@ -50,8 +56,8 @@ def store(request: pytest.FixtureRequest) -> str | None:
     return url
 
 
-def test_requests_per_minute(embedder: Any, tmp_path: Path, store: str | None) -> None:
-    app, key = _app(embedder, tmp_path, "{rpm: 3}", store, ScriptedEngine("Zorblat."))
+def test_requests_per_minute(hashing_embedder: Any, tmp_path: Path, store: str | None) -> None:
+    app, key = _app(hashing_embedder, tmp_path, "{rpm: 3}", store, ScriptedEngine("Zorblat."))
     with TestClient(app) as c:
         remaining = []
         for _ in range(3):
@@ -74,8 +80,8 @@ def test_requests_per_minute(embedder: Any, tmp_path: Path, store: str | None) -
         assert free.status_code == 200 and "x-ratelimit-limit-requests" not in free.headers
 
 
-def test_tokens_per_minute(embedder: Any, tmp_path: Path, store: str | None) -> None:
-    app, key = _app(embedder, tmp_path, "{tpm: 40}", store, ScriptedEngine("one two three four five six"))
+def test_tokens_per_minute(hashing_embedder: Any, tmp_path: Path, store: str | None) -> None:
+    app, key = _app(hashing_embedder, tmp_path, "{tpm: 40}", store, ScriptedEngine("one two three four five six"))
     with TestClient(app) as c:
         first = c.post(CHAT, json=ASK, headers=key)
         assert first.status_code == 200 and first.headers["x-ratelimit-remaining-tokens"] == "40"
@@ -93,9 +99,9 @@ def test_tokens_per_minute(embedder: Any, tmp_path: Path, store: str | None) -> 
         assert c.get("/v1/documents", headers=key).status_code == 200  # a listing runs no model
 
 
-def test_answers_in_progress(embedder: Any, tmp_path: Path, store: str | None) -> None:
+def test_answers_in_progress(hashing_embedder: Any, tmp_path: Path, store: str | None) -> None:
     hold = threading.Event()
-    app, key = _app(embedder, tmp_path, "{max_concurrent: 1}", store, ScriptedEngine("a b c d", hold=hold))
+    app, key = _app(hashing_embedder, tmp_path, "{max_concurrent: 1}", store, ScriptedEngine("a b c d", hold=hold))
     with TestClient(app) as c:
         with c.stream("POST", CHAT, json={**ASK, "stream": True}, headers=key) as open_stream:
             assert open_stream.status_code == 200
@@ -108,6 +114,7 @@ def test_answers_in_progress(embedder: Any, tmp_path: Path, store: str | None) -
         assert c.post(CHAT, json=ASK, headers=key).status_code == 200  # the slot came back
 
 
+@pytest.mark.integration
 @pytest.mark.redis
 def test_slots_free_themselves_when_a_lease_passes(redis_url: str) -> None:
     import asyncio

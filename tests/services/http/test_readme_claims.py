@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from services.http.app import create_app
 from tests.fakes import ScriptedEngine, scripted_config, scripted_service
 
-pytestmark = [pytest.mark.integration, pytest.mark.model]
+pytestmark = pytest.mark.unit  # the scripted engine and the hashing embedder
 
 CHAT = "/v1/chat/completions"
 
@@ -26,11 +26,13 @@ def _ask(**over: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def svc(embedder: Any, session_tmp: Path) -> Any:
+def svc(hashing_embedder: Any, session_tmp: Path) -> Any:
     config = scripted_config(session_tmp / "claims-index", cache={"response_cache_url": "memory://"})
     from services.pipeline import build_cache
 
-    return scripted_service(config, embedder, ScriptedEngine("Zorblat is the capital."), cache=build_cache(config))
+    return scripted_service(
+        config, hashing_embedder, ScriptedEngine("Zorblat is the capital."), cache=build_cache(config)
+    )
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tenancy at the HTTP edge, on the scripted engine with the real embedder and FAISS: each tenant's
+"""Tenancy at the HTTP edge, on the scripted engine with the hashing embedder and real FAISS: each tenant's
 documents are its own (found, listed, replaced and deleted only by it), the shared namespace is read by
 all and written by operators, and one tenant's cached answer is never another's."""
 
@@ -16,7 +16,7 @@ from services.http.app import create_app
 from services.pipeline import RagService, build_cache
 from tests.fakes import ScriptedEngine, scripted_config, scripted_service
 
-pytestmark = [pytest.mark.integration, pytest.mark.model]  # the real embedder
+pytestmark = pytest.mark.unit  # the scripted engine and the hashing embedder
 
 MODEL = "smollm2-135m-instruct"
 OP = {"authorization": "Bearer op-key"}
@@ -26,7 +26,7 @@ SECRET = "The acme launch code is tangerine-42."
 
 
 @pytest.fixture
-def env(embedder: Any, tmp_path: Any) -> Iterator[tuple[TestClient, RagService]]:
+def env(hashing_embedder: Any, tmp_path: Any) -> Iterator[tuple[TestClient, RagService]]:
     """A fresh service and index per test: each test's documents are its own, in any order."""
     tmp = tmp_path
     policy = tmp / "sla.yaml"
@@ -36,7 +36,9 @@ def env(embedder: Any, tmp_path: Any) -> Iterator[tuple[TestClient, RagService]]
         encoding="utf-8",
     )
     config = scripted_config(tmp / "index", cache={"response_cache_url": "memory://"})
-    svc: RagService = scripted_service(config, embedder, ScriptedEngine("tangerine-42."), cache=build_cache(config))
+    svc: RagService = scripted_service(
+        config, hashing_embedder, ScriptedEngine("tangerine-42."), cache=build_cache(config)
+    )
     app = create_app(svc, api_keys=["op-key"], sla_policy=PolicyStore(policy, reload_interval_s=0))
     with TestClient(app) as c:
         yield c, svc
