@@ -134,7 +134,7 @@ def train_from_runs(
     model_cost = {m: sum(v["latency_s"] for v in ps.values()) / len(ps) for m, ps in build_table(runs)["cost"].items()}
     labelled = ladder_labels(runs, model_cost)
     # Each label keeps the F1 its policies got (mean over the models that tried them): the SLA controller's
-    # per-policy fallback table (router.controller.measured_quality) is read from these.
+    # per-policy fallback table (router.planning.Planner.measured_quality) is read from these.
     f1s: dict[tuple[Any, Any, str], list[float]] = {}
     for r in runs:
         f1s.setdefault((r["file"], r["id"], r["policy"]), []).append(float(r["f1"]))

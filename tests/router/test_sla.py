@@ -287,7 +287,7 @@ def test_decision_rule_best_quality_that_fits() -> None:
     assert d.plan.policy == "single"
     # Ties go to the cheaper plan.
     tie = _controller()
-    tie.measured_quality = tie_q = {p: {"A": 0.5, "B": 0.5, "C": 0.5} for p in QUALITY}
+    tie.planner.measured_quality = tie_q = {p: {"A": 0.5, "B": 0.5, "C": 0.5} for p in QUALITY}
     assert tie.quality_table(tie.store.policy) is tie_q
     _teach(tie, "none", 1.0)
     _teach(tie, "single", 3.0)
@@ -306,7 +306,7 @@ def test_decision_rule_best_quality_that_fits() -> None:
     fl = _controller(
         floor,
     )
-    fl.measured_quality = QUALITY
+    fl.planner.measured_quality = QUALITY
     _teach(fl, "none", 1.0)
     _teach(fl, "single", 3.0)
     d = _decide(fl, tenant=None, cls="A")
@@ -501,9 +501,9 @@ def test_model_quality_table_lets_the_stronger_model_win_on_quality_and_the_chea
 
 
 def test_qualities_within_the_tie_margin_go_to_the_cheaper_plan() -> None:
-    from router.controller import QUALITY_TIE
     from router.eligibility import Candidate
     from router.estimates import Estimate
+    from router.planning import QUALITY_TIE
 
     est = Estimate(1.0, 1.0, 0.5, 100, 10, 5, "plan")
 
