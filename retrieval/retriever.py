@@ -1,11 +1,10 @@
-"""The retriever: chunk, embed and index documents; embed queries and search."""
+"""The retriever: chunk, embed and index documents (through the corpus log when there is one: `retrieval/replica.py`);
+embed queries and search."""
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-import weakref
 from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from retrieval.chunking import Chunker
-from retrieval.corpus_log import READ_COUNT, CorpusLog, LogEntry, LogMeta
+from retrieval.corpus_log import CorpusLog, LogMeta
 from retrieval.documents import (
     CorpusStats,
     Document,
@@ -24,16 +23,14 @@ from retrieval.documents import (
 )
 from retrieval.errors import (
     CorpusBusyError,
-    CorpusLogError,
     DocumentFormatError,
     DocumentNotFoundError,
     DocumentOwnershipError,
     GenerationAheadError,
     GenerationLagError,
-    IndexLockedError,
-    IndexWriteError,
 )
 from retrieval.lexical import LexicalIndex, reciprocal_rank_fusion
+from retrieval.replica import LogReplica, open_replica_store, upsert_records
 from retrieval.store import VectorStore, document_record
 
 if TYPE_CHECKING:
@@ -46,11 +43,6 @@ SearchMode = Literal["dense", "bm25", "hybrid"]
 
 # Tries of a logged write whose check another writer's entry overtook, before the caller is told to retry.
 APPEND_TRIES = 8
-# Seconds between a follower's snapshot saves while entries keep coming (a save serialises the whole index).
-SAVE_EVERY_S = 5.0
-# Replica folders one index directory holds at most (log mode), and those this process's stores hold.
-MAX_REPLICA_DIRS = 64
-_REPLICA_DIRS: weakref.WeakValueDictionary[Path, VectorStore] = weakref.WeakValueDictionary()
 
 
 class Retriever:
@@ -70,10 +62,9 @@ class Retriever:
         # an entry is applied once, in order.
         self._ingest_lock = threading.Lock()
         self.lexical = LexicalIndex(store)
-        self._unsaved = False  # log mode: entries applied since the last snapshot
-        self._saved_at = time.monotonic()
-        if log is not None:
-            self._join_log()
+        self.replica = LogReplica(store, log, self._ingest_lock) if log is not None else None
+        if self.replica is not None:
+            self.replica.join()
 
     @classmethod
     def create(
@@ -97,8 +88,7 @@ class Retriever:
         elif log is None:
             store = VectorStore.open(emb.dim, emb.name, index_dir, lock_timeout_s=lock_timeout_s)
         else:
-            store = _open_replica_dir(emb.dim, emb.name, Path(index_dir))
-            _adopt_legacy_snapshot(store, Path(index_dir), lock_timeout_s)
+            store = open_replica_store(emb.dim, emb.name, Path(index_dir), lock_timeout_s)
         return cls(emb, store, Chunker(emb.tokenizer, chunk_tokens, chunk_overlap_tokens), log)
 
     @property
@@ -150,7 +140,7 @@ class Retriever:
         # The batch is one transaction: a failing upsert or save undoes the batch's changes in memory, and
         # the snapshot on disk is still the one before it.
         with self.store.transaction():
-            self._upsert_all(records, vectors, report)
+            upsert_records(self.store, records, vectors, report)
             if pending:
                 self.store.corpus_generation += 1
                 self.store.save()
@@ -158,10 +148,11 @@ class Retriever:
         return report
 
     def _ingest_logged(self, docs: list[Document]) -> IngestReport:
-        assert self.log is not None
+        replica = self.replica
+        assert replica is not None
         embedded: dict[tuple[str, str], tuple[DocumentRecord, np.ndarray]] = {}
         for _ in range(APPEND_TRIES):
-            self._catch_up_locked()
+            replica.catch_up_locked()
             report, pending = self._check(docs)
             if not pending:
                 report.generation = self.store.corpus_generation
@@ -176,29 +167,13 @@ class Retriever:
             batch = [embedded[(d.id, d.fingerprint)] for d in pending]
             meta: LogMeta = {"op": "upsert", "embedder": self.store.embedder_name, "docs": [r for r, _ in batch]}
             rows = np.vstack([v for _, v in batch]) if batch else np.zeros((0, self.store.dim), np.float32)
-            entry = self._append(meta, rows)
+            entry = replica.append_locked(meta, rows)
             if entry is None:
                 continue  # another writer's entry landed first: catch up and check the batch again
-            self._apply_locked(entry, report)
+            replica.apply_locked(entry, report)
             report.generation = entry.generation
             return report
         raise CorpusBusyError(f"the corpus log moved under this write {APPEND_TRIES} times running; send it again")
-
-    def _append(self, meta: LogMeta, vectors: np.ndarray) -> LogEntry | None:
-        assert self.log is not None
-        entry = LogEntry(0, meta, vectors)
-        generation = self.log.append(self.store.corpus_generation, *entry.encode())
-        return None if generation is None else LogEntry(generation, meta, vectors)
-
-    def _upsert_all(self, records: list[DocumentRecord], vectors: np.ndarray, report: IngestReport | None) -> None:
-        offset = 0
-        for record in records:
-            n = len(record["pieces"])
-            outcome = self.store.upsert_record(record, vectors[offset : offset + n])
-            offset += n
-            if report is not None and outcome != "unchanged":
-                (report.added if outcome == "added" else report.updated).append(record["id"])
-                report.chunks_added += n
 
     @staticmethod
     def _embed_text(doc: Document, text: str) -> str:
@@ -210,80 +185,35 @@ class Retriever:
         caller cannot read is not found). False: there is no such document."""
         with self._ingest_lock:
             for _ in range(APPEND_TRIES):
-                if self.log is not None:
-                    self._catch_up_locked()
+                if self.replica is not None:
+                    self.replica.catch_up_locked()
                 owner = self.store.owner(doc_id)
                 if owner is None:
                     return False
                 if namespace is not None and owner != namespace:
                     raise DocumentOwnershipError(f"document {doc_id!r} belongs to another namespace")
-                if self.log is None:
+                if self.replica is None:
                     with self.store.transaction():
                         self.store.remove(doc_id)
                         self.store.corpus_generation += 1
                         self.store.save()
                     return True
-                entry = self._append({"op": "remove", "id": doc_id}, np.zeros((0, self.store.dim), np.float32))
+                removal: LogMeta = {"op": "remove", "id": doc_id}
+                entry = self.replica.append_locked(removal, np.zeros((0, self.store.dim), np.float32))
                 if entry is not None:
-                    self._apply_locked(entry, None)
+                    self.replica.apply_locked(entry, None)
                     return True
             raise CorpusBusyError(f"the corpus log moved under this removal {APPEND_TRIES} times running; try again")
 
     # -- following the log ---------------------------------------------------------------------
-    def _join_log(self) -> None:
-        """Before serving: make sure the local snapshot continues this log (else start over from the log, or,
-        when the log is empty and the snapshot is not, publish the snapshot as the log's first entry), then
-        catch up."""
-        assert self.log is not None
-        epoch = self.log.epoch()
-        with self._ingest_lock:
-            store = self.store
-            head = self.log.head()
-            if store.epoch == epoch and store.corpus_generation > head:
-                logger.warning(
-                    "index snapshot is at corpus generation %d but the log ends at %d (Redis lost entries): "
-                    "rebuilding this replica from the log",
-                    store.corpus_generation,
-                    head,
-                )
-                store.clear()
-            elif store.epoch != epoch and store.docs:
-                if head == 0 and self._seed_locked():
-                    logger.warning(
-                        "the corpus log was empty: seeded it with this replica's %d documents", len(store.docs)
-                    )
-                else:
-                    logger.warning(
-                        "index snapshot (%d documents) does not come from the corpus log %s: rebuilding from the log",
-                        len(store.docs),
-                        epoch,
-                    )
-                    store.clear()
-            elif store.epoch != epoch:
-                store.clear()
-            store.epoch = epoch
-            self._catch_up_locked()
-            self._save_locked()
-
-    def _seed_locked(self) -> bool:
-        records, vectors = self.store.records()
-        meta: LogMeta = {"op": "upsert", "embedder": self.store.embedder_name, "docs": records, "seed": True}
-        assert self.log is not None
-        generation = self.log.append(0, *LogEntry(0, meta, vectors).encode())
-        if generation is None:
-            return False
-        self.store.corpus_generation = generation
-        self._unsaved = True
-        return True
-
     def catch_up(self, at_least: int | None = None) -> int:
         """Apply what the log holds beyond this replica's generation (with ``at_least``: only when behind it),
         and return the generation. A generation no write has reached is a GenerationAheadError."""
         if at_least is not None and self.store.corpus_generation >= at_least:
             return self.store.corpus_generation
-        if self.log is not None:
+        if self.replica is not None:
             with self._ingest_lock:
-                self._catch_up_locked()
+                self.replica.catch_up_locked()
         if at_least is not None and self.store.corpus_generation < at_least:
             head = self.log.head() if self.log is not None else self.store.corpus_generation
             if at_least > head:
@@ -291,84 +221,12 @@ class Retriever:
             raise GenerationLagError(f"this replica could not reach corpus generation {at_least}; try again")
         return self.store.corpus_generation
 
-    def _catch_up_locked(self) -> None:
-        assert self.log is not None
-        while True:
-            rows = self.log.read(self.store.corpus_generation)
-            self._apply_rows_locked(rows)
-            if len(rows) < READ_COUNT:
-                return
-
-    def _apply_rows_locked(self, rows: list[tuple[int, bytes, bytes]]) -> None:
-        for generation, meta, vectors in rows:
-            if generation <= self.store.corpus_generation:
-                continue  # this replica wrote it, or a catch-up got there first
-            self._apply_locked(LogEntry.decode(generation, meta, vectors, self.store.dim), None)
-
-    def _apply_locked(self, entry: LogEntry, report: IngestReport | None) -> None:
-        if entry.generation != self.store.corpus_generation + 1:
-            raise CorpusLogError(
-                f"corpus log entry {entry.generation} follows generation {self.store.corpus_generation}: a gap"
-            )
-        meta = entry.meta
-        with self.store.transaction():
-            if meta.get("op") == "upsert":
-                if meta.get("embedder") != self.store.embedder_name:
-                    raise CorpusLogError(
-                        f"corpus log entry {entry.generation} was embedded by {meta.get('embedder')}; this replica "
-                        f"embeds with {self.store.embedder_name}"
-                    )
-                records = meta["docs"]
-                for record in records:
-                    owner = self.store.owner(record["id"])
-                    if owner is not None and owner != record["namespace"]:
-                        # Writers check against the head they append at, so this cannot happen; refuse loudly.
-                        raise CorpusLogError(
-                            f"corpus log entry {entry.generation} moves {record['id']!r} across namespaces"
-                        )
-                self._upsert_all(records, entry.vectors, report)
-            elif meta.get("op") == "remove":
-                if self.store.owner(meta["id"]) is not None:
-                    self.store.remove(meta["id"])
-            else:
-                raise CorpusLogError(f"corpus log entry {entry.generation} has an unknown op {meta.get('op')!r}")
-            self.store.corpus_generation = entry.generation
-        self._unsaved = True
-
     def follow(self, stop: threading.Event, *, block_s: float = 1.0) -> None:
-        """Apply other writers' entries as they land, until ``stop`` is set; save the snapshot when the log
-        goes quiet, or every SAVE_EVERY_S while it does not. Runs on a thread of its own (the service's)."""
-        assert self.log is not None
-        failing = False
-        while not stop.is_set():
-            try:
-                rows = self.log.read(self.store.corpus_generation, block_s=block_s)
-                if rows:
-                    with self._ingest_lock:
-                        self._apply_rows_locked(rows)
-                if self._unsaved and (not rows or time.monotonic() - self._saved_at > SAVE_EVERY_S):
-                    with self._ingest_lock:
-                        self._save_locked()
-                if failing:
-                    logger.info("corpus log: following again at generation %d", self.store.corpus_generation)
-                failing = False
-            except Exception as exc:  # noqa: BLE001 - the follower outlives a Redis outage
-                if not failing:
-                    logger.warning("corpus log: cannot follow (%s); retrying every second", exc)
-                failing = True
-                stop.wait(1.0)
+        """Apply other writers' entries as they land, until ``stop`` is set (`LogReplica.follow`)."""
+        assert self.replica is not None
+        self.replica.follow(stop, block_s=block_s)
 
-    def _save_locked(self) -> None:
-        if not self._unsaved:
-            return
-        try:
-            self.store.save()
-        except IndexWriteError as exc:
-            logger.warning("corpus generation %d applied but not saved locally: %s", self.store.corpus_generation, exc)
-            return
-        self._unsaved = False
-        self._saved_at = time.monotonic()
-
+    # -- reading -------------------------------------------------------------------------------
     def documents(self, namespaces: Collection[str] | None = None) -> list[DocumentSummary]:
         return self.store.documents(namespaces)
 
@@ -426,38 +284,3 @@ class Retriever:
             "embedder": self.store.embedder_name,
             "corpus_log": self.log is not None,
         }
-
-
-def _adopt_legacy_snapshot(store: VectorStore, root: Path, lock_timeout_s: float) -> None:
-    """An index directory from before the corpus log holds its snapshot at its root: an empty replica folder
-    takes that snapshot's documents (and joining the log then seeds an empty log with them)."""
-    if store.docs or store.epoch is not None or not (root / "CURRENT").exists():
-        return
-    legacy = VectorStore.open(store.dim, store.embedder_name, root, lock_timeout_s=lock_timeout_s)
-    try:
-        records, vectors = legacy.records()
-    finally:
-        legacy.close()
-    offset = 0
-    for record in records:
-        n = len(record["pieces"])
-        store.upsert_record(record, vectors[offset : offset + n])
-        offset += n
-    logger.info("took %d documents from the index snapshot at %s (from before the corpus log)", len(records), root)
-
-
-def _open_replica_dir(dim: int, embedder_name: str, root: Path) -> VectorStore:
-    """Log mode: this replica's own snapshot folder under ``root``, the first ``replica-N`` no other process
-    holds (so replicas on one host share the directory, and one that restarts finds a snapshot to continue)."""
-    for n in range(MAX_REPLICA_DIRS):
-        path = root / f"replica-{n}"
-        held = _REPLICA_DIRS.get(path)
-        if held is not None and held.holds_lock:
-            continue  # this process's own (the file lock counts per process, so it would let a second in)
-        try:
-            store = VectorStore.open(dim, embedder_name, path, lock_timeout_s=0)
-        except IndexLockedError:
-            continue
-        _REPLICA_DIRS[path] = store
-        return store
-    raise IndexLockedError(f"all {MAX_REPLICA_DIRS} replica folders under {root} are held by other processes")
