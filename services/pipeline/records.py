@@ -13,9 +13,10 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
+from retrieval.answering import Ran
 from retrieval.documents import Passage
 from retrieval.generation import ResponseFormat, TokenLogprob
-from retrieval.policies.base import Question, Ran, Step
+from retrieval.policies.base import Question, Step
 from router.plan import Admission, Plan, RouteDecision, SlaContext
 
 

@@ -12,16 +12,10 @@ from typing import Any
 
 from cache.response_cache import ResponseCache
 from core.capabilities import CHUNK_PRECOMPUTE
+from retrieval.answering import Ran, answer_events, prompt_cache_record
 from retrieval.documents import Document, IngestResult, Passage
 from retrieval.generation import GenerationStats, Precompute, SamplingParams, TokenLogprob
-from retrieval.policies.base import (
-    Escalation,
-    PolicyContext,
-    PolicyResult,
-    Ran,
-    answer_events,
-    prompt_cache_record,
-)
+from retrieval.policies.base import Escalation, PolicyContext, PolicyResult
 from retrieval.policies.registry import get_policy
 from router.plan import Outcome, RouteDecision, RouteRequest
 from services import metrics

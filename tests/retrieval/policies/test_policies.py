@@ -63,8 +63,9 @@ def _contexts(row: dict[str, Any]) -> list[Any]:
 
 def test_dragin_without_attention_runs_on_entropy() -> None:
     """An engine that exposes no attention: RIND falls back to entropy and the trace says so."""
+    from retrieval.answering import run_policy
     from retrieval.generation import GenerationResult, GenerationStats, SamplingParams, SignalResult
-    from retrieval.policies.base import PolicyContext, run_policy
+    from retrieval.policies.base import PolicyContext
     from tests.utils.factories import passage
 
     calls: list[str] = []

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from retrieval.answering import run_policy
 from retrieval.generation import GenerationResult, GenerationStats, SamplingParams
 from retrieval.policies import registry
-from retrieval.policies.base import PolicyContext, Question, run_policy
+from retrieval.policies.base import PolicyContext, Question
 from services.config import load_config
 from services.errors import ConfigError
 from tests.utils.factories import passage
