@@ -115,7 +115,7 @@ def bench_docsqa(
     # As `make run` does at start-up: the corpus's chunks go to the engines that compute their KV ahead,
     # and the questions start once that is done (the figures are the steady state, not the warm-up).
     started = time.perf_counter()
-    queued = asyncio.run(service.precompute_chunks(None))
+    queued = asyncio.run(service.corpus.precompute_chunks(None))
     for mid in queued:
         reuse = getattr(evaluator.workers[mid].engine, "chunk_reuse", None)
         if reuse is not None and not reuse.wait_idle(3600):

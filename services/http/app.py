@@ -39,8 +39,8 @@ def _lifespan(service_or_factory: Any) -> Callable[[FastAPI], AbstractAsyncConte
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         task = None
-        if isinstance(service_or_factory, RagService) and service_or_factory.precompute_models():
-            task = asyncio.create_task(service_or_factory.warm_chunk_kv())
+        if isinstance(service_or_factory, RagService) and service_or_factory.corpus.precompute_models():
+            task = asyncio.create_task(service_or_factory.corpus.warm_chunk_kv())
         try:
             yield
         finally:

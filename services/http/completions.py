@@ -19,6 +19,7 @@ from services.http.deps import Service, sla_context
 from services.http.openai import sampling_of
 from services.http.schemas import CompletionRequest, DetokenizeRequest, TokenizeRequest
 from services.http.sse import event, keep_alive, stream_error
+from services.pipeline.completions import complete
 from services.pipeline.records import AnswerRequest, Completion, StreamEvent
 from services.pipeline.service import RagService
 
@@ -62,7 +63,7 @@ async def completions(body: CompletionRequest, request: Request, svc: Service) -
     prompt = body.text()
     if not body.stream:
         record: Completion | None = None
-        async for ev in svc.complete(req, prompt, decided):
+        async for ev in complete(svc, req, prompt, decided):
             if ev.record is not None:
                 record = ev.record
         assert record is not None, "a completion ends with its record"
@@ -85,7 +86,7 @@ async def completions(body: CompletionRequest, request: Request, svc: Service) -
             }
         )
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    events = completion_events(svc.complete(req, prompt, decided), decided[0].plan.model, created, include_usage)
+    events = completion_events(complete(svc, req, prompt, decided), decided[0].plan.model, created, include_usage)
     return StreamingResponse(
         keep_alive(events, svc.config.server.sse_keepalive_s),
         media_type="text/event-stream",

@@ -98,7 +98,7 @@ async def add_documents(
             source="api",
             namespace=target,
         )
-    result = await svc.ingest(docs)
+    result = await svc.corpus.ingest(docs)
     # The corpus generation that holds the batch: send it back as X-Ragyard-Min-Generation and any retriever
     # replica answers with these documents in view.
     response.headers[GENERATION_HEADER] = str(result.get("generation", 0))

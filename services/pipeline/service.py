@@ -11,10 +11,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from cache.response_cache import ResponseCache
-from core.capabilities import CHUNK_PRECOMPUTE
-from retrieval.answering import Ran, answer_events, prompt_cache_record
-from retrieval.documents import Document, IngestResult, Passage
-from retrieval.generation import GenerationStats, Precompute, SamplingParams, TokenLogprob
+from retrieval.answering import Ran, answer_events
+from retrieval.documents import Passage
+from retrieval.generation import SamplingParams
 from retrieval.policies.base import Escalation, PolicyContext, PolicyResult
 from retrieval.policies.registry import get_policy
 from router.plan import Outcome, RouteDecision, RouteRequest
@@ -23,6 +22,7 @@ from services.config import AppConfig, RetrievalConfig
 from services.errors import InvalidRequestError, ServiceUnavailableError
 from services.pipeline import telemetry
 from services.pipeline.clients import RetrieverClient, RouterClient, WorkerClient, local_router
+from services.pipeline.corpus import CorpusWork
 from services.pipeline.records import (
     Answer,
     AnswerRequest,
@@ -61,6 +61,8 @@ class RagService:
         self.router = router
         self.cache = cache
         self._reports: set[asyncio.Future[Any]] = set()  # SLA reports in flight (kept from the GC)
+        # Ingest and the chunk KV the workers compute ahead (services/pipeline/corpus.py).
+        self.corpus = CorpusWork(config, retriever, workers)
 
     # -- planning ------------------------------------------------------------------------------
     async def decide(self, req: AnswerRequest, *, dry_run: bool = False) -> tuple[RouteDecision, SamplingParams]:
@@ -368,7 +370,7 @@ class RagService:
                 yield StreamEvent(text=ev.text, logprobs=ev.logprobs)
                 continue
             record = self._record(decision, ev.result, key)
-            self._observe(decision, record, ev.result.timings)
+            self.observe(decision, record, ev.result.timings)
             # Only a whole answer gets here: an engine that fails (or aborts) raises before its result.
             if key is not None and self.cache is not None:
                 with telemetry.span("cache", req.span, **{"ragyard.cache.operation": "put"}):
@@ -406,7 +408,7 @@ class RagService:
         metrics.PLAN_REQUESTS.labels(stored.plan.policy, stored.plan.model, "hit").inc()
         return stored.served_from_cache(decision, started)
 
-    def _observe(self, decision: RouteDecision, record: Answer | Completion, timings: dict[str, float]) -> None:
+    def observe(self, decision: RouteDecision, record: Answer | Completion, timings: dict[str, float]) -> None:
         policy, model = decision.plan.policy, decision.plan.model
         metrics.PLAN_REQUESTS.labels(policy, model, record.cache.response).inc()
         metrics.PLAN_LATENCY.labels(policy, model).observe(timings["total_s"])
@@ -419,124 +421,6 @@ class RagService:
                 metrics.CASCADE.labels(model, str(step.get("escalated")).lower(), cls or "none").inc()
         metrics.TOKENS.labels(decision.plan.model, "prompt").inc(record.usage.prompt_tokens)
         metrics.TOKENS.labels(decision.plan.model, "completion").inc(record.usage.completion_tokens)
-
-    # -- the completions API -------------------------------------------------------------------
-    async def complete(
-        self, req: AnswerRequest, prompt: str, decided: tuple[RouteDecision, SamplingParams] | None = None
-    ) -> AsyncIterator[StreamEvent[Completion]]:
-        """A raw prompt continued by the plan's model (no retrieval, no chat template), as text deltas and
-        then the record. Planned and settled like an answer: the SLA controller admits it and is told how it
-        ended, so a tenant's budget and limits count it."""
-        started = time.perf_counter()
-        decision, params = decided or await self.decide(req)
-        worker = self.worker_for(decision.plan.model)
-        first: float | None = None
-        record: Completion | None = None
-        parts: list[str] = []
-        tokens: list[TokenLogprob] = []
-        finish = "length"
-        stats = GenerationStats()
-        error: BaseException | None = None
-        chunks = worker.stream(prompt, params)
-        if req.span is not None:
-            chunks = telemetry.trace_stream(chunks, req.span, decision.plan.model, params)
-        try:
-            async for chunk in chunks:
-                if first is None:
-                    first = time.perf_counter() - started
-                if chunk.prompt_tokens or chunk.completion_tokens:
-                    req.ran.prompt_tokens, req.ran.completion_tokens = chunk.prompt_tokens, chunk.completion_tokens
-                if chunk.logprobs:
-                    tokens += chunk.logprobs
-                if chunk.text or chunk.logprobs:
-                    parts.append(chunk.text)
-                    yield StreamEvent(text=chunk.text, logprobs=chunk.logprobs)
-                if chunk.finish_reason is not None:
-                    finish = chunk.finish_reason
-                if chunk.stats is not None:
-                    stats = chunk.stats
-            req.ran.prompt_tokens, req.ran.completion_tokens = stats.prompt_tokens, stats.completion_tokens
-            timings = {
-                "retrieve_s": 0.0,
-                "queue_s": stats.queue_s,
-                "prefill_s": stats.prefill_s,
-                "decode_s": stats.decode_s,
-                "ttft_s": stats.ttft_s,
-                "total_s": time.perf_counter() - started,
-            }
-            record = Completion(
-                id=new_id("cmpl"),
-                text="".join(parts),
-                finish_reason=finish,
-                model=decision.plan.model,
-                plan=PlanRecord.of(decision),
-                timings=rounded_timings(timings),
-                usage=TokenUsage.of(stats.prompt_tokens, stats.completion_tokens),
-                cache=CacheRecord(response="bypass", **(prompt_cache_record(stats) or {})),
-                speculative=stats.speculative or None,
-                logprobs=openai_logprobs(tokens) if params.logprobs is not None else None,
-                request_id=req.request_id or None,
-            )
-            self._observe(decision, record, timings)
-            await self.finish(decision, record, started, first, req.ran, parent=req.span)
-            yield StreamEvent(record=record)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            if record is None:  # failed, or the client went away: charged what the model ran
-                await self.finish(decision, None, started, ran=req.ran, parent=req.span)
-            self.close_span(req, record, error)
-
-    async def ingest(self, docs: list[Document]) -> IngestResult:
-        result = await self.retriever.ingest(docs)
-        changed = [*result["added"], *result["updated"]]
-        if changed:
-            # The workers compute the new chunks' KV in the background: the ingest never waits for it.
-            self._background(self.precompute_chunks(changed))
-        return result
-
-    def precompute_models(self) -> list[str]:
-        """The models whose engine computes chunk KV ahead and whose config asks for it."""
-        return [
-            m.id
-            for m in self.config.models
-            if m.chunk_cache.enabled and m.chunk_cache.precompute and CHUNK_PRECOMPUTE in m.capabilities
-        ]
-
-    async def precompute_chunks(self, doc_ids: list[str] | None = None) -> dict[str, Precompute]:
-        """Hand the chunks of these documents (None: every document) to each precomputing worker."""
-        models = [m for m in self.precompute_models() if m in self.workers]
-        if not models:
-            return {}
-        bodies = await self.retriever.chunk_bodies(doc_ids)
-        out: dict[str, Precompute] = {}
-        for mid in models:
-            try:
-                out[mid] = await self.workers[mid].precompute(bodies)
-            except Exception as exc:  # noqa: BLE001 - a worker that cannot take them computes on first sight
-                logger.warning("chunk KV precompute on %s failed: %s", mid, exc)
-        return out
-
-    async def warm_chunk_kv(self, *, attempts: int = 60, delay_s: float = 5.0) -> dict[str, Precompute]:
-        """At start-up: once the retriever answers (it indexes the bundled corpus first), queue every stored
-        chunk for the precomputing workers."""
-        if not self.precompute_models():
-            return {}
-        for _ in range(attempts):
-            try:
-                await self.retriever.ready()
-                return await self.precompute_chunks(None)
-            except Exception as exc:  # noqa: BLE001 - not up yet: try again
-                logger.debug("chunk KV warm-up waits for the retriever: %s", exc)
-                await asyncio.sleep(delay_s)
-        logger.warning("chunk KV warm-up gave up: the retriever did not answer")
-        return {}
-
-    def _background(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._reports.add(task)
-        task.add_done_callback(self._reports.discard)
 
     async def worker_metrics(self) -> list[str]:
         """The workers' engine metrics (vLLM's families) in Prometheus text form."""

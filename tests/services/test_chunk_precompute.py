@@ -43,7 +43,7 @@ def test_an_ingest_queues_its_chunks_and_does_not_wait(tmp_path: Path, embedder:
     ]
 
     async def run() -> dict[str, Any]:
-        result = await svc.ingest(docs)
+        result = await svc.corpus.ingest(docs)
         assert engine.precomputed == []  # handed over in the background, after the answer
         for _ in range(100):
             if engine.precomputed:
@@ -58,14 +58,14 @@ def test_an_ingest_queues_its_chunks_and_does_not_wait(tmp_path: Path, embedder:
     assert sorted(texts) == sorted(stored)
     assert "Ferry\nThe Brindle ferry leaves the north pier at nine every morning." in texts
     # Unchanged documents queue nothing.
-    asyncio.run(svc.ingest(docs[:1]))
+    asyncio.run(svc.corpus.ingest(docs[:1]))
     assert len(engine.precomputed) == 1
 
 
 def test_warm_up_hands_the_whole_corpus(tmp_path: Path, embedder: Any) -> None:
     svc, engine = _service(tmp_path, embedder, chunk_cache={"enabled": True})
     svc.retriever.target.retriever.ingest([Document(id="a", title="A", text="Alpha is the first letter.")])
-    out = asyncio.run(svc.warm_chunk_kv(attempts=1))
+    out = asyncio.run(svc.corpus.warm_chunk_kv(attempts=1))
     assert out == {"smollm2-135m-instruct": {"queued": 1, "enabled": True}}
     chunk = next(iter(svc.retriever.target.retriever.store.chunks.values()))
     from retrieval.documents import Passage
@@ -78,7 +78,7 @@ def test_warm_up_hands_the_whole_corpus(tmp_path: Path, embedder: Any) -> None:
 )
 def test_nothing_is_queued_when_the_model_does_not_ask(tmp_path: Path, embedder: Any, model: dict[str, Any]) -> None:
     svc, engine = _service(tmp_path, embedder, **model)
-    assert svc.precompute_models() == []
-    asyncio.run(svc.ingest([Document(id="b", title="B", text="Beta is the second letter.")]))
-    assert asyncio.run(svc.warm_chunk_kv(attempts=1)) == {}
+    assert svc.corpus.precompute_models() == []
+    asyncio.run(svc.corpus.ingest([Document(id="b", title="B", text="Beta is the second letter.")]))
+    assert asyncio.run(svc.corpus.warm_chunk_kv(attempts=1)) == {}
     assert engine.precomputed == []

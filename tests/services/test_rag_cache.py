@@ -32,5 +32,7 @@ def test_new_documents_invalidate_cached_answers(local_service: Any) -> None:
     assert asyncio.run(local_service.answer(req)).cache.response == "hit"
     from retrieval.documents import Document
 
-    asyncio.run(local_service.ingest([Document(title="Lim bridge", text="The Lim bridge is maintained by Quux.")]))
+    asyncio.run(
+        local_service.corpus.ingest([Document(title="Lim bridge", text="The Lim bridge is maintained by Quux.")])
+    )
     assert asyncio.run(local_service.answer(req)).cache.response == "miss"

@@ -26,7 +26,7 @@ def test_registry_lists_and_refuses() -> None:
 @pytest.mark.parametrize("policy", ["none", "single", "multi", "dragin"])
 def test_each_policy_end_to_end_on_real_questions(policy: str, shared_data: Path, local_service: Any) -> None:
     rows = [json.loads(line) for line in (shared_data / "dev_hotpotqa.jsonl").read_text().splitlines()[:2]]
-    asyncio.run(local_service.ingest([d for r in rows for d in _contexts(r)]))
+    asyncio.run(local_service.corpus.ingest([d for r in rows for d in _contexts(r)]))
     for row in rows:
         rec = asyncio.run(
             local_service.answer(
