@@ -72,7 +72,7 @@ def test_bench_spec_vllm_leg_on_one_prompt(engine: Any, shared_data: Path) -> No
     three engines one after the other, on one real RAG prompt."""
     from bench.bench_spec_vllm import bench_vllm
     from retrieval.generation import SamplingParams
-    from tests.services.workers.spec.test_spec_engine import rag_prompts
+    from tests.utils.factories import rag_prompts
 
     if importlib.util.find_spec("vllm") is None:
         # `make test-vllm` sets RAGYARD_REQUIRE_VLLM=1: there a missing vLLM fails instead of skipping.

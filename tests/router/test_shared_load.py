@@ -17,7 +17,7 @@ from router.plan import Complexity, Outcome
 from router.shared_load import SharedLoad
 from router.sla import PolicyStore, parse_policy
 from services.config import load_config
-from tests.router.test_sla import MODEL, POLICY, PRIORS, QUALITY
+from tests.router.sla_tables import MODEL, POLICY, PRIORS, QUALITY
 
 pytestmark = pytest.mark.integration
 

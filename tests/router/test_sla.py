@@ -23,31 +23,12 @@ from router.errors import (
 )
 from router.estimates import Estimator, LoadModel, PlanKey
 from router.plan import Complexity, Outcome
-from router.priors import LatencyPriors
 from router.quality import measured_quality
 from router.sla import PolicyStore, parse_policy, resolve
 from services.config import load_config
+from tests.router.sla_tables import MODEL, POLICY, PRIORS, QUALITY
 
 pytestmark = pytest.mark.unit
-
-MODEL = "smollm2-135m-instruct"
-POLICY: dict[str, Any] = {
-    "default_tier": "standard",
-    "tiers": {
-        "interactive": {"priority": 3, "latency_ms": 6000, "ttft_ms": 3000},
-        "standard": {"priority": 2, "latency_ms": 20000},
-        "batch": {"priority": 1, "latency_ms": 60000, "max_tokens_per_request": 5000},
-    },
-    "tenants": {
-        "acme": {"api_keys": ["k1"], "tier": "interactive", "budget": {"tokens": 100_000}},
-        "tiny": {"api_keys": ["k2"], "tier": "batch", "budget": {"tokens": 3000}},
-    },
-}
-QUALITY = {
-    "none": {"A": 0.9, "B": 0.1, "C": 0.05},
-    "single": {"A": 0.5, "B": 0.6, "C": 0.2},
-    "multi": {"A": 0.5, "B": 0.55, "C": 0.5},
-}
 
 
 def _errors(data: dict[str, Any]) -> str:
@@ -142,20 +123,6 @@ def test_reload_keeps_the_last_good_policy(tmp_path: Path) -> None:
     assert store.status()["reloads"] == {"ok": 2, "rejected": 2}
     with pytest.raises(SlaPolicyError, match="does not exist"):
         PolicyStore(tmp_path / "missing.yaml")
-
-
-# The priors the controller's tests plan with: those measured on SmolLM2-135M (results/policies) that
-# were constants in router/estimates.py before the priors became an artifact.
-PRIORS = LatencyPriors(
-    {
-        MODEL: {
-            "none": {"latency_s": 2.85, "p50_s": 1.42, "ttft_s": 1.0, "prompt_tokens": 57, "completion_tokens": 18},
-            "single": {"latency_s": 5.0, "p50_s": 3.89, "ttft_s": 3.0, "prompt_tokens": 568, "completion_tokens": 22},
-            "multi": {"latency_s": 13.0, "p50_s": 7.22, "ttft_s": 9.0, "prompt_tokens": 1402, "completion_tokens": 42},
-            "dragin": {"latency_s": 10.1, "p50_s": 1.85, "ttft_s": 2.0, "prompt_tokens": 201, "completion_tokens": 23},
-        }
-    }
-)
 
 
 def test_estimator_learns_p95_per_class_and_falls_back() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,3 +35,22 @@ def app_config(index_dir: Any = None, **sections: Any) -> Any:
     if index_dir is not None:
         base["index"] = {"dir": str(index_dir)}
     return load_config({**base, **sections})
+
+
+def rag_prompts(engine: Any, shared_data: Path, n: int) -> list[str]:
+    """Question + top passages from the shared sets, as the workers see them."""
+    from bench.harness import read_rows
+    from retrieval.generation import ChatMessage
+
+    prompts = []
+    for name in ("dev_hotpotqa.jsonl", "dev_boolq.jsonl"):
+        for row in read_rows(shared_data / name, n):
+            passages = "\n".join(
+                f"[{i + 1}] {c['title']}: {c['text'][:400]}" for i, c in enumerate(row["contexts"][:3])
+            )
+            messages = [
+                ChatMessage(role="system", content="Answer the question from the passages."),
+                ChatMessage(role="user", content=f"Passages:\n{passages}\n\nQuestion: {row['question']}"),
+            ]
+            prompts.append(engine.render_chat(messages))
+    return prompts

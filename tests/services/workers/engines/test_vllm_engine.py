@@ -71,7 +71,7 @@ def engines() -> Iterator[Engines]:
 def prompts(engine: Any, shared_data: Path) -> list[str]:
     """Real RAG prompts (question + passages from the shared sets), rendered by the torch engine's
     tokenizer: the same chat template vLLM's engine renders."""
-    from tests.services.workers.spec.test_spec_engine import rag_prompts
+    from tests.utils.factories import rag_prompts
 
     return rag_prompts(engine, shared_data, 3)
 

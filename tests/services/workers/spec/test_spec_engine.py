@@ -7,31 +7,14 @@ from typing import Any
 
 import pytest
 
-from retrieval.generation import ChatMessage, SamplingParams
+from retrieval.generation import SamplingParams
 from services.config import SpeculativeConfig
 from services.workers.spec.base import Draft
 from services.workers.spec.decode import SpecSetup, build_setup
 from services.workers.spec.draft_model import rollback
+from tests.utils.factories import rag_prompts
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
-
-
-def rag_prompts(engine: Any, shared_data: Path, n: int) -> list[str]:
-    """Question + top passages from the shared sets, as the workers see them."""
-    from bench.harness import read_rows
-
-    prompts = []
-    for name in ("dev_hotpotqa.jsonl", "dev_boolq.jsonl"):
-        for row in read_rows(shared_data / name, n):
-            passages = "\n".join(
-                f"[{i + 1}] {c['title']}: {c['text'][:400]}" for i, c in enumerate(row["contexts"][:3])
-            )
-            messages = [
-                ChatMessage(role="system", content="Answer the question from the passages."),
-                ChatMessage(role="user", content=f"Passages:\n{passages}\n\nQuestion: {row['question']}"),
-            ]
-            prompts.append(engine.render_chat(messages))
-    return prompts
 
 
 @pytest.fixture(scope="module")
