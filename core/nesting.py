@@ -16,3 +16,29 @@ def nesting_depth(value: Any) -> int:
             deepest = max(deepest, level)
             stack.extend((c, level + 1) for c in children if isinstance(c, dict | list))
     return deepest
+
+
+def _is_lone_surrogate(ch: str) -> bool:
+    return "\ud800" <= ch <= "\udfff"
+
+
+def lone_surrogate_at(value: Any) -> str | None:
+    """Where a parsed JSON value holds text that is not valid Unicode (a lone surrogate, which a JSON escape
+    such as ``"\\ud800"`` can write and no tokenizer or embedder takes): the path of the first such string,
+    key or value (``messages[0].content``; ``$`` for the value itself), or None. Iterative, like the depth."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, str):
+            if any(_is_lone_surrogate(ch) for ch in node):
+                return path or "$"
+        elif isinstance(node, dict):
+            for key, child in reversed(list(node.items())):
+                name = str(key).encode("utf-8", "backslashreplace").decode("utf-8")  # printable in an error
+                here = f"{path}.{name}" if path else name
+                if any(_is_lone_surrogate(ch) for ch in key):
+                    return here
+                stack.append((child, here))
+        elif isinstance(node, list):
+            stack.extend((child, f"{path}[{i}]") for i, child in reversed(list(enumerate(node))))
+    return None

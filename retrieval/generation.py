@@ -9,12 +9,24 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from typing_extensions import TypedDict  # pydantic and FastAPI read it on Python 3.11
 
 FinishReason = Literal["stop", "length"]
+
+# A temperature below this is greedy decoding (vLLM's rule, its _SAMPLING_EPS): dividing logits by a temperature
+# close enough to zero overflows to inf and the softmax to NaN.
+TEMPERATURE_FLOOR = 1e-5
+
+
+def _floor_temperature(value: float) -> float:
+    return 0.0 if value < TEMPERATURE_FLOOR else value
+
+
+# OpenAI's range, 0 to 2; below TEMPERATURE_FLOOR it is 0 (greedy). Every request body and SamplingParams use it.
+Temperature = Annotated[float, Field(ge=0.0, le=2.0), AfterValidator(_floor_temperature)]
 
 
 class ChatMessage(BaseModel):
@@ -54,12 +66,12 @@ MAX_TOP_LOGPROBS = 20
 
 
 class SamplingParams(BaseModel):
-    """How to pick tokens. temperature 0 is greedy (and then deterministic)."""
+    """How to pick tokens. temperature 0 (or below TEMPERATURE_FLOOR) is greedy, and then deterministic."""
 
     model_config = ConfigDict(frozen=True)
 
     max_tokens: int = Field(256, gt=0)
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    temperature: Temperature = 0.0
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: tuple[str, ...] = ()
     seed: int | None = None

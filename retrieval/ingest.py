@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from core.nesting import lone_surrogate_at, nesting_depth
 from retrieval.documents import SHARED_NAMESPACE, Document, check_metadata
 from retrieval.errors import DocumentFormatError, UnsupportedDocumentTypeError
 
@@ -14,6 +15,12 @@ logger = logging.getLogger(__name__)
 
 DocumentType = Literal["text", "markdown", "jsonl"]
 DOCUMENT_TYPES: tuple[DocumentType, ...] = ("text", "markdown", "jsonl")
+
+# Documents one upload may hold, whatever its format (a JSON list, JSONL lines, or both: a JSON list of JSONL
+# payloads counts every document in it); the API passes it, the CLI reading local files does not.
+MAX_DOCUMENTS = 10_000
+# How deep one JSONL line may nest (the edge bounds JSON bodies as deep, `server.max_json_depth`'s default).
+JSONL_DEPTH = 32
 
 _SUFFIXES: dict[str, DocumentType] = {
     ".txt": "text",
@@ -78,11 +85,12 @@ def parse(
     source: str = "",
     metadata: dict[str, Any] | None = None,
     namespace: str = SHARED_NAMESPACE,
+    max_documents: int | None = None,
 ) -> list[Document]:
-    """Parse one uploaded payload into documents of ``namespace``."""
+    """Parse one uploaded payload into documents of ``namespace`` (JSONL: at most ``max_documents``)."""
     kind = check_type(doc_type)
     if kind == "jsonl":
-        return parse_jsonl(content, source=source, namespace=namespace)
+        return parse_jsonl(content, source=source, namespace=namespace, max_documents=max_documents)
     if not content.strip():
         raise DocumentFormatError("the document is empty")
     if kind == "markdown" and not title:
@@ -90,21 +98,39 @@ def parse(
     return [Document(id=doc_id, title=title, text=content, source=source, metadata=metadata or {}, namespace=namespace)]
 
 
-def parse_jsonl(content: str, *, source: str = "", namespace: str = SHARED_NAMESPACE) -> list[Document]:
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def parse_jsonl(
+    content: str, *, source: str = "", namespace: str = SHARED_NAMESPACE, max_documents: int | None = None
+) -> list[Document]:
     """One JSON object a line: a QA row with ``contexts`` (each context becomes a document, the same
-    title and text once), or a document with ``text`` (and optional ``id``, ``title``, ``metadata``)."""
-    docs: dict[str, Document] = {}
+    title and text once), or a document with ``text`` (and optional ``id``, ``title``, ``metadata``). At most
+    ``max_documents`` documents when given; an id given twice is the retriever's to judge (the same
+    document is taken once, two different ones under one id are refused), as in a JSON upload."""
+    docs: list[Document] = []
+    contexts_seen: set[str] = set()
     for lineno, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line, parse_constant=_refuse_constant)
         except json.JSONDecodeError as exc:
             raise DocumentFormatError(f"line {lineno}: not valid JSON ({exc.msg})") from exc
+        except ValueError as exc:  # NaN or Infinity
+            raise DocumentFormatError(f"line {lineno}: not valid JSON ({exc})") from exc
         except RecursionError as exc:
             raise DocumentFormatError(f"line {lineno}: JSON nested too deep") from exc
         if not isinstance(row, dict):
             raise DocumentFormatError(f"line {lineno}: expected a JSON object")
+        if nesting_depth(row) > JSONL_DEPTH:
+            raise DocumentFormatError(f"line {lineno}: JSON nested deeper than {JSONL_DEPTH} levels")
+        bad_text = lone_surrogate_at(row)
+        if bad_text is not None:
+            raise DocumentFormatError(
+                f"line {lineno}: {bad_text} holds text that is not valid Unicode (a lone surrogate such as \\ud800)"
+            )
         if "contexts" in row:
             contexts = row["contexts"]
             if not isinstance(contexts, list):
@@ -116,7 +142,9 @@ def parse_jsonl(content: str, *, source: str = "", namespace: str = SHARED_NAMES
                 if not isinstance(title, str):
                     raise DocumentFormatError(f"line {lineno}: contexts[{n}].title must be a string")
                 doc = Document(title=title, text=ctx["text"], source=source, namespace=namespace)
-                docs.setdefault(doc.id, doc)
+                if doc.id not in contexts_seen:  # the same context in several QA rows: one document
+                    contexts_seen.add(doc.id)
+                    docs.append(doc)
         elif "text" in row:
             text, title, did = row["text"], row.get("title", ""), row.get("id", "")
             if not isinstance(text, str) or not text.strip():
@@ -128,12 +156,14 @@ def parse_jsonl(content: str, *, source: str = "", namespace: str = SHARED_NAMES
             except ValueError as exc:
                 raise DocumentFormatError(f"line {lineno}: {exc}") from exc
             doc = Document(id=str(did), title=title, text=text, source=source, metadata=meta, namespace=namespace)
-            docs[doc.id] = doc
+            docs.append(doc)
         else:
             raise DocumentFormatError(f"line {lineno}: expected 'contexts' (QA format) or 'text' (a document)")
+        if max_documents is not None and len(docs) > max_documents:
+            raise DocumentFormatError(f"line {lineno}: the upload holds more than {max_documents} documents")
     if not docs:
         raise DocumentFormatError("the JSONL payload holds no documents")
-    return list(docs.values())
+    return docs
 
 
 def load_path(path: str | Path) -> list[Document]:

@@ -109,7 +109,7 @@ class Retriever:
         """The batch against the corpus as this replica holds it: what is unchanged, and what to index."""
         report = IngestReport()
         pending: list[Document] = []
-        seen: set[str] = set()
+        seen: dict[str, str] = {}  # id -> fingerprint, in this batch
         for doc in docs:
             if not doc.text.strip():
                 raise DocumentFormatError(f"document {doc.id!r} has no text")
@@ -117,8 +117,13 @@ class Retriever:
             if owner is not None and owner != doc.namespace:
                 raise DocumentOwnershipError(f"document id {doc.id!r} belongs to another namespace")
             if doc.id in seen:
+                # One rule for every format: the same document twice is taken once; two under one id are refused.
+                if seen[doc.id] != doc.fingerprint:
+                    raise DocumentFormatError(
+                        f"document id {doc.id!r} is given twice in the batch, with different text"
+                    )
                 continue
-            seen.add(doc.id)
+            seen[doc.id] = doc.fingerprint
             if self.store.fingerprint(doc.id) == doc.fingerprint:
                 report.unchanged.append(doc.id)
                 continue
@@ -217,7 +222,10 @@ class Retriever:
         if at_least is not None and self.store.corpus_generation < at_least:
             head = self.log.head() if self.log is not None else self.store.corpus_generation
             if at_least > head:
-                raise GenerationAheadError(f"corpus generation {at_least} does not exist yet (the newest is {head})")
+                # Not the newest generation: that counts every namespace's writes, which is no caller's business.
+                raise GenerationAheadError(
+                    f"corpus generation {at_least} does not exist yet; send the generation a write of yours returned"
+                )
             raise GenerationLagError(f"this replica could not reach corpus generation {at_least}; try again")
         return self.store.corpus_generation
 

@@ -379,7 +379,9 @@ class SlaController:
 
     # -- reporting -----------------------------------------------------------------------------
     async def snapshot(self, tenant: str | None = None) -> dict[str, Any]:
-        """What is in force. For a tenant caller, only its own entry and usage (others' stay private)."""
+        """What is in force. For a tenant caller, only its own entry and usage, and nothing that counts other
+        tenants' traffic (in-flight requests, backlogs, learned latencies, SLO attainment) or names the
+        operator's files: those are the operator's view."""
         policy = self.store.policy
         tenants = {}
         for name, t in policy.tenants.items():
@@ -400,13 +402,20 @@ class SlaController:
         public = policy.public()
         if tenant is not None:
             public["tenants"] = {n: v for n, v in public["tenants"].items() if n == tenant}
-        return {
+        own = {
             "enabled": True,
             "caller": tenant,
             "policy": public,
-            "policy_status": self.store.status(),
+            "policy_version": self.store.version,
             "tenants": tenants,
             "budget_store": self.ledger.name,
+            "observed_at": time.time(),
+        }
+        if tenant is not None:
+            return own
+        return {
+            **own,
+            "policy_status": self.store.status(),
             "quality_table": self.quality_table(policy),
             "estimates": self.estimator.table(),
             "in_flight": in_flight,
@@ -414,5 +423,4 @@ class SlaController:
             "calibration_by_priority": self.calibrator.by_priority(),
             "backlog_s": backlog,
             "slo_attainment": {t: round(sum(r) / len(r), 4) for t, r in self._recent.items() if r},
-            "observed_at": time.time(),
         }

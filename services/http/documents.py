@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 
 from retrieval.documents import Document
 from retrieval.errors import DocumentFormatError, UnsupportedDocumentTypeError
-from retrieval.ingest import parse, type_for_media
+from retrieval.ingest import MAX_DOCUMENTS, parse, type_for_media
 from services.errors import InvalidRequestError, PermissionDeniedError
 from services.http.auth import Principal, principal
 from services.http.deps import GENERATION_HEADER, Service, min_generation
@@ -38,7 +38,14 @@ def _from_json(raw: bytes, namespace: str) -> list[Document]:
     for n, d in enumerate(parsed.documents):
         try:
             docs += parse(
-                d.text, d.type, title=d.title, doc_id=d.id, metadata=d.metadata, source="api", namespace=namespace
+                d.text,
+                d.type,
+                title=d.title,
+                doc_id=d.id,
+                metadata=d.metadata,
+                source="api",
+                namespace=namespace,
+                max_documents=MAX_DOCUMENTS - len(docs),
             )
         except (DocumentFormatError, UnsupportedDocumentTypeError) as exc:
             raise type(exc)(f"documents[{n}]: {exc}") from exc
@@ -97,6 +104,7 @@ async def add_documents(
             doc_id=request.query_params.get("id", ""),
             source="api",
             namespace=target,
+            max_documents=MAX_DOCUMENTS,
         )
     result = await svc.corpus.ingest(docs)
     # The corpus generation that holds the batch: send it back as X-Ragyard-Min-Generation and any retriever

@@ -3,16 +3,18 @@ guard, API keys."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.nesting import nesting_depth
+from core.nesting import lone_surrogate_at, nesting_depth
 from router.sla import PolicyStore
 from services import metrics
 from services.errors import AuthenticationError, InvalidRequestError, PayloadTooLargeError, PermissionDeniedError
@@ -24,8 +26,8 @@ from services.pipeline.telemetry import REQUEST_ID
 class BodyGuardMiddleware:
     """Bounds every request body before a route parses it: over ``max_bytes`` is a 413, whether the
     length is declared or the body is chunked (it is read here, up to the limit, and handed on whole);
-    JSON nested deeper than ``max_depth`` is a 400, so no parser recurses into it. Invalid JSON is left to
-    the route, whose parser names the error."""
+    JSON nested deeper than ``max_depth`` is a 400, so no parser recurses into it, and so is JSON whose text is
+    not valid Unicode (`check_json`). Invalid JSON is left to the route, whose parser names the error."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, max_depth: int = 32) -> None:
         self.app = app
@@ -58,19 +60,10 @@ class BodyGuardMiddleware:
                 break
         body = b"".join(parts)
         media = headers.get("content-type", "").split(";")[0].strip().lower()
-        if body.strip() and (media == "application/json" or media.endswith("+json")):
-            try:
-                body.decode("utf-8")
-            except UnicodeDecodeError:
-                # RFC 8259 JSON is UTF-8. Python's json also reads UTF-16 and UTF-32, which orjson (and so the
-                # depth check) does not: refused here, such a body could not be bounded.
-                error = InvalidRequestError("the JSON body is not UTF-8", code="invalid_encoding")
-                await json_error(error)(scope, receive, send)
-                return
-            if json_depth(body) > self.max_depth:
-                error = InvalidRequestError(
-                    f"the JSON body is nested deeper than {self.max_depth} levels", code="json_too_deep"
-                )
+        # FastAPI parses a body with no content type as JSON too: the guard reads what a route would parse.
+        if body.strip() and (not media or media == "application/json" or media.endswith("+json")):
+            error = check_json(body, self.max_depth)
+            if error is not None:
                 await json_error(error)(scope, receive, send)
                 return
         replayed = False
@@ -85,15 +78,51 @@ class BodyGuardMiddleware:
         await self.app(scope, replay, send)
 
 
-def json_depth(body: bytes) -> int:
-    """How deep a JSON document nests, or 0 when it is not JSON (the route says why). orjson refuses
-    documents over 1,024 levels itself; below that the walk is iterative, so no recursion limit is
-    near."""
+def check_json(body: bytes, max_depth: int) -> InvalidRequestError | None:
+    """Why a JSON body is refused before any route parses it, or None (also when it is not JSON at all: the
+    route's parser names that error). orjson reads it first (iteratively for the depth; it refuses documents over
+    1,024 levels itself); what orjson refuses and Python's parser, which the routes use, would accept is looked
+    at again: text that is not valid Unicode (a lone surrogate escape) is refused naming the field, and NaN or
+    Infinity, which are not JSON, are refused too."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        # RFC 8259 JSON is UTF-8. Python's json also reads UTF-16 and UTF-32, which orjson (and so the depth
+        # check) does not: refused here, such a body could not be bounded.
+        return InvalidRequestError("the JSON body is not UTF-8", code="invalid_encoding")
+    too_deep = InvalidRequestError(f"the JSON body is nested deeper than {max_depth} levels", code="json_too_deep")
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        return 1 << 30 if "depth" in str(exc).lower() or "recursion" in str(exc).lower() else 0
-    return nesting_depth(doc)
+        if "depth" in str(exc).lower() or "recursion" in str(exc).lower():
+            return too_deep
+        return _recheck(body, max_depth, too_deep)
+    return too_deep if nesting_depth(doc) > max_depth else None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _recheck(body: bytes, max_depth: int, too_deep: InvalidRequestError) -> InvalidRequestError | None:
+    try:
+        doc = json.loads(body, parse_constant=_refuse_constant)
+    except RecursionError:
+        return too_deep
+    except ValueError as exc:
+        if "is not a JSON value" in str(exc):
+            return InvalidRequestError(f"the request body is not valid JSON: {exc}", code="invalid_json")
+        return None  # not JSON: the route says so
+    if nesting_depth(doc) > max_depth:
+        return too_deep
+    where = lone_surrogate_at(doc)
+    if where is not None:
+        return InvalidRequestError(
+            f"{where} holds text that is not valid Unicode (a lone surrogate such as \\ud800)",
+            param=where,
+            code="invalid_text",
+        )
+    return None
 
 
 class BrowserGuardMiddleware:

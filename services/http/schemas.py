@@ -8,8 +8,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from pydantic_core import PydanticCustomError
 
 from retrieval.documents import METADATA_BYTES, METADATA_DEPTH, check_metadata
-from retrieval.generation import MAX_TOP_LOGPROBS, ResponseFormat
-from retrieval.ingest import DOCUMENT_TYPES
+from retrieval.generation import MAX_TOP_LOGPROBS, ResponseFormat, Temperature
+from retrieval.ingest import DOCUMENT_TYPES, MAX_DOCUMENTS
 
 MAX_MESSAGES = 512  # messages in one chat request
 MAX_PARTS = 64  # content parts in one message
@@ -152,7 +152,7 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, gt=0)
     max_completion_tokens: int | None = Field(None, gt=0)
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    temperature: Temperature = 0.0
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: Stop = None
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="A 64-bit signed integer.")
@@ -234,7 +234,7 @@ class QARequest(BaseModel):
     policy: str | None = Field(None, description="Retrieval policy; default: the router's choice.")
     top_k: int | None = Field(None, gt=0, description="Passages per retrieval step.")
     max_tokens: int | None = Field(None, gt=0, description="Completion token cap.")
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    temperature: Temperature = 0.0
     style: Literal["chat", "short"] = Field("chat", description="'short' asks for the bare answer.")
 
     @field_validator("question")
@@ -267,7 +267,7 @@ class DocumentIn(BaseModel):
 class DocumentsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    documents: list[DocumentIn] = Field(min_length=1, max_length=10000)
+    documents: list[DocumentIn] = Field(min_length=1, max_length=MAX_DOCUMENTS)
 
 
 MAX_INPUTS = 2048  # texts in one embeddings request (OpenAI's limit)
@@ -298,7 +298,7 @@ class CompletionRequest(BaseModel):
     model: str = Field(min_length=1, description="'auto' or a configured model id.")
     prompt: str | list[str] = Field(description="The text to continue (a list of one text).")
     max_tokens: int = Field(16, gt=0)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    temperature: Temperature = 1.0
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: Stop = None
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)

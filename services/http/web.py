@@ -9,6 +9,8 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
@@ -29,6 +31,25 @@ async def page() -> FileResponse:
     return FileResponse(WEB_DIR / "index.html", media_type="text/html", headers=SECURITY_HEADERS)
 
 
+class WithHeaders:
+    """An ASGI app whose every response carries ``headers`` as well: the static mount gets the page's security
+    headers, so `/web/index.html` cannot be framed where `/` cannot, and no file of it is type-sniffed."""
+
+    def __init__(self, app: ASGIApp, headers: dict[str, str]) -> None:
+        self.app = app
+        self.headers = headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                out = MutableHeaders(scope=message)
+                for name, value in self.headers.items():
+                    out[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with)
+
+
 def install(app: FastAPI) -> None:
     app.include_router(router)
-    app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
+    app.mount("/web", WithHeaders(StaticFiles(directory=WEB_DIR), SECURITY_HEADERS), name="web")

@@ -1,0 +1,179 @@
+"""Input a hostile client sends, at the HTTP edge on the scripted engine and the hashing embedder: text that is
+not valid Unicode, JSON values that are not JSON, temperatures that would overflow, uploads whose format or ids
+disagree with the rules, a tenant's view of the SLA status, and the static files' headers. Each is a clear 4xx
+in the OpenAI error shape (or is honoured), never a 500, and nothing stored changes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from router.sla import PolicyStore
+from services.http.app import create_app
+from services.pipeline import RagService
+from tests.fakes import ScriptedEngine, scripted_config, scripted_service
+
+pytestmark = pytest.mark.unit  # the scripted engine and the hashing embedder
+
+MODEL = "smollm2-135m-instruct"
+CHAT = "/v1/chat/completions"
+LONE = '"hi \\ud800 there"'  # a JSON escape of a lone surrogate: Python's parser accepts it, no tokenizer does
+POLICY = (
+    "default_tier: standard\ntiers: {standard: {priority: 1, latency_ms: 600000}}\n"
+    "tenants: {acme: {api_keys: [k-acme], tier: standard}, zed: {api_keys: [k-zed], tier: standard}}\n"
+)
+
+
+@pytest.fixture(scope="module")
+def engine() -> ScriptedEngine:
+    return ScriptedEngine("Zorblat is the capital.")
+
+
+@pytest.fixture(scope="module")
+def client(hashing_embedder: Any, engine: ScriptedEngine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    tmp = tmp_path_factory.mktemp("hostile")
+    policy = tmp / "sla.yaml"
+    policy.write_text(POLICY, encoding="utf-8")
+    # The SLA controller on, with the policy's tenants: the edge and the router read the same file.
+    config = scripted_config(tmp / "index", sla={"enabled": True, "policy_path": str(policy)})
+    svc: RagService = scripted_service(config, hashing_embedder, engine)
+    app = create_app(svc, api_keys=["op"], sla_policy=PolicyStore(policy, reload_interval_s=0))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c, svc
+
+
+def _error(resp: Any, status: int, code: str) -> dict[str, Any]:
+    assert resp.status_code == status, resp.text
+    err: dict[str, Any] = resp.json()["error"]
+    assert err["code"] == code and set(err) == {"message", "type", "param", "code"}, err
+    return err
+
+
+def _raw(c: TestClient, path: str, body: str, key: str = "op", media: str | None = "application/json") -> Any:
+    headers = {"authorization": f"Bearer {key}"}
+    if media is not None:
+        headers["content-type"] = media
+    return c.post(path, content=body.encode("utf-8"), headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        (CHAT, '{"model": "auto", "messages": [{"role": "user", "content": %s}]}', "messages[0].content"),
+        ("/v1/completions", '{"model": "auto", "prompt": %s}', "prompt"),
+        ("/v1/embeddings", '{"model": "auto", "input": ["ok", %s]}', "input[1]"),
+        ("/v1/qa", '{"question": %s}', "question"),
+        ("/tokenize", '{"model": "auto", "prompt": %s}', "prompt"),
+        ("/v1/documents", '{"documents": [{"text": %s}]}', "documents[0].text"),
+        ("/v1/vector_stores/shared/search", '{"query": %s}', "query"),
+    ],
+)
+def test_text_that_is_not_unicode_is_a_400_naming_the_field(client: Any, path: str, body: str, field: str) -> None:
+    c, _ = client
+    before = c.get("/v1/documents", headers={"authorization": "Bearer op"}).json()["data"]
+    err = _error(_raw(c, path, body.replace("%s", LONE)), 400, "invalid_text")
+    assert err["param"] == field and field in err["message"]
+    # With no content type FastAPI parses JSON all the same, so the guard reads it too.
+    assert _raw(c, path, body.replace("%s", LONE), media=None).json()["error"]["code"] == "invalid_text"
+    assert c.get("/v1/documents", headers={"authorization": "Bearer op"}).json()["data"] == before
+
+
+def test_a_lone_surrogate_in_a_key_or_a_jsonl_line_is_refused(client: Any) -> None:
+    c, _ = client
+    err = _error(_raw(c, CHAT, '{"model": "auto", "\\udc00": 1, "messages": []}'), 400, "invalid_text")
+    assert err["param"] == "\\udc00"
+    line = '{"id": "a", "text": %s}'.replace("%s", LONE)
+    resp = _raw(c, "/v1/documents", f'{{"id": "b", "text": "fine"}}\n{line}\n', media="application/jsonl")
+    assert resp.status_code == 400 and "line 2" in resp.json()["error"]["message"]
+    assert "not valid Unicode" in resp.json()["error"]["message"]
+    got = c.get("/v1/documents/b", headers={"authorization": "Bearer op"})
+    assert got.status_code == 404  # the batch was refused whole
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_not_json(client: Any, constant: str) -> None:
+    c, _ = client
+    body = '{"model": "auto", "messages": [{"role": "user", "content": "x"}], "temperature": T}'.replace("T", constant)
+    assert "not a JSON value" in _error(_raw(c, CHAT, body), 400, "invalid_json")["message"]
+    jsonl = '{"text": "x", "metadata": {"n": %s}}\n'.replace("%s", constant)
+    assert _raw(c, "/v1/documents", jsonl, media="application/jsonl").status_code == 400
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 1e-300, 1e-9, 9.9e-6])
+def test_a_temperature_near_zero_is_greedy_not_nan(client: Any, temperature: float) -> None:
+    import torch
+
+    from retrieval.generation import SamplingParams
+    from services.http.schemas import ChatCompletionRequest
+    from services.workers.spec.verify import sample_token
+
+    c, _ = client
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Capital?"}], "temperature": temperature}
+    assert ChatCompletionRequest.model_validate(body).temperature == 0.0
+    params = SamplingParams(temperature=temperature)
+    assert params.greedy  # so the engines take the argmax: dividing by it would overflow to NaN
+    logits = torch.tensor([0.5, 3.0, -1.0, float("-inf")])
+    assert sample_token(logits, params, torch.Generator().manual_seed(0)) == 1
+    resp = c.post(CHAT, json={**body, "policy": "none", "max_tokens": 8}, headers={"authorization": "Bearer op"})
+    assert resp.status_code == 200, resp.text
+
+
+def test_one_rule_for_an_id_given_twice_in_a_batch_on_every_format(client: Any) -> None:
+    c, _ = client
+    op = {"authorization": "Bearer op"}
+    same = {"documents": [{"id": "twice", "text": "Alpha."}, {"id": "twice", "text": "Alpha."}]}
+    assert c.post("/v1/documents", json=same, headers=op).json()["added"] == ["twice"]
+    differ = {"documents": [{"id": "dup", "text": "Alpha."}, {"id": "dup", "text": "Beta."}]}
+    assert "given twice" in _error(c.post("/v1/documents", json=differ, headers=op), 400, "invalid_document")["message"]
+    jsonl = '{"id": "dup", "text": "Alpha."}\n{"id": "dup", "text": "Beta."}\n'
+    resp = _raw(c, "/v1/documents", jsonl, media="application/jsonl")
+    assert "given twice" in _error(resp, 400, "invalid_document")["message"]
+    assert c.get("/v1/documents/dup", headers=op).status_code == 404  # neither kept
+
+
+def test_a_jsonl_upload_is_capped_in_documents_like_a_json_one(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import services.http.documents as documents
+
+    c, _ = client
+    monkeypatch.setattr(documents, "MAX_DOCUMENTS", 3)
+    lines = "".join(json.dumps({"id": f"cap-{i}", "text": f"Line {i}."}) + "\n" for i in range(4))
+    err = _error(_raw(c, "/v1/documents", lines, media="application/jsonl"), 400, "invalid_document")
+    assert "more than 3 documents" in err["message"] and "line 4" in err["message"]
+    # A JSON list of JSONL payloads counts every document in it.
+    two = "".join(json.dumps({"text": f"Pair {i}."}) + "\n" for i in range(2))
+    body = {"documents": [{"text": two, "type": "jsonl"}, {"text": two.replace("Pair", "Twin"), "type": "jsonl"}]}
+    resp = c.post("/v1/documents", json=body, headers={"authorization": "Bearer op"})
+    assert "more than" in _error(resp, 400, "invalid_document")["message"]
+    assert c.get("/v1/documents/cap-0", headers={"authorization": "Bearer op"}).status_code == 404
+
+
+def test_a_tenants_sla_status_shows_nothing_of_other_tenants_traffic(client: Any) -> None:
+    c, _ = client
+    mine = c.get("/v1/sla", headers={"authorization": "Bearer k-acme"}).json()
+    assert mine["caller"] == "acme" and set(mine["tenants"]) == {"acme"}
+    for private in ("in_flight", "backlog_s", "estimates", "slo_attainment", "calibration", "policy_status"):
+        assert private not in mine, private
+    assert "sla.yaml" not in json.dumps(mine)  # the operator's file is not named
+    everything = c.get("/v1/sla", headers={"authorization": "Bearer op"}).json()
+    assert "in_flight" in everything and everything["policy_status"]["source"].endswith("sla.yaml")
+
+
+def test_an_unknown_generation_does_not_say_how_many_writes_there_were(client: Any) -> None:
+    c, _ = client
+    resp = c.get("/v1/documents", headers={"authorization": "Bearer k-zed", "x-ragyard-min-generation": "999999"})
+    err = resp.json()["error"]
+    assert resp.status_code in (400, 409) and "999999" in err["message"]
+    assert "newest" not in err["message"] and not any(ch.isdigit() for ch in err["message"].replace("999999", ""))
+
+
+@pytest.mark.parametrize("path", ["/", "/web/index.html", "/web/app.js", "/web/style.css"])
+def test_every_page_path_carries_the_security_headers(client: Any, path: str) -> None:
+    c, _ = client
+    resp = c.get(path)
+    assert resp.status_code == 200
+    assert "frame-ancestors 'none'" in resp.headers["content-security-policy"]
+    assert resp.headers["x-content-type-options"] == "nosniff"
