@@ -57,6 +57,24 @@ __all__ = [
 ]
 
 
+class ResponseFormatLimits(Section):
+    """Bounds on a ``response_format`` JSON schema, checked at the edge before any engine compiles it
+    (`services/http/schema_budget.py`): over one is a 400 ``response_format_too_complex``."""
+
+    max_bytes: int = Field(16_384, gt=0, description="Largest schema, in bytes as JSON.")
+    max_depth: int = Field(16, ge=2, le=64, description="Deepest nesting of the schema as JSON.")
+    max_nodes: int = Field(
+        2_000, gt=0, description="Schema nodes once every `$ref` is followed (a fan-out of references counts in full)."
+    )
+    max_pattern_chars: int = Field(256, gt=0, description="Longest `pattern` string.")
+    max_pattern_states: int = Field(
+        2_000, gt=0, description="States of a `pattern`'s state machine (what the torch engine's enforcer builds)."
+    )
+    pattern_deadline_s: float = Field(
+        1.0, gt=0, description="Seconds a `pattern`'s state machine may take to build (in a separate process)."
+    )
+
+
 class ServerConfig(Section):
     host: str = Field("127.0.0.1", description="HTTP bind address; HOST overrides it.")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port; PORT overrides it.")
@@ -88,6 +106,9 @@ class ServerConfig(Section):
         "text", description="Log lines as text or as JSON objects (Ray Serve's LoggingConfig encoding under Serve)."
     )
     web_chat: bool = Field(True, description="Serve the web chat page at `/`.")
+    response_format: ResponseFormatLimits = Field(
+        default_factory=ResponseFormatLimits, description="Bounds on a `response_format` JSON schema."
+    )
 
     @field_validator("api_keys")
     @classmethod

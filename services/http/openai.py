@@ -14,6 +14,7 @@ from retrieval.policies.base import Question
 from router.routing import AUTO_MODEL
 from services.http.auth import principal
 from services.http.deps import Service, min_generation, sla_context
+from services.http.schema_budget import check_schema
 from services.http.schemas import ChatCompletionRequest, CompletionRequest
 from services.http.sse import chat_events, keep_alive
 from services.pipeline.records import AnswerRequest
@@ -86,6 +87,12 @@ def sampling_of(body: ChatCompletionRequest | CompletionRequest) -> dict[str, An
 @router.post("/v1/chat/completions", response_model=None)
 async def chat(body: ChatCompletionRequest, request: Request, svc: Service) -> JSONResponse | StreamingResponse:
     req = chat_to_answer(body)
+    fmt = req.response_format
+    if fmt is not None and fmt.json_schema is not None:
+        # Before any engine compiles it: a schema over its work budget never reaches a worker, and the engines
+        # get it with its references followed.
+        schema = await check_schema(fmt.json_schema, svc.config.server.response_format)
+        req.response_format = fmt.model_copy(update={"json_schema": schema})
     req.sla = sla_context(request)
     req.request_id = getattr(request.state, "request_id", None)
     req.namespaces = principal(request).readable

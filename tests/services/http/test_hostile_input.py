@@ -177,3 +177,55 @@ def test_every_page_path_carries_the_security_headers(client: Any, path: str) ->
     assert resp.status_code == 200
     assert "frame-ancestors 'none'" in resp.headers["content-security-policy"]
     assert resp.headers["x-content-type-options"] == "nosniff"
+
+
+def _schema_chat(schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "JSON, please."}],
+        "policy": "none",
+        "max_tokens": 8,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+    }
+
+
+def test_a_schema_over_its_work_budget_never_reaches_an_engine(client: Any, engine: ScriptedEngine) -> None:
+    c, _ = client
+    defs: dict[str, Any] = {
+        f"d{i}": {"type": "object", "properties": {f"p{j}": {"$ref": f"#/$defs/d{i + 1}"} for j in range(5)}}
+        for i in range(6)
+    }
+    defs["d6"] = {"type": "string"}
+    prompts = len(engine.prompts)
+    resp = c.post(
+        CHAT, json=_schema_chat({"$defs": defs, "$ref": "#/$defs/d0"}), headers={"authorization": "Bearer op"}
+    )
+    assert "max_nodes" in _error(resp, 400, "response_format_too_complex")["message"]
+    loops = {"$defs": {"a": {"type": "object", "properties": {"x": {"$ref": "#/$defs/a"}}}}, "$ref": "#/$defs/a"}
+    resp = c.post(CHAT, json=_schema_chat(loops), headers={"authorization": "Bearer op"})
+    assert "refers back to itself" in _error(resp, 400, "unsupported_schema")["message"]
+    assert len(engine.prompts) == prompts  # neither reached the engine
+
+
+def test_a_small_request_is_answered_while_a_hostile_pattern_is_checked(client: Any) -> None:
+    import threading
+    import time
+
+    c, _ = client
+    op = {"authorization": "Bearer op"}
+    hostile = _schema_chat({"type": "object", "properties": {"p": {"type": "string", "pattern": "(a|b)*a(a|b){24}"}}})
+    ended: dict[str, float] = {}
+
+    def send_hostile() -> None:
+        ended["status"] = c.post(CHAT, json=hostile, headers=op).status_code
+        ended["hostile"] = time.monotonic()
+
+    thread = threading.Thread(target=send_hostile)
+    thread.start()
+    time.sleep(0.1)  # the hostile pattern's process is running
+    ask = {"model": MODEL, "messages": [{"role": "user", "content": "Capital?"}], "policy": "none", "max_tokens": 8}
+    assert c.post(CHAT, json=ask, headers=op).status_code == 200
+    small = time.monotonic()
+    thread.join(timeout=30)
+    assert ended["status"] == 400
+    assert small < ended["hostile"]  # the small one did not wait for the hostile one's check

@@ -17,6 +17,7 @@ from retrieval.documents import Chunk, Passage
 from retrieval.generation import ChatMessage, SamplingParams
 from retrieval.prompts import build_messages, chunk_texts
 from services.errors import ConfigError, InvalidRequestError
+from tests.utils.factories import honours_every_schema_form
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 
@@ -123,6 +124,11 @@ def test_response_format_follows_the_schema(llama: Any) -> None:
     assert set(value) == {"city", "population"} and isinstance(value["population"], int)
     anything = llama.generate_sync(prompt, SamplingParams(max_tokens=60, response_format={"type": "json_object"}))
     assert isinstance(json.loads(anything.text), dict)
+
+
+def test_every_schema_form_the_edge_accepts_is_honoured(llama: Any) -> None:
+    finishes = honours_every_schema_form(llama)
+    assert sum(f == "stop" for f in finishes.values()) >= len(finishes) - 1, finishes  # the answers end
 
 
 def test_a_schema_llama_cpp_cannot_follow_is_a_400(llama: Any) -> None:

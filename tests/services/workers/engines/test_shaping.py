@@ -10,6 +10,7 @@ import pytest
 
 from retrieval.generation import ResponseFormat, SamplingParams
 from services.workers.engines.shaping import EnforcerTables, OutputShaper
+from tests.utils.factories import honours_every_schema_form
 
 
 class _Tokenizer:
@@ -57,3 +58,10 @@ def test_the_json_constraint_allows_only_json(engine: Any) -> None:
     out = shaper.process(torch.zeros(len(engine.tokenizer)))
     allowed = [engine.tokenizer.decode([i]) for i in torch.nonzero(out == 0).flatten().tolist()]
     assert allowed and all(t.strip() in ("{", "") or t.lstrip().startswith("{") for t in allowed), allowed[:20]
+
+
+@pytest.mark.integration
+@pytest.mark.model
+def test_every_schema_form_the_edge_accepts_is_honoured_by_the_enforcer(engine: Any) -> None:
+    finishes = honours_every_schema_form(engine)
+    assert sum(f == "stop" for f in finishes.values()) >= len(finishes) - 1, finishes
