@@ -15,6 +15,7 @@ from typing import Any
 
 from retrieval import followups, grounding
 from retrieval.config import RetrievalConfig
+from retrieval.errors import OutputFormatError
 from retrieval.generation import (
     GenerationResult,
     GenerationStats,
@@ -240,6 +241,12 @@ async def answer_events(
             prepared.steps.append(
                 {"step": "generate", "completion_tokens": stats.completion_tokens, "finish_reason": finish}
             )
+    fmt = params.response_format
+    if fmt is not None and finish == "stop":
+        # An answer cut at max_tokens cannot be whole JSON; one that ended must be, or the constraint gave up.
+        violation = fmt.violation("".join(parts))
+        if violation is not None:
+            raise OutputFormatError(f"the engine could not hold the answer to response_format: {violation}")
     yield AnswerEvent(
         result=PolicyResult(
             answer="".join(parts).rstrip(),

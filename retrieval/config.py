@@ -16,12 +16,25 @@ class EmbedderConfig(Section):
     path: str | None = Field(None, description="sentence-transformers folder; None = packaged MiniLM.")
     device: str = Field("cpu", description="torch device for the embedder.")
     batch_size: int = Field(32, gt=0, description="Texts per embedding batch.")
+    max_tokens_per_request: int = Field(
+        65_536,
+        gt=0,
+        description="Tokens one `/v1/embeddings` request may embed, each input counted up to the embedder's "
+        "maximum sequence length (256): about 10 s of this CPU's two cores. Over it is a 400.",
+    )
 
 
 class IndexConfig(Section):
     dir: str = Field(".ragyard/index", description="Where the FAISS index and doc store persist.")
     chunk_tokens: int = Field(200, ge=32, le=512, description="Chunk size in embedder tokens.")
     chunk_overlap_tokens: int = Field(40, ge=0, description="Overlap between neighbouring chunks.")
+    max_tokens_per_upload: int = Field(
+        400_000,
+        gt=0,
+        description="Embedder tokens one document upload may hold (all its documents' text): about a minute of "
+        "embedding on two cores, which other requests interleave with. Over it is a 400 before anything is "
+        "embedded.",
+    )
     lock_timeout_s: float = Field(
         10.0,
         ge=0,

@@ -59,3 +59,8 @@ class GenerationAheadError(RetrievalError):
 
 class GenerationLagError(RetrievalError):
     """This replica could not catch up to the generation a request asked for in time."""
+
+
+class OutputFormatError(RetrievalError):
+    """The final answer does not meet the ``response_format`` its generation was constrained to: an engine's
+    constraint gave up part way. The request ends with this error, never with a 200 holding broken JSON."""

@@ -44,6 +44,25 @@ class ResponseFormat(BaseModel):
     type: Literal["json_object", "json_schema"]
     json_schema: dict[str, Any] | None = Field(None, description="The JSON Schema (type json_schema).")
 
+    def violation(self, text: str) -> str | None:
+        """Why ``text`` does not meet this format (not JSON, not an object, or not valid under the schema), or
+        None when it does."""
+        import json
+
+        from jsonschema import Draft202012Validator
+
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            return f"the answer is not JSON ({exc})"
+        if self.type == "json_object" and not isinstance(value, dict):
+            return "the answer is not a JSON object"
+        if self.json_schema is not None:
+            error = next(iter(Draft202012Validator(self.json_schema).iter_errors(value)), None)
+            if error is not None:
+                return f"the answer is not valid under the schema: {error.message}"
+        return None
+
 
 @dataclass
 class TokenLogprob:

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing_extensions import TypedDict  # FastAPI reads a route's TypedDict on Python 3.11
 
 from retrieval.corpus_log import open_log
-from retrieval.documents import CorpusStats, Document, DocumentSummary, IngestResult, Passage
+from retrieval.documents import CorpusStats, Document, DocumentSummary, IngestReport, IngestResult, Passage
+from retrieval.errors import DocumentFormatError
 from retrieval.ingest import load_path
 from retrieval.retriever import Retriever
 from services.config import ConfigSource, load_config
+from services.errors import InvalidRequestError
 
 logger = logging.getLogger(__name__)
 
@@ -151,21 +153,38 @@ class RetrieverService:
 
         def run() -> Embeddings:
             embedder = self.retriever.embedder
-            vectors = embedder.encode(texts)
             limit = int(getattr(embedder.model, "max_seq_length", 0) or 0)
             counts = [len(ids) for ids in embedder.tokenizer(texts, add_special_tokens=True).input_ids]
-            return {
-                "model": embedder.name,
-                "dim": int(vectors.shape[1]),
-                "vectors": vectors.tolist(),
-                "tokens": [min(c, limit) if limit else c for c in counts],
-            }
+            tokens = [min(c, limit) if limit else c for c in counts]
+            budget = self.config.embedder.max_tokens_per_request
+            if sum(tokens) > budget:
+                # Counted before any embedding: the tokenizer is fast, the model is what costs.
+                raise InvalidRequestError(
+                    f"the input is {sum(tokens)} tokens to embed; at most {budget} per request "
+                    "(embedder.max_tokens_per_request): send it in smaller requests",
+                    param="input",
+                    code="input_too_large",
+                )
+            vectors = embedder.encode(texts)
+            return {"model": embedder.name, "dim": int(vectors.shape[1]), "vectors": vectors.tolist(), "tokens": tokens}
 
         return await asyncio.to_thread(run)
 
     async def ingest(self, docs: list[Document]) -> IngestResult:
-        report = await asyncio.to_thread(self.retriever.ingest, docs)
+        report = await asyncio.to_thread(self._bounded_ingest, docs)
         return report.as_dict()
+
+    def _bounded_ingest(self, docs: list[Document]) -> IngestReport:
+        budget = self.config.index.max_tokens_per_upload
+        tokenizer = self.retriever.embedder.tokenizer
+        total = 0
+        for doc in docs:
+            total += len(tokenizer(doc.text, add_special_tokens=False, verbose=False)["input_ids"])
+            if total > budget:
+                raise DocumentFormatError(
+                    f"the upload holds over {budget} tokens of text (index.max_tokens_per_upload): send it in parts"
+                )
+        return self.retriever.ingest(docs)
 
     async def chunk_bodies(self, doc_ids: list[str] | None = None) -> list[str]:
         """The chunks of these documents (None: all) as prompts show them, for the workers' chunk-KV cache."""

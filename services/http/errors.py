@@ -27,6 +27,7 @@ from retrieval.errors import (
     GenerationAheadError,
     GenerationLagError,
     IndexWriteError,
+    OutputFormatError,
     RetrievalError,
     UnknownPolicyError,
     UnsupportedDocumentTypeError,
@@ -78,6 +79,7 @@ CONVERSIONS: tuple[tuple[type[Exception], Callable[[Any], RagyardError]], ...] =
         lambda e: UnsupportedMediaTypeError(str(e), param="type", code="unsupported_document_type"),
     ),
     (DocumentFormatError, lambda e: InvalidRequestError(str(e), param="documents", code="invalid_document")),
+    (OutputFormatError, lambda e: RagyardError(str(e), param="response_format", code="response_format_not_met")),
     (DocumentOwnershipError, lambda e: PermissionDeniedError(str(e), param="id", code="document_not_yours")),
     (DocumentNotFoundError, lambda e: NotFoundError(str(e), param="id", code="document_not_found")),
     (

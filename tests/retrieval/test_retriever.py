@@ -144,3 +144,28 @@ def test_a_failing_batch_changes_nothing_in_memory_or_on_disk(
     assert report.updated == ["bridge"] and sorted(report.added) == ["gate", "tower"]
     assert retriever.search("Who maintains the Lim bridge?", 1)[0].chunk.text.endswith("Zorblat guild.")
     _assert_memory_matches_disk(retriever, embedder, tmp_path / "idx")
+
+
+def test_a_large_encode_lets_a_small_one_in_between_its_slices(embedder: Any) -> None:
+    """The model is held a slice of texts at a time: a question embedded while an upload's chunks are being
+    embedded finishes long before them (an event, not a timing: it ends first)."""
+    import threading
+    import time
+
+    from retrieval.embedder import LOCK_SLICE
+
+    texts = ["a long passage about bridges and rivers " * 30] * (LOCK_SLICE * 8)
+    ended: dict[str, float] = {}
+
+    def big() -> None:
+        embedder.encode(texts)
+        ended["big"] = time.monotonic()
+
+    thread = threading.Thread(target=big)
+    thread.start()
+    time.sleep(0.2)  # the big encode holds its first slice
+    vector = embedder.encode(["Who maintains the Lim bridge?"])
+    ended["small"] = time.monotonic()
+    thread.join(timeout=120)
+    assert vector.shape == (1, 384)
+    assert ended["small"] < ended["big"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -229,3 +230,53 @@ def test_a_small_request_is_answered_while_a_hostile_pattern_is_checked(client: 
     thread.join(timeout=30)
     assert ended["status"] == 400
     assert small < ended["hostile"]  # the small one did not wait for the hostile one's check
+
+
+def test_an_answer_that_breaks_its_response_format_is_an_error_not_a_200(client: Any, engine: ScriptedEngine) -> None:
+    """The scripted engine does not constrain its output: its plain text stands for an engine whose constraint
+    gave up part way. The request ends with an error, in one piece and in a stream, never a 200 of broken JSON."""
+    c, _ = client
+    op = {"authorization": "Bearer op"}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "JSON, please."}],
+        "policy": "none",
+        "max_tokens": 16,
+        "response_format": {"type": "json_object"},
+    }
+    resp = c.post(CHAT, json=body, headers=op)
+    assert resp.status_code == 500, resp.text
+    err = resp.json()["error"]
+    assert err["code"] == "response_format_not_met" and "not JSON" in err["message"]
+    with c.stream("POST", CHAT, json={**body, "stream": True}, headers=op) as stream:
+        lines = [line for line in stream.iter_lines() if line.startswith("data: ")]
+    events = [json.loads(line[6:]) for line in lines if line != "data: [DONE]"]
+    assert events[-1]["error"]["code"] == "response_format_not_met"
+    assert not any(e.get("choices", [{}])[0].get("finish_reason") == "stop" for e in events if "choices" in e)
+    reply = engine.reply
+    engine.reply = '{"capital": "Zorblat"}'
+    try:
+        assert c.post(CHAT, json=body, headers=op).status_code == 200
+    finally:
+        engine.reply = reply
+
+
+def test_embeddings_and_uploads_are_bounded_in_tokens_before_any_embedding(
+    hashing_embedder: Any, tmp_path: Path
+) -> None:
+    config = scripted_config(
+        tmp_path / "index", embedder={"max_tokens_per_request": 40}, index={"dir": str(tmp_path / "index"),
+                                                                          "max_tokens_per_upload": 60}
+    )  # fmt: skip
+    svc = scripted_service(config, hashing_embedder, ScriptedEngine("ok"))
+    with TestClient(create_app(svc)) as c:
+        embedded = hashing_embedder.encoded
+        resp = c.post("/v1/embeddings", json={"model": "auto", "input": ["one two three " * 10] * 2})
+        err = _error(resp, 400, "input_too_large")
+        assert "max_tokens_per_request" in err["message"] and err["param"] == "input"
+        assert hashing_embedder.encoded == embedded  # refused before the model ran
+        assert c.post("/v1/embeddings", json={"model": "auto", "input": ["one two three"]}).status_code == 200
+        big = {"documents": [{"id": "big", "text": "word " * 61}]}
+        assert "max_tokens_per_upload" in _error(c.post("/v1/documents", json=big), 400, "invalid_document")["message"]
+        assert c.get("/v1/documents/big").status_code == 404
+        assert c.post("/v1/documents", json={"documents": [{"id": "ok", "text": "word " * 20}]}).status_code == 200
