@@ -22,12 +22,16 @@ from cache.errors import BackendUnavailableError
 from core.redis_client import CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, Guard, async_client
 from router.sla import PolicyStore, RateLimits
 from services.errors import RateLimitError, ServiceUnavailableError
+from services.http.auth import KEYED_PATHS
 from services.http.errors import json_error
 
 logger = logging.getLogger(__name__)
 
-# Routes whose answers run a model: they hold a concurrency slot and their tokens count towards TPM.
-ANSWER_PATHS = frozenset({"/v1/chat/completions", "/v1/qa"})
+# Routes that run a model or the embedder for the caller: each holds a concurrency slot while it runs, is refused
+# when the tenant's tokens per minute are spent, and its tokens count towards them.
+WORK_PATHS = frozenset({"/v1/chat/completions", "/v1/qa", "/v1/completions", "/v1/embeddings"})
+# Every `/v1/` route counts against requests per minute, and so do vLLM's tokenizer routes beside them.
+COUNTED_PATHS = KEYED_PATHS
 
 # KEYS: the tenant's slot set. ARGV: now, lease end, slot id, cap. Drops slots whose lease passed (a gateway
 # that died holding them), then takes one if fewer than the cap are held. Returns {taken, held}.
@@ -144,8 +148,8 @@ def _headers(kind: str, w: _Window) -> dict[str, str]:
 
 
 class RateLimitMiddleware:
-    """Applies the tenant's `limits` from the SLA policy to its `/v1/` requests (after the key middleware
-    has named the tenant). An answering route puts its request's running token count in
+    """Applies the tenant's `limits` from the SLA policy to its `/v1/` requests and the tokenizer routes (after
+    the key middleware has named the tenant). A route of WORK_PATHS puts its request's running token count in
     ``scope["state"]["ran"]``; those tokens count towards TPM once the response is out."""
 
     def __init__(self, app: ASGIApp, sla_policy: PolicyStore | None, url: str | None) -> None:
@@ -156,7 +160,8 @@ class RateLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = scope.get("state") or {}
         tenant = state.get("tenant")
-        if scope["type"] != "http" or self.limiter is None or tenant is None or not scope["path"].startswith("/v1/"):
+        counted_path = scope.get("path", "").startswith("/v1/") or scope.get("path") in COUNTED_PATHS
+        if scope["type"] != "http" or self.limiter is None or tenant is None or not counted_path:
             await self.app(scope, receive, send)
             return
         assert self.sla_policy is not None
@@ -165,7 +170,7 @@ class RateLimitMiddleware:
         if limits is None:
             await self.app(scope, receive, send)
             return
-        answering = scope["path"] in ANSWER_PATHS
+        answering = scope["path"] in WORK_PATHS
         limiter = self.limiter
 
         async def admit() -> tuple[dict[str, str], str | None, str | None]:

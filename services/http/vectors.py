@@ -14,6 +14,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
+from retrieval.answering import Ran
 from retrieval.documents import SHARED_NAMESPACE
 from router.errors import UnknownModelError
 from router.routing import AUTO_MODEL
@@ -116,7 +117,7 @@ class SearchPage(BaseModel):
 
 
 @router.post("/v1/embeddings")
-async def embeddings(body: EmbeddingRequest, svc: Service) -> EmbeddingList:
+async def embeddings(body: EmbeddingRequest, request: Request, svc: Service) -> EmbeddingList:
     model_id = svc.config.embedder.id
     if body.model not in (model_id, AUTO_MODEL):
         raise UnknownModelError(f"unknown embedding model {body.model!r}; this server embeds with {model_id!r}")
@@ -132,6 +133,7 @@ async def embeddings(body: EmbeddingRequest, svc: Service) -> EmbeddingList:
         return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
 
     tokens = sum(out["tokens"])
+    request.state.ran = Ran(prompt_tokens=tokens)  # what the rate limiter counts against TPM
     return EmbeddingList(
         model=model_id,
         data=[Embedding(index=i, embedding=encode(v)) for i, v in enumerate(out["vectors"])],

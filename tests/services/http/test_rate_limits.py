@@ -130,3 +130,33 @@ def test_slots_free_themselves_when_a_lease_passes(redis_url: str) -> None:
             assert await slots.acquire("t", 2) is not None
 
     asyncio.run(run())
+
+
+def test_every_route_that_runs_a_model_or_the_embedder_is_counted(
+    hashing_embedder: Any, tmp_path: Path, store: str | None
+) -> None:
+    """The tokenizer routes count against requests per minute; completions and embeddings hold an answer slot
+    and their tokens count against tokens per minute, as chat's do."""
+    app, key = _app(hashing_embedder, tmp_path, "{rpm: 3}", store, ScriptedEngine("Zorblat."))
+    with TestClient(app) as c:
+        for _ in range(3):  # the scripted engine has no tokenizer to show (a 400): counted all the same
+            assert c.post("/tokenize", json={"model": MODEL, "prompt": "hello"}, headers=key).status_code != 429
+        refused = c.post("/detokenize", json={"model": MODEL, "tokens": [1, 2]}, headers=key)
+        assert refused.status_code == 429 and "3 requests per minute" in refused.json()["error"]["message"]
+    hold = threading.Event()
+    app, key = _app(hashing_embedder, tmp_path, "{max_concurrent: 1}", store, ScriptedEngine("a b c d", hold=hold))
+    with TestClient(app) as c:
+        body = {"model": MODEL, "prompt": "Count:", "max_tokens": 8, "stream": True}
+        with c.stream("POST", "/v1/completions", json=body, headers=key) as open_stream:
+            lines = open_stream.iter_lines()
+            assert next(lines).startswith("data: ")  # the completion is running and holds the tenant's slot
+            busy = c.post("/v1/embeddings", json={"model": "auto", "input": "x"}, headers=key)
+            assert busy.status_code == 429 and "1 answers in progress" in busy.json()["error"]["message"]
+            hold.set()
+            assert any("[DONE]" in line for line in lines)
+    app, key = _app(hashing_embedder, tmp_path, "{tpm: 20}", store, ScriptedEngine("Zorblat."))
+    with TestClient(app) as c:
+        first = c.post("/v1/embeddings", json={"model": "auto", "input": ["one two three four"] * 5}, headers=key)
+        assert first.status_code == 200 and first.json()["usage"]["total_tokens"] >= 20
+        spent = c.post("/v1/embeddings", json={"model": "auto", "input": "again"}, headers=key)
+        assert spent.status_code == 429 and "20 tokens per minute" in spent.json()["error"]["message"]
