@@ -79,3 +79,31 @@ def test_search_mode_comes_from_config(retriever: Retriever, base_config: dict[s
     assert asyncio.run(svc.search("meowing pets", 2)) == []  # lexical: no shared word
     with pytest.raises(Exception, match="retrieval.search"):
         load_config({"retrieval": {"search": "psychic"}})
+
+
+@pytest.mark.unit
+def test_one_tenants_uploads_do_not_move_another_tenants_bm25_scores(hashing_embedder: Any, tmp_path: Path) -> None:
+    """A term's statistics come from the chunks the caller may read: tenant b writing the word a thousand
+    times over changes nothing in tenant a's scores (with one index over every namespace, IDF moved)."""
+    r = Retriever.create(index_dir=tmp_path / "idx", embedder=hashing_embedder)
+    r.ingest(
+        [
+            Document(id="a1", text="The zorblat bridge crosses the Quux river.", namespace="a"),
+            Document(id="a2", text="Ferries run when the river is high.", namespace="a"),
+            Document(id="s1", text="The shared handbook covers bridges.", namespace="shared"),
+        ]
+    )
+    readable = ["a", "shared"]
+
+    def scores() -> list[tuple[str, float]]:
+        hits = r.search("zorblat bridge", 3, namespaces=readable, mode="bm25")
+        return [(p.chunk.doc_id, round(p.score, 6)) for p in hits]
+
+    before = scores()
+    assert before and before[0][0] == "a1"
+    r.ingest([Document(id=f"b{i}", text=f"zorblat zorblat bridge note {i}", namespace="b") for i in range(50)])
+    assert scores() == before
+    # Tenant b's own search sees its documents, scored over its own and the shared ones.
+    assert {p.chunk.doc_id for p in r.search("zorblat", 5, namespaces=["b", "shared"], mode="bm25")} <= {
+        f"b{i}" for i in range(50)
+    }
