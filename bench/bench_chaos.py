@@ -30,6 +30,7 @@ SCENARIOS = (
     "store_writers",
     "ingest_under_retriever_kills",
     "replica_kills",
+    "hostile_waits",
 )
 
 
@@ -71,6 +72,11 @@ def goals(results: dict[str, Any]) -> dict[str, Any]:
         "tokens_charged": get("metering", "tokens_charged"),
         "tokens_delivered": get("metering", "tokens_delivered"),
         "cross_tenant_reads_succeeded": get("cross_tenant", "succeeded"),
+        "bad_inputs_by_kind": get("bad_inputs", "kinds"),
+        "hostile_worst_small_s": {
+            k: v["worst_small_s"] for k, v in (get("hostile_waits") or {}).items() if isinstance(v, dict)
+        }
+        or None,
     }
 
 
@@ -89,6 +95,19 @@ def _markdown(report: dict[str, Any]) -> str:
     lines.append(f"| overspend (tokens) | {g['overspend_tokens']} |")
     lines.append(f"| tokens charged / delivered | {g['tokens_charged']} / {g['tokens_delivered']} |")
     lines.append(f"| cross-tenant reads that succeeded | {g['cross_tenant_reads_succeeded']} |")
+    hostile = {k: v for k, v in report["results"].get("hostile_waits", {}).items() if isinstance(v, dict)}
+    if hostile:
+        lines += [
+            "",
+            "| hostile request (one tenant) | its status | its s | small requests of another tenant meanwhile "
+            "| failed | median s | worst s |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, r in hostile.items():
+            lines.append(
+                f"| {name} | {r['status']} | {r['hostile_s']} | {r['small_requests']} | {r['small_failed']} "
+                f"| {r['median_small_s']} | {r['worst_small_s']} |"
+            )
     faults = dict(report["results"].get("redis_faults", {}))
     faults.pop("acme_usage", None)
     faults.pop("seconds", None)

@@ -25,7 +25,7 @@ DOCS = "/v1/documents"
 @dataclass(frozen=True)
 class Case:
     name: str
-    kind: str  # shapes, encodings, nesting, sizes, numbers, roles, auth, sla, documents, routes, openai
+    kind: str  # shapes, encodings, nesting, sizes, numbers, roles, auth, sla, documents, routes, openai, schemas, text
     method: str
     path: str
     expect: frozenset[int]
@@ -350,7 +350,84 @@ def cases() -> list[Case]:
         json_body={"query": "x"},
     )
     add("openai: a request id with spaces", "openai", "GET", "/v1/models", 400, headers={"x-request-id": "a b"})
+    hostile(add)
     return c
+
+
+def fan_out_schema(width: int = 5, depth: int = 6) -> dict[str, Any]:
+    """About a kilobyte of schema whose $refs expand to width**depth nodes."""
+    defs: dict[str, Any] = {
+        f"d{i}": {"type": "object", "properties": {f"p{j}": {"$ref": f"#/$defs/d{i + 1}"} for j in range(width)}}
+        for i in range(depth)
+    }
+    defs[f"d{depth}"] = {"type": "string"}
+    return {"$defs": defs, "$ref": "#/$defs/d0"}
+
+
+# 20 characters whose state machine has 2**21 states: minutes of one core for the enforcer that builds it.
+EXPLODING_PATTERN = "(a|b)*a(a|b){20}"
+
+
+def _schema(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+
+
+def hostile(add: Any) -> None:
+    """What a hostile client sends to make a worker work without bound or to learn what it should not: schemas
+    that expand or compile without bound, or that the engines would drop silently; text that is not Unicode;
+    JSON values that are not JSON; temperatures that overflow; batches over their bounds in tokens."""
+    lone = "hi \ud800 there"  # a lone surrogate: json.dumps writes it as the escape \ud800, which parsers accept
+    for name, schema in (
+        ("refs that fan out to 15,625 nodes", fan_out_schema()),
+        ("a ref that loops", {"$defs": {"a": {"type": "object", "properties": {"x": {"$ref": "#/$defs/a"}}}},
+                              "$ref": "#/$defs/a"}),
+        ("a ref that does not resolve", {"type": "object", "properties": {"x": {"$ref": "#/$defs/none"}}}),
+        ("a remote ref", {"type": "object", "properties": {"x": {"$ref": "http://169.254.169.254/"}}}),
+        ("an empty property schema", {"type": "object", "properties": {"x": {}}}),
+        ("allOf", {"type": "object", "allOf": [{"type": "object"}]}),
+        ("uniqueItems", {"type": "array", "items": {"type": "string"}, "uniqueItems": True}),
+        ("a pattern with a length bound", {"type": "string", "pattern": "[a-z]+", "maxLength": 3}),
+        ("an exploding pattern", {"type": "object", "properties": {"p": {"type": "string",
+                                                                           "pattern": EXPLODING_PATTERN}}}),
+        ("a 1,000-character pattern", {"type": "string", "pattern": "a" * 1000}),
+        ("a backreference", {"type": "string", "pattern": "(a)\\1"}),
+    ):  # fmt: skip
+        add(
+            f"schemas: chat with {name}", "schemas", "POST", CHAT, 400, json_body=_chat(response_format=_schema(schema))
+        )
+    text_routes: tuple[tuple[str, str, dict[str, Any]], ...] = (
+        ("chat", CHAT, _chat(messages=[{"role": "user", "content": lone}])),
+        ("completion", "/v1/completions", {"model": "auto", "prompt": lone, "max_tokens": 2}),
+        ("embeddings", "/v1/embeddings", {"model": "auto", "input": ["ok", lone]}),
+        ("qa", QA, {"question": lone, "policy": "none", "max_tokens": 2}),
+        ("tokenize", "/tokenize", {"model": "auto", "prompt": lone}),
+        ("documents", DOCS, {"documents": [{"text": lone}]}),
+        ("search", "/v1/vector_stores/shared/search", {"query": lone}),
+        ("a key", CHAT, {**_chat(), "\udc00": 1}),
+    )
+    for name, path, body in text_routes:
+        raw = json.dumps(body)  # ASCII: the surrogate goes as its escape
+        add(f"text: a lone surrogate in {name}", "text", "POST", path, 400, content=raw.encode("utf-8"))
+    jsonl = json.dumps({"id": "ok", "text": "fine"}) + "\n" + json.dumps({"id": "bad", "text": lone}) + "\n"
+    add("text: a lone surrogate in a JSONL line", "text", "POST", DOCS, 400, content=jsonl.encode("utf-8"),
+        headers={"content-type": "application/jsonl"})  # fmt: skip
+    for constant in ("NaN", "Infinity"):
+        raw = json.dumps(_chat()).replace('"max_tokens": 4', f'"max_tokens": 4, "temperature": {constant}')
+        add(f"numbers: temperature {constant}", "numbers", "POST", CHAT, 400, content=raw.encode("utf-8"))
+    add("numbers: temperature 5e-324 (greedy)", "numbers", "POST", CHAT, 200, json_body=_chat(temperature=5e-324))
+    add("numbers: completion temperature 1e-300", "numbers", "POST", "/v1/completions", 200,
+        json_body={"model": "auto", "prompt": "Hello", "max_tokens": 2, "temperature": 1e-300})  # fmt: skip
+    long_inputs = ["bridges rivers ferries " * 90] * 300  # 300 x 256 tokens in 620 KB: over the token budget
+    add("sizes: embeddings over the token budget", "sizes", "POST", "/v1/embeddings", 400,
+        json_body={"model": "auto", "input": long_inputs})  # fmt: skip
+    many = "".join(json.dumps({"text": f"line {i}"}) + "\n" for i in range(10_001))
+    add("sizes: JSONL of 10,001 documents", "sizes", "POST", DOCS, 400, content=many.encode("utf-8"),
+        headers={"content-type": "application/jsonl"})  # fmt: skip
+    twice = '{"id": "same", "text": "one"}\n{"id": "same", "text": "two"}\n'
+    add("documents: one id twice, differently, in JSONL", "documents", "POST", DOCS, 400,
+        content=twice.encode("utf-8"), headers={"content-type": "application/jsonl"})  # fmt: skip
+    add("documents: one id twice, differently, in JSON", "documents", "POST", DOCS, 400,
+        json_body={"documents": [{"id": "same", "text": "one"}, {"id": "same", "text": "two"}]})  # fmt: skip
 
 
 def batches(all_cases: list[Case], size: int = 10) -> Iterator[list[Case]]:

@@ -48,6 +48,9 @@ class Settings:
     streams: int = 30
     race_requests: int = 200
     ingest_docs: int = 24
+    # hostile_waits: the expensive requests' sizes (each within its bound, so the server does the work)
+    hostile_embed_inputs: int = 256  # of 256 tokens each: embedder.max_tokens_per_request (65,536) in full
+    hostile_jsonl_docs: int = 10_000  # retrieval.ingest.MAX_DOCUMENTS
     lease_s: int = 15  # the SLA tickets' lease in the scenario's policy
     replicas: tuple[str, ...] = REPLICAS
 
@@ -236,6 +239,60 @@ class Chaos:
             "normal_request_failures": normal_failures,
             "cases": rows,
         }
+
+    def hostile_waits(self) -> dict[str, Any]:
+        """For each expensive kind of hostile request (a pattern whose state machine explodes, a schema whose
+        references fan out, an embeddings request at its token budget, an upload of as many documents as one
+        may hold), sent by one tenant: the small requests another tenant sent while it ran (a one-line
+        embedding and a two-token chat, one after the other) and the worst time one of them took."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        words = "bridges rivers ferries " * 90  # 256 embedder tokens once truncated
+        jsonl = "".join(
+            f'{{"id": "hostile-{i}", "text": "hostile line {i}"}}\n' for i in range(self.settings.hostile_jsonl_docs)
+        )
+        pattern = {"type": "object", "properties": {"p": {"type": "string", "pattern": battery.EXPLODING_PATTERN}}}
+        kinds: dict[str, Case] = {
+            "exploding_pattern": Case("pattern", "schemas", "POST", CHAT, frozenset({400}),
+                                      battery._chat(response_format=battery._schema(pattern))),
+            "reference_fan_out": Case("fan-out", "schemas", "POST", CHAT, frozenset({400}),
+                                      battery._chat(response_format=battery._schema(battery.fan_out_schema()))),
+            "embeddings_at_budget": Case("embeddings", "sizes", "POST", "/v1/embeddings", frozenset({200}),
+                                         {"model": "auto", "input": [words] * self.settings.hostile_embed_inputs}),
+            "upload_at_document_cap": Case("upload", "sizes", "POST", DOCS, frozenset({200}),
+                                           content=jsonl.encode("utf-8"),
+                                           headers={"content-type": "application/jsonl"}),
+        }  # fmt: skip
+        small = [
+            Case("small embedding", "normal", "POST", "/v1/embeddings", frozenset({200}),
+                 {"model": "auto", "input": "Who maintains the bridge?"}, key=OTHER_KEY),
+            Case("small chat", "normal", "POST", CHAT, frozenset({200}), battery._chat(max_tokens=2), key=OTHER_KEY),
+        ]  # fmt: skip
+        out: dict[str, Any] = {}
+        with httpx.Client(timeout=600.0) as http, ThreadPoolExecutor(max_workers=1) as pool:
+            for name, hostile in kinds.items():
+                started = time.monotonic()
+                running = pool.submit(_send, http, self.url, hostile)
+                waits: list[float] = []
+                failed = 0
+                while not running.done():
+                    for case in small:
+                        t0 = time.monotonic()
+                        status, _ = _send(http, self.url, case)
+                        waits.append(time.monotonic() - t0)
+                        failed += status != 200
+                status, code = running.result()
+                out[name] = {
+                    "status": status,
+                    "code": code,
+                    "ok": status in hostile.expect,
+                    "hostile_s": round(time.monotonic() - started, 2),
+                    "small_requests": len(waits),
+                    "small_failed": failed,
+                    "worst_small_s": round(max(waits), 3) if waits else None,
+                    "median_small_s": round(sorted(waits)[len(waits) // 2], 3) if waits else None,
+                }
+        return out
 
     def redis_faults(self) -> dict[str, Any]:
         assert self.proxy is not None and self.redis is not None

@@ -25,7 +25,15 @@ from tests.utils import TMP
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.ray, pytest.mark.redis, pytest.mark.model]
 
-SETTINGS = Settings(fault_s=3.0, writer_kills=15, ingest_docs=12, streams=16, recover_s=150.0)
+SETTINGS = Settings(
+    fault_s=3.0,
+    writer_kills=15,
+    ingest_docs=12,
+    streams=16,
+    recover_s=150.0,
+    hostile_embed_inputs=32,
+    hostile_jsonl_docs=300,
+)
 RESULTS: dict[str, Any] = {}
 
 
@@ -144,6 +152,18 @@ def test_kill_9_of_each_replica_under_load_is_retryable_and_recovers(chaos: Chao
         else:  # the gateway turns a dead inner replica into a 503 or sends the call once more
             assert kill["not_retryable"] == 0, (name, kill)
     assert r["acme_usage_after"]["reserved_tokens"] == 0
+
+
+def test_another_tenants_small_requests_are_answered_while_a_hostile_one_runs(chaos: Chaos) -> None:
+    """Each expensive hostile kind gets its status; another tenant's small requests sent meanwhile are all
+    answered (how long they took is the benchmark's figure, `ragyard bench chaos`, not this test's)."""
+    r = _run(chaos, "hostile_waits")
+    kinds = {k: v for k, v in r.items() if isinstance(v, dict)}
+    assert set(kinds) == {"exploding_pattern", "reference_fan_out", "embeddings_at_budget", "upload_at_document_cap"}
+    for name, k in kinds.items():
+        assert k["ok"] and k["small_failed"] == 0, (name, k)
+    for name in ("exploding_pattern", "embeddings_at_budget", "upload_at_document_cap"):
+        assert kinds[name]["small_requests"] >= 1, (name, kinds[name])  # answered while it ran
 
 
 def test_nothing_stays_reserved_for_any_tenant(chaos: Chaos) -> None:
