@@ -45,12 +45,16 @@ class ScriptedEngine:
     logprob: float = -0.1  # each word's log-probability, when a request asks for them
 
     def render_chat(self, messages: list[gen.ChatMessage]) -> str:
-        return "".join(f"<{m.role}>\n{m.content}\n" for m in messages) + "<assistant>\n"
+        prompt = "".join(f"<{m.role}>\n{m.content}\n" for m in messages) + "<assistant>\n"
+        prompt.encode("utf-8")  # as a real tokenizer does: text that is not valid Unicode is refused
+        return prompt
 
     def count_tokens(self, text: str) -> int:
+        text.encode("utf-8")
         return len(text.split())
 
     def _completion(self, prompt: str, params: gen.SamplingParams) -> tuple[list[str], gen.FinishReason]:
+        prompt.encode("utf-8")  # as a real tokenizer does: text that is not valid Unicode is refused
         text = self.reply(prompt) if callable(self.reply) else self.reply
         for stop in params.stop:
             if stop and stop in text:
@@ -139,7 +143,7 @@ _WORD = re.compile(r"\w+|[^\w\s]")
 
 
 def _bucket(word: str, size: int) -> int:
-    return int.from_bytes(hashlib.blake2b(word.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big") % size
+    return int.from_bytes(hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest(), "big") % size
 
 
 class _Encoding(dict[str, Any]):
@@ -159,6 +163,7 @@ class WordTokenizer:
     cls_id, sep_id = 101, 102
 
     def _ids(self, text: str, special: bool) -> list[int]:
+        text.encode("utf-8")  # as a real tokenizer does: text that is not valid Unicode is refused
         ids = [1000 + _bucket(w.lower(), self.vocab_size - 1000) for w in _WORD.findall(text)]
         return [self.cls_id, *ids, self.sep_id] if special else ids
 
@@ -187,6 +192,7 @@ class HashingEmbedder:
     def encode(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for row, text in enumerate(texts):
+            text.encode("utf-8")  # as the real embedder's tokenizer does: text that is not valid Unicode is refused
             words = [w.lower() for w in _WORD.findall(text) if w.isalnum() or w == "_"][: self.model.max_seq_length]
             for word in words or [text]:
                 h = _bucket(word, 2 * self.dim)
