@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -119,14 +120,12 @@ def test_a_body_with_one_hostile_value_is_never_a_5xx(route: str, data: Any, cli
     assert client.post("/v1/chat/completions", json=NORMAL).status_code == 200
 
 
-def test_every_operation_was_fuzzed(request: pytest.FixtureRequest) -> None:
+def test_every_operation_was_fuzzed(capsys: pytest.CaptureFixture[str]) -> None:
     """Runs after the fuzzers in file order: each operation got examples (their counts go to the log)."""
     if not SENT:
         pytest.skip("the fuzzer did not run in this session (selected alone)")
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"fuzz: {sum(SENT.values())} requests over {len(SENT)} operations")
-        for op, n in sorted(SENT.items(), key=lambda item: -item[1]):
-            if n > 3:
-                reporter.write_line(f"fuzz: {n:5d}  {op}")
+    lines = [f"fuzz: {sum(SENT.values())} requests over {len(SENT)} operations"]
+    lines += [f"fuzz: {n:5d}  {op}" for op, n in sorted(SENT.items(), key=lambda item: -item[1]) if n > 3]
+    with capsys.disabled():
+        sys.stdout.write("\n" + "\n".join(lines) + "\n")
     assert all(n >= 1 for n in SENT.values())
