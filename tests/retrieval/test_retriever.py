@@ -169,3 +169,27 @@ def test_a_large_encode_lets_a_small_one_in_between_its_slices(embedder: Any) ->
     thread.join(timeout=120)
     assert vector.shape == (1, 384)
     assert ended["small"] < ended["big"]
+
+
+def test_the_tokenizer_and_the_model_are_safe_to_call_from_two_threads(embedder: Any) -> None:
+    """The chunker and the embeddings route count tokens while another thread embeds: the tokenizer (one Rust
+    object whose padding settings each call sets) runs under the embedder's lock, so neither call fails."""
+    import threading
+
+    texts = [("word " * n).strip() for n in range(1, 120)]
+    errors: list[BaseException] = []
+
+    def count() -> None:
+        try:
+            for _ in range(400):
+                embedder.tokenizer(texts[:40], add_special_tokens=True)
+                embedder.tokenizer(texts[5], add_special_tokens=False, verbose=False)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    thread = threading.Thread(target=count)
+    thread.start()
+    for _ in range(60):
+        assert embedder.encode(texts[:24]).shape == (24, 384)
+    thread.join(timeout=120)
+    assert errors == []
