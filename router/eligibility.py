@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from router.budgets import MICRO
 from router.estimates import Estimate, Job, LoadModel, PlanKey
+from router.plan import CandidateView
 from router.sla import RequestSlo, TierPolicy
 
 
@@ -34,8 +34,8 @@ class Candidate:
     def label(self) -> str:
         return f"{self.key.policy}/{self.key.model}" + ("+spec" if self.key.speculative else "")
 
-    def describe(self) -> dict[str, Any]:
-        return {
+    def describe(self) -> CandidateView:
+        view: CandidateView = {
             "plan": self.label(),
             "quality": round(self.quality, 4),
             "latency_p95_s": round(self.est.latency_s, 3),
@@ -45,8 +45,10 @@ class Candidate:
             "worst_case_tokens": self.worst_tokens,
             "estimate_from": self.est.source,
             "eligible": self.why_not is None,
-            **({"why_not": self.why_not} if self.why_not else {}),
         }
+        if self.why_not:
+            view["why_not"] = self.why_not
+        return view
 
 
 @dataclass

@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import (
+    Any,
+    NotRequired,  # pydantic reads them on Python 3.11
+)
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from typing_extensions import TypedDict
+
+
+class CandidateView(TypedDict):
+    """One plan the SLA controller considered, as the trace shows it (`Candidate.describe`)."""
+
+    plan: str
+    quality: float
+    latency_p95_s: float
+    predicted_latency_s: float
+    predicted_ttft_s: float
+    expected_tokens: float
+    worst_case_tokens: int
+    estimate_from: str
+    eligible: bool
+    why_not: NotRequired[str]
 
 
 class Complexity(BaseModel):
@@ -111,7 +130,7 @@ class Admission(BaseModel):
     degraded: bool = Field(description="Whether load made the controller pick a cheaper plan than the best.")
     queue_wait_s: float = Field(description="The queue wait the load model predicted for the plan.")
     calibration: float = Field(description="Observed over predicted latency at this priority.")
-    candidates: list[dict[str, Any]] = Field(description="Every plan considered, and why each lost.")
+    candidates: list[CandidateView] = Field(description="Every plan considered, and why each lost.")
     policy_version: int = Field(description="The SLA policy's version in force.")
 
     @model_serializer(mode="wrap")

@@ -31,6 +31,7 @@ from router.eligibility import (
 )
 from router.errors import BudgetExhaustedError, OverloadedError, PlanUnavailableError
 from router.estimates import Estimator, LoadModel, PlanKey
+from router.plan import CandidateView
 from router.quality import CLASSES, QualityTable, measured_quality
 from router.sla import RequestSlo, SlaPolicy, TierPolicy
 from router.sla_metrics import SHED
@@ -45,7 +46,7 @@ class Choice:
     load displaced a better plan (``unloaded``: that plan's label), whether nothing fits and this is the fastest."""
 
     chosen: Candidate
-    candidates: list[dict[str, Any]] = field(default_factory=list)
+    candidates: list[CandidateView] = field(default_factory=list)
     degraded: bool = False
     unloaded: str | None = None
     best_effort: bool = False

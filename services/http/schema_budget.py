@@ -36,6 +36,8 @@ from services.config import ResponseFormatLimits
 from services.errors import InvalidRequestError, ServiceUnavailableError
 
 PARAM = "response_format.json_schema.schema"
+# A JSON Schema document, or one schema object inside it: JSON, so any value under its keys.
+JsonSchema = dict[str, Any]
 
 # Keywords both CPU engines enforce (the torch engine's lm-format-enforcer, the llama.cpp engine's grammar), or
 # that say nothing about the output (annotations): anything else is refused, never silently dropped.
@@ -81,7 +83,7 @@ def _unsupported(message: str) -> InvalidRequestError:
     )
 
 
-def _children(node: dict[str, Any], path: str) -> Iterator[tuple[Any, str]]:
+def _children(node: JsonSchema, path: str) -> Iterator[tuple[Any, str]]:
     for key in _SCHEMA:
         if isinstance(node.get(key), dict):
             yield node[key], f"{path}.{key}"
@@ -95,7 +97,7 @@ def _children(node: dict[str, Any], path: str) -> Iterator[tuple[Any, str]]:
                 yield child, f"{path}.{key}.{name}"
 
 
-def _resolve(root: dict[str, Any], ref: str, path: str) -> tuple[dict[str, Any], str]:
+def _resolve(root: JsonSchema, ref: str, path: str) -> tuple[JsonSchema, str]:
     """The node a local ``$ref`` (a JSON pointer into this schema) names, and its path."""
     if not ref.startswith("#"):
         raise _unsupported(f"{path}.$ref {ref!r} is not local to the schema (only '#/...' references are followed)")
@@ -112,7 +114,7 @@ def _resolve(root: dict[str, Any], ref: str, path: str) -> tuple[dict[str, Any],
     return node, target
 
 
-def check_shape(schema: dict[str, Any], limits: ResponseFormatLimits) -> list[str]:
+def check_shape(schema: JsonSchema, limits: ResponseFormatLimits) -> list[str]:
     """Every bound but the patterns' state machines; returns the schema's patterns (for `check_patterns`)."""
     size = len(json.dumps(schema, ensure_ascii=False).encode("utf-8"))
     if size > limits.max_bytes:
@@ -138,7 +140,7 @@ def check_shape(schema: dict[str, Any], limits: ResponseFormatLimits) -> list[st
             raise _too_complex(f"it nests over {limits.max_depth} schemas deep once $refs are followed (max_depth)")
         return count, height
 
-    def expand(node: dict[str, Any], path: str, chain: tuple[int, ...], level: int) -> tuple[int, int]:
+    def expand(node: JsonSchema, path: str, chain: tuple[int, ...], level: int) -> tuple[int, int]:
         for keyword in node:
             if keyword not in ENFORCED and keyword not in ANNOTATIONS:
                 raise _unsupported(f"{path} uses {keyword!r}, which the engines do not enforce")
@@ -188,14 +190,14 @@ def check_shape(schema: dict[str, Any], limits: ResponseFormatLimits) -> list[st
     return patterns
 
 
-def dereference(schema: dict[str, Any]) -> dict[str, Any]:
+def dereference(schema: JsonSchema) -> JsonSchema:
     """``schema`` with every ``$ref`` replaced by what it names (a sibling keyword wins over the target's) and its
     definitions dropped: what the engines are given, so neither has to follow references (llama.cpp's converter
     does not follow one inside a definition). Only for a schema `check_shape` passed: its expansion is bounded in
     nodes and depth, and has no cycle."""
 
-    def copy(node: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+    def copy(node: JsonSchema) -> JsonSchema:
+        out: JsonSchema = {}
         ref = node.get("$ref")
         if isinstance(ref, str):
             out.update(copy(_resolve(schema, ref, "$")[0]))
@@ -257,7 +259,7 @@ def pattern_states(pattern: str, deadline_s: float) -> int | None:
         return -1
 
 
-async def check_schema(schema: dict[str, Any], limits: ResponseFormatLimits) -> dict[str, Any]:
+async def check_schema(schema: JsonSchema, limits: ResponseFormatLimits) -> JsonSchema:
     """Refuse ``schema`` (InvalidRequestError) unless it is within ``limits`` and every form in it is enforced;
     return it dereferenced (what the engines compile)."""
     patterns = check_shape(schema, limits)
