@@ -143,9 +143,9 @@ test: install install-data install-vllm helm redis chromium
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
 	RAGYARD_REQUIRE_VLLM=1 RAGYARD_REQUIRE_HELM=1 RAGYARD_REQUIRE_BROWSER=1 $(PY) -m pytest -p randomly \
-	  -m "unit and not bench_vllm" --cov --cov-report= $(UNIT_ARGS)
+	  -m "unit and not bench_vllm and not vllm_draft" --cov --cov-report= $(UNIT_ARGS)
 	RAGYARD_REQUIRE_VLLM=1 RAGYARD_REQUIRE_HELM=1 RAGYARD_REQUIRE_BROWSER=1 $(PY) -m pytest --durations=25 \
-	  --cov --cov-append --cov-report=term -m "not bench_vllm and not unit" $(PYTEST_ARGS)
+	  --cov --cov-append --cov-report=term -m "not bench_vllm and not vllm_draft and not unit" $(PYTEST_ARGS)
 
 # The unit tests alone, in a random order (`make test` runs them so first: a test that leans on another's leftovers
 # fails there, not only in `make test-random`). The seed is printed; UNIT_ARGS=--randomly-seed=N repeats an order.

@@ -217,7 +217,7 @@ class LocalCluster:
                     p.terminate()
                 except psutil.NoSuchProcess:
                     pass
-            _, left = psutil.wait_procs(procs, timeout=10)
+            _, left = psutil.wait_procs(procs, timeout=3)  # a test cluster: nothing of it needs a graceful end
             for p in left:
                 try:
                     p.kill()

@@ -27,12 +27,12 @@ pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.ray,
 
 SETTINGS = Settings(
     fault_s=3.0,
-    writer_kills=15,
+    writer_kills=10,
     ingest_docs=12,
-    streams=16,
+    streams=12,
     recover_s=150.0,
-    hostile_embed_inputs=32,
-    hostile_jsonl_docs=300,
+    hostile_embed_inputs=16,
+    hostile_jsonl_docs=150,
 )
 RESULTS: dict[str, Any] = {}
 

@@ -154,7 +154,7 @@ def test_a_large_encode_lets_a_small_one_in_between_its_slices(embedder: Any) ->
 
     from retrieval.embedder import LOCK_SLICE
 
-    texts = ["a long passage about bridges and rivers " * 30] * (LOCK_SLICE * 8)
+    texts = ["a long passage about bridges and rivers " * 30] * (LOCK_SLICE * 5)
     ended: dict[str, float] = {}
 
     def big() -> None:

@@ -55,6 +55,7 @@ def test_eval_writes_metrics_and_predictions(
 
 def test_ask_and_ingest_in_process(tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAGYARD_INDEX__DIR", str(tmp_path / "idx"))
+    monkeypatch.setenv("RAGYARD_CORPUS__INGEST_ON_START", "false")  # the note alone: what `ingest` added is found
     note = tmp_path / "note.md"
     note.write_text("# Quux\n\nZorblat is the capital of the kingdom of Quux.")
     assert main(["ingest", str(note)]) == 0

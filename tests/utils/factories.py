@@ -139,7 +139,7 @@ def honours_every_schema_form(engine: Any) -> dict[str, str]:
         given = dereference(schema)
         fmt = {"type": "json_schema", "json_schema": given}
         prompt = str(engine.render_chat([ChatMessage(role="user", content=ask)]))
-        result = engine.generate_sync(prompt, SamplingParams(max_tokens=64, response_format=fmt))
+        result = engine.generate_sync(prompt, SamplingParams(max_tokens=48, response_format=fmt))
         finishes[name] = result.finish_reason
         if result.finish_reason == "stop":
             validate(json.loads(result.text), schema)  # the form as the client wrote it

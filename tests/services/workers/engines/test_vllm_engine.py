@@ -312,7 +312,8 @@ def test_the_gateway_reports_speculation_and_serves_vllm_metrics(engines: Engine
     "name, spec",
     [
         ("ngram", NGRAM),
-        ("draft", {"method": "draft_model", "num_speculative_tokens": 3}),
+        # A second engine with its draft loaded: `make test-vllm` runs it, `make test` keeps the ngram twin.
+        pytest.param("draft", {"method": "draft_model", "num_speculative_tokens": 3}, marks=pytest.mark.vllm_draft),
     ],
 )
 def test_greedy_output_with_speculation_equals_greedy_without(
