@@ -42,3 +42,13 @@ def lone_surrogate_at(value: Any) -> str | None:
         elif isinstance(node, list):
             stack.extend((child, f"{path}[{i}]") for i, child in reversed(list(enumerate(node))))
     return None
+
+
+def refuse_json_constant(name: str) -> Any:
+    """``parse_constant`` for Python's JSON parser: ``NaN``, ``Infinity`` and ``-Infinity`` are not JSON."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def not_unicode(where: str) -> str:
+    """The one wording, for every route and format, of text that is not valid Unicode at ``where``."""
+    return f"{where} holds text that is not valid Unicode (a lone surrogate such as \\ud800)"

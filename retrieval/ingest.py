@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from core.nesting import lone_surrogate_at, nesting_depth
+from core.nesting import lone_surrogate_at, nesting_depth, not_unicode, refuse_json_constant
 from retrieval.documents import SHARED_NAMESPACE, Document, check_metadata
 from retrieval.errors import DocumentFormatError, UnsupportedDocumentTypeError
 
@@ -98,10 +98,6 @@ def parse(
     return [Document(id=doc_id, title=title, text=content, source=source, metadata=metadata or {}, namespace=namespace)]
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
-
-
 def parse_jsonl(
     content: str, *, source: str = "", namespace: str = SHARED_NAMESPACE, max_documents: int | None = None
 ) -> list[Document]:
@@ -115,7 +111,7 @@ def parse_jsonl(
         if not line.strip():
             continue
         try:
-            row = json.loads(line, parse_constant=_refuse_constant)
+            row = json.loads(line, parse_constant=refuse_json_constant)
         except json.JSONDecodeError as exc:
             raise DocumentFormatError(f"line {lineno}: not valid JSON ({exc.msg})") from exc
         except ValueError as exc:  # NaN or Infinity
@@ -128,9 +124,7 @@ def parse_jsonl(
             raise DocumentFormatError(f"line {lineno}: JSON nested deeper than {JSONL_DEPTH} levels")
         bad_text = lone_surrogate_at(row)
         if bad_text is not None:
-            raise DocumentFormatError(
-                f"line {lineno}: {bad_text} holds text that is not valid Unicode (a lone surrogate such as \\ud800)"
-            )
+            raise DocumentFormatError(f"line {lineno}: {not_unicode(bad_text)}")
         if "contexts" in row:
             contexts = row["contexts"]
             if not isinstance(contexts, list):

@@ -7,14 +7,13 @@ import json
 import re
 import time
 import uuid
-from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.nesting import lone_surrogate_at, nesting_depth
+from core.nesting import lone_surrogate_at, nesting_depth, not_unicode, refuse_json_constant
 from router.sla import PolicyStore
 from services import metrics
 from services.errors import AuthenticationError, InvalidRequestError, PayloadTooLargeError, PermissionDeniedError
@@ -100,13 +99,9 @@ def check_json(body: bytes, max_depth: int) -> InvalidRequestError | None:
     return too_deep if nesting_depth(doc) > max_depth else None
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
-
-
 def _recheck(body: bytes, max_depth: int, too_deep: InvalidRequestError) -> InvalidRequestError | None:
     try:
-        doc = json.loads(body, parse_constant=_refuse_constant)
+        doc = json.loads(body, parse_constant=refuse_json_constant)
     except RecursionError:
         return too_deep
     except ValueError as exc:
@@ -118,7 +113,7 @@ def _recheck(body: bytes, max_depth: int, too_deep: InvalidRequestError) -> Inva
     where = lone_surrogate_at(doc)
     if where is not None:
         return InvalidRequestError(
-            f"{where} holds text that is not valid Unicode (a lone surrogate such as \\ud800)",
+            not_unicode(where),
             param=where,
             code="invalid_text",
         )
