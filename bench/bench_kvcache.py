@@ -38,7 +38,7 @@ ZIPF_CAPACITIES = (0.05, 0.1, 0.2, 0.4)
 
 
 def rag_prompts(engine: Any, service: Any, rows: list[dict[str, Any]], top_k: int) -> list[dict[str, Any]]:
-    from retrieval.prompts import build_messages, chunk_texts, fit_passages
+    from retrieval.prompts import build_messages, fit_passages, prompt_chunks
 
     async def build() -> list[dict[str, Any]]:
         out = []
@@ -51,7 +51,7 @@ def rag_prompts(engine: Any, service: Any, rows: list[dict[str, Any]], top_k: in
                 {
                     "row": row,
                     "prompt": engine.render_chat(messages),
-                    "chunks": chunk_texts(passages),
+                    "chunks": prompt_chunks(passages),
                     "passages": passages,
                 }
             )

@@ -54,7 +54,9 @@ def _build(size: int, tenants: int, seed: int) -> tuple[VectorStore, dict[str, A
             store.upsert(doc, [(int(r), "") for r in rows], vectors[rows])
             index = per_ns.setdefault(ns, faiss.IndexIDMap2(faiss.IndexFlatIP(DIM)))
             # the store's chunk ids, so both designs name a hit the same way
-            index.add_with_ids(vectors[rows], np.asarray(store.docs[doc.id]["chunk_ids"], dtype=np.int64))
+            index.add_with_ids(
+                vectors[rows], np.asarray(store.docs[(doc.namespace, doc.id)]["chunk_ids"], dtype=np.int64)
+            )
     return store, per_ns, names
 
 

@@ -98,9 +98,12 @@ def metrics_text() -> str:
     return generate_latest(REGISTRY).decode("utf-8")
 
 
-def chunk_key(model_fingerprint: str, prefix_ids: list[int], chunk_ids: list[int]) -> str:
+def chunk_key(model_fingerprint: str, prefix_ids: list[int], chunk_ids: list[int], *, namespace: str) -> str:
+    """An entry's key: the model, the tokens before the chunk and the chunk's own, and the namespace of the
+    document the chunk came from ("" for a prompt's prefix), so no tenant's request meets another's entry."""
     h = hashlib.sha256()
     h.update(model_fingerprint.encode("utf-8"))
+    h.update(b"\x00namespace\x00" + namespace.encode("utf-8"))
     h.update(b"\x00prefix\x00" + struct.pack(f"<{len(prefix_ids)}q", *prefix_ids))
     h.update(b"\x00chunk\x00" + struct.pack(f"<{len(chunk_ids)}q", *chunk_ids))
     return KEY_PREFIX + h.hexdigest()

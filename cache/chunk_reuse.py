@@ -10,7 +10,7 @@ always computed.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -18,6 +18,7 @@ import torch
 
 from cache.chunk_kv import ChunkKV, ChunkKVStore, Lookup, chunk_key
 from cache.kv_blend import BlendResult, KVBlender, to_dynamic_cache
+from core.chunks import PromptChunk
 
 if TYPE_CHECKING:
     from cache.base import KVBackend
@@ -30,6 +31,7 @@ ReuseMode = Literal["blend", "prefix", "full"]
 class Span:
     start: int  # token positions in the prompt, [start, end)
     end: int
+    namespace: str = ""  # of the chunk's document: part of its entry's key
 
 
 @dataclass
@@ -45,18 +47,21 @@ class Prefilled:
     after: Callable[[], None] | None = None
 
 
-def locate_chunks(prompt: str, offsets: list[tuple[int, int]], chunks: list[str], min_tokens: int) -> list[Span]:
-    """Token spans of the chunk texts found in ``prompt``, in prompt order, non-overlapping.
+def locate_chunks(
+    prompt: str, offsets: list[tuple[int, int]], chunks: Sequence[PromptChunk], min_tokens: int
+) -> list[Span]:
+    """Token spans of the chunk texts found in ``prompt``, in prompt order, non-overlapping, each with its
+    chunk's namespace.
 
     A token belongs to a chunk when its characters overlap the chunk's text (a leading space merged
     into the first word stays with the chunk, so its ids are the same wherever the chunk is placed)."""
-    found: list[tuple[int, int]] = []
-    for text in dict.fromkeys(c for c in chunks if c.strip()):
+    found: list[tuple[int, int, str]] = []
+    for text, namespace in dict.fromkeys(c for c in chunks if c.text.strip()):
         at = prompt.find(text)
         if at >= 0:
-            found.append((at, at + len(text)))
+            found.append((at, at + len(text), namespace))
     spans: list[Span] = []
-    for cs, ce in sorted(found):
+    for cs, ce, namespace in sorted(found):
         first = next((i for i, (s, e) in enumerate(offsets) if e > cs and e > s), None)
         if first is None:
             continue
@@ -66,7 +71,7 @@ def locate_chunks(prompt: str, offsets: list[tuple[int, int]], chunks: list[str]
         if spans and first < spans[-1].end:
             continue  # overlaps the previous chunk's tokens
         if last - first >= min_tokens:
-            spans.append(Span(first, last))
+            spans.append(Span(first, last, namespace))
     return spans
 
 
@@ -111,7 +116,7 @@ class ChunkReuse:
             "backend": self.store.backend_tier,
         }
 
-    def tokenize(self, prompt: str, chunks: list[str]) -> tuple[list[int], list[Span]]:
+    def tokenize(self, prompt: str, chunks: Sequence[PromptChunk]) -> tuple[list[int], list[Span]]:
         enc = self.tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
         ids = list(enc["input_ids"])
         offsets = [tuple(o) for o in enc["offset_mapping"]]
@@ -120,7 +125,7 @@ class ChunkReuse:
     # -- entries ---------------------------------------------------------------------------------
 
     def _prefix_entry(self, prefix_ids: list[int], *, local: bool = False) -> tuple[Lookup, bool]:
-        key = chunk_key(self.fingerprint, [], prefix_ids)
+        key = chunk_key(self.fingerprint, [], prefix_ids, namespace="")
 
         def compute() -> ChunkKV:
             started = time.perf_counter()
@@ -129,8 +134,10 @@ class ChunkReuse:
 
         return self.store.get_or_compute(key, prefix_ids, compute, local=local)
 
-    def _chunk_entry(self, prefix: ChunkKV, chunk_ids: list[int], *, local: bool = False) -> tuple[Lookup, bool]:
-        key = chunk_key(self.fingerprint, prefix.token_ids, chunk_ids)
+    def _chunk_entry(
+        self, prefix: ChunkKV, chunk_ids: list[int], namespace: str, *, local: bool = False
+    ) -> tuple[Lookup, bool]:
+        key = chunk_key(self.fingerprint, prefix.token_ids, chunk_ids, namespace=namespace)
 
         def compute() -> ChunkKV:
             started = time.perf_counter()
@@ -143,7 +150,7 @@ class ChunkReuse:
 
         return self.store.get_or_compute(key, chunk_ids, compute, local=local)
 
-    def warm(self, prompt: str, chunks: list[str]) -> dict[str, int]:
+    def warm(self, prompt: str, chunks: Sequence[PromptChunk]) -> dict[str, int]:
         """Store the prefix's and the chunks' KV for this prompt shape (no answer is generated)."""
         ids, spans = self.tokenize(prompt, chunks)
         counts = {"chunks": len(spans), "computed": 0}
@@ -153,26 +160,26 @@ class ChunkReuse:
         counts["computed"] += int(made)
         assert prefix.entry is not None
         for s in spans:
-            _, made = self._chunk_entry(prefix.entry, ids[s.start : s.end])
+            _, made = self._chunk_entry(prefix.entry, ids[s.start : s.end], s.namespace)
             counts["computed"] += int(made)
         return counts
 
-    def drop_from_memory(self, prompt: str, chunks: list[str]) -> int:
+    def drop_from_memory(self, prompt: str, chunks: Sequence[PromptChunk]) -> int:
         """Remove this prompt's prefix and chunk entries from the memory tier (the next lookups go to the
         second tier); returns how many were there."""
         ids, spans = self.tokenize(prompt, chunks)
         if not spans:
             return 0
         prefix_ids = ids[: spans[0].start]
-        keys = [chunk_key(self.fingerprint, [], prefix_ids)]
-        keys += [chunk_key(self.fingerprint, prefix_ids, ids[s.start : s.end]) for s in spans]
+        keys = [chunk_key(self.fingerprint, [], prefix_ids, namespace="")]
+        keys += [chunk_key(self.fingerprint, prefix_ids, ids[s.start : s.end], namespace=s.namespace) for s in spans]
         dropped = sum(self.store.memory.remove(k) for k in keys)
         self.store.metrics.held(self.store.memory.used_bytes)
         return dropped
 
     # -- prefill ---------------------------------------------------------------------------------
 
-    def prefetch(self, prompt: str, chunks: list[str], *, mode: ReuseMode = "blend") -> dict[str, Lookup]:
+    def prefetch(self, prompt: str, chunks: Sequence[PromptChunk], *, mode: ReuseMode = "blend") -> dict[str, Lookup]:
         """Look up this prompt's prefix and chunk entries in every tier, without the model: the engine
         calls it before taking its step lock, then passes the result to ``prefill(fetched=...)``, which
         reads the memory tier only. Returns the lookups by key."""
@@ -182,17 +189,21 @@ class ChunkReuse:
         if not spans:
             return {}
         prefix_ids = ids[: spans[0].start]
-        wanted = [(chunk_key(self.fingerprint, [], prefix_ids), prefix_ids)]
+        wanted = [(chunk_key(self.fingerprint, [], prefix_ids, namespace=""), prefix_ids)]
         if mode == "blend":
             wanted += [
-                (chunk_key(self.fingerprint, prefix_ids, ids[s.start : s.end]), ids[s.start : s.end]) for s in spans
+                (
+                    chunk_key(self.fingerprint, prefix_ids, ids[s.start : s.end], namespace=s.namespace),
+                    ids[s.start : s.end],
+                )
+                for s in spans
             ]
         return {key: self.store.get(key, token_ids) for key, token_ids in wanted}
 
     def prefill(
         self,
         prompt: str,
-        chunks: list[str],
+        chunks: Sequence[PromptChunk],
         *,
         mode: ReuseMode = "blend",
         fraction: float | None = None,
@@ -216,7 +227,7 @@ class ChunkReuse:
         candidates = torch.zeros(n, dtype=torch.bool)
         tiers: dict[str, int] = {"memory": 0, "redis": 0, "miss": 0}
         bytes_read = 0
-        missed: list[list[int]] = []
+        missed: list[tuple[list[int], str]] = []
         prefix_tier = None
         prefix: ChunkKV | None = None
         local = fetched is not None
@@ -230,7 +241,7 @@ class ChunkReuse:
 
         if spans:
             prefix_ids = ids[: spans[0].start]
-            early = fetched.get(chunk_key(self.fingerprint, [], prefix_ids))
+            early = fetched.get(chunk_key(self.fingerprint, [], prefix_ids, namespace=""))
             if early is not None and early.entry is not None:
                 found, computed_now = early, False
             else:
@@ -246,11 +257,11 @@ class ChunkReuse:
             if mode == "blend":
                 for s in spans:
                     cid = ids[s.start : s.end]
-                    hit = lookup(chunk_key(self.fingerprint, prefix_ids, cid), cid)
+                    hit = lookup(chunk_key(self.fingerprint, prefix_ids, cid, namespace=s.namespace), cid)
                     bytes_read += hit.bytes_read
                     if hit.entry is None:
                         tiers["miss"] += 1
-                        missed.append(cid)
+                        missed.append((cid, s.namespace))
                         continue
                     tiers[hit.tier] += 1
                     entry = hit.entry
@@ -282,7 +293,7 @@ class ChunkReuse:
             "prefix": prefix_tier,
             "chunk_tokens": chunk_tokens,
             "chunk_tokens_reused": reused_chunk - recomputed_chunk,
-            "chunk_tokens_recomputed": recomputed_chunk + sum(len(c) for c in missed),
+            "chunk_tokens_recomputed": recomputed_chunk + sum(len(c) for c, _ in missed),
             "tokens_computed": n - reused,
             "recompute_fraction": round(fraction, 4) if mode == "blend" else None,
             "bytes_read": bytes_read,
@@ -297,8 +308,8 @@ class ChunkReuse:
             def store_missed() -> None:
                 # Missed chunks were computed in place (exact); their stored form is computed alone
                 # after the prefix once the answer is out, so it never delays the first token.
-                for cid in missed:
-                    self._chunk_entry(kept_prefix, cid, local=local)
+                for cid, namespace in missed:
+                    self._chunk_entry(kept_prefix, cid, namespace, local=local)
 
             out.after = store_missed
         return out

@@ -24,7 +24,7 @@ from retrieval.generation import (
     TokenLogprob,
 )
 from retrieval.policies.base import PolicyContext, PolicyResult, Prepared, Question, RetrievalPolicy, Step
-from retrieval.prompts import chunk_texts
+from retrieval.prompts import prompt_chunks
 
 
 @dataclass
@@ -202,7 +202,7 @@ async def answer_events(
         stats = replace(prepared.answer.stats, prompt_tokens=0, completion_tokens=0)
         llm_calls = prepared.llm_calls_before
     else:
-        args = (prepared.messages, params, prepared.assistant_prefix, chunk_texts(prepared.passages))
+        args = (prepared.messages, params, prepared.assistant_prefix, prompt_chunks(prepared.passages))
         final_generate, final_stream = ctx.generate, ctx.stream
         first = None
         if ctx.escalation is not None and not params.shapes_output:

@@ -40,13 +40,15 @@ READ_COUNT = 256
 
 
 class LogMeta(TypedDict, total=False):
-    """An entry's JSON part: an upsert (the embedder and the documents) or a removal (the document's id)."""
+    """An entry's JSON part: an upsert (the embedder and the documents) or a removal (the document's namespace
+    and id; entries written before ids were scoped to a namespace carry the id alone)."""
 
     op: Literal["upsert", "remove"]
     embedder: str
     docs: list[DocumentRecord]
     seed: bool  # the log's first entry, published from a replica's snapshot
     id: str
+    namespace: str
 
 
 @dataclass(frozen=True)

@@ -107,9 +107,15 @@ class DocumentRecord(TypedDict):
     pieces: list[tuple[int, str]]
 
 
-class StoredDocument(TypedDict):
-    """A document as the store holds it in memory, by id: its fields and its chunks' ids."""
+# A stored document's key: its namespace and its id there. Ids are scoped to a namespace: two tenants may each
+# hold a document "faq", and neither's writes touch (or reveal) the other's.
+DocKey = tuple[str, str]
 
+
+class StoredDocument(TypedDict):
+    """A document as the store holds it in memory, by (namespace, id): its fields and its chunks' ids."""
+
+    id: NotRequired[str]  # absent in snapshots from before ids were scoped to a namespace: the docs' key
     namespace: NotRequired[str]  # absent in snapshots from before namespaces: the shared one
     fingerprint: str
     title: str

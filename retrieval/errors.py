@@ -26,7 +26,11 @@ class IndexStateError(RetrievalError):
 
 
 class DocumentOwnershipError(RetrievalError):
-    """The document id belongs to another namespace: this writer may not replace or remove it."""
+    """The document is readable but not the caller's to change (a tenant removing a shared document)."""
+
+
+class AmbiguousDocumentError(RetrievalError):
+    """An id several namespaces hold, asked for without saying which (an operator's removal)."""
 
 
 class DocumentNotFoundError(RetrievalError):

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal, Protocol
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from typing_extensions import TypedDict  # pydantic and FastAPI read it on Python 3.11
 
+from core.chunks import PromptChunk
+
 FinishReason = Literal["stop", "length"]
 
 # A temperature below this is greedy decoding (vLLM's rule, its _SAMPLING_EPS): dividing logits by a temperature
@@ -213,12 +215,14 @@ class Engine(Protocol):
         """Model tokens in ``text`` (no special tokens added)."""
 
     def stream(
-        self, prompt: str, params: SamplingParams, chunks: list[str] | None = None
+        self, prompt: str, params: SamplingParams, chunks: list[PromptChunk] | None = None
     ) -> AsyncIterator[GenerationChunk]:
         """Stream the completion of ``prompt``; the last chunk carries finish reason and stats.
         ``chunks``: retrieved texts inside the prompt (engines with a chunk-KV cache reuse their KV)."""
 
-    async def generate(self, prompt: str, params: SamplingParams, chunks: list[str] | None = None) -> GenerationResult:
+    async def generate(
+        self, prompt: str, params: SamplingParams, chunks: list[PromptChunk] | None = None
+    ) -> GenerationResult:
         """The whole completion at once."""
 
     async def generate_with_signals(self, prompt: str, params: SamplingParams) -> SignalResult:

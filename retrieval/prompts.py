@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from core.chunks import PromptChunk
 from retrieval.documents import Passage
 from retrieval.generation import ChatMessage
 
@@ -50,8 +51,9 @@ def passage_body(p: Passage) -> str:
     return f"{p.chunk.title}\n{p.chunk.text}" if p.chunk.title else p.chunk.text
 
 
-def chunk_texts(passages: list[Passage]) -> list[str]:
-    return [passage_body(p) for p in passages]
+def prompt_chunks(passages: list[Passage]) -> list[PromptChunk]:
+    """The passages' bodies as the prompt holds them, each with its document's namespace (the chunk-KV key's)."""
+    return [PromptChunk(passage_body(p), p.chunk.namespace) for p in passages]
 
 
 def canonical_order(passages: list[Passage]) -> list[Passage]:

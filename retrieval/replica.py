@@ -133,18 +133,12 @@ class LogReplica:
                         f"corpus log entry {entry.generation} was embedded by {meta.get('embedder')}; this replica "
                         f"embeds with {self.store.embedder_name}"
                     )
-                records = meta["docs"]
-                for record in records:
-                    owner = self.store.owner(record["id"])
-                    if owner is not None and owner != record["namespace"]:
-                        # Writers check against the head they append at, so this cannot happen; refuse loudly.
-                        raise CorpusLogError(
-                            f"corpus log entry {entry.generation} moves {record['id']!r} across namespaces"
-                        )
-                upsert_records(self.store, records, entry.vectors, report)
+                upsert_records(self.store, meta["docs"], entry.vectors, report)
             elif meta.get("op") == "remove":
-                if self.store.owner(meta["id"]) is not None:
-                    self.store.remove(meta["id"])
+                # Entries from before ids were scoped to a namespace name none: the id was unique then.
+                namespace = meta.get("namespace")
+                for ns in [namespace] if namespace is not None else self.store.holders(meta["id"]):
+                    self.store.remove(ns, meta["id"])
             else:
                 raise CorpusLogError(f"corpus log entry {entry.generation} has an unknown op {meta.get('op')!r}")
             self.store.corpus_generation = entry.generation

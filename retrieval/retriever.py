@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from core.chunks import PromptChunk
 from retrieval.chunking import Chunker
 from retrieval.corpus_log import CorpusLog, LogMeta
 from retrieval.documents import (
     CorpusStats,
+    DocKey,
     Document,
     DocumentRecord,
     DocumentSummary,
@@ -22,10 +24,10 @@ from retrieval.documents import (
     Passage,
 )
 from retrieval.errors import (
+    AmbiguousDocumentError,
     CorpusBusyError,
     DocumentFormatError,
     DocumentNotFoundError,
-    DocumentOwnershipError,
     GenerationAheadError,
     GenerationLagError,
 )
@@ -98,8 +100,8 @@ class Retriever:
 
     # -- writing -------------------------------------------------------------------------------
     def ingest(self, docs: list[Document]) -> IngestReport:
-        """Index ``docs`` as one batch (all or nothing). A document whose id another namespace holds is
-        refused with the whole batch (DocumentOwnershipError) before anything changes."""
+        """Index ``docs`` as one batch (all or nothing), each in its own namespace: an id is scoped to its
+        namespace, so a document never replaces (or reveals) another namespace's of the same id."""
         with self._ingest_lock:
             if self.log is None:
                 return self._ingest_local(docs)
@@ -109,22 +111,20 @@ class Retriever:
         """The batch against the corpus as this replica holds it: what is unchanged, and what to index."""
         report = IngestReport()
         pending: list[Document] = []
-        seen: dict[str, str] = {}  # id -> fingerprint, in this batch
+        seen: dict[tuple[str, str], str] = {}  # (namespace, id) -> fingerprint, in this batch
         for doc in docs:
             if not doc.text.strip():
                 raise DocumentFormatError(f"document {doc.id!r} has no text")
-            owner = self.store.owner(doc.id)
-            if owner is not None and owner != doc.namespace:
-                raise DocumentOwnershipError(f"document id {doc.id!r} belongs to another namespace")
-            if doc.id in seen:
+            key = (doc.namespace, doc.id)
+            if key in seen:
                 # One rule for every format: the same document twice is taken once; two under one id are refused.
-                if seen[doc.id] != doc.fingerprint:
+                if seen[key] != doc.fingerprint:
                     raise DocumentFormatError(
                         f"document id {doc.id!r} is given twice in the batch, with different text"
                     )
                 continue
-            seen[doc.id] = doc.fingerprint
-            if self.store.fingerprint(doc.id) == doc.fingerprint:
+            seen[key] = doc.fingerprint
+            if self.store.fingerprint(doc.namespace, doc.id) == doc.fingerprint:
                 report.unchanged.append(doc.id)
                 continue
             pending.append(doc)
@@ -186,24 +186,22 @@ class Retriever:
         return f"{doc.title}\n{text}" if doc.title and not text.startswith(doc.title) else text
 
     def remove(self, doc_id: str, namespace: str | None = None) -> bool:
-        """Remove a document (of ``namespace``, when given: another namespace's is refused, and one the
-        caller cannot read is not found). False: there is no such document."""
+        """Remove the document ``doc_id`` of ``namespace`` (None: of the one namespace that holds that id; an
+        id several hold is an AmbiguousDocumentError). False: there is no such document."""
         with self._ingest_lock:
             for _ in range(APPEND_TRIES):
                 if self.replica is not None:
                     self.replica.catch_up_locked()
-                owner = self.store.owner(doc_id)
-                if owner is None:
+                ns = namespace if namespace is not None else self._only_holder(doc_id)
+                if ns is None or self.store.fingerprint(ns, doc_id) is None:
                     return False
-                if namespace is not None and owner != namespace:
-                    raise DocumentOwnershipError(f"document {doc_id!r} belongs to another namespace")
                 if self.replica is None:
                     with self.store.transaction():
-                        self.store.remove(doc_id)
+                        self.store.remove(ns, doc_id)
                         self.store.corpus_generation += 1
                         self.store.save()
                     return True
-                removal: LogMeta = {"op": "remove", "id": doc_id}
+                removal: LogMeta = {"op": "remove", "id": doc_id, "namespace": ns}
                 entry = self.replica.append_locked(removal, np.zeros((0, self.store.dim), np.float32))
                 if entry is not None:
                     self.replica.apply_locked(entry, None)
@@ -238,22 +236,33 @@ class Retriever:
     def documents(self, namespaces: Collection[str] | None = None) -> list[DocumentSummary]:
         return self.store.documents(namespaces)
 
-    def document(self, doc_id: str, namespaces: Collection[str] | None = None) -> DocumentSummary:
-        owner = self.store.owner(doc_id)
-        if owner is None or (namespaces is not None and owner not in namespaces):
-            raise DocumentNotFoundError(f"no document {doc_id!r}")
-        return next(d for d in self.store.documents([owner]) if d["id"] == doc_id)
+    def _only_holder(self, doc_id: str) -> str | None:
+        holders = self.store.holders(doc_id)
+        if len(holders) > 1:
+            raise AmbiguousDocumentError(
+                f"document id {doc_id!r} is held by {len(holders)} namespaces ({', '.join(holders)}): name one"
+            )
+        return holders[0] if holders else None
 
-    def chunk_bodies(self, doc_ids: Collection[str] | None = None) -> list[str]:
-        """Each chunk of these documents (None: every document) as a prompt shows it after its number: what
-        an engine's chunk-KV cache computes ahead of the first question about it."""
-        from retrieval.prompts import passage_body
+    def document(self, doc_id: str, namespaces: Collection[str] | None = None) -> DocumentSummary:
+        """The document ``doc_id`` in the first of ``namespaces`` (in their order) that holds one; None: in
+        whichever holds it, the shared namespace first."""
+        candidates = self.store.holders(doc_id) if namespaces is None else list(namespaces)
+        for ns in candidates:
+            if self.store.fingerprint(ns, doc_id) is not None:
+                return next(d for d in self.store.documents([ns]) if d["id"] == doc_id)
+        raise DocumentNotFoundError(f"no document {doc_id!r}")
+
+    def chunk_bodies(self, keys: Collection[DocKey] | None = None) -> list[PromptChunk]:
+        """Each chunk of these documents, by (namespace, id) (None: every document), as a prompt shows it after
+        its number, with its namespace: what an engine's chunk-KV cache computes ahead of the first question."""
+        from retrieval.prompts import prompt_chunks
 
         store = self.store
         with store._lock:
-            ids = list(store.docs) if doc_ids is None else [d for d in doc_ids if d in store.docs]
-            chunks = [store.chunks[c] for d in ids for c in store.docs[d]["chunk_ids"] if c in store.chunks]
-        return [passage_body(Passage(chunk=c, score=0.0)) for c in chunks]
+            held = list(store.docs) if keys is None else [k for k in keys if k in store.docs]
+            chunks = [store.chunks[c] for k in held for c in store.docs[k]["chunk_ids"] if c in store.chunks]
+        return prompt_chunks([Passage(chunk=c, score=0.0) for c in chunks])
 
     def embed_query(self, query: str) -> np.ndarray:
         return self.embedder.encode([query])[0]

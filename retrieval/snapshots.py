@@ -17,12 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.documents import Chunk, StoredDocument
+from retrieval.documents import SHARED_NAMESPACE, Chunk, DocKey, StoredDocument
 from retrieval.errors import IndexLockedError, IndexStateError, IndexWriteError
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# 2: documents as a list keyed by (namespace, id); 1 (still read): a ``docs`` object keyed by id.
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 KEEP_SNAPSHOTS = 2
 
 
@@ -46,7 +48,7 @@ class Snapshot:
     """What a snapshot holds: the FAISS index, the documents and chunks, and the counters."""
 
     index: Any  # a faiss IndexIDMap2
-    docs: dict[str, StoredDocument]
+    docs: dict[DocKey, StoredDocument]
     chunks: dict[int, Chunk]
     next_chunk_id: int
     generation: int
@@ -120,7 +122,8 @@ class SnapshotDir:
         tmp.mkdir()
         _write_file(tmp / "index.faiss", faiss.serialize_index(snap.index).tobytes())
         store = {
-            "docs": snap.docs,
+            # A list, each entry with its namespace and id: ids are unique per namespace, not overall.
+            "documents": [{**entry, "namespace": ns, "id": doc_id} for (ns, doc_id), entry in snap.docs.items()],
             "chunks": [asdict(c) for c in snap.chunks.values()],
             "next_chunk_id": snap.next_chunk_id,
         }
@@ -193,7 +196,7 @@ class SnapshotDir:
             index = faiss.deserialize_index(np.frombuffer((snap / "index.faiss").read_bytes(), dtype=np.uint8))
         except (OSError, ValueError, RuntimeError) as exc:
             raise IndexStateError(f"index snapshot {snap} is unreadable: {exc}") from exc
-        if manifest.get("format") != FORMAT_VERSION:
+        if manifest.get("format") not in READABLE_FORMATS:
             raise IndexStateError(f"index snapshot {snap} has format {manifest.get('format')}")
         if manifest.get("dim") != self.dim or manifest.get("embedder") != self.embedder_name:
             raise IndexStateError(
@@ -203,10 +206,11 @@ class SnapshotDir:
         chunks = {int(c["chunk_id"]): Chunk(**c) for c in data["chunks"]}
         if index.ntotal != len(chunks):
             raise IndexStateError(f"index snapshot {snap} is inconsistent: vectors and chunks differ")
-        logger.info("loaded index snapshot %s: %d docs, %d chunks", snap, len(data["docs"]), len(chunks))
+        docs = _documents(data)
+        logger.info("loaded index snapshot %s: %d docs, %d chunks", snap, len(docs), len(chunks))
         return Snapshot(
             index=index,
-            docs=data["docs"],
+            docs=docs,
             chunks=chunks,
             next_chunk_id=int(data["next_chunk_id"]),
             generation=int(manifest["generation"]),
@@ -214,3 +218,13 @@ class SnapshotDir:
             corpus_generation=int(manifest.get("corpus_generation", 0)),
             epoch=manifest.get("epoch"),
         )
+
+
+def _documents(data: dict[str, Any]) -> dict[DocKey, StoredDocument]:
+    """The stored documents by (namespace, id). Snapshots from before ids were scoped to a namespace keep
+    a ``docs`` object by id (one namespace per id then); later ones a ``documents`` list."""
+    if "documents" in data:
+        entries = [(str(e["id"]), e) for e in data["documents"]]
+    else:
+        entries = [(str(doc_id), {**e, "id": doc_id}) for doc_id, e in data["docs"].items()]
+    return {(str(e.get("namespace", SHARED_NAMESPACE)), doc_id): e for doc_id, e in entries}

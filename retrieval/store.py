@@ -15,6 +15,7 @@ import numpy as np
 from retrieval.documents import (
     SHARED_NAMESPACE,
     Chunk,
+    DocKey,
     Document,
     DocumentRecord,
     DocumentSummary,
@@ -49,7 +50,7 @@ class VectorStore:
         self.embedder_name = embedder_name
         self.directory = Path(directory) if directory else None
         self.index: Any = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-        self.docs: dict[str, StoredDocument] = {}
+        self.docs: dict[DocKey, StoredDocument] = {}
         self.chunks: dict[int, Chunk] = {}
         self.next_chunk_id = 0
         # Two counters. `generation` moves on every change in memory (undone ones too): what is derived from
@@ -72,22 +73,22 @@ class VectorStore:
         self.snapshots = SnapshotDir(self.directory, dim, embedder_name) if self.directory else None
 
     # -- queries -------------------------------------------------------------------------------
-    def fingerprint(self, doc_id: str) -> str | None:
-        entry = self.docs.get(doc_id)
+    def fingerprint(self, namespace: str, doc_id: str) -> str | None:
+        entry = self.docs.get((namespace, doc_id))
         return None if entry is None else str(entry["fingerprint"])
 
-    def owner(self, doc_id: str) -> str | None:
-        """The namespace a stored document belongs to (None: no such document)."""
-        entry = self.docs.get(doc_id)
-        return None if entry is None else str(entry.get("namespace", SHARED_NAMESPACE))
+    def holders(self, doc_id: str) -> list[str]:
+        """The namespaces that hold a document with this id, the shared one first, then by name."""
+        with self._lock:
+            found = [ns for ns, i in self.docs if i == doc_id]
+        return sorted(found, key=lambda ns: (ns != SHARED_NAMESPACE, ns))
 
     def documents(self, namespaces: Collection[str] | None = None) -> list[DocumentSummary]:
-        """The stored documents (of ``namespaces``; None: all), by id."""
+        """The stored documents (of ``namespaces``; None: all), by id, then namespace."""
         with self._lock:
             out: list[DocumentSummary] = []
-            for doc_id in sorted(self.docs):
-                entry = self.docs[doc_id]
-                ns = entry.get("namespace", SHARED_NAMESPACE)
+            for ns, doc_id in sorted(self.docs, key=lambda k: (k[1], k[0])):
+                entry = self.docs[(ns, doc_id)]
                 if namespaces is None or ns in namespaces:
                     out.append(
                         {
@@ -194,19 +195,21 @@ class VectorStore:
         doc_id, namespace, title, source = record["id"], record["namespace"], record["title"], record["source"]
         if len(pieces) != len(vectors):
             raise ValueError("one vector per chunk is required")
+        key = (namespace, doc_id)
         with self._lock:
-            old = self.fingerprint(doc_id)
+            old = self.fingerprint(namespace, doc_id)
             if old == record["fingerprint"]:
                 return "unchanged"
             if old is not None:
-                self._remove_locked(doc_id)
+                self._remove_locked(key)
             ids = np.arange(self.next_chunk_id, self.next_chunk_id + len(pieces), dtype=np.int64)
             self.next_chunk_id += len(pieces)
             if len(pieces):
                 self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
             for n, (cid, (start, text)) in enumerate(zip(ids.tolist(), pieces, strict=True)):
                 self.chunks[cid] = Chunk(cid, doc_id, title, text, n, int(start), source, namespace)
-            self.docs[doc_id] = {
+            self.docs[key] = {
+                "id": doc_id,
                 "namespace": namespace,
                 "fingerprint": record["fingerprint"],
                 "title": title,
@@ -215,7 +218,7 @@ class VectorStore:
                 "chunk_ids": ids.tolist(),
             }
             if self._undo is not None:
-                self._undo.append(lambda: self._remove_locked(doc_id))
+                self._undo.append(lambda: self._remove_locked(key))
             self.generation += 1
             self._gpu_index = None
             return "added" if old is None else "updated"
@@ -226,13 +229,13 @@ class VectorStore:
         with self._lock:
             out: list[DocumentRecord] = []
             rows = []
-            for doc_id in sorted(self.docs):
-                entry = self.docs[doc_id]
+            for key in sorted(self.docs):
+                entry = self.docs[key]
                 ids = [int(i) for i in entry["chunk_ids"]]
                 out.append(
                     {
-                        "id": doc_id,
-                        "namespace": entry.get("namespace", SHARED_NAMESPACE),
+                        "id": key[1],
+                        "namespace": key[0],
                         "fingerprint": entry["fingerprint"],
                         "title": entry["title"],
                         "source": entry["source"],
@@ -258,34 +261,35 @@ class VectorStore:
             self._gpu_index = None
             self._bitmaps.clear()
 
-    def remove(self, doc_id: str) -> bool:
+    def remove(self, namespace: str, doc_id: str) -> bool:
+        key = (namespace, doc_id)
         with self._lock:
-            if doc_id not in self.docs:
+            if key not in self.docs:
                 return False
-            self._remove_locked(doc_id)
+            self._remove_locked(key)
             self.generation += 1
             self._gpu_index = None
             return True
 
-    def _remove_locked(self, doc_id: str) -> None:
-        entry = self.docs.pop(doc_id)
+    def _remove_locked(self, key: DocKey) -> None:
+        entry = self.docs.pop(key)
         ids = np.asarray(entry["chunk_ids"], dtype=np.int64)
         if self._undo is not None:
             # What it takes to put the document back: its entry, its chunks and their vectors.
             vectors = np.vstack([self.index.reconstruct(int(i)) for i in ids]) if len(ids) else None
             chunks = {int(cid): self.chunks[int(cid)] for cid in entry["chunk_ids"] if int(cid) in self.chunks}
-            self._undo.append(lambda: self._restore_locked(doc_id, entry, ids, vectors, chunks))
+            self._undo.append(lambda: self._restore_locked(key, entry, ids, vectors, chunks))
         self.index.remove_ids(ids)
         for cid in entry["chunk_ids"]:
             self.chunks.pop(int(cid), None)
 
     def _restore_locked(
-        self, doc_id: str, entry: StoredDocument, ids: np.ndarray, vectors: np.ndarray | None, chunks: dict[int, Chunk]
+        self, key: DocKey, entry: StoredDocument, ids: np.ndarray, vectors: np.ndarray | None, chunks: dict[int, Chunk]
     ) -> None:
         if vectors is not None:
             self.index.add_with_ids(vectors, ids)
         self.chunks.update(chunks)
-        self.docs[doc_id] = entry
+        self.docs[key] = entry
 
     # -- persistence (the directory's snapshots and writer lock: `retrieval.snapshots`) -------------
     def save(self) -> Path | None:

@@ -263,6 +263,39 @@ class SlaController:
         )
         return b.period, granted
 
+    # -- work outside the answer path (embeddings) -----------------------------------------------
+    async def reserve_work(self, tenant: str | None, ticket: str, model: str, worst_tokens: int) -> bool:
+        """Before a request that spends a tenant's budget outside the answer path (the embeddings API): reserve
+        its worst case (``worst_tokens`` prompt tokens of ``model``), or refuse with BudgetExhaustedError. False:
+        the tenant has no budget, so nothing is reserved (and `settle_work` is not needed)."""
+        policy = self.store.policy
+        entry = policy.tenants.get(tenant) if tenant else None
+        if entry is None or entry.budget is None:
+            return False
+        b = entry.budget
+        micros = math.ceil(worst_tokens * policy.price(model).prompt_per_1m)
+        granted, _ = await self.ledger.reserve(
+            ticket,
+            tenant,  # type: ignore[arg-type]
+            b.period,
+            worst_tokens,
+            micros,
+            b.tokens,
+            None if b.cost is None else round(b.cost * MICRO),
+            lease_s=policy.controller.ticket_lease_s,
+        )
+        if not granted:
+            raise BudgetExhaustedError(
+                f"tenant {tenant!r} has no budget left for {worst_tokens} tokens this {b.period}",
+                retry_after=seconds_to_reset(b.period),
+            )
+        return True
+
+    async def settle_work(self, ticket: str, model: str, tokens: int) -> dict[str, Any] | None:
+        """Charge what a `reserve_work` request used (``tokens`` prompt tokens of ``model``; 0 when it failed)."""
+        micros = math.ceil(tokens * self.store.policy.price(model).prompt_per_1m)
+        return await self.settlements.settle(ticket, tokens, micros)
+
     # -- feedback ------------------------------------------------------------------------------
     async def finish(self, ticket_id: str, outcome: Outcome) -> Settlement | None:
         """Settle a request: charge what it used (also when it failed or its client left, and a cached

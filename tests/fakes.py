@@ -42,6 +42,7 @@ class ScriptedEngine:
     prompts: list[str] = field(default_factory=list)
     closed: bool = False
     hold: threading.Event | None = None
+    stopped: int = 0  # generations stopped before their end (their caller cancelled or closed them)
     logprob: float = -0.1  # each word's log-probability, when a request asks for them
 
     def render_chat(self, messages: list[gen.ChatMessage]) -> str:
@@ -70,22 +71,26 @@ class ScriptedEngine:
         self.prompts.append(prompt)
         words, finish = self._completion(prompt, params)
         stats = gen.GenerationStats(prompt_tokens=self.count_tokens(prompt), completion_tokens=len(words))
-        for i, word in enumerate(words):
-            if self.fail_after is not None and i >= self.fail_after:
-                raise EngineFailure(f"scripted failure after {i} chunks")
-            await asyncio.sleep(0)  # a real engine yields to the loop between tokens
-            while i == 1 and self.hold is not None and not self.hold.is_set():
-                await asyncio.sleep(0.005)
-            last = i == len(words) - 1
-            piece = (" " if i else "") + word
-            yield gen.GenerationChunk(
-                text=piece,
-                logprobs=[gen.TokenLogprob(piece, self.logprob)] if params.logprobs is not None else None,
-                finish_reason=finish if last else None,
-                stats=stats if last else None,
-                prompt_tokens=stats.prompt_tokens,
-                completion_tokens=i + 1,
-            )
+        try:
+            for i, word in enumerate(words):
+                if self.fail_after is not None and i >= self.fail_after:
+                    raise EngineFailure(f"scripted failure after {i} chunks")
+                await asyncio.sleep(0)  # a real engine yields to the loop between tokens
+                while i == 1 and self.hold is not None and not self.hold.is_set():
+                    await asyncio.sleep(0.005)
+                last = i == len(words) - 1
+                piece = (" " if i else "") + word
+                yield gen.GenerationChunk(
+                    text=piece,
+                    logprobs=[gen.TokenLogprob(piece, self.logprob)] if params.logprobs is not None else None,
+                    finish_reason=finish if last else None,
+                    stats=stats if last else None,
+                    prompt_tokens=stats.prompt_tokens,
+                    completion_tokens=i + 1,
+                )
+        except (asyncio.CancelledError, GeneratorExit):
+            self.stopped += 1  # its caller went away mid-generation
+            raise
         if not words:
             if self.fail_after is not None:
                 raise EngineFailure("scripted failure before the first chunk")

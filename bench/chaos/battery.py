@@ -25,7 +25,8 @@ DOCS = "/v1/documents"
 @dataclass(frozen=True)
 class Case:
     name: str
-    kind: str  # shapes, encodings, nesting, sizes, numbers, roles, auth, sla, documents, routes, openai, schemas, text
+    kind: str  # shapes, encodings, nesting, sizes, numbers, roles, auth, sla, documents, routes, openai, schemas,
+    # text, tenancy
     method: str
     path: str
     expect: frozenset[int]
@@ -428,6 +429,18 @@ def hostile(add: Any) -> None:
         content=twice.encode("utf-8"), headers={"content-type": "application/jsonl"})  # fmt: skip
     add("documents: one id twice, differently, in JSON", "documents", "POST", DOCS, 400,
         json_body={"documents": [{"id": "same", "text": "one"}, {"id": "same", "text": "two"}]})  # fmt: skip
+    # Ids are scoped to a namespace: another tenant's id is the writer's own document (no 403 that says it
+    # exists), each tenant reads and deletes its own, and neither learns of the other's.
+    probe = f"{DOCS}/tenancy-probe"
+    mine = {"documents": [{"id": "tenancy-probe", "text": "The acme probe document."}]}
+    theirs = {"documents": [{"id": "tenancy-probe", "text": "The globex probe document."}]}
+    add("tenancy: another tenant writes an id", "tenancy", "POST", DOCS, 200, json_body=theirs, key=OTHER_KEY)
+    add("tenancy: the same id is this tenant's own", "tenancy", "POST", DOCS, 200, json_body=mine)
+    add("tenancy: each deletes its own", "tenancy", "DELETE", probe, 200, key=OTHER_KEY)
+    add("tenancy: the other's is gone, this one's stays", "tenancy", "DELETE", probe, 404, key=OTHER_KEY)
+    add("tenancy: and this one's goes", "tenancy", "DELETE", probe, 200)
+    add("tenancy: a generation no write reached", "tenancy", "GET", DOCS, 400,
+        headers={"x-ragyard-min-generation": "999999999"})  # fmt: skip
 
 
 def batches(all_cases: list[Case], size: int = 10) -> Iterator[list[Case]]:

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from typing_extensions import TypedDict  # FastAPI reads a route's TypedDict on Python 3.11
 
+from core.chunks import PromptChunk
 from retrieval.corpus_log import open_log
-from retrieval.documents import CorpusStats, Document, DocumentSummary, IngestReport, IngestResult, Passage
+from retrieval.documents import CorpusStats, DocKey, Document, DocumentSummary, IngestReport, IngestResult, Passage
 from retrieval.errors import DocumentFormatError
 from retrieval.ingest import load_path
 from retrieval.retriever import Retriever
@@ -147,24 +148,35 @@ class RetrieverService:
         vec = await asyncio.to_thread(self.retriever.embed_query, text)
         return [float(v) for v in vec]
 
+    def _embedding_tokens(self, texts: list[str]) -> list[int]:
+        """Each text's token count as the embedder reads it (it truncates at its maximum sequence length); a
+        request over ``embedder.max_tokens_per_request`` is a 400, counted before any embedding (the tokenizer
+        is fast, the model is what costs)."""
+        embedder = self.retriever.embedder
+        limit = int(getattr(embedder.model, "max_seq_length", 0) or 0)
+        counts = [len(ids) for ids in embedder.tokenizer(texts, add_special_tokens=True).input_ids]
+        tokens = [min(c, limit) if limit else c for c in counts]
+        budget = self.config.embedder.max_tokens_per_request
+        if sum(tokens) > budget:
+            raise InvalidRequestError(
+                f"the input is {sum(tokens)} tokens to embed; at most {budget} per request "
+                "(embedder.max_tokens_per_request): send it in smaller requests",
+                param="input",
+                code="input_too_large",
+            )
+        return tokens
+
+    async def embedding_tokens(self, texts: list[str]) -> list[int]:
+        """What `embed_many` would read of ``texts``, without embedding (what a tenant's budget reserves)."""
+        return await asyncio.to_thread(self._embedding_tokens, texts)
+
     async def embed_many(self, texts: list[str]) -> Embeddings:
         """The embedder's vectors for ``texts`` in one batch (the embeddings API), with each text's token
-        count (what the embedder read of it: it truncates at its maximum sequence length)."""
+        count (`embedding_tokens`)."""
 
         def run() -> Embeddings:
             embedder = self.retriever.embedder
-            limit = int(getattr(embedder.model, "max_seq_length", 0) or 0)
-            counts = [len(ids) for ids in embedder.tokenizer(texts, add_special_tokens=True).input_ids]
-            tokens = [min(c, limit) if limit else c for c in counts]
-            budget = self.config.embedder.max_tokens_per_request
-            if sum(tokens) > budget:
-                # Counted before any embedding: the tokenizer is fast, the model is what costs.
-                raise InvalidRequestError(
-                    f"the input is {sum(tokens)} tokens to embed; at most {budget} per request "
-                    "(embedder.max_tokens_per_request): send it in smaller requests",
-                    param="input",
-                    code="input_too_large",
-                )
+            tokens = self._embedding_tokens(texts)
             vectors = embedder.encode(texts)
             return {"model": embedder.name, "dim": int(vectors.shape[1]), "vectors": vectors.tolist(), "tokens": tokens}
 
@@ -186,9 +198,10 @@ class RetrieverService:
                 )
         return self.retriever.ingest(docs)
 
-    async def chunk_bodies(self, doc_ids: list[str] | None = None) -> list[str]:
-        """The chunks of these documents (None: all) as prompts show them, for the workers' chunk-KV cache."""
-        return await asyncio.to_thread(self.retriever.chunk_bodies, doc_ids)
+    async def chunk_bodies(self, keys: list[DocKey] | None = None) -> list[PromptChunk]:
+        """The chunks of these documents, by (namespace, id) (None: all), as prompts show them, for the workers'
+        chunk-KV cache."""
+        return await asyncio.to_thread(self.retriever.chunk_bodies, keys)
 
     async def remove(self, doc_id: str, namespace: str | None = None) -> Removal:
         removed = await asyncio.to_thread(self.retriever.remove, doc_id, namespace)
@@ -211,7 +224,7 @@ class RetrieverService:
     async def inventory(self, doc_ids: list[str]) -> Inventory:
         """Which of ``doc_ids`` this replica holds now (no catch-up first): what the scale-out checks ask each
         replica, to see every committed document reach every replica."""
-        held = self.retriever.store.docs
+        held = {doc_id for _, doc_id in list(self.retriever.store.docs)}
         return {
             "replica": replica_name(),
             "generation": self.retriever.generation,

@@ -115,6 +115,16 @@ class RouterService:
     async def finish(self, ticket: str, outcome: Outcome) -> Settlement | None:
         return None if self.controller is None else await self.controller.finish(ticket, outcome)
 
+    async def reserve_work(self, tenant: str | None, ticket: str, model: str, worst_tokens: int) -> bool:
+        """Reserve a tenant's budget for work outside the answer path (`SlaController.reserve_work`)."""
+        if self.controller is None:
+            return False
+        return await self.controller.reserve_work(tenant, ticket, model, worst_tokens)
+
+    async def settle_work(self, ticket: str, model: str, tokens: int) -> None:
+        if self.controller is not None:
+            await self.controller.settle_work(ticket, model, tokens)
+
     async def sla(self, tenant: str | None = None) -> dict[str, Any]:
         if self.controller is None:
             return {"enabled": False, "detail": "the SLA controller is off (sla.enabled: false)"}

@@ -12,6 +12,7 @@ from typing import (
 
 from typing_extensions import TypedDict
 
+from core.chunks import PromptChunk
 from retrieval.generation import (
     ChatMessage,
     Engine,
@@ -91,13 +92,13 @@ class Worker:
             parts.append(metrics_text())
         return "".join(parts)
 
-    def precompute(self, texts: list[str]) -> Precompute:
-        """Queue chunk texts for the engine to compute their KV in the background (llamacpp); returns at once.
+    def precompute(self, chunks: list[PromptChunk]) -> Precompute:
+        """Queue chunks for the engine to compute their KV in the background (llamacpp); returns at once.
         Engines without ahead-of-time chunk KV say so and do nothing."""
         precompute = getattr(self.engine, "precompute", None)
         if precompute is None:
             return {"queued": 0, "enabled": False}
-        result: Precompute = precompute(texts)
+        result: Precompute = precompute(chunks)
         return result
 
     def prompt(self, messages: list[ChatMessage] | str, assistant_prefix: str = "") -> str:
@@ -139,7 +140,7 @@ class Worker:
         messages: list[ChatMessage] | str,
         params: SamplingParams,
         assistant_prefix: str = "",
-        chunks: list[str] | None = None,
+        chunks: list[PromptChunk] | None = None,
     ) -> GenerationResult:
         """``chunks``: the retrieved texts inside the messages (the chunk-KV cache reuses their KV)."""
         self.check(params)
@@ -150,7 +151,7 @@ class Worker:
         messages: list[ChatMessage] | str,
         params: SamplingParams,
         assistant_prefix: str = "",
-        chunks: list[str] | None = None,
+        chunks: list[PromptChunk] | None = None,
     ) -> AsyncIterator[GenerationChunk]:
         self.check(params)
         async for chunk in self.engine.stream(self.prompt(messages, assistant_prefix), params, chunks):

@@ -22,6 +22,7 @@ from services.http.middleware import (
     ApiKeyMiddleware,
     BodyGuardMiddleware,
     BrowserGuardMiddleware,
+    CancelOnDisconnectMiddleware,
     ObserveMiddleware,
     RequestIdMiddleware,
 )
@@ -89,11 +90,13 @@ def create_app(
     if web_chat:
         web.install(app)
     known = frozenset(r.path for router in ROUTERS for r in router.routes if isinstance(r, APIRoute))
-    # The last added runs first: metrics (which count every refusal below), the body guard, the browser
-    # guard, API keys, then the tenant's rate limits.
+    # The last added runs first: metrics (which count every refusal below), the body guard, the disconnect
+    # watch (a client that leaves cancels what runs below it), the browser guard, API keys, then the tenant's
+    # rate limits.
     app.add_middleware(RateLimitMiddleware, sla_policy=sla_policy, url=rate_limit_url)
     app.add_middleware(ApiKeyMiddleware, keys=list(api_keys or []), sla_policy=sla_policy)
     app.add_middleware(BrowserGuardMiddleware, allowed_hosts=allowed_hosts, allowed_origins=list(allowed_origins or []))
+    app.add_middleware(CancelOnDisconnectMiddleware)
     app.add_middleware(BodyGuardMiddleware, max_bytes=max_body_bytes, max_depth=max_json_depth)
     app.add_middleware(ObserveMiddleware, routes=known)
     app.add_middleware(RequestIdMiddleware, set_header=not behind_serve)

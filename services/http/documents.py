@@ -4,7 +4,8 @@ document as its own media type), ``GET /v1/documents`` (the caller's, paged), ``
 
 A tenant writes and deletes only its own namespace and reads its own and the shared one; an operator
 (or anyone, on an open server) writes the shared namespace and may name any namespace with
-``?namespace=``."""
+``?namespace=``. Ids are scoped to a namespace: two tenants may each hold a document "faq" and neither sees,
+replaces or learns of the other's; a tenant's own document shadows a shared one of the same id."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 
 from retrieval.documents import Document
-from retrieval.errors import DocumentFormatError, UnsupportedDocumentTypeError
+from retrieval.errors import DocumentFormatError, DocumentOwnershipError, UnsupportedDocumentTypeError
 from retrieval.ingest import MAX_DOCUMENTS, parse, type_for_media
 from services.errors import InvalidRequestError, PermissionDeniedError
 from services.http.auth import Principal, principal
@@ -125,27 +126,51 @@ async def list_documents(
     if after is not None:
         docs = [d for d in docs if d["id"] > after]
     page = docs[:limit]
+    # Documents come by id, then namespace: a page never ends inside one id's namespaces, so ``after`` (an id)
+    # resumes without skipping any.
+    while len(page) < len(docs) and page and docs[len(page)]["id"] == page[-1]["id"]:
+        page = docs[: len(page) + 1]
     return {
         "object": "list",
         "data": [{"object": "document", **d} for d in page],
         "first_id": page[0]["id"] if page else None,
         "last_id": page[-1]["id"] if page else None,
-        "has_more": len(docs) > limit,
+        "has_more": len(docs) > len(page),
     }
 
 
 @router.get("/v1/documents/{doc_id:path}")
-async def get_document(request: Request, svc: Service, doc_id: str) -> dict[str, Any]:
-    found = await svc.retriever.document(doc_id, read_namespaces(principal(request), None), min_generation(request))
+async def get_document(
+    request: Request, svc: Service, doc_id: str, namespace: str | None = Query(None, min_length=1, max_length=128)
+) -> dict[str, Any]:
+    """The caller's own document of this id, else the shared one (or the namespace asked)."""
+    found = await svc.retriever.document(
+        doc_id, read_namespaces(principal(request), namespace), min_generation(request)
+    )
     return {"object": "document", **found}
 
 
 @router.delete("/v1/documents/{doc_id:path}")
-async def delete_document(request: Request, response: Response, svc: Service, doc_id: str) -> dict[str, Any]:
+async def delete_document(
+    request: Request,
+    response: Response,
+    svc: Service,
+    doc_id: str,
+    namespace: str | None = Query(None, min_length=1, max_length=128),
+) -> dict[str, Any]:
     who = principal(request)
-    # Another tenant's document is not found (its existence is not this caller's business); a shared one
-    # is readable, so deleting it is refused by name.
-    await svc.retriever.document(doc_id, read_namespaces(who, None), min_generation(request))
-    result = await svc.retriever.remove(doc_id, None if who.operator else who.namespace)
+    if who.operator:
+        # An operator names the namespace, or the id must be held by one namespace alone.
+        target = namespace
+        if target is not None:
+            await svc.retriever.document(doc_id, [target], min_generation(request))
+    else:
+        target = write_namespace(who, namespace)
+        found = await svc.retriever.document(doc_id, read_namespaces(who, None), min_generation(request))
+        if found["namespace"] != target:
+            # Only a shared document can be found here and not be the caller's: it is readable, so the refusal
+            # names it; another tenant's document of this id is not even seen.
+            raise DocumentOwnershipError(f"document {doc_id!r} is in the shared namespace; only an operator removes it")
+    result = await svc.retriever.remove(doc_id, target)
     response.headers[GENERATION_HEADER] = str(result.get("generation", 0))
     return {"object": "document.deleted", **result}

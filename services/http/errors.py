@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cache.errors import BackendUnavailableError, CacheError
 from retrieval.errors import (
+    AmbiguousDocumentError,
     CorpusBusyError,
     CorpusLogUnavailableError,
     DocumentFormatError,
@@ -81,6 +82,7 @@ CONVERSIONS: tuple[tuple[type[Exception], Callable[[Any], RagyardError]], ...] =
     (DocumentFormatError, lambda e: InvalidRequestError(str(e), param="documents", code="invalid_document")),
     (OutputFormatError, lambda e: RagyardError(str(e), param="response_format", code="response_format_not_met")),
     (DocumentOwnershipError, lambda e: PermissionDeniedError(str(e), param="id", code="document_not_yours")),
+    (AmbiguousDocumentError, lambda e: InvalidRequestError(str(e), param="namespace", code="ambiguous_document_id")),
     (DocumentNotFoundError, lambda e: NotFoundError(str(e), param="id", code="document_not_found")),
     (
         SlaOverrideError,

@@ -3,6 +3,8 @@ guard, API keys."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 import time
@@ -75,6 +77,64 @@ class BodyGuardMiddleware:
             return await receive()  # what follows the body: a disconnect, which a stream listens for
 
         await self.app(scope, replay, send)
+
+
+class CancelOnDisconnectMiddleware:
+    """A client that leaves before its response has started cancels the work done for it: the route runs as a
+    task, cancelled when the server reports the disconnect, so a generation (and the retrieval before it) stops
+    at its next step and the request is settled for what it ran. Once a response has started (a stream), the
+    route's own disconnect handling takes over. Written by hand: Starlette stops a streaming response when its
+    client leaves, but runs any other route to its end."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        body: list[Message] = []
+        while True:  # the body guard has read it already: one message
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body.append(message)
+            if not message.get("more_body", False):
+                break
+        gone: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        started = False
+
+        async def inner_receive() -> Message:
+            if body:
+                return body.pop(0)
+            return await asyncio.shield(gone)  # a stream listens for its client leaving
+
+        async def inner_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        async def watch() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    gone.set_result(message)
+                    return
+
+        route = asyncio.ensure_future(self.app(scope, inner_receive, inner_send))
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await asyncio.wait({route, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if not route.done() and not started:
+                route.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await route
+                return
+            await route
+        finally:
+            watcher.cancel()
+            if not route.done():
+                route.cancel()
 
 
 def check_json(body: bytes, max_depth: int) -> InvalidRequestError | None:

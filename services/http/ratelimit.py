@@ -28,8 +28,15 @@ from services.http.errors import json_error
 logger = logging.getLogger(__name__)
 
 # Routes that run a model or the embedder for the caller: each holds a concurrency slot while it runs, is refused
-# when the tenant's tokens per minute are spent, and its tokens count towards them.
+# when the tenant's tokens per minute are spent, and its tokens count towards them. A vector store's search
+# (`/v1/vector_stores/{id}/search`) embeds its query: it is work too.
 WORK_PATHS = frozenset({"/v1/chat/completions", "/v1/qa", "/v1/completions", "/v1/embeddings"})
+
+
+def is_work(path: str) -> bool:
+    return path in WORK_PATHS or (path.startswith("/v1/vector_stores/") and path.endswith("/search"))
+
+
 # Every `/v1/` route counts against requests per minute, and so do vLLM's tokenizer routes beside them.
 COUNTED_PATHS = KEYED_PATHS
 
@@ -170,7 +177,7 @@ class RateLimitMiddleware:
         if limits is None:
             await self.app(scope, receive, send)
             return
-        answering = scope["path"] in WORK_PATHS
+        answering = is_work(scope["path"])
         limiter = self.limiter
 
         async def admit() -> tuple[dict[str, str], str | None, str | None]:

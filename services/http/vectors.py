@@ -8,6 +8,7 @@ documents (``POST /v1/documents``), not through OpenAI's file and store creation
 from __future__ import annotations
 
 import base64
+import uuid
 from typing import Literal
 
 import numpy as np
@@ -121,7 +122,23 @@ async def embeddings(body: EmbeddingRequest, request: Request, svc: Service) -> 
     model_id = svc.config.embedder.id
     if body.model not in (model_id, AUTO_MODEL):
         raise UnknownModelError(f"unknown embedding model {body.model!r}; this server embeds with {model_id!r}")
-    out = await svc.retriever.embed_many(body.texts())
+    texts = body.texts()
+    # A tenant with a budget pays for its embeddings as for its answers: the tokens are counted (a request over
+    # the per-request cap is a 400 first) and reserved, what was embedded is charged after, and a request that
+    # failed is charged nothing.
+    who = principal(request)
+    ticket = f"emb-{uuid.uuid4().hex}"
+    budgeted = False
+    if who.tenant is not None:
+        counted = sum(await svc.retriever.embedding_tokens(texts))
+        budgeted = await svc.router.reserve_work(who.tenant, ticket, model_id, counted)
+    spent = 0
+    try:
+        out = await svc.retriever.embed_many(texts)
+        spent = sum(out["tokens"])
+    finally:
+        if budgeted:
+            await svc.router.settle_work(ticket, model_id, spent)
     if body.dimensions is not None and body.dimensions != out["dim"]:
         raise InvalidRequestError(
             f"dimensions {body.dimensions}: {model_id} embeds in {out['dim']} dimensions only", param="dimensions"

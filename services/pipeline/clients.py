@@ -9,7 +9,8 @@ import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol, cast
 
-from retrieval.documents import CorpusStats, Document, DocumentSummary, IngestResult, Passage
+from core.chunks import PromptChunk
+from retrieval.documents import CorpusStats, DocKey, Document, DocumentSummary, IngestResult, Passage
 from retrieval.generation import (
     ChatMessage,
     GenerationChunk,
@@ -33,11 +34,13 @@ class RetrieverClient(Protocol):
 
     async def embed(self, text: str) -> list[float]: ...
 
+    async def embedding_tokens(self, texts: list[str]) -> list[int]: ...
+
     async def embed_many(self, texts: list[str]) -> Embeddings: ...
 
     async def ingest(self, docs: list[Document]) -> IngestResult: ...
 
-    async def chunk_bodies(self, doc_ids: list[str] | None = None) -> list[str]: ...
+    async def chunk_bodies(self, keys: list[DocKey] | None = None) -> list[PromptChunk]: ...
 
     async def remove(self, doc_id: str, namespace: str | None = None) -> Removal: ...
 
@@ -60,7 +63,7 @@ class WorkerClient(Protocol):
         messages: list[ChatMessage] | str,
         params: SamplingParams,
         assistant_prefix: str = "",
-        chunks: list[str] | None = None,
+        chunks: list[PromptChunk] | None = None,
     ) -> GenerationResult: ...
 
     def stream(
@@ -68,7 +71,7 @@ class WorkerClient(Protocol):
         messages: list[ChatMessage] | str,
         params: SamplingParams,
         assistant_prefix: str = "",
-        chunks: list[str] | None = None,
+        chunks: list[PromptChunk] | None = None,
     ) -> AsyncIterator[GenerationChunk]: ...
 
     async def generate_with_signals(
@@ -83,7 +86,7 @@ class WorkerClient(Protocol):
 
     async def metrics_text(self) -> str: ...
 
-    async def precompute(self, texts: list[str]) -> Precompute: ...
+    async def precompute(self, chunks: list[PromptChunk]) -> Precompute: ...
 
 
 class RouterClient(Protocol):
@@ -92,6 +95,10 @@ class RouterClient(Protocol):
     async def needs_embedding(self, policy: str | None, model: str | None = None) -> bool: ...
 
     async def finish(self, ticket: str, outcome: Outcome) -> Settlement | None: ...
+
+    async def reserve_work(self, tenant: str | None, ticket: str, model: str, worst_tokens: int) -> bool: ...
+
+    async def settle_work(self, ticket: str, model: str, tokens: int) -> None: ...
 
     async def sla(self, tenant: str | None = None) -> dict[str, Any]: ...
 

@@ -9,7 +9,7 @@ import logging
 from typing import Any
 
 from core.capabilities import CHUNK_PRECOMPUTE
-from retrieval.documents import Document, IngestResult
+from retrieval.documents import DocKey, Document, IngestResult
 from retrieval.generation import Precompute
 from services.config import AppConfig
 from services.pipeline.clients import RetrieverClient, WorkerClient
@@ -26,10 +26,11 @@ class CorpusWork:
 
     async def ingest(self, docs: list[Document]) -> IngestResult:
         result = await self.retriever.ingest(docs)
-        changed = [*result["added"], *result["updated"]]
+        changed = {*result["added"], *result["updated"]}
         if changed:
             # The workers compute the new chunks' KV in the background: the ingest never waits for it.
-            self._background(self.precompute_chunks(changed))
+            keys = list(dict.fromkeys((d.namespace, d.id) for d in docs if d.id in changed))
+            self._background(self.precompute_chunks(keys))
         return result
 
     def precompute_models(self) -> list[str]:
@@ -40,12 +41,13 @@ class CorpusWork:
             if m.chunk_cache.enabled and m.chunk_cache.precompute and CHUNK_PRECOMPUTE in m.capabilities
         ]
 
-    async def precompute_chunks(self, doc_ids: list[str] | None = None) -> dict[str, Precompute]:
-        """Hand the chunks of these documents (None: every document) to each precomputing worker."""
+    async def precompute_chunks(self, keys: list[DocKey] | None = None) -> dict[str, Precompute]:
+        """Hand the chunks of these documents, by (namespace, id) (None: every document), to each precomputing
+        worker."""
         models = [m for m in self.precompute_models() if m in self.workers]
         if not models:
             return {}
-        bodies = await self.retriever.chunk_bodies(doc_ids)
+        bodies = await self.retriever.chunk_bodies(keys)
         out: dict[str, Precompute] = {}
         for mid in models:
             try:

@@ -16,7 +16,7 @@ from cache.chunk_reuse import ChunkReuse
 from cache.redis_backend import RedisBackend
 from retrieval.documents import Chunk, Passage
 from retrieval.generation import SamplingParams
-from retrieval.prompts import build_messages, chunk_texts
+from retrieval.prompts import build_messages, prompt_chunks
 from services.config import ModelConfig, load_config
 from tests.metrics_text import sample_sum
 
@@ -33,7 +33,7 @@ def rag_prompts(engine: Any, data: Path, n: int, file: str = "dev_hotpotqa.jsonl
             for i, c in enumerate(row["contexts"][:5])
         ]
         prompt = engine.render_chat(build_messages(row["question"], passages, style="short"))
-        out.append((prompt, chunk_texts(passages)))
+        out.append((prompt, prompt_chunks(passages)))
     return out
 
 
@@ -233,7 +233,7 @@ def test_the_shared_tier_is_never_called_under_the_step_lock(chunk_engine: Any, 
 def _entry(seed: int = 0, n: int = 7) -> ChunkKV:
     g = torch.Generator().manual_seed(seed)
     ids = list(range(100 + seed, 100 + seed + n))
-    key = chunk_key("fp", [1, 2, 3], ids)
+    key = chunk_key("fp", [1, 2, 3], ids, namespace="shared")
     return ChunkKV(key, "fp", ids, 3, torch.randn(4, 2, n, 8, generator=g), torch.randn(4, 2, n, 8, generator=g), 0.5)
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from retrieval.corpus_log import MemoryCorpusLog, RedisCorpusLog, open_log
 from retrieval.documents import Document
-from retrieval.errors import CorpusLogError, DocumentOwnershipError, GenerationAheadError
+from retrieval.errors import CorpusLogError, GenerationAheadError
 from retrieval.retriever import Retriever
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
@@ -44,17 +44,22 @@ def test_a_write_on_one_replica_is_found_on_the_other(embedder: Any) -> None:
     assert a.documents() == [] and a.generation == b.generation == 2
 
 
-def test_writers_check_against_the_head_so_an_id_cannot_land_in_two_namespaces(embedder: Any) -> None:
+def test_one_id_in_two_namespaces_through_the_log(embedder: Any) -> None:
     log = MemoryCorpusLog()
     a, b = replica(embedder, log), replica(embedder, log)
-    a.ingest([Document(id="shared-id", text="one tenant's page", namespace="t1")])
-    # b has not applied a's entry, but its write catches up first and refuses.
-    with pytest.raises(DocumentOwnershipError):
-        b.ingest([Document(id="shared-id", text="another tenant's page", namespace="t2")])
-    assert log.head() == 1
+    a.ingest([Document(id="faq", text="one tenant's page", namespace="t1")])
+    # b has not applied a's entry; its write of the same id in another namespace is its own document.
+    theirs = b.ingest([Document(id="faq", text="another tenant's page", namespace="t2")])
+    assert theirs.added == ["faq"] and log.head() == 2
+    a.catch_up()
+    assert a.store.holders("faq") == b.store.holders("faq") == ["t1", "t2"]
     # The same content again through b is unchanged, with no new entry.
-    again = b.ingest([Document(id="shared-id", text="one tenant's page", namespace="t1")])
-    assert again.unchanged == ["shared-id"] and log.head() == 1 and again.generation == 1
+    again = b.ingest([Document(id="faq", text="one tenant's page", namespace="t1")])
+    assert again.unchanged == ["faq"] and log.head() == 2
+    # A removal names its namespace: t2's goes on every replica, t1's stays.
+    assert b.remove("faq", "t2") is True
+    a.catch_up()
+    assert a.store.holders("faq") == ["t1"] and [c.text for c in a.store.chunks.values()] == ["one tenant's page"]
 
 
 class RacingLog(MemoryCorpusLog):

@@ -42,8 +42,8 @@ def test_upsert_unchanged_updated_and_remove() -> None:
     assert store.generation == gen + 1
     assert len(store) == 3 and store.index.ntotal == 3
     assert all(c.text.startswith("v2") for c in store.chunks.values())
-    assert store.remove("doc") and len(store) == 0 and store.index.ntotal == 0
-    assert not store.remove("doc")
+    assert store.remove("shared", "doc") and len(store) == 0 and store.index.ntotal == 0
+    assert not store.remove("shared", "doc")
 
 
 def test_persistence_round_trip(tmp_path: Path) -> None:
@@ -136,18 +136,34 @@ def test_namespaces_survive_a_restart_and_old_snapshots_read_as_shared(tmp_path:
     _in(store, "shared", 2, 2)
     store.save()
     back = VectorStore.open(DIM, "test", tmp_path)
-    assert back.owner(mine) == "acme" and {d["namespace"] for d in back.documents()} == {"acme", "shared"}
+    assert back.holders(mine) == ["acme"] and {d["namespace"] for d in back.documents()} == {"acme", "shared"}
     assert [d["id"] for d in back.documents(["acme"])] == [mine]
-    # a snapshot written before namespaces existed: its documents and chunks are the shared namespace's
-    snap = tmp_path / "snapshots" / (tmp_path / "CURRENT").read_text().strip() / "docstore.json"
-    data = json.loads(snap.read_text())
-    for entry in data["docs"].values():
+    # a snapshot written before namespaces existed (format 1: documents by id, no namespace): its documents
+    # and chunks are the shared namespace's
+    folder = tmp_path / "snapshots" / (tmp_path / "CURRENT").read_text().strip()
+    data = json.loads((folder / "docstore.json").read_text())
+    docs = {e.pop("id"): e for e in data.pop("documents")}
+    for entry in docs.values():
         entry.pop("namespace")
     for chunk in data["chunks"]:
         chunk.pop("namespace")
-    snap.write_text(json.dumps(data))
+    (folder / "docstore.json").write_text(json.dumps({**data, "docs": docs}))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "format": 1}))
     old = VectorStore.open(DIM, "test", tmp_path)
-    assert old.owner(mine) == "shared" and all(c.namespace == "shared" for c in old.chunks.values())
+    assert old.holders(mine) == ["shared"] and all(c.namespace == "shared" for c in old.chunks.values())
+    assert old.fingerprint("shared", mine) is not None
+
+
+def test_one_id_in_two_namespaces_is_two_documents_through_a_restart(tmp_path: Path) -> None:
+    store = VectorStore(DIM, "test", tmp_path)
+    for n, ns in enumerate(("acme", "zed")):
+        store.upsert(Document(id="faq", text=f"{ns} faq", namespace=ns), [(0, f"{ns} faq")], unit_vectors(1, DIM, n))
+    store.save()
+    back = VectorStore.open(DIM, "test", tmp_path)
+    assert back.holders("faq") == ["acme", "zed"] and len(back) == 2
+    assert back.remove("zed", "faq") and back.holders("faq") == ["acme"]
+    assert [c.text for c in back.chunks.values()] == ["acme faq"]
 
 
 def test_the_same_content_in_two_namespaces_is_two_documents() -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from core.chunks import PromptChunk
 from retrieval.documents import Document
 from retrieval.prompts import passage_body
 from tests.fakes import ScriptedEngine, scripted_config, scripted_service
@@ -20,11 +21,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.model]  # the real embedder
 
 @dataclass
 class RecordingEngine(ScriptedEngine):
-    precomputed: list[list[str]] = field(default_factory=list)
+    precomputed: list[list[PromptChunk]] = field(default_factory=list)
 
-    def precompute(self, texts: list[str]) -> dict[str, Any]:
-        self.precomputed.append(list(texts))
-        return {"queued": len(texts), "enabled": True}
+    def precompute(self, chunks: list[PromptChunk]) -> dict[str, Any]:
+        self.precomputed.append(list(chunks))
+        return {"queued": len(chunks), "enabled": True}
 
 
 def _service(tmp_path: Path, embedder: Any, **model: Any) -> tuple[Any, RecordingEngine]:
@@ -54,9 +55,10 @@ def test_an_ingest_queues_its_chunks_and_does_not_wait(tmp_path: Path, embedder:
     result = asyncio.run(run())
     assert sorted(result["added"]) == ["ferry", "quux"]
     [texts] = engine.precomputed
-    stored = [p for d in ("ferry", "quux") for p in svc.retriever.target.retriever.chunk_bodies([d])]
+    stored = [p for d in ("ferry", "quux") for p in svc.retriever.target.retriever.chunk_bodies([("shared", d)])]
     assert sorted(texts) == sorted(stored)
-    assert "Ferry\nThe Brindle ferry leaves the north pier at nine every morning." in texts
+    ferry = "Ferry\nThe Brindle ferry leaves the north pier at nine every morning."
+    assert PromptChunk(ferry, "shared") in texts
     # Unchanged documents queue nothing.
     asyncio.run(svc.corpus.ingest(docs[:1]))
     assert len(engine.precomputed) == 1
@@ -70,7 +72,7 @@ def test_warm_up_hands_the_whole_corpus(tmp_path: Path, embedder: Any) -> None:
     chunk = next(iter(svc.retriever.target.retriever.store.chunks.values()))
     from retrieval.documents import Passage
 
-    assert engine.precomputed == [[passage_body(Passage(chunk=chunk, score=0.0))]]
+    assert engine.precomputed == [[PromptChunk(passage_body(Passage(chunk=chunk, score=0.0)), "shared")]]
 
 
 @pytest.mark.parametrize(

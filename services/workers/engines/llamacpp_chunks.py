@@ -30,12 +30,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cache.chunk_kv import ChunkKVStore, Lookup, chunk_key
 from cache.chunk_reuse import Span, locate_chunks
 from cache.chunk_state import ChunkState, StateCodec
+from core.chunks import PromptChunk
 from retrieval.generation import ChatMessage, Precompute
 from retrieval.prompts import SYSTEM_RAG
 from services.workers.engines.llamacpp_precompute import BackgroundChunks
@@ -118,12 +120,13 @@ class LlamaChunkReuse:
         self.precompute_bytes = memory_bytes if precompute_bytes is None else precompute_bytes
         # The canonical prompt: where stored chunks are computed (their KV saw this prefix).
         self._canon_before, self._canon_after = self._canonical_template()
-        ids, spans = self.tokenize(self._canon_before + _SENTINEL + self._canon_after, [_SENTINEL], min_tokens=1)
+        sentinel = PromptChunk(_SENTINEL, "")
+        ids, spans = self.tokenize(self._canon_before + _SENTINEL + self._canon_after, [sentinel], min_tokens=1)
         if not spans:
             raise RuntimeError("the canonical passage prompt does not tokenize around its chunk")
         self.canonical_ids = ids[: spans[0].start]
         self._canonical_state: bytes | None = None
-        self.background = BackgroundChunks(engine.model_id, self._chunk_key, self._precompute_one)
+        self.background = BackgroundChunks(engine.model_id, self._precompute_one)
 
     def _canonical_template(self) -> tuple[str, str]:
         messages = [
@@ -158,7 +161,7 @@ class LlamaChunkReuse:
     # -- tokens -----------------------------------------------------------------------------------
 
     def tokenize(
-        self, prompt: str, chunks: list[str], *, min_tokens: int | None = None
+        self, prompt: str, chunks: Sequence[PromptChunk], *, min_tokens: int | None = None
     ) -> tuple[list[int], list[Span]]:
         """The prompt's ids (as a plain prefill sees them) and each chunk's token span in them. Offsets come
         from the tokens' bytes; latin-1 gives a string with one character per byte to search in."""
@@ -173,12 +176,15 @@ class LlamaChunkReuse:
         if at != len(data):
             return ids, []  # the pieces do not spell the prompt back: reuse nothing rather than misplace KV
         as_bytes = data.decode("latin-1")
-        texts = [c.encode("utf-8").decode("latin-1") for c in chunks]
+        texts = [PromptChunk(c.text.encode("utf-8").decode("latin-1"), c.namespace) for c in chunks]
         spans = locate_chunks(as_bytes, offsets, texts, self.min_chunk_tokens if min_tokens is None else min_tokens)
         return ids, spans
 
-    def _chunk_key(self, chunk_ids: list[int]) -> str:
-        return chunk_key(self.fingerprint, self.canonical_ids, chunk_ids)
+    def _chunk_key(self, chunk_ids: list[int], namespace: str) -> str:
+        return chunk_key(self.fingerprint, self.canonical_ids, chunk_ids, namespace=namespace)
+
+    def _prefix_key(self, prefix_ids: list[int]) -> str:
+        return chunk_key(self.fingerprint, [], prefix_ids, namespace="")
 
     # -- computing a chunk's state (caller holds the engine lock, except in the background) ----------
 
@@ -191,7 +197,7 @@ class LlamaChunkReuse:
             self.rt.seq_rm(seq)
         return self._canonical_state
 
-    def _compute(self, chunk_ids: list[int], *, background: bool = False) -> ChunkState:
+    def _compute(self, key: str, chunk_ids: list[int], *, background: bool = False) -> ChunkState:
         """The chunk's KV after the canonical prefix, in the ingest sequence; only its cells are saved.
         ``background``: the engine lock is taken per piece of the chunk (the caller holds none)."""
         started = time.perf_counter()
@@ -229,20 +235,19 @@ class LlamaChunkReuse:
                 with lock:
                     self.rt.seq_rm(seq)
             raise
-        key = self._chunk_key(chunk_ids)
         return ChunkState(key, self.fingerprint, list(chunk_ids), p, blob, time.perf_counter() - started)
 
     # -- prefill ----------------------------------------------------------------------------------
 
-    def prefetch(self, prompt: str, chunks: list[str]) -> tuple[list[int], list[Span], dict[str, Lookup]]:
+    def prefetch(self, prompt: str, chunks: Sequence[PromptChunk]) -> tuple[list[int], list[Span], dict[str, Lookup]]:
         """Tokenize and look every entry up in every tier, before the engine lock (a slow Redis delays
         this request alone)."""
         ids, spans = self.tokenize(prompt, chunks)
         found: dict[str, Lookup] = {}
         if spans:
             prefix_ids = ids[: spans[0].start]
-            wanted = [(chunk_key(self.fingerprint, [], prefix_ids), prefix_ids)]
-            wanted += [(self._chunk_key(ids[sp.start : sp.end]), ids[sp.start : sp.end]) for sp in spans]
+            wanted = [(self._prefix_key(prefix_ids), prefix_ids)]
+            wanted += [(self._chunk_key(ids[sp.start : sp.end], sp.namespace), ids[sp.start : sp.end]) for sp in spans]
             found = {key: self.store.get(key, token_ids) for key, token_ids in wanted}
         return ids, spans, found
 
@@ -265,7 +270,7 @@ class LlamaChunkReuse:
         fraction = self.recompute_fraction if fraction is None else fraction
         rt, scratch = self.rt, self.engine.scratch_seq
         tiers = {"memory": 0, "redis": 0}
-        misses: list[list[int]] = []
+        misses: list[tuple[str, list[int]]] = []
         bytes_read = sum(f.bytes_read for f in fetched.values())
         computed = 0
         recomputed = 0
@@ -274,7 +279,7 @@ class LlamaChunkReuse:
         rt.seq_rm(seq)
         # The prompt's own prefix: an exact entry at position 0.
         prefix_ids = ids[: spans[0].start]
-        prefix_key = chunk_key(self.fingerprint, [], prefix_ids)
+        prefix_key = self._prefix_key(prefix_ids)
         hit = fetched.get(prefix_key)
         prefix_tier = "miss"
         if hit is not None and hit.entry is not None and rt.restore(seq, hit.entry.blob):
@@ -288,14 +293,15 @@ class LlamaChunkReuse:
         for s in spans if mode == "blend" else []:
             sep = ids[pos : s.start]
             cid = ids[s.start : s.end]
-            entry = fetched.get(self._chunk_key(cid))
+            key = self._chunk_key(cid, s.namespace)
+            entry = fetched.get(key)
             if entry is None or entry.entry is None:
-                entry = self.store.get(self._chunk_key(cid), cid, local=True)
+                entry = self.store.get(key, cid, local=True)
             if entry.entry is None:
                 # Not stored: computed in place (exact), its stored form queued for the background.
                 logits = rt.decode(seq, sep + cid, pos)
                 computed += len(sep) + len(cid)
-                misses.append(cid)
+                misses.append((key, cid))
                 pos = s.end
                 continue
             r = min(len(cid), math.ceil(fraction * len(cid))) if fraction > 0 else 0
@@ -313,7 +319,7 @@ class LlamaChunkReuse:
                     self.store.memory.remove(state.key)
                     logits = rt.decode(seq, cid[r:], s.start + r)
                     computed += len(cid) - r
-                    misses.append(cid)
+                    misses.append((key, cid))
                     pos = s.end
                     continue
                 base = state.base
@@ -363,14 +369,14 @@ class LlamaChunkReuse:
 
     # -- ahead of time --------------------------------------------------------------------------
 
-    def warm(self, prompt: str, chunks: list[str]) -> dict[str, int]:
+    def warm(self, prompt: str, chunks: Sequence[PromptChunk]) -> dict[str, int]:
         """Store this prompt's prefix and chunk states now, in the calling thread (benchmarks, tests)."""
         ids, spans = self.tokenize(prompt, chunks)
         counts = {"chunks": len(spans), "computed": 0}
         if not spans:
             return counts
         prefix_ids = ids[: spans[0].start]
-        prefix_key = chunk_key(self.fingerprint, [], prefix_ids)
+        prefix_key = self._prefix_key(prefix_ids)
         lock = self.engine._lock
         if self.store.get(prefix_key, prefix_ids).entry is None:
             seq = self.engine.ingest_seq
@@ -385,44 +391,45 @@ class LlamaChunkReuse:
             counts["computed"] += 1
         for s in spans:
             cid = ids[s.start : s.end]
-            key = self._chunk_key(cid)
+            key = self._chunk_key(cid, s.namespace)
             if self.store.get(key, cid).entry is None:
                 with lock:
-                    entry = self._compute(cid)
+                    entry = self._compute(key, cid)
                 self.store.put(entry)
                 counts["computed"] += 1
         return counts
 
-    def drop_from_memory(self, prompt: str, chunks: list[str]) -> int:
+    def drop_from_memory(self, prompt: str, chunks: Sequence[PromptChunk]) -> int:
         """Take this prompt's prefix and chunk entries out of the memory tier (the next lookups go to the
         shared tier); returns how many were there."""
         ids, spans = self.tokenize(prompt, chunks)
         if not spans:
             return 0
-        keys = [chunk_key(self.fingerprint, [], ids[: spans[0].start])]
-        keys += [self._chunk_key(ids[s.start : s.end]) for s in spans]
+        keys = [self._prefix_key(ids[: spans[0].start])]
+        keys += [self._chunk_key(ids[s.start : s.end], s.namespace) for s in spans]
         return sum(self.store.memory.remove(k) for k in keys)
 
-    def chunk_ids(self, text: str) -> list[int] | None:
-        """The ids ``text`` has as a passage in a prompt (None: too short to store)."""
-        ids, spans = self.tokenize(self._canon_before + text + self._canon_after, [text])
+    def chunk_ids(self, chunk: PromptChunk) -> list[int] | None:
+        """The ids the chunk's text has as a passage in a prompt (None: too short to store)."""
+        ids, spans = self.tokenize(self._canon_before + chunk.text + self._canon_after, [chunk])
         if not spans:
             return None
         return ids[spans[0].start : spans[0].end]
 
-    def enqueue(self, texts: list[str]) -> Precompute:
-        """Queue chunk texts for the background; returns at once."""
+    def enqueue(self, chunks: Sequence[PromptChunk]) -> Precompute:
+        """Queue chunks for the background; returns at once."""
         if not self.precompute_enabled:
             return {"queued": 0, "enabled": False}
-        found = [cid for cid in (self.chunk_ids(t) for t in texts) if cid is not None]
-        return {"queued": self.background.add(found), "enabled": True}
+        found = [(c, self.chunk_ids(c)) for c in chunks]
+        items = [(self._chunk_key(cid, c.namespace), cid) for c, cid in found if cid is not None]
+        return {"queued": self.background.add(items), "enabled": True}
 
     def _precompute_one(self, key: str, cid: list[int]) -> str:
         if self.store.get(key, cid).entry is not None:
             return "present"
         if self.store.memory.used_bytes >= self.precompute_bytes:
             return "over_budget"
-        entry = self._compute(cid, background=True)
+        entry = self._compute(key, cid, background=True)
         self.store.put(entry)
         return "computed"
 

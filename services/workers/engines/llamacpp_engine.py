@@ -18,6 +18,7 @@ import time
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
+from core.chunks import PromptChunk
 from retrieval.generation import (
     ChatMessage,
     FinishReason,
@@ -256,7 +257,7 @@ class LlamaCppEngine(SteppedEngine, TokenizerMixin):
         prompt: str,
         params: SamplingParams,
         *,
-        chunks: list[str] | None = None,
+        chunks: list[PromptChunk] | None = None,
         spec: bool = True,
         reuse: str | None = None,
         fraction: float | None = None,
@@ -363,11 +364,11 @@ class LlamaCppEngine(SteppedEngine, TokenizerMixin):
         """Whether a request is being answered (background work waits until none is)."""
         return self._slots.in_use > 0
 
-    def precompute(self, texts: list[str]) -> Precompute:
-        """Queue chunk texts for their KV to be computed in the background (ingest); never waits."""
+    def precompute(self, chunks: list[PromptChunk]) -> Precompute:
+        """Queue chunks for their KV to be computed in the background (ingest); never waits."""
         if self.chunk_reuse is None:
             return {"queued": 0, "enabled": False}
-        return self.chunk_reuse.enqueue(texts)
+        return self.chunk_reuse.enqueue(chunks)
 
     def check_health(self) -> None:
         if self.closed:

@@ -36,15 +36,13 @@ OUTCOMES = ("computed", "present", "over_budget", "failed")
 
 
 class BackgroundChunks:
-    """A deduplicating FIFO of chunks and the thread that drains it through ``work(key, ids) -> outcome``."""
+    """A deduplicating FIFO of chunks (each its entry's key and its token ids) and the thread that drains it
+    through ``work(key, ids) -> outcome``."""
 
-    def __init__(
-        self, model_id: str, key_of: Callable[[list[int]], str], work: Callable[[str, list[int]], str]
-    ) -> None:
+    def __init__(self, model_id: str, work: Callable[[str, list[int]], str]) -> None:
         self.model_id = model_id
-        self._key_of = key_of
         self._work = work
-        self._queue: collections.deque[list[int]] = collections.deque()
+        self._queue: collections.deque[tuple[str, list[int]]] = collections.deque()
         self._queued_keys: set[str] = set()
         self._cond = threading.Condition()
         self.stopping = False
@@ -56,16 +54,15 @@ class BackgroundChunks:
         with self._cond:
             return len(self._queue)
 
-    def add(self, items: list[list[int]]) -> int:
-        """Queue chunks not queued already (up to MAX_PENDING); returns how many were added."""
+    def add(self, items: list[tuple[str, list[int]]]) -> int:
+        """Queue chunks (key, token ids) not queued already (up to MAX_PENDING); returns how many were added."""
         added = 0
         with self._cond:
-            for cid in items:
-                key = self._key_of(cid)
+            for key, cid in items:
                 if key in self._queued_keys or len(self._queue) >= MAX_PENDING:
                     continue
                 self._queued_keys.add(key)
-                self._queue.append(cid)
+                self._queue.append((key, cid))
                 added += 1
             self.progress["queued"] += added
             PENDING.labels(self.model_id).set(len(self._queue))
@@ -82,9 +79,8 @@ class BackgroundChunks:
                     self._cond.wait()
                 if self.stopping:
                     return
-                cid = self._queue.popleft()
+                key, cid = self._queue.popleft()
                 PENDING.labels(self.model_id).set(len(self._queue))
-            key = self._key_of(cid)
             try:
                 result = self._work(key, cid)
             except Exception:  # noqa: BLE001 - one chunk's failure must not stop the rest

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
+from core.chunks import PromptChunk
 from retrieval.generation import (
     FinishReason,
     GenerationChunk,
@@ -56,7 +57,7 @@ class SteppedEngine:
     generate_with_signals_sync: Callable[[str, SamplingParams], SignalResult]
 
     async def stream(
-        self, prompt: str, params: SamplingParams, chunks: list[str] | None = None
+        self, prompt: str, params: SamplingParams, chunks: list[PromptChunk] | None = None
     ) -> AsyncIterator[GenerationChunk]:
         it = self.stream_sync(prompt, params, chunks=chunks)
         done = object()
@@ -83,7 +84,9 @@ class SteppedEngine:
                 else:
                     close()
 
-    async def generate(self, prompt: str, params: SamplingParams, chunks: list[str] | None = None) -> GenerationResult:
+    async def generate(
+        self, prompt: str, params: SamplingParams, chunks: list[PromptChunk] | None = None
+    ) -> GenerationResult:
         return await collect(self.stream(prompt, params, chunks))
 
     def generate_sync(self, prompt: str, params: SamplingParams, **options: Any) -> GenerationResult:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
+from core.chunks import PromptChunk
 from retrieval.generation import (
     FinishReason,
     GenerationChunk,
@@ -151,7 +152,7 @@ class TorchEngine(SteppedEngine, TokenizerMixin):
         params: SamplingParams,
         *,
         spec: SpecSetup | None | bool = True,
-        chunks: list[str] | None = None,
+        chunks: list[PromptChunk] | None = None,
         reuse: ReuseMode | None = None,
         fraction: float | None = None,
     ) -> Generator[GenerationChunk, None, None]:

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from core.chunks import PromptChunk
 from retrieval.generation import (
     FinishReason,
     GenerationChunk,
@@ -249,7 +250,7 @@ class VllmEngine(TokenizerMixin):
 
     # -- generation ----------------------------------------------------------------------------
     async def stream(
-        self, prompt: str, params: SamplingParams, chunks: list[str] | None = None
+        self, prompt: str, params: SamplingParams, chunks: list[PromptChunk] | None = None
     ) -> AsyncIterator[GenerationChunk]:
         # ``chunks`` needs nothing here: vLLM's prefix cache finds shared prompt prefixes on its own.
         prompt_ids = self.encode(prompt)
@@ -406,7 +407,9 @@ class VllmEngine(TokenizerMixin):
             )
         return out
 
-    async def generate(self, prompt: str, params: SamplingParams, chunks: list[str] | None = None) -> GenerationResult:
+    async def generate(
+        self, prompt: str, params: SamplingParams, chunks: list[PromptChunk] | None = None
+    ) -> GenerationResult:
         return await collect(self.stream(prompt, params, chunks))
 
     async def generate_with_signals(self, prompt: str, params: SamplingParams) -> SignalResult:

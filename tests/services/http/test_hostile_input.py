@@ -5,7 +5,9 @@ in the OpenAI error shape (or is honoured), never a 500, and nothing stored chan
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -280,3 +282,48 @@ def test_embeddings_and_uploads_are_bounded_in_tokens_before_any_embedding(
         assert "max_tokens_per_upload" in _error(c.post("/v1/documents", json=big), 400, "invalid_document")["message"]
         assert c.get("/v1/documents/big").status_code == 404
         assert c.post("/v1/documents", json={"documents": [{"id": "ok", "text": "word " * 20}]}).status_code == 200
+
+
+def test_a_client_that_leaves_before_its_answer_cancels_the_generation(hashing_embedder: Any, tmp_path: Path) -> None:
+    """A non-streaming chat whose client disconnects stops generating at the engine's next step (Starlette alone
+    would run it to its end), and nothing is sent to the client that left."""
+    hold = threading.Event()  # the engine waits after its first token until this is set: it never is here
+    engine = ScriptedEngine("one two three four five", hold=hold)
+    svc = scripted_service(scripted_config(tmp_path / "index"), hashing_embedder, engine)
+    app = create_app(svc)
+    body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "Count."}], "policy": "none"})
+    sent: list[dict[str, Any]] = []
+
+    async def run() -> None:
+        leave = asyncio.Event()
+        delivered = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body.encode(), "more_body": False}
+            await leave.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+            "path": CHAT, "raw_path": CHAT.encode(), "query_string": b"", "root_path": "",
+            "headers": [(b"content-type", b"application/json"), (b"host", b"127.0.0.1")],
+            "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000), "state": {},
+        }  # fmt: skip
+        call = asyncio.ensure_future(app(scope, receive, send))
+        for _ in range(1000):
+            if engine.prompts:
+                break
+            await asyncio.sleep(0.005)
+        assert engine.prompts and not call.done()  # generating, held after its first token
+        leave.set()
+        await asyncio.wait_for(call, 10)
+
+    asyncio.run(run())
+    assert engine.stopped == 1 and not hold.is_set()
+    assert not any(m["type"] == "http.response.start" for m in sent)

@@ -152,6 +152,8 @@ def test_every_route_that_runs_a_model_or_the_embedder_is_counted(
             assert next(lines).startswith("data: ")  # the completion is running and holds the tenant's slot
             busy = c.post("/v1/embeddings", json={"model": "auto", "input": "x"}, headers=key)
             assert busy.status_code == 429 and "1 answers in progress" in busy.json()["error"]["message"]
+            search = c.post("/v1/vector_stores/shared/search", json={"query": "ferry"}, headers=key)
+            assert search.status_code == 429 and "1 answers in progress" in search.json()["error"]["message"]
             hold.set()
             assert any("[DONE]" in line for line in lines)
     app, key = _app(hashing_embedder, tmp_path, "{tpm: 20}", store, ScriptedEngine("Zorblat."))
@@ -160,3 +162,33 @@ def test_every_route_that_runs_a_model_or_the_embedder_is_counted(
         assert first.status_code == 200 and first.json()["usage"]["total_tokens"] >= 20
         spent = c.post("/v1/embeddings", json={"model": "auto", "input": "again"}, headers=key)
         assert spent.status_code == 429 and "20 tokens per minute" in spent.json()["error"]["message"]
+
+
+@pytest.mark.unit
+def test_embeddings_draw_on_the_tenants_budget(hashing_embedder: Any, tmp_path: Path) -> None:
+    """A tenant with a token budget pays for its embeddings: what was embedded is charged (its usage), a request
+    whose worst case the budget cannot cover is a 429 `insufficient_quota` before any embedding, and a refused
+    request is charged nothing."""
+    policy = tmp_path / "sla.yaml"
+    policy.write_text(
+        "default_tier: standard\ntiers: {standard: {priority: 1, latency_ms: 600000}}\n"
+        "tenants: {acme: {api_keys: [k-acme], tier: standard, budget: {tokens: 60, period: day}}}\n",
+        encoding="utf-8",
+    )
+    config = scripted_config(tmp_path / "index", sla={"enabled": True, "policy_path": str(policy)})
+    svc = scripted_service(config, hashing_embedder, ScriptedEngine("Zorblat."))
+    app = create_app(svc, sla_policy=PolicyStore(policy, reload_interval_s=60))
+    key = {"authorization": "Bearer k-acme"}
+
+    def remaining() -> int:
+        return int(c.get("/v1/sla", headers=key).json()["tenants"]["acme"]["remaining_tokens"])
+
+    with TestClient(app) as c:
+        assert remaining() == 60
+        ok = c.post("/v1/embeddings", json={"model": "auto", "input": ["one two three", "four five"]}, headers=key)
+        assert ok.status_code == 200
+        assert remaining() == 60 - ok.json()["usage"]["total_tokens"]
+        before = remaining()
+        over = c.post("/v1/embeddings", json={"model": "auto", "input": "word " * 100}, headers=key)
+        assert over.status_code == 429 and over.json()["error"]["code"] == "insufficient_quota"
+        assert remaining() == before

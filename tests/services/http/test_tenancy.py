@@ -77,34 +77,48 @@ def test_a_tenants_documents_are_its_own(env: tuple[TestClient, RagService]) -> 
     assert c.get("/v1/documents/acme-secret", headers=ACME).json()["namespace"] == "acme"
 
 
-def test_another_tenants_id_and_the_shared_namespace_are_not_writable(env: tuple[TestClient, RagService]) -> None:
+def test_ids_are_scoped_to_a_namespace(env: tuple[TestClient, RagService]) -> None:
+    """Writing an id another tenant holds is no 403 (an existence oracle, and a way to squat ids): it is the
+    writer's own document, and neither tenant's reads, writes or deletes touch the other's."""
     c, svc = env
     assert _upload(c, OP, "handbook", "The shared handbook says: be kind.").status_code == 200
-    assert _upload(c, ACME, "acme-secret", SECRET).status_code == 200
-    before = asyncio.run(svc.retriever.documents(None))
-    over = _upload(c, ZED, "acme-secret", "zed was here")
-    assert over.status_code == 403 and over.json()["error"]["code"] == "document_not_yours"
-    shared = _upload(c, ZED, "handbook", "zed rewrote the handbook")
-    assert shared.status_code == 403 and shared.json()["error"]["code"] == "document_not_yours"
+    assert _upload(c, ACME, "faq", SECRET).status_code == 200
+    acme_before = asyncio.run(svc.retriever.documents(["acme"]))
+    theirs = _upload(c, ZED, "faq", "Zed's faq: the office opens at ten.")
+    assert theirs.status_code == 200 and theirs.json()["added"] == ["faq"] and theirs.json()["namespace"] == "zed"
+    assert asyncio.run(svc.retriever.documents(["acme"])) == acme_before
+    assert c.get("/v1/documents/faq", headers=ZED).json()["namespace"] == "zed"
+    assert c.get("/v1/documents/faq", headers=ACME).json()["namespace"] == "acme"
+    assert "faq" in {x["document_id"] for x in _ask(c, ACME)["citations"] if SECRET in x["text"]}
+    # a tenant's own document shadows a shared one of the same id, for that tenant alone
+    assert _upload(c, ZED, "handbook", "Zed's handbook: bring snacks.").status_code == 200
+    assert c.get("/v1/documents/handbook", headers=ZED).json()["namespace"] == "zed"
+    assert c.get("/v1/documents/handbook", headers=ACME).json()["namespace"] == "shared"
     elsewhere = _upload(c, ZED, "z1", "text", namespace="acme")
     assert elsewhere.status_code == 403 and elsewhere.json()["error"]["code"] == "namespace_not_allowed"
-    # a batch with one refused document changes nothing, its other documents included
+    # a batch with a refused document changes nothing, its other documents included
+    before = asyncio.run(svc.retriever.documents(None))
     batch = c.post(
         "/v1/documents",
-        json={"documents": [{"id": "zed-ok", "text": "fine"}, {"id": "acme-secret", "text": "not fine"}]},
+        json={"documents": [{"id": "zed-ok", "text": "fine"}, {"id": "faq", "text": "a"}, {"id": "faq", "text": "b"}]},
         headers=ZED,
     )
-    assert batch.status_code == 403
+    assert batch.status_code == 400 and batch.json()["error"]["code"] == "invalid_document"
     assert asyncio.run(svc.retriever.documents(None)) == before
-    # the delete: another tenant's is not found, a shared one is refused, its own goes
-    assert c.delete("/v1/documents/acme-secret", headers=ZED).status_code == 404
+    # deletes: each tenant its own; once zed's is gone, acme's faq is not even seen, the shared handbook refused
+    assert c.delete("/v1/documents/faq", headers=ZED).json()["deleted"] is True
+    assert c.delete("/v1/documents/faq", headers=ZED).status_code == 404
+    assert c.get("/v1/documents/faq", headers=ACME).json()["namespace"] == "acme"
+    assert c.delete("/v1/documents/handbook", headers=ZED).json()["deleted"] is True
     assert c.delete("/v1/documents/handbook", headers=ZED).json()["error"]["code"] == "document_not_yours"
-    assert _upload(c, ZED, "zed-note", "Zed's own note.").status_code == 200
-    gone = c.delete("/v1/documents/zed-note", headers=ZED)
-    assert gone.status_code == 200 and gone.json()["deleted"] is True
-    assert c.get("/v1/documents/zed-note", headers=ZED).status_code == 404
-    assert c.delete("/v1/documents/zed-note", headers=ZED).status_code == 404
-    assert asyncio.run(svc.retriever.documents(None)) == before
+    # an operator names the namespace when an id is in several
+    assert _upload(c, ZED, "faq", "Zed's faq again.").status_code == 200
+    both = c.delete("/v1/documents/faq", headers=OP)
+    assert both.status_code == 400 and both.json()["error"]["code"] == "ambiguous_document_id"
+    assert c.delete("/v1/documents/faq", headers=OP, params={"namespace": "zed"}).json()["deleted"] is True
+    assert c.get("/v1/documents/faq", headers=ACME).json()["namespace"] == "acme"
+    assert c.delete("/v1/documents/faq", headers=OP).json()["deleted"] is True
+    assert c.get("/v1/documents/faq", headers=ACME).status_code == 404
 
 
 def test_the_same_content_in_two_tenants_is_two_documents(env: tuple[TestClient, RagService]) -> None:
@@ -125,6 +139,16 @@ def test_listing_pages(env: tuple[TestClient, RagService]) -> None:
     everything = c.get("/v1/documents", headers=ACME, params={"limit": 1000}).json()["data"]
     assert [d["id"] for d in first["data"] + rest["data"]] == [d["id"] for d in everything]
     assert c.get("/v1/documents", headers=ACME, params={"limit": 0}).status_code == 400
+    # one id in acme's namespace and the shared one: a page never ends between them
+    assert _upload(c, OP, "page-1", "The shared page one.").status_code == 200
+    first = c.get("/v1/documents", headers=ACME, params={"limit": 2}).json()
+    assert [(d["id"], d["namespace"]) for d in first["data"]] == [
+        ("page-0", "acme"),
+        ("page-1", "acme"),
+        ("page-1", "shared"),
+    ]
+    rest = c.get("/v1/documents", headers=ACME, params={"after": first["last_id"]}).json()["data"]
+    assert [d["id"] for d in rest] == ["page-2", "page-3", "page-4"]
 
 
 def test_vector_stores_are_the_namespaces_a_key_may_read(env: tuple[TestClient, RagService]) -> None:

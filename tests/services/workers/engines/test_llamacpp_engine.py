@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 
 from retrieval.documents import Chunk, Passage
 from retrieval.generation import ChatMessage, SamplingParams
-from retrieval.prompts import build_messages, chunk_texts
+from retrieval.prompts import build_messages, prompt_chunks
 from services.errors import ConfigError, InvalidRequestError
 from tests.utils.factories import honours_every_schema_form
 
@@ -181,7 +182,7 @@ def test_chunk_reuse_diverges_less_as_more_is_recomputed(llama: Any) -> None:
     reuse = llama.chunk_reuse
     passages = _passages(3)
     prompt = llama.render_chat(build_messages("What does make test install?", passages))
-    chunks = chunk_texts(passages)
+    chunks = prompt_chunks(passages)
     counts = reuse.warm(prompt, chunks)
     assert counts["chunks"] == 3
     ids = llama.encode(prompt)
@@ -208,7 +209,7 @@ def test_chunk_reuse_diverges_less_as_more_is_recomputed(llama: Any) -> None:
 def test_generation_with_reused_chunks_reports_and_answers(llama: Any) -> None:
     passages = _passages(3)
     prompt = llama.render_chat(build_messages("What does make test install?", passages))
-    chunks = chunk_texts(passages)
+    chunks = prompt_chunks(passages)
     llama.chunk_reuse.warm(prompt, chunks)
     params = SamplingParams(max_tokens=24)
     full = llama.generate_sync(prompt, params, spec=False)
@@ -238,13 +239,37 @@ def test_precompute_stores_chunks_in_the_background(llama: Any) -> None:
         )
     ]
     before = dict(reuse.progress)
-    assert llama.precompute(chunk_texts(passages))["queued"] == 2
+    assert llama.precompute(prompt_chunks(passages))["queued"] == 2
     assert reuse.wait_idle(120)
     assert reuse.progress["computed"] - before["computed"] == 2
     prompt = llama.render_chat(build_messages("When does the ferry leave?", passages))
-    res = llama.generate_sync(prompt, SamplingParams(max_tokens=8), chunks=chunk_texts(passages))
+    res = llama.generate_sync(prompt, SamplingParams(max_tokens=8), chunks=prompt_chunks(passages))
     assert res.stats.chunk_cache["chunk_hits"]["memory"] == 2 and res.stats.chunk_cache["chunk_misses"] == 0
     assert reuse.describe()["precompute"]["pending"] == 0
+
+
+def test_a_chunk_stored_for_one_tenant_is_never_reused_for_another(llama: Any) -> None:
+    """The same text in two tenants' namespaces is two entries: a request whose passage came from globex's
+    document neither hits nor times acme's entry (a membership oracle), while acme's next request hits."""
+    reuse = llama.chunk_reuse
+    passages = [
+        Passage(chunk=Chunk(90 + i, f"t{i}", "Ledger", text, 0, 0, "", "acme"), score=1.0)
+        for i, text in enumerate(
+            [
+                "The Vantor account was closed on the third of May after the audit found two unpaid invoices "
+                "and a missing signature on the renewal form.",
+            ]
+        )
+    ]
+    theirs = [Passage(chunk=replace(p.chunk, namespace="globex"), score=1.0) for p in passages]
+    prompt = llama.render_chat(build_messages("When was the Vantor account closed?", passages))
+    assert llama.render_chat(build_messages("When was the Vantor account closed?", theirs)) == prompt
+    reuse.warm(prompt, prompt_chunks(passages))
+    params = SamplingParams(max_tokens=4)
+    other = llama.generate_sync(prompt, params, spec=False, chunks=prompt_chunks(theirs)).stats.chunk_cache
+    assert other["chunk_misses"] == 1 and other["chunk_tokens_reused"] == 0
+    same = llama.generate_sync(prompt, params, spec=False, chunks=prompt_chunks(passages)).stats.chunk_cache
+    assert same["chunk_misses"] == 0 and same["chunk_tokens_reused"] > 0
 
 
 def test_a_state_llama_cpp_refuses_is_recomputed_not_used(llama: Any) -> None:
@@ -253,11 +278,11 @@ def test_a_state_llama_cpp_refuses_is_recomputed_not_used(llama: Any) -> None:
     reuse = llama.chunk_reuse
     passages = _passages(2)
     prompt = llama.render_chat(build_messages("What is Ragyard?", passages))
-    chunks = chunk_texts(passages)
+    chunks = prompt_chunks(passages)
     reuse.warm(prompt, chunks)
     ids, spans, _ = reuse.prefetch(prompt, chunks)
     cid = ids[spans[0].start : spans[0].end]
-    key = reuse._chunk_key(cid)
+    key = reuse._chunk_key(cid, spans[0].namespace)
     good = reuse.store.memory.get(key)
     # Same key, model and token ids, but a blob cut short: what another llama.cpp build's layout looks like.
     reuse.store.memory.remove(key)
