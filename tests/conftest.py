@@ -46,9 +46,11 @@ def session_tmp() -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def base_config(session_tmp: Path) -> dict[str, Any]:
     """Config sections for tests: their own index dir; the bundled corpus; in-memory cache; SmolLM2 alone
-    (the embedded default's ladder loads a second model; tests that need it say so)."""
+    (the embedded default's ladder loads a second model; tests that need it say so). No chunk KV computed ahead:
+    an app would otherwise spend the cores on the whole bundled corpus's chunks while the test runs
+    (tests/services/test_chunk_precompute.py and the llama.cpp engine's tests check that work)."""
     return {
-        "models": [{"id": "smollm2-135m-instruct"}],
+        "models": [{"id": "smollm2-135m-instruct", "chunk_cache": {"precompute": False}}],
         "index": {"dir": str(session_tmp / "index")},
         "ray": {"temp_dir": str(TMP / "ray"), "num_cpus": 2},
         "cache": {"response_cache_url": "memory://"},

@@ -71,7 +71,7 @@ def test_rope_realignment_matches_direct_computation(chunk_engine: Any) -> None:
 
 def test_recompute_fraction_one_is_identical_to_full_prefill(chunk_engine: Any, prompts: Any) -> None:
     params = SamplingParams(max_tokens=24)
-    for prompt, chunks in prompts[:2]:
+    for prompt, chunks in prompts[:1]:  # greedy and exact: one prompt shows it (the blend test below takes two)
         chunk_engine.chunk_reuse.warm(prompt, chunks)
         plain = chunk_engine.generate_sync(prompt, params, spec=False)
         reused = chunk_engine.generate_sync(prompt, params, spec=False, chunks=chunks, fraction=1.0)

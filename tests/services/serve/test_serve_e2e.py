@@ -31,6 +31,8 @@ def served(base_config: dict[str, Any], session_tmp: Path) -> Iterator[str]:
         # Two model workers take one logical CPU each, besides the gateway, router and retriever.
         "ray": {**base_config["ray"], "num_cpus": 4},
         "index": {"dir": str(session_tmp / "serve-index")},
+        # No chunk KV computed ahead: the 0.5B model would spend minutes of both cores on the bundled corpus.
+        "models": [{"id": m, "chunk_cache": {"precompute": False}} for m in LADDER],
     }
     assert [m.id for m in load_config(config).models] == list(LADDER)
     try:
