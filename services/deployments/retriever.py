@@ -16,6 +16,7 @@ from typing_extensions import TypedDict  # FastAPI reads a route's TypedDict on 
 from core.chunks import PromptChunk
 from retrieval.corpus_log import open_log
 from retrieval.documents import CorpusStats, DocKey, Document, DocumentSummary, IngestReport, IngestResult, Passage
+from retrieval.embedder import LOCK_SLICE
 from retrieval.errors import DocumentFormatError
 from retrieval.ingest import load_path
 from retrieval.retriever import Retriever
@@ -154,7 +155,12 @@ class RetrieverService:
         is fast, the model is what costs)."""
         embedder = self.retriever.embedder
         limit = int(getattr(embedder.model, "max_seq_length", 0) or 0)
-        counts = [len(ids) for ids in embedder.tokenizer(texts, add_special_tokens=True).input_ids]
+        counts: list[int] = []
+        for at in range(0, len(texts), LOCK_SLICE):
+            # A slice per call: the tokenizer runs under the embedder's lock, and a small request's embedding
+            # gets in between the slices of a large one's count.
+            part = embedder.tokenizer(texts[at : at + LOCK_SLICE], add_special_tokens=True).input_ids
+            counts += [len(ids) for ids in part]
         tokens = [min(c, limit) if limit else c for c in counts]
         budget = self.config.embedder.max_tokens_per_request
         if sum(tokens) > budget:
@@ -165,10 +171,6 @@ class RetrieverService:
                 code="input_too_large",
             )
         return tokens
-
-    async def embedding_tokens(self, texts: list[str]) -> list[int]:
-        """What `embed_many` would read of ``texts``, without embedding (what a tenant's budget reserves)."""
-        return await asyncio.to_thread(self._embedding_tokens, texts)
 
     async def embed_many(self, texts: list[str]) -> Embeddings:
         """The embedder's vectors for ``texts`` in one batch (the embeddings API), with each text's token

@@ -117,21 +117,28 @@ class SearchPage(BaseModel):
     next_page: None = None
 
 
+# More tokens than the embedder reads of one input (all-MiniLM-L6-v2 truncates at 256).
+EMBED_TOKENS_PER_INPUT = 512
+
+
 @router.post("/v1/embeddings")
 async def embeddings(body: EmbeddingRequest, request: Request, svc: Service) -> EmbeddingList:
     model_id = svc.config.embedder.id
     if body.model not in (model_id, AUTO_MODEL):
         raise UnknownModelError(f"unknown embedding model {body.model!r}; this server embeds with {model_id!r}")
     texts = body.texts()
-    # A tenant with a budget pays for its embeddings as for its answers: the tokens are counted (a request over
-    # the per-request cap is a 400 first) and reserved, what was embedded is charged after, and a request that
-    # failed is charged nothing.
+    # A tenant with a budget pays for its embeddings as for its answers: the worst case is reserved first (a
+    # token is at least one character, plus the two special ones; the embedder reads at most 512 of one input and
+    # refuses a request over its per-request cap with a 400), what was embedded is charged after, and a request
+    # that failed is charged nothing. Counted here, not by the retriever: no second round trip, and no second
+    # pass of the tokenizer under the embedder's lock, which a concurrent small request would wait behind.
     who = principal(request)
     ticket = f"emb-{uuid.uuid4().hex}"
     budgeted = False
     if who.tenant is not None:
-        counted = sum(await svc.retriever.embedding_tokens(texts))
-        budgeted = await svc.router.reserve_work(who.tenant, ticket, model_id, counted)
+        cap = svc.config.embedder.max_tokens_per_request
+        worst = min(cap, sum(min(len(t) + 2, EMBED_TOKENS_PER_INPUT) for t in texts))
+        budgeted = await svc.router.reserve_work(who.tenant, ticket, model_id, worst)
     spent = 0
     try:
         out = await svc.retriever.embed_many(texts)
