@@ -249,8 +249,9 @@ class Retriever:
         whichever holds it, the shared namespace first."""
         candidates = self.store.holders(doc_id) if namespaces is None else list(namespaces)
         for ns in candidates:
-            if self.store.fingerprint(ns, doc_id) is not None:
-                return next(d for d in self.store.documents([ns]) if d["id"] == doc_id)
+            found = self.store.summary(ns, doc_id)
+            if found is not None:
+                return found
         raise DocumentNotFoundError(f"no document {doc_id!r}")
 
     def chunk_bodies(self, keys: Collection[DocKey] | None = None) -> list[PromptChunk]:

@@ -86,21 +86,24 @@ class VectorStore:
     def documents(self, namespaces: Collection[str] | None = None) -> list[DocumentSummary]:
         """The stored documents (of ``namespaces``; None: all), by id, then namespace."""
         with self._lock:
-            out: list[DocumentSummary] = []
-            for ns, doc_id in sorted(self.docs, key=lambda k: (k[1], k[0])):
-                entry = self.docs[(ns, doc_id)]
-                if namespaces is None or ns in namespaces:
-                    out.append(
-                        {
-                            "id": doc_id,
-                            "namespace": ns,
-                            "title": entry["title"],
-                            "source": entry["source"],
-                            "metadata": entry["metadata"],
-                            "chunks": len(entry["chunk_ids"]),
-                        }
-                    )
-            return out
+            keys = sorted(self.docs, key=lambda k: (k[1], k[0]))
+            return [self._summary(k) for k in keys if namespaces is None or k[0] in namespaces]
+
+    def summary(self, namespace: str, doc_id: str) -> DocumentSummary | None:
+        """One stored document as the documents API shows it (None: there is none)."""
+        with self._lock:
+            return self._summary((namespace, doc_id)) if (namespace, doc_id) in self.docs else None
+
+    def _summary(self, key: DocKey) -> DocumentSummary:
+        entry = self.docs[key]
+        return {
+            "id": key[1],
+            "namespace": key[0],
+            "title": entry["title"],
+            "source": entry["source"],
+            "metadata": entry["metadata"],
+            "chunks": len(entry["chunk_ids"]),
+        }
 
     def __len__(self) -> int:
         return len(self.chunks)

@@ -247,16 +247,23 @@ class SlaController:
         return rt, rc, b.period
 
     async def _reserve(self, policy: SlaPolicy, slo: RequestSlo, c: Candidate, ticket: str) -> tuple[str | None, bool]:
-        tenant = policy.tenants.get(slo.tenant) if slo.tenant else None
-        if tenant is None or tenant.budget is None:
+        return await self._hold(policy, slo.tenant, ticket, c.worst_tokens, c.worst_micros)
+
+    async def _hold(
+        self, policy: SlaPolicy, tenant: str | None, ticket: str, tokens: int, micros: int
+    ) -> tuple[str | None, bool]:
+        """Reserve ``tokens`` and ``micros`` of the tenant's budget under ``ticket``: (its period, granted), or
+        (None, True) for a tenant without a budget."""
+        entry = policy.tenants.get(tenant) if tenant else None
+        if entry is None or entry.budget is None:
             return None, True
-        b = tenant.budget
+        b = entry.budget
         granted, _usage = await self.ledger.reserve(
             ticket,
-            slo.tenant,  # type: ignore[arg-type]
+            tenant,  # type: ignore[arg-type]
             b.period,
-            c.worst_tokens,
-            c.worst_micros,
+            tokens,
+            micros,
             b.tokens,
             None if b.cost is None else round(b.cost * MICRO),
             lease_s=policy.controller.ticket_lease_s,
@@ -269,25 +276,14 @@ class SlaController:
         its worst case (``worst_tokens`` prompt tokens of ``model``), or refuse with BudgetExhaustedError. False:
         the tenant has no budget, so nothing is reserved (and `settle_work` is not needed)."""
         policy = self.store.policy
-        entry = policy.tenants.get(tenant) if tenant else None
-        if entry is None or entry.budget is None:
-            return False
-        b = entry.budget
         micros = math.ceil(worst_tokens * policy.price(model).prompt_per_1m)
-        granted, _ = await self.ledger.reserve(
-            ticket,
-            tenant,  # type: ignore[arg-type]
-            b.period,
-            worst_tokens,
-            micros,
-            b.tokens,
-            None if b.cost is None else round(b.cost * MICRO),
-            lease_s=policy.controller.ticket_lease_s,
-        )
+        period, granted = await self._hold(policy, tenant, ticket, worst_tokens, micros)
+        if period is None:
+            return False
         if not granted:
             raise BudgetExhaustedError(
-                f"tenant {tenant!r} has no budget left for {worst_tokens} tokens this {b.period}",
-                retry_after=seconds_to_reset(b.period),
+                f"tenant {tenant!r} has no budget left for {worst_tokens} tokens this {period}",
+                retry_after=seconds_to_reset(period),
             )
         return True
 

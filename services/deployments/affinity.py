@@ -21,8 +21,6 @@ from typing import Any
 
 from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 
-from core.chunks import PromptChunk
-
 # Worker methods whose calls carry (messages, params, assistant_prefix, chunks) positionally.
 ROUTED_METHODS = frozenset({"generate", "stream", "generate_with_signals"})
 # Characters of the prompt that key a request without chunks.
@@ -49,8 +47,7 @@ def affinity_keys(method: str, args: Sequence[Any]) -> list[str]:
         return []
     chunks = args[3] if len(args) > 3 else None
     if chunks:
-        texts = [c.text if isinstance(c, PromptChunk) else c for c in chunks]
-        return [hashlib.blake2b(t.encode(), digest_size=16).hexdigest() for t in texts if isinstance(t, str)]
+        return [hashlib.blake2b(c.text.encode(), digest_size=16).hexdigest() for c in chunks]
     messages = args[0] or []
     opening = "".join(_text(m) for m in messages[:2])[:PREFIX_CHARS]
     return [hashlib.blake2b(opening.encode(), digest_size=16).hexdigest()] if opening else []

@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 
+from core.chunks import PromptChunk
 from services.deployments.affinity import affinity_keys, owner, rank
 
 pytestmark = pytest.mark.unit
@@ -32,7 +33,7 @@ def test_a_replica_that_joins_takes_chunks_only_from_the_others_share() -> None:
 
 
 def test_a_request_goes_to_the_replica_owning_most_of_its_chunks() -> None:
-    chunks = [f"passage {n}" for n in range(12)]
+    chunks = [PromptChunk(f"passage {n}", "shared") for n in range(12)]
     keys = affinity_keys("generate", [[], None, "", chunks])
     assert len(keys) == 12
     owned = Counter(owner(k, REPLICAS) for k in keys)

@@ -125,7 +125,7 @@ def test_a_body_with_one_hostile_value_is_never_a_5xx(route: str, data: Any, cli
 def test_every_operation_was_fuzzed(capsys: pytest.CaptureFixture[str]) -> None:
     """Runs after the fuzzers in file order: each operation got examples (their counts go to the log)."""
     if not SENT:
-        pytest.skip("this test reports the fuzzers' counts and was selected without them")
+        pytest.skip("no fuzzer ran before this report: selected without them, or ahead of them in a random order")
     lines = [f"fuzz: {sum(SENT.values())} requests over {len(SENT)} operations"]
     lines += [f"fuzz: {n:5d}  {op}" for op, n in sorted(SENT.items(), key=lambda item: -item[1]) if n > 3]
     with capsys.disabled():
