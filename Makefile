@@ -155,9 +155,11 @@ test: install install-data install-vllm helm redis chromium
 	$(VENV)/bin/lint-imports
 	@# Ragyard's own bytecode, written once (see UV_INSTALL): every Ray worker the tests start imports it.
 	$(PY) -m compileall -q core cache retrieval router services bench
-	RAGYARD_REQUIRE_VLLM=1 RAGYARD_REQUIRE_HELM=1 RAGYARD_REQUIRE_BROWSER=1 $(PY) -m pytest -p randomly \
+	@# PYTHONFAULTHANDLER: a crash in native code (at exit too, after pytest's own handler is gone) prints every
+	@# thread's Python stack instead of a bare "Segmentation fault".
+	PYTHONFAULTHANDLER=1 RAGYARD_REQUIRE_VLLM=1 RAGYARD_REQUIRE_HELM=1 RAGYARD_REQUIRE_BROWSER=1 $(PY) -m pytest -p randomly \
 	  -m "unit and not bench_vllm and not vllm_draft" --cov --cov-report= $(UNIT_ARGS)
-	RAGYARD_REQUIRE_VLLM=1 RAGYARD_REQUIRE_HELM=1 RAGYARD_REQUIRE_BROWSER=1 $(PY) -m pytest --durations=25 \
+	PYTHONFAULTHANDLER=1 RAGYARD_REQUIRE_VLLM=1 RAGYARD_REQUIRE_HELM=1 RAGYARD_REQUIRE_BROWSER=1 $(PY) -m pytest --durations=25 \
 	  --cov --cov-append --cov-report=term -m "not bench_vllm and not vllm_draft and not unit" $(PYTEST_ARGS)
 
 # The unit tests alone, in a random order (`make test` runs them so first: a test that leans on another's leftovers

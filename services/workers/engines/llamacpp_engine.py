@@ -30,7 +30,7 @@ from retrieval.generation import (
 )
 from services.errors import ConfigError
 from services.workers.engines.llamacpp_grammar import GrammarConstraint
-from services.workers.engines.llamacpp_runtime import LlamaRuntime, LlamaTokenizer
+from services.workers.engines.llamacpp_runtime import LlamaRuntime, LlamaTokenizer, closed_at_exit
 from services.workers.engines.shaping import OutputShaper
 from services.workers.engines.stepping import (
     SteppedEngine,
@@ -52,6 +52,11 @@ if TYPE_CHECKING:
     from services.workers.engines.llamacpp_chunks import LlamaChunkReuse, LlamaPrefill
 
 logger = logging.getLogger(__name__)
+
+
+# Engines still open at exit are closed first (their background chunk thread joined, then the runtime closed under
+# the step lock), before the runtimes' own hook and the interpreter's teardown.
+_OPEN = closed_at_exit("a llama.cpp engine")
 
 
 class _Slots:
@@ -116,6 +121,7 @@ class LlamaCppEngine(SteppedEngine, TokenizerMixin):
 
             self.chunk_reuse = build_chunk_reuse(self, config)
         self.closed = False
+        _OPEN.add(self)
         logger.info(
             "llama.cpp engine loaded %s from %s (%s, %d threads, %d sequences)",
             self.model_id,

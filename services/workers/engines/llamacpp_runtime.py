@@ -11,9 +11,11 @@ Not thread-safe: the engine calls it under its step lock.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import hashlib
 import logging
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,29 @@ logger = logging.getLogger(__name__)
 
 class LlamaRuntimeError(RuntimeError):
     """llama.cpp refused a call the engine made (a decode or a state restore)."""
+
+
+def closed_at_exit(what: str) -> weakref.WeakSet[Any]:
+    """A set to add open objects to: those still open when the interpreter exits are closed (``close()``) before
+    it tears itself down. Left to the garbage collector then, llama-cpp-python's finalizers run in no set order
+    within one garbage cycle, and a model freed before the context built on it is a segfault after everything
+    else has finished (a CI run ended so, its tests all passed). Hooks run last in, first out: a set made later
+    (the engines', whose threads must stop first) is closed before one made earlier (the runtimes')."""
+    members: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def close_all() -> None:
+        for member in list(members):
+            try:
+                member.close()
+            except Exception:  # noqa: BLE001 - at exit: close the rest whatever one of them does
+                logger.exception("closing %s at exit failed", what)
+
+    atexit.register(close_all)
+    return members
+
+
+# `close` frees the context first, then the model.
+_OPEN = closed_at_exit("a llama.cpp runtime")
 
 
 class LlamaRuntime:
@@ -64,6 +89,7 @@ class LlamaRuntime:
             raise ConfigError(f"llama.cpp cannot make a context for {gguf}: {exc}") from exc
         self.model = self._model.model
         self.ctx = self._ctx.ctx
+        _OPEN.add(self)
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
         self.n_ctx = int(llama_cpp.llama_n_ctx(self.ctx))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -339,3 +340,44 @@ def test_llamacpp_config_refuses_what_it_cannot_run() -> None:
         with pytest.raises(ValidationError):
             ModelConfig(engine="llamacpp", speculative=spec)
     assert ModelConfig(engine="llamacpp", speculative={"method": "ngram"}, chunk_cache={"enabled": True})
+
+
+EXIT_SCRIPT = """
+import atexit
+seen = []
+# Registered before the engine's module is imported, so it runs after the engine's own exit hooks.
+atexit.register(lambda: print("at exit:", seen[0].closed, seen[0].runtime.closed, flush=True))
+from core.chunks import PromptChunk
+from services.config import ModelConfig, load_config
+from services.workers.engines.llamacpp_engine import LlamaCppEngine
+engine = LlamaCppEngine(
+    ModelConfig(engine="llamacpp", chunk_cache={"enabled": True, "memory_bytes": 64 << 20}),
+    cache_dir=load_config({}).cache_dir,
+)
+seen.append(engine)
+text = open("README.md", encoding="utf-8").read()
+engine.precompute([PromptChunk(text[i : i + 1500], "shared") for i in range(0, 30000, 1500)])
+print("left open", flush=True)
+"""
+
+
+def test_an_engine_left_open_is_closed_before_the_interpreter_exits(tmp_path: Path) -> None:
+    """An engine nobody closed (its background chunk queue busy) is closed by its exit hook, context before
+    model, while the interpreter is whole: left to the garbage collector at exit, a model freed before its
+    context crashed a CI run after every test had passed."""
+    import subprocess
+    import sys
+
+    root = README.parent
+    script = tmp_path / "left_open.py"
+    script.write_text(EXIT_SCRIPT, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(root), "PYTHONFAULTHANDLER": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == ["left open", "at exit: True True"]
