@@ -267,6 +267,7 @@ def register(sub: Any) -> None:
             "docsqa",
             "followups",
             "tenancy",
+            "ingest",
             "chaos",
             "scale",
         ],
@@ -275,7 +276,11 @@ def register(sub: Any) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--repeats", type=int, default=200, help="router: timing repeats")
     p.add_argument("--seed", type=int, default=0, help="policies: seed of the train/test split")
-    p.add_argument("--limit", type=int, help="policies, spec: first N test questions of each file only (spec: 8)")
+    p.add_argument(
+        "--limit",
+        type=int,
+        help="policies, spec: first N test questions of each file only (spec: 8); ingest: first N files per format",
+    )
     p.add_argument("--max-tokens", type=int, help="completion tokens (policies: 32, spec: 64)")
     p.add_argument("--calibration-limit", type=int, default=4, help="spec: training prompts per file for predictors")
     p.add_argument("--k", default="2,4,6", help="spec: fixed candidate lengths to compare")
@@ -336,6 +341,7 @@ def register(sub: Any) -> None:
     p.add_argument("--sizes", help="tenancy: corpus sizes in chunks, comma-separated (default 10000,100000)")
     p.add_argument("--tenants", type=int, default=20, help="tenancy: tenants sharing the corpus")
     p.add_argument("--queries", type=int, default=200, help="tenancy: queries per size")
+    p.add_argument("--files", type=int, default=1000, help="ingest: files in the upload part (0: skip it)")
     p.add_argument("--fault-seconds", type=float, default=10.0, help="chaos: how long each Redis fault lasts")
     p.add_argument("--writer-kills", type=int, default=200, help="chaos: kill -9 of the store writer subprocess")
     p.add_argument("--scenarios", help="chaos: comma-separated subset (default: all; see bench_chaos.SCENARIOS)")

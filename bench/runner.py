@@ -171,6 +171,10 @@ def run_bench(what: str, config: AppConfig, args: argparse.Namespace) -> str:
             max_tokens=args.max_tokens or 32,
             seed=args.seed,
         )
+    if what == "ingest":
+        from bench.bench_ingest import bench_ingest
+
+        return bench_ingest(config, args.out, files=args.files, limit=args.limit)
     if what == "tenancy":
         from bench.bench_tenancy import bench_tenancy
 

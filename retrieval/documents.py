@@ -61,6 +61,9 @@ class Document(BaseModel):
     source: str = ""
     metadata: dict[str, Any] = Field(default_factory=dict)
     namespace: str = Field(SHARED_NAMESPACE, min_length=1, description="Whose document it is.")
+    page_starts: list[int] = Field(
+        default_factory=list, description="Where each page after the first begins in `text` (a PDF's); empty: no pages."
+    )
 
     def model_post_init(self, __context: Any) -> None:
         if not self.id:
@@ -84,6 +87,7 @@ class Chunk:
     start: int
     source: str = ""
     namespace: str = SHARED_NAMESPACE
+    page: int = 0  # the page (from 1) its start is on, for documents with pages (PDF); 0: none
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,7 @@ class DocumentRecord(TypedDict):
     source: str
     metadata: dict[str, Any]  # the caller's own JSON object, checked by `check_metadata`
     pieces: list[tuple[int, str]]
+    page_starts: NotRequired[list[int]]  # a paged document's (PDF): where each page after the first begins
 
 
 # A stored document's key: its namespace and its id there. Ids are scoped to a namespace: two tenants may each
@@ -122,6 +127,7 @@ class StoredDocument(TypedDict):
     source: str
     metadata: dict[str, Any]
     chunk_ids: list[int]
+    page_starts: NotRequired[list[int]]
 
 
 class DocumentSummary(TypedDict):

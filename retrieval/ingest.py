@@ -1,20 +1,27 @@
-"""Read text, markdown and JSONL (the shared/data QA format, or one document a line) into Documents."""
+"""Read text, markdown, JSONL (the shared/data QA format, or one document a line), PDF, Word (.docx) and HTML
+into Documents (the binary formats through `retrieval.formats`)."""
 
 from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
+from collections.abc import Callable
+from pathlib import Path, PurePath
 from typing import Any, Literal, cast
 
 from core.nesting import lone_surrogate_at, nesting_depth, not_unicode, refuse_json_constant
 from retrieval.documents import SHARED_NAMESPACE, Document, check_metadata
 from retrieval.errors import DocumentFormatError, UnsupportedDocumentTypeError
+from retrieval.formats import Extracted, read_docx, read_html, read_pdf
 
 logger = logging.getLogger(__name__)
 
-DocumentType = Literal["text", "markdown", "jsonl"]
-DOCUMENT_TYPES: tuple[DocumentType, ...] = ("text", "markdown", "jsonl")
+DocumentType = Literal["text", "markdown", "jsonl", "html", "pdf", "docx"]
+DOCUMENT_TYPES: tuple[DocumentType, ...] = ("text", "markdown", "jsonl", "html", "pdf", "docx")
+# Formats read from their bytes by a library (`retrieval.formats`): never decoded as UTF-8 text here.
+FILE_TYPES: dict[DocumentType, Callable[[bytes], Extracted]] = {"pdf": read_pdf, "docx": read_docx, "html": read_html}
+# Formats a JSON upload may carry in its `text` field (a PDF or a Word file is bytes: send it as itself).
+TEXT_TYPES: tuple[DocumentType, ...] = ("text", "markdown", "jsonl", "html")
 
 # Documents one upload may hold, whatever its format (a JSON list, JSONL lines, or both: a JSON list of JSONL
 # payloads counts every document in it); the API passes it, the CLI reading local files does not.
@@ -29,6 +36,11 @@ _SUFFIXES: dict[str, DocumentType] = {
     ".markdown": "markdown",
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
+    ".html": "html",
+    ".htm": "html",
+    ".xhtml": "html",
+    ".pdf": "pdf",
+    ".docx": "docx",
 }
 _MEDIA_TYPES: dict[str, DocumentType] = {
     "text/plain": "text",
@@ -38,6 +50,11 @@ _MEDIA_TYPES: dict[str, DocumentType] = {
     "application/x-jsonlines": "jsonl",
     "application/x-ndjson": "jsonl",
     "application/jsonlines": "jsonl",
+    "text/html": "html",
+    "application/xhtml+xml": "html",
+    "application/pdf": "pdf",
+    "application/x-pdf": "pdf",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "docx",
 }
 
 
@@ -59,7 +76,7 @@ def type_for_media(media_type: str) -> DocumentType:
     return _MEDIA_TYPES[base]
 
 
-def type_for_path(path: Path) -> DocumentType:
+def type_for_path(path: PurePath) -> DocumentType:
     suffix = path.suffix.lower()
     if suffix not in _SUFFIXES:
         raise UnsupportedDocumentTypeError(
@@ -91,11 +108,74 @@ def parse(
     kind = check_type(doc_type)
     if kind == "jsonl":
         return parse_jsonl(content, source=source, namespace=namespace, max_documents=max_documents)
+    if kind in FILE_TYPES:
+        if kind not in TEXT_TYPES:
+            raise DocumentFormatError(
+                f"a {kind} file is bytes, not text: send it as its own content type or as a multipart upload"
+            )
+        return parse_file(
+            content.encode("utf-8"),
+            kind,
+            title=title,
+            doc_id=doc_id,
+            source=source,
+            metadata=metadata,
+            namespace=namespace,
+        )
     if not content.strip():
         raise DocumentFormatError("the document is empty")
     if kind == "markdown" and not title:
         title = _markdown_title(content)
     return [Document(id=doc_id, title=title, text=content, source=source, metadata=metadata or {}, namespace=namespace)]
+
+
+def parse_file(
+    raw: bytes,
+    doc_type: str,
+    *,
+    title: str = "",
+    doc_id: str = "",
+    source: str = "",
+    metadata: dict[str, Any] | None = None,
+    namespace: str = SHARED_NAMESPACE,
+    max_documents: int | None = None,
+) -> list[Document]:
+    """One uploaded file's bytes as documents: PDF, DOCX and HTML through their readers (one document each, a
+    PDF's page starts with it, so each chunk is cited with its page), the text formats decoded as UTF-8 (JSONL:
+    at most ``max_documents``)."""
+    kind = check_type(doc_type)
+    if kind not in FILE_TYPES:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DocumentFormatError(f"not UTF-8 text (byte {exc.start}); a {kind} document must be UTF-8") from exc
+        return parse(
+            text,
+            kind,
+            title=title,
+            doc_id=doc_id,
+            source=source,
+            metadata=metadata,
+            namespace=namespace,
+            max_documents=max_documents,
+        )
+    if not raw.strip():
+        raise DocumentFormatError("the file is empty")
+    found = FILE_TYPES[kind](raw)
+    meta = dict(metadata or {})
+    if found.page_starts or kind == "pdf":
+        meta.setdefault("pages", len(found.page_starts) + 1)
+    return [
+        Document(
+            id=doc_id,
+            title=title or found.title,
+            text=found.text,
+            source=source,
+            metadata=meta,
+            namespace=namespace,
+            page_starts=found.page_starts,
+        )
+    ]
 
 
 def parse_jsonl(
@@ -160,26 +240,35 @@ def parse_jsonl(
     return docs
 
 
-def load_path(path: str | Path) -> list[Document]:
-    """Documents from a file, or from every supported file under a folder (sorted, recursive)."""
+def files_under(path: str | Path) -> list[tuple[Path, str]]:
+    """(file, name) of a file, or of every supported file under a folder (sorted, recursive); a file's name is its
+    path relative to the folder, which makes its id (``file:<name>``): an edited file replaces its old version."""
     root = Path(path)
     if root.is_dir():
         files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in _SUFFIXES)
-    elif root.is_file():
-        files = [root]
-    else:
-        raise FileNotFoundError(f"{root} does not exist")
-    out: list[Document] = []
-    for file in files:
-        kind = type_for_path(file)
-        text = file.read_text(encoding="utf-8")
-        if not text.strip():
-            logger.warning("%s is empty; skipped", file)
-            continue
-        title = "" if kind != "text" else file.stem
-        # A file's id is its path relative to the folder, so an edited file replaces its old version.
-        rel = file.relative_to(root).as_posix() if root.is_dir() else file.name
-        doc_id = "" if kind == "jsonl" else f"file:{rel}"
-        for doc in parse(text, kind, title=title, doc_id=doc_id, source=str(file)):
-            out.append(doc if doc.title else doc.model_copy(update={"title": file.stem}))
-    return out
+        return [(f, f.relative_to(root).as_posix()) for f in files]
+    if root.is_file():
+        type_for_path(root)
+        return [(root, root.name)]
+    raise FileNotFoundError(f"{root} does not exist")
+
+
+def load_file(file: Path, name: str) -> list[Document]:
+    """One file's documents (none when it is empty); a file that cannot be read is refused, naming it."""
+    kind = type_for_path(file)
+    raw = file.read_bytes()
+    if not raw.strip():
+        logger.warning("%s is empty; skipped", file)
+        return []
+    title = "" if kind != "text" else file.stem
+    doc_id = "" if kind == "jsonl" else f"file:{name}"
+    try:
+        docs = parse_file(raw, kind, title=title, doc_id=doc_id, source=str(file))
+    except DocumentFormatError as exc:
+        raise DocumentFormatError(f"{file}: {exc}") from exc
+    return [doc if doc.title else doc.model_copy(update={"title": file.stem}) for doc in docs]
+
+
+def load_path(path: str | Path) -> list[Document]:
+    """Documents from a file, or from every supported file under a folder (sorted, recursive)."""
+    return [doc for file, name in files_under(path) for doc in load_file(file, name)]

@@ -22,6 +22,7 @@ from retrieval.documents import (
     Passage,
     StoredDocument,
 )
+from retrieval.formats import page_of
 from retrieval.snapshots import Snapshot, SnapshotDir
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ UpsertOutcome = Literal["added", "updated", "unchanged"]
 
 def document_record(doc: Document, pieces: list[tuple[int, str]]) -> DocumentRecord:
     """A document as the store (and the corpus log) keeps it: its fields and its chunks' (start, text)."""
-    return {
+    record: DocumentRecord = {
         "id": doc.id,
         "namespace": doc.namespace,
         "fingerprint": doc.fingerprint,
@@ -40,6 +41,9 @@ def document_record(doc: Document, pieces: list[tuple[int, str]]) -> DocumentRec
         "metadata": doc.metadata,
         "pieces": [(int(start), text) for start, text in pieces],
     }
+    if doc.page_starts:
+        record["page_starts"] = list(doc.page_starts)
+    return record
 
 
 class VectorStore:
@@ -209,8 +213,10 @@ class VectorStore:
             self.next_chunk_id += len(pieces)
             if len(pieces):
                 self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+            page_starts = record.get("page_starts") or []
             for n, (cid, (start, text)) in enumerate(zip(ids.tolist(), pieces, strict=True)):
-                self.chunks[cid] = Chunk(cid, doc_id, title, text, n, int(start), source, namespace)
+                page = page_of(page_starts, int(start)) if page_starts else 0
+                self.chunks[cid] = Chunk(cid, doc_id, title, text, n, int(start), source, namespace, page)
             self.docs[key] = {
                 "id": doc_id,
                 "namespace": namespace,
@@ -220,6 +226,8 @@ class VectorStore:
                 "metadata": record["metadata"],
                 "chunk_ids": ids.tolist(),
             }
+            if page_starts:
+                self.docs[key]["page_starts"] = list(page_starts)
             if self._undo is not None:
                 self._undo.append(lambda: self._remove_locked(key))
             self.generation += 1
@@ -235,17 +243,18 @@ class VectorStore:
             for key in sorted(self.docs):
                 entry = self.docs[key]
                 ids = [int(i) for i in entry["chunk_ids"]]
-                out.append(
-                    {
-                        "id": key[1],
-                        "namespace": key[0],
-                        "fingerprint": entry["fingerprint"],
-                        "title": entry["title"],
-                        "source": entry["source"],
-                        "metadata": entry["metadata"],
-                        "pieces": [(self.chunks[i].start, self.chunks[i].text) for i in ids],
-                    }
-                )
+                record: DocumentRecord = {
+                    "id": key[1],
+                    "namespace": key[0],
+                    "fingerprint": entry["fingerprint"],
+                    "title": entry["title"],
+                    "source": entry["source"],
+                    "metadata": entry["metadata"],
+                    "pieces": [(self.chunks[i].start, self.chunks[i].text) for i in ids],
+                }
+                if entry.get("page_starts"):
+                    record["page_starts"] = list(entry["page_starts"])
+                out.append(record)
                 rows += [self.index.reconstruct(i) for i in ids]
             vectors = np.vstack(rows).astype(np.float32) if rows else np.zeros((0, self.dim), dtype=np.float32)
             return out, vectors

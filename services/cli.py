@@ -99,21 +99,58 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
-    from retrieval.ingest import load_path
+# A `ragyard ingest --url` upload: files per multipart request, and bytes per request (under the server's
+# `server.max_upload_bytes` default of 32 MiB).
+UPLOAD_FILES = 50
+UPLOAD_BYTES = 24 << 20
 
-    docs = [d for p in args.paths for d in load_path(p)]
+
+def _upload_batches(files: list[tuple[Path, str]]) -> list[list[tuple[Path, str]]]:
+    batches: list[list[tuple[Path, str]]] = [[]]
+    size = 0
+    for file, name in files:
+        n = file.stat().st_size
+        if batches[-1] and (len(batches[-1]) >= UPLOAD_FILES or size + n > UPLOAD_BYTES):
+            batches.append([])
+            size = 0
+        batches[-1].append((file, name))
+        size += n
+    return [b for b in batches if b]
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from retrieval.ingest import files_under, load_file
+
+    files = [f for p in args.paths for f in files_under(p)]
+    # The bar goes to stderr and only to a terminal: the JSON report on stdout stays clean for scripts.
+    quiet = not sys.stderr.isatty()
     if args.url:
         import httpx
 
-        payload = {"documents": [{"id": d.id, "title": d.title, "text": d.text, "metadata": d.metadata} for d in docs]}
         key = args.api_key or os.environ.get("RAGYARD_API_KEY")
         headers = {"authorization": f"Bearer {key}"} if key else {}
-        resp = httpx.post(f"{args.url.rstrip('/')}/v1/documents", json=payload, headers=headers, timeout=600)
-        print(json.dumps(resp.json(), indent=2))
-        return 0 if resp.status_code == 200 else 1
+        totals: dict[str, Any] = {}
+        with tqdm(total=len(files), unit="file", desc="uploading", disable=quiet) as bar:
+            # Each batch is one multipart request, written all or nothing; the server reads the files (a PDF's
+            # pages travel with it).
+            for batch in _upload_batches(files):
+                parts = [("file", (name, file.read_bytes(), "application/octet-stream")) for file, name in batch]
+                resp = httpx.post(f"{args.url.rstrip('/')}/v1/documents", files=parts, headers=headers, timeout=600)
+                if resp.status_code != 200:
+                    print(json.dumps(resp.json(), indent=2))
+                    return 1
+                for k, v in resp.json().items():
+                    totals[k] = totals.get(k, []) + v if isinstance(v, list) else v
+                bar.update(len(batch))
+        print(json.dumps(totals, indent=2))
+        return 0
     from services.deployments.retriever import RetrieverService
 
+    docs = []
+    for file, name in tqdm(files, unit="file", desc="reading", disable=quiet):
+        docs += load_file(file, name)
     config = load_config(args.config)
     config = config.model_copy(update={"corpus": config.corpus.model_copy(update={"ingest_on_start": False})})
     service = RetrieverService(config)
@@ -188,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", help="only this packaged model (catalog name; repeatable)")
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("ingest", help="index text, markdown or JSONL files or folders")
+    p = sub.add_parser("ingest", help="index files or folders: text, markdown, JSONL, PDF, Word (.docx), HTML")
     p.add_argument("paths", nargs="+")
     p.add_argument("--url", help="send to a running server (e.g. http://127.0.0.1:8000) instead")
     p.add_argument(

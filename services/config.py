@@ -79,6 +79,12 @@ class ServerConfig(Section):
     host: str = Field("127.0.0.1", description="HTTP bind address; HOST overrides it.")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port; PORT overrides it.")
     max_body_bytes: int = Field(1 << 20, gt=0, description="Largest request body accepted (declared or chunked).")
+    max_upload_bytes: int = Field(
+        32 << 20,
+        gt=0,
+        description="Largest body of a document upload (`POST /v1/documents`: PDFs, Word files, multipart "
+        "batches); every other route keeps `max_body_bytes`.",
+    )
     max_json_depth: int = Field(32, ge=4, le=512, description="Deepest nesting a JSON body may have.")
     api_keys: list[str] = Field(
         default_factory=list,

@@ -63,6 +63,21 @@ def _chat(**over: Any) -> dict[str, Any]:
     return {k: v for k, v in body.items() if v is not ...}
 
 
+def _multipart(files: list[tuple[str, str, bytes]], boundary: str = "ragyard-battery") -> tuple[bytes, dict[str, str]]:
+    """A multipart/form-data body of ``files`` (name, content type, bytes) and its content-type header."""
+    body = b""
+    for name, media, raw in files:
+        body += (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+                f"Content-Type: {media}\r\n\r\n"
+            ).encode()
+            + raw
+            + b"\r\n"
+        )
+    return body + f"--{boundary}--\r\n".encode(), {"content-type": f"multipart/form-data; boundary={boundary}"}
+
+
 def _nested(depth: int) -> str:
     return "[" * depth + "]" * depth
 
@@ -253,6 +268,53 @@ def cases() -> list[Case]:
         json_body={"documents": [{"text": "x"}]},
         params={"namespace": "globex"},
     )
+    pdf = {"content-type": "application/pdf"}
+    docx = {"content-type": "application/vnd.openxmlformats-officedocument.wordprocessingml.document"}
+    add("documents: a PDF that is not one", "documents", "POST", DOCS, 400, content=b"hello", headers=pdf)
+    add(
+        "documents: a PDF cut after its header",
+        "documents",
+        "POST",
+        DOCS,
+        400,
+        content=b"%PDF-1.7\n1 0 obj",
+        headers=pdf,
+    )
+    add("documents: a .docx that is not a zip", "documents", "POST", DOCS, 400, content=b"PK\x03\x04 cut", headers=docx)
+    add(
+        "documents: an HTML page of scripts",
+        "documents",
+        "POST",
+        DOCS,
+        400,
+        content=b"<html><body><script>steal()</script></body></html>",
+        headers={"content-type": "text/html"},
+    )
+    add(
+        "documents: the old binary .doc",
+        "documents",
+        "POST",
+        DOCS,
+        415,
+        content=b"\xd0\xcf\x11\xe0",
+        headers={"content-type": "application/msword"},
+    )
+    one_bad, mixed = _multipart(
+        [("notes.txt", "text/plain", b"Good notes."), ("broken.pdf", "application/pdf", b"%PDF-1.7\n")]
+    )
+    add(
+        "documents: multipart with a broken PDF beside a good file",
+        "documents",
+        "POST",
+        DOCS,
+        400,
+        content=one_bad,
+        headers=mixed,
+    )
+    no_file = b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nassistants\r\n--b--\r\n'
+    form = {"content-type": "multipart/form-data; boundary=b"}
+    add("documents: multipart with no file", "documents", "POST", DOCS, 400, content=no_file, headers=form)
+    add("documents: multipart cut mid-part", "documents", "POST", DOCS, 400, content=b"--b\r\nnot a part", headers=form)
     add("documents: read another namespace", "documents", "GET", DOCS, 403, params={"namespace": "globex"})
     add("documents: unknown id", "documents", "GET", f"{DOCS}/no-such-document", 404)
     add("documents: delete a shared document", "documents", "DELETE", f"{DOCS}/file:README.md", 403)

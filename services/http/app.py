@@ -55,6 +55,7 @@ def create_app(
     service_or_factory: RagService | Callable[[], Awaitable[RagService]],
     *,
     max_body_bytes: int = 1 << 20,
+    max_upload_bytes: int = 32 << 20,
     max_json_depth: int = 32,
     api_keys: list[str] | None = None,
     allowed_hosts: list[str] | None = None,
@@ -100,7 +101,12 @@ def create_app(
         # Serve's proxy cancels a request whose client left by itself; a watch here would add a pending receive
         # per request on the gateway's loop (a small request waited 0.7 s longer beside a large embedding).
         app.add_middleware(CancelOnDisconnectMiddleware)
-    app.add_middleware(BodyGuardMiddleware, max_bytes=max_body_bytes, max_depth=max_json_depth)
+    app.add_middleware(
+        BodyGuardMiddleware,
+        max_bytes=max_body_bytes,
+        max_depth=max_json_depth,
+        uploads={"/v1/documents": max(max_upload_bytes, max_body_bytes)},
+    )
     app.add_middleware(ObserveMiddleware, routes=known)
     app.add_middleware(RequestIdMiddleware, set_header=not behind_serve)
     return app
@@ -114,6 +120,7 @@ def create_app_for(
     return create_app(
         service,
         max_body_bytes=server.max_body_bytes,
+        max_upload_bytes=server.max_upload_bytes,
         max_json_depth=server.max_json_depth,
         api_keys=server.api_keys,
         allowed_hosts=server.effective_allowed_hosts(),

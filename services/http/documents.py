@@ -1,5 +1,6 @@
-"""The documents API, scoped by namespace: ``POST /v1/documents`` (JSON with a list of documents, or one
-document as its own media type), ``GET /v1/documents`` (the caller's, paged), ``GET`` and ``DELETE
+"""The documents API, scoped by namespace: ``POST /v1/documents`` (JSON with a list of documents, one
+document as its own media type: text, markdown, JSONL, HTML, PDF or Word, or files as a multipart form),
+``GET /v1/documents`` (the caller's, paged), ``GET`` and ``DELETE
 /v1/documents/{id}``.
 
 A tenant writes and deletes only its own namespace and reads its own and the shared one; an operator
@@ -9,21 +10,29 @@ replaces or learns of the other's; a tenant's own document shadows a shared one 
 
 from __future__ import annotations
 
+import asyncio
 import json
+from pathlib import PurePosixPath
 from typing import Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
+from starlette.datastructures import UploadFile
 
 from retrieval.documents import Document
 from retrieval.errors import DocumentFormatError, DocumentOwnershipError, UnsupportedDocumentTypeError
-from retrieval.ingest import MAX_DOCUMENTS, parse, type_for_media
+from retrieval.ingest import MAX_DOCUMENTS, parse, parse_file, type_for_media, type_for_path
 from services.errors import InvalidRequestError, PermissionDeniedError
 from services.http.auth import Principal, principal
 from services.http.deps import GENERATION_HEADER, Service, min_generation
 from services.http.schemas import DocumentsRequest
 
 router = APIRouter()
+
+# Files one multipart upload may carry (Starlette's form parser refuses more with a 400).
+MAX_UPLOAD_FILES = 1000
+# Media types a browser or a client sends for "some file": the file's name says what it is.
+_GENERIC_MEDIA = {"", "application/octet-stream", "binary/octet-stream", "application/x-www-form-urlencoded"}
 
 
 def _from_json(raw: bytes, namespace: str) -> list[Document]:
@@ -51,6 +60,51 @@ def _from_json(raw: bytes, namespace: str) -> list[Document]:
         except (DocumentFormatError, UnsupportedDocumentTypeError) as exc:
             raise type(exc)(f"documents[{n}]: {exc}") from exc
     return docs
+
+
+def _file_type(name: str, media: str) -> str:
+    base = media.split(";", 1)[0].strip().lower()
+    if base not in _GENERIC_MEDIA:
+        try:
+            return type_for_media(base)
+        except UnsupportedDocumentTypeError:
+            pass  # a browser's guess for an unusual suffix: the name decides
+    return type_for_path(PurePosixPath(name or "upload"))
+
+
+def _from_files(files: list[tuple[str, str, bytes]], namespace: str) -> list[Document]:
+    """Documents from (file name, media type, bytes); every file is read before anything is written, and a file
+    that cannot be read refuses the whole upload, naming it."""
+    docs: list[Document] = []
+    for name, media, raw in files:
+        try:
+            kind = _file_type(name, media)
+            # A file's id is its name, as `ragyard ingest` names a file by its path: an edited file uploaded
+            # again replaces its old version.
+            stem = PurePosixPath(name).stem if name else ""
+            found = parse_file(
+                raw, kind, doc_id=f"file:{name}" if name else "", source=name or "api", namespace=namespace
+            )
+            docs += [d if d.title else d.model_copy(update={"title": stem}) for d in found]
+        except (DocumentFormatError, UnsupportedDocumentTypeError) as exc:
+            raise type(exc)(f"{name or 'the file'}: {exc}") from exc
+        if len(docs) > MAX_DOCUMENTS:
+            raise DocumentFormatError(f"the upload holds more than {MAX_DOCUMENTS} documents")
+    return docs
+
+
+async def _multipart(request: Request) -> list[tuple[str, str, bytes]]:
+    try:
+        form = await request.form(max_files=MAX_UPLOAD_FILES, max_fields=MAX_UPLOAD_FILES)
+    except Exception as exc:  # noqa: BLE001 - Starlette's parse errors (too many files, a broken boundary)
+        raise InvalidRequestError(f"the multipart body cannot be read: {exc}", code="invalid_multipart") from exc
+    try:
+        uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+        if not uploads:
+            raise InvalidRequestError("the multipart form holds no file (send each as a `file` field)", param="file")
+        return [(u.filename or "", u.content_type or "", await u.read()) for u in uploads]
+    finally:
+        await form.close()
 
 
 def write_namespace(who: Principal, asked: str | None) -> str:
@@ -89,17 +143,16 @@ async def add_documents(
 ) -> dict[str, Any]:
     target = write_namespace(principal(request), namespace)
     media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    raw = await request.body()
-    if media == "application/json":
-        docs = _from_json(raw, target)
+    if media == "multipart/form-data":
+        docs = await asyncio.to_thread(_from_files, await _multipart(request), target)
+    elif media == "application/json":
+        docs = _from_json(await request.body(), target)
     else:
         kind = type_for_media(media)
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InvalidRequestError("the document is not UTF-8 text", code="invalid_encoding") from exc
-        docs = parse(
-            text,
+        # PDFium, python-docx and trafilatura hold the CPU: off the event loop.
+        docs = await asyncio.to_thread(
+            parse_file,
+            await request.body(),
             kind,
             title=request.query_params.get("title", ""),
             doc_id=request.query_params.get("id", ""),

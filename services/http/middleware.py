@@ -28,21 +28,29 @@ class BodyGuardMiddleware:
     """Bounds every request body before a route parses it: over ``max_bytes`` is a 413, whether the
     length is declared or the body is chunked (it is read here, up to the limit, and handed on whole);
     JSON nested deeper than ``max_depth`` is a 400, so no parser recurses into it, and so is JSON whose text is
-    not valid Unicode (`check_json`). Invalid JSON is left to the route, whose parser names the error."""
+    not valid Unicode (`check_json`). Invalid JSON is left to the route, whose parser names the error.
+    ``uploads``: a larger limit for a POST to these paths (document uploads: PDFs and Word files are larger
+    than any chat request)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, max_depth: int = 32) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, max_depth: int = 32, uploads: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.max_depth = max_depth
+        self.uploads = dict(uploads or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_big = PayloadTooLargeError(f"the request body is over the limit of {self.max_bytes} bytes")
+        limit = self.max_bytes
+        if scope.get("method") == "POST":
+            limit = self.uploads.get(scope.get("path", ""), limit)
+        too_big = PayloadTooLargeError(f"the request body is over the limit of {limit} bytes")
         headers = Headers(scope=scope)
         length = headers.get("content-length")
-        if length is not None and length.strip().isdigit() and int(length) > self.max_bytes:
+        if length is not None and length.strip().isdigit() and int(length) > limit:
             await json_error(too_big)(scope, receive, send)
             return
         parts: list[bytes] = []
@@ -53,7 +61,7 @@ class BodyGuardMiddleware:
                 return  # the client left before its body was in: nothing to answer
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_bytes:
+            if size > limit:
                 await json_error(too_big)(scope, receive, send)
                 return
             parts.append(chunk)

@@ -94,6 +94,7 @@ class ChunkAttributes(BaseModel):
     chunk: int
     source: str
     namespace: str
+    page: int | None = None  # the page the chunk begins on, for a document with pages (PDF)
 
 
 class TextContent(BaseModel):
@@ -222,7 +223,9 @@ async def search_vector_store(
                 file_id=p.chunk.doc_id,
                 filename=p.chunk.title or p.chunk.doc_id,
                 score=round(float(p.score), 6),
-                attributes=ChunkAttributes(chunk=p.chunk.chunk_index, source=p.chunk.source, namespace=store_id),
+                attributes=ChunkAttributes(
+                    chunk=p.chunk.chunk_index, source=p.chunk.source, namespace=store_id, page=p.chunk.page or None
+                ),
                 content=[TextContent(text=p.chunk.text)],
             )
             for p in passages

@@ -62,6 +62,9 @@ class Citation(BaseModel):
     score: float
     text: str
     source: str = ""
+    page: int | None = Field(
+        None, description="The page the chunk begins on (from 1), for a document with pages (PDF)."
+    )
 
     @classmethod
     def of(cls, passage: Passage) -> Citation:
@@ -73,6 +76,7 @@ class Citation(BaseModel):
             score=round(passage.score, 4),
             text=c.text,
             source=c.source,
+            page=c.page or None,
         )
 
 

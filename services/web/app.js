@@ -134,7 +134,7 @@ function renderRecord(box, record) {
         if (!open) {
           button.setAttribute("aria-expanded", "true");
           shown.append(el("blockquote", { class: "chunk", text: c.text || "" }),
-            el("p", { class: "status", text: `${c.document_id}, chunk ${c.chunk}, score ${c.score}` }));
+            el("p", { class: "status", text: `${c.document_id}${c.page ? `, page ${c.page}` : ""}, chunk ${c.chunk}, score ${c.score}` }));
         }
       });
       list.append(el("li", {}, button));
@@ -272,24 +272,30 @@ async function deleteDocument(id) {
 
 async function upload(event) {
   event.preventDefault();
-  const file = $("doc-file").files[0];
-  let text = $("doc-text").value;
-  let type = "text";
-  if (file) {
-    text = await file.text();
-    if (/\.jsonl$/i.test(file.name)) type = "jsonl";
-    else if (/\.(md|markdown)$/i.test(file.name)) type = "markdown";
-  }
-  if (!text.trim()) {
+  const files = [...$("doc-file").files];
+  const text = $("doc-text").value;
+  if (!files.length && !text.trim()) {
     $("upload-status").textContent = "Give a text or a file.";
     return;
   }
-  const doc = { title: $("doc-title").value || (file ? file.name : ""), text, type };
-  if ($("doc-id").value.trim()) doc.id = $("doc-id").value.trim();
+  let body;
+  let h;
+  if (files.length) {
+    // Files go as they are (PDF, Word, HTML, text, markdown, JSONL), one multipart form: the server reads each
+    // by its type, and a file it cannot read refuses the upload with its name.
+    body = new FormData();
+    for (const f of files) body.append("file", f, f.name);
+    h = headers(false);
+  } else {
+    const doc = { title: $("doc-title").value, text, type: "text" };
+    if ($("doc-id").value.trim()) doc.id = $("doc-id").value.trim();
+    body = JSON.stringify({ documents: [doc] });
+    h = headers();
+  }
   $("add-doc").disabled = true;
-  $("upload-status").textContent = "Adding…";
+  $("upload-status").textContent = files.length ? `Reading ${files.length} file(s)…` : "Adding…";
   try {
-    const resp = await fetch("/v1/documents", { method: "POST", headers: headers(), body: JSON.stringify({ documents: [doc] }) });
+    const resp = await fetch("/v1/documents", { method: "POST", headers: h, body });
     if (!resp.ok) throw new Error(await errorText(resp));
     const result = await resp.json();
     // Later questions read at least this corpus generation (read-your-writes on any replica).

@@ -57,10 +57,10 @@ def test_bad_jsonl_says_which_line(payload: str, fragment: str) -> None:
 
 
 def test_unsupported_types() -> None:
-    with pytest.raises(UnsupportedDocumentTypeError, match="supported: text, markdown, jsonl"):
-        parse("x", "pdf")
+    with pytest.raises(UnsupportedDocumentTypeError, match="supported: text, markdown, jsonl, html, pdf, docx"):
+        parse("x", "rtf")
     with pytest.raises(UnsupportedDocumentTypeError):
-        type_for_media("application/pdf")
+        type_for_media("application/rtf")
     assert type_for_media("text/markdown; charset=utf-8") == "markdown"
     with pytest.raises(DocumentFormatError, match="empty"):
         parse("   ", "text")
@@ -71,7 +71,7 @@ def test_load_folder_skips_empty_and_uses_relative_ids(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.txt").write_text("Bravo text.")
     (tmp_path / "empty.md").write_text("")
-    (tmp_path / "ignored.pdf").write_bytes(b"%PDF")
+    (tmp_path / "ignored.doc").write_bytes(b"\xd0\xcf\x11\xe0")  # the old binary Word format: not read
     docs = load_path(tmp_path)
     assert sorted(d.id for d in docs) == ["file:a.md", "file:sub/b.txt"]
     assert {d.title for d in docs} == {"Alpha", "b"}

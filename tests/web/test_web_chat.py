@@ -189,3 +189,23 @@ def test_errors_show_in_the_page(server: str, browser: Any) -> None:
     alert.wait_for(timeout=60_000)
     assert "400" in alert.inner_text() and "max_tokens" in alert.inner_text()
     page.close()
+
+
+def test_files_are_uploaded_as_they_are_and_a_bad_one_is_named(server: str, browser: Any) -> None:
+    files = Path(__file__).parents[1] / "retrieval" / "files"
+    page = browser.new_page()
+    errors = _errors(page)
+    page.goto(server + "/")
+    page.get_by_role("tab", name="Documents").click()
+    # A PDF beside an encrypted one: the server refuses the pair, naming the file; nothing is listed.
+    page.set_input_files("#doc-file", [str(files / "crazyones.pdf"), str(files / "encrypted-file.pdf")])
+    page.get_by_role("button", name="Add").click()
+    page.wait_for_selector("#upload-status:has-text('encrypted-file.pdf: the PDF is encrypted')")
+    assert page.locator("#doc-rows td:has-text('file:crazyones.pdf')").count() == 0
+    page.set_input_files("#doc-file", [str(files / "crazyones.pdf"), str(files / "par-known-styles.docx")])
+    page.get_by_role("button", name="Add").click()
+    page.wait_for_selector("#upload-status:has-text('file:crazyones.pdf')")
+    assert "file:par-known-styles.docx" in page.locator("#upload-status").inner_text()
+    page.wait_for_selector("#doc-rows td:has-text('file:crazyones.pdf')")
+    assert [e for e in errors if "400" not in e] == []  # the refused upload's 400 is the console's only error
+    page.close()
