@@ -108,3 +108,22 @@ class CorpusConfig(Section):
         description="Files or folders indexed at startup (the bundled sample corpus).",
     )
     ingest_on_start: bool = Field(True, description="Index `paths` when the retriever starts.")
+    async_files: int = Field(
+        20,
+        ge=1,
+        description="An upload of more files than this becomes an ingestion job: 202 and a job id at once, its "
+        "progress at GET /v1/documents/jobs/{id} (a client asks for a job for any upload with `Prefer: "
+        "respond-async`).",
+    )
+    async_bytes: int = Field(8 << 20, gt=0, description="An upload larger than this (bytes) becomes a job too.")
+    job_batch_documents: int = Field(
+        16, ge=1, le=1000, description="Documents a job indexes per step (its progress moves by this many)."
+    )
+    max_jobs_per_tenant: int = Field(
+        2, ge=1, description="Jobs one namespace may have running on one gateway at once; more is a 429."
+    )
+    jobs_url: str | None = Field(
+        None,
+        description="Where jobs are recorded (memory:// or redis://...; None: cache.response_cache_url). On Redis "
+        "every gateway replica reports every job, and a job whose gateway stopped is reported failed.",
+    )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from pathlib import Path, PurePath
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any, Literal, cast
 
 from core.nesting import lone_surrogate_at, nesting_depth, not_unicode, refuse_json_constant
@@ -238,6 +238,39 @@ def parse_jsonl(
     if not docs:
         raise DocumentFormatError("the JSONL payload holds no documents")
     return docs
+
+
+# Media types a browser or a client sends for "some file": the file's name says what it is.
+_GENERIC_MEDIA = {"", "application/octet-stream", "binary/octet-stream", "application/x-www-form-urlencoded"}
+
+
+def upload_type(name: str, media: str) -> DocumentType:
+    """An uploaded file's type: its media type, or its name's suffix when the media type says nothing (or is a
+    browser's guess this reader does not know)."""
+    base = media.split(";", 1)[0].strip().lower()
+    if base not in _GENERIC_MEDIA and base in _MEDIA_TYPES:
+        return _MEDIA_TYPES[base]
+    if base not in _GENERIC_MEDIA and not PurePosixPath(name).suffix:
+        return type_for_media(base)  # refused, naming the media type
+    return type_for_path(PurePosixPath(name or "upload"))
+
+
+def read_upload(name: str, media: str, raw: bytes, namespace: str = SHARED_NAMESPACE) -> list[Document]:
+    """One uploaded file's documents. Its id is ``file:<name>`` (as `ragyard ingest` names a file by its path, so
+    an edited file uploaded again replaces its old version) and its title the file's own, else its name's stem; a
+    file that cannot be read is refused with its name."""
+    try:
+        found = parse_file(
+            raw,
+            upload_type(name, media),
+            doc_id=f"file:{name}" if name else "",
+            source=name or "api",
+            namespace=namespace,
+        )
+    except (DocumentFormatError, UnsupportedDocumentTypeError) as exc:
+        raise type(exc)(f"{name or 'the file'}: {exc}") from exc
+    stem = PurePosixPath(name).stem if name else ""
+    return [d if d.title else d.model_copy(update={"title": stem}) for d in found]
 
 
 def files_under(path: str | Path) -> list[tuple[Path, str]]:

@@ -99,10 +99,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-# A `ragyard ingest --url` upload: files per multipart request, and bytes per request (under the server's
-# `server.max_upload_bytes` default of 32 MiB).
-UPLOAD_FILES = 50
-UPLOAD_BYTES = 24 << 20
+# A `ragyard ingest --url` upload: files and bytes per multipart request (the server's defaults answer such a
+# request at once, `corpus.async_files` and `corpus.async_bytes`; one it answers with a job is waited for).
+UPLOAD_FILES = 20
+UPLOAD_BYTES = 8 << 20
 
 
 def _upload_batches(files: list[tuple[Path, str]]) -> list[list[tuple[Path, str]]]:
@@ -116,6 +116,21 @@ def _upload_batches(files: list[tuple[Path, str]]) -> list[list[tuple[Path, str]
         batches[-1].append((file, name))
         size += n
     return [b for b in batches if b]
+
+
+def _wait_for_job(url: str, job_id: str, headers: dict[str, str]) -> dict[str, Any]:
+    """Poll an ingestion job until it has finished; its last record."""
+    import time
+
+    import httpx
+
+    while True:
+        job: dict[str, Any] = httpx.get(
+            f"{url.rstrip('/')}/v1/documents/jobs/{job_id}", headers=headers, timeout=60
+        ).json()
+        if job.get("status") not in ("queued", "running"):
+            return job
+        time.sleep(0.5)
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -138,10 +153,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             for batch in _upload_batches(files):
                 parts = [("file", (name, file.read_bytes(), "application/octet-stream")) for file, name in batch]
                 resp = httpx.post(f"{args.url.rstrip('/')}/v1/documents", files=parts, headers=headers, timeout=600)
-                if resp.status_code != 200:
-                    print(json.dumps(resp.json(), indent=2))
+                result = resp.json()
+                ok = resp.status_code == 200
+                if resp.status_code == 202:  # the server made it a job: its record, once finished
+                    job = _wait_for_job(args.url, result["id"], headers)
+                    ok = job.get("status") == "succeeded"
+                    keep = ("namespace", "added", "updated", "unchanged", "chunks", "generation")
+                    result = {k: job.get(k) for k in keep} if ok else job
+                if not ok:
+                    print(json.dumps(result, indent=2))
                     return 1
-                for k, v in resp.json().items():
+                for k, v in result.items():
                     totals[k] = totals.get(k, []) + v if isinstance(v, list) else v
                 bar.update(len(batch))
         print(json.dumps(totals, indent=2))

@@ -317,6 +317,8 @@ def cases() -> list[Case]:
     add("documents: multipart cut mid-part", "documents", "POST", DOCS, 400, content=b"--b\r\nnot a part", headers=form)
     add("documents: read another namespace", "documents", "GET", DOCS, 403, params={"namespace": "globex"})
     add("documents: unknown id", "documents", "GET", f"{DOCS}/no-such-document", 404)
+    add("documents: unknown ingestion job", "documents", "GET", f"{DOCS}/jobs/job-00000000", 404)
+    add("documents: ingestion job id of another shape", "documents", "GET", f"{DOCS}/jobs/%2e%2e%2fsecrets", 404)
     add("documents: delete a shared document", "documents", "DELETE", f"{DOCS}/file:README.md", 403)
     add("documents: path traversal", "documents", "GET", f"{DOCS}/../../etc/passwd", 404)
     # -- routes and browsers ------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import PurePosixPath
 from typing import Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -21,18 +20,17 @@ from starlette.datastructures import UploadFile
 
 from retrieval.documents import Document
 from retrieval.errors import DocumentFormatError, DocumentOwnershipError, UnsupportedDocumentTypeError
-from retrieval.ingest import MAX_DOCUMENTS, parse, parse_file, type_for_media, type_for_path
+from retrieval.ingest import MAX_DOCUMENTS, parse, parse_file, read_upload, type_for_media
 from services.errors import InvalidRequestError, PermissionDeniedError
 from services.http.auth import Principal, principal
 from services.http.deps import GENERATION_HEADER, Service, min_generation
 from services.http.schemas import DocumentsRequest
+from services.pipeline.jobs import IngestJobs, Reader
 
 router = APIRouter()
 
 # Files one multipart upload may carry (Starlette's form parser refuses more with a 400).
 MAX_UPLOAD_FILES = 1000
-# Media types a browser or a client sends for "some file": the file's name says what it is.
-_GENERIC_MEDIA = {"", "application/octet-stream", "binary/octet-stream", "application/x-www-form-urlencoded"}
 
 
 def _from_json(raw: bytes, namespace: str) -> list[Document]:
@@ -62,32 +60,12 @@ def _from_json(raw: bytes, namespace: str) -> list[Document]:
     return docs
 
 
-def _file_type(name: str, media: str) -> str:
-    base = media.split(";", 1)[0].strip().lower()
-    if base not in _GENERIC_MEDIA:
-        try:
-            return type_for_media(base)
-        except UnsupportedDocumentTypeError:
-            pass  # a browser's guess for an unusual suffix: the name decides
-    return type_for_path(PurePosixPath(name or "upload"))
-
-
 def _from_files(files: list[tuple[str, str, bytes]], namespace: str) -> list[Document]:
     """Documents from (file name, media type, bytes); every file is read before anything is written, and a file
     that cannot be read refuses the whole upload, naming it."""
     docs: list[Document] = []
     for name, media, raw in files:
-        try:
-            kind = _file_type(name, media)
-            # A file's id is its name, as `ragyard ingest` names a file by its path: an edited file uploaded
-            # again replaces its old version.
-            stem = PurePosixPath(name).stem if name else ""
-            found = parse_file(
-                raw, kind, doc_id=f"file:{name}" if name else "", source=name or "api", namespace=namespace
-            )
-            docs += [d if d.title else d.model_copy(update={"title": stem}) for d in found]
-        except (DocumentFormatError, UnsupportedDocumentTypeError) as exc:
-            raise type(exc)(f"{name or 'the file'}: {exc}") from exc
+        docs += read_upload(name, media, raw, namespace)
         if len(docs) > MAX_DOCUMENTS:
             raise DocumentFormatError(f"the upload holds more than {MAX_DOCUMENTS} documents")
     return docs
@@ -143,28 +121,53 @@ async def add_documents(
 ) -> dict[str, Any]:
     target = write_namespace(principal(request), namespace)
     media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    prefer = request.headers.get("prefer", "")
     if media == "multipart/form-data":
-        docs = await asyncio.to_thread(_from_files, await _multipart(request), target)
+        files = await _multipart(request)
+        if svc.jobs.wants_job(len(files), sum(len(raw) for _, _, raw in files), prefer):
+            return await _job(svc.jobs, response, files, target, read_upload)
+        docs = await asyncio.to_thread(_from_files, files, target)
     elif media == "application/json":
         docs = _from_json(await request.body(), target)
     else:
         kind = type_for_media(media)
+        raw = await request.body()
+        title = request.query_params.get("title", "")
+        doc_id = request.query_params.get("id", "")
+
+        def read(_name: str, _media: str, body: bytes, ns: str) -> list[Document]:
+            return parse_file(
+                body, kind, title=title, doc_id=doc_id, source="api", namespace=ns, max_documents=MAX_DOCUMENTS
+            )
+
+        if svc.jobs.wants_job(1, len(raw), prefer):
+            return await _job(svc.jobs, response, [(doc_id or title or "upload", media, raw)], target, read)
         # PDFium, python-docx and trafilatura hold the CPU: off the event loop.
-        docs = await asyncio.to_thread(
-            parse_file,
-            await request.body(),
-            kind,
-            title=request.query_params.get("title", ""),
-            doc_id=request.query_params.get("id", ""),
-            source="api",
-            namespace=target,
-            max_documents=MAX_DOCUMENTS,
-        )
+        docs = await asyncio.to_thread(read, "", media, raw, target)
     result = await svc.corpus.ingest(docs)
     # The corpus generation that holds the batch: send it back as X-Ragyard-Min-Generation and any retriever
     # replica answers with these documents in view.
     response.headers[GENERATION_HEADER] = str(result.get("generation", 0))
     return {"object": "ingest.result", "namespace": target, **result}
+
+
+async def _job(
+    jobs: IngestJobs, response: Response, files: list[tuple[str, str, bytes]], target: str, reader: Reader
+) -> dict[str, Any]:
+    """Answer with a job (202, its record and where to read it) and run it in the background."""
+    job = await jobs.submit(files, target, reader)
+    response.status_code = 202
+    response.headers["location"] = f"/v1/documents/jobs/{job.id}"
+    return job.model_dump()
+
+
+@router.get("/v1/documents/jobs/{job_id}")
+async def get_job(request: Request, svc: Service, job_id: str) -> dict[str, Any]:
+    """An ingestion job's progress: files read, documents indexed, errors per file, the corpus generation. A tenant
+    reads its own namespace's jobs; an operator any."""
+    who = principal(request)
+    job = await svc.jobs.get(job_id, None if who.operator else [who.namespace])
+    return job.model_dump()
 
 
 @router.get("/v1/documents")

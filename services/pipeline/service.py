@@ -23,6 +23,7 @@ from services.errors import InvalidRequestError, ServiceUnavailableError
 from services.pipeline import telemetry
 from services.pipeline.clients import RetrieverClient, RouterClient, WorkerClient, local_router
 from services.pipeline.corpus import CorpusWork
+from services.pipeline.jobs import IngestJobs
 from services.pipeline.records import (
     Answer,
     AnswerRequest,
@@ -63,6 +64,8 @@ class RagService:
         self._reports: set[asyncio.Future[Any]] = set()  # SLA reports in flight (kept from the GC)
         # Ingest and the chunk KV the workers compute ahead (services/pipeline/corpus.py).
         self.corpus = CorpusWork(config, retriever, workers)
+        # Large uploads answered at once and indexed in the background (services/pipeline/jobs.py).
+        self.jobs = IngestJobs(config, self.corpus)
 
     # -- planning ------------------------------------------------------------------------------
     async def decide(self, req: AnswerRequest, *, dry_run: bool = False) -> tuple[RouteDecision, SamplingParams]:

@@ -270,6 +270,37 @@ async function deleteDocument(id) {
   listDocuments();
 }
 
+// An ingestion job's progress in the bar until it has finished; its result, or an error with each file's reason.
+async function followJob(location) {
+  const bar = $("upload-progress");
+  bar.hidden = false;
+  try {
+    for (;;) {
+      const resp = await fetch(location, { headers: headers(false) });
+      if (!resp.ok) throw new Error(await errorText(resp));
+      const job = await resp.json();
+      if (job.stage === "indexing" || job.stage === "done") {
+        bar.max = Math.max(job.documents, 1);
+        bar.value = job.indexed;
+        $("upload-status").textContent = `Indexed ${job.indexed} of ${job.documents} documents…`;
+      } else {
+        bar.max = Math.max(job.files, 1);
+        bar.value = job.read + job.refused;
+        $("upload-status").textContent = `Read ${job.read + job.refused} of ${job.files} files…`;
+      }
+      if (job.status === "succeeded") {
+        return { ...job, chunks_added: job.chunks };
+      }
+      if (job.status === "failed") {
+        throw new Error([job.error, ...job.errors.map((e) => e.message)].join(" — "));
+      }
+      await new Promise((done) => setTimeout(done, 400));
+    }
+  } finally {
+    bar.hidden = true;
+  }
+}
+
 async function upload(event) {
   event.preventDefault();
   const files = [...$("doc-file").files];
@@ -286,6 +317,8 @@ async function upload(event) {
     body = new FormData();
     for (const f of files) body.append("file", f, f.name);
     h = headers(false);
+    // As a job: the server answers at once and the page shows its progress while it reads and indexes.
+    h["prefer"] = "respond-async";
   } else {
     const doc = { title: $("doc-title").value, text, type: "text" };
     if ($("doc-id").value.trim()) doc.id = $("doc-id").value.trim();
@@ -297,7 +330,8 @@ async function upload(event) {
   try {
     const resp = await fetch("/v1/documents", { method: "POST", headers: h, body });
     if (!resp.ok) throw new Error(await errorText(resp));
-    const result = await resp.json();
+    let result = await resp.json();
+    if (resp.status === 202) result = await followJob(resp.headers.get("location") || `/v1/documents/jobs/${result.id}`);
     // Later questions read at least this corpus generation (read-your-writes on any replica).
     state.generation = Math.max(state.generation, result.generation || 0);
     const ids = [...result.added, ...result.updated, ...result.unchanged];

@@ -45,6 +45,12 @@ def test_bench_ingest_reads_checks_and_uploads(tmp_path: Path) -> None:
     assert all(r["ok"] for r in report["results"]["references"]), report["results"]["references"]
     upload = report["results"]["upload"]
     assert upload["files"] == upload["listed"] == 9 and upload["distinct_files"] == 6
-    assert upload["last_file_found_by_search"] and upload["batches"] == 1
-    assert report["goals"] == {"references_ok": "6/6", "upload_all_listed": True, "upload_last_found": True}
+    assert upload["last_file_found_by_search"] and upload["status"] == "succeeded"
+    assert upload["progress"][-1]["indexed"] == 9 and upload["progress"][-1]["stage"] == "done"
+    assert report["goals"] == {
+        "references_ok": "6/6",
+        "upload_job_succeeded": True,
+        "upload_all_listed": True,
+        "upload_last_found": True,
+    }
     assert "| pdf | 3 | 2 | the PDF is encrypted" in table

@@ -167,3 +167,56 @@ def test_ragyard_ingest_url_uploads_a_folder_in_batches(
     (folder / "zz-locked.pdf").write_bytes(_file("encrypted-file.pdf"))
     assert cli.main(["ingest", str(folder), "--url", "http://rag.test"]) == 1
     assert "zz-locked.pdf: the PDF is encrypted" in capsys.readouterr().out
+
+
+def _finished(client: TestClient, location: str) -> dict[str, Any]:
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = client.get(location).json()
+        if job["status"] not in ("queued", "running"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"the job did not finish: {job}")
+
+
+def test_a_large_upload_is_a_job_with_progress(client: TestClient) -> None:
+    files = [
+        ("file", (f"note-{i:02d}.md", f"# Note {i}\n\nNote {i} says {i * 7}.".encode(), "text/markdown"))
+        for i in range(21)
+    ]
+    resp = client.post("/v1/documents", files=files)  # over corpus.async_files (20): answered at once
+    assert resp.status_code == 202, resp.text
+    job = resp.json()
+    assert job["object"] == "ingest.job" and job["status"] == "queued" and job["files"] == 21
+    assert resp.headers["location"] == f"/v1/documents/jobs/{job['id']}"
+    done = _finished(client, resp.headers["location"])
+    assert (done["status"], done["read"], done["documents"], done["indexed"]) == ("succeeded", 21, 21, 21)
+    assert done["chunks"] >= 21 and len(done["added"]) == 21 and done["generation"] >= 1
+    assert len(_ids(client)) == 21
+    # A client asks for a job for any upload; a raw PDF keeps its id and its pages.
+    pdf = client.post(
+        "/v1/documents?id=outline",
+        content=_file("pdflatex-outline.pdf"),
+        headers={"content-type": PDF, "prefer": "respond-async"},
+    )
+    assert pdf.status_code == 202
+    assert _finished(client, pdf.headers["location"])["added"] == ["outline"]
+    assert client.get("/v1/documents/outline").json()["metadata"] == {"pages": 4}
+
+
+def test_a_job_with_a_bad_file_names_it_and_writes_nothing(client: TestClient) -> None:
+    files = [
+        ("file", ("crazyones.pdf", _file("crazyones.pdf"), PDF)),
+        ("file", ("locked.pdf", _file("encrypted-file.pdf"), PDF)),
+    ]
+    resp = client.post("/v1/documents", files=files, headers={"prefer": "respond-async"})
+    done = _finished(client, resp.headers["location"])
+    assert done["status"] == "failed" and done["read"] == 1 and done["refused"] == 1
+    assert done["errors"] == [
+        {"file": "locked.pdf", "message": "locked.pdf: the PDF is encrypted; send it without a password"}
+    ]
+    assert _ids(client) == []
+    unknown = client.get("/v1/documents/jobs/job-0000")
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "job_not_found"

@@ -5,6 +5,7 @@ all and written by operators, and one tenant's cached answer is never another's.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -175,3 +176,19 @@ def test_vector_stores_are_the_namespaces_a_key_may_read(env: tuple[TestClient, 
     assert refused.json()["error"]["code"] == "unsupported_parameter"
     # An operator sees every namespace that holds documents.
     assert {"acme", "shared"} <= {s["id"] for s in c.get("/v1/vector_stores", headers=OP).json()["data"]}
+
+
+def test_a_tenants_ingestion_jobs_are_its_own(env: tuple[TestClient, RagService]) -> None:
+    c, _ = env
+    files = [("file", ("plan.md", b"# Plan\n\nAcme's plan is to launch on Tuesday.", "text/markdown"))]
+    resp = c.post("/v1/documents", files=files, headers={**ACME, "prefer": "respond-async"})
+    assert resp.status_code == 202 and resp.json()["namespace"] == "acme"
+    location = resp.headers["location"]
+    other = c.get(location, headers=ZED)
+    assert other.status_code == 404 and other.json()["error"]["code"] == "job_not_found"  # not even its existence
+    assert c.get(location, headers=OP).status_code == 200  # an operator reads every job
+    deadline = time.monotonic() + 60
+    while (job := c.get(location, headers=ACME).json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+    assert job["status"] == "succeeded" and job["added"] == ["file:plan.md"]
