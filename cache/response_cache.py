@@ -1,5 +1,10 @@
 """Cached answers to repeated greedy questions, over any KV backend.
 
+An entry knows its sources: the documents (namespace, id, fingerprint) whose chunks the answer was built from,
+and the corpus generation it was built at. It is served while every source still has that fingerprint, so a
+write to one of them (or its removal) retires exactly the answers built from it, and writes elsewhere in the
+corpus (another document, another tenant's) leave them be.
+
 A cache that fails never fails the request: errors are logged, counted and treated as misses. Its calls
 are coroutines (the gateway's event loop never waits on Redis).
 """
@@ -23,7 +28,8 @@ CACHE_REQUESTS = counter(
     ["backend", "op", "result"],
 )
 
-KEY_VERSION = "v1"
+# v2: entries hold {"answer", "sources", "generation"}, keys no longer hold the corpus generation.
+KEY_VERSION = "v2"
 
 
 def _normalise(text: str) -> str:
@@ -74,6 +80,11 @@ class ResponseCache:
         except CacheError as exc:
             CACHE_REQUESTS.labels(self.backend.name, "put", "error").inc()
             logger.warning("response cache put failed: %s", exc)
+
+    async def remove(self, key: str, reason: str = "stale") -> None:
+        """Drop an entry found out of date (``reason`` counts it)."""
+        CACHE_REQUESTS.labels(self.backend.name, "get", reason).inc()
+        await self._safe_remove(key)
 
     async def _safe_remove(self, key: str) -> None:
         try:

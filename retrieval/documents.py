@@ -88,6 +88,9 @@ class Chunk:
     source: str = ""
     namespace: str = SHARED_NAMESPACE
     page: int = 0  # the page (from 1) its start is on, for documents with pages (PDF); 0: none
+    # Its document's fingerprint when it was indexed: an answer built from this chunk is current while the
+    # document's fingerprint is still this one (the response cache checks it).
+    fingerprint: str = ""
 
 
 @dataclass(frozen=True)

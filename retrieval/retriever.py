@@ -265,6 +265,11 @@ class Retriever:
             chunks = [store.chunks[c] for k in held for c in store.docs[k]["chunk_ids"] if c in store.chunks]
         return prompt_chunks([Passage(chunk=c, score=0.0) for c in chunks])
 
+    def fingerprints(self, keys: list[DocKey]) -> list[str | None]:
+        """Each document's fingerprint, by (namespace, id); None for one no longer held (what a cached answer's
+        sources are checked against)."""
+        return self.store.fingerprints(keys)
+
     def embed_query(self, query: str) -> np.ndarray:
         return self.embedder.encode([query])[0]
 

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +207,11 @@ class SnapshotDir:
         if index.ntotal != len(chunks):
             raise IndexStateError(f"index snapshot {snap} is inconsistent: vectors and chunks differ")
         docs = _documents(data)
+        for entry in docs.values():
+            # Snapshots from before chunks carried their document's fingerprint: from the document.
+            for cid in entry["chunk_ids"]:
+                if int(cid) in chunks and not chunks[int(cid)].fingerprint:
+                    chunks[int(cid)] = replace(chunks[int(cid)], fingerprint=str(entry["fingerprint"]))
         logger.info("loaded index snapshot %s: %d docs, %d chunks", snap, len(docs), len(chunks))
         return Snapshot(
             index=index,

@@ -93,6 +93,11 @@ class VectorStore:
             keys = sorted(self.docs, key=lambda k: (k[1], k[0]))
             return [self._summary(k) for k in keys if namespaces is None or k[0] in namespaces]
 
+    def fingerprints(self, keys: list[DocKey]) -> list[str | None]:
+        """Each document's fingerprint now, by (namespace, id); None for one this store does not hold."""
+        with self._lock:
+            return [self.fingerprint(ns, doc_id) for ns, doc_id in keys]
+
     def summary(self, namespace: str, doc_id: str) -> DocumentSummary | None:
         """One stored document as the documents API shows it (None: there is none)."""
         with self._lock:
@@ -216,7 +221,9 @@ class VectorStore:
             page_starts = record.get("page_starts") or []
             for n, (cid, (start, text)) in enumerate(zip(ids.tolist(), pieces, strict=True)):
                 page = page_of(page_starts, int(start)) if page_starts else 0
-                self.chunks[cid] = Chunk(cid, doc_id, title, text, n, int(start), source, namespace, page)
+                self.chunks[cid] = Chunk(
+                    cid, doc_id, title, text, n, int(start), source, namespace, page, record["fingerprint"]
+                )
             self.docs[key] = {
                 "id": doc_id,
                 "namespace": namespace,

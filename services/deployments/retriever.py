@@ -219,6 +219,11 @@ class RetrieverService:
         await self._reach(min_generation)
         return self.retriever.document(doc_id, namespaces)
 
+    async def fingerprints(self, keys: list[DocKey], min_generation: int = 0) -> list[str | None]:
+        """The documents' fingerprints now (None: gone), at least at ``min_generation``."""
+        await self._reach(min_generation)
+        return self.retriever.fingerprints([(str(ns), str(doc_id)) for ns, doc_id in keys])
+
     async def stats(self, min_generation: int = 0) -> CorpusStats:
         await self._reach(min_generation)
         return self.retriever.stats()

@@ -124,7 +124,10 @@ class CacheRecord(BaseModel):
     """Where the answer came from: the response cache's verdict, and how the prompt's KV was obtained
     (``chunk_kv``, ``prefix_cached_tokens``) when a prompt cache was involved."""
 
-    response: Literal["hit", "miss", "bypass"]
+    response: Literal["hit", "miss", "stale", "bypass"] = Field(
+        description="hit: served from the response cache; stale: an entry was found, but a document it was built "
+        "from has changed or gone since, so it was answered afresh; miss; bypass: the cache was not asked."
+    )
     chunk_kv: dict[str, Any] | None = Field(None, description="Chunk-KV reuse: chunks, hits per tier, recomputed.")
     prefix_cached_tokens: int | None = Field(None, description="Prompt tokens the engine's prefix cache held.")
 

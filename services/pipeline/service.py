@@ -260,7 +260,6 @@ class RagService:
     async def _cache_key(self, req: AnswerRequest, decision: RouteDecision, params: SamplingParams) -> str | None:
         if self.cache is None or not decision.plan.use_response_cache:
             return None
-        generation = (await self.retriever.stats(req.min_generation)).get("generation", 0)
         q = req.question
         return ResponseCache.key(
             question=q.text,
@@ -272,7 +271,7 @@ class RagService:
             plan=decision.plan.model_dump(exclude={"complexity"}),
             stop=list(params.stop),
             **_shaping_key(params),
-            index_generation=generation,
+            # No corpus generation: an entry records its sources and is checked against them (`_cached`).
             # What the asker may read decides what it is told: one tenant's answer is never another's.
             namespaces=sorted(req.namespaces) if req.namespaces is not None else None,
         )
@@ -354,12 +353,14 @@ class RagService:
         """The one pipeline behind `answer` and `stream`: the response cache, the policy's answer
         pipeline, the record, the metrics and the cache put, in that order."""
         key = await self._cache_key(req, decision, params)
-        cached = None
+        hit, verdict, generation = None, "miss", 0
         if key is not None and self.cache is not None:
             with telemetry.span("cache", req.span, **{"ragyard.cache.operation": "get"}) as lookup:
-                cached = await self.cache.get(key)
-                lookup.set_attribute("ragyard.cache.result", "hit" if cached is not None else "miss")
-        hit = self._from_cache(cached, started, decision) if cached is not None else None
+                # The generation before answering: an entry says it saw at least this much of the corpus.
+                generation = (await self.retriever.stats(req.min_generation)).get("generation", 0)
+                cached, verdict = await self._cached(key, req)
+                lookup.set_attribute("ragyard.cache.result", verdict)
+            hit = self._from_cache(cached, started, decision) if cached is not None else None
         if hit is not None:
             yield StreamEvent(text=hit.answer)
             yield StreamEvent(record=hit)
@@ -372,16 +373,39 @@ class RagService:
             if ev.result is None:
                 yield StreamEvent(text=ev.text, logprobs=ev.logprobs)
                 continue
-            record = self._record(decision, ev.result, key)
+            record = self._record(decision, ev.result, key, verdict)
             self.observe(decision, record, ev.result.timings)
             # Only a whole answer gets here: an engine that fails (or aborts) raises before its result.
             if key is not None and self.cache is not None:
+                sources = sorted({(p.chunk.namespace, p.chunk.doc_id, p.chunk.fingerprint) for p in ev.result.passages})
+                entry = {"answer": record.cached(), "sources": sources, "generation": generation}
                 with telemetry.span("cache", req.span, **{"ragyard.cache.operation": "put"}):
-                    await self.cache.put(key, record.cached())
+                    await self.cache.put(key, entry)
             yield StreamEvent(record=record)
 
+    async def _cached(self, key: str, req: AnswerRequest) -> tuple[dict[str, Any] | None, str]:
+        """The entry's answer while it is current, and the verdict: "hit", "miss", or "stale" (an entry built
+        before a write the asker needs to see, or from a document that has changed or gone since; dropped)."""
+        assert self.cache is not None
+        entry = await self.cache.get(key)
+        if entry is None:
+            return None, "miss"
+        sources, answer = entry.get("sources"), entry.get("answer")
+        if not isinstance(sources, list) or not isinstance(answer, dict):
+            await self.cache.remove(key, "corrupt")
+            return None, "miss"
+        if req.min_generation > int(entry.get("generation", 0)):
+            return None, "stale"  # not dropped: it is current for an asker who needs less
+        if sources:
+            keys = [(str(ns), str(doc_id)) for ns, doc_id, _ in sources]
+            now = await self.retriever.fingerprints(keys, req.min_generation)
+            if any(fp != source[2] for fp, source in zip(now, sources, strict=True)):
+                await self.cache.remove(key)
+                return None, "stale"
+        return answer, "hit"
+
     @staticmethod
-    def _record(decision: RouteDecision, result: PolicyResult, key: str | None) -> Answer:
+    def _record(decision: RouteDecision, result: PolicyResult, key: str | None, verdict: str = "miss") -> Answer:
         return Answer(
             id=new_id("qa"),
             answer=result.answer,
@@ -394,7 +418,7 @@ class RagService:
             retrieval_steps=result.retrieval_steps,
             llm_calls=result.llm_calls,
             trace=result.steps,
-            cache=CacheRecord(response="miss" if key else "bypass", **(result.prompt_cache or {})),
+            cache=CacheRecord(response=verdict if key else "bypass", **(result.prompt_cache or {})),
             speculative=result.speculative or None,
             logprobs=openai_logprobs(result.logprobs),
             sla=SlaRecord.of(decision),

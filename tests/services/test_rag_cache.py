@@ -26,13 +26,3 @@ def test_redis_response_cache_is_shared_between_gateways(local_service: Any, red
     assert a.answer == b.answer and a.citations == b.citations
 
 
-def test_new_documents_invalidate_cached_answers(local_service: Any) -> None:
-    req = AnswerRequest(question=Question(text="Who maintains the Lim bridge?"), max_tokens=8)
-    asyncio.run(local_service.answer(req))
-    assert asyncio.run(local_service.answer(req)).cache.response == "hit"
-    from retrieval.documents import Document
-
-    asyncio.run(
-        local_service.corpus.ingest([Document(title="Lim bridge", text="The Lim bridge is maintained by Quux.")])
-    )
-    assert asyncio.run(local_service.answer(req)).cache.response == "miss"
