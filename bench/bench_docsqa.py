@@ -157,6 +157,12 @@ def bench_docsqa(
                         "escalated": bool(cascade and cascade.get("escalated")),
                         "first_answer": cascade.get("answer") if cascade else None,
                         "confidence": cascade.get("confidence") if cascade else None,
+                        "sentences": len(rec.support.sentences) if rec.support else 0,
+                        "unsupported": rec.support.unsupported if rec.support else 0,
+                        "support_ms": round(rec.support.seconds * 1000, 1) if rec.support else None,
+                        "unsupported_sentences": [x.text for x in rec.support.sentences if not x.supported]
+                        if rec.support
+                        else [],
                     }
                 )
             print(f"  docsqa {n + 1}/{len(rows)}", flush=True)  # noqa: T201
@@ -173,6 +179,17 @@ def bench_docsqa(
             "median_completion_tokens": statistics.median(p["completion_tokens"] for p in ps) if ps else None,
             "restatement_rate": round(sum(p["restated"] for p in ps) / len(ps), 3) if ps else None,
             "invented_name_rate": round(sum(bool(p["invented"]) for p in ps) / len(ps), 3) if ps else None,
+            # The support check (retrieval/support.py): the share of all answer sentences it calls unsupported,
+            # the share of answers with any, and what it cost per answer.
+            "unsupported_sentence_rate": round(
+                sum(p["unsupported"] for p in ps) / max(1, sum(p["sentences"] for p in ps)), 3
+            )
+            if ps
+            else None,
+            "answers_with_unsupported": round(sum(p["unsupported"] > 0 for p in ps) / len(ps), 3) if ps else None,
+            "median_support_ms": statistics.median(p["support_ms"] for p in ps if p["support_ms"] is not None)
+            if any(p["support_ms"] is not None for p in ps)
+            else None,
         }
         for m, ps in preds.items()
     }
@@ -195,14 +212,15 @@ def bench_docsqa(
                 fh.write(json.dumps({"model": m, **p}) + "\n")
     lines = [
         "| model | engine | right | median s | p90 s | median completion tokens | restated | invented names "
-        "| escalated |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| escalated | unsupported sentences | answers with one | check ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for m, s in summary.items():
         lines.append(
             f"| {m} | {s['engine']} | {s['right']}/{s['questions']} | {s['median_latency_s']} | {s['p90_latency_s']} "
             f"| {s['median_completion_tokens']} | {s['restatement_rate']} | {s['invented_name_rate']} "
-            f"| {s['escalation_share']} |"
+            f"| {s['escalation_share']} | {s['unsupported_sentence_rate']} | {s['answers_with_unsupported']} "
+            f"| {s['median_support_ms']} |"
         )
     facts = ", ".join(f"{m} {n}/{len(rows)}" for m, n in recall.items())
     lines += ["", f"Every key fact in the top {config.retrieval.top_k} passages (search mode: questions): {facts}"]

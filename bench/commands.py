@@ -268,6 +268,7 @@ def register(sub: Any) -> None:
             "followups",
             "tenancy",
             "ingest",
+            "injection",
             "chaos",
             "scale",
         ],

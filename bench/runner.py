@@ -171,6 +171,11 @@ def run_bench(what: str, config: AppConfig, args: argparse.Namespace) -> str:
             max_tokens=args.max_tokens or 32,
             seed=args.seed,
         )
+    if what == "injection":
+        from bench.bench_injection import bench_injection
+
+        models = [m.strip() for m in args.models.split(",")] if args.models else ["qwen2.5-coder-0.5b-instruct"]
+        return bench_injection(config, args.out, models=models, data=args.data or [], limit=args.limit or 20)
     if what == "ingest":
         from bench.bench_ingest import bench_ingest
 

@@ -95,6 +95,18 @@ class RetrievalConfig(Section):
         description='Further retrieval policies, name: "module:Class" (a plug-in that may live outside the repo); '
         "each is loaded and checked when the config loads, then requested, planned and budgeted like the others.",
     )
+    check_support: bool = Field(
+        True,
+        description="Check each sentence of an answer against its passages (retrieval/support.py: lexical overlap "
+        "and the embedder) and flag the unsupported ones in the record.",
+    )
+    injection: Literal["off", "fence", "drop"] = Field(
+        "drop",
+        description="Retrieved text that tries to instruct the model (retrieval/screening.py): fence quotes every "
+        "passage as data and tells the model not to follow what is written in it, labelling the passages the "
+        "screen flags; drop does that and leaves the flagged passages out (the trace says which); off does "
+        "neither.",
+    )
     canonical_chunk_order: bool = Field(
         False,
         description="Put passages in document order instead of relevance order, so a repeated set of chunks "

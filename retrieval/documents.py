@@ -131,6 +131,14 @@ class StoredDocument(TypedDict):
     metadata: dict[str, Any]
     chunk_ids: list[int]
     page_starts: NotRequired[list[int]]
+    flagged: NotRequired[list[FlaggedChunk]]  # chunks the injection screen flagged at ingest
+
+
+class FlaggedChunk(TypedDict):
+    """A chunk whose text tries to instruct the model (`retrieval.screening`), and the rules it matched."""
+
+    chunk: int
+    rules: list[str]
 
 
 class DocumentSummary(TypedDict):
@@ -142,6 +150,7 @@ class DocumentSummary(TypedDict):
     source: str
     metadata: dict[str, Any]
     chunks: int
+    flagged: list[FlaggedChunk]  # chunks the injection screen flagged at ingest (empty: none)
 
 
 class CorpusStats(TypedDict):

@@ -19,10 +19,12 @@ from retrieval.documents import (
     Document,
     DocumentRecord,
     DocumentSummary,
+    FlaggedChunk,
     Passage,
     StoredDocument,
 )
 from retrieval.formats import page_of
+from retrieval.screening import screen
 from retrieval.snapshots import Snapshot, SnapshotDir
 
 logger = logging.getLogger(__name__)
@@ -112,6 +114,7 @@ class VectorStore:
             "source": entry["source"],
             "metadata": entry["metadata"],
             "chunks": len(entry["chunk_ids"]),
+            "flagged": list(entry.get("flagged", [])),
         }
 
     def __len__(self) -> int:
@@ -235,6 +238,12 @@ class VectorStore:
             }
             if page_starts:
                 self.docs[key]["page_starts"] = list(page_starts)
+            # Screened once, here, so every replica applying the record flags the same chunks.
+            flagged: list[FlaggedChunk] = [
+                {"chunk": n, "rules": rules} for n, (_, text) in enumerate(pieces) if (rules := screen(text))
+            ]
+            if flagged:
+                self.docs[key]["flagged"] = flagged
             if self._undo is not None:
                 self._undo.append(lambda: self._remove_locked(key))
             self.generation += 1

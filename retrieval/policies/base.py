@@ -20,7 +20,8 @@ from retrieval.generation import (
     SignalResult,
     TokenLogprob,
 )
-from retrieval.prompts import AnswerStyle, build_messages, canonical_order, fit_passages
+from retrieval.prompts import AnswerStyle, build_messages, canonical_order, fit_passages, passage_body
+from retrieval.screening import screen
 
 
 @dataclass
@@ -74,6 +75,14 @@ class Hit(TypedDict):
     score: float
 
 
+class Screened(TypedDict):
+    """A retrieved passage left out because it tries to instruct the model, and the screen's rules it matched."""
+
+    document_id: str
+    chunk: int
+    rules: list[str]
+
+
 class Trigger(TypedDict):
     """The token whose uncertainty made DRAGIN retrieve."""
 
@@ -94,6 +103,7 @@ Step = TypedDict(
         "query": str,
         "top_k": int,
         "hits": list[Hit],
+        "screened_out": list[Screened],  # retrieval.injection: drop
         # reason (multi-step) and generate
         "sentence": str,
         "completion_tokens": int,
@@ -198,19 +208,30 @@ class RetrievalPolicy(Protocol):
 async def retrieve_step(query: str, ctx: PolicyContext, steps: list[Step]) -> tuple[list[Passage], float]:
     start = time.perf_counter()
     passages = await ctx.retrieve(query, ctx.top_k)
+    screened: list[Screened] = []
+    if ctx.settings is not None and ctx.settings.injection == "drop":
+        # A passage that tries to instruct the model is left out of the prompt and the citations alike.
+        kept = []
+        for p in passages:
+            rules = screen(passage_body(p))
+            if rules:
+                screened.append({"document_id": p.chunk.doc_id, "chunk": p.chunk.chunk_index, "rules": rules})
+            else:
+                kept.append(p)
+        passages = kept
     spent = time.perf_counter() - start
-    steps.append(
-        {
-            "step": "retrieve",
-            "query": query,
-            "top_k": ctx.top_k,
-            "hits": [
-                {"document_id": p.chunk.doc_id, "chunk": p.chunk.chunk_index, "score": round(p.score, 4)}
-                for p in passages
-            ],
-            "seconds": round(spent, 4),
-        }
-    )
+    step: Step = {
+        "step": "retrieve",
+        "query": query,
+        "top_k": ctx.top_k,
+        "hits": [
+            {"document_id": p.chunk.doc_id, "chunk": p.chunk.chunk_index, "score": round(p.score, 4)} for p in passages
+        ],
+        "seconds": round(spent, 4),
+    }
+    if screened:
+        step["screened_out"] = screened
+    steps.append(step)
     return passages, spent
 
 
@@ -218,4 +239,7 @@ def final_messages(question: Question, passages: list[Passage] | None, ctx: Poli
     kept = None if passages is None else fit_passages(passages, ctx.max_context_tokens)
     if kept and ctx.settings is not None and ctx.settings.canonical_chunk_order:
         kept = canonical_order(kept)
-    return build_messages(question.text, kept, style=question.style, history=question.history, system=question.system)
+    fence = ctx.settings is not None and ctx.settings.injection != "off"
+    return build_messages(
+        question.text, kept, style=question.style, history=question.history, system=question.system, fence=fence
+    )

@@ -22,7 +22,7 @@ from retrieval.policies.base import (
     final_messages,
     retrieve_step,
 )
-from retrieval.prompts import format_passages
+from retrieval.prompts import FENCE_RULE, format_passages
 
 REASON_SYSTEM = (
     "Answer the question by reasoning step by step from the passages, one short sentence at a time. "
@@ -64,6 +64,7 @@ class MultiStepPolicy(PolicyFacts):
         per_step = [first]
         retrieve_s = spent
         reasoning: list[str] = []
+        fenced = settings.injection != "off"
         calls = prompt_tokens = completion_tokens = 0
         reason_params = SamplingParams(
             max_tokens=settings.multi_step_tokens, stop=("\n",), priority=ctx.params.priority if ctx.params else 0
@@ -71,9 +72,10 @@ class MultiStepPolicy(PolicyFacts):
         while len(per_step) < settings.multi_max_steps:
             passages = round_robin(per_step)
             messages = [
-                ChatMessage(role="system", content=REASON_SYSTEM),
+                ChatMessage(role="system", content=f"{REASON_SYSTEM} {FENCE_RULE}" if fenced else REASON_SYSTEM),
                 ChatMessage(
-                    role="user", content=f"Passages:\n{format_passages(passages[:8])}\n\nQuestion: {question.text}"
+                    role="user",
+                    content=f"Passages:\n{format_passages(passages[:8], fence=fenced)}\n\nQuestion: {question.text}",
                 ),
             ]
             prefix = " ".join(reasoning) + (" " if reasoning else "")

@@ -150,12 +150,31 @@ class _Record(BaseModel):
     logprobs: list[dict[str, Any]] | None = None
 
     # The keys left out of the JSON when None (every other key is always there).
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("speculative", "logprobs", "sla", "request_id")
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("speculative", "logprobs", "sla", "request_id", "support")
 
     def wire(self) -> dict[str, Any]:
         """The record as JSON: the shape `/v1/qa` returns and the response cache stores."""
         out = self.model_dump(mode="json")
         return {k: v for k, v in out.items() if v is not None or k not in self.OPTIONAL}
+
+
+class SentenceCheck(BaseModel):
+    """One sentence of the answer against the passages it was given (`retrieval.support`)."""
+
+    text: str
+    supported: bool
+    passage: int | None = Field(description="The passage (from 1, as citations are ordered) that supports it best.")
+    lexical: float = Field(description="The share of the sentence's content words that passage holds.")
+    similarity: float | None = Field(description="The cosine of their embeddings.")
+
+
+class SupportRecord(BaseModel):
+    """Whether the answer's sentences are supported by its passages: a flag per sentence, and the count of those
+    that are not."""
+
+    sentences: list[SentenceCheck]
+    unsupported: int
+    seconds: float
 
 
 class Answer(_Record):
@@ -167,6 +186,10 @@ class Answer(_Record):
     llm_calls: int
     trace: list[Step] = Field(description="The policy's steps (retrievals, generations), in order.")
     sla: SlaRecord | None = None
+    support: SupportRecord | None = Field(
+        None,
+        description="Each sentence checked against the passages (retrieval.check_support; none retrieved: absent).",
+    )
 
     # The parts of the record a chat completion carries under ``ragyard``.
     EXTENSION: ClassVar[tuple[str, ...]] = (
@@ -178,6 +201,7 @@ class Answer(_Record):
         "cache",
         "speculative",
         "sla",
+        "support",
     )
 
     def extension(self) -> dict[str, Any]:

@@ -10,12 +10,16 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import numpy as np
+
 from cache.response_cache import ResponseCache
 from retrieval.answering import Ran, answer_events
 from retrieval.documents import Passage
 from retrieval.generation import SamplingParams
 from retrieval.policies.base import Escalation, PolicyContext, PolicyResult
 from retrieval.policies.registry import get_policy
+from retrieval.prompts import passage_body
+from retrieval.support import MAX_SENTENCES, check, sentences
 from router.plan import Outcome, RouteDecision, RouteRequest
 from services import metrics
 from services.config import AppConfig, RetrievalConfig
@@ -31,8 +35,10 @@ from services.pipeline.records import (
     Citation,
     Completion,
     PlanRecord,
+    SentenceCheck,
     SlaRecord,
     StreamEvent,
+    SupportRecord,
     TokenUsage,
     new_id,
     openai_logprobs,
@@ -374,6 +380,9 @@ class RagService:
                 yield StreamEvent(text=ev.text, logprobs=ev.logprobs)
                 continue
             record = self._record(decision, ev.result, key, verdict)
+            if self.config.retrieval.check_support and ev.result.passages:
+                with telemetry.span("support", req.span):
+                    record.support = await self._support(record.answer, ev.result.passages)
             self.observe(decision, record, ev.result.timings)
             # Only a whole answer gets here: an engine that fails (or aborts) raises before its result.
             if key is not None and self.cache is not None:
@@ -382,6 +391,33 @@ class RagService:
                 with telemetry.span("cache", req.span, **{"ragyard.cache.operation": "put"}):
                     await self.cache.put(key, entry)
             yield StreamEvent(record=record)
+
+    async def _support(self, answer: str, passages: list[Passage]) -> SupportRecord | None:
+        """Each sentence of the answer against the passages; None when the embedder cannot be reached (the
+        answer is not held back for it)."""
+        started = time.perf_counter()
+        found = sentences(answer)[:MAX_SENTENCES]
+        bodies = [passage_body(p) for p in passages]
+        try:
+            vectors = np.asarray((await self.retriever.embed_many(found + bodies))["vectors"], dtype=np.float32)
+        except Exception as exc:  # noqa: BLE001 - a check that cannot run leaves the answer unchecked
+            logger.warning("support check skipped: %s", exc)
+            return None
+        checks = check(answer, bodies, vectors[: len(found)], vectors[len(found) :])
+        return SupportRecord(
+            sentences=[
+                SentenceCheck(
+                    text=c.sentence,
+                    supported=c.supported,
+                    passage=c.passage,
+                    lexical=c.lexical,
+                    similarity=c.similarity,
+                )
+                for c in checks
+            ],
+            unsupported=sum(not c.supported for c in checks),
+            seconds=round(time.perf_counter() - started, 4),
+        )
 
     async def _cached(self, key: str, req: AnswerRequest) -> tuple[dict[str, Any] | None, str]:
         """The entry's answer while it is current, and the verdict: "hit", "miss", or "stale" (an entry built

@@ -163,6 +163,23 @@ function renderRecord(box, record) {
   }
 }
 
+// The answer's sentences that its passages do not support, marked in place (record.support).
+function markSupport(body, text, support) {
+  if (!support || !support.unsupported) return;
+  const parts = [];
+  let at = 0;
+  for (const s of support.sentences) {
+    const found = text.indexOf(s.text, at);
+    if (found < 0) continue;
+    if (found > at) parts.push(document.createTextNode(text.slice(at, found)));
+    parts.push(s.supported ? document.createTextNode(s.text) : el("mark", { class: "unsupported", title: "Not found in the passages", text: s.text }));
+    at = found + s.text.length;
+  }
+  parts.push(document.createTextNode(text.slice(at)));
+  body.replaceChildren(...parts);
+  body.after(el("p", { class: "status support", text: `${support.unsupported} of ${support.sentences.length} sentences not found in the passages (marked).` }));
+}
+
 // -- chat ----------------------------------------------------------------------------------------
 function turn(role, text) {
   const item = el("li", { class: "turn " + role }, el("div", { class: "who", text: role === "user" ? "You" : "Ragyard" }));
@@ -227,7 +244,10 @@ async function ask(event) {
         body.textContent = text;
         $("chat-status").textContent = "Answering…";
       }
-      if (chunk.ragyard) renderRecord(item, chunk.ragyard);
+      if (chunk.ragyard) {
+        renderRecord(item, chunk.ragyard);
+        markSupport(body, text, chunk.ragyard.support);
+      }
       if (chunk.usage) item.append(el("p", { class: "status usage", text: `${chunk.usage.prompt_tokens} prompt + ${chunk.usage.completion_tokens} completion tokens` }));
     }
     state.history.push({ role: "user", content: question }, { role: "assistant", content: text });

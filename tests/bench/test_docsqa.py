@@ -41,3 +41,8 @@ def test_bench_docsqa_answers_and_scores(tmp_path: Path, base_config: dict[str, 
     table = bench_docsqa(config, tmp_path, limit=2, max_tokens=24)
     assert "| smollm2-135m-instruct |" in table and "/2 |" in table
     assert (tmp_path / "docsqa.json").exists() and len((tmp_path / "answers.jsonl").read_text().splitlines()) == 2
+    import json
+
+    summary = json.loads((tmp_path / "docsqa.json").read_text())["models"]["smollm2-135m-instruct"]
+    # Every answer was checked against its passages, and the rate is of the sentences counted.
+    assert 0.0 <= summary["unsupported_sentence_rate"] <= 1.0 and summary["median_support_ms"] is not None

@@ -24,5 +24,3 @@ def test_redis_response_cache_is_shared_between_gateways(local_service: Any, red
     b = asyncio.run(second.answer(req))
     assert a.cache.model_dump() == {"response": "miss"} and b.cache.model_dump() == {"response": "hit"}
     assert a.answer == b.answer and a.citations == b.citations
-
-

@@ -209,3 +209,24 @@ def test_files_are_uploaded_as_they_are_and_a_bad_one_is_named(server: str, brow
     page.wait_for_selector("#doc-rows td:has-text('file:crazyones.pdf')")
     assert [e for e in errors if "400" not in e] == []  # the refused upload's 400 is the console's only error
     page.close()
+
+
+def test_unsupported_sentences_are_marked_in_the_answer(server: str, browser: Any) -> None:
+    page = browser.new_page()
+    page.goto(server + "/")
+    html = page.evaluate(
+        """() => {
+          const body = document.createElement("div");
+          document.body.append(body);
+          markSupport(body, "Zorblat is the capital. It was founded by Mars. ", {unsupported: 1, sentences: [
+            {text: "Zorblat is the capital.", supported: true},
+            {text: "It was founded by Mars.", supported: false}]});
+          return [body.innerHTML, body.nextElementSibling.textContent];
+        }"""
+    )
+    assert html[0] == (
+        'Zorblat is the capital. <mark class="unsupported" title="Not found in the passages">'
+        "It was founded by Mars.</mark> "
+    )
+    assert html[1] == "1 of 2 sentences not found in the passages (marked)."
+    page.close()

@@ -206,14 +206,25 @@ def test_bad_qa_documents_and_size(client: TestClient) -> None:
         client.post("/v1/qa", content=big, headers={"content-type": "application/json"}), 413, "over the limit"
     )
     _assert_openai_error(
-        client.post("/v1/documents", json={"documents": [{"text": "x", "type": "pdf"}]}),
+        client.post("/v1/documents", json={"documents": [{"text": "x", "type": "rtf"}]}),
         415,
         "unsupported document type",
     )
     _assert_openai_error(
-        client.post("/v1/documents", content=b"%PDF-1.4", headers={"content-type": "application/pdf"}),
+        client.post("/v1/documents", content=b"{\\rtf1 x}", headers={"content-type": "application/rtf"}),
         415,
         "unsupported content type",
+    )
+    # A PDF is read from its bytes: JSON cannot carry one, and a PDF cut after its header is refused by name.
+    _assert_openai_error(
+        client.post("/v1/documents", json={"documents": [{"text": "x", "type": "pdf"}]}),
+        400,
+        "send it as its own content type",
+    )
+    _assert_openai_error(
+        client.post("/v1/documents", content=b"%PDF-1.4", headers={"content-type": "application/pdf"}),
+        400,
+        "the PDF is damaged or truncated",
     )
     _assert_openai_error(
         client.post("/v1/documents", content=b"{bad\n", headers={"content-type": "application/jsonl"}), 400, "line 1"
