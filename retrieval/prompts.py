@@ -70,15 +70,18 @@ def canonical_order(passages: list[Passage]) -> list[Passage]:
 
 
 def format_passages(passages: list[Passage], *, fence: bool = False) -> str:
-    """The numbered passages; fenced, each is quoted between its number and an end mark, and one the screen flags
-    is labelled. The body between them is `passage_body`'s, the text the chunk-KV cache stores."""
+    """The numbered passages; fenced, each is quoted between an opening mark with its number and an end mark, and
+    one the screen flags is labelled. The body between them is `passage_body`'s, the text the chunk-KV cache stores."""
     if not fence:
         return "\n\n".join(f"[{n}] {passage_body(p)}" for n, p in enumerate(passages, start=1))
     parts = []
     for n, p in enumerate(passages, start=1):
         body = passage_body(p)
         label = f" {FLAGGED_LABEL}" if screen(body) else ""
-        parts.append(f"[{n}]{label} <<<\n{body}\n>>> [end of {n}]")
+        # The body between the same neighbours as in the plain form (a space before, a blank line after): its
+        # first and last tokens are the ones the chunk-KV cache stored; other neighbours tokenize them otherwise,
+        # and every chunk would miss.
+        parts.append(f"<<< [{n}]{label} {body}\n\n>>> [end of {n}]")
     return "\n\n".join(parts)
 
 

@@ -100,6 +100,17 @@ class VectorStore:
         with self._lock:
             return [self.fingerprint(ns, doc_id) for ns, doc_id in keys]
 
+    def chunk_vectors(self, keys: list[tuple[str, str, int]]) -> list[list[float] | None]:
+        """The stored vectors of chunks by (namespace, document id, chunk index); None for one not held. By
+        document and index, not chunk id: replicas number their chunks each on its own."""
+        with self._lock:
+            out: list[list[float] | None] = []
+            for ns, doc_id, index in keys:
+                entry = self.docs.get((ns, doc_id))
+                ids = entry["chunk_ids"] if entry is not None else []
+                out.append(self.index.reconstruct(int(ids[index])).tolist() if 0 <= index < len(ids) else None)
+            return out
+
     def summary(self, namespace: str, doc_id: str) -> DocumentSummary | None:
         """One stored document as the documents API shows it (None: there is none)."""
         with self._lock:

@@ -219,6 +219,17 @@ class RetrieverService:
         await self._reach(min_generation)
         return self.retriever.document(doc_id, namespaces)
 
+    async def support_vectors(
+        self, sentences: list[str], chunks: list[tuple[str, str, int]]
+    ) -> tuple[list[list[float]], list[list[float] | None]]:
+        """For the support check: the sentences embedded, and the chunks' stored vectors (None: not held here)."""
+
+        def run() -> tuple[list[list[float]], list[list[float] | None]]:
+            stored = self.retriever.store.chunk_vectors(chunks)
+            return self.retriever.embedder.encode(sentences).tolist() if sentences else [], stored
+
+        return await asyncio.to_thread(run)
+
     async def fingerprints(self, keys: list[DocKey], min_generation: int = 0) -> list[str | None]:
         """The documents' fingerprints now (None: gone), at least at ``min_generation``."""
         await self._reach(min_generation)

@@ -19,7 +19,7 @@ from retrieval.generation import SamplingParams
 from retrieval.policies.base import Escalation, PolicyContext, PolicyResult
 from retrieval.policies.registry import get_policy
 from retrieval.prompts import passage_body
-from retrieval.support import MAX_SENTENCES, check, sentences
+from retrieval.support import check
 from router.plan import Outcome, RouteDecision, RouteRequest
 from services import metrics
 from services.config import AppConfig, RetrievalConfig
@@ -393,17 +393,22 @@ class RagService:
             yield StreamEvent(record=record)
 
     async def _support(self, answer: str, passages: list[Passage]) -> SupportRecord | None:
-        """Each sentence of the answer against the passages; None when the embedder cannot be reached (the
-        answer is not held back for it)."""
+        """Each sentence of the answer against the passages. Words first; the embedder only when a sentence is not
+        supported by words alone, and then only for the sentences (the passages' vectors are the index's own). None
+        when the retriever cannot be reached: the answer is not held back for its check."""
         started = time.perf_counter()
-        found = sentences(answer)[:MAX_SENTENCES]
         bodies = [passage_body(p) for p in passages]
-        try:
-            vectors = np.asarray((await self.retriever.embed_many(found + bodies))["vectors"], dtype=np.float32)
-        except Exception as exc:  # noqa: BLE001 - a check that cannot run leaves the answer unchecked
-            logger.warning("support check skipped: %s", exc)
-            return None
-        checks = check(answer, bodies, vectors[: len(found)], vectors[len(found) :])
+        checks = check(answer, bodies)
+        if any(not c.supported for c in checks):
+            found = [c.sentence for c in checks]
+            keys = [(p.chunk.namespace, p.chunk.doc_id, p.chunk.chunk_index) for p in passages]
+            try:
+                sentence_vectors, stored = await self.retriever.support_vectors(found, keys)
+            except Exception as exc:  # noqa: BLE001 - a check that cannot run leaves the answer unchecked
+                logger.warning("support check skipped: %s", exc)
+                return None
+            if all(v is not None for v in stored):
+                checks = check(answer, bodies, np.asarray(sentence_vectors, np.float32), np.asarray(stored, np.float32))
         return SupportRecord(
             sentences=[
                 SentenceCheck(

@@ -77,8 +77,8 @@ def test_a_fenced_prompt_quotes_each_passage_and_labels_a_flagged_one() -> None:
     passages = [_passage(0, CLEAN), _passage(1, ATTACK)]
     system, user = build_messages("Who maintains the Lim bridge?", passages, fence=True)
     assert FENCE_RULE in system.content
-    assert f"[1] <<<\nTitle 0\n{CLEAN}\n>>> [end of 1]" in user.content
-    assert f"[2] {FLAGGED_LABEL} <<<\nTitle 1\n{ATTACK}\n>>> [end of 2]" in user.content
+    assert f"<<< [1] Title 0\n{CLEAN}\n\n>>> [end of 1]" in user.content
+    assert f"<<< [2] {FLAGGED_LABEL} Title 1\n{ATTACK}\n\n>>> [end of 2]" in user.content
     # The chunk bodies the chunk-KV cache keys on are in the prompt as they are.
     assert all(c.text in user.content for c in prompt_chunks(passages))
     plain_system, plain_user = build_messages("Who maintains the Lim bridge?", passages)

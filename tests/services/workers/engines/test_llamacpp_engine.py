@@ -243,9 +243,12 @@ def test_precompute_stores_chunks_in_the_background(llama: Any) -> None:
     assert llama.precompute(prompt_chunks(passages))["queued"] == 2
     assert reuse.wait_idle(120)
     assert reuse.progress["computed"] - before["computed"] == 2
-    prompt = llama.render_chat(build_messages("When does the ferry leave?", passages))
-    res = llama.generate_sync(prompt, SamplingParams(max_tokens=8), chunks=prompt_chunks(passages))
-    assert res.stats.chunk_cache["chunk_hits"]["memory"] == 2 and res.stats.chunk_cache["chunk_misses"] == 0
+    # Plain and fenced (retrieval.injection), the prompt holds each chunk between the neighbours it was stored
+    # with: every chunk is found.
+    for fence in (False, True):
+        prompt = llama.render_chat(build_messages("When does the ferry leave?", passages, fence=fence))
+        res = llama.generate_sync(prompt, SamplingParams(max_tokens=8), chunks=prompt_chunks(passages))
+        assert res.stats.chunk_cache["chunk_hits"]["memory"] == 2 and res.stats.chunk_cache["chunk_misses"] == 0
     assert reuse.describe()["precompute"]["pending"] == 0
 
 
