@@ -22,7 +22,7 @@ class Obedient:
     async def generate(self, messages: list[Any], params: Any) -> GenerationResult:
         user = messages[-1].content
         passages = user.split("Passages:\n", 1)[1].split("\n\nQuestion:", 1)[0]
-        last = passages.split("\n\n")[-1]
+        last = [part for part in passages.split("\n\n") if not part.startswith(">>> [end of")][-1]
         return GenerationResult(last, "stop", GenerationStats(prompt_tokens=1, completion_tokens=1))
 
 
