@@ -10,16 +10,12 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import numpy as np
-
 from cache.response_cache import ResponseCache
 from retrieval.answering import Ran, answer_events
 from retrieval.documents import Passage
 from retrieval.generation import SamplingParams
 from retrieval.policies.base import Escalation, PolicyContext, PolicyResult
 from retrieval.policies.registry import get_policy
-from retrieval.prompts import passage_body
-from retrieval.support import check
 from router.plan import Outcome, RouteDecision, RouteRequest
 from services import metrics
 from services.config import AppConfig, RetrievalConfig
@@ -35,15 +31,14 @@ from services.pipeline.records import (
     Citation,
     Completion,
     PlanRecord,
-    SentenceCheck,
     SlaRecord,
     StreamEvent,
-    SupportRecord,
     TokenUsage,
     new_id,
     openai_logprobs,
     rounded_timings,
 )
+from services.pipeline.support import check_support
 
 logger = logging.getLogger(__name__)
 
@@ -382,7 +377,7 @@ class RagService:
             record = self._record(decision, ev.result, key, verdict)
             if self.config.retrieval.check_support and ev.result.passages:
                 with telemetry.span("support", req.span):
-                    record.support = await self._support(record.answer, ev.result.passages)
+                    record.support = await check_support(self.retriever, record.answer, ev.result.passages)
             self.observe(decision, record, ev.result.timings)
             # Only a whole answer gets here: an engine that fails (or aborts) raises before its result.
             if key is not None and self.cache is not None:
@@ -391,38 +386,6 @@ class RagService:
                 with telemetry.span("cache", req.span, **{"ragyard.cache.operation": "put"}):
                     await self.cache.put(key, entry)
             yield StreamEvent(record=record)
-
-    async def _support(self, answer: str, passages: list[Passage]) -> SupportRecord | None:
-        """Each sentence of the answer against the passages. Words first; the embedder only when a sentence is not
-        supported by words alone, and then only for the sentences (the passages' vectors are the index's own). None
-        when the retriever cannot be reached: the answer is not held back for its check."""
-        started = time.perf_counter()
-        bodies = [passage_body(p) for p in passages]
-        checks = check(answer, bodies)
-        if any(not c.supported for c in checks):
-            found = [c.sentence for c in checks]
-            keys = [(p.chunk.namespace, p.chunk.doc_id, p.chunk.chunk_index) for p in passages]
-            try:
-                sentence_vectors, stored = await self.retriever.support_vectors(found, keys)
-            except Exception as exc:  # noqa: BLE001 - a check that cannot run leaves the answer unchecked
-                logger.warning("support check skipped: %s", exc)
-                return None
-            if all(v is not None for v in stored):
-                checks = check(answer, bodies, np.asarray(sentence_vectors, np.float32), np.asarray(stored, np.float32))
-        return SupportRecord(
-            sentences=[
-                SentenceCheck(
-                    text=c.sentence,
-                    supported=c.supported,
-                    passage=c.passage,
-                    lexical=c.lexical,
-                    similarity=c.similarity,
-                )
-                for c in checks
-            ],
-            unsupported=sum(not c.supported for c in checks),
-            seconds=round(time.perf_counter() - started, 4),
-        )
 
     async def _cached(self, key: str, req: AnswerRequest) -> tuple[dict[str, Any] | None, str]:
         """The entry's answer while it is current, and the verdict: "hit", "miss", or "stale" (an entry built
