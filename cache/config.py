@@ -50,3 +50,20 @@ class CacheConfig(Section):
     ttl_s: int = Field(3600, gt=0, description="Response cache entry lifetime in seconds.")
     max_entries: int = Field(1024, gt=0, description="In-memory response cache capacity.")
     enabled: bool = Field(True, description="Serve repeated greedy questions from the cache.")
+    semantic: bool = Field(
+        False,
+        description="Also serve a question close in meaning to an earlier one of the same scope (tenant, plan, "
+        "shaping; no history) from its entry: `ragyard bench cache` measures where it pays.",
+    )
+    semantic_threshold: float = Field(
+        0.975,
+        gt=0.0,
+        le=1.0,
+        description="Cosine of the two questions' embeddings at which a semantic match is served: `ragyard bench "
+        "cache` chose 0.975 on real question pairs (NQ, TriviaQA, SQuAD dev, from pyserini's jar).",
+    )
+    semantic_entries: int = Field(512, gt=0, description="Questions the semantic index keeps per scope (LRU).")
+    semantic_guard: bool = Field(
+        True,
+        description="Never match questions that differ in negation, numbers, names or a pair of opposites.",
+    )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from typing import Any
 
 from cache.base import KVBackend
@@ -33,7 +34,9 @@ KEY_VERSION = "v2"
 
 
 def _normalise(text: str) -> str:
-    return " ".join(text.split()).lower()
+    """Case, spacing and the closing mark do not make another question: "What is X ?" is "what is x"."""
+    text = re.sub(r"\s+([?.!,;:])", r"\1", " ".join(text.split()).lower())
+    return text.rstrip("?.! ")
 
 
 class ResponseCache:

@@ -124,9 +124,13 @@ class CacheRecord(BaseModel):
     """Where the answer came from: the response cache's verdict, and how the prompt's KV was obtained
     (``chunk_kv``, ``prefix_cached_tokens``) when a prompt cache was involved."""
 
-    response: Literal["hit", "miss", "stale", "bypass"] = Field(
-        description="hit: served from the response cache; stale: an entry was found, but a document it was built "
-        "from has changed or gone since, so it was answered afresh; miss; bypass: the cache was not asked."
+    response: Literal["hit", "semantic", "miss", "stale", "bypass"] = Field(
+        description="hit: served from the response cache; semantic: served from the entry of an earlier question "
+        "close in meaning (cache.semantic); stale: an entry was found, but a document it was built from has changed "
+        "or gone since, so it was answered afresh; miss; bypass: the cache was not asked."
+    )
+    semantic: dict[str, Any] | None = Field(
+        None, description="A semantic hit: the earlier question it was served from and the cosine of the two."
     )
     chunk_kv: dict[str, Any] | None = Field(None, description="Chunk-KV reuse: chunks, hits per tier, recomputed.")
     prefix_cached_tokens: int | None = Field(None, description="Prompt tokens the engine's prefix cache held.")
@@ -214,13 +218,19 @@ class Answer(_Record):
         out.pop("sla", None)
         return out
 
-    def served_from_cache(self, decision: RouteDecision, started: float) -> Answer:
-        """This (cached) answer as a new request's record: its own id, a cache hit, that request's
-        admission, no model time."""
+    def served_from_cache(
+        self,
+        decision: RouteDecision,
+        started: float,
+        response: Literal["hit", "semantic"] = "hit",
+        semantic: dict[str, Any] | None = None,
+    ) -> Answer:
+        """This (cached) answer as a new request's record: its own id, a cache hit (exact, or semantic with the
+        question it was matched to), that request's admission, no model time."""
         return self.model_copy(
             update={
                 "id": new_id("qa"),
-                "cache": CacheRecord(response="hit"),
+                "cache": CacheRecord(response=response, semantic=semantic),
                 "sla": SlaRecord.of(decision),
                 "timings": {
                     "retrieve_s": 0.0,

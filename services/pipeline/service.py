@@ -21,6 +21,7 @@ from services import metrics
 from services.config import AppConfig, RetrievalConfig
 from services.errors import InvalidRequestError, ServiceUnavailableError
 from services.pipeline import telemetry
+from services.pipeline.answer_cache import AnswerCache, CacheLookup
 from services.pipeline.clients import RetrieverClient, RouterClient, WorkerClient, local_router
 from services.pipeline.corpus import CorpusWork
 from services.pipeline.jobs import IngestJobs
@@ -62,6 +63,8 @@ class RagService:
             router = local_router(RouterService(config))
         self.router = router
         self.cache = cache
+        # The response cache on the answer path: exact entries and (cache.semantic) close questions.
+        self.answers = AnswerCache(config, cache, retriever)
         self._reports: set[asyncio.Future[Any]] = set()  # SLA reports in flight (kept from the GC)
         # Ingest and the chunk KV the workers compute ahead (services/pipeline/corpus.py).
         self.corpus = CorpusWork(config, retriever, workers)
@@ -192,7 +195,7 @@ class RagService:
                 # A cached answer reports its original tokens; the policy's cache_charge says what of them is charged.
                 prompt_tokens=record.usage.prompt_tokens,
                 completion_tokens=record.usage.completion_tokens,
-                cache_hit=record.cache.response == "hit",
+                cache_hit=record.cache.response in ("hit", "semantic"),
                 ttft_s=ttft_s if ttft_s is not None else max(0.0, latency - record.timings.get("decode_s", 0.0)),
                 model=decision.plan.model,
             )
@@ -257,25 +260,6 @@ class RagService:
             logger.warning("cascade to %s planned, but this process serves no worker of it", target)
             return None
         return Escalation(target, worker.generate, worker.stream, self.config.router.cascade.min_confidence)
-
-    async def _cache_key(self, req: AnswerRequest, decision: RouteDecision, params: SamplingParams) -> str | None:
-        if self.cache is None or not decision.plan.use_response_cache:
-            return None
-        q = req.question
-        return ResponseCache.key(
-            question=q.text,
-            history=[m.model_dump() for m in q.history],
-            system=q.system,
-            style=q.style,
-            # The classifier's output is not part of the key: it varies run to run (its timing) and only
-            # matters through the policy it picked, which is.
-            plan=decision.plan.model_dump(exclude={"complexity"}),
-            stop=list(params.stop),
-            **_shaping_key(params),
-            # No corpus generation: an entry records its sources and is checked against them (`_cached`).
-            # What the asker may read decides what it is told: one tenant's answer is never another's.
-            namespaces=sorted(req.namespaces) if req.namespaces is not None else None,
-        )
 
     async def plan(self, req: AnswerRequest) -> dict[str, Any]:
         """The plan `answer` would run, with its reasons, without running it (like EXPLAIN): nothing is
@@ -353,16 +337,16 @@ class RagService:
     ) -> AsyncIterator[StreamEvent[Answer]]:
         """The one pipeline behind `answer` and `stream`: the response cache, the policy's answer
         pipeline, the record, the metrics and the cache put, in that order."""
-        key = await self._cache_key(req, decision, params)
-        hit, verdict, generation = None, "miss", 0
-        if key is not None and self.cache is not None:
+        found = CacheLookup(key=None)
+        if self.answers.cache is not None:
             with telemetry.span("cache", req.span, **{"ragyard.cache.operation": "get"}) as lookup:
-                # The generation before answering: an entry says it saw at least this much of the corpus.
-                generation = (await self.retriever.stats(req.min_generation)).get("generation", 0)
-                cached, verdict = await self._cached(key, req)
-                lookup.set_attribute("ragyard.cache.result", verdict)
-            hit = self._from_cache(cached, started, decision) if cached is not None else None
+                found = await self.answers.lookup(req, decision, params)
+                lookup.set_attribute("ragyard.cache.result", found.verdict)
+                if found.match is not None:
+                    lookup.set_attribute("ragyard.cache.similarity", found.match.similarity)
+        hit = self.answers.served(found, started, decision) if found.answer is not None else None
         if hit is not None:
+            metrics.PLAN_REQUESTS.labels(hit.plan.policy, hit.plan.model, found.verdict).inc()
             yield StreamEvent(text=hit.answer)
             yield StreamEvent(record=hit)
             return
@@ -374,42 +358,19 @@ class RagService:
             if ev.result is None:
                 yield StreamEvent(text=ev.text, logprobs=ev.logprobs)
                 continue
-            record = self._record(decision, ev.result, key, verdict)
+            record = self._record(decision, ev.result, found)
             if self.config.retrieval.check_support and ev.result.passages:
                 with telemetry.span("support", req.span):
                     record.support = await check_support(self.retriever, record.answer, ev.result.passages)
             self.observe(decision, record, ev.result.timings)
             # Only a whole answer gets here: an engine that fails (or aborts) raises before its result.
-            if key is not None and self.cache is not None:
-                sources = sorted({(p.chunk.namespace, p.chunk.doc_id, p.chunk.fingerprint) for p in ev.result.passages})
-                entry = {"answer": record.cached(), "sources": sources, "generation": generation}
+            if found.key is not None:
                 with telemetry.span("cache", req.span, **{"ragyard.cache.operation": "put"}):
-                    await self.cache.put(key, entry)
+                    await self.answers.store(found, req, record, ev.result.passages)
             yield StreamEvent(record=record)
 
-    async def _cached(self, key: str, req: AnswerRequest) -> tuple[dict[str, Any] | None, str]:
-        """The entry's answer while it is current, and the verdict: "hit", "miss", or "stale" (an entry built
-        before a write the asker needs to see, or from a document that has changed or gone since; dropped)."""
-        assert self.cache is not None
-        entry = await self.cache.get(key)
-        if entry is None:
-            return None, "miss"
-        sources, answer = entry.get("sources"), entry.get("answer")
-        if not isinstance(sources, list) or not isinstance(answer, dict):
-            await self.cache.remove(key, "corrupt")
-            return None, "miss"
-        if req.min_generation > int(entry.get("generation", 0)):
-            return None, "stale"  # not dropped: it is current for an asker who needs less
-        if sources:
-            keys = [(str(ns), str(doc_id)) for ns, doc_id, _ in sources]
-            now = await self.retriever.fingerprints(keys, req.min_generation)
-            if any(fp != source[2] for fp, source in zip(now, sources, strict=True)):
-                await self.cache.remove(key)
-                return None, "stale"
-        return answer, "hit"
-
     @staticmethod
-    def _record(decision: RouteDecision, result: PolicyResult, key: str | None, verdict: str = "miss") -> Answer:
+    def _record(decision: RouteDecision, result: PolicyResult, found: CacheLookup) -> Answer:
         return Answer(
             id=new_id("qa"),
             answer=result.answer,
@@ -422,22 +383,11 @@ class RagService:
             retrieval_steps=result.retrieval_steps,
             llm_calls=result.llm_calls,
             trace=result.steps,
-            cache=CacheRecord(response=verdict if key else "bypass", **(result.prompt_cache or {})),
+            cache=CacheRecord(response=found.verdict, **(result.prompt_cache or {})),
             speculative=result.speculative or None,
             logprobs=openai_logprobs(result.logprobs),
             sla=SlaRecord.of(decision),
         )
-
-    @staticmethod
-    def _from_cache(cached: dict[str, Any], started: float, decision: RouteDecision) -> Answer | None:
-        """The cached answer as this request's record; None (a miss) for an entry this version cannot read."""
-        try:
-            stored = Answer.model_validate(cached)
-        except ValueError:
-            logger.warning("response cache entry not readable as an answer: ignored")
-            return None
-        metrics.PLAN_REQUESTS.labels(stored.plan.policy, stored.plan.model, "hit").inc()
-        return stored.served_from_cache(decision, started)
 
     def observe(self, decision: RouteDecision, record: Answer | Completion, timings: dict[str, float]) -> None:
         policy, model = decision.plan.policy, decision.plan.model
@@ -475,16 +425,6 @@ class RagService:
         out: dict[str, Any] = {"retriever": await self.retriever.ready(), "router": await self.router.ready()}
         out["workers"] = {mid: await w.ready() for mid, w in self.workers.items()}
         return out
-
-
-def _shaping_key(params: SamplingParams) -> dict[str, Any]:
-    """The output-shaping params in a response-cache key (absent when unset, so older keys still hit)."""
-    out: dict[str, Any] = {}
-    if params.penalised:
-        out["penalties"] = [params.frequency_penalty, params.presence_penalty]
-    if params.response_format is not None:
-        out["response_format"] = params.response_format.model_dump()
-    return out
 
 
 def build_local(config: AppConfig) -> RagService:

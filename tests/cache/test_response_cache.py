@@ -17,6 +17,10 @@ def test_key_normalises_question_and_covers_the_plan() -> None:
     k3 = ResponseCache.key(question="what is ragyard?", plan={"policy": "none"}, index_generation=1)
     k4 = ResponseCache.key(question="what is ragyard?", plan={"policy": "single"}, index_generation=2)
     assert k1 == k2 and len({k2, k3, k4}) == 3
+    # the closing mark and a space before it are typing, not another question; words still are
+    typed = ("What is X ?", "what is x", "WHAT IS X?!")
+    same = {ResponseCache.key(question=q, plan={"policy": "single"}) for q in typed}
+    assert len(same) == 1 and ResponseCache.key(question="what is y", plan={"policy": "single"}) not in same
 
 
 def test_round_trip_and_corrupt_entry_dropped() -> None:
