@@ -167,6 +167,7 @@ class IngestResult(TypedDict):
     unchanged: list[str]
     chunks_added: int
     generation: int  # the corpus generation that holds the batch
+    tokens: int  # tokens of text embedded: the documents added or updated (unchanged ones cost nothing)
 
 
 @dataclass
@@ -177,6 +178,7 @@ class IngestReport:
     chunks_added: int = 0
     # The corpus generation that holds the batch (a later request may ask for at least this one).
     generation: int = 0
+    tokens: int = 0  # tokens of text embedded (the retriever service counts them; what a tenant is charged)
 
     def as_dict(self) -> IngestResult:
         return {
@@ -185,4 +187,5 @@ class IngestReport:
             "unchanged": self.unchanged,
             "chunks_added": self.chunks_added,
             "generation": self.generation,
+            "tokens": self.tokens,
         }

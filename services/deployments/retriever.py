@@ -191,14 +191,20 @@ class RetrieverService:
     def _bounded_ingest(self, docs: list[Document]) -> IngestReport:
         budget = self.config.index.max_tokens_per_upload
         tokenizer = self.retriever.embedder.tokenizer
+        counts: dict[tuple[str, str], int] = {}
         total = 0
         for doc in docs:
-            total += len(tokenizer(doc.text, add_special_tokens=False, verbose=False)["input_ids"])
+            n = len(tokenizer(doc.text, add_special_tokens=False, verbose=False)["input_ids"])
+            counts[(doc.namespace, doc.id)] = n
+            total += n
             if total > budget:
                 raise DocumentFormatError(
                     f"the upload holds over {budget} tokens of text (index.max_tokens_per_upload): send it in parts"
                 )
-        return self.retriever.ingest(docs)
+        report = self.retriever.ingest(docs)
+        changed = {*report.added, *report.updated}
+        report.tokens = sum(n for (_, doc_id), n in counts.items() if doc_id in changed)
+        return report
 
     async def chunk_bodies(self, keys: list[DocKey] | None = None) -> list[PromptChunk]:
         """The chunks of these documents, by (namespace, id) (None: all), as prompts show them, for the workers'

@@ -119,13 +119,14 @@ async def add_documents(
     svc: Service,
     namespace: str | None = Query(None, min_length=1, max_length=128),
 ) -> dict[str, Any]:
-    target = write_namespace(principal(request), namespace)
+    who = principal(request)
+    target = write_namespace(who, namespace)
     media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     prefer = request.headers.get("prefer", "")
     if media == "multipart/form-data":
         files = await _multipart(request)
         if svc.jobs.wants_job(len(files), sum(len(raw) for _, _, raw in files), prefer):
-            return await _job(svc.jobs, response, files, target, read_upload)
+            return await _job(svc.jobs, response, files, target, read_upload, who.tenant)
         docs = await asyncio.to_thread(_from_files, files, target)
     elif media == "application/json":
         docs = _from_json(await request.body(), target)
@@ -141,10 +142,11 @@ async def add_documents(
             )
 
         if svc.jobs.wants_job(1, len(raw), prefer):
-            return await _job(svc.jobs, response, [(doc_id or title or "upload", media, raw)], target, read)
+            return await _job(svc.jobs, response, [(doc_id or title or "upload", media, raw)], target, read, who.tenant)
         # PDFium, python-docx and trafilatura hold the CPU: off the event loop.
         docs = await asyncio.to_thread(read, "", media, raw, target)
-    result = await svc.corpus.ingest(docs)
+    # A tenant with a budget pays for the text it has embedded (services/pipeline/corpus.py).
+    result = await svc.corpus.ingest(docs, who.tenant)
     # The corpus generation that holds the batch: send it back as X-Ragyard-Min-Generation and any retriever
     # replica answers with these documents in view.
     response.headers[GENERATION_HEADER] = str(result.get("generation", 0))
@@ -152,10 +154,15 @@ async def add_documents(
 
 
 async def _job(
-    jobs: IngestJobs, response: Response, files: list[tuple[str, str, bytes]], target: str, reader: Reader
+    jobs: IngestJobs,
+    response: Response,
+    files: list[tuple[str, str, bytes]],
+    target: str,
+    reader: Reader,
+    tenant: str | None,
 ) -> dict[str, Any]:
     """Answer with a job (202, its record and where to read it) and run it in the background."""
-    job = await jobs.submit(files, target, reader)
+    job = await jobs.submit(files, target, reader, tenant)
     response.status_code = 202
     response.headers["location"] = f"/v1/documents/jobs/{job.id}"
     return job.model_dump()

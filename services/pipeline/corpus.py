@@ -1,31 +1,54 @@
-"""What the answer service does for the corpus besides searching it: ingest through the retriever, then hand the
-new chunks to the workers that compute chunk KV ahead (in the background: an ingest never waits for it), and at
-start-up queue every stored chunk once the retriever answers."""
+"""What the answer service does for the corpus besides searching it: ingest through the retriever (a tenant with a
+budget pays for the text it has embedded, as for its embeddings), then hand the new chunks to the workers that
+compute chunk KV ahead (in the background: an ingest never waits for it), and at start-up queue every stored chunk
+once the retriever answers."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from typing import Any
 
 from core.capabilities import CHUNK_PRECOMPUTE
 from retrieval.documents import DocKey, Document, IngestResult
 from retrieval.generation import Precompute
 from services.config import AppConfig
-from services.pipeline.clients import RetrieverClient, WorkerClient
+from services.pipeline.clients import RetrieverClient, RouterClient, WorkerClient
 
 logger = logging.getLogger(__name__)
 
 
 class CorpusWork:
-    def __init__(self, config: AppConfig, retriever: RetrieverClient, workers: dict[str, WorkerClient]) -> None:
+    def __init__(
+        self,
+        config: AppConfig,
+        retriever: RetrieverClient,
+        workers: dict[str, WorkerClient],
+        router: RouterClient | None = None,
+    ) -> None:
         self.config = config
         self.retriever = retriever
         self.workers = workers
+        self.router = router
         self._tasks: set[asyncio.Future[Any]] = set()  # precomputes in flight (kept from the GC)
 
-    async def ingest(self, docs: list[Document]) -> IngestResult:
-        result = await self.retriever.ingest(docs)
+    async def ingest(self, docs: list[Document], tenant: str | None = None) -> IngestResult:
+        """Index ``docs``. For a ``tenant`` with a budget, the worst case is reserved first (a token is at least a
+        character, so the text's characters, up to the upload's token bound) or the upload is refused with 429
+        `budget_exhausted`; what was embedded is charged after (unchanged documents are free), nothing when the
+        ingest failed."""
+        ticket, budgeted, spent = f"ing-{uuid.uuid4().hex}", False, 0
+        model = self.config.embedder.id
+        if tenant is not None and self.router is not None:
+            worst = min(sum(len(d.text) for d in docs), self.config.index.max_tokens_per_upload)
+            budgeted = await self.router.reserve_work(tenant, ticket, model, worst)
+        try:
+            result = await self.retriever.ingest(docs)
+            spent = int(result.get("tokens", 0))
+        finally:
+            if budgeted and self.router is not None:
+                await self.router.settle_work(ticket, model, spent)
         changed = {*result["added"], *result["updated"]}
         if changed:
             # The workers compute the new chunks' KV in the background: the ingest never waits for it.

@@ -70,6 +70,7 @@ class IngestJob(BaseModel):
     errors: list[FileError] = Field(default_factory=list)
     error: str | None = Field(None, description="Why the job failed, when it did.")
     generation: int | None = Field(None, description="The corpus generation that holds what is indexed so far.")
+    tokens: int = Field(0, description="Tokens of text embedded so far (what a tenant with a budget is charged).")
     created_at: float
     updated_at: float
     finished_at: float | None = None
@@ -96,11 +97,16 @@ class IngestJobs:
         return asked or files > self.config.async_files or size > self.config.async_bytes
 
     async def submit(
-        self, files: list[tuple[str, str, bytes]], namespace: str, reader: Reader = read_upload
+        self,
+        files: list[tuple[str, str, bytes]],
+        namespace: str,
+        reader: Reader = read_upload,
+        tenant: str | None = None,
     ) -> IngestJob:
         """Record a job for these (name, media type, bytes) files and start it; 429 when the namespace already has
         `max_jobs_per_tenant` running here. ``reader`` turns one file into documents (by default as a multipart
-        upload's file: its id from its name)."""
+        upload's file: its id from its name). A ``tenant`` with a budget pays for each step's embedded text; a step
+        its budget cannot cover fails the job there, with what was indexed before it kept."""
         if self._running.get(namespace, 0) >= self.config.max_jobs_per_tenant:
             error = RateLimitError(
                 f"{self._running[namespace]} ingestion jobs of {namespace!r} are running; wait for one to finish",
@@ -119,7 +125,7 @@ class IngestJobs:
         )
         await self._save(job)
         self._running[namespace] = self._running.get(namespace, 0) + 1
-        task = asyncio.create_task(self._run(job, files, reader))
+        task = asyncio.create_task(self._run(job, files, reader, tenant))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return job
@@ -155,7 +161,9 @@ class IngestJobs:
             await asyncio.sleep(HEARTBEAT_S)
             await self._save(job)
 
-    async def _run(self, job: IngestJob, files: list[tuple[str, str, bytes]], reader: Reader) -> None:
+    async def _run(
+        self, job: IngestJob, files: list[tuple[str, str, bytes]], reader: Reader, tenant: str | None = None
+    ) -> None:
         beat = asyncio.create_task(self._heartbeat(job))
         try:
             job.status, job.stage = "running", "reading"
@@ -169,13 +177,14 @@ class IngestJobs:
             await self._save(job)
             step = self.config.job_batch_documents
             for at in range(0, len(docs), step):
-                result = await self.corpus.ingest(docs[at : at + step])
+                result = await self.corpus.ingest(docs[at : at + step], tenant)
                 job.indexed += len(docs[at : at + step])
                 job.chunks += int(result.get("chunks_added", 0))
                 job.added += result.get("added", [])
                 job.updated += result.get("updated", [])
                 job.unchanged += result.get("unchanged", [])
                 job.generation = int(result.get("generation", 0))
+                job.tokens += int(result.get("tokens", 0))
                 await self._save(job)
             job.status = "succeeded"
         except asyncio.CancelledError:

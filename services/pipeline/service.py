@@ -67,7 +67,7 @@ class RagService:
         self.answers = AnswerCache(config, cache, retriever)
         self._reports: set[asyncio.Future[Any]] = set()  # SLA reports in flight (kept from the GC)
         # Ingest and the chunk KV the workers compute ahead (services/pipeline/corpus.py).
-        self.corpus = CorpusWork(config, retriever, workers)
+        self.corpus = CorpusWork(config, retriever, workers, router)
         # Large uploads answered at once and indexed in the background (services/pipeline/jobs.py).
         self.jobs = IngestJobs(config, self.corpus)
 

@@ -29,7 +29,7 @@ class HeldCorpus:
         self.batches: list[list[Document]] = []
         self.fail_at = fail_at
 
-    async def ingest(self, docs: list[Document]) -> dict[str, Any]:
+    async def ingest(self, docs: list[Document], tenant: str | None = None) -> dict[str, Any]:
         await self.release.wait()
         if self.fail_at is not None and len(self.batches) == self.fail_at:
             raise RuntimeError("the retriever replica died")

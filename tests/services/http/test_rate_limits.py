@@ -6,6 +6,7 @@ them)."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -164,21 +165,25 @@ def test_every_route_that_runs_a_model_or_the_embedder_is_counted(
         assert spent.status_code == 429 and "20 tokens per minute" in spent.json()["error"]["message"]
 
 
+def _budgeted(hashing_embedder: Any, tmp_path: Path, tokens: int) -> tuple[Any, dict[str, str]]:
+    """An app whose tenant acme (key k-acme) has a budget of ``tokens`` a day, and acme's headers."""
+    policy = tmp_path / "sla.yaml"
+    policy.write_text(
+        "default_tier: standard\ntiers: {standard: {priority: 1, latency_ms: 600000}}\n"
+        f"tenants: {{acme: {{api_keys: [k-acme], tier: standard, budget: {{tokens: {tokens}, period: day}}}}}}\n",
+        encoding="utf-8",
+    )
+    config = scripted_config(tmp_path / "index", sla={"enabled": True, "policy_path": str(policy)})
+    svc = scripted_service(config, hashing_embedder, ScriptedEngine("Zorblat."))
+    return create_app(svc, sla_policy=PolicyStore(policy, reload_interval_s=60)), {"authorization": "Bearer k-acme"}
+
+
 @pytest.mark.unit
 def test_embeddings_draw_on_the_tenants_budget(hashing_embedder: Any, tmp_path: Path) -> None:
     """A tenant with a token budget pays for its embeddings: what was embedded is charged (its usage), a request
     whose worst case the budget cannot cover is a 429 `insufficient_quota` before any embedding, and a refused
     request is charged nothing."""
-    policy = tmp_path / "sla.yaml"
-    policy.write_text(
-        "default_tier: standard\ntiers: {standard: {priority: 1, latency_ms: 600000}}\n"
-        "tenants: {acme: {api_keys: [k-acme], tier: standard, budget: {tokens: 60, period: day}}}\n",
-        encoding="utf-8",
-    )
-    config = scripted_config(tmp_path / "index", sla={"enabled": True, "policy_path": str(policy)})
-    svc = scripted_service(config, hashing_embedder, ScriptedEngine("Zorblat."))
-    app = create_app(svc, sla_policy=PolicyStore(policy, reload_interval_s=60))
-    key = {"authorization": "Bearer k-acme"}
+    app, key = _budgeted(hashing_embedder, tmp_path, 60)
 
     def remaining() -> int:
         return int(c.get("/v1/sla", headers=key).json()["tenants"]["acme"]["remaining_tokens"])
@@ -192,3 +197,40 @@ def test_embeddings_draw_on_the_tenants_budget(hashing_embedder: Any, tmp_path: 
         over = c.post("/v1/embeddings", json={"model": "auto", "input": "word " * 100}, headers=key)
         assert over.status_code == 429 and over.json()["error"]["code"] == "insufficient_quota"
         assert remaining() == before
+
+
+@pytest.mark.unit
+def test_uploads_draw_on_the_tenants_budget(hashing_embedder: Any, tmp_path: Path) -> None:
+    """A tenant with a token budget pays for the text its uploads embed: the tokens the result reports are
+    charged, the same documents sent again unchanged cost nothing, and an upload whose worst case the budget
+    cannot cover is a 429 `insufficient_quota` with nothing written. A job pays step by step."""
+    app, key = _budgeted(hashing_embedder, tmp_path, 400)
+    notes = {"documents": [{"id": "n1", "text": "The Lim bridge is maintained by Quux."}, {"id": "n2", "text": "Hi."}]}
+
+    def remaining() -> int:
+        return int(c.get("/v1/sla", headers=key).json()["tenants"]["acme"]["remaining_tokens"])
+
+    with TestClient(app) as c:
+        first = c.post("/v1/documents", json=notes, headers=key)
+        assert first.status_code == 200 and first.json()["tokens"] > 0
+        assert remaining() == 400 - first.json()["tokens"]
+        before = remaining()
+        again = c.post("/v1/documents", json=notes, headers=key)
+        assert again.json()["unchanged"] == ["n1", "n2"] and again.json()["tokens"] == 0 and remaining() == before
+        big = c.post("/v1/documents", json={"documents": [{"id": "big", "text": "word " * 200}]}, headers=key)
+        assert big.status_code == 429 and big.json()["error"]["code"] == "insufficient_quota"
+        assert remaining() == before and "big" not in {
+            d["id"] for d in c.get("/v1/documents", headers=key).json()["data"]
+        }
+        job = c.post(
+            "/v1/documents",
+            files=[("file", ("n3.txt", b"Ferries leave at nine.", "text/plain"))],
+            headers={**key, "prefer": "respond-async"},
+        )
+        assert job.status_code == 202
+        for _ in range(200):
+            done = c.get(job.headers["location"], headers=key).json()
+            if done["status"] in ("succeeded", "failed"):
+                break
+            time.sleep(0.05)
+        assert done["status"] == "succeeded" and done["tokens"] > 0 and remaining() == before - done["tokens"]
