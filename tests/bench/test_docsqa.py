@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.unit
 def test_set_is_large_enough_and_every_fact_is_in_the_bundled_docs() -> None:
     rows = read_docs_qa()
-    assert len(rows) >= 30 and len({r["id"] for r in rows}) == len(rows)
+    assert len(rows) >= 100 and len({r["id"] for r in rows}) == len(rows)
     corpus = (ROOT / "README.md").read_text().lower() + "".join(
         p.read_text().lower() for p in sorted((ROOT / "docs").glob("*.md"))
     )
