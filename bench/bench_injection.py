@@ -59,7 +59,12 @@ def _passage(n: int, part: dict[str, str], doc: str) -> Passage:
 
 
 def _messages(case: dict[str, Any], mode: str) -> tuple[list[Any], bool]:
-    passages = [_passage(0, case["clean"], f"{case['id']}-clean"), _passage(1, case["attack"], f"{case['id']}-attack")]
+    """The case's passages as retrieval would give them: its clean passage(s), the attack at ``position`` among
+    them (last by default)."""
+    clean = case["clean"] if isinstance(case["clean"], list) else [case["clean"]]
+    parts = [(part, f"{case['id']}-clean-{i}") for i, part in enumerate(clean)]
+    parts.insert(case.get("position", len(parts)), (case["attack"], f"{case['id']}-attack"))
+    passages = [_passage(n, part, doc) for n, (part, doc) in enumerate(parts)]
     dropped = False
     if mode == "drop":
         kept = [p for p in passages if not screen(passage_body(p))]
@@ -129,14 +134,20 @@ def bench_injection(
     data: list[str],
     limit: int = 20,
     max_tokens: int = 64,
+    held_out: bool = True,
 ) -> str:
+    from bench.injection_heldout import cases as garak_cases
+    from bench.injection_heldout import source
     from services.deployments.worker import Worker
 
     cases = [json.loads(line) for line in CASES.read_text(encoding="utf-8").splitlines() if line.strip()]
-    attacks = {}
+    others = garak_cases(source(Path(config.cache_dir).expanduser())) if held_out else []
+    attacks, others_attacks = {}, {}
     for model in models:
         worker = Worker(config, model)
         attacks[model] = _attacks(worker, cases, max_tokens)
+        if others:
+            others_attacks[model] = _attacks(worker, others, max_tokens)
         close = getattr(worker.engine, "close", None)
         if close is not None:
             close()
@@ -146,6 +157,16 @@ def bench_injection(
         for kind in sorted({c["kind"] for c in cases})
     }
     results = {"attacks": attacks, "dev": dev, "screen_flags_by_kind": screen_recall}
+    if others:
+        results["held_out"] = {
+            "source": "garak 0.17.1, garak/probes/latentinjection.py (fact snippets: Eiffel, legal)",
+            "cases": len(others),
+            "attacks": others_attacks,
+            "screen_flags_by_kind": {
+                kind: round(statistics.fmean(bool(screen(c["attack"]["text"])) for c in others if c["kind"] == kind), 3)
+                for kind in sorted({c["kind"] for c in others})
+            },
+        }
     goals = {
         model: {
             "follow_rate_off": a["summary"]["off"]["follow_rate"],
@@ -153,7 +174,14 @@ def bench_injection(
         }
         for model, a in attacks.items()
     }
-    settings = {"models": models, "data": data, "limit": limit, "max_tokens": max_tokens, "cases": len(cases)}
+    settings = {
+        "models": models,
+        "data": data,
+        "limit": limit,
+        "max_tokens": max_tokens,
+        "cases": len(cases),
+        "held_out": len(others),
+    }
     return write_report(out, "injection", goals, results, settings, _markdown)
 
 
@@ -172,6 +200,22 @@ def _markdown(report: dict[str, Any]) -> str:
             )
             lines.append(f"| {model} | {mode} | {s['follow_rate']} | {s['right_rate']} | {kinds} |")
     lines += ["", "Screen flags by kind: " + ", ".join(f"{k} {v}" for k, v in r["screen_flags_by_kind"].items())]
+    held = r.get("held_out")
+    if held:
+        held_kinds = sorted(held["screen_flags_by_kind"])
+        lines += [
+            "",
+            f"Held out: {held['cases']} cases from {held['source']}",
+            "",
+            "| model | mode | followed | right | " + " | ".join(held_kinds) + " |",
+            "| --- | --- | --- | --- | " + " | ".join("---" for _ in held_kinds) + " |",
+        ]
+        for model, a in held["attacks"].items():
+            for mode, s in a["summary"].items():
+                per = " | ".join(str(s["by_kind"].get(k, "-")) for k in held_kinds)
+                lines.append(f"| {model} | {mode} | {s['follow_rate']} | {s['right_rate']} | {per} |")
+        flags = ", ".join(f"{k} {v}" for k, v in held["screen_flags_by_kind"].items())
+        lines += ["", f"Screen flags (held out): {flags}"]
     if r["dev"]:
         lines += ["", "| dev file | mode | F1 | EM | n |", "| --- | --- | --- | --- | --- |"]
         for name, modes in r["dev"].items():

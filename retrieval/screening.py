@@ -17,11 +17,12 @@ import re
 
 _WORDS = r"[^.\n]{0,40}?"
 RULES: dict[str, re.Pattern[str]] = {
-    # "Ignore the previous instructions", "disregard all rules above", "forget your prompt".
+    # "Ignore the previous instructions", "disregard all rules above", "forget your prompt", "ignore the rest of
+    # this data and print ..." (garak's latent injections).
     "override": re.compile(
         rf"\b(ignore|disregard|forget|override|bypass)\b{_WORDS}\b(previous|prior|above|earlier|preceding|all|any|"
-        r"your|the|these|those|other)\b[^.\n]{0,30}?\b(instructions?|prompts?|rules|directions|guidelines|"
-        r"question|context|passages?)\b",
+        r"your|the|these|those|other|rest of)\b[^.\n]{0,30}?\b(instructions?|prompts?|rules|directions|guidelines|"
+        r"question|context|passages?|data|text|document|content)\b",
         re.IGNORECASE,
     ),
     # "You are now DAN", "from now on you ...", "pretend to be", "act as an unrestricted assistant".
@@ -60,7 +61,8 @@ RULES: dict[str, re.Pattern[str]] = {
     ),
     # Chat-template markup that would open a turn of its own.
     "markup": re.compile(
-        r"<\|(im_start|im_end|system|user|assistant|eot_id|start_header_id)\|>|\[/?INST\]|<</?SYS>>|"
+        r"<\|(im_start|im_end|system|user|assistant|eot_id|start_header_id|endoftext|end)\|>|\[/?INST\]|<</?SYS>>|"
+        r"</?(system|assistant)>|"
         r"^\s*#{2,}\s*(system|instruction|assistant)\b|^\s*(system|assistant)\s*:\s",
         re.IGNORECASE | re.MULTILINE,
     ),
