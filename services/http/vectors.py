@@ -8,7 +8,6 @@ documents (``POST /v1/documents``), not through OpenAI's file and store creation
 from __future__ import annotations
 
 import base64
-import uuid
 from typing import Literal
 
 import numpy as np
@@ -24,6 +23,7 @@ from services.http.auth import Principal, principal
 from services.http.deps import Service, min_generation
 from services.http.schemas import EmbeddingRequest, VectorStoreSearchRequest
 from services.pipeline.service import RagService
+from services.pipeline.work_budget import work_budget
 
 router = APIRouter()
 
@@ -134,19 +134,11 @@ async def embeddings(body: EmbeddingRequest, request: Request, svc: Service) -> 
     # that failed is charged nothing. Counted here, not by the retriever: no second round trip, and no second
     # pass of the tokenizer under the embedder's lock, which a concurrent small request would wait behind.
     who = principal(request)
-    ticket = f"emb-{uuid.uuid4().hex}"
-    budgeted = False
-    if who.tenant is not None:
-        cap = svc.config.embedder.max_tokens_per_request
-        worst = min(cap, sum(min(len(t) + 2, EMBED_TOKENS_PER_INPUT) for t in texts))
-        budgeted = await svc.router.reserve_work(who.tenant, ticket, model_id, worst)
-    spent = 0
-    try:
+    cap = svc.config.embedder.max_tokens_per_request
+    worst = min(cap, sum(min(len(t) + 2, EMBED_TOKENS_PER_INPUT) for t in texts))
+    async with work_budget(svc.router, who.tenant, model_id, worst, "emb") as spend:
         out = await svc.retriever.embed_many(texts)
-        spent = sum(out["tokens"])
-    finally:
-        if budgeted:
-            await svc.router.settle_work(ticket, model_id, spent)
+        spend.tokens = sum(out["tokens"])
     if body.dimensions is not None and body.dimensions != out["dim"]:
         raise InvalidRequestError(
             f"dimensions {body.dimensions}: {model_id} embeds in {out['dim']} dimensions only", param="dimensions"

@@ -99,10 +99,10 @@ class AnswerCache:
             return found
         match = self.semantic.lookup(found.scope, found.vector, req.question.text)
         if match is not None:
-            answer, verdict = await self.current(match.key, req)
+            answer, _ = await self.current(match.key, req)
             if answer is not None:
                 found.answer, found.verdict, found.match = answer, "semantic", match
-            elif verdict == "stale" or verdict == "miss":
+            else:  # its entry is gone or stale: the question no longer points anywhere
                 self.semantic.forget(found.scope, match.key)
         return found
 

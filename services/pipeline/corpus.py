@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from typing import Any
 
 from core.capabilities import CHUNK_PRECOMPUTE
@@ -15,6 +14,7 @@ from retrieval.documents import DocKey, Document, IngestResult
 from retrieval.generation import Precompute
 from services.config import AppConfig
 from services.pipeline.clients import RetrieverClient, RouterClient, WorkerClient
+from services.pipeline.work_budget import work_budget
 
 logger = logging.getLogger(__name__)
 
@@ -36,19 +36,12 @@ class CorpusWork:
     async def ingest(self, docs: list[Document], tenant: str | None = None) -> IngestResult:
         """Index ``docs``. For a ``tenant`` with a budget, the worst case is reserved first (a token is at least a
         character, so the text's characters, up to the upload's token bound) or the upload is refused with 429
-        `budget_exhausted`; what was embedded is charged after (unchanged documents are free), nothing when the
+        `insufficient_quota`; what was embedded is charged after (unchanged documents are free), nothing when the
         ingest failed."""
-        ticket, budgeted, spent = f"ing-{uuid.uuid4().hex}", False, 0
-        model = self.config.embedder.id
-        if tenant is not None and self.router is not None:
-            worst = min(sum(len(d.text) for d in docs), self.config.index.max_tokens_per_upload)
-            budgeted = await self.router.reserve_work(tenant, ticket, model, worst)
-        try:
+        worst = min(sum(len(d.text) for d in docs), self.config.index.max_tokens_per_upload)
+        async with work_budget(self.router, tenant, self.config.embedder.id, worst, "ing") as spend:
             result = await self.retriever.ingest(docs)
-            spent = int(result.get("tokens", 0))
-        finally:
-            if budgeted and self.router is not None:
-                await self.router.settle_work(ticket, model, spent)
+            spend.tokens = int(result.get("tokens", 0))
         changed = {*result["added"], *result["updated"]}
         if changed:
             # The workers compute the new chunks' KV in the background: the ingest never waits for it.
