@@ -32,6 +32,7 @@ class Span:
     start: int  # token positions in the prompt, [start, end)
     end: int
     namespace: str = ""  # of the chunk's document: part of its entry's key
+    stored: bool = True  # False: computed in place, never looked up or stored (PromptChunk.stored)
 
 
 @dataclass
@@ -55,13 +56,13 @@ def locate_chunks(
 
     A token belongs to a chunk when its characters overlap the chunk's text (a leading space merged
     into the first word stays with the chunk, so its ids are the same wherever the chunk is placed)."""
-    found: list[tuple[int, int, str]] = []
-    for text, namespace in dict.fromkeys(c for c in chunks if c.text.strip()):
+    found: list[tuple[int, int, str, bool]] = []
+    for text, namespace, stored in dict.fromkeys(c for c in chunks if c.text.strip()):
         at = prompt.find(text)
         if at >= 0:
-            found.append((at, at + len(text), namespace))
+            found.append((at, at + len(text), namespace, stored))
     spans: list[Span] = []
-    for cs, ce, namespace in sorted(found):
+    for cs, ce, namespace, stored in sorted(found):
         first = next((i for i, (s, e) in enumerate(offsets) if e > cs and e > s), None)
         if first is None:
             continue
@@ -71,7 +72,7 @@ def locate_chunks(
         if spans and first < spans[-1].end:
             continue  # overlaps the previous chunk's tokens
         if last - first >= min_tokens:
-            spans.append(Span(first, last, namespace))
+            spans.append(Span(first, last, namespace, stored))
     return spans
 
 
@@ -120,7 +121,9 @@ class ChunkReuse:
         enc = self.tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
         ids = list(enc["input_ids"])
         offsets = [tuple(o) for o in enc["offset_mapping"]]
-        return ids, locate_chunks(prompt, offsets, chunks, self.min_chunk_tokens)
+        # A text made for one prompt is not a chunk here: this path stores every chunk it places.
+        stored = [c for c in chunks if c.stored]
+        return ids, locate_chunks(prompt, offsets, stored, self.min_chunk_tokens)
 
     # -- entries ---------------------------------------------------------------------------------
 

@@ -12,3 +12,7 @@ from typing import NamedTuple
 class PromptChunk(NamedTuple):
     text: str
     namespace: str
+    # False: a text made for this one prompt (a passage cut to the sentences its question asks about,
+    # `retrieval.context: sentences`). The prompt's prefix before it is still reused where the engine stores
+    # prefixes (llama.cpp), but its own KV is computed in place, never looked up, stored or queued.
+    stored: bool = True

@@ -79,6 +79,23 @@ class RetrievalConfig(Section):
         "call), off (as it is). `ragyard bench docsqa --followups` measures them (README: Follow-ups).",
     )
     max_context_tokens: int = Field(1200, gt=0, description="Model tokens of passages in one prompt.")
+    context: Literal["passages", "sentences"] = Field(
+        "sentences",
+        description="What of the retrieved passages the answer prompt holds: passages (each chunk whole) or "
+        "sentences (the lines and sentences that bear on the question, under their passage's heading, within "
+        "`sentence_tokens`: retrieval/selection.py). `ragyard bench docsqa` measures them (README: Context a small "
+        "model can use).",
+    )
+    sentence_tokens: int = Field(
+        350, ge=32, le=4096, description="sentences: model tokens of selected text in one prompt (estimated)."
+    )
+    sentence_candidates: int = Field(
+        8,
+        gt=0,
+        le=50,
+        description="sentences: passages retrieved per step to select from (at least the request's top_k); "
+        "their whole text is never in the prompt, so more of them costs search time, not prefill.",
+    )
     multi_max_steps: int = Field(4, ge=1, le=16, description="multi: retrieval steps at most.")
     multi_step_tokens: int = Field(40, gt=0, description="multi: tokens of one reasoning sentence.")
     dragin_threshold: float = Field(

@@ -59,9 +59,11 @@ def passage_body(p: Passage) -> str:
     return f"{p.chunk.title}\n{p.chunk.text}" if p.chunk.title else p.chunk.text
 
 
-def prompt_chunks(passages: list[Passage]) -> list[PromptChunk]:
-    """The passages' bodies as the prompt holds them, each with its document's namespace (the chunk-KV key's)."""
-    return [PromptChunk(passage_body(p), p.chunk.namespace) for p in passages]
+def prompt_chunks(passages: list[Passage], excerpts: list[Passage] | None = None) -> list[PromptChunk]:
+    """The passages' bodies as the prompt holds them, each with its document's namespace (the chunk-KV key's);
+    ``excerpts``, passages cut for this one prompt, follow as texts the engine computes in place and never stores."""
+    chunks = [PromptChunk(passage_body(p), p.chunk.namespace) for p in passages]
+    return chunks + [PromptChunk(passage_body(p), p.chunk.namespace, stored=False) for p in excerpts or []]
 
 
 def canonical_order(passages: list[Passage]) -> list[Passage]:

@@ -22,6 +22,7 @@ from retrieval.generation import (
 )
 from retrieval.prompts import AnswerStyle, build_messages, canonical_order, fit_passages, passage_body
 from retrieval.screening import screen
+from retrieval.selection import select_sentences
 
 
 @dataclass
@@ -150,6 +151,9 @@ class Prepared:
     # Set when preparing already produced the final answer (no further generation needed).
     answer: GenerationResult | None = None
     notes: list[str] = field(default_factory=list)
+    # The passages as the prompt shows them when cut to the sentences the question asks about (`retrieval.context:
+    # sentences`); ``passages`` stays what was retrieved (citations, the support check).
+    excerpts: list[Passage] = field(default_factory=list)
 
 
 @dataclass
@@ -207,7 +211,10 @@ class RetrievalPolicy(Protocol):
 
 async def retrieve_step(query: str, ctx: PolicyContext, steps: list[Step]) -> tuple[list[Passage], float]:
     start = time.perf_counter()
-    passages = await ctx.retrieve(query, ctx.top_k)
+    k = ctx.top_k
+    if ctx.settings is not None and ctx.settings.context == "sentences":
+        k = max(k, ctx.settings.sentence_candidates)
+    passages = await ctx.retrieve(query, k)
     screened: list[Screened] = []
     if ctx.settings is not None and ctx.settings.injection == "drop":
         # A passage that tries to instruct the model is left out of the prompt and the citations alike.
@@ -223,7 +230,7 @@ async def retrieve_step(query: str, ctx: PolicyContext, steps: list[Step]) -> tu
     step: Step = {
         "step": "retrieve",
         "query": query,
-        "top_k": ctx.top_k,
+        "top_k": k,
         "hits": [
             {"document_id": p.chunk.doc_id, "chunk": p.chunk.chunk_index, "score": round(p.score, 4)} for p in passages
         ],
@@ -235,11 +242,35 @@ async def retrieve_step(query: str, ctx: PolicyContext, steps: list[Step]) -> tu
     return passages, spent
 
 
+@dataclass
+class FinalPrompt:
+    messages: list[ChatMessage]
+    excerpts: list[Passage]  # the passages cut to sentences for this prompt; empty when shown whole
+    # What the answer cites: the retrieved passages given (every one when shown whole, else those an excerpt came
+    # from, whole, in the prompt's order).
+    cited: list[Passage]
+
+
 def final_messages(question: Question, passages: list[Passage] | None, ctx: PolicyContext) -> list[ChatMessage]:
-    kept = None if passages is None else fit_passages(passages, ctx.max_context_tokens)
+    return final_prompt(question, passages, ctx).messages
+
+
+def final_prompt(question: Question, passages: list[Passage] | None, ctx: PolicyContext) -> FinalPrompt:
+    excerpts: list[Passage] = []
+    if passages and ctx.settings is not None and ctx.settings.context == "sentences":
+        # The prompt holds the passages' lines that bear on the question, within `sentence_tokens`; citations and
+        # the support check keep the passages whole, and the excerpts reach the engine as texts made for this
+        # prompt (PromptChunk.stored).
+        excerpts = select_sentences(question.search_text, passages, ctx.settings.sentence_tokens)
+    kept = excerpts or (None if passages is None else fit_passages(passages, ctx.max_context_tokens))
     if kept and ctx.settings is not None and ctx.settings.canonical_chunk_order:
         kept = canonical_order(kept)
     fence = ctx.settings is not None and ctx.settings.injection != "off"
-    return build_messages(
+    messages = build_messages(
         question.text, kept, style=question.style, history=question.history, system=question.system, fence=fence
     )
+    cited = passages or []
+    if excerpts:
+        whole = {(p.chunk.namespace, p.chunk.doc_id, p.chunk.chunk_index): p for p in cited}
+        cited = [whole[(e.chunk.namespace, e.chunk.doc_id, e.chunk.chunk_index)] for e in excerpts]
+    return FinalPrompt(messages, excerpts, cited)

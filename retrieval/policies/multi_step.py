@@ -19,7 +19,7 @@ from retrieval.policies.base import (
     Prepared,
     Question,
     Step,
-    final_messages,
+    final_prompt,
     retrieve_step,
 )
 from retrieval.prompts import FENCE_RULE, format_passages
@@ -93,13 +93,15 @@ class MultiStepPolicy(PolicyFacts):
             found, spent = await retrieve_step(sentence, ctx, steps)
             retrieve_s += spent
             per_step.append(found)
+        prompt = final_prompt(question, round_robin(per_step), ctx)
         return Prepared(
-            final_messages(question, round_robin(per_step), ctx),
-            round_robin(per_step),
+            prompt.messages,
+            prompt.cited,
             steps,
             retrieval_steps=len(per_step),
             retrieve_s=retrieve_s,
             llm_calls_before=calls,
             prompt_tokens_before=prompt_tokens,
             completion_tokens_before=completion_tokens,
+            excerpts=prompt.excerpts,
         )

@@ -8,7 +8,7 @@ from retrieval.policies.base import (
     Prepared,
     Question,
     Step,
-    final_messages,
+    final_prompt,
     retrieve_step,
 )
 
@@ -20,4 +20,7 @@ class SingleStepPolicy(PolicyFacts):
     async def prepare(self, question: Question, ctx: PolicyContext) -> Prepared:
         steps: list[Step] = []
         passages, spent = await retrieve_step(question.search_text, ctx, steps)
-        return Prepared(final_messages(question, passages, ctx), passages, steps, retrieval_steps=1, retrieve_s=spent)
+        prompt = final_prompt(question, passages, ctx)
+        return Prepared(
+            prompt.messages, prompt.cited, steps, retrieval_steps=1, retrieve_s=spent, excerpts=prompt.excerpts
+        )

@@ -50,7 +50,10 @@ class CorpusWork:
         return result
 
     def precompute_models(self) -> list[str]:
-        """The models whose engine computes chunk KV ahead and whose config asks for it."""
+        """The models whose engine computes chunk KV ahead and whose config asks for it; none when prompts hold the
+        sentences selected for each question (`retrieval.context: sentences`), which no stored chunk matches."""
+        if self.config.retrieval.context == "sentences":
+            return []
         return [
             m.id
             for m in self.config.models

@@ -104,7 +104,7 @@ def test_the_policy_drops_flagged_passages_from_the_prompt_and_the_trace(mode: s
         generate_with_signals=None,  # type: ignore[arg-type]
         top_k=2,
         max_context_tokens=2000,
-        settings=RetrievalConfig(injection=mode),
+        settings=RetrievalConfig(injection=mode, context="passages"),  # whole passages: the attack is in them
     )
     steps: list[Any] = []
     kept, _ = asyncio.run(retrieve_step("Lim bridge", ctx, steps))

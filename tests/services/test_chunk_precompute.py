@@ -28,9 +28,11 @@ class RecordingEngine(ScriptedEngine):
         return {"queued": len(chunks), "enabled": True}
 
 
-def _service(tmp_path: Path, embedder: Any, **model: Any) -> tuple[Any, RecordingEngine]:
+def _service(tmp_path: Path, embedder: Any, context: str = "passages", **model: Any) -> tuple[Any, RecordingEngine]:
     config = scripted_config(
-        tmp_path / "index", models=[{"id": "smollm2-135m-instruct", "engine": "llamacpp", **model}]
+        tmp_path / "index",
+        models=[{"id": "smollm2-135m-instruct", "engine": "llamacpp", **model}],
+        retrieval={"context": context},
     )
     engine = RecordingEngine()
     return scripted_service(config, embedder, engine), engine
@@ -83,4 +85,14 @@ def test_nothing_is_queued_when_the_model_does_not_ask(tmp_path: Path, embedder:
     assert svc.corpus.precompute_models() == []
     asyncio.run(svc.corpus.ingest([Document(id="b", title="B", text="Beta is the second letter.")]))
     assert asyncio.run(svc.corpus.warm_chunk_kv(attempts=1)) == {}
+    assert engine.precomputed == []
+
+
+def test_nothing_is_queued_when_prompts_hold_selected_sentences(tmp_path: Path, embedder: Any) -> None:
+    """`retrieval.context: sentences` shows each question the lines it asks about, which no stored chunk matches:
+    computing the corpus's chunk states would be work nothing reads."""
+    svc, engine = _service(tmp_path, embedder, context="sentences", chunk_cache={"enabled": True})
+    assert svc.corpus.precompute_models() == []
+    asyncio.run(svc.corpus.ingest([Document(id="quux", title="Quux", text="Zorblat is the capital of Quux.")]))
+    assert asyncio.run(svc.corpus.warm_chunk_kv(attempts=1, delay_s=0)) == {}
     assert engine.precomputed == []

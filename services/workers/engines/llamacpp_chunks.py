@@ -176,7 +176,7 @@ class LlamaChunkReuse:
         if at != len(data):
             return ids, []  # the pieces do not spell the prompt back: reuse nothing rather than misplace KV
         as_bytes = data.decode("latin-1")
-        texts = [PromptChunk(c.text.encode("utf-8").decode("latin-1"), c.namespace) for c in chunks]
+        texts = [PromptChunk(c.text.encode("utf-8").decode("latin-1"), c.namespace, c.stored) for c in chunks]
         spans = locate_chunks(as_bytes, offsets, texts, self.min_chunk_tokens if min_tokens is None else min_tokens)
         return ids, spans
 
@@ -247,7 +247,11 @@ class LlamaChunkReuse:
         if spans:
             prefix_ids = ids[: spans[0].start]
             wanted = [(self._prefix_key(prefix_ids), prefix_ids)]
-            wanted += [(self._chunk_key(ids[sp.start : sp.end], sp.namespace), ids[sp.start : sp.end]) for sp in spans]
+            wanted += [
+                (self._chunk_key(ids[sp.start : sp.end], sp.namespace), ids[sp.start : sp.end])
+                for sp in spans
+                if sp.stored
+            ]
             found = {key: self.store.get(key, token_ids) for key, token_ids in wanted}
         return ids, spans, found
 
@@ -293,6 +297,10 @@ class LlamaChunkReuse:
         for s in spans if mode == "blend" else []:
             sep = ids[pos : s.start]
             cid = ids[s.start : s.end]
+            if not s.stored:
+                # A text made for this prompt alone: left for the next decode (the one before the next stored chunk,
+                # or the tail's), so consecutive excerpts go through the model in one batch, as a full prefill.
+                continue
             key = self._chunk_key(cid, s.namespace)
             entry = fetched.get(key)
             if entry is None or entry.entry is None:
@@ -344,7 +352,8 @@ class LlamaChunkReuse:
         self.store.metrics.tokens("computed", computed)
         if misses and self.precompute_enabled:
             self.background.add(misses)
-        chunk_tokens = sum(s.end - s.start for s in spans)
+        chunk_tokens = sum(s.end - s.start for s in spans if s.stored)
+        made_here = [s for s in spans if not s.stored]
         return LlamaPrefill(
             logits,
             done - started,
@@ -352,15 +361,18 @@ class LlamaChunkReuse:
                 "mode": mode,
                 "engine": "llamacpp",
                 "prompt_tokens": len(ids),
-                "chunks": len(spans),
+                "chunks": len(spans) - len(made_here),
                 "chunk_hits": tiers,
-                "chunk_misses": len(misses) if mode == "blend" else len(spans),
+                "chunk_misses": len(misses) if mode == "blend" else len(spans) - len(made_here),
+                # Texts made for this prompt (selected sentences): computed in place after the reused prefix.
+                "prompt_texts": len(made_here),
                 "prefix": prefix_tier,
                 "chunk_tokens": chunk_tokens,
                 "chunk_tokens_reused": reused,
                 "chunk_tokens_recomputed": recomputed,
                 "recomputed_share": round(recomputed / chunk_tokens, 4) if chunk_tokens else 0.0,
-                "tokens_computed": len(ids) - reused,
+                # Everything but the reused chunk tokens and a restored prefix went through the model.
+                "tokens_computed": len(ids) - reused - (len(prefix_ids) if prefix_tier != "miss" else 0),
                 "recompute_fraction": round(fraction, 4),
                 "bytes_read": bytes_read,
                 "prefill_s": round(done - started, 6),
@@ -390,6 +402,8 @@ class LlamaChunkReuse:
             self.store.put(ChunkState(prefix_key, self.fingerprint, list(prefix_ids), 0, state, took))
             counts["computed"] += 1
         for s in spans:
+            if not s.stored:
+                continue
             cid = ids[s.start : s.end]
             key = self._chunk_key(cid, s.namespace)
             if self.store.get(key, cid).entry is None:
@@ -406,7 +420,7 @@ class LlamaChunkReuse:
         if not spans:
             return 0
         keys = [self._prefix_key(ids[: spans[0].start])]
-        keys += [self._chunk_key(ids[s.start : s.end], s.namespace) for s in spans]
+        keys += [self._chunk_key(ids[s.start : s.end], s.namespace) for s in spans if s.stored]
         return sum(self.store.memory.remove(k) for k in keys)
 
     def chunk_ids(self, chunk: PromptChunk) -> list[int] | None:

@@ -252,6 +252,35 @@ def test_precompute_stores_chunks_in_the_background(llama: Any) -> None:
     assert reuse.describe()["precompute"]["pending"] == 0
 
 
+def test_excerpts_reuse_the_prefix_and_are_never_stored(llama: Any) -> None:
+    """Passages cut to sentences for one question (`retrieval.context: sentences`) reach the engine as texts made
+    for that prompt: the prompt's prefix before them is reused from the second request on, the excerpts are
+    computed in place (the same first token as a plain prefill) and nothing of them is stored or queued."""
+    from retrieval.selection import select_sentences
+
+    reuse = llama.chunk_reuse
+    excerpts = select_sentences("Which command runs the tests?", _passages(3), 60)
+    assert excerpts
+    prompt = llama.render_chat(build_messages("Which command runs the tests?", excerpts))
+    chunks = prompt_chunks([], excerpts)
+    assert chunks and not any(c.stored for c in chunks)
+    params = SamplingParams(max_tokens=6)
+    plain = llama.generate_sync(prompt, params, spec=False)
+    before = dict(reuse.progress)
+    stored_before = len(reuse.store.memory)
+    first = llama.generate_sync(prompt, params, spec=False, chunks=chunks).stats.chunk_cache
+    second = llama.generate_sync(prompt, params, spec=False, chunks=chunks)
+    report = second.stats.chunk_cache
+    assert first is not None and report is not None
+    assert report["prefix"] == "memory" and report["prompt_texts"] == len(excerpts) and report["chunks"] == 0
+    assert report["chunk_misses"] == 0 and report["chunk_tokens_reused"] == 0
+    assert report["tokens_computed"] < report["prompt_tokens"]  # the system prompt's prefix was restored
+    assert second.stats.first_token == plain.stats.first_token
+    assert reuse.progress == before and reuse.describe()["precompute"]["pending"] == 0  # nothing queued
+    stored_after = len(reuse.store.memory)
+    assert stored_after - stored_before <= 1  # at most the prefix's own entry
+
+
 def test_a_chunk_stored_for_one_tenant_is_never_reused_for_another(llama: Any) -> None:
     """The same text in two tenants' namespaces is two entries: a request whose passage came from globex's
     document neither hits nor times acme's entry (a membership oracle), while acme's next request hits."""

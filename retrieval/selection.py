@@ -1,0 +1,165 @@
+"""Sentence-level context selection: the retrieved passages cut down to the lines and sentences that bear on the
+question, so a small model reads a short prompt with the fact near the top instead of four chunks of similar text.
+
+A passage is split into units: a table row (shown under its table's header row), a list item, a line of code, a
+sentence of prose. Each unit is scored by the question's content words it holds, each weighted by its inverse
+frequency among the candidate units (a word every unit holds tells nothing) and by how rare it is in the question's
+own passages, with a small bonus for words of the passage's nearest heading. The best units are kept up to a token
+budget, each with its neighbour when it is short, and shown in the passage's own order under the passage's heading,
+so the model still sees which section a fact comes from.
+
+Written here rather than taken from a library: langchain's and LlamaIndex's sentence compressors either call an LLM
+or embed every sentence (an embedder round trip per request on this CPU), and none keeps markdown's table headers
+with their rows; this is a few regexes and counts. `ragyard bench docsqa` measures it against whole passages
+(README: "Context a small model can use").
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, replace
+
+from retrieval.documents import Passage
+from retrieval.support import STOPWORDS
+
+_SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+(?=[\"'(\[*]?[A-Z0-9`])")
+_WORD = re.compile(r"[a-z0-9_]+(?:[./'-][a-z0-9_]+)*")
+_HEADING = re.compile(r"^#{1,6}\s+(.*)$")
+_TABLE_RULE = re.compile(r"^\|?\s*:?-{2,}")
+CHARS_PER_TOKEN = 3.5
+
+
+@dataclass
+class Unit:
+    passage: int  # index of its passage
+    order: int  # position within its passage
+    text: str
+    header: str | None = None  # a table row's header row
+    heading: str = ""  # the nearest heading above it in its passage
+    score: float = 0.0
+
+
+def _stem(word: str) -> str:
+    # Enough folding for a question's words to meet the docs' ("limits" / "limit", "retries" / "retry").
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+        return word[:-1]
+    return word
+
+
+def content_words(text: str) -> set[str]:
+    words: set[str] = set()
+    for w in _WORD.findall(text.lower()):
+        if w in STOPWORDS or len(w) < 2:
+            continue
+        words.add(_stem(w))
+        # An identifier's parts count too: a question about "chunk overlap" meets `chunk_overlap_tokens`.
+        for part in re.split(r"[._/'-]", w):
+            if part and part != w and part not in STOPWORDS and len(part) > 1:
+                words.add(_stem(part))
+    return words
+
+
+def split_units(text: str, passage: int) -> list[Unit]:
+    units: list[Unit] = []
+    heading = ""
+    header: str | None = None
+    in_code = False
+    lines = text.splitlines()
+    for i, raw in enumerate(lines):
+        line = raw.strip()
+        if line.startswith("```"):
+            in_code = not in_code
+            continue
+        if not line:
+            header = None
+            continue
+        if not in_code and (m := _HEADING.match(line)):
+            heading = m.group(1).strip()
+            continue
+        if line.startswith("|"):
+            if _TABLE_RULE.match(line.lstrip("| ")):
+                continue
+            nxt = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            if header is None and _TABLE_RULE.match(nxt.lstrip("| ")):
+                header = line  # the header row: shown above any of its rows that are kept
+                continue
+            units.append(Unit(passage, len(units), line, header=header, heading=heading))
+            continue
+        header = None
+        if in_code or len(line) < 160:
+            units.append(Unit(passage, len(units), line, heading=heading))
+            continue
+        for sentence in _SENTENCE_END.split(line):
+            if sentence.strip():
+                units.append(Unit(passage, len(units), sentence.strip(), heading=heading))
+    return units
+
+
+def _score(units: list[Unit], question: str) -> None:
+    asked = content_words(question)
+    if not asked:
+        return
+    bags = [content_words(u.text) for u in units]
+    df = Counter(w for bag in bags for w in bag & asked)
+    n = len(units)
+    for u, bag in zip(units, bags, strict=True):
+        hit = bag & asked
+        weight = sum(math.log(1 + n / df[w]) for w in hit)
+        heading_words = content_words(u.heading) & asked - hit
+        weight += 0.3 * sum(math.log(1 + n / max(df[w], 1)) for w in heading_words)
+        # Long units hold more words by chance; a mild length norm, as BM25's.
+        u.score = weight / (0.75 + 0.25 * max(len(bag), 1) / 12)
+
+
+def select_sentences(question: str, passages: list[Passage], max_tokens: int) -> list[Passage]:
+    """The passages with their text cut to the units that bear on the question, within ``max_tokens`` (estimated
+    at 3.5 characters a token), in relevance order of their passages; a passage left with nothing is dropped.
+    Empty when there is nothing to select by (a question with no content word, passages with nothing it asks
+    about): the caller shows the passages whole."""
+    units = [u for n, p in enumerate(passages) for u in split_units(p.chunk.text, n)]
+    if not units:
+        return []
+    _score(units, question)
+    ranked = sorted(units, key=lambda u: (-u.score, u.passage, u.order))
+    if ranked[0].score <= 0:
+        return []
+    budget = max_tokens * CHARS_PER_TOKEN
+    used = 0.0
+    kept: set[tuple[int, int]] = set()
+    by_key = {(u.passage, u.order): u for u in units}
+    for u in ranked:
+        if u.score <= 0:
+            break
+        picks = [u]
+        # A short line ("Yes.", a list item's first line) reads better with the one after it; a table row stands
+        # alone under its header.
+        after = by_key.get((u.passage, u.order + 1))
+        if len(u.text) < 60 and u.header is None and after is not None and after.header is None:
+            picks.append(after)
+        cost = sum(len(p.text) + len(p.header or "") for p in picks if (p.passage, p.order) not in kept)
+        if kept and used + cost > budget:
+            continue
+        used += cost
+        kept.update((p.passage, p.order) for p in picks)
+    out: list[Passage] = []
+    for n, p in enumerate(passages):
+        mine = [u for u in units if u.passage == n and (u.passage, u.order) in kept]
+        if not mine:
+            continue
+        lines: list[str] = []
+        heading = None
+        header = None
+        for u in mine:
+            if u.heading and u.heading != heading:
+                lines.append(f"## {u.heading}")
+                heading = u.heading
+            if u.header and u.header != header:
+                lines.append(u.header)
+            header = u.header
+            lines.append(u.text)
+        out.append(replace(p, chunk=replace(p.chunk, text="\n".join(lines))))
+    return out

@@ -1,0 +1,93 @@
+"""Sentence-level context selection: the lines that bear on the question are kept, under their heading and, for a
+table row, its header; the rest of each passage is left out, within the budget; the prompt of a service set to
+`retrieval.context: sentences` holds the selection while its citations keep the passages whole."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from retrieval.documents import Chunk, Document, Passage
+from retrieval.policies.base import Question
+from retrieval.selection import content_words, select_sentences, split_units
+from services.pipeline import AnswerRequest
+from tests.fakes import ScriptedEngine, scripted_config, scripted_service
+
+pytestmark = pytest.mark.unit
+
+SETTINGS = """## Settings
+The service reads its settings from one YAML file. Every field has a default.
+
+| setting | default | meaning |
+| --- | --- | --- |
+| `retrieval.top_k` | 4 | passages retrieved per step |
+| `cache.ttl_s` | 3600 | how long a cached answer lives |
+| `index.chunk_tokens` | 200 | chunk size in embedder tokens |
+
+The settings file is checked when the service starts, and a wrong value stops it with a clear message."""
+
+TESTS = """## Tests
+Run `make test` to run the whole suite; it installs what is missing first. Run `make test-unit` for the unit
+tests alone, which take about a minute on two cores and need no Redis server."""
+
+
+def passage(text: str, n: int = 0) -> Passage:
+    return Passage(Chunk(chunk_id=n, doc_id=f"doc-{n}", title="Ragyard", text=text, chunk_index=0, start=0), 1.0)
+
+
+def test_units_are_lines_rows_and_sentences_with_their_heading_and_header() -> None:
+    units = split_units(SETTINGS, 0)
+    rows = [u for u in units if u.header]
+    names = [u.text.split("|")[1].strip() for u in rows]
+    assert names == ["`retrieval.top_k`", "`cache.ttl_s`", "`index.chunk_tokens`"]
+    assert all(u.header == "| setting | default | meaning |" and u.heading == "Settings" for u in rows)
+    assert not any(u.text.startswith("| ---") for u in units)  # the rule row is never a unit
+    assert {"retrieval.top_k", "retrieval", "top"} <= content_words("What is retrieval.top_k?")  # and its parts
+
+
+def test_the_rows_and_sentences_asked_about_are_kept_and_the_rest_left_out() -> None:
+    kept = select_sentences("How long does a cached answer live (cache.ttl_s)?", [passage(SETTINGS)], 40)
+    assert len(kept) == 1
+    text = kept[0].chunk.text
+    assert "| `cache.ttl_s` | 3600 |" in text and "| setting | default | meaning |" in text  # the row under its header
+    assert text.startswith("## Settings")  # under its passage's heading
+    assert "chunk_tokens" not in text and "YAML" not in text  # not asked about, and over the budget
+    assert kept[0].chunk.doc_id == "doc-0"  # the passage's identity is kept for its citation
+
+
+def test_a_passage_with_nothing_asked_about_is_dropped() -> None:
+    kept = select_sentences("Which command runs the unit tests alone?", [passage(SETTINGS, 0), passage(TESTS, 1)], 60)
+    assert [p.chunk.doc_id for p in kept] == ["doc-1"]
+    assert "`make test-unit`" in kept[0].chunk.text
+
+
+def test_within_the_budget_and_nothing_when_nothing_matches() -> None:
+    both = [passage(SETTINGS, 0), passage(TESTS, 1)]
+    small = select_sentences("Which settings and tests are there?", both, 40)
+    large = select_sentences("Which settings and tests are there?", both, 400)
+    assert sum(len(p.chunk.text) for p in small) < sum(len(p.chunk.text) for p in large)
+    assert sum(len(p.chunk.text) for p in small) <= 40 * 3.5 + len("## Settings\n## Tests\n") + 40
+    assert select_sentences("Why?", both, 40) == []  # no content word to select by: shown whole
+    assert select_sentences("zebra giraffe", both, 40) == []  # nothing asked about is in them
+
+
+def test_a_service_set_to_sentences_prompts_with_the_selection(tmp_path: Path, hashing_embedder: Any) -> None:
+    engine = ScriptedEngine("`make test-unit` runs them.")
+    config = scripted_config(tmp_path / "index", retrieval={"context": "sentences", "sentence_tokens": 40})
+    svc = scripted_service(config, hashing_embedder, engine)
+    docs = [
+        Document(id="tests", title="Ragyard", text=TESTS),
+        Document(id="settings", title="Ragyard", text=SETTINGS),
+        Document(id="ferry", title="Ferry", text="The Brindle ferry leaves the north pier at nine every morning."),
+    ]
+    asyncio.run(svc.corpus.ingest(docs))
+    record = asyncio.run(svc.answer(AnswerRequest(question=Question(text="Which command runs the unit tests?"))))
+    prompt = engine.prompts[-1]
+    assert "make test-unit" in prompt and "YAML" not in prompt and "chunk size" not in prompt and "ferry" not in prompt
+    # The search took `sentence_candidates` passages (all three); the answer cites the one an excerpt came from.
+    retrieve = next(s for s in record.trace if s["step"] == "retrieve")
+    assert retrieve["top_k"] == 8 and len(retrieve["hits"]) == 3
+    assert [c.document_id for c in record.citations] == ["tests"]
