@@ -277,6 +277,11 @@ def register(sub: Any) -> None:
     p.add_argument("--data", action="append", help="QA JSONL file (repeatable)")
     p.add_argument("--out", required=True)
     p.add_argument("--repeats", type=int, default=200, help="router: timing repeats")
+    p.add_argument(
+        "--leave-one-out",
+        action="store_true",
+        help="router: train on every dataset but one, score the one left out (bench/router_lodo.py)",
+    )
     p.add_argument("--seed", type=int, default=0, help="policies: seed of the train/test split")
     p.add_argument(
         "--limit",

@@ -20,6 +20,10 @@ from bench.harness import percentile, read_rows
 
 def run_bench(what: str, config: AppConfig, args: argparse.Namespace) -> str:
     if what == "router":
+        if args.leave_one_out:
+            from bench.router_lodo import leave_one_dataset_out
+
+            return leave_one_dataset_out(config, args.out, seed=args.seed)
         return bench_router(config, args.data or [], args.out, repeats=args.repeats)
     if what == "policies":
         from bench.bench_policies import POLICY_ORDER, bench_policies
