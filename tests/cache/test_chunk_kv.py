@@ -389,7 +389,9 @@ def test_the_service_reports_chunk_reuse_in_trace_ready_and_metrics(chunk_engine
     from services.pipeline import AnswerRequest, RagService
     from services.pipeline.clients import local_worker
 
-    config = local_service.config
+    # Whole passages: the chunks a prompt holds are the stored ones (sentences are cut for each question).
+    base = local_service.config
+    config = base.model_copy(update={"retrieval": base.retrieval.model_copy(update={"context": "passages"})})
     worker = Worker(config, engine=chunk_engine)
     service = RagService(config, local_service.retriever, {config.default_model.id: local_worker(worker)}, cache=None)
     req = AnswerRequest(question=Question(text="Which engine is the embedded default?"), policy="single", max_tokens=8)
