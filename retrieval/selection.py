@@ -22,13 +22,13 @@ from collections import Counter
 from dataclasses import dataclass, replace
 
 from retrieval.documents import Passage
+from retrieval.prompts import CHARS_PER_TOKEN
 from retrieval.support import STOPWORDS
 
 _SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+(?=[\"'(\[*]?[A-Z0-9`])")
 _WORD = re.compile(r"[a-z0-9_]+(?:[./'-][a-z0-9_]+)*")
 _HEADING = re.compile(r"^#{1,6}\s+(.*)$")
 _TABLE_RULE = re.compile(r"^\|?\s*:?-{2,}")
-CHARS_PER_TOKEN = 3.5
 
 
 @dataclass
@@ -117,7 +117,8 @@ def _score(units: list[Unit], question: str) -> None:
 
 def select_sentences(question: str, passages: list[Passage], max_tokens: int) -> list[Passage]:
     """The passages with their text cut to the units that bear on the question, within ``max_tokens`` (estimated
-    at 3.5 characters a token), in relevance order of their passages; a passage left with nothing is dropped.
+    as the whole passages' budget is: `retrieval.prompts.CHARS_PER_TOKEN`), in relevance order of their passages;
+    a passage left with nothing is dropped.
     Empty when there is nothing to select by (a question with no content word, passages with nothing it asks
     about): the caller shows the passages whole."""
     units = [u for n, p in enumerate(passages) for u in split_units(p.chunk.text, n)]
