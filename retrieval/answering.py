@@ -202,8 +202,7 @@ async def answer_events(
         stats = replace(prepared.answer.stats, prompt_tokens=0, completion_tokens=0)
         llm_calls = prepared.llm_calls_before
     else:
-        # A prompt of excerpts holds no whole passage: only the excerpts are sent for the engine to place.
-        chunks = prompt_chunks([] if prepared.excerpts else prepared.passages, prepared.excerpts)
+        chunks = prompt_chunks(prepared.passages, prepared.excerpts)
         args = (prepared.messages, params, prepared.assistant_prefix, chunks)
         final_generate, final_stream = ctx.generate, ctx.stream
         first = None
