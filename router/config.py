@@ -50,14 +50,24 @@ class RouterConfig(Section):
     quality_table: str | None = Field(
         str(PROJECT_ROOT / "router" / "artifacts" / "quality-v1.json"),
         description="Measured quality per model x policy x class (`ragyard build-quality`). With it, `model: auto` "
-        "and `adaptive` pick the cheapest (model, policy) within quality_margin of the best; None disables that.",
+        "and `adaptive` pick a (model, policy) by quality_per_second (or quality_margin); None disables that.",
+    )
+    quality_per_second: float | None = Field(
+        0.01,
+        ge=0,
+        description="Expected F1 a slower (model, policy) must add per extra second it is expected to take: "
+        "`model: auto` and `adaptive` pick the pair with the highest expected quality - quality_per_second x "
+        "its latency (0.01: one F1 point a second), and the SLA controller the plan with the highest expected "
+        "quality - quality_per_second x its predicted latency (a tier may set its own). None = the cheapest "
+        "pair within quality_margin of the best, and the SLA controller's best quality.",
     )
     quality_margin: float = Field(
         0.03,
         ge=0,
         le=1,
-        description="Share of the best expected F1 the router gives up for a cheaper (model, policy): 0.03 takes "
-        "the cheapest pair expecting at least 97% of the best; 0 = always the best.",
+        description="With quality_per_second None: the share of the best expected F1 the router gives up for a "
+        "cheaper (model, policy): 0.03 takes the cheapest pair expecting at least 97% of the best; 0 = always "
+        "the best.",
     )
 
     cascade: CascadeConfig = Field(default_factory=CascadeConfig, description="The confidence cascade.")

@@ -1,6 +1,7 @@
-"""The SLA budget controller: for each request, the plan with the best expected quality whose
-predicted latency, TTFT and cost fit the request's SLO and its tenant's remaining budget (ties go to
-the cheaper plan); under overload it degrades lower tiers first, then sheds with 429 + Retry-After.
+"""The SLA budget controller: for each request, the plan with the best expected quality net of its predicted
+latency (``router.quality_per_second`` or the tier's, the router's rule) whose predicted latency, TTFT and cost
+fit the request's SLO and its tenant's remaining budget (ties go to the cheaper plan); under overload it degrades
+lower tiers first, then sheds with 429 + Retry-After.
 
 Inputs per plan (policy × model × speculation, with the chunk-KV cache where the worker has it):
   - latency and TTFT p95 service times and token means from `Estimator` (per query class),
@@ -213,9 +214,11 @@ class SlaController:
             speculative=chosen.key.speculative,
             chunk_cache=chosen.key.chunk_cache,
         )
+        rate = self.planner.per_second(slo)
         reason = (
             f"tier {slo.tier!r}: {chosen.label()} has the best expected quality ({chosen.quality:.3f}) "
-            f"within {slo.latency_ms} ms (predicted {chosen.pred_latency:.2f} s)"
+            + (f"net of {rate:g} a second " if rate else "")
+            + f"within {slo.latency_ms} ms (predicted {chosen.pred_latency:.2f} s)"
         )
         if choice.degraded:
             reason += f"; degraded under load from {choice.unloaded}"

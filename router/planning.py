@@ -167,12 +167,24 @@ class Planner:
         return best
 
     @staticmethod
-    def best(candidates: list[Candidate]) -> Candidate:
-        """The best expected quality; plans within QUALITY_TIE of it tie, and the tie goes to the cheaper,
-        then the faster plan. (Rounding qualities into buckets would not: 0.5024 and 0.5026 fall in two.)"""
-        top = max(c.quality for c in candidates)
-        tied = [c for c in candidates if c.quality >= top - QUALITY_TIE - 1e-12]
+    def best(candidates: list[Candidate], per_second: float = 0.0) -> Candidate:
+        """The best expected quality net of ``per_second`` × the predicted latency (the router's rule: a slower
+        plan must buy at least ``per_second`` of expected F1 per extra second); plans within QUALITY_TIE of the
+        best tie, and the tie goes to the cheaper, then the faster plan. (Rounding qualities into buckets would
+        not: 0.5024 and 0.5026 fall in two.)"""
+
+        def net(c: Candidate) -> float:
+            return c.quality - per_second * c.pred_latency
+
+        top = max(net(c) for c in candidates)
+        tied = [c for c in candidates if net(c) >= top - QUALITY_TIE - 1e-12]
         return max(tied, key=lambda c: (-c.expected_cost - c.expected_tokens * 1e-9, -c.pred_latency, c.quality))
+
+    def per_second(self, slo: RequestSlo) -> float:
+        """The quality a second of predicted latency must buy for this request: its tier's, else the router's."""
+        if slo.quality_per_second is not None:
+            return slo.quality_per_second
+        return self.config.router.quality_per_second or 0.0
 
     def choose(
         self,
@@ -255,8 +267,9 @@ class Planner:
                 retry_after=seconds_to_reset(period or "day"),
             )
         if eligible:
-            chosen = self.best(eligible)
-            best_unloaded = self.best(unloaded) if unloaded else chosen
+            rate = self.per_second(slo)
+            chosen = self.best(eligible, rate)
+            best_unloaded = self.best(unloaded, rate) if unloaded else chosen
             if best_unloaded.key != chosen.key:
                 return Choice(chosen, described, degraded=True, unloaded=best_unloaded.label())
             return Choice(chosen, described)

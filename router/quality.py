@@ -8,10 +8,15 @@ that does so with that policy; where nothing answers it, the dataset's inductive
 (single-hop → B, multi-hop → C).
 
 Routing (RouteLLM's cascade, inside the plan): among the candidate (model, policy) pairs, the expected
-quality of each is Σ_c P(c | question) × table[model][policy][c]; the cheapest pair whose expected
-quality is at least ``(1 - margin)`` of the best wins. The margin is relative, as the targets are
-("97% of the best F1"): on a hard class every pair expects little, and an absolute margin of a few points
-there would admit a pair that expects half of the best.
+quality of each is Σ_c P(c | question) × table[model][policy][c]. Two rules pick among them:
+
+- by gain per second (``per_second`` set, the default): the pair with the highest expected quality net of its
+  time, ``quality - per_second × latency_s``. A slower pair wins only where each extra second buys at least
+  ``per_second`` of expected F1, so `multi` must earn its time rather than win on a point of F1 at six times
+  the latency;
+- by margin: the cheapest pair whose expected quality is at least ``(1 - margin)`` of the best. The margin is
+  relative, as the targets are ("97% of the best F1"): on a hard class every pair expects little, and an
+  absolute margin of a few points there would admit a pair that expects half of the best.
 """
 
 from __future__ import annotations
@@ -267,10 +272,17 @@ class QualityTable:
         return float(self.cost[model][policy]["latency_s"])
 
     def choose(
-        self, models: list[str], policies: list[str], probs: dict[str, float], margin: float
+        self,
+        models: list[str],
+        policies: list[str],
+        probs: dict[str, float],
+        margin: float,
+        per_second: float | None = None,
     ) -> tuple[Choice, list[Choice]]:
-        """The cheapest (model, policy) whose expected quality is at least ``(1 - margin)`` × the best;
-        every pair considered, with why each other one lost. Raises ValueError when no pair is in the table."""
+        """With ``per_second``, the (model, policy) with the highest ``expected quality - per_second ×
+        latency_s`` (ties to the faster); else the cheapest whose expected quality is at least ``(1 - margin)``
+        × the best. Every pair considered comes back, with why each other one lost. Raises ValueError when no
+        pair is in the table."""
         pairs = [
             Choice(m, p, self.expected(m, p, probs), self.latency(m, p))
             for m in models
@@ -279,6 +291,8 @@ class QualityTable:
         ]
         if not pairs:
             raise ValueError("the quality table has none of these model × policy pairs")
+        if per_second is not None:
+            return self._by_gain(pairs, per_second), pairs
         best = max(c.quality for c in pairs)
         floor = best * (1.0 - margin) - 1e-12
         eligible = [c for c in pairs if c.quality >= floor]
@@ -293,6 +307,31 @@ class QualityTable:
                     f"slower ({c.latency_s:.2f} s) than {chosen.model}/{chosen.policy} ({chosen.latency_s:.2f} s)"
                 )
         return chosen, pairs
+
+    @staticmethod
+    def _by_gain(pairs: list[Choice], per_second: float) -> Choice:
+        def net(c: Choice) -> float:
+            return c.quality - per_second * c.latency_s
+
+        chosen = max(pairs, key=lambda c: (round(net(c), 9), -c.latency_s))
+        for c in pairs:
+            if c is chosen:
+                continue
+            extra_s = c.latency_s - chosen.latency_s
+            gain = c.quality - chosen.quality
+            if extra_s > 0 and gain > 0:
+                c.why_not = (
+                    f"{extra_s:.2f} s slower than {chosen.model}/{chosen.policy} for {gain:.3f} more expected "
+                    f"quality: {gain / extra_s:.4f} a second, below {per_second:g}"
+                )
+            elif extra_s > 0:
+                c.why_not = f"slower ({c.latency_s:.2f} s) and no better than {chosen.model}/{chosen.policy}"
+            else:
+                c.why_not = (
+                    f"expects {chosen.quality - c.quality:.3f} less than {chosen.model}/{chosen.policy}, "
+                    f"more than its {-extra_s:.2f} s saved is worth at {per_second:g} a second"
+                )
+        return chosen
 
     # -- artifact ------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

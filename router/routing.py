@@ -1,7 +1,8 @@
 """Picks the plan for a question: the request's explicit choices, the configured defaults, and for
-`adaptive` and `model: auto` the measured quality table (router/quality.py): the cheapest
-(model, policy) whose expected quality under the classifier's class probabilities is within
-``router.quality_margin`` of the best. Without a table, `adaptive` maps the class to a policy
+`adaptive` and `model: auto` the measured quality table (router/quality.py): the (model, policy) whose
+expected quality under the classifier's class probabilities, net of ``router.quality_per_second`` × its
+latency, is the highest (or, with that unset, the cheapest within ``router.quality_margin`` of the best).
+Without a table, `adaptive` maps the class to a policy
 (A → none, B → single, C → multi or dragin) and `auto` is the first configured model."""
 
 from __future__ import annotations
@@ -154,11 +155,17 @@ class ConfigRouter:
             complexity = complexity.model_copy(update={"policy": chosen["policy"]})
             cls = complexity.cls
             probs = complexity.probabilities or {}
+            rule = (
+                f"the best of {len(routing['candidates'])} candidates net of {routing['per_second']:g} a second"
+                if routing.get("per_second") is not None
+                else f"the cheapest of {len(routing['candidates'])} candidates expecting at least "
+                f"{1 - routing['margin']:.0%} of the best quality"
+            )
             reasons.append(
                 (f"class {cls} (p={probs[cls]:.2f})" if cls else "class prior (no classifier)")
-                + f": {chosen['model']}/{chosen['policy']} is the cheapest of {len(routing['candidates'])} "
-                f"candidates expecting at least {1 - routing['margin']:.0%} of the best quality "
-                f"({chosen['expected_quality']:.3f} vs {routing['best_quality']:.3f}, table {routing['table']})"
+                + f": {chosen['model']}/{chosen['policy']} is {rule} "
+                f"({chosen['expected_quality']:.3f} in {chosen['expected_latency_s']:.2f} s; best quality "
+                f"{routing['best_quality']:.3f}, table {routing['table']})"
             )
         elif policy == ADAPTIVE and complexity is not None:
             if complexity.cls is None:
@@ -218,11 +225,14 @@ class ConfigRouter:
             else [policy]
         )
         try:
-            chosen, pairs = self.quality.choose(models, policies, probs, self.config.router.quality_margin)
+            chosen, pairs = self.quality.choose(
+                models, policies, probs, self.config.router.quality_margin, self.config.router.quality_per_second
+            )
         except ValueError:
             return None
         return {
             "table": self.quality.version,
+            "per_second": self.config.router.quality_per_second,
             "margin": self.config.router.quality_margin,
             "probabilities": probs,
             "best_quality": round(max(c.quality for c in pairs), 4),

@@ -55,6 +55,13 @@ class TierPolicy(_Strict):
     )
     max_cost_per_request: float | None = Field(None, gt=0, description="Cost cap in money (needs `prices`).")
     quality_floor: QualityFloor = Field(default_factory=QualityFloor)
+    quality_per_second: float | None = Field(
+        None,
+        ge=0,
+        description="Expected F1 a slower plan must add per extra second of predicted latency to be chosen over a "
+        "faster one (0 = the best expected quality whatever it takes within the target); None = "
+        "router.quality_per_second.",
+    )
 
     @model_validator(mode="after")
     def _ttft(self) -> TierPolicy:

@@ -27,6 +27,7 @@ class RequestSlo:
     max_cost: float | None
     floor: QualityFloor
     overrides: dict[str, Any] = field(default_factory=dict)
+    quality_per_second: float | None = None  # the tier's; None = router.quality_per_second
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -128,4 +129,5 @@ def resolve(policy: SlaPolicy, tenant: str | None, headers: Mapping[str, str]) -
         max_cost=max_cost,
         floor=tier.quality_floor,
         overrides=overrides,
+        quality_per_second=tier.quality_per_second,
     )

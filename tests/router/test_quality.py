@@ -95,6 +95,34 @@ def test_choose_is_the_cheapest_within_the_margin() -> None:
         q.choose(["other"], ["none"], {"A": 1.0}, 0.0)
 
 
+def test_choose_by_gain_per_second_makes_the_slower_pair_earn_its_time() -> None:
+    """Class B: BIG single expects 0.5 in 2 s, BIG multi 0.3 in 8 s, SMALL none 0 in 0.5 s, SMALL single 0.1."""
+    q = QualityTable.from_content(build_table(RUNS))
+    pairs = (["none", "single", "multi"], {"A": 0.0, "B": 1.0, "C": 0.0})
+    chosen, others = q.choose([SMALL, BIG], *pairs, 0.0, per_second=0.01)
+    assert (chosen.model, chosen.policy) == (BIG, "single")
+    multi = next(c for c in others if (c.model, c.policy) == (BIG, "multi"))
+    assert "(8.00 s) and no better than" in (multi.why_not or "")
+    # Class C: multi expects 0.5 in 8 s against single's 0 in 2 s: 0.083 F1 a second. Worth it at 0.05 a second,
+    # not at 0.1; and a price of 0 is the best quality whatever it takes.
+    probs = {"A": 0.0, "B": 0.0, "C": 1.0}
+    table = q.table
+    gain = (table[BIG]["multi"]["C"] - table[BIG]["single"]["C"]) / (q.latency(BIG, "multi") - q.latency(BIG, "single"))
+    assert 0.05 < gain < 0.1
+    assert q.choose([BIG], ["single", "multi"], probs, 0.0, per_second=0.05)[0].policy == "multi"
+    cheap, others = q.choose([BIG], ["single", "multi"], probs, 0.0, per_second=0.1)
+    assert (cheap.model, cheap.policy) == (BIG, "single")
+    lost = next(c for c in others if (c.model, c.policy) == (BIG, "multi"))
+    assert f"{gain:.4f} a second, below 0.1" in (lost.why_not or "")
+    assert q.choose([SMALL, BIG], ["single", "multi"], probs, 0.0, per_second=0.0)[0].policy == "multi"
+    # A huge price buys the fastest pair, and a faster pair that lost says what its saving was worth.
+    fastest, others = q.choose([SMALL, BIG], *pairs, 0.0, per_second=10.0)
+    assert fastest.latency_s == min(c.latency_s for c in [fastest, *others])
+    chosen, others = q.choose([SMALL, BIG], *pairs, 0.0, per_second=0.01)
+    faster = next(c for c in others if (c.model, c.policy) == (SMALL, "none"))
+    assert "more than its" in (faster.why_not or "") and "saved is worth at 0.01 a second" in (faster.why_not or "")
+
+
 def test_artifact_round_trip_and_refusals(tmp_path: Path) -> None:
     path = QualityTable.from_content(build_table(RUNS)).save(tmp_path / "q.json")
     assert QualityTable.load(path).table == build_table(RUNS)["table"]
@@ -136,7 +164,9 @@ def test_auto_and_adaptive_route_by_the_table() -> None:
     d = r.route("q", model="auto", policy="adaptive", embedding=emb)
     assert (d.plan.model, d.plan.policy, d.plan.complexity.policy) == (BIG, "adaptive", "single")
     assert d.plan.routing is not None and d.plan.routing["chosen"]["model"] == BIG
-    assert len(d.plan.routing["candidates"]) == 6 and "cheapest of 6 candidates" in d.reason
+    assert len(d.plan.routing["candidates"]) == 6 and "best of 6 candidates net of 0.01 a second" in d.reason
+    d = ladder_router("B", quality_per_second=None).route("q", model="auto", policy="adaptive", embedding=emb)
+    assert "cheapest of 6 candidates expecting at least 97%" in d.reason and d.plan.routing["per_second"] is None
     # Class A: SmolLM2 without retrieval is as good, and cheaper.
     d = ladder_router("A").route("q", model="auto", policy="adaptive", embedding=emb)
     assert (d.plan.model, d.plan.complexity.policy) == (SMALL, "none")

@@ -467,6 +467,28 @@ def test_model_quality_table_lets_the_stronger_model_win_on_quality_and_the_chea
     assert ctl.quality_table(store.policy)["by_model"] == table
 
 
+def test_a_slower_plan_must_buy_its_seconds_at_the_tiers_rate() -> None:
+    """The router's rule in the controller: the best expected quality net of quality_per_second x the predicted
+    latency. Class C on the standard tier (20 s): multi expects 0.5 in 9 s, single 0.2 in 3 s, none 0.05 in 1 s
+    (QUALITY): multi buys 0.05 F1 a second over single."""
+
+    def plan(rate: float | None, cls: str) -> Any:
+        standard = {"priority": 2, "latency_ms": 20000, **({} if rate is None else {"quality_per_second": rate})}
+        ctl = _controller({**POLICY, "tiers": {**POLICY["tiers"], "standard": standard}})
+        for policy, seconds in (("none", 1.0), ("single", 3.0), ("multi", 9.0)):
+            _teach(ctl, policy, seconds)
+        return _decide(ctl, tenant=None, cls=cls, dry_run=True)
+
+    d = plan(None, "C")  # the tier sets none: router.quality_per_second, 0.01 by default
+    assert d.plan.policy == "multi" and "net of 0.01 a second" in d.reason
+    # single's 0.2 - 0.18 beats none's 0.05 - 0.06 and multi's 0.5 - 0.54
+    d = plan(0.06, "C")
+    assert d.plan.policy == "single" and "net of 0.06 a second" in d.reason
+    # A rate of 0 is the best expected quality whatever it takes within the target.
+    d = plan(0, "B")
+    assert d.plan.policy == "single" and "net of" not in d.reason
+
+
 def test_qualities_within_the_tie_margin_go_to_the_cheaper_plan() -> None:
     from router.eligibility import Candidate
     from router.estimates import Estimate
