@@ -35,6 +35,10 @@ class Ran:
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Of those, what the confidence cascade's next model ran (billed at its price), and which model that was.
+    escalated_to: str | None = None
+    escalation_prompt_tokens: int = 0
+    escalation_completion_tokens: int = 0
 
 
 def _counting(ctx: PolicyContext, ran: Ran) -> PolicyContext:
@@ -211,7 +215,7 @@ async def answer_events(
             ran.prompt_tokens, ran.completion_tokens = prepared.prompt_tokens_before, prepared.completion_tokens_before
             if escalate:
                 final_generate, final_stream = ctx.escalation.generate, ctx.escalation.stream
-                answered_by = ctx.escalation.model
+                answered_by = ran.escalated_to = ctx.escalation.model
         if (ev := emit(prepared.assistant_prefix)) is not None:
             yield ev
         if first is not None and answered_by is None:
@@ -224,6 +228,9 @@ async def answer_events(
                 if chunk.prompt_tokens or chunk.completion_tokens:
                     ran.prompt_tokens = prepared.prompt_tokens_before + chunk.prompt_tokens
                     ran.completion_tokens = prepared.completion_tokens_before + chunk.completion_tokens
+                    if answered_by is not None:
+                        ran.escalation_prompt_tokens = chunk.prompt_tokens
+                        ran.escalation_completion_tokens = chunk.completion_tokens
                 if (ev := emit(chunk.text, chunk.logprobs)) is not None:
                     yield ev
                 if chunk.finish_reason is not None:
@@ -238,6 +245,9 @@ async def answer_events(
         llm_calls = prepared.llm_calls_before + (0 if first is not None and answered_by is None else 1)
         ran.prompt_tokens = prepared.prompt_tokens_before + stats.prompt_tokens
         ran.completion_tokens = prepared.completion_tokens_before + stats.completion_tokens
+        if first is not None and answered_by is not None:
+            ran.escalation_prompt_tokens = stats.prompt_tokens
+            ran.escalation_completion_tokens = stats.completion_tokens
         if first is None or answered_by is not None:
             prepared.steps.append(
                 {"step": "generate", "completion_tokens": stats.completion_tokens, "finish_reason": finish}

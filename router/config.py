@@ -34,6 +34,28 @@ class CascadeConfig(Section):
         "answer that restates the question, names what no passage holds or says it does not know). "
         "`ragyard calibrate-cascade --escalate-share S` picks it on training questions.",
     )
+    escalate_share: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="The share of first answers expected to escalate at min_confidence (the share "
+        "calibrate-cascade was asked for). The SLA controller prices a cascade by it: a plan gets its second "
+        "step when its predicted latency plus this share x the next model's fits the tier's target.",
+    )
+
+
+def escalation_target(cascade: CascadeConfig, model_ids: Sequence[str], model_id: str) -> str | None:
+    """The model ``model_id``'s answers escalate to in the confidence cascade (None: no cascade, or it is the
+    ladder's last): ``cascade.to``'s choice, else the next configured model."""
+    if not cascade.enabled:
+        return None
+    ids = list(model_ids)
+    if model_id in cascade.to:
+        target = cascade.to[model_id]
+    else:
+        at = ids.index(model_id) if model_id in ids else len(ids)
+        target = ids[at + 1] if at + 1 < len(ids) else ""
+    return target if target in ids and target != model_id else None
 
 
 class RouterConfig(Section):

@@ -161,11 +161,13 @@ class SlaController:
                 self.load.advance()
                 choice = self.planner.choose(policy, slo, probs, cls, pinned_policy, pinned_model, remaining)
                 chosen = choice.chosen
+                # A request that names its model is never escalated, as with the controller off.
+                cascade = self.planner.cascade(policy, slo, chosen, cls, remaining) if pinned_model is None else None
                 if dry_run:
                     break
                 job = self.load.admit(chosen.key.model, slo.priority, chosen.est.median_s, slo.latency_ms / 1000)
             try:
-                period, granted = await self._reserve(policy, slo, chosen, ticket_id)
+                period, granted = await self._reserve(policy, slo, chosen, cascade, ticket_id)
             except BaseException:
                 with self._lock:
                     self.load.finish(job.id)
@@ -213,6 +215,7 @@ class SlaController:
             complexity=complexity,
             speculative=chosen.key.speculative,
             chunk_cache=chosen.key.chunk_cache,
+            escalate_to=cascade["to"] if cascade is not None and cascade["planned"] else None,
         )
         rate = self.planner.per_second(slo)
         reason = (
@@ -222,6 +225,13 @@ class SlaController:
         )
         if choice.degraded:
             reason += f"; degraded under load from {choice.unloaded}"
+        if cascade is not None:
+            reason += (
+                f"; cascade: {cascade['to']!r} answers again below confidence "
+                f"{self.config.router.cascade.min_confidence} (expected {cascade['expected_latency_s']:.2f} s)"
+                if cascade["planned"]
+                else f"; no cascade to {cascade['to']!r}: {cascade['why_not']}"
+            )
         if choice.best_effort:
             reason = (
                 f"tier {slo.tier!r}: no plan meets {slo.latency_ms} ms even unloaded; the fastest, {chosen.label()}"
@@ -235,6 +245,7 @@ class SlaController:
             calibration=round(self.calibration(slo.priority), 3),
             candidates=choice.candidates,
             policy_version=self.store.version,
+            cascade={k: v for k, v in cascade.items() if k != "worst_micros"} if cascade is not None else None,
         )
         return RouteDecision(plan=plan, reason=reason, sla=admission)
 
@@ -249,7 +260,12 @@ class SlaController:
         rc = None if b.cost is None else round(b.cost * MICRO) - usage.spent_micros - usage.reserved_micros
         return rt, rc, b.period
 
-    async def _reserve(self, policy: SlaPolicy, slo: RequestSlo, c: Candidate, ticket: str) -> tuple[str | None, bool]:
+    async def _reserve(
+        self, policy: SlaPolicy, slo: RequestSlo, c: Candidate, cascade: dict[str, Any] | None, ticket: str
+    ) -> tuple[str | None, bool]:
+        if cascade is not None and cascade["planned"]:
+            # The cascade's second step is in the worst case: one more call of the next model.
+            return await self._hold(policy, slo.tenant, ticket, cascade["worst_case_tokens"], cascade["worst_micros"])
         return await self._hold(policy, slo.tenant, ticket, c.worst_tokens, c.worst_micros)
 
     async def _hold(
@@ -318,7 +334,7 @@ class SlaController:
         with self._lock:
             met = self._learn(ticket, job, outcome, tokens, micros)
         if self.shared is not None:
-            learned = outcome.ok and not outcome.cache_hit
+            learned = outcome.ok and not outcome.cache_hit and not outcome.escalated_to
             ratio = [(ticket.slo.priority, outcome.latency_s, ticket.predicted_s)] if learned else []
             await self.shared.retract(ticket_id, ratio)
         return Settlement(met=met, budget=charged)
@@ -333,9 +349,12 @@ class SlaController:
             SPENT_COST.labels(ticket.slo.tenant).inc(micros / MICRO)
         latency = outcome.latency_s
         ttft = latency if outcome.ttft_s is None else outcome.ttft_s
-        if ok and not outcome.cache_hit and ticket.predicted_s > 0:
+        # An escalated answer's time holds the next model's step too: it teaches neither the plan's service time
+        # nor the calibration of its prediction (the plan's own step is learned from the answers that stood).
+        learns = ok and not outcome.cache_hit and not outcome.escalated_to
+        if learns and ticket.predicted_s > 0:
             self.calibrator.observe(ticket.slo.priority, latency, ticket.predicted_s)
-        if ok and not outcome.cache_hit and job is not None and latency > 0:
+        if learns and job is not None and latency > 0:
             share = min(1.0, job.attained / latency) if job.attained > 0 else 1.0
             self.estimator.observe(
                 ticket.key,
@@ -382,7 +401,7 @@ class SlaController:
                 outcome = Outcome.model_validate(raw)
                 tokens, micros = charge(policy, ticket.key.model, outcome)
                 self._learn(ticket, ended, outcome, tokens, micros)
-                if outcome.ok and not outcome.cache_hit:
+                if outcome.ok and not outcome.cache_hit and not outcome.escalated_to:
                     learned.append((ticket.slo.priority, outcome.latency_s, ticket.predicted_s))
             # The shared ratios, and the ones learned just now (on their way to the shared list).
             self.calibrator.replace(view.ratios + [(0.0, p, o / e) for p, o, e in learned if e > 0])

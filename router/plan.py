@@ -132,6 +132,11 @@ class Admission(BaseModel):
     calibration: float = Field(description="Observed over predicted latency at this priority.")
     candidates: list[CandidateView] = Field(description="Every plan considered, and why each lost.")
     policy_version: int = Field(description="The SLA policy's version in force.")
+    cascade: dict[str, Any] | None = Field(
+        None,
+        description="With the confidence cascade on and no model named: the next model, the latency its second "
+        "step is expected to add (escalate_share x its predicted latency) and whether the plan got it, and why not.",
+    )
 
     @model_serializer(mode="wrap")
     def _omit_unset_overrides(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -160,6 +165,11 @@ class Outcome(BaseModel):
     )
     cache_hit: bool = Field(False, description="Whether the answer came from the response cache.")
     model: str = Field("", description="The model that answered (priced when the router has no ticket of it).")
+    escalated_to: str | None = Field(
+        None, description="The cascade's next model, when the first answer escalated to it (its tokens priced apart)."
+    )
+    escalation_prompt_tokens: int = Field(0, ge=0, description="Of prompt_tokens, those escalated_to ran.")
+    escalation_completion_tokens: int = Field(0, ge=0, description="Of completion_tokens, those escalated_to ran.")
     ttft_s: float | None = Field(None, ge=0, description="Seconds to the first token; None: latency_s.")
 
 

@@ -17,9 +17,9 @@ from typing import Any
 
 from core.capabilities import CHUNK_CACHE, SPEC_PER_REQUEST
 from retrieval.policies.registry import choosable_policies, get_policy, policy_rank
-from router.budgets import seconds_to_reset
+from router.budgets import MICRO, seconds_to_reset
 from router.calibration import LatencyCalibration
-from router.config import RouterSettings
+from router.config import RouterSettings, escalation_target
 from router.eligibility import (
     BUDGET_RULES,
     CAP_RULES,
@@ -179,6 +179,60 @@ class Planner:
         top = max(net(c) for c in candidates)
         tied = [c for c in candidates if net(c) >= top - QUALITY_TIE - 1e-12]
         return max(tied, key=lambda c: (-c.expected_cost - c.expected_tokens * 1e-9, -c.pred_latency, c.quality))
+
+    def cascade(
+        self,
+        policy: SlaPolicy,
+        slo: RequestSlo,
+        chosen: Candidate,
+        cls: str | None,
+        remaining: tuple[int | None, int | None, str | None],
+    ) -> dict[str, Any] | None:
+        """Whether the chosen plan also gets the confidence cascade's second step, priced as the router's cascade
+        runs it: the next model answers again over the same passages for ``escalate_share`` of the requests, so
+        the plan is expected to take its own predicted latency plus that share of the next model's (same policy,
+        under its load), and its worst case grows by one call of the next model. It gets the step when that
+        expected latency fits the request's target, the grown worst case its cost cap, and the tenant's budget
+        the grown reservation. None: no cascade is configured for this model."""
+        cfg = self.config.router.cascade
+        target = escalation_target(cfg, [m.id for m in self.config.models], chosen.key.model)
+        if target is None:
+            return None
+        out: dict[str, Any] = {"to": target, "escalate_share": cfg.escalate_share}
+        if slo.floor.models is not None and target not in slo.floor.models:
+            return {**out, "planned": False, "why_not": f"tier {slo.tier!r} does not allow {target!r}"}
+        m = self.config.model(target)
+        chunk_cache = m.chunk_cache.enabled and CHUNK_CACHE in m.capabilities
+        key = PlanKey(chosen.key.policy, target, m.speculative is not None, chunk_cache)
+        est = self.estimator.predict(key, cls)
+        step_s = est.latency_s + self.load.wait(target, est.latency_s, priority=slo.priority)
+        expected_s = chosen.pred_latency + cfg.escalate_share * step_s
+        dearest = max(policy.price(target).prompt_per_1m, policy.price(target).completion_per_1m)
+        worst_tokens = chosen.worst_tokens + m.max_model_len
+        worst_micros = chosen.worst_micros + math.ceil(m.max_model_len * dearest)
+        out |= {
+            "step_latency_s": round(step_s, 3),
+            "expected_latency_s": round(expected_s, 3),
+            "worst_case_tokens": worst_tokens,
+        }
+        remaining_tokens, remaining_micros, _period = remaining
+        why_not = None
+        if expected_s * 1000 > slo.latency_ms:
+            why_not = (
+                f"the plan's {chosen.pred_latency:.2f} s and {cfg.escalate_share:.0%} of {target}'s {step_s:.2f} s "
+                f"expect {expected_s:.2f} s, over the {slo.latency_ms} ms target"
+            )
+        elif slo.max_tokens is not None and worst_tokens > slo.max_tokens:
+            why_not = f"its worst case, {worst_tokens} tokens, is over the request's cap of {slo.max_tokens}"
+        elif slo.max_cost is not None and worst_micros > slo.max_cost * MICRO:
+            why_not = "its worst case is over the request's cost cap"
+        elif (remaining_tokens is not None and worst_tokens > remaining_tokens) or (
+            remaining_micros is not None and worst_micros > remaining_micros
+        ):
+            why_not = "the tenant's remaining budget does not cover its worst case"
+        if why_not is not None:
+            return {**out, "planned": False, "why_not": why_not}
+        return {**out, "planned": True, "worst_micros": worst_micros}
 
     def per_second(self, slo: RequestSlo) -> float:
         """The quality a second of predicted latency must buy for this request: its tier's, else the router's."""

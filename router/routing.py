@@ -17,7 +17,7 @@ import numpy as np
 from retrieval.errors import UnknownPolicyError
 from retrieval.policies.registry import ADAPTIVE, available_policies, choosable_policies, label_ladder
 from router.classifier import ComplexityClassifier
-from router.config import RouterSettings
+from router.config import RouterSettings, escalation_target
 from router.errors import RouterArtifactError, UnknownModelError
 from router.plan import Complexity, Plan, RouteDecision
 from router.quality import QualityTable
@@ -198,16 +198,7 @@ class ConfigRouter:
     def escalation(self, model_id: str) -> str | None:
         """The model ``model_id``'s answers escalate to in the confidence cascade (None: no cascade, or it is
         the ladder's last)."""
-        cascade = self.config.router.cascade
-        if not cascade.enabled:
-            return None
-        ids = [m.id for m in self.config.models]
-        if model_id in cascade.to:
-            target = cascade.to[model_id]
-        else:
-            at = ids.index(model_id) if model_id in ids else len(ids)
-            target = ids[at + 1] if at + 1 < len(ids) else ""
-        return target if target in ids and target != model_id else None
+        return escalation_target(self.config.router.cascade, [m.id for m in self.config.models], model_id)
 
     def _route_by_quality(self, complexity: Complexity, pinned_model: str | None, policy: str) -> dict[str, Any] | None:
         """The quality table's choice among the candidate (model, policy) pairs, or None without one."""

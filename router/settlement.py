@@ -23,16 +23,27 @@ EXPIRE_EVERY_S = 5.0
 
 
 def charge(policy: SlaPolicy, model: str, outcome: Outcome) -> tuple[int, int]:
-    """Tokens and micro-units to charge for an outcome: what the model ran for it, delivered or not; a
-    cached answer its original tokens times the policy's `cache_charge`. (The ledger caps both at the
-    reservation.)"""
-    prompt, completion = outcome.prompt_tokens, outcome.completion_tokens
-    if outcome.cache_hit:
-        prompt = math.ceil(prompt * policy.cache_charge)
-        completion = math.ceil(completion * policy.cache_charge)
-    price = policy.price(model) if model else None
-    micros = math.ceil(prompt * price.prompt_per_1m + completion * price.completion_per_1m) if price else 0
-    return prompt + completion, micros
+    """Tokens and micro-units to charge for an outcome: what the model ran for it, delivered or not (a cascade's
+    second answer at the next model's price); a cached answer its original tokens times the policy's
+    `cache_charge`. (The ledger caps both at the reservation.)"""
+    parts = [(model, outcome.prompt_tokens, outcome.completion_tokens)]
+    if outcome.escalated_to:
+        # The cascade's second answer is the next model's tokens, at its price.
+        up_prompt = min(outcome.escalation_prompt_tokens, outcome.prompt_tokens)
+        up_completion = min(outcome.escalation_completion_tokens, outcome.completion_tokens)
+        parts = [
+            (model, outcome.prompt_tokens - up_prompt, outcome.completion_tokens - up_completion),
+            (outcome.escalated_to, up_prompt, up_completion),
+        ]
+    tokens = cost = 0.0
+    for who, prompt, completion in parts:
+        if outcome.cache_hit:
+            prompt = math.ceil(prompt * policy.cache_charge)
+            completion = math.ceil(completion * policy.cache_charge)
+        tokens += prompt + completion
+        price = policy.price(who) if who else None
+        cost += prompt * price.prompt_per_1m + completion * price.completion_per_1m if price else 0.0
+    return int(tokens), math.ceil(cost)
 
 
 class Settlements:

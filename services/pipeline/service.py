@@ -181,12 +181,19 @@ class RagService:
         assert decision.sla is not None and decision.sla.ticket is not None
         ticket = decision.sla.ticket
         latency = time.perf_counter() - started
+        # The cascade's second answer, when it ran: its tokens are billed at its model's price.
+        escalation = {
+            "escalated_to": ran.escalated_to,
+            "escalation_prompt_tokens": ran.escalation_prompt_tokens,
+            "escalation_completion_tokens": ran.escalation_completion_tokens,
+        }
         outcome = Outcome(
             ok=False,
             latency_s=latency,
             prompt_tokens=ran.prompt_tokens,
             completion_tokens=ran.completion_tokens,
             model=decision.plan.model,
+            **escalation,
         )
         if record is not None:
             outcome = Outcome(
@@ -198,6 +205,7 @@ class RagService:
                 cache_hit=record.cache.response in ("hit", "semantic"),
                 ttft_s=ttft_s if ttft_s is not None else max(0.0, latency - record.timings.get("decode_s", 0.0)),
                 model=decision.plan.model,
+                **escalation,
             )
         # Shielded: a client that leaves cancels the request's task, and the report must go in all the same
         # (else the reservation waits out its lease and the tokens the model ran are never charged).

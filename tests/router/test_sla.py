@@ -489,6 +489,65 @@ def test_a_slower_plan_must_buy_its_seconds_at_the_tiers_rate() -> None:
     assert d.plan.policy == "single" and "net of" not in d.reason
 
 
+def test_a_cascade_is_planned_where_its_expected_second_step_fits_and_is_billed_at_its_models_price() -> None:
+    """With the cascade on, a plan of the small model gets the next model's second step when its predicted latency
+    plus escalate_share x the next model's fits the target; the reservation covers the step's worst case; an
+    escalated answer's tokens are charged at the next model's price and teach neither plan's latency."""
+    big = "qwen2.5-coder-0.5b-instruct"
+    config = load_config(
+        {
+            "sla": {"enabled": True},
+            "models": [{"id": MODEL}, {"id": big}],
+            "router": {"cascade": {"enabled": True, "escalate_share": 0.5}},
+        }
+    )
+    prices = {
+        MODEL: {"prompt_per_1m": 1.0, "completion_per_1m": 1.0},
+        big: {"prompt_per_1m": 10.0, "completion_per_1m": 10.0},
+    }
+    store = PolicyStore(None)
+    store._policy = parse_policy({**POLICY, "prices": prices})
+    ctl = SlaController(config, store, MemoryLedger(), quality=QUALITY, priors=PRIORS)
+    for m, factor in ((MODEL, 1.0), (big, 4.0)):
+        for _ in range(5):
+            ctl.estimator.observe(PlanKey("single", m, False, False), None, 2.0 * factor, 1.0, 500, 20)
+    # Standard tier, 20 s, class B: single on the small model (2 s); the big model's step takes 8 s, half the time.
+    d = _decide(ctl, tenant=None, cls="B", pinned_policy="single", dry_run=True)
+    assert (d.plan.model, d.plan.escalate_to) == (MODEL, big)
+    assert (
+        d.sla.cascade["planned"]
+        and d.sla.cascade["expected_latency_s"] == pytest.approx(6.0, rel=0.02)
+        and "cascade: " in d.reason
+    )
+    # 5 s: the small plan fits (2 s), its cascade (2 + 0.5 x 8 = 6 s) does not.
+    d = _decide(ctl, tenant="acme", cls="B", pinned_policy="single", headers={"x-slo-latency-ms": "5000"}, dry_run=True)
+    assert d.plan.model == MODEL and d.plan.escalate_to is None
+    assert not d.sla.cascade["planned"] and "over the 5000 ms target" in d.sla.cascade["why_not"]
+    # A request that names its model is never escalated.
+    d = _decide(ctl, tenant=None, cls="B", pinned_policy="single", pinned_model=MODEL, dry_run=True)
+    assert d.plan.escalate_to is None and d.sla.cascade is None
+    # Admitted: the reservation holds one more call of the big model; the escalated answer is billed in two parts.
+    d = _decide(ctl, tenant="acme", cls="B", pinned_policy="single")
+    assert d.plan.escalate_to == big
+    limit = config.model(MODEL).max_model_len + config.model(big).max_model_len
+    assert _usage(ctl, "acme", "day").reserved_tokens == limit
+    before = ctl.estimator.predict(PlanKey("single", MODEL, False, False), None).latency_s
+    outcome = Outcome(
+        ok=True,
+        latency_s=30.0,
+        prompt_tokens=1000,
+        completion_tokens=40,
+        escalated_to=big,
+        escalation_prompt_tokens=500,
+        escalation_completion_tokens=20,
+    )
+    _finish(ctl, d.sla.ticket, outcome)
+    usage = _usage(ctl, "acme", "day")
+    assert usage.spent_tokens == 1040 and usage.reserved_tokens == 0
+    assert usage.spent_micros == 520 * 1 + 520 * 10  # each model's tokens at its own price
+    assert ctl.estimator.predict(PlanKey("single", MODEL, False, False), None).latency_s == before
+
+
 def test_qualities_within_the_tie_margin_go_to_the_cheaper_plan() -> None:
     from router.eligibility import Candidate
     from router.estimates import Estimate

@@ -6,12 +6,14 @@ the hashing one."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from retrieval.answering import Ran
 from retrieval.documents import Document
 from retrieval.generation import ChatMessage
 from retrieval.policies.base import Question
@@ -217,12 +219,16 @@ def test_an_unsure_first_answer_is_answered_again_by_the_next_model(retriever: R
     weak = ScriptedEngine("The Lim bridge is maintained.")  # restates the question
     strong = ScriptedEngine("The Quux company maintains it.")
     svc = _cascade(retriever, weak, strong)
+    ask = dataclasses.replace(ASK, ran=Ran())
     if stream:
-        events = _stream(svc, ASK)
+        events = _stream(svc, ask)
         record = events[-1].record
         assert record is not None and "".join(e.text for e in events[:-1]) == "The Quux company maintains it."
     else:
-        record = asyncio.run(svc.answer(ASK))
+        record = asyncio.run(svc.answer(ask))
+    # What the SLA controller is told: the next model's own tokens, billed at its price.
+    assert ask.ran.escalated_to == STRONG and ask.ran.escalation_completion_tokens == 5
+    assert ask.ran.escalation_prompt_tokens == strong.count_tokens(strong.prompts[0])
     assert record.answer == "The Quux company maintains it." and record.model == STRONG
     assert record.plan.model == WEAK and record.plan.escalate_to == STRONG
     cascade = next(s for s in record.trace if s["step"] == "cascade")
