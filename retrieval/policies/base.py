@@ -76,6 +76,14 @@ class Hit(TypedDict):
     score: float
 
 
+class Kept(TypedDict):
+    """The lines of one passage a prompt of selected sentences kept (`retrieval.context: sentences`)."""
+
+    document_id: str
+    chunk: int
+    lines: str
+
+
 class Screened(TypedDict):
     """A retrieved passage left out because it tries to instruct the model, and the screen's rules it matched."""
 
@@ -113,6 +121,10 @@ Step = TypedDict(
         "max_rind": float,
         "signals": str,
         "trigger": Trigger | None,
+        # select (retrieval.context: sentences): the lines of each passage the prompt kept
+        "from_passages": int,
+        "max_tokens": int,
+        "kept": list[Kept],
         # followup: the question made standalone ("method": history or model)
         "method": str,
         # cascade: the first model's answer, its confidence, whether the next model answered again and why
@@ -255,13 +267,31 @@ def final_messages(question: Question, passages: list[Passage] | None, ctx: Poli
     return final_prompt(question, passages, ctx).messages
 
 
-def final_prompt(question: Question, passages: list[Passage] | None, ctx: PolicyContext) -> FinalPrompt:
+def final_prompt(
+    question: Question, passages: list[Passage] | None, ctx: PolicyContext, steps: list[Step] | None = None
+) -> FinalPrompt:
+    """The answer's prompt over ``passages``; with ``steps``, a ``select`` step joins them when the prompt holds
+    selected lines instead of whole passages (which lines of which passage, so a reader of the trace sees what
+    the model was shown)."""
     excerpts: list[Passage] = []
     if passages and ctx.settings is not None and ctx.settings.context == "sentences":
         # The prompt holds the passages' lines that bear on the question, within `sentence_tokens`; citations and
         # the support check keep the passages whole, and the excerpts reach the engine as texts made for this
         # prompt (PromptChunk.stored).
         excerpts = select_sentences(question.search_text, passages, ctx.settings.sentence_tokens)
+        if steps is not None and excerpts:
+            steps.append(
+                {
+                    "step": "select",
+                    "query": question.search_text,
+                    "from_passages": len(passages),
+                    "max_tokens": ctx.settings.sentence_tokens,
+                    "kept": [
+                        {"document_id": e.chunk.doc_id, "chunk": e.chunk.chunk_index, "lines": e.chunk.text}
+                        for e in excerpts
+                    ],
+                }
+            )
     kept = excerpts or (None if passages is None else fit_passages(passages, ctx.max_context_tokens))
     if kept and ctx.settings is not None and ctx.settings.canonical_chunk_order:
         kept = canonical_order(kept)

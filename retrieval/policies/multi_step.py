@@ -93,7 +93,7 @@ class MultiStepPolicy(PolicyFacts):
             found, spent = await retrieve_step(sentence, ctx, steps)
             retrieve_s += spent
             per_step.append(found)
-        prompt = final_prompt(question, round_robin(per_step), ctx)
+        prompt = final_prompt(question, round_robin(per_step), ctx, steps)
         return Prepared(
             prompt.messages,
             prompt.cited,

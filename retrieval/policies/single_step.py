@@ -20,7 +20,7 @@ class SingleStepPolicy(PolicyFacts):
     async def prepare(self, question: Question, ctx: PolicyContext) -> Prepared:
         steps: list[Step] = []
         passages, spent = await retrieve_step(question.search_text, ctx, steps)
-        prompt = final_prompt(question, passages, ctx)
+        prompt = final_prompt(question, passages, ctx, steps)
         return Prepared(
             prompt.messages, prompt.cited, steps, retrieval_steps=1, retrieve_s=spent, excerpts=prompt.excerpts
         )

@@ -154,7 +154,7 @@ class _Record(BaseModel):
     logprobs: list[dict[str, Any]] | None = None
 
     # The keys left out of the JSON when None (every other key is always there).
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("speculative", "logprobs", "sla", "request_id", "support")
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("speculative", "logprobs", "sla", "request_id", "support", "cascade")
 
     def wire(self) -> dict[str, Any]:
         """The record as JSON: the shape `/v1/qa` returns and the response cache stores."""
@@ -189,6 +189,11 @@ class Answer(_Record):
     retrieval_steps: int
     llm_calls: int
     trace: list[Step] = Field(description="The policy's steps (retrievals, generations), in order.")
+    cascade: dict[str, Any] | None = Field(
+        None,
+        description="The confidence cascade's first answer, when the plan had one: the answer, its confidence and "
+        "token probability, whether it escalated (and to which model) and why (the trace's `cascade` step).",
+    )
     sla: SlaRecord | None = None
     support: SupportRecord | None = Field(
         None,
@@ -204,6 +209,7 @@ class Answer(_Record):
         "llm_calls",
         "cache",
         "speculative",
+        "cascade",
         "sla",
         "support",
     )

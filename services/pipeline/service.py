@@ -391,6 +391,9 @@ class RagService:
             retrieval_steps=result.retrieval_steps,
             llm_calls=result.llm_calls,
             trace=result.steps,
+            cascade=next(
+                ({k: v for k, v in s.items() if k != "step"} for s in result.steps if s["step"] == "cascade"), None
+            ),
             cache=CacheRecord(response=found.verdict, **(result.prompt_cache or {})),
             speculative=result.speculative or None,
             logprobs=openai_logprobs(result.logprobs),

@@ -158,6 +158,15 @@ function renderRecord(box, record) {
   const timings = el("details", { class: "timings" }, el("summary", { text: `Timings: ${record.timings ? record.timings.total_s : "?"} s` }), keyValues(record.timings));
   const cache = el("details", { class: "cache" }, el("summary", { text: `Cache: ${record.cache ? record.cache.response : "?"}` }), keyValues(record.cache));
   box.append(planBox, timings, cache);
+  const cascade = record.cascade;
+  if (cascade) {
+    // The confidence cascade's first answer: what the cheaper model said, how sure it was, and what came of it.
+    const verdict = cascade.escalated ? `escalated to ${cascade.escalated_to}` : "kept";
+    const why = (cascade.reasons || []).join("; ");
+    box.append(el("details", { class: "cascade" }, el("summary", { text: `Cascade: first answer ${verdict} (confidence ${cascade.confidence})` }),
+      el("blockquote", { class: "first-answer", text: cascade.answer || "" }),
+      keyValues({ confidence: cascade.confidence, token_probability: cascade.token_probability, escalated: cascade.escalated, why: why || "none" })));
+  }
   if (record.speculative) {
     box.append(el("details", { class: "speculative" }, el("summary", { text: "Speculation" }), keyValues(record.speculative)));
   }

@@ -233,6 +233,13 @@ def test_an_unsure_first_answer_is_answered_again_by_the_next_model(retriever: R
     assert record.plan.model == WEAK and record.plan.escalate_to == STRONG
     cascade = next(s for s in record.trace if s["step"] == "cascade")
     assert cascade["escalated"] and cascade["escalated_to"] == STRONG and cascade["confidence"] == 0.0
+    # The record (and a chat completion's `ragyard` extension) carries the first answer for the web page.
+    assert record.cascade == {k: v for k, v in cascade.items() if k != "step"}
+    assert record.extension()["cascade"]["answer"] == "The Lim bridge is maintained."
+    # The prompt held lines selected from the passages (the default context); the trace says which.
+    select = next(s for s in record.trace if s["step"] == "select")
+    assert select["kept"] and all(k["lines"] for k in select["kept"])
+    assert {k["document_id"] for k in select["kept"]} <= {c.document_id for c in record.citations}
     assert cascade["answer"] == "The Lim bridge is maintained." and cascade["reasons"] == ["restates the question"]
     # Both calls ran over the same prompt (the passages are reused) and both are charged.
     assert len(weak.prompts) == len(strong.prompts) == 1 and weak.prompts[0] == strong.prompts[0]
@@ -249,6 +256,7 @@ def test_a_sure_first_answer_stands_and_the_next_model_is_not_asked(retriever: R
     cascade = next(s for s in record.trace if s["step"] == "cascade")
     assert not cascade["escalated"] and cascade["confidence"] == pytest.approx(0.9512, abs=1e-4)
     assert strong.prompts == [] and record.llm_calls == 1 and record.logprobs is None
+    assert record.cascade is not None and not record.cascade["escalated"]
     assert record.usage.completion_tokens == 5
 
 

@@ -230,3 +230,32 @@ def test_unsupported_sentences_are_marked_in_the_answer(server: str, browser: An
     )
     assert html[1] == "1 of 2 sentences not found in the passages (marked)."
     page.close()
+
+
+def test_the_cascades_first_answer_is_shown_with_its_confidence(server: str, browser: Any) -> None:
+    page = browser.new_page()
+    errors = _errors(page)
+    page.goto(server + "/")
+    shown = page.evaluate(
+        """() => {
+          const box = document.createElement("div");
+          document.body.append(box);
+          renderRecord(box, {plan: {policy: "single", model: "small"}, timings: {total_s: 1}, cache: {response: "miss"},
+            cascade: {answer: "The Lim bridge is maintained.", confidence: 0, token_probability: 0.81,
+                      escalated: true, escalated_to: "big", reasons: ["restates the question"]}});
+          const details = box.querySelector("details.cascade");
+          return [details.querySelector("summary").textContent, details.querySelector(".first-answer").textContent,
+                  details.textContent.includes("restates the question")];
+        }"""
+    )
+    assert shown == ["Cascade: first answer escalated to big (confidence 0)", "The Lim bridge is maintained.", True]
+    kept = page.evaluate(
+        """() => {
+          const box = document.createElement("div");
+          renderRecord(box, {plan: {}, cascade: {answer: "Quux.", confidence: 0.93, escalated: false, reasons: []}});
+          return box.querySelector("details.cascade summary").textContent;
+        }"""
+    )
+    assert kept == "Cascade: first answer kept (confidence 0.93)"
+    assert errors == []
+    page.close()
