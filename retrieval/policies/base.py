@@ -76,7 +76,7 @@ class Hit(TypedDict):
     score: float
 
 
-class Kept(TypedDict):
+class Excerpt(TypedDict):
     """The lines of one passage a prompt of selected sentences kept (`retrieval.context: sentences`)."""
 
     document_id: str
@@ -124,7 +124,7 @@ Step = TypedDict(
         # select (retrieval.context: sentences): the lines of each passage the prompt kept
         "from_passages": int,
         "max_tokens": int,
-        "kept": list[Kept],
+        "excerpts": list[Excerpt],
         # followup: the question made standalone ("method": history or model)
         "method": str,
         # cascade: the first model's answer, its confidence, whether the next model answered again and why
@@ -286,7 +286,7 @@ def final_prompt(
                     "query": question.search_text,
                     "from_passages": len(passages),
                     "max_tokens": ctx.settings.sentence_tokens,
-                    "kept": [
+                    "excerpts": [
                         {"document_id": e.chunk.doc_id, "chunk": e.chunk.chunk_index, "lines": e.chunk.text}
                         for e in excerpts
                     ],

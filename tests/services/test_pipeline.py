@@ -238,8 +238,8 @@ def test_an_unsure_first_answer_is_answered_again_by_the_next_model(retriever: R
     assert record.extension()["cascade"]["answer"] == "The Lim bridge is maintained."
     # The prompt held lines selected from the passages (the default context); the trace says which.
     select = next(s for s in record.trace if s["step"] == "select")
-    assert select["kept"] and all(k["lines"] for k in select["kept"])
-    assert {k["document_id"] for k in select["kept"]} <= {c.document_id for c in record.citations}
+    assert select["excerpts"] and all(k["lines"] for k in select["excerpts"])
+    assert {k["document_id"] for k in select["excerpts"]} <= {c.document_id for c in record.citations}
     assert cascade["answer"] == "The Lim bridge is maintained." and cascade["reasons"] == ["restates the question"]
     # Both calls ran over the same prompt (the passages are reused) and both are charged.
     assert len(weak.prompts) == len(strong.prompts) == 1 and weak.prompts[0] == strong.prompts[0]
