@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pydantic import ConfigDict
 from typing_extensions import TypedDict  # pydantic and FastAPI read it on Python 3.11
 
 from retrieval.config import RetrievalConfig
@@ -144,6 +145,9 @@ Step = TypedDict(
     },
     total=False,
 )
+# A plug-in policy's own keys stay in the record as they are (pydantic would otherwise drop every key not
+# named above when it validates the trace).
+Step.__pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[attr-defined]
 
 
 @dataclass

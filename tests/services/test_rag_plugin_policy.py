@@ -35,5 +35,7 @@ def test_the_pipeline_serves_a_plugin_policy(local_service: Any, plugin: None) -
     assert rec.plan.policy == "single_rerank"
     steps = [s["step"] for s in rec.trace]
     assert steps[:2] == ["retrieve", "rerank"]
+    # The plug-in's own keys reach the record as it wrote them.
+    assert isinstance(rec.trace[1]["kept"], list) and len(rec.trace[1]["kept"]) == len(rec.citations)
     assert rec.trace[0]["top_k"] == 2 * rec.plan.top_k
     assert 0 < len(rec.citations) <= rec.plan.top_k
