@@ -160,9 +160,7 @@ class SlaController:
                 self._expire_local()
                 self.load.advance()
                 choice = self.planner.choose(policy, slo, probs, cls, pinned_policy, pinned_model, remaining)
-                chosen = choice.chosen
-                # A request that names its model is never escalated, as with the controller off.
-                cascade = self.planner.cascade(policy, slo, chosen, cls, remaining) if pinned_model is None else None
+                chosen, cascade = choice.chosen, choice.cascade
                 if dry_run:
                     break
                 job = self.load.admit(chosen.key.model, slo.priority, chosen.est.median_s, slo.latency_ms / 1000)

@@ -9,6 +9,7 @@ beyond the tables it reads.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 
 from core.capabilities import CHUNK_CACHE, SPEC_PER_REQUEST
 from retrieval.policies.registry import choosable_policies, get_policy, policy_rank
-from router.budgets import MICRO, seconds_to_reset
+from router.budgets import seconds_to_reset
 from router.calibration import LatencyCalibration
 from router.config import RouterSettings, escalation_target
 from router.eligibility import (
@@ -50,6 +51,8 @@ class Choice:
     degraded: bool = False
     unloaded: str | None = None
     best_effort: bool = False
+    # The confidence cascade's second step for the chosen plan (`Planner.cascade`); None: no cascade for it.
+    cascade: dict[str, Any] | None = None
 
 
 class Planner:
@@ -181,12 +184,7 @@ class Planner:
         return max(tied, key=lambda c: (-c.expected_cost - c.expected_tokens * 1e-9, -c.pred_latency, c.quality))
 
     def cascade(
-        self,
-        policy: SlaPolicy,
-        slo: RequestSlo,
-        chosen: Candidate,
-        cls: str | None,
-        remaining: tuple[int | None, int | None, str | None],
+        self, policy: SlaPolicy, slo: RequestSlo, chosen: Candidate, cls: str | None, situation: Situation
     ) -> dict[str, Any] | None:
         """Whether the chosen plan also gets the confidence cascade's second step, priced as the router's cascade
         runs it: the next model answers again over the same passages for ``escalate_share`` of the requests, so
@@ -208,31 +206,26 @@ class Planner:
         step_s = est.latency_s + self.load.wait(target, est.latency_s, priority=slo.priority)
         expected_s = chosen.pred_latency + cfg.escalate_share * step_s
         dearest = max(policy.price(target).prompt_per_1m, policy.price(target).completion_per_1m)
-        worst_tokens = chosen.worst_tokens + m.max_model_len
-        worst_micros = chosen.worst_micros + math.ceil(m.max_model_len * dearest)
+        # The plan with the second step in its worst case, held to the same caps and budget rules as any plan.
+        grown = dataclasses.replace(
+            chosen,
+            worst_tokens=chosen.worst_tokens + m.max_model_len,
+            worst_micros=chosen.worst_micros + math.ceil(m.max_model_len * dearest),
+        )
         out |= {
             "step_latency_s": round(step_s, 3),
             "expected_latency_s": round(expected_s, 3),
-            "worst_case_tokens": worst_tokens,
+            "worst_case_tokens": grown.worst_tokens,
         }
-        remaining_tokens, remaining_micros, _period = remaining
-        why_not = None
+        why_not = first_failure((*CAP_RULES, *BUDGET_RULES), grown, situation)
         if expected_s * 1000 > slo.latency_ms:
             why_not = (
                 f"the plan's {chosen.pred_latency:.2f} s and {cfg.escalate_share:.0%} of {target}'s {step_s:.2f} s "
                 f"expect {expected_s:.2f} s, over the {slo.latency_ms} ms target"
             )
-        elif slo.max_tokens is not None and worst_tokens > slo.max_tokens:
-            why_not = f"its worst case, {worst_tokens} tokens, is over the request's cap of {slo.max_tokens}"
-        elif slo.max_cost is not None and worst_micros > slo.max_cost * MICRO:
-            why_not = "its worst case is over the request's cost cap"
-        elif (remaining_tokens is not None and worst_tokens > remaining_tokens) or (
-            remaining_micros is not None and worst_micros > remaining_micros
-        ):
-            why_not = "the tenant's remaining budget does not cover its worst case"
         if why_not is not None:
             return {**out, "planned": False, "why_not": why_not}
-        return {**out, "planned": True, "worst_micros": worst_micros}
+        return {**out, "planned": True, "worst_micros": grown.worst_micros}
 
     def per_second(self, slo: RequestSlo) -> float:
         """The quality a second of predicted latency must buy for this request: its tier's, else the router's."""
@@ -324,9 +317,11 @@ class Planner:
             rate = self.per_second(slo)
             chosen = self.best(eligible, rate)
             best_unloaded = self.best(unloaded, rate) if unloaded else chosen
+            # A request that names its model is never escalated, as with the controller off.
+            cascade = self.cascade(policy, slo, chosen, cls, situation) if pinned_model is None else None
             if best_unloaded.key != chosen.key:
-                return Choice(chosen, described, degraded=True, unloaded=best_unloaded.label())
-            return Choice(chosen, described)
+                return Choice(chosen, described, degraded=True, unloaded=best_unloaded.label(), cascade=cascade)
+            return Choice(chosen, described, cascade=cascade)
         if not unloaded:
             # No plan meets the target even alone: run the fastest unless that would hurt a higher tier.
             within = [c for c in cands if c.why_not is None or c.why_not.startswith("predicted")]
