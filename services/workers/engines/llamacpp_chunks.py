@@ -7,11 +7,15 @@ engine's fingerprint and its token ids, so any prompt that holds the same chunk 
 its own prefix. A prompt is assembled left to right in its request's sequence:
 
 * the prompt's own prefix (everything before the first chunk) is an exact entry of its own;
-* for each chunk, the separator before it and the chunk's first ``ceil(fraction * n)`` tokens are decoded
-  fresh (they see everything before them, as in a full prefill), and the stored KV of the rest is restored
-  into a scratch sequence, shifted to its place (llama.cpp re-rotates the keys' RoPE on the next decode)
-  and copied into the request's sequence;
-* the question is decoded last and gives the first token's logits.
+* for each chunk, the stored KV of all but its first ``ceil(fraction * n)`` tokens is restored into a scratch
+  sequence, shifted to its place (llama.cpp re-rotates the keys' RoPE on the next decode) and copied into the
+  request's sequence;
+* the separator before each chunk and the chunk's first tokens are then computed fresh, every chunk's in one
+  batch: each run in a sequence of its own that shares the prompt's cells before it (the prefix and the reused
+  chunks ahead of it), then moved into the request's sequence. A run does not see the fresh tokens of the runs
+  before it; a sequence only grows at its end, so computing them in the request's sequence meant one forward
+  per chunk, each reading every weight again;
+* the question is decoded last, seeing everything, and gives the first token's logits.
 
 Chunks are computed ahead in a background thread (documents at ingest, the corpus at start, and chunks a
 prompt had to compute in place), in the engine's idle time: while any request holds a sequence it waits, and
@@ -64,6 +68,7 @@ class ChunkHost(Protocol):
     model_id: str
     scratch_seq: int
     ingest_seq: int
+    blend_seqs: list[int]
     _lock: PriorityLock
 
     @property
@@ -268,8 +273,8 @@ class LlamaChunkReuse:
         """Assemble ``ids`` in sequence ``seq`` from stored states (caller holds the engine lock).
         None when the prompt holds no stored-size chunk (the plain prefill runs). ``mode`` prefix: only the
         prompt's stored prefix is reused, everything after it computed (what prefix caching gives)."""
-        if not spans:
-            return None
+        if not spans or spans[-1].end >= len(ids):
+            return None  # no chunk, or no question after the chunks to take the first token's logits from
         started = time.perf_counter()
         fraction = self.recompute_fraction if fraction is None else fraction
         rt, scratch = self.rt, self.engine.scratch_seq
@@ -294,28 +299,35 @@ class LlamaChunkReuse:
             saved = rt.save(seq)
             self.store.put(ChunkState(prefix_key, self.fingerprint, list(prefix_ids), 0, saved), defer=True)
         pos = len(prefix_ids)
+        # What goes through the model, as runs of consecutive positions: the separators and first tokens of
+        # reused chunks, chunks computed in place, excerpts, and last the question.
+        runs: list[tuple[int, list[int]]] = []
+
+        def fresh(start: int, tokens: list[int]) -> None:
+            if runs and runs[-1][0] + len(runs[-1][1]) == start:
+                runs[-1][1].extend(tokens)
+            elif tokens:
+                runs.append((start, list(tokens)))
+
         for s in spans if mode == "blend" else []:
             sep = ids[pos : s.start]
             cid = ids[s.start : s.end]
             if not s.stored:
-                # A text made for this prompt alone: left for the next decode (the one before the next stored chunk,
-                # or the tail's), so consecutive excerpts go through the model in one batch, as a full prefill.
+                # A text made for this prompt alone: it joins the run of the next separator (or the question's).
                 continue
             key = self._chunk_key(cid, s.namespace)
             entry = fetched.get(key)
             if entry is None or entry.entry is None:
                 entry = self.store.get(key, cid, local=True)
             if entry.entry is None:
-                # Not stored: computed in place (exact), its stored form queued for the background.
-                logits = rt.decode(seq, sep + cid, pos)
+                # Not stored: computed in place, its stored form queued for the background.
+                fresh(pos, sep + cid)
                 computed += len(sep) + len(cid)
                 misses.append((key, cid))
                 pos = s.end
                 continue
             r = min(len(cid), math.ceil(fraction * len(cid))) if fraction > 0 else 0
-            fresh = sep + cid[:r]
-            if fresh:
-                logits = rt.decode(seq, fresh, pos)
+            fresh(pos, sep + cid[:r])
             computed += len(sep)
             recomputed += r
             if r < len(cid):
@@ -325,7 +337,7 @@ class LlamaChunkReuse:
                     # drop it and compute the rest of the chunk in place.
                     self.store.metrics.lookup(entry.tier, "corrupt")
                     self.store.memory.remove(state.key)
-                    logits = rt.decode(seq, cid[r:], s.start + r)
+                    fresh(s.start + r, cid[r:])
                     computed += len(cid) - r
                     misses.append((key, cid))
                     pos = s.end
@@ -339,9 +351,12 @@ class LlamaChunkReuse:
             tiers[entry.tier] = tiers.get(entry.tier, 0) + 1
             pos = s.end
         tail = ids[pos:]
-        if tail:
-            logits = rt.decode(seq, tail, pos)
-            computed += len(tail)
+        computed += len(tail)
+        fresh(pos, tail)
+        if runs:
+            last_start, last = runs.pop()
+            self._blend_runs(seq, runs)
+            logits = rt.decode(seq, last, last_start)
         assert logits is not None, "a prompt ends with the question after its chunks"
         low, high = rt.pos_range(seq)
         if (low, high) != (0, len(ids) - 1):
@@ -378,6 +393,44 @@ class LlamaChunkReuse:
                 "prefill_s": round(done - started, 6),
             },
         )
+
+    def _blend_runs(self, seq: int, runs: list[tuple[int, list[int]]]) -> None:
+        """Compute the runs of fresh tokens between reused chunks, side by side: each in a blend sequence that
+        holds the prompt's cells before it (the prefix and the reused chunks ahead, shared, not copied), all
+        in one batch where they fit, then moved into ``seq``. A sequence only grows at its end, so computing
+        them in ``seq`` itself took one forward per chunk, each reading every weight again; a run here does not
+        see the fresh tokens of the runs before it (the question, decoded after, sees them all)."""
+        rt = self.rt
+        spare = self.engine.blend_seqs
+        group: list[tuple[int, list[int]]] = []
+
+        def flush() -> None:
+            if not group:
+                return
+            placed = list(zip(spare, group, strict=False))
+            for f, (start, _) in placed:
+                rt.seq_rm(f)
+                rt.seq_cp(seq, f, 0, start)
+            try:
+                if len(group) == 1 and len(group[0][1]) > rt.n_batch:
+                    rt.decode(placed[0][0], group[0][1], group[0][0])  # one long run: in n_batch pieces
+                else:
+                    rt.decode_runs([(f, tokens, start) for f, (start, tokens) in placed])
+                for f, (start, tokens) in placed:
+                    rt.seq_cp(f, seq, start, start + len(tokens))
+            finally:
+                for f, _ in placed:
+                    rt.seq_rm(f)
+            group.clear()
+
+        used = 0
+        for start, tokens in runs:
+            if group and (len(group) == len(spare) or used + len(tokens) > rt.n_batch):
+                flush()
+                used = 0
+            group.append((start, tokens))
+            used += len(tokens)
+        flush()
 
     # -- ahead of time --------------------------------------------------------------------------
 

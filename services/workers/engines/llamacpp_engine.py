@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# Sequences for the fresh tokens of a prompt's reused chunks, computed in one batch (more chunks: more batches).
+BLEND_SEQS = 16
 
 # Engines still open at exit are closed first (their background chunk thread joined, then the runtime closed under
 # the step lock), before the runtimes' own hook and the interpreter's teardown.
@@ -94,16 +96,18 @@ class LlamaCppEngine(SteppedEngine, TokenizerMixin):
         self.parallel = lc.parallel
         threads = lc.threads or max(1, os.cpu_count() or 1)
         # Sequences 0..parallel-1 hold requests; then one scratch sequence where a prompt's stored chunks are
-        # restored and shifted, and one where chunk states are computed in the background.
+        # restored and shifted, one where chunk states are computed in the background, and BLEND_SEQS where the
+        # fresh tokens of a prompt's chunks are computed side by side in one batch (`LlamaChunkReuse.prefill`).
         self.runtime = LlamaRuntime(
             gguf,
             n_ctx=(lc.parallel + 1) * config.max_model_len,
-            n_seq=lc.parallel + 2,
+            n_seq=lc.parallel + 2 + BLEND_SEQS,
             threads=threads,
             n_batch=lc.n_batch,
         )
         self.scratch_seq = lc.parallel
         self.ingest_seq = lc.parallel + 1
+        self.blend_seqs = list(range(lc.parallel + 2, lc.parallel + 2 + BLEND_SEQS))
         self.tokenizer = LlamaTokenizer(self.runtime)
         self.eos_ids = set(self.runtime.eog_ids)
         template = self.runtime.metadata.get("tokenizer.chat_template")

@@ -16,6 +16,7 @@ import ctypes
 import hashlib
 import logging
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +197,28 @@ class LlamaRuntime:
                 ptr = self.lib.llama_get_logits_ith(self.ctx, -1)
                 out.append(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy())
         return np.concatenate(out) if rows == "all" else out[-1]
+
+    def decode_runs(self, runs: Sequence[tuple[int, list[int], int]]) -> None:
+        """Run several sequences' tokens in one batch, no logits kept: ``(sequence, tokens, first position)``
+        each, every sequence's tokens following its last position, all together within ``n_batch``."""
+        self._open()
+        total = sum(len(tokens) for _, tokens, _ in runs)
+        if not runs or total > self.n_batch:
+            raise ValueError(f"a batch of {total} tokens (1 to {self.n_batch})")
+        b = self._batch
+        i = 0
+        for seq, tokens, start in runs:
+            for k, tok in enumerate(tokens):
+                b.token[i] = tok
+                b.pos[i] = start + k
+                b.n_seq_id[i] = 1
+                b.seq_id[i][0] = seq
+                b.logits[i] = False
+                i += 1
+        b.n_tokens = i
+        rc = self.lib.llama_decode(self.ctx, b)
+        if rc != 0:
+            raise LlamaRuntimeError(f"llama_decode returned {rc} (a batch of {len(runs)} sequences)")
 
     # -- sequences --------------------------------------------------------------------------------
 

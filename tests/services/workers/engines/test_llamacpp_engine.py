@@ -207,6 +207,55 @@ def test_chunk_reuse_diverges_less_as_more_is_recomputed(llama: Any) -> None:
     assert divergence[0.15] < 0.5
 
 
+def test_the_fresh_tokens_of_every_reused_chunk_go_through_the_model_in_one_batch(llama: Any) -> None:
+    """Separators and first tokens of all reused chunks are one forward (more chunks than blend sequences: one
+    per group), then the question: the prompt is assembled at its positions and reads like the full prefill."""
+    from services.workers.engines.llamacpp_engine import BLEND_SEQS
+
+    reuse, rt = llama.chunk_reuse, llama.runtime
+    notes = [
+        f"Note {n}: the {word} ferry leaves pier {n} at {n % 12 + 1} o'clock and carries {n * 7} bicycles."
+        for n, word in enumerate(["red", "blue", "green", "amber", "violet", "grey", "white", "black", "pink"] * 2)
+    ]
+    passages = [
+        Passage(chunk=Chunk(chunk_id=200 + i, doc_id=f"f{i}", title="", text=t, chunk_index=0, start=0), score=1.0)
+        for i, t in enumerate(notes)
+    ]
+    assert len(passages) > BLEND_SEQS
+    calls = {"runs": 0, "decode": 0}
+    plain_runs, plain_decode = rt.decode_runs, rt.decode
+
+    def runs(*a: Any, **kw: Any) -> Any:
+        calls["runs"] += 1
+        return plain_runs(*a, **kw)
+
+    def decode(*a: Any, **kw: Any) -> Any:
+        calls["decode"] += 1
+        return plain_decode(*a, **kw)
+
+    for n_passages, batches in ((3, 1), (len(passages), 2)):
+        prompt = llama.render_chat(build_messages("When does the amber ferry leave?", passages[:n_passages]))
+        chunks = prompt_chunks(passages[:n_passages])
+        reuse.warm(prompt, chunks)
+        ids, spans, fetched = reuse.prefetch(prompt, chunks)
+        assert len(spans) == n_passages
+        with llama._lock:
+            full = rt.decode(0, ids, 0)
+            rt.seq_rm(0)
+            calls.update(runs=0, decode=0)
+            rt.decode_runs, rt.decode = runs, decode
+            try:
+                pre = reuse.prefill(0, ids, spans, fetched, fraction=0.3)
+            finally:
+                del rt.decode_runs, rt.decode
+            assert rt.pos_range(0) == (0, len(ids) - 1)
+            assert all(rt.pos_range(f) == (-1, -1) for f in llama.blend_seqs)  # the blend sequences are left empty
+            rt.seq_rm(0)
+        assert pre is not None and pre.report["chunk_tokens_reused"] > 0
+        assert calls == {"runs": batches, "decode": 1}  # the fresh runs, then the question
+        assert _kl(full, pre.logits) < 1.0
+
+
 def test_generation_with_reused_chunks_reports_and_answers(llama: Any) -> None:
     passages = _passages(3)
     prompt = llama.render_chat(build_messages("What does make test install?", passages))
