@@ -282,7 +282,7 @@ def final_prompt(
         # The prompt holds the passages' lines that bear on the question, within `sentence_tokens`; citations and
         # the support check keep the passages whole, and the excerpts reach the engine as texts made for this
         # prompt (PromptChunk.stored).
-        excerpts = select_sentences(question.search_text, passages, ctx.settings.sentence_tokens)
+        excerpts = select_sentences(question.text, passages, ctx.settings.sentence_tokens, context=question.query)
         if steps is not None and excerpts:
             steps.append(
                 {

@@ -74,6 +74,26 @@ def test_within_the_budget_and_nothing_when_nothing_matches() -> None:
     assert select_sentences("zebra giraffe", both, 40) == []  # nothing asked about is in them
 
 
+def test_a_follow_ups_own_words_choose_the_lines_before_its_historys() -> None:
+    """Searched with the conversation's words joined to it, a follow-up still gets the lines about what it asks:
+    the history's words ("response cache", "redis") found the passage, the follow-up's own ("port") pick its line."""
+    text = (
+        "The response cache is kept in Redis.\n"
+        "Each cached answer lives for an hour and is checked against its sources on every hit.\n"
+        "An entry holds the answer, its citations and the fingerprints of its documents.\n"
+        "Redis listens on port 6390 in the test suite, started by the suite itself."
+    )
+    query = "How is the response cache kept in Redis? It is kept in Redis when REDIS_URL is set. Which port?"
+    every_word_alike = select_sentences(query, [passage(text)], 20)[0].chunk.text
+    weighted = select_sentences("Which port?", [passage(text)], 20, context=query)[0].chunk.text
+    assert "6390" not in every_word_alike and "kept in Redis" in every_word_alike
+    assert weighted == "Redis listens on port 6390 in the test suite, started by the suite itself."
+    # Without a query of its own the selection is the plain one.
+    assert select_sentences("Which port?", [passage(text)], 20, context=None) == select_sentences(
+        "Which port?", [passage(text)], 20
+    )
+
+
 def test_a_service_set_to_sentences_prompts_with_the_selection(tmp_path: Path, hashing_embedder: Any) -> None:
     engine = ScriptedEngine("`make test-unit` runs them.")
     config = scripted_config(tmp_path / "index", retrieval={"context": "sentences", "sentence_tokens": 40})
