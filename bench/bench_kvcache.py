@@ -130,7 +130,7 @@ def bench_kvcache(
                 if (i + 1) % 10 == 0 or i + 1 == len(prompts):
                     print(f"  kvcache {Path(path).name}: {i + 1}/{len(prompts)}", flush=True)  # noqa: T201
             per_file[Path(path).name] = _summarise(runs)
-            all_runs += runs
+            all_runs += [{"file": Path(path).name, **r} for r in runs]
         result: dict[str, Any] = {
             "model": model.id,
             "prompts": len(all_runs),
@@ -155,6 +155,13 @@ def bench_kvcache(
         out_dir = Path(out)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "kvcache.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        # Every prompt's answer in every mode, so which answers moved between modes (or between two runs) can be
+        # read back, not only the means.
+        with (out_dir / "answers.jsonl").open("w", encoding="utf-8") as f:
+            for r in all_runs:
+                modes_of = {m: {k: v for k, v in r[m].items() if k != "report"} for m in r if isinstance(r[m], dict)}
+                row = {"file": r["file"], "id": r["id"], "answers": r["answers"], "modes": modes_of}
+                f.write(json.dumps(row) + "\n")
         table = kvcache_table(result)
         (out_dir / "kvcache.md").write_text(table + "\n", encoding="utf-8")
         return table

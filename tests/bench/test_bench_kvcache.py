@@ -74,6 +74,12 @@ def test_bench_kvcache_on_two_prompts(shared_data: Path, tmp_path: Path, redis_u
     assert "| recompute fraction |" in table
     assert (tmp_path / "kvcache.md").read_text().strip() == table
     assert "vllm_prefix_cache" not in result
+    # Every prompt's answer in every mode is kept, and the means come from them.
+    rows = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["file"] == "dev_hotpotqa.jsonl" and r["answers"] for r in rows)
+    assert all(set(r["modes"]) == {"full", "prefix", "blend", "blend_redis", "blend@0.5"} for r in rows)
+    assert statistics.fmean(r["modes"]["blend"]["f1"] for r in rows) == pytest.approx(result["f1_reuse"], abs=1e-4)
+    assert all(isinstance(r["modes"]["full"]["answer"], str) for r in rows)
 
 
 @pytest.mark.integration
