@@ -409,8 +409,7 @@ class LlamaChunkReuse:
             if not group:
                 return
             placed = list(zip(spare, group, strict=False))
-            for f, (start, _) in placed:
-                rt.seq_rm(f)
+            for f, (start, _) in placed:  # empty: every group's sequences are cleared below
                 rt.seq_cp(seq, f, 0, start)
             try:
                 if len(group) == 1 and len(group[0][1]) > rt.n_batch:

@@ -168,6 +168,14 @@ class LlamaRuntime:
 
     # -- the model --------------------------------------------------------------------------------
 
+    def _row(self, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
+        b = self._batch
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq
+        b.logits[i] = logits
+
     def decode(self, seq: int, tokens: list[int], start: int, *, rows: str = "last") -> np.ndarray:
         """Run ``tokens`` at positions ``start ..`` in sequence ``seq``; returns the logits of the last
         token (vocab,) or, with ``rows="all"``, of every token (n, vocab). Split into n_batch pieces."""
@@ -181,11 +189,7 @@ class LlamaRuntime:
             want_all = rows == "all"
             b = self._batch
             for i, tok in enumerate(piece):
-                b.token[i] = tok
-                b.pos[i] = start + at + i
-                b.n_seq_id[i] = 1
-                b.seq_id[i][0] = seq
-                b.logits[i] = want_all or (final and i == len(piece) - 1)
+                self._row(i, tok, start + at + i, seq, want_all or (final and i == len(piece) - 1))
             b.n_tokens = len(piece)
             rc = self.lib.llama_decode(self.ctx, b)
             if rc != 0:
@@ -209,11 +213,7 @@ class LlamaRuntime:
         i = 0
         for seq, tokens, start in runs:
             for k, tok in enumerate(tokens):
-                b.token[i] = tok
-                b.pos[i] = start + k
-                b.n_seq_id[i] = 1
-                b.seq_id[i][0] = seq
-                b.logits[i] = False
+                self._row(i, tok, start + k, seq, False)
                 i += 1
         b.n_tokens = i
         rc = self.lib.llama_decode(self.ctx, b)
