@@ -23,7 +23,7 @@ if "RAY_AUTH_TOKEN" not in os.environ:
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 
-from tests.utils import SHARED_DATA, TMP, free_port  # noqa: E402 - after the environment above
+from tests.utils import SHARED_DATA, TMP, free_port, seed_index  # noqa: E402 - after the environment above
 
 
 @pytest.fixture(scope="session")
@@ -117,8 +117,37 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def local_service(base_config: dict[str, Any], engine: Any, embedder: Any, session_tmp: Path) -> Any:
-    """The library path (no Ray) over the session's model and embedder, indexing the bundled corpus."""
+def bundled_index(base_config: dict[str, Any], embedder: Any, session_tmp: Path) -> Path:
+    """The bundled corpus indexed once, with the real embedder and the default chunking, in a directory of its
+    own (closed, its writer lock free). The fixtures that serve the corpus start from a copy (`tests.utils.seed_index`):
+    their retriever then finds every document unchanged by its fingerprint instead of embedding the corpus
+    again, which took each app start about 40 s of both cores. The first ingest itself is what this fixture
+    runs, and tests/retrieval checks it."""
+    from retrieval.retriever import Retriever
+    from services.config import load_config
+    from services.deployments.retriever import RetrieverService
+
+    path = session_tmp / "bundled-index"
+    config = load_config({**base_config, "index": {"dir": str(path)}})
+    idx = config.index
+    retriever = Retriever.create(
+        index_dir=path,
+        embedder=embedder,
+        chunk_tokens=idx.chunk_tokens,
+        chunk_overlap_tokens=idx.chunk_overlap_tokens,
+    )
+    service = RetrieverService(config, retriever=retriever)
+    assert service.retriever.store.docs, "the bundled corpus indexed nothing"
+    service.close()
+    return path
+
+
+@pytest.fixture(scope="session")
+def local_service(
+    base_config: dict[str, Any], engine: Any, embedder: Any, session_tmp: Path, bundled_index: Path
+) -> Any:
+    """The library path (no Ray) over the session's model and embedder, over the bundled corpus (a copy of the
+    session's `bundled_index`)."""
     from retrieval.retriever import Retriever
     from services.config import load_config
     from services.deployments.retriever import RetrieverService
@@ -126,7 +155,9 @@ def local_service(base_config: dict[str, Any], engine: Any, embedder: Any, sessi
     from services.pipeline import RagService, build_cache
     from services.pipeline.clients import local_retriever, local_worker
 
-    config = load_config({**base_config, "index": {"dir": str(session_tmp / "local-index")}})
+    raw = {**base_config, "index": {"dir": str(session_tmp / "local-index")}}
+    seed_index(bundled_index, raw)
+    config = load_config(raw)
     retriever = Retriever.create(index_dir=config.index.dir, embedder=embedder)
     rsvc = RetrieverService(config, retriever=retriever)
     worker = Worker(config, engine=engine)

@@ -87,13 +87,17 @@ class Chaos:
     proxy: FaultProxy | None = None
 
     # -- the app ------------------------------------------------------------------------------------
-    def start(self, base: dict[str, Any] | None = None) -> Chaos:
-        """redis-server (AOF) behind the fault proxy, then the app on Serve with 2 gateway replicas."""
+    def start(self, base: dict[str, Any] | None = None, *, seed_index: Path | None = None) -> Chaos:
+        """redis-server (AOF) behind the fault proxy, then the app on Serve with 2 gateway replicas. ``seed_index``:
+        an index directory of the bundled corpus made with the same embedder and chunking, copied in as the app's
+        index first (its retriever then finds the corpus unchanged instead of embedding it again at start)."""
         from services.config import load_config
         from services.serve import local as serving
 
         shutil.rmtree(self.workdir, ignore_errors=True)
         self.workdir.mkdir(parents=True)
+        if seed_index is not None:
+            shutil.copytree(seed_index, self.workdir / "index", ignore=shutil.ignore_patterns(".lock"))
         self.redis = RedisServer(self.workdir / "redis").start()
         self.proxy = FaultProxy(self.redis.port).start()
         policy_path = self.workdir / "sla.yaml"

@@ -38,10 +38,10 @@ RESULTS: dict[str, Any] = {}
 
 
 @pytest.fixture(scope="module")
-def chaos(base_config: dict[str, Any]) -> Iterator[Chaos]:
+def chaos(base_config: dict[str, Any], bundled_index: Path) -> Iterator[Chaos]:
     c = Chaos(TMP / "chaos", SETTINGS)
     try:
-        yield c.start({"ray": base_config["ray"]})
+        yield c.start({"ray": base_config["ray"]}, seed_index=bundled_index)
     finally:
         c.stop()
 

@@ -3,6 +3,7 @@ free loopback port and Serve started on one; `factories` builds configs and reco
 
 from __future__ import annotations
 
+import shutil
 import socket
 from pathlib import Path
 from typing import Any
@@ -34,3 +35,19 @@ def start_serve(config: dict[str, Any], *, wait_ready_s: float = 300) -> str:
             if "Failed to bind" not in str(exc) or attempt == 2:
                 raise
     raise AssertionError("unreachable")
+
+
+def seed_index(seed: Path, config: dict[str, Any]) -> None:
+    """Copy the `bundled_index` into ``config``'s index dir (which must not exist yet). Refused when ``config``
+    chunks or embeds otherwise than the seed: its retriever would keep the seed's chunks, as documents whose
+    text did not change are not indexed again."""
+    from services.config import load_config
+
+    loaded = load_config(config)
+    default = load_config({})
+    chunking = (loaded.index.chunk_tokens, loaded.index.chunk_overlap_tokens, loaded.embedder.path)
+    assert chunking == (default.index.chunk_tokens, default.index.chunk_overlap_tokens, default.embedder.path), (
+        "seed_index: this config chunks or embeds otherwise than the seeded index"
+    )
+    assert loaded.corpus.paths == default.corpus.paths, "seed_index: this config serves another corpus"
+    shutil.copytree(seed, loaded.index.dir, ignore=shutil.ignore_patterns(".lock"))

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.metrics_text import sample_sum
-from tests.utils import start_serve
+from tests.utils import seed_index, start_serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray, pytest.mark.e2e, pytest.mark.model]
 
@@ -21,7 +21,7 @@ LADDER = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
 
 
 @pytest.fixture(scope="module")
-def served(base_config: dict[str, Any], session_tmp: Path) -> Iterator[str]:
+def served(base_config: dict[str, Any], session_tmp: Path, bundled_index: Path) -> Iterator[str]:
     from services.config import load_config
     from services.serve import local as serving
 
@@ -35,6 +35,7 @@ def served(base_config: dict[str, Any], session_tmp: Path) -> Iterator[str]:
         "models": [{"id": m, "chunk_cache": {"precompute": False}} for m in LADDER],
     }
     assert [m.id for m in load_config(config).models] == list(LADDER)
+    seed_index(bundled_index, config)
     try:
         yield start_serve(config)
     finally:
