@@ -156,8 +156,10 @@ def test_chunk_sets_come_back_to_the_worker_that_holds_their_kv(app: dict[str, A
 def test_killing_the_second_node_mid_load_keeps_answering(app: dict[str, Any]) -> None:
     cluster: LocalCluster = app["cluster"]
     load = scale.Load(app["url"], clients=3)
-    samples = asyncio.run(load.run(40.0, during=lambda: cluster.kill_node("node2"), at_s=10.0))
-    summary = scale.summarise_load(samples, 40.0, fault_at=10.0)
+    # 6 s of load before the kill and 22 s after: the cluster noticed the dead node within 9 s in the bench
+    # (README, Scale-out: longest silence after the kill 8.56 s), so most of what follows is answered by the head.
+    samples = asyncio.run(load.run(28.0, during=lambda: cluster.kill_node("node2"), at_s=6.0))
+    summary = scale.summarise_load(samples, 28.0, fault_at=6.0)
     assert summary["answered_after_fault"] > 0, summary
     # What was lost was in flight on the dead node: a retryable status from Ragyard, or, for a request inside
     # the gateway replica that died, the 500 Serve's proxy gives it (its mapping of RayActorError; not ours to
