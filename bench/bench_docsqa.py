@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from retrieval.evidence import LABEL as EVIDENCE_LABEL
 from services.config import AppConfig
 
 DOCS_QA = Path(__file__).with_name("data") / "docs_qa.jsonl"
@@ -141,6 +142,11 @@ def bench_docsqa(
                 )
                 right, missed = judge(rec.answer, row["must_include"])
                 cascade = next((s for s in rec.trace if s.get("step") == "cascade"), None)
+                # The passages' closest line, when the answer failed a check (retrieval/evidence.py): the
+                # model's own words are what the restatement and invented-name rates judge, and whether they
+                # were right without the line is kept beside.
+                evidence = next((s for s in rec.trace if s.get("step") == "evidence"), None)
+                own = rec.answer.split(f"\n\n{EVIDENCE_LABEL} [")[0] if evidence else rec.answer
                 preds[model].append(
                     {
                         "id": row["id"],
@@ -148,8 +154,11 @@ def bench_docsqa(
                         "answer": rec.answer,
                         "right": right,
                         "missed": missed,
-                        "restated": restates(row["question"], rec.answer),
-                        "invented": invented_names(rec.answer, row["question"], [c.text for c in rec.citations]),
+                        "restated": restates(row["question"], own),
+                        "invented": invented_names(own, row["question"], [c.text for c in rec.citations]),
+                        "evidence_line": bool(evidence),
+                        "evidence_reasons": evidence.get("reasons") if evidence else None,
+                        "right_without_line": judge(own, row["must_include"])[0],
                         "latency_s": round(time.perf_counter() - started, 3),
                         "completion_tokens": rec.usage.completion_tokens,
                         "citations": [c.title for c in rec.citations],
@@ -174,6 +183,8 @@ def bench_docsqa(
             "questions": len(ps),
             "engine": config.model(m).engine if m != "auto" else "/".join(sorted({x.engine for x in config.models})),
             "escalation_share": round(sum(p["escalated"] for p in ps) / len(ps), 3) if ps else None,
+            "evidence_line_share": round(sum(p["evidence_line"] for p in ps) / len(ps), 3) if ps else None,
+            "right_without_line": sum(p["right_without_line"] for p in ps),
             "median_latency_s": round(statistics.median(p["latency_s"] for p in ps), 3) if ps else None,
             "p90_latency_s": round(percentile([p["latency_s"] for p in ps], 0.9), 3) if ps else None,
             "median_completion_tokens": statistics.median(p["completion_tokens"] for p in ps) if ps else None,
@@ -211,13 +222,15 @@ def bench_docsqa(
             for p in ps:
                 fh.write(json.dumps({"model": m, **p}) + "\n")
     lines = [
-        "| model | engine | right | median s | p90 s | median completion tokens | restated | invented names "
-        "| escalated | unsupported sentences | answers with one | check ms |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | engine | right | right without the line | with the closest line | median s | p90 s "
+        "| median completion tokens | restated | invented names | escalated | unsupported sentences "
+        "| answers with one | check ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for m, s in summary.items():
         lines.append(
-            f"| {m} | {s['engine']} | {s['right']}/{s['questions']} | {s['median_latency_s']} | {s['p90_latency_s']} "
+            f"| {m} | {s['engine']} | {s['right']}/{s['questions']} | {s['right_without_line']}/{s['questions']} "
+            f"| {s['evidence_line_share']} | {s['median_latency_s']} | {s['p90_latency_s']} "
             f"| {s['median_completion_tokens']} | {s['restatement_rate']} | {s['invented_name_rate']} "
             f"| {s['escalation_share']} | {s['unsupported_sentence_rate']} | {s['answers_with_unsupported']} "
             f"| {s['median_support_ms']} |"

@@ -117,6 +117,13 @@ class RetrievalConfig(Section):
         description="Check each sentence of an answer against its passages (retrieval/support.py: lexical overlap "
         "and the embedder) and flag the unsupported ones in the record.",
     )
+    evidence_line: bool = Field(
+        True,
+        description="Under an answer that fails a check (restates the question, names what no passage holds, says "
+        "the passages do not hold it, or has a sentence the support check finds in no passage), add the passages' "
+        "line that bears most on the question, quoted with its passage's number (retrieval/evidence.py). Not with "
+        "logprobs or response_format, whose output is the model's alone, nor for style short (the bare answer).",
+    )
     injection: Literal["off", "fence", "drop"] = Field(
         "drop",
         description="Retrieved text that tries to instruct the model (retrieval/screening.py): fence quotes every "

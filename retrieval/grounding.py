@@ -100,17 +100,28 @@ class Confidence:
     reasons: list[str] = field(default_factory=list)
 
 
-def confidence(question: str, answer: str, passages: list[str], token_logprobs: list[float] | None) -> Confidence:
+_YES_NO = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
+
+
+def failure_reasons(question: str, answer: str, passages: list[str], *, yes_no_answers: bool = False) -> list[str]:
+    """The signs that an answer failed: empty, restates the question, names what no passage holds, says the
+    passages do not hold it. ``yes_no_answers``: a bare "Yes." or "No." counts as an answer, not as a
+    restatement (the cascade keeps counting it, as it was calibrated)."""
     reasons = []
     if not answer.strip():
         reasons.append("empty")
-    elif restates(question, answer):
+    elif restates(question, answer) and not (yes_no_answers and _YES_NO.match(answer)):
         reasons.append("restates the question")
     invented = invented_names(answer, question, passages)
     if invented:
         reasons.append(f"names what no passage holds: {', '.join(invented[:3])}")
     if abstains(answer):
         reasons.append("says the passages do not hold it")
+    return reasons
+
+
+def confidence(question: str, answer: str, passages: list[str], token_logprobs: list[float] | None) -> Confidence:
+    reasons = failure_reasons(question, answer, passages)
     prob = math.exp(sum(token_logprobs) / len(token_logprobs)) if token_logprobs else None
     score = 0.0 if reasons else (prob if prob is not None else 1.0)
     return Confidence(

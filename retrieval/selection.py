@@ -184,3 +184,24 @@ def select_sentences(
             lines.append(u.text)
         out.append(replace(p, chunk=replace(p.chunk, text="\n".join(lines))))
     return out
+
+
+def best_line(question: str, passages: list[Passage], *, context: str | None = None) -> tuple[int, str] | None:
+    """The passages' one unit that bears most on the question, scored as `select_sentences` scores them: its
+    passage's index and its text (a table row under its header row; a short line with the one after it). None
+    when no unit holds a word of the question."""
+    units = [u for n, p in enumerate(passages) for u in split_units(p.chunk.text, n)]
+    if not units:
+        return None
+    _score(units, question, context)
+    top = min(units, key=lambda u: (-u.score, u.passage, u.order))
+    if top.score <= 0:
+        return None
+    lines = [top.text]
+    if top.header is not None:
+        lines.insert(0, top.header)
+    elif len(top.text) < 60:
+        after = next((u for u in units if u.passage == top.passage and u.order == top.order + 1), None)
+        if after is not None and after.header is None:
+            lines.append(after.text)
+    return top.passage, "\n".join(lines)

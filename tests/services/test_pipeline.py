@@ -121,7 +121,8 @@ def test_a_failing_engine_caches_nothing_and_the_next_request_is_whole(service: 
     first = asyncio.run(svc.answer(req))
     second = asyncio.run(svc.answer(req))
     assert first.cache.response == "miss" and second.cache.response == "hit"
-    assert first.answer == second.answer == "partial words then a crash"
+    # (The passages' closest line follows: no passage supports the scripted words.)
+    assert first.answer == second.answer and first.answer.startswith("partial words then a crash\n\n")
 
 
 def test_a_cached_answer_streams_as_one_delta(service: Any) -> None:
@@ -269,3 +270,49 @@ def test_low_token_probability_escalates_and_a_pinned_model_never_does(retriever
     record = asyncio.run(svc.answer(pinned))
     assert record.model == WEAK and record.plan.escalate_to is None
     assert not any(s["step"] == "cascade" for s in record.trace)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_restated_answer_gets_the_passages_closest_line_on_both_paths(service: Any, stream: bool) -> None:
+    """The model restates the question: the line that bears most on it is added under the answer, quoted with its
+    passage's number, streamed as one more delta after the answer's, and the trace says why."""
+    engine = ScriptedEngine("The Lim bridge is maintained.")
+    req = AnswerRequest(question=Question(text="Who maintains the Lim bridge?"), policy="single", max_tokens=16)
+    if stream:
+        events = _stream(service(engine), req)
+        record = events[-1].record
+        assert record is not None
+        texts = [ev.text for ev in events[:-1]]
+        assert texts[-1].startswith("\n\nClosest line in the passages [")
+        assert "".join(texts) == record.answer
+    else:
+        record = asyncio.run(service(engine).answer(req))
+    answer, note = record.answer.split("\n\n")
+    assert answer == "The Lim bridge is maintained."
+    step = record.trace[-1]
+    assert step["step"] == "evidence" and step["reasons"] == ["restates the question"]
+    line = "The Lim bridge is maintained by the Quux company."
+    assert note == f"Closest line in the passages [{step['passage']}]: {line}" and step["line"] == line
+    assert record.citations[step["passage"] - 1].document_id == "bridge"
+
+
+def test_an_answer_that_passes_every_check_gets_no_line(service: Any) -> None:
+    for reply in ("The Quux company maintains it.", "Yes."):
+        req = AnswerRequest(question=Question(text="Who maintains the Lim bridge?"), policy="single", max_tokens=16)
+        record = asyncio.run(service(ScriptedEngine(reply)).answer(req))
+        assert record.answer == reply and all(s["step"] != "evidence" for s in record.trace)
+    # Asked for logprobs, the answer stays the model's own tokens, restated or not.
+    req = AnswerRequest(
+        question=Question(text="Who maintains the Lim bridge?"), policy="single", max_tokens=16, logprobs=0
+    )
+    record = asyncio.run(service(ScriptedEngine("The Lim bridge is maintained.")).answer(req))
+    assert record.answer == "The Lim bridge is maintained."
+
+
+def test_a_short_answer_gets_no_line(service: Any) -> None:
+    """`style: short` asks for the bare answer (the dev files' F1 scores it): no line under it, restated or not."""
+    req = AnswerRequest(
+        question=Question(text="Who maintains the Lim bridge?", style="short"), policy="single", max_tokens=16
+    )
+    record = asyncio.run(service(ScriptedEngine("The Lim bridge is maintained.")).answer(req))
+    assert record.answer == "The Lim bridge is maintained."
