@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from retrieval.documents import Passage
 from retrieval.grounding import failure_reasons
+from retrieval.policies.base import Step
 from retrieval.prompts import passage_body
 from retrieval.screening import screen
 from retrieval.selection import best_line
@@ -31,7 +32,7 @@ class Evidence:
     line: str
     reasons: list[str]
 
-    def step(self) -> dict[str, object]:
+    def step(self) -> Step:
         return {"step": "evidence", "passage": self.passage, "line": self.line, "reasons": self.reasons}
 
 

@@ -136,6 +136,9 @@ Step = TypedDict(
         "escalated": bool,
         "escalated_to": str,
         "reasons": list[str],
+        # evidence: the passages' closest line added under an answer that failed a check (and "reasons")
+        "passage": int,
+        "line": str,
         # classify (adaptive): the router's verdict
         "class": str | None,
         "policy": str,

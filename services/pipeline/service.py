@@ -402,7 +402,7 @@ class RagService:
         if found is None:
             return ""
         record.answer += found.note
-        record.trace.append(found.step())  # type: ignore[arg-type]
+        record.trace.append(found.step())
         return found.note
 
     @staticmethod
