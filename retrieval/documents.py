@@ -91,6 +91,17 @@ class Chunk:
     # Its document's fingerprint when it was indexed: an answer built from this chunk is current while the
     # document's fingerprint is still this one (the response cache checks it).
     fingerprint: str = ""
+    # The headings it sits under in its document, below the title ("Quick start › Two commands"; "": none): shown
+    # with the title wherever the chunk is (its embedding, its BM25 terms, the prompt), so a chunk of a long
+    # document says which part it is from (`retrieval.chunking.section_trails`).
+    section: str = ""
+
+    @property
+    def heading(self) -> str:
+        """The title and the section, as the prompt shows them above the chunk's text."""
+        if self.section:
+            return f"{self.title} › {self.section}" if self.title else self.section
+        return self.title
 
 
 @dataclass(frozen=True)
@@ -113,6 +124,8 @@ class DocumentRecord(TypedDict):
     metadata: dict[str, Any]  # the caller's own JSON object, checked by `check_metadata`
     pieces: list[tuple[int, str]]
     page_starts: NotRequired[list[int]]  # a paged document's (PDF): where each page after the first begins
+    sections: NotRequired[list[str]]  # each piece's headings (`Chunk.section`); absent in records from before them
+    chunking: NotRequired[str]  # how the pieces were cut (`Chunker.signature`); absent in records from before it
 
 
 # A stored document's key: its namespace and its id there. Ids are scoped to a namespace: two tenants may each
@@ -132,6 +145,7 @@ class StoredDocument(TypedDict):
     chunk_ids: list[int]
     page_starts: NotRequired[list[int]]
     flagged: NotRequired[list[FlaggedChunk]]  # chunks the injection screen flagged at ingest
+    chunking: NotRequired[str]  # `Chunker.signature` of its chunks; absent: cut before signatures were kept
 
 
 class FlaggedChunk(TypedDict):

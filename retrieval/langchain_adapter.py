@@ -25,6 +25,7 @@ class RagyardRetriever(BaseRetriever):
                 metadata={
                     "document_id": p.chunk.doc_id,
                     "title": p.chunk.title,
+                    "section": p.chunk.section,
                     "chunk": p.chunk.chunk_index,
                     "score": p.score,
                     "source": p.chunk.source,

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 
 def chunk_text(chunk: Chunk) -> str:
-    return f"{chunk.title}\n{chunk.text}" if chunk.title else chunk.text
+    return f"{chunk.heading}\n{chunk.text}" if chunk.heading else chunk.text
 
 
 @dataclass

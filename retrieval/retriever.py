@@ -15,6 +15,7 @@ from core.chunks import PromptChunk
 from retrieval.chunking import Chunker
 from retrieval.corpus_log import CorpusLog, LogMeta
 from retrieval.documents import (
+    Chunk,
     CorpusStats,
     DocKey,
     Document,
@@ -124,16 +125,22 @@ class Retriever:
                     )
                 continue
             seen[key] = doc.fingerprint
-            if self.store.fingerprint(doc.namespace, doc.id) == doc.fingerprint:
+            if self.store.holds(doc.namespace, doc.id, doc.fingerprint, self.chunker.signature):
                 report.unchanged.append(doc.id)
                 continue
             pending.append(doc)
         return report, pending
 
     def _embed(self, pending: list[Document]) -> tuple[list[DocumentRecord], np.ndarray]:
-        records = [document_record(doc, self.chunker.split(doc)) for doc in pending]
+        records = []
+        for doc in pending:
+            pieces = self.chunker.split(doc)
+            sections = self.chunker.sections(doc, pieces)
+            records.append(document_record(doc, pieces, sections=sections, chunking=self.chunker.signature))
         texts = [
-            self._embed_text(doc, text) for doc, r in zip(pending, records, strict=True) for _, text in r["pieces"]
+            self._embed_text(doc.title, section, text)
+            for doc, r in zip(pending, records, strict=True)
+            for (_, text), section in zip(r["pieces"], r["sections"], strict=True)
         ]
         vectors = self.embedder.encode(texts) if texts else np.zeros((0, self.store.dim), dtype=np.float32)
         return records, np.asarray(vectors, dtype=np.float32)
@@ -181,9 +188,11 @@ class Retriever:
         raise CorpusBusyError(f"the corpus log moved under this write {APPEND_TRIES} times running; send it again")
 
     @staticmethod
-    def _embed_text(doc: Document, text: str) -> str:
-        # The title is part of what a chunk is about (HotpotQA paragraphs rarely repeat their subject).
-        return f"{doc.title}\n{text}" if doc.title and not text.startswith(doc.title) else text
+    def _embed_text(title: str, section: str, text: str) -> str:
+        # The title is part of what a chunk is about (HotpotQA paragraphs rarely repeat their subject), and so
+        # are the headings it sits under in a long document.
+        heading = Chunk(0, "", title, text, 0, 0, section=section).heading
+        return f"{heading}\n{text}" if heading and not text.startswith(heading) else text
 
     def remove(self, doc_id: str, namespace: str | None = None) -> bool:
         """Remove the document ``doc_id`` of ``namespace`` (None: of the one namespace that holds that id; an

@@ -32,8 +32,11 @@ logger = logging.getLogger(__name__)
 UpsertOutcome = Literal["added", "updated", "unchanged"]
 
 
-def document_record(doc: Document, pieces: list[tuple[int, str]]) -> DocumentRecord:
-    """A document as the store (and the corpus log) keeps it: its fields and its chunks' (start, text)."""
+def document_record(
+    doc: Document, pieces: list[tuple[int, str]], *, sections: list[str] | None = None, chunking: str = ""
+) -> DocumentRecord:
+    """A document as the store (and the corpus log) keeps it: its fields, its chunks' (start, text) and, when
+    given, each chunk's section and how they were cut (`retrieval.chunking.Chunker`)."""
     record: DocumentRecord = {
         "id": doc.id,
         "namespace": doc.namespace,
@@ -45,6 +48,12 @@ def document_record(doc: Document, pieces: list[tuple[int, str]]) -> DocumentRec
     }
     if doc.page_starts:
         record["page_starts"] = list(doc.page_starts)
+    if sections is not None:
+        if len(sections) != len(pieces):
+            raise ValueError("one section per chunk is required")
+        record["sections"] = list(sections)
+    if chunking:
+        record["chunking"] = chunking
     return record
 
 
@@ -82,6 +91,11 @@ class VectorStore:
     def fingerprint(self, namespace: str, doc_id: str) -> str | None:
         entry = self.docs.get((namespace, doc_id))
         return None if entry is None else str(entry["fingerprint"])
+
+    def holds(self, namespace: str, doc_id: str, fingerprint: str, chunking: str) -> bool:
+        """Whether this document is stored with this text, cut this way: nothing to index again."""
+        entry = self.docs.get((namespace, doc_id))
+        return entry is not None and entry["fingerprint"] == fingerprint and entry.get("chunking", "") == chunking
 
     def holders(self, doc_id: str) -> list[str]:
         """The namespaces that hold a document with this id, the shared one first, then by name."""
@@ -224,7 +238,7 @@ class VectorStore:
         key = (namespace, doc_id)
         with self._lock:
             old = self.fingerprint(namespace, doc_id)
-            if old == record["fingerprint"]:
+            if self.holds(namespace, doc_id, record["fingerprint"], record.get("chunking", "")):
                 return "unchanged"
             if old is not None:
                 self._remove_locked(key)
@@ -233,10 +247,11 @@ class VectorStore:
             if len(pieces):
                 self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
             page_starts = record.get("page_starts") or []
+            sections = record.get("sections") or [""] * len(pieces)
             for n, (cid, (start, text)) in enumerate(zip(ids.tolist(), pieces, strict=True)):
                 page = page_of(page_starts, int(start)) if page_starts else 0
                 self.chunks[cid] = Chunk(
-                    cid, doc_id, title, text, n, int(start), source, namespace, page, record["fingerprint"]
+                    cid, doc_id, title, text, n, int(start), source, namespace, page, record["fingerprint"], sections[n]
                 )
             self.docs[key] = {
                 "id": doc_id,
@@ -249,6 +264,8 @@ class VectorStore:
             }
             if page_starts:
                 self.docs[key]["page_starts"] = list(page_starts)
+            if record.get("chunking"):
+                self.docs[key]["chunking"] = record["chunking"]
             # Screened once, here, so every replica applying the record flags the same chunks.
             flagged: list[FlaggedChunk] = [
                 {"chunk": n, "rules": rules} for n, (_, text) in enumerate(pieces) if (rules := screen(text))

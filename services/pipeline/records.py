@@ -58,6 +58,9 @@ class Citation(BaseModel):
 
     document_id: str
     title: str
+    section: str = Field(
+        "", description="The headings the chunk sits under in its document, below its title ('A › B'; '': none)."
+    )
     chunk: int = Field(description="The chunk's index within its document.")
     score: float
     text: str
@@ -72,6 +75,7 @@ class Citation(BaseModel):
         return cls(
             document_id=c.doc_id,
             title=c.title,
+            section=c.section,
             chunk=c.chunk_index,
             score=round(passage.score, 4),
             text=c.text,

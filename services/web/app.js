@@ -126,7 +126,7 @@ function renderRecord(box, record) {
     const list = el("ul", { class: "citations", "aria-label": "Citations" });
     const shown = el("div");
     citations.forEach((c, i) => {
-      const button = el("button", { type: "button", class: "quiet citation", "aria-expanded": "false", text: `[${i + 1}] ${c.title || c.document_id}` });
+      const button = el("button", { type: "button", class: "quiet citation", "aria-expanded": "false", text: `[${i + 1}] ${c.title || c.document_id}${c.section ? ` › ${c.section}` : ""}` });
       button.addEventListener("click", () => {
         const open = button.getAttribute("aria-expanded") === "true";
         for (const b of list.querySelectorAll("button")) b.setAttribute("aria-expanded", "false");

@@ -64,6 +64,44 @@ def test_reingest_does_not_duplicate_and_survives_restart(retriever: Retriever, 
     assert reopened.search("capital of Quux", 1)[0].chunk.text == hit.chunk.text
 
 
+GUIDE = """# Ferry guide
+
+## Timetable
+
+Boats run every day of the year from the north pier, weather allowing, and the harbour office posts changes.
+
+### Winter
+
+The first boat leaves at nine and the last at five.
+
+## Fares
+
+A return ticket costs twelve crowns; children under twelve travel free with an adult, and bicycles pay two crowns.
+"""
+
+
+def test_chunks_carry_their_sections_and_a_new_chunking_cuts_them_again(embedder: Any, tmp_path: Path) -> None:
+    from retrieval.prompts import passage_body
+
+    doc = Document(id="guide", title="Ferry guide", text=GUIDE)
+    small = Retriever.create(index_dir=tmp_path / "g", embedder=embedder, chunk_tokens=32, chunk_overlap_tokens=8)
+    assert small.ingest([doc]).added == ["guide"]
+    sections = {c.text.splitlines()[0]: c.section for c in small.store.chunks.values()}
+    assert sections == {"# Ferry guide": "", "## Timetable": "", "### Winter": "Timetable", "## Fares": ""}
+    hit = small.search("When does the first boat leave in winter?", 1, mode="bm25")[0]
+    # BM25 and the embedder read the section; the prompt shows the chunk under its title only.
+    assert hit.chunk.heading == "Ferry guide › Timetable"
+    assert passage_body(hit) == "Ferry guide\n### Winter\n\nThe first boat leaves at nine and the last at five."
+    assert small.ingest([doc]).unchanged == ["guide"]
+    small.store.close()
+    # Cut with other sizes, the same text is indexed again (not kept as the old sizes cut it), then kept.
+    recut = Retriever.create(index_dir=tmp_path / "g", embedder=embedder, chunk_tokens=64, chunk_overlap_tokens=16)
+    assert recut.store.docs[("shared", "guide")]["chunking"] == "32/8/v2"
+    assert recut.ingest([doc]).updated == ["guide"]
+    assert recut.store.docs[("shared", "guide")]["chunking"] == "64/16/v2"
+    assert recut.ingest([doc]).unchanged == ["guide"]
+
+
 def test_new_version_replaces_old(retriever: Retriever) -> None:
     retriever.ingest([Document(id="policy", title="Policy", text="Refunds take 30 days.")])
     report = retriever.ingest([Document(id="policy", title="Policy", text="Refunds take 14 days.")])
