@@ -31,6 +31,10 @@ def read_docs_qa(path: str | Path = DOCS_QA) -> list[dict[str, Any]]:
     return rows
 
 
+def _ms(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
 def judge(answer: str, must_include: list[list[str]]) -> tuple[bool, list[list[str]]]:
     """Right when every group of key facts has one alternative in the answer; returns the groups missed."""
     text = answer.lower()
@@ -158,6 +162,7 @@ def bench_docsqa(
                         "invented": invented_names(own, row["question"], [c.text for c in rec.citations]),
                         "evidence_line": bool(evidence),
                         "evidence_reasons": evidence.get("reasons") if evidence else None,
+                        "evidence_ms": round(1000 * evidence.get("seconds", 0.0), 1) if evidence else None,
                         "right_without_line": judge(own, row["must_include"])[0],
                         "latency_s": round(time.perf_counter() - started, 3),
                         "completion_tokens": rec.usage.completion_tokens,
@@ -185,6 +190,10 @@ def bench_docsqa(
             "escalation_share": round(sum(p["escalated"] for p in ps) / len(ps), 3) if ps else None,
             "evidence_line_share": round(sum(p["evidence_line"] for p in ps) / len(ps), 3) if ps else None,
             "right_without_line": sum(p["right_without_line"] for p in ps),
+            # The line's ranking (the embedder's round trip for the lines it has not seen), per answer with a line.
+            "median_evidence_ms": statistics.median(p["evidence_ms"] for p in ps if p["evidence_ms"] is not None)
+            if any(p["evidence_ms"] is not None for p in ps)
+            else None,
             "median_latency_s": round(statistics.median(p["latency_s"] for p in ps), 3) if ps else None,
             "p90_latency_s": round(percentile([p["latency_s"] for p in ps], 0.9), 3) if ps else None,
             "median_completion_tokens": statistics.median(p["completion_tokens"] for p in ps) if ps else None,
@@ -224,8 +233,8 @@ def bench_docsqa(
     lines = [
         "| model | engine | right | right without the line | with the closest line | median s | p90 s "
         "| median completion tokens | restated | invented names | escalated | unsupported sentences "
-        "| answers with one | check ms |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| answers with one | check ms | line ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for m, s in summary.items():
         lines.append(
@@ -233,7 +242,7 @@ def bench_docsqa(
             f"| {s['evidence_line_share']} | {s['median_latency_s']} | {s['p90_latency_s']} "
             f"| {s['median_completion_tokens']} | {s['restatement_rate']} | {s['invented_name_rate']} "
             f"| {s['escalation_share']} | {s['unsupported_sentence_rate']} | {s['answers_with_unsupported']} "
-            f"| {s['median_support_ms']} |"
+            f"| {_ms(s['median_support_ms'])} | {_ms(s['median_evidence_ms'])} |"
         )
     facts = ", ".join(f"{m} {n}/{len(rows)}" for m, n in recall.items())
     lines += ["", f"Every key fact in the top {config.retrieval.top_k} passages (search mode: questions): {facts}"]

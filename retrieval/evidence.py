@@ -13,16 +13,48 @@ and not without (37 → 47 right).
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
+import numpy as np
+from cachetools import LRUCache
 
 from retrieval.documents import Passage
 from retrieval.grounding import failure_reasons
 from retrieval.policies.base import Step
 from retrieval.prompts import passage_body
 from retrieval.screening import screen
-from retrieval.selection import best_line
+from retrieval.selection import best_line, line_units, unit_text
+
+logger = logging.getLogger(__name__)
 
 LABEL = "Closest line in the passages"
+
+# Texts to vectors (the retriever's embedder, unit-normalised): the query first, then each line.
+Embed = Callable[[list[str]], Awaitable[list[list[float]]]]
+
+
+class LineVectors:
+    """An `Embed` that remembers the lines' vectors (the same chunks come back question after question, and a
+    line's vector never changes): one embedder call for the query and the lines it has not seen, or none
+    beyond the query's. Bounded: ``max_lines`` vectors of 384 float32s (8192: about 12 MB)."""
+
+    def __init__(self, embed: Embed, max_lines: int = 8192) -> None:
+        self._embed = embed
+        self._seen: LRUCache[str, np.ndarray] = LRUCache(maxsize=max_lines)
+        self.lines_embedded = 0  # lines sent to the embedder so far (the rest came from memory)
+
+    async def __call__(self, texts: list[str]) -> list[list[float]]:
+        query, lines = texts[0], texts[1:]
+        missing = list(dict.fromkeys(t for t in lines if t not in self._seen))
+        vectors = np.asarray(await self._embed([query, *missing]), np.float32)
+        for text, vec in zip(missing, vectors[1:], strict=True):
+            self._seen[text] = vec
+        self.lines_embedded += len(missing)
+        found = {t: self._seen[t] for t in lines if t in self._seen} | dict(zip(missing, vectors[1:], strict=True))
+        return [vectors[0].tolist(), *(found[t].tolist() for t in lines)]
 
 
 @dataclass
@@ -31,17 +63,34 @@ class Evidence:
     passage: int  # 1-based, numbered as the citations are
     line: str
     reasons: list[str]
+    method: str = "words"  # how the lines were ranked: words, or words+embedder
+    seconds: float = 0.0  # the ranking's time (the embedder's round trip, when there is one)
 
     def step(self) -> Step:
-        return {"step": "evidence", "passage": self.passage, "line": self.line, "reasons": self.reasons}
+        return {
+            "step": "evidence",
+            "passage": self.passage,
+            "line": self.line,
+            "reasons": self.reasons,
+            "method": self.method,
+            "seconds": round(self.seconds, 4),
+        }
 
 
-def closest_line(
-    question: str, answer: str, passages: list[Passage], *, unsupported: int = 0, context: str | None = None
+async def closest_line(
+    question: str,
+    answer: str,
+    passages: list[Passage],
+    *,
+    unsupported: int = 0,
+    context: str | None = None,
+    embed: Embed | None = None,
 ) -> Evidence | None:
     """The note to add under ``answer``, or None when it passes every check (or no passage line bears on the
     question, or the line is in the answer already). ``unsupported``: the sentences the support check found in
-    no passage. A passage the injection screen flags is never quoted."""
+    no passage. A passage the injection screen flags is never quoted. ``embed``: the lines are ranked by their
+    embeddings' similarity to the question's as well as by its words (`retrieval.selection.best_line`); called
+    only for an answer that gets a line, and when it fails, words alone rank them."""
     if not passages:
         return None
     bodies = [passage_body(p) for p in passages]
@@ -51,11 +100,33 @@ def closest_line(
     if not reasons:
         return None
     safe = [n for n, body in enumerate(bodies) if not screen(body)]
-    found = best_line(question, [passages[n] for n in safe], context=context)
+    quotable = [passages[n] for n in safe]
+    started = time.perf_counter()
+    similarity = await _similarity(context or question, quotable, embed) if embed is not None else None
+    found = best_line(question, quotable, context=context, similarity=similarity)
     if found is None:
         return None
     index, line = found
     if line in answer:
         return None
     number = safe[index] + 1
-    return Evidence(note=f"\n\n{LABEL} [{number}]: {line}", passage=number, line=line, reasons=reasons)
+    return Evidence(
+        note=f"\n\n{LABEL} [{number}]: {line}",
+        passage=number,
+        line=line,
+        reasons=reasons,
+        method="words" if similarity is None else "words+embedder",
+        seconds=time.perf_counter() - started,
+    )
+
+
+async def _similarity(query: str, passages: list[Passage], embed: Embed) -> list[float] | None:
+    texts = [unit_text(u) for u in line_units(passages)]
+    if not texts:
+        return None
+    try:
+        vectors = np.asarray(await embed([query, *texts]), np.float32)
+    except Exception as exc:  # noqa: BLE001 - the words still rank the lines
+        logger.warning("closest line ranked by words alone: the embedder failed: %s", exc)
+        return None
+    return [float(x) for x in vectors[1:] @ vectors[0]]

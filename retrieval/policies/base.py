@@ -126,7 +126,8 @@ Step = TypedDict(
         "from_passages": int,
         "max_tokens": int,
         "excerpts": list[Excerpt],
-        # followup: the question made standalone ("method": history or model)
+        # followup: the question made standalone ("method": history or model); evidence: how its lines were
+        # ranked ("method": words or words+embedder)
         "method": str,
         # cascade: the first model's answer, its confidence, whether the next model answered again and why
         "model": str,

@@ -13,7 +13,7 @@ from typing import Any
 from cache.response_cache import ResponseCache
 from retrieval.answering import Ran, answer_events
 from retrieval.documents import Passage
-from retrieval.evidence import closest_line
+from retrieval.evidence import LineVectors, closest_line
 from retrieval.generation import SamplingParams
 from retrieval.policies.base import Escalation, PolicyContext, PolicyResult
 from retrieval.policies.registry import get_policy
@@ -71,6 +71,8 @@ class RagService:
         self.corpus = CorpusWork(config, retriever, workers, router)
         # Large uploads answered at once and indexed in the background (services/pipeline/jobs.py).
         self.jobs = IngestJobs(config, self.corpus)
+        # The closest line's candidates, embedded once each (`retrieval.evidence.LineVectors`).
+        self._line_vectors = LineVectors(self._embed_lines)
 
     # -- planning ------------------------------------------------------------------------------
     async def decide(self, req: AnswerRequest, *, dry_run: bool = False) -> tuple[RouteDecision, SamplingParams]:
@@ -371,7 +373,7 @@ class RagService:
             if self.config.retrieval.check_support and ev.result.passages:
                 with telemetry.span("support", req.span):
                     record.support = await check_support(self.retriever, record.answer, ev.result.passages)
-            note = self._evidence(req, params, record, ev.result)
+            note = await self._evidence(req, params, record, ev.result)
             if note:
                 yield StreamEvent(text=note)
             self.observe(decision, record, ev.result.timings)
@@ -381,7 +383,7 @@ class RagService:
                     await self.answers.store(found, req, record, ev.result.passages)
             yield StreamEvent(record=record)
 
-    def _evidence(self, req: AnswerRequest, params: SamplingParams, record: Answer, result: PolicyResult) -> str:
+    async def _evidence(self, req: AnswerRequest, params: SamplingParams, record: Answer, result: PolicyResult) -> str:
         """The passages' closest line under an answer that fails a check (`retrieval.evidence`), added to the
         record's answer and its trace; what to send after the answer's text ("" when nothing is added). Not
         under logprobs (each token of the answer has its own), a response_format (the output is the shape) or
@@ -392,18 +394,23 @@ class RagService:
         if params.logprobs is not None or params.shapes_output:
             return ""
         query = next((str(s["query"]) for s in result.steps if s["step"] == "followup"), None)
-        found = closest_line(
+        found = await closest_line(
             req.question.text,
             record.answer,
             result.passages,
             unsupported=record.support.unsupported if record.support else 0,
             context=query,
+            embed=self._line_vectors,
         )
         if found is None:
             return ""
         record.answer += found.note
         record.trace.append(found.step())
         return found.note
+
+    async def _embed_lines(self, texts: list[str]) -> list[list[float]]:
+        """The retriever's embedder over the closest line's query and candidates (one batch call)."""
+        return (await self.retriever.embed_many(texts))["vectors"]
 
     @staticmethod
     def _record(decision: RouteDecision, result: PolicyResult, found: CacheLookup) -> Answer:

@@ -291,6 +291,7 @@ def test_a_restated_answer_gets_the_passages_closest_line_on_both_paths(service:
     assert answer == "The Lim bridge is maintained."
     step = record.trace[-1]
     assert step["step"] == "evidence" and step["reasons"] == ["restates the question"]
+    assert step["method"] == "words+embedder"  # ranked by the retriever's embedder as well as the words
     line = "The Lim bridge is maintained by the Quux company."
     assert note == f"Closest line in the passages [{step['passage']}]: {line}" and step["line"] == line
     assert record.citations[step["passage"] - 1].document_id == "bridge"
