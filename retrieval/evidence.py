@@ -102,7 +102,8 @@ async def closest_line(
     safe = [n for n, body in enumerate(bodies) if not screen(body)]
     quotable = [passages[n] for n in safe]
     started = time.perf_counter()
-    similarity = await _similarity(context or question, quotable, embed) if embed is not None else None
+    # The follow-up's own words choose its line (its history found the passages), as `HISTORY_WEIGHT` has it.
+    similarity = await _similarity(question, quotable, embed) if embed is not None else None
     found = best_line(question, quotable, context=context, similarity=similarity)
     if found is None:
         return None
