@@ -7,12 +7,11 @@ import bisect
 import re
 from typing import Any
 
-from retrieval.documents import Document
+from retrieval.documents import SECTION_SEPARATOR, Document
 
 # Bumped when what a chunk holds changes for the same text and sizes (2: its section's headings), so an index cut
 # otherwise is cut again at the next ingest instead of kept as it was (`Chunker.signature`).
 CHUNK_FORMAT = 2
-SECTION_SEPARATOR = " › "
 _MD_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 

@@ -75,6 +75,14 @@ class Document(BaseModel):
         return content_hash(self.title, self.text)
 
 
+SECTION_SEPARATOR = " › "
+
+
+def chunk_heading(title: str, section: str) -> str:
+    """A chunk's title and section as one line ("Ragyard › Quick start")."""
+    return SECTION_SEPARATOR.join(part for part in (title, section) if part)
+
+
 @dataclass(frozen=True)
 class Chunk:
     """A piece of a document, the unit that is embedded and retrieved."""
@@ -91,17 +99,15 @@ class Chunk:
     # Its document's fingerprint when it was indexed: an answer built from this chunk is current while the
     # document's fingerprint is still this one (the response cache checks it).
     fingerprint: str = ""
-    # The headings it sits under in its document, below the title ("Quick start › Two commands"; "": none): shown
-    # with the title wherever the chunk is (its embedding, its BM25 terms, the prompt), so a chunk of a long
-    # document says which part it is from (`retrieval.chunking.section_trails`).
+    # The headings it sits under in its document, below the title ("Quick start › Two commands"; "": none): read with
+    # the title by the embedder and BM25, and shown beside a citation's title, so a chunk of a long document says
+    # which part it is from (`retrieval.chunking.section_trails`). The prompt shows the title alone.
     section: str = ""
 
     @property
     def heading(self) -> str:
-        """The title and the section, as the prompt shows them above the chunk's text."""
-        if self.section:
-            return f"{self.title} › {self.section}" if self.title else self.section
-        return self.title
+        """The title and the section, as the embedder and BM25 read them above the chunk's text."""
+        return chunk_heading(self.title, self.section)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from core.chunks import PromptChunk
 from retrieval.chunking import Chunker
 from retrieval.corpus_log import CorpusLog, LogMeta
 from retrieval.documents import (
-    Chunk,
     CorpusStats,
     DocKey,
     Document,
@@ -23,6 +22,7 @@ from retrieval.documents import (
     DocumentSummary,
     IngestReport,
     Passage,
+    chunk_heading,
 )
 from retrieval.errors import (
     AmbiguousDocumentError,
@@ -191,7 +191,7 @@ class Retriever:
     def _embed_text(title: str, section: str, text: str) -> str:
         # The title is part of what a chunk is about (HotpotQA paragraphs rarely repeat their subject), and so
         # are the headings it sits under in a long document.
-        heading = Chunk(0, "", title, text, 0, 0, section=section).heading
+        heading = chunk_heading(title, section)
         return f"{heading}\n{text}" if heading and not text.startswith(heading) else text
 
     def remove(self, doc_id: str, namespace: str | None = None) -> bool:
