@@ -32,8 +32,8 @@ logger = logging.getLogger(__name__)
 
 LABEL = "Closest line in the passages"
 
-# Texts to vectors (the retriever's embedder, unit-normalised): the query first, then each line.
-Embed = Callable[[list[str]], Awaitable[list[list[float]]]]
+# Texts to vectors (the retriever's embedder, unit-normalised, a row per text): the query first, then each line.
+Embed = Callable[[list[str]], Awaitable[np.ndarray]]
 
 
 class LineVectors:
@@ -46,15 +46,15 @@ class LineVectors:
         self._seen: LRUCache[str, np.ndarray] = LRUCache(maxsize=max_lines)
         self.lines_embedded = 0  # lines sent to the embedder so far (the rest came from memory)
 
-    async def __call__(self, texts: list[str]) -> list[list[float]]:
+    async def __call__(self, texts: list[str]) -> np.ndarray:
         query, lines = texts[0], texts[1:]
-        missing = list(dict.fromkeys(t for t in lines if t not in self._seen))
-        vectors = np.asarray(await self._embed([query, *missing]), np.float32)
-        for text, vec in zip(missing, vectors[1:], strict=True):
-            self._seen[text] = vec
+        known = {t: self._seen[t] for t in lines if t in self._seen}  # before new ones may evict them
+        missing = [t for t in dict.fromkeys(lines) if t not in known]
+        fresh = np.asarray(await self._embed([query, *missing]), np.float32)
+        known.update(zip(missing, fresh[1:], strict=True))
+        self._seen.update(zip(missing, fresh[1:], strict=True))
         self.lines_embedded += len(missing)
-        found = {t: self._seen[t] for t in lines if t in self._seen} | dict(zip(missing, vectors[1:], strict=True))
-        return [vectors[0].tolist(), *(found[t].tolist() for t in lines)]
+        return np.vstack([fresh[0], *(known[t] for t in lines)])
 
 
 @dataclass

@@ -10,6 +10,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import numpy as np
+
 from cache.response_cache import ResponseCache
 from retrieval.answering import Ran, answer_events
 from retrieval.documents import Passage
@@ -408,9 +410,9 @@ class RagService:
         record.trace.append(found.step())
         return found.note
 
-    async def _embed_lines(self, texts: list[str]) -> list[list[float]]:
+    async def _embed_lines(self, texts: list[str]) -> np.ndarray:
         """The retriever's embedder over the closest line's query and candidates (one batch call)."""
-        return (await self.retriever.embed_many(texts))["vectors"]
+        return np.asarray((await self.retriever.embed_many(texts))["vectors"], np.float32)
 
     @staticmethod
     def _record(decision: RouteDecision, result: PolicyResult, found: CacheLookup) -> Answer:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import numpy as np
 import pytest
 
 from retrieval.documents import Chunk, Passage
@@ -88,9 +89,9 @@ SIZE = "What status does a request body over the size limit get?"
 def test_the_embedder_ranks_the_line_that_answers_above_the_one_that_shares_the_words(embedder: Any) -> None:
     asked: list[list[str]] = []
 
-    async def embed(texts: list[str]) -> list[list[float]]:
+    async def embed(texts: list[str]) -> np.ndarray:
         asked.append(texts)
-        return [[float(x) for x in v] for v in embedder.encode(texts)]
+        return np.asarray(embedder.encode(texts))
 
     by_words = line(SIZE, "It gets a status.", [passage(LIMITS)])
     assert by_words is not None and by_words.line.startswith("The gateway validates") and by_words.method == "words"
@@ -105,7 +106,7 @@ def test_the_embedder_ranks_the_line_that_answers_above_the_one_that_shares_the_
 
 
 def test_an_embedder_that_fails_leaves_the_words_to_rank() -> None:
-    async def broken(texts: list[str]) -> list[list[float]]:
+    async def broken(texts: list[str]) -> np.ndarray:
         raise ConnectionError("retriever unreachable")
 
     found = line(SIZE, "It gets a status.", [passage(LIMITS)], embed=broken)
@@ -115,17 +116,17 @@ def test_an_embedder_that_fails_leaves_the_words_to_rank() -> None:
 def test_line_vectors_embed_each_line_once_and_the_query_every_time(embedder: Any) -> None:
     calls: list[list[str]] = []
 
-    async def embed(texts: list[str]) -> list[list[float]]:
+    async def embed(texts: list[str]) -> np.ndarray:
         calls.append(texts)
-        return [[float(x) for x in v] for v in embedder.encode(texts)]
+        return np.asarray(embedder.encode(texts))
 
     cached = LineVectors(embed, max_lines=3)
     first = asyncio.run(cached(["q1", "a", "b", "a"]))
     again = asyncio.run(cached(["q2", "b", "c"]))
     assert calls == [["q1", "a", "b"], ["q2", "c"]] and cached.lines_embedded == 3
-    assert len(first) == 4 and first[1] == first[3] and again[1] == first[2]
+    assert len(first) == 4 and np.array_equal(first[1], first[3]) and np.array_equal(again[1], first[2])
     direct = embedder.encode(["q2", "b", "c"])
-    assert [round(x, 5) for x in again[2]] == [round(float(x), 5) for x in direct[2]]
+    assert np.allclose(again[2], direct[2], atol=1e-5)
     asyncio.run(cached(["q3", "d"]))  # bounded: the least recently used line goes
     asyncio.run(cached(["q4", "a"]))
     assert calls[-1] == ["q4", "a"]
