@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from retrieval.evidence import LABEL as EVIDENCE_LABEL
+from retrieval.evidence import own_words
 from services.config import AppConfig
 
 DOCS_QA = Path(__file__).with_name("data") / "docs_qa.jsonl"
@@ -146,11 +146,11 @@ def bench_docsqa(
                 )
                 right, missed = judge(rec.answer, row["must_include"])
                 cascade = next((s for s in rec.trace if s.get("step") == "cascade"), None)
-                # The passages' closest line, when the answer failed a check (retrieval/evidence.py): the
-                # model's own words are what the restatement and invented-name rates judge, and whether they
-                # were right without the line is kept beside.
+                # The passages' sentences quoted under the answer (retrieval/evidence.py): the model's own words
+                # are what the restatement and invented-name rates judge, and whether they were right without the
+                # quotes is kept beside.
                 evidence = next((s for s in rec.trace if s.get("step") == "evidence"), None)
-                own = rec.answer.split(f"\n\n{EVIDENCE_LABEL} [")[0] if evidence else rec.answer
+                own = own_words(rec.answer) if evidence else rec.answer
                 preds[model].append(
                     {
                         "id": row["id"],
@@ -231,9 +231,9 @@ def bench_docsqa(
             for p in ps:
                 fh.write(json.dumps({"model": m, **p}) + "\n")
     lines = [
-        "| model | engine | right | right without the line | with the closest line | median s | p90 s "
+        "| model | engine | right | right without the quotes | with quotes | median s | p90 s "
         "| median completion tokens | restated | invented names | escalated | unsupported sentences "
-        "| answers with one | check ms | line ms |",
+        "| answers with one | check ms | quote ms |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for m, s in summary.items():

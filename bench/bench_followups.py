@@ -57,6 +57,7 @@ def bench_followups(
     from bench.bench_docsqa import docs_service
     from bench.harness import Evaluator, percentile
     from retrieval import followups
+    from retrieval.evidence import own_words
     from retrieval.generation import ChatMessage
     from retrieval.grounding import invented_names, restates
     from retrieval.policies.base import Question
@@ -100,6 +101,9 @@ def bench_followups(
                 passages = [c.text for c in rec.citations]
                 found, _ = judge("\n".join(f"{c.title}\n{c.text}" for c in rec.citations), row["must_include"])
                 right, missed = judge(rec.answer, row["must_include"])
+                # The model's own words, before any quotes of the passages (retrieval/evidence.py): what the
+                # restatement and invented-name rates judge, and whether they were right without the quotes.
+                own = own_words(rec.answer)
                 preds[mode].append(
                     {
                         "id": row["id"],
@@ -111,8 +115,9 @@ def bench_followups(
                         "answer": rec.answer,
                         "right": right,
                         "missed": missed,
-                        "restated": restates(row["question"], rec.answer),
-                        "invented": invented_names(rec.answer, row["question"], passages),
+                        "right_without_quotes": judge(own, row["must_include"])[0],
+                        "restated": restates(row["question"], own),
+                        "invented": invented_names(own, row["question"], passages),
                         "latency_s": round(latency, 3),
                         "completion_tokens": rec.usage.completion_tokens,
                         "answered_by": rec.model,
@@ -131,6 +136,7 @@ def bench_followups(
         }
         return {
             "right": sum(p["right"] for p in ps),
+            "right_without_quotes": sum(p["right_without_quotes"] for p in ps),
             "questions": len(ps),
             "right_by_corpus": by_corpus,
             "facts_in_top_k": sum(p["facts_found"] for p in ps),
@@ -163,14 +169,15 @@ def bench_followups(
         f"{model} ({result['engine']}), policy {policy}, top {top_k} ({config.retrieval.search}), {len(rows)} "
         "conversations",
         "",
-        "| follow-up search | facts in top k | right | right by corpus | restated | invented names | escalated "
-        "| median s | p90 s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| follow-up search | facts in top k | right | right without the quotes | right by corpus | restated "
+        "| invented names | escalated | median s | p90 s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for m, s in result["modes"].items():  # type: ignore[attr-defined]
         corpora = ", ".join(f"{c} {v}" for c, v in s["right_by_corpus"].items())
         lines.append(
-            f"| {m} | {s['facts_in_top_k']}/{s['questions']} | {s['right']}/{s['questions']} | {corpora} "
+            f"| {m} | {s['facts_in_top_k']}/{s['questions']} | {s['right']}/{s['questions']} "
+            f"| {s['right_without_quotes']}/{s['questions']} | {corpora} "
             f"| {s['restatement_rate']} | {s['invented_name_rate']} | {s['escalation_share']} "
             f"| {s['median_latency_s']} | {s['p90_latency_s']} |"
         )

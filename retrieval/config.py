@@ -119,10 +119,19 @@ class RetrievalConfig(Section):
     )
     evidence_line: bool = Field(
         True,
-        description="Under an answer that fails a check (restates the question, names what no passage holds, says "
-        "the passages do not hold it, or has a sentence the support check finds in no passage), add the passages' "
-        "line that bears most on the question, quoted with its passage's number (retrieval/evidence.py). Not with "
+        description="Under a chat answer, quote the passages' sentences that bear most on the question, each with "
+        "its passage's number (retrieval/evidence.py; when: evidence_when, how many: evidence_sentences). Not with "
         "logprobs or response_format, whose output is the model's alone, nor for style short (the bare answer).",
+    )
+    evidence_when: Literal["always", "failed"] = Field(
+        "always",
+        description="always: under every chat answer over passages; failed: only under one that fails a check "
+        "(restates the question, names what no passage holds, says the passages do not hold it, or has a sentence "
+        "the support check finds in no passage). `ragyard bench docsqa` measures both (README: Quoted from the "
+        "passages).",
+    )
+    evidence_sentences: int = Field(
+        2, ge=1, le=3, description="How many of the passages' sentences are quoted under an answer, best first."
     )
     injection: Literal["off", "fence", "drop"] = Field(
         "drop",

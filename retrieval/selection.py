@@ -31,6 +31,11 @@ _SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+(?=[\"'(\[*]?[A-Z0-9`])")
 _WORD = re.compile(r"[a-z0-9_]+(?:[./'-][a-z0-9_]+)*")
 _HEADING = re.compile(r"^#{1,6}\s+(.*)$")
 _TABLE_RULE = re.compile(r"^\|?\s*:?-{2,}")
+# Whole sentences (a quote): a sentence ends at . ! or ? before a capital, a digit or code, not after "e.g." or
+# "i.e."; a list item starts a paragraph of its own.
+_WHOLE_SENTENCE_END = re.compile(r"(?<!\be\.g\.)(?<!\bi\.e\.)(?<=[.!?])\s+(?=[\"'(\[*]?[A-Z0-9`])")
+_LIST_ITEM = re.compile(r"^(?:[-*+]|\d{1,3}[.)])\s")
+_LONG_SENTENCE = 400  # characters: a longer sentence is cut again at its semicolons
 # `bench followups --modes history` (README "Follow-ups that retrieve"): 22/47 right with every word alike, 23 at
 # 0.5, 24 at 0.25.
 HISTORY_WEIGHT = 0.25
@@ -68,14 +73,37 @@ def content_words(text: str) -> set[str]:
     return words
 
 
-def split_units(text: str, passage: int) -> list[Unit]:
+def _whole_sentences(paragraph: str) -> list[str]:
+    out: list[str] = []
+    for sentence in _WHOLE_SENTENCE_END.split(paragraph):
+        sentence = sentence.strip()
+        if len(sentence) > _LONG_SENTENCE:
+            out += [c.strip() for c in sentence.split("; ") if c.strip()]
+        elif sentence:
+            out.append(sentence)
+    return out
+
+
+def split_units(text: str, passage: int, *, whole_sentences: bool = False) -> list[Unit]:
+    """The passage's units: table rows, lines of code, and lines of prose (a long line cut at its sentences); with
+    ``whole_sentences``, prose is rejoined across markdown's hard wraps first and cut into whole sentences (what a
+    quote shows a reader; the prompt's selection reads lines better: README, "Context a small model can use")."""
     units: list[Unit] = []
     heading = ""
     header: str | None = None
     in_code = False
+    paragraph: list[str] = []
+
+    def flush() -> None:
+        if paragraph:
+            units.extend(Unit(passage, len(units), s, heading=heading) for s in _whole_sentences(" ".join(paragraph)))
+            paragraph.clear()
+
     lines = text.splitlines()
     for i, raw in enumerate(lines):
         line = raw.strip()
+        if whole_sentences and (not line or in_code or line.startswith(("```", "|", "#")) or _LIST_ITEM.match(line)):
+            flush()
         if line.startswith("```"):
             in_code = not in_code
             continue
@@ -95,12 +123,16 @@ def split_units(text: str, passage: int) -> list[Unit]:
             units.append(Unit(passage, len(units), line, header=header, heading=heading))
             continue
         header = None
+        if whole_sentences and not in_code:
+            paragraph.append(line)
+            continue
         if in_code or len(line) < 160:
             units.append(Unit(passage, len(units), line, heading=heading))
             continue
         for sentence in _SENTENCE_END.split(line):
             if sentence.strip():
                 units.append(Unit(passage, len(units), sentence.strip(), heading=heading))
+    flush()
     return units
 
 
@@ -195,9 +227,9 @@ def select_sentences(
 LINE_SIMILARITY_WEIGHT = 0.65
 
 
-def line_units(passages: list[Passage]) -> list[Unit]:
-    """The passages' units, in the order `best_line` takes a similarity for each."""
-    return [u for n, p in enumerate(passages) for u in split_units(p.chunk.text, n)]
+def line_units(passages: list[Passage], *, whole_sentences: bool = False) -> list[Unit]:
+    """The passages' units, in the order `best_lines` takes a similarity for each."""
+    return [u for n, p in enumerate(passages) for u in split_units(p.chunk.text, n, whole_sentences=whole_sentences)]
 
 
 def unit_text(u: Unit) -> str:
@@ -206,36 +238,47 @@ def unit_text(u: Unit) -> str:
     return f"{head}{u.header} {u.text}" if u.header else f"{head}{u.text}"
 
 
-def best_line(
+def best_lines(
     question: str,
     passages: list[Passage],
     *,
+    count: int = 1,
     context: str | None = None,
     similarity: list[float] | None = None,
-) -> tuple[int, str] | None:
-    """The passages' one unit that bears most on the question: its passage's index and its text (a table row under
-    its header row; a short line with the one after it). Scored by words as `select_sentences` scores units; with
-    ``similarity`` (each `line_units` unit's cosine to the question), by both (`LINE_SIMILARITY_WEIGHT`). None
-    when no unit holds a word of the question: nothing in the passages is about it."""
-    units = line_units(passages)
+    whole_sentences: bool = False,
+) -> list[tuple[int, str]]:
+    """The passages' ``count`` units that bear most on the question, best first: each one's passage index and its
+    text (a table row under its header row; a short unit with the one after it); a unit another passage repeats
+    (overlapping chunks) is given once. Scored by words as `select_sentences` scores units; with ``similarity``
+    (each `line_units` unit's cosine to the question, with the same ``whole_sentences``), by both
+    (`LINE_SIMILARITY_WEIGHT`). Empty when no unit holds a word of the question: nothing in the passages is about
+    it."""
+    units = line_units(passages, whole_sentences=whole_sentences)
     if not units:
-        return None
+        return []
     _score(units, question, context)
     best = max(u.score for u in units)
     if best <= 0:
-        return None
+        return []
     if similarity is not None:
         if len(similarity) != len(units):
             raise ValueError(f"{len(similarity)} similarities for {len(units)} units")
         w = LINE_SIMILARITY_WEIGHT
         for u, cos in zip(units, similarity, strict=True):
             u.score = (1 - w) * u.score / best + w * max(0.0, cos)
-    top = min(units, key=lambda u: (-u.score, u.passage, u.order))
-    lines = [top.text]
-    if top.header is not None:
-        lines.insert(0, top.header)
-    elif len(top.text) < 60:
-        after = next((u for u in units if u.passage == top.passage and u.order == top.order + 1), None)
-        if after is not None and after.header is None:
-            lines.append(after.text)
-    return top.passage, "\n".join(lines)
+    by_key = {(u.passage, u.order): u for u in units}
+    found: list[tuple[int, str]] = []
+    for top in sorted(units, key=lambda u: (-u.score, u.passage, u.order)):
+        if len(found) == count:
+            break
+        if any(top.text in text for _, text in found):
+            continue
+        lines = [top.text]
+        if top.header is not None:
+            lines.insert(0, top.header)
+        elif len(top.text) < 60:
+            after = by_key.get((top.passage, top.order + 1))
+            if after is not None and after.header is None:
+                lines.append(after.text)
+        found.append((top.passage, "\n".join(lines)))
+    return found

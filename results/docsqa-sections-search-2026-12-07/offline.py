@@ -8,7 +8,7 @@ import sys
 sys.path.insert(0, ".")
 from bench.bench_docsqa import docs_retriever, judge, read_docs_qa
 from retrieval.embedder import Embedder
-from retrieval.selection import best_line, line_units, select_sentences, unit_text
+from retrieval.selection import best_lines, line_units, select_sentences, unit_text
 from services.config import load_config
 
 config = load_config({})
@@ -31,9 +31,9 @@ for row in rows:
             count(f"{mode} top {k}", "\n".join(f"{p.chunk.title}\n{p.chunk.text}" for p in ps[:k]), row)
     ps = retriever.search(q, r.sentence_candidates, mode=r.search, candidates=r.hybrid_candidates, rrf_k=r.rrf_k)
     count("selection", "\n".join(p.chunk.text for p in select_sentences(q, ps, r.sentence_tokens)), row)
-    by_words = best_line(q, ps)
+    by_words = next(iter(best_lines(q, ps)), None)
     vectors = embedder.encode([q] + [unit_text(u) for u in line_units(ps)])
-    both = best_line(q, ps, similarity=(vectors[1:] @ vectors[0]).tolist())
+    both = next(iter(best_lines(q, ps, similarity=(vectors[1:] @ vectors[0]).tolist())), None)
     count("line by words", by_words[1] if by_words else "", row)
     count("line by words and embedder", both[1] if both else "", row)
 for key, n in found.items():

@@ -101,6 +101,13 @@ class Trigger(TypedDict):
     score: float
 
 
+class Quote(TypedDict):
+    """One of the passages' sentences quoted under an answer (retrieval/evidence.py)."""
+
+    passage: int  # 1-based, numbered as the citations are
+    text: str
+
+
 # One step of a policy's trace, as the answer's record shows it: ``step`` names its kind (classify, retrieve,
 # reason, generate; a plug-in policy may add kinds of its own) and the other keys are those of its kind.
 # Functional form: ``class`` (the classifier's verdict) is a keyword.
@@ -137,9 +144,8 @@ Step = TypedDict(
         "escalated": bool,
         "escalated_to": str,
         "reasons": list[str],
-        # evidence: the passages' closest line added under an answer that failed a check (and "reasons")
-        "passage": int,
-        "line": str,
+        # evidence: the passages' sentences quoted under the answer, and the checks it failed ("reasons")
+        "quotes": list[Quote],
         # classify (adaptive): the router's verdict
         "class": str | None,
         "policy": str,

@@ -45,8 +45,16 @@ def retriever(hashing_embedder: Any, session_tmp: Path) -> RetrieverClient:
 
 @pytest.fixture
 def service(retriever: RetrieverClient) -> Callable[[ScriptedEngine], RagService]:
-    def build(engine: ScriptedEngine) -> RagService:
-        config = load_config({"models": [{"id": MODEL}], "cache": {"response_cache_url": "memory://"}})
+    def build(engine: ScriptedEngine, **retrieval: Any) -> RagService:
+        # Quotes only under an answer that fails a check, so these tests see the model's words as they were; the
+        # default (every answer quoted) has its own test below.
+        config = load_config(
+            {
+                "models": [{"id": MODEL}],
+                "cache": {"response_cache_url": "memory://"},
+                "retrieval": {"evidence_when": "failed", **retrieval},
+            }
+        )
         worker = local_worker(Worker(config, MODEL, engine=engine))
         return RagService(config, retriever, {MODEL: worker}, cache=build_cache(config))
 
@@ -203,6 +211,7 @@ def _cascade(retriever: RetrieverClient, weak: ScriptedEngine, strong: ScriptedE
         {
             "models": [{"id": WEAK}, {"id": STRONG}],
             "router": {"quality_table": None, "cascade": {"enabled": True, **cascade}},
+            "retrieval": {"evidence_when": "failed"},
         }
     )
     workers = {
@@ -273,9 +282,9 @@ def test_low_token_probability_escalates_and_a_pinned_model_never_does(retriever
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_a_restated_answer_gets_the_passages_closest_line_on_both_paths(service: Any, stream: bool) -> None:
-    """The model restates the question: the line that bears most on it is added under the answer, quoted with its
-    passage's number, streamed as one more delta after the answer's, and the trace says why."""
+def test_a_restated_answer_gets_the_passages_closest_sentence_on_both_paths(service: Any, stream: bool) -> None:
+    """The model restates the question: the sentence that bears most on it is added under the answer, quoted with
+    its passage's number, streamed as one more delta after the answer's, and the trace says why."""
     engine = ScriptedEngine("The Lim bridge is maintained.")
     req = AnswerRequest(question=Question(text="Who maintains the Lim bridge?"), policy="single", max_tokens=16)
     if stream:
@@ -283,7 +292,7 @@ def test_a_restated_answer_gets_the_passages_closest_line_on_both_paths(service:
         record = events[-1].record
         assert record is not None
         texts = [ev.text for ev in events[:-1]]
-        assert texts[-1].startswith("\n\nClosest line in the passages [")
+        assert texts[-1].startswith("\n\nFrom the passages:\n[")
         assert "".join(texts) == record.answer
     else:
         record = asyncio.run(service(engine).answer(req))
@@ -292,9 +301,11 @@ def test_a_restated_answer_gets_the_passages_closest_line_on_both_paths(service:
     step = record.trace[-1]
     assert step["step"] == "evidence" and step["reasons"] == ["restates the question"]
     assert step["method"] == "words+embedder"  # ranked by the retriever's embedder as well as the words
-    line = "The Lim bridge is maintained by the Quux company."
-    assert note == f"Closest line in the passages [{step['passage']}]: {line}" and step["line"] == line
-    assert record.citations[step["passage"] - 1].document_id == "bridge"
+    sentence = "The Lim bridge is maintained by the Quux company."
+    first = step["quotes"][0]
+    assert first["text"] == sentence and note.startswith(f"From the passages:\n[{first['passage']}] {sentence}")
+    assert len(step["quotes"]) <= 2  # retrieval.evidence_sentences
+    assert record.citations[first["passage"] - 1].document_id == "bridge"
 
 
 def test_an_answer_that_passes_every_check_gets_no_line(service: Any) -> None:
@@ -308,6 +319,33 @@ def test_an_answer_that_passes_every_check_gets_no_line(service: Any) -> None:
     )
     record = asyncio.run(service(ScriptedEngine("The Lim bridge is maintained.")).answer(req))
     assert record.answer == "The Lim bridge is maintained."
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_by_default_every_answer_is_quoted_on_both_paths(retriever: RetrieverClient, stream: bool) -> None:
+    """`retrieval.evidence_when: always` (the default): an answer that passes every check gets the passages' closest
+    sentences too (at most `evidence_sentences`), as one more delta, the trace's step with no reasons."""
+    config = load_config({"models": [{"id": MODEL}], "retrieval": {"evidence_sentences": 1}})
+    svc = RagService(
+        config,
+        retriever,
+        {MODEL: local_worker(Worker(config, MODEL, engine=ScriptedEngine("The Quux company maintains it.")))},
+    )
+    req = AnswerRequest(question=Question(text="Who maintains the Lim bridge?"), policy="single", max_tokens=16)
+    if stream:
+        events = _stream(svc, req)
+        record = events[-1].record
+        assert record is not None and "".join(ev.text for ev in events[:-1]) == record.answer
+        assert events[-2].text.startswith("\n\nFrom the passages:\n[")
+    else:
+        record = asyncio.run(svc.answer(req))
+    step = record.trace[-1]
+    assert step["step"] == "evidence" and step["reasons"] == []
+    assert [q["text"] for q in step["quotes"]] == ["The Lim bridge is maintained by the Quux company."]
+    assert record.answer == (
+        f"The Quux company maintains it.\n\nFrom the passages:\n[{step['quotes'][0]['passage']}] "
+        "The Lim bridge is maintained by the Quux company."
+    )
 
 
 def test_a_short_answer_gets_no_line(service: Any) -> None:
