@@ -31,9 +31,10 @@ _SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+(?=[\"'(\[*]?[A-Z0-9`])")
 _WORD = re.compile(r"[a-z0-9_]+(?:[./'-][a-z0-9_]+)*")
 _HEADING = re.compile(r"^#{1,6}\s+(.*)$")
 _TABLE_RULE = re.compile(r"^\|?\s*:?-{2,}")
-# Whole sentences (a quote): a sentence ends at . ! or ? before a capital, a digit or code, not after "e.g." or
-# "i.e."; a list item starts a paragraph of its own.
-_WHOLE_SENTENCE_END = re.compile(r"(?<!\be\.g\.)(?<!\bi\.e\.)(?<=[.!?])\s+(?=[\"'(\[*]?[A-Z0-9`])")
+# Whole sentences (a quote): a sentence ends at . ! or ? before a capital, a digit or code, not after "e.g.", "i.e."
+# or an initial ("Franklin D. Roosevelt", "S.M. Entertainment", "U.S. House"); a list item starts a paragraph of its
+# own.
+_WHOLE_SENTENCE_END = re.compile(r"(?<!\be\.g\.)(?<!\bi\.e\.)(?<!\b[A-Z]\.)(?<=[.!?])\s+(?=[\"'(\[*]?[A-Z0-9`])")
 _LIST_ITEM = re.compile(r"^(?:[-*+]|\d{1,3}[.)])\s")
 _LONG_SENTENCE = 400  # characters: a longer sentence is cut again at its semicolons
 # `bench followups --modes history` (README "Follow-ups that retrieve"): 22/47 right with every word alike, 23 at
@@ -48,6 +49,7 @@ class Unit:
     text: str
     header: str | None = None  # a table row's header row
     heading: str = ""  # the nearest heading above it in its passage
+    code: bool = False  # a line of a fenced code block
     score: float = 0.0
 
 
@@ -127,7 +129,7 @@ def split_units(text: str, passage: int, *, whole_sentences: bool = False) -> li
             paragraph.append(line)
             continue
         if in_code or len(line) < 160:
-            units.append(Unit(passage, len(units), line, heading=heading))
+            units.append(Unit(passage, len(units), line, heading=heading, code=in_code))
             continue
         for sentence in _SENTENCE_END.split(line):
             if sentence.strip():
@@ -280,5 +282,7 @@ def best_lines(
             after = by_key.get((top.passage, top.order + 1))
             if after is not None and after.header is None:
                 lines.append(after.text)
-        found.append((top.passage, "\n".join(lines)))
+        # A short sentence reads on into the next one; a table row sits under its header, a line under a line.
+        joiner = " " if whole_sentences and top.header is None and not top.code else "\n"
+        found.append((top.passage, joiner.join(lines)))
     return found

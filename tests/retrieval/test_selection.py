@@ -12,7 +12,7 @@ import pytest
 
 from retrieval.documents import Chunk, Document, Passage
 from retrieval.policies.base import Question
-from retrieval.selection import content_words, select_sentences, split_units
+from retrieval.selection import best_lines, content_words, select_sentences, split_units
 from services.pipeline import AnswerRequest
 from tests.fakes import ScriptedEngine, scripted_config, scripted_service
 
@@ -46,6 +46,35 @@ def test_units_are_lines_rows_and_sentences_with_their_heading_and_header() -> N
     assert all(u.header == "| setting | default | meaning |" and u.heading == "Settings" for u in rows)
     assert not any(u.text.startswith("| ---") for u in units)  # the rule row is never a unit
     assert {"retrieval.top_k", "retrieval", "top"} <= content_words("What is retrieval.top_k?")  # and its parts
+
+
+def test_whole_sentences_rejoin_wrapped_prose_and_do_not_end_at_an_initial() -> None:
+    text = """## Winner
+Winner is a South Korean boy group formed by YG Entertainment
+through the show WIN. The group was formed by S.M. Entertainment in 2008,
+said a U.S. paper. Winner debuted.
+Its first album was 2014 S/S.
+```
+make run
+make test
+```"""
+    units = split_units(text, 0, whole_sentences=True)
+    assert [u.text for u in units] == [
+        "Winner is a South Korean boy group formed by YG Entertainment through the show WIN.",
+        "The group was formed by S.M. Entertainment in 2008, said a U.S. paper.",
+        "Winner debuted.",
+        "Its first album was 2014 S/S.",
+        "make run",
+        "make test",
+    ]
+    assert [u.code for u in units] == [False] * 4 + [True] * 2 and {u.heading for u in units} == {"Winner"}
+    # A short sentence is quoted with the one after it, on one line; a short line of code with the next, on its own.
+    [(_, quote)] = best_lines("Is Winner a boy group? Yes", [passage(text)], whole_sentences=True)
+    assert quote == "Winner is a South Korean boy group formed by YG Entertainment through the show WIN."
+    [(_, short)] = best_lines("When Winner debuted?", [passage(text)], whole_sentences=True)
+    assert short == "Winner debuted. Its first album was 2014 S/S."
+    [(_, code)] = best_lines("make run", [passage(text)], whole_sentences=True)
+    assert code == "make run\nmake test"
 
 
 def test_the_rows_and_sentences_asked_about_are_kept_and_the_rest_left_out() -> None:
