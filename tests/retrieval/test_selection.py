@@ -77,6 +77,16 @@ make test
     assert code == "make run\nmake test"
 
 
+def test_a_chunk_that_starts_inside_a_sentence_quotes_none_of_its_rest() -> None:
+    """A chunk cut inside a sentence starts with the rest of it ("its id is `file:<name>`, so ..."): as a quote that
+    reads as a fragment, so it is no unit; the chunk's next sentence is."""
+    text = "and its id is `file:<name>`, so an edited file replaces its old version.\nUploads are refused over 10,000."
+    assert [u.text for u in split_units(text, 0, whole_sentences=True)] == ["Uploads are refused over 10,000."]
+    assert len(split_units(text, 0)) == 2  # the prompt's lines keep it: the model may still read it
+    whole = "Its id is `file:<name>`. Uploads are refused over 10,000."
+    assert len(split_units(whole, 0, whole_sentences=True)) == 2
+
+
 def test_the_rows_and_sentences_asked_about_are_kept_and_the_rest_left_out() -> None:
     kept = select_sentences("How long does a cached answer live (cache.ttl_s)?", [passage(SETTINGS)], 40)
     assert len(kept) == 1
