@@ -150,7 +150,7 @@ def bench_docsqa(
                 # are what the restatement and invented-name rates judge, and whether they were right without the
                 # quotes is kept beside.
                 evidence = next((s for s in rec.trace if s.get("step") == "evidence"), None)
-                own = own_words(rec.answer) if evidence else rec.answer
+                own = own_words(rec.answer)
                 preds[model].append(
                     {
                         "id": row["id"],

@@ -388,10 +388,9 @@ class RagService:
     async def _evidence(self, req: AnswerRequest, params: SamplingParams, record: Answer, result: PolicyResult) -> str:
         """The passages' closest sentences quoted under the answer (`retrieval.evidence`; under every answer, or one
         that fails a check), added to the record's answer and its trace; what to send after the answer's text (""
-        when nothing is added). Not
-        under logprobs (each token of the answer has its own), a response_format (the output is the shape) or
-        `style: short` (the bare answer was asked for: the dev files' F1 fell 0.347 -> 0.283 on 25 HotpotQA
-        questions when 7 short answers got a line)."""
+        when nothing is added). Not under logprobs (each token of the answer has its own), a response_format (the
+        output is the shape) or `style: short` (the bare answer was asked for: the dev files' F1 fell 0.347 ->
+        0.283 on 25 HotpotQA questions when 7 short answers got a line)."""
         if not self.config.retrieval.evidence_line or req.question.style != "chat":
             return ""
         if params.logprobs is not None or params.shapes_output:
